@@ -1,0 +1,134 @@
+"""Domain errors of the session core.
+
+One root (:class:`SessionError`), one subclass per failure reason. Each carries the
+``reason`` string of SPEC §3 and typed attributes; the server maps them to gRPC status
+codes in exactly one table (``sessiond.server.errors``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from sessiond.core.model import FailureCause
+
+
+class SessionError(Exception):
+    """Root of every error the core raises on purpose."""
+
+    reason: str = "INTERNAL"
+
+    def __init__(self, message: str, *, metadata: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.metadata: dict[str, str] = dict(metadata or {})
+
+
+class InvalidArgumentError(SessionError):
+    """A request field is malformed; ``field`` names it."""
+
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}", metadata={"field": field})
+        self.field = field
+
+
+class InvalidRecreateTokenError(SessionError):
+    """A recreate token is malformed or was not made by sessiond."""
+
+    reason = "INVALID_RECREATE_TOKEN"
+
+
+class SessionNotFoundError(SessionError):
+    """No session with this id (never existed, or past its retention)."""
+
+    reason = "SESSION_NOT_FOUND"
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"session {session_id!r} not found", metadata={"session_id": session_id})
+        self.session_id = session_id
+
+
+class ExistingOpenSessionError(SessionError):
+    """The owner already holds (or is waiting for) an OPEN session."""
+
+    reason = "EXISTING_OPEN_SESSION"
+
+    def __init__(self, owner: str, session_id: str | None) -> None:
+        meta = {"owner": owner}
+        if session_id:
+            meta["session_id"] = session_id
+        super().__init__(f"owner {owner!r} already holds an open session", metadata=meta)
+        self.owner = owner
+        self.session_id = session_id
+
+
+class CreationTimeoutError(SessionError):
+    """No worker of the task queue had capacity within ``creation_timeout``."""
+
+    reason = "CREATION_TIMEOUT"
+
+
+class WorkerUnavailableError(SessionError):
+    """The recreate token's worker was not connected with capacity within ``creation_timeout``."""
+
+    reason = "WORKER_UNAVAILABLE"
+
+
+class NoCapacityError(SessionError):
+    """``creation_timeout`` is 0 and no worker has a free slot right now."""
+
+    reason = "NO_CAPACITY"
+
+
+class SessionFailedError(SessionError):
+    """A new activity was asked of a FAILED session."""
+
+    reason = "SESSION_FAILED"
+
+    def __init__(self, session_id: str, cause: FailureCause) -> None:
+        super().__init__(
+            f"session {session_id} failed: {cause.name}",
+            metadata={"session_id": session_id, "cause": cause.name},
+        )
+        self.session_id = session_id
+        self.cause = cause
+
+
+class SessionClosedError(SessionError):
+    """A new activity was asked of a CLOSED session."""
+
+    reason = "SESSION_CLOSED"
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"session {session_id} is closed", metadata={"session_id": session_id})
+        self.session_id = session_id
+
+
+class ActivityAbortedError(SessionError):
+    """An activity in flight ended because its session failed or was completed.
+
+    ``reason`` is ``SESSION_FAILED`` or ``SESSION_COMPLETED`` (both ABORTED on the wire).
+    """
+
+    def __init__(self, session_id: str, reason: str, cause: FailureCause | None) -> None:
+        meta = {"session_id": session_id}
+        if cause is not None:
+            meta["cause"] = cause.name
+        what = "failed" if cause is not None else "was completed"
+        super().__init__(f"session {session_id} {what} while the activity ran", metadata=meta)
+        self.reason = reason
+        self.session_id = session_id
+        self.cause = cause
+
+
+class ActivityTimeoutError(SessionError):
+    """The activity did not finish within its ``start_to_close_timeout``."""
+
+    reason = "ACTIVITY_TIMEOUT"
+
+
+class IllegalTransitionError(SessionError):
+    """A state transition outside the lifecycle table was attempted (a bug, never a user error)."""
+
+    reason = "INTERNAL"

@@ -1,0 +1,47 @@
+"""What the core tells the transport layer to do after a call: the outbox.
+
+The core never does I/O. Each mutating call appends events; the caller drains them with
+``SessionTable.take_events()`` and publishes them (stream messages, futures, watchers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sessiond.core.errors import SessionError
+from sessiond.core.model import Activity, Session
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPlaced:
+    """A session was placed on a worker; tell the worker, and wake the waiter if there was one."""
+
+    session: Session
+    waiter_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEnded:
+    """A session became CLOSED or FAILED; tell its worker (at ``epoch``) and its watchers."""
+
+    session: Session
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class WaiterFailed:
+    """A waiting Create/Recreate ended without a session."""
+
+    waiter_id: str
+    error: SessionError
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityEnded:
+    """An activity in flight ended without a result; fail its caller and tell the worker to cancel."""
+
+    activity: Activity
+    error: SessionError
+
+
+Event = SessionPlaced | SessionEnded | WaiterFailed | ActivityEnded

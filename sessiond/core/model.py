@@ -1,0 +1,151 @@
+"""Value types of the session core: states, causes, options, sessions, workers, activities.
+
+Times named ``*_at`` are monotonic seconds (the core's clock); the transport layer turns
+them into wall-clock timestamps.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from sessiond.core.resources import ResourceVector
+
+
+class SessionState(enum.IntEnum):
+    """Lifecycle state; values mirror the proto enum."""
+
+    OPEN = 1
+    FAILED = 2
+    CLOSED = 3
+
+
+class FailureCause(enum.IntEnum):
+    """Why a session failed; values mirror the proto enum."""
+
+    WORKER_LOST = 1
+    HEARTBEAT_TIMEOUT = 2
+    EXECUTION_TIMEOUT = 3
+    WORKER_SHUTDOWN = 4
+
+
+# The lifecycle, in one table: the states each state may move to.
+TRANSITIONS: dict[SessionState, frozenset[SessionState]] = {
+    SessionState.OPEN: frozenset({SessionState.CLOSED, SessionState.FAILED}),
+    SessionState.FAILED: frozenset(),
+    SessionState.CLOSED: frozenset(),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOptions:
+    """Resolved per-session limits, in seconds (defaults already applied)."""
+
+    creation_timeout: float = 60.0
+    execution_timeout: float = 24 * 3600.0
+    heartbeat_timeout: float = 20.0
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why a session failed."""
+
+    cause: FailureCause
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerKey:
+    """A worker is one stream: a worker id serving one task queue."""
+
+    task_queue: str
+    worker_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRegistration:
+    """What a worker declares when it connects."""
+
+    task_queue: str
+    worker_id: str
+    identity: str
+    host_name: str
+    capacity: ResourceVector
+
+
+@dataclass(slots=True, eq=False)
+class Session:
+    """One session. Mutated only by :class:`~sessiond.core.table.SessionTable`."""
+
+    session_id: str
+    seq: int
+    task_queue: str
+    worker: Worker
+    options: SessionOptions
+    owner: str
+    request_id: str
+    placed_at: float
+    expire_at: float
+    state: SessionState = SessionState.OPEN
+    closed_at: float | None = None
+    failure: Failure | None = None
+    demand: ResourceVector = field(default_factory=lambda: ResourceVector.one_session())
+    activities: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True, eq=False)
+class Worker:
+    """One connected (or last-connected) worker stream."""
+
+    key: WorkerKey
+    epoch: int
+    identity: str
+    host_name: str
+    capacity: ResourceVector
+    connected_at: float
+    last_seen: float
+    used: ResourceVector = field(default_factory=ResourceVector)
+    sessions: set[str] = field(default_factory=set)
+    connected: bool = True
+    draining: bool = False
+    suspect: bool = False
+    # Bumped whenever free capacity or eligibility changes; stale placement entries carry old versions.
+    version: int = 0
+    # heartbeat_timeout -> number of open sessions using it; the smallest sets the interval.
+    timeouts: dict[float, int] = field(default_factory=dict)
+    interval: float = 10.0
+
+    @property
+    def eligible(self) -> bool:
+        """True when placement may put a new session here."""
+        return self.connected and not self.draining and not self.suspect
+
+    @property
+    def free(self) -> ResourceVector:
+        """Capacity not yet used by open sessions."""
+        return self.capacity - self.used
+
+
+@dataclass(slots=True, eq=False)
+class Activity:
+    """One activity execution in flight."""
+
+    activity_id: str
+    session_id: str
+    worker: Worker
+    epoch: int
+    deadline: float
+
+
+@dataclass(slots=True, eq=False)
+class Waiter:
+    """A Create or Recreate waiting for capacity."""
+
+    waiter_id: str
+    task_queue: str
+    target: WorkerKey | None  # set for Recreate: only this worker will do
+    options: SessionOptions
+    owner: str
+    request_id: str
+    deadline: float
+    done: bool = False

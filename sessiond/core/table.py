@@ -1,0 +1,496 @@
+"""The session table: sessions, their lifecycle, placement, waiters, activities and expiry.
+
+Pure: no I/O, no clock. Every method that depends on time takes ``now`` (monotonic seconds).
+Mutations append :mod:`~sessiond.core.events` to an outbox that the caller drains with
+:meth:`SessionTable.take_events`. Costs on the hot paths do not grow with the number of
+workers or sessions: create and complete are O(log n), a heartbeat is O(1).
+
+Liveness is lazy. A heartbeat only stamps ``worker.last_seen``; each open session has one
+entry in a deadline queue at ``min(expire_at, max(last_seen, placed_at) + heartbeat_timeout)``,
+and when it comes due it is re-checked against the latest ``last_seen`` and re-armed if the
+worker spoke in the meantime.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+
+from sessiond.core.deadlines import DeadlineQueue
+from sessiond.core.errors import (
+    ActivityAbortedError,
+    ActivityTimeoutError,
+    CreationTimeoutError,
+    ExistingOpenSessionError,
+    IllegalTransitionError,
+    NoCapacityError,
+    SessionClosedError,
+    SessionFailedError,
+    SessionNotFoundError,
+    WorkerUnavailableError,
+)
+from sessiond.core.events import (
+    ActivityEnded,
+    Event,
+    SessionEnded,
+    SessionPlaced,
+    WaiterFailed,
+)
+from sessiond.core.model import (
+    TRANSITIONS,
+    Activity,
+    Failure,
+    FailureCause,
+    Session,
+    SessionOptions,
+    SessionState,
+    Waiter,
+    Worker,
+    WorkerKey,
+    WorkerRegistration,
+)
+from sessiond.core.registry import WorkerRegistry
+from sessiond.core.resources import ResourceVector
+from sessiond.core.token import decode_token, encode_token
+
+# A connected worker silent for this many heartbeat intervals takes no new sessions until it speaks.
+STALE_INTERVALS = 3.0
+
+_FAILURE_TEXT = {
+    FailureCause.WORKER_LOST: "the worker's stream ended without a goodbye",
+    FailureCause.HEARTBEAT_TIMEOUT: "no heartbeat from the worker within heartbeat_timeout",
+    FailureCause.EXECUTION_TIMEOUT: "the session reached its execution_timeout",
+    FailureCause.WORKER_SHUTDOWN: "the worker shut down while the session was open",
+}
+
+
+def _uuid() -> str:
+    return str(uuid.uuid4())
+
+
+class SessionTable:
+    """All sessions, workers and waiters of one sessiond process."""
+
+    def __init__(
+        self,
+        *,
+        retention: float = 600.0,
+        max_heartbeat_interval: float = 10.0,
+        new_id: Callable[[], str] = _uuid,
+    ) -> None:
+        """Create an empty table.
+
+        Args:
+            retention: seconds a FAILED or CLOSED session stays readable.
+            max_heartbeat_interval: the longest heartbeat interval a worker is given.
+            new_id: id factory for sessions, waiters and activities (UUID4 by default).
+        """
+        self.retention = retention
+        self.max_heartbeat_interval = max_heartbeat_interval
+        self._new_id = new_id
+        self.registry = WorkerRegistry()
+        self._sessions: dict[str, Session] = {}
+        self._seq = itertools.count(1)
+        self._session_deadlines: DeadlineQueue[str] = DeadlineQueue()
+        self._waiter_deadlines: DeadlineQueue[str] = DeadlineQueue()
+        self._activity_deadlines: DeadlineQueue[str] = DeadlineQueue()
+        self._worker_deadlines: DeadlineQueue[WorkerKey] = DeadlineQueue()
+        self._waiters: dict[str, Waiter] = {}
+        self._queue_waiters: dict[str, deque[Waiter]] = {}
+        self._worker_waiters: dict[WorkerKey, deque[Waiter]] = {}
+        self._owners: dict[str, Session | Waiter] = {}
+        self._requests: dict[str, Session | Waiter] = {}
+        self._activities: dict[str, Activity] = {}
+        self._events: list[Event] = []
+
+    # ----------------------------------------------------------------- outbox and time
+
+    def take_events(self) -> list[Event]:
+        """Return and clear the events produced since the last call."""
+        events, self._events = self._events, []
+        return events
+
+    def next_deadline(self) -> float | None:
+        """The earliest time at which :meth:`advance` has something to do, or None."""
+        times = [
+            t for t in (
+                self._session_deadlines.peek(), self._waiter_deadlines.peek(),
+                self._activity_deadlines.peek(), self._worker_deadlines.peek(),
+            ) if t is not None
+        ]
+        return min(times) if times else None
+
+    def advance(self, now: float) -> None:
+        """Apply every deadline that is due at ``now`` (exactly at the deadline counts as due)."""
+        for sid in self._session_deadlines.pop_due(now):
+            self._session_due(now, self._sessions[sid])
+        for wid in self._waiter_deadlines.pop_due(now):
+            waiter = self._waiters[wid]
+            self._drop_waiter(waiter)
+            error = (
+                WorkerUnavailableError(
+                    f"worker {waiter.target.worker_id!r} of task queue {waiter.target.task_queue!r} "
+                    "had no free slot (or was not connected) within creation_timeout"
+                ) if waiter.target is not None else CreationTimeoutError(
+                    f"no worker of task queue {waiter.task_queue!r} had a free slot within creation_timeout"
+                )
+            )
+            self._events.append(WaiterFailed(wid, error))
+        for aid in self._activity_deadlines.pop_due(now):
+            activity = self._activities.pop(aid)
+            self._sessions[activity.session_id].activities.discard(aid)
+            self._events.append(ActivityEnded(activity, ActivityTimeoutError(
+                f"activity {aid} did not finish within its start_to_close_timeout",
+                metadata={"session_id": activity.session_id, "activity_id": aid},
+            )))
+        for key in self._worker_deadlines.pop_due(now):
+            worker = self.registry.workers[key]
+            stale_at = worker.last_seen + STALE_INTERVALS * worker.interval
+            if now >= stale_at:
+                worker.suspect = True
+                self.registry.touch(worker)
+            else:
+                self._worker_deadlines.set(key, stale_at)
+
+    def _session_due(self, now: float, session: Session) -> None:
+        if session.state is not SessionState.OPEN:
+            self._forget(session)
+            return
+        if now >= session.expire_at:
+            self._end(now, session, SessionState.FAILED, FailureCause.EXECUTION_TIMEOUT)
+            return
+        silent_until = max(session.worker.last_seen, session.placed_at) + session.options.heartbeat_timeout
+        if now >= silent_until:
+            self._end(now, session, SessionState.FAILED, FailureCause.HEARTBEAT_TIMEOUT)
+        else:
+            self._session_deadlines.set(session.session_id, min(session.expire_at, silent_until))
+
+    # ----------------------------------------------------------------- workers
+
+    def connect_worker(self, now: float, reg: WorkerRegistration) -> Worker:
+        """Register a worker stream. A previous stream with the same key is dropped (WORKER_LOST)."""
+        key = WorkerKey(reg.task_queue, reg.worker_id)
+        old = self.registry.workers.get(key)
+        if old is not None:
+            self._drop_worker(now, old, FailureCause.WORKER_LOST)
+        worker = self.registry.connect(key, reg.identity, reg.host_name, reg.capacity, now)
+        worker.interval = self.max_heartbeat_interval
+        self._worker_deadlines.set(key, now + STALE_INTERVALS * worker.interval)
+        self._serve(now, worker)
+        return worker
+
+    def worker(self, key: WorkerKey, epoch: int) -> Worker | None:
+        """The worker connected as ``key`` at ``epoch``, or None (fenced: replaced or gone)."""
+        worker = self.registry.workers.get(key)
+        return worker if worker is not None and worker.epoch == epoch else None
+
+    def worker_seen(self, now: float, key: WorkerKey, epoch: int) -> Worker | None:
+        """Record that the worker spoke. O(1). Returns None for a fenced (stale) connection."""
+        worker = self.worker(key, epoch)
+        if worker is None:
+            return None
+        worker.last_seen = now
+        if worker.suspect:
+            worker.suspect = False
+            self.registry.touch(worker)
+            self._worker_deadlines.set(key, now + STALE_INTERVALS * worker.interval)
+            self._serve(now, worker)
+        return worker
+
+    def worker_goodbye(self, now: float, key: WorkerKey, epoch: int, *, drain: bool) -> None:
+        """The worker is shutting down: no new sessions; without drain its open sessions fail now."""
+        worker = self.worker(key, epoch)
+        if worker is None:
+            return
+        worker.last_seen = now
+        worker.draining = True
+        self.registry.touch(worker)
+        if not drain:
+            for sid in list(worker.sessions):
+                self._end(now, self._sessions[sid], SessionState.FAILED, FailureCause.WORKER_SHUTDOWN)
+
+    def disconnect_worker(self, now: float, key: WorkerKey, epoch: int) -> None:
+        """The worker's stream ended. Its open sessions fail: WORKER_SHUTDOWN after a goodbye,
+        WORKER_LOST otherwise."""
+        worker = self.worker(key, epoch)
+        if worker is None:
+            return
+        cause = FailureCause.WORKER_SHUTDOWN if worker.draining else FailureCause.WORKER_LOST
+        self._drop_worker(now, worker, cause)
+
+    def _drop_worker(self, now: float, worker: Worker, cause: FailureCause) -> None:
+        # Mark it gone first, so releasing its slots below cannot place a waiter on it.
+        worker.connected = False
+        self.registry.touch(worker)
+        for sid in list(worker.sessions):
+            self._end(now, self._sessions[sid], SessionState.FAILED, cause)
+        self.registry.remove(worker)
+        self._worker_deadlines.remove(worker.key)
+
+    # ----------------------------------------------------------------- sessions
+
+    def get(self, session_id: str) -> Session:
+        """The session, or :class:`SessionNotFoundError`."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise SessionNotFoundError(session_id)
+        return session
+
+    def create(self, now: float, task_queue: str, options: SessionOptions, *, owner: str = "",
+               request_id: str = "") -> Session | Waiter:
+        """Place a session on the most-free worker of ``task_queue``, or enqueue a waiter (FIFO).
+
+        Returns the session when placed at once, else a :class:`Waiter` whose outcome comes later
+        as :class:`SessionPlaced` or :class:`WaiterFailed`. A retry with the same ``request_id``
+        returns the same session or waiter.
+        """
+        earlier = self._requests.get(request_id) if request_id else None
+        if earlier is not None:
+            return earlier
+        self._check_owner(owner)
+        queue = self._queue_waiters.setdefault(task_queue, deque())
+        if not _has_live(queue):
+            worker = self.registry.best(task_queue, ResourceVector.one_session())
+            if worker is not None:
+                return self._place(now, worker, options, owner, request_id, None)
+        if options.creation_timeout <= 0:
+            raise NoCapacityError(f"no worker of task queue {task_queue!r} has a free slot")
+        return self._enqueue(now, queue, task_queue, None, options, owner, request_id)
+
+    def recreate(self, now: float, token: bytes, options: SessionOptions, *, owner: str = "",
+                 request_id: str = "") -> Session | Waiter:
+        """Place a new session on the worker ``token`` names, or wait for it to have room."""
+        key = decode_token(token)
+        earlier = self._requests.get(request_id) if request_id else None
+        if earlier is not None:
+            return earlier
+        self._check_owner(owner)
+        queue = self._worker_waiters.setdefault(key, deque())
+        worker = self.registry.workers.get(key)
+        if worker is not None and worker.eligible and not _has_live(queue) \
+                and worker.free.covers(ResourceVector.one_session()):
+            return self._place(now, worker, options, owner, request_id, None)
+        if options.creation_timeout <= 0:
+            if worker is not None and worker.eligible:
+                raise NoCapacityError(f"worker {key.worker_id!r} has no free slot")
+            raise WorkerUnavailableError(f"worker {key.worker_id!r} of task queue {key.task_queue!r} "
+                                         "is not connected")
+        return self._enqueue(now, queue, key.task_queue, key, options, owner, request_id)
+
+    def cancel_waiter(self, waiter_id: str) -> None:
+        """The caller gave up waiting: the waiter leaves the queue and will take no slot."""
+        waiter = self._waiters.get(waiter_id)
+        if waiter is not None:
+            self._drop_waiter(waiter)
+
+    def complete(self, now: float, session_id: str) -> Session:
+        """Close an OPEN session and free its slot; a no-op on FAILED and CLOSED sessions."""
+        session = self.get(session_id)
+        if session.state is SessionState.OPEN:
+            self._end(now, session, SessionState.CLOSED, None)
+        return session
+
+    def _check_owner(self, owner: str) -> None:
+        if not owner:
+            return
+        holder = self._owners.get(owner)
+        if holder is not None:
+            raise ExistingOpenSessionError(owner, holder.session_id if isinstance(holder, Session) else None)
+
+    def _enqueue(self, now: float, queue: deque[Waiter], task_queue: str, target: WorkerKey | None,
+                 options: SessionOptions, owner: str, request_id: str) -> Waiter:
+        waiter = Waiter(self._new_id(), task_queue, target, options, owner, request_id,
+                        now + options.creation_timeout)
+        self._waiters[waiter.waiter_id] = waiter
+        queue.append(waiter)
+        self._waiter_deadlines.set(waiter.waiter_id, waiter.deadline)
+        if owner:
+            self._owners[owner] = waiter
+        if request_id:
+            self._requests[request_id] = waiter
+        return waiter
+
+    def _drop_waiter(self, waiter: Waiter) -> None:
+        waiter.done = True
+        del self._waiters[waiter.waiter_id]
+        self._waiter_deadlines.remove(waiter.waiter_id)
+        if waiter.owner and self._owners.get(waiter.owner) is waiter:
+            del self._owners[waiter.owner]
+        if waiter.request_id and self._requests.get(waiter.request_id) is waiter:
+            del self._requests[waiter.request_id]
+
+    def _place(self, now: float, worker: Worker, options: SessionOptions, owner: str, request_id: str,
+               waiter_id: str | None) -> Session:
+        demand = ResourceVector.one_session()
+        # The hard limit: callers found room, and nothing ran in between (the core is synchronous).
+        if not worker.free.covers(demand):
+            raise IllegalTransitionError(f"worker {worker.key.worker_id} is full")
+        session = Session(
+            session_id=self._new_id(), seq=next(self._seq), task_queue=worker.key.task_queue,
+            worker=worker, options=options, owner=owner, request_id=request_id, placed_at=now,
+            expire_at=now + options.execution_timeout, demand=demand,
+        )
+        sid = session.session_id
+        self._sessions[sid] = session
+        worker.used = worker.used + demand
+        worker.sessions.add(sid)
+        timeout = options.heartbeat_timeout
+        worker.timeouts[timeout] = worker.timeouts.get(timeout, 0) + 1
+        self.registry.touch(worker)
+        if owner:
+            self._owners[owner] = session
+        if request_id:
+            self._requests[request_id] = session
+        self._session_deadlines.set(sid, min(session.expire_at, now + timeout))
+        self._events.append(SessionPlaced(session, waiter_id))
+        self._update_interval(now, worker)
+        return session
+
+    def _end(self, now: float, session: Session, state: SessionState, cause: FailureCause | None) -> None:
+        if state not in TRANSITIONS[session.state]:
+            raise IllegalTransitionError(f"session {session.session_id}: {session.state.name} -> {state.name}")
+        session.state = state
+        session.closed_at = now
+        if cause is not None:
+            session.failure = Failure(cause, _FAILURE_TEXT[cause])
+        worker = session.worker
+        # Release the slot: exactly once, because OPEN is left exactly once.
+        worker.used = worker.used - session.demand
+        worker.sessions.discard(session.session_id)
+        timeout = session.options.heartbeat_timeout
+        left = worker.timeouts[timeout] - 1
+        if left:
+            worker.timeouts[timeout] = left
+        else:
+            del worker.timeouts[timeout]
+        if session.owner and self._owners.get(session.owner) is session:
+            del self._owners[session.owner]
+        reason = "SESSION_FAILED" if state is SessionState.FAILED else "SESSION_COMPLETED"
+        for aid in sorted(session.activities):
+            activity = self._activities.pop(aid)
+            self._activity_deadlines.remove(aid)
+            self._events.append(ActivityEnded(activity, ActivityAbortedError(session.session_id, reason, cause)))
+        session.activities.clear()
+        self._session_deadlines.set(session.session_id, now + self.retention)
+        self._events.append(SessionEnded(session, worker.epoch))
+        if worker.connected:
+            self.registry.touch(worker)
+            self._update_interval(now, worker)
+            self._serve(now, worker)
+
+    def _forget(self, session: Session) -> None:
+        del self._sessions[session.session_id]
+        if session.request_id and self._requests.get(session.request_id) is session:
+            del self._requests[session.request_id]
+
+    def _serve(self, now: float, worker: Worker) -> None:
+        """Hand free capacity to waiters: first Recreates for this worker, then its task queue, FIFO."""
+        demand = ResourceVector.one_session()
+        targeted = self._worker_waiters.get(worker.key)
+        while targeted and worker.eligible and worker.free.covers(demand):
+            waiter = targeted.popleft()
+            if not waiter.done:
+                self._drop_waiter(waiter)
+                self._place(now, worker, waiter.options, waiter.owner, waiter.request_id, waiter.waiter_id)
+        queue = self._queue_waiters.get(worker.key.task_queue)
+        while queue:
+            if queue[0].done:
+                queue.popleft()
+                continue
+            best = self.registry.best(worker.key.task_queue, demand)
+            if best is None:
+                break
+            waiter = queue.popleft()
+            self._drop_waiter(waiter)
+            self._place(now, best, waiter.options, waiter.owner, waiter.request_id, waiter.waiter_id)
+
+    def _update_interval(self, now: float, worker: Worker) -> None:
+        # The new interval reaches the worker on the next message it gets (every message carries
+        # it), and placement and release always send one: SessionStarted or SessionEnded.
+        interval = self.max_heartbeat_interval
+        if worker.timeouts:
+            interval = min(interval, min(worker.timeouts) / 3.0)
+        if interval != worker.interval:
+            worker.interval = interval
+            stale_at = worker.last_seen + STALE_INTERVALS * interval
+            current = self._worker_deadlines.deadline(worker.key)
+            if current is None or stale_at < current:
+                self._worker_deadlines.set(worker.key, max(stale_at, now))
+
+    # ----------------------------------------------------------------- activities
+
+    def start_activity(self, now: float, session_id: str, timeout: float) -> Activity:
+        """Record an activity in flight in an OPEN session; it times out at ``now + timeout``."""
+        session = self.get(session_id)
+        if session.state is SessionState.FAILED:
+            assert session.failure is not None
+            raise SessionFailedError(session_id, session.failure.cause)
+        if session.state is SessionState.CLOSED:
+            raise SessionClosedError(session_id)
+        activity = Activity(self._new_id(), session_id, session.worker, session.worker.epoch, now + timeout)
+        self._activities[activity.activity_id] = activity
+        session.activities.add(activity.activity_id)
+        self._activity_deadlines.set(activity.activity_id, activity.deadline)
+        return activity
+
+    def finish_activity(self, key: WorkerKey, epoch: int, activity_id: str, session_id: str) -> Activity | None:
+        """A worker reported an outcome. Returns the activity, or None if it is not in flight on
+        that worker (late, unknown, or from a fenced connection): the outcome is then dropped."""
+        activity = self._activities.get(activity_id)
+        if activity is None or activity.session_id != session_id or activity.epoch != epoch \
+                or activity.worker.key != key:
+            return None
+        return self._pop_activity(activity)
+
+    def abandon_activity(self, activity_id: str) -> Activity | None:
+        """The caller stopped waiting (cancelled its RPC). Returns the activity if still in flight."""
+        activity = self._activities.get(activity_id)
+        return None if activity is None else self._pop_activity(activity)
+
+    def _pop_activity(self, activity: Activity) -> Activity:
+        del self._activities[activity.activity_id]
+        self._activity_deadlines.remove(activity.activity_id)
+        self._sessions[activity.session_id].activities.discard(activity.activity_id)
+        return activity
+
+    # ----------------------------------------------------------------- views
+
+    def recreate_token(self, session: Session) -> bytes:
+        """The token that recreates sessions on ``session``'s worker."""
+        return encode_token(session.worker.key)
+
+    def sessions(self, *, task_queue: str = "", owner: str = "", state: SessionState | None = None,
+                 after_seq: int = 0) -> Iterator[Session]:
+        """Sessions (oldest first) matching the filters, with ``seq > after_seq``. Operator path: O(n)."""
+        for session in self._sessions.values():
+            if session.seq <= after_seq:
+                continue
+            if task_queue and session.task_queue != task_queue:
+                continue
+            if owner and session.owner != owner:
+                continue
+            if state is not None and session.state is not state:
+                continue
+            yield session
+
+    def workers(self, *, task_queue: str = "") -> list[Worker]:
+        """Connected workers, ordered by (task queue, worker id). Operator path."""
+        found = [w for w in self.registry.workers.values() if not task_queue or w.key.task_queue == task_queue]
+        return sorted(found, key=lambda w: (w.key.task_queue, w.key.worker_id))
+
+    @property
+    def open_count(self) -> int:
+        """Open sessions across all workers (O(workers); for tests and views)."""
+        return sum(len(w.sessions) for w in self.registry.workers.values())
+
+    def waiting_count(self) -> int:
+        """Creates and Recreates waiting for a slot."""
+        return len(self._waiters)
+
+
+def _has_live(queue: deque[Waiter]) -> bool:
+    while queue and queue[0].done:
+        queue.popleft()
+    return bool(queue)
