@@ -132,3 +132,15 @@ class IllegalTransitionError(SessionError):
     """A state transition outside the lifecycle table was attempted (a bug, never a user error)."""
 
     reason = "INTERNAL"
+
+
+class UnauthenticatedError(SessionError):
+    """The call carried no valid credentials."""
+
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDeniedError(SessionError):
+    """The credentials are valid but not for this RPC (a caller token on the worker stream, say)."""
+
+    reason = "PERMISSION_DENIED"

@@ -124,27 +124,8 @@ class SessionTable:
 
     def advance(self, now: float) -> None:
         """Apply every deadline that is due at ``now`` (exactly at the deadline counts as due)."""
-        for sid in self._session_deadlines.pop_due(now):
-            self._session_due(now, self._sessions[sid])
-        for wid in self._waiter_deadlines.pop_due(now):
-            waiter = self._waiters[wid]
-            self._drop_waiter(waiter)
-            error = (
-                WorkerUnavailableError(
-                    f"worker {waiter.target.worker_id!r} of task queue {waiter.target.task_queue!r} "
-                    "had no free slot (or was not connected) within creation_timeout"
-                ) if waiter.target is not None else CreationTimeoutError(
-                    f"no worker of task queue {waiter.task_queue!r} had a free slot within creation_timeout"
-                )
-            )
-            self._events.append(WaiterFailed(wid, error))
-        for aid in self._activity_deadlines.pop_due(now):
-            activity = self._activities.pop(aid)
-            self._sessions[activity.session_id].activities.discard(aid)
-            self._events.append(ActivityEnded(activity, ActivityTimeoutError(
-                f"activity {aid} did not finish within its start_to_close_timeout",
-                metadata={"session_id": activity.session_id, "activity_id": aid},
-            )))
+        # Staleness first: a session failing below frees a slot, and a worker that has been silent
+        # for STALE_INTERVALS intervals by now must already be suspect so the slot is not handed out.
         for key in self._worker_deadlines.pop_due(now):
             worker = self.registry.workers[key]
             stale_at = worker.last_seen + STALE_INTERVALS * worker.interval
@@ -153,6 +134,17 @@ class SessionTable:
                 self.registry.touch(worker)
             else:
                 self._worker_deadlines.set(key, stale_at)
+        for sid in self._session_deadlines.pop_due(now):
+            self._session_due(now, self._sessions[sid])
+        for wid in self._waiter_deadlines.pop_due(now):
+            self._expire_waiter(self._waiters[wid])
+        for aid in self._activity_deadlines.pop_due(now):
+            activity = self._activities.pop(aid)
+            self._sessions[activity.session_id].activities.discard(aid)
+            self._events.append(ActivityEnded(activity, ActivityTimeoutError(
+                f"activity {aid} did not finish within its start_to_close_timeout",
+                metadata={"session_id": activity.session_id, "activity_id": aid},
+            )))
 
     def _session_due(self, now: float, session: Session) -> None:
         if session.state is not SessionState.OPEN:
@@ -312,6 +304,18 @@ class SessionTable:
             self._requests[request_id] = waiter
         return waiter
 
+    def _expire_waiter(self, waiter: Waiter) -> None:
+        self._drop_waiter(waiter)
+        error = (
+            WorkerUnavailableError(
+                f"worker {waiter.target.worker_id!r} of task queue {waiter.target.task_queue!r} "
+                "had no free slot (or was not connected) within creation_timeout"
+            ) if waiter.target is not None else CreationTimeoutError(
+                f"no worker of task queue {waiter.task_queue!r} had a free slot within creation_timeout"
+            )
+        )
+        self._events.append(WaiterFailed(waiter.waiter_id, error))
+
     def _drop_waiter(self, waiter: Waiter) -> None:
         waiter.done = True
         del self._waiters[waiter.waiter_id]
@@ -389,15 +393,24 @@ class SessionTable:
         """Hand free capacity to waiters: first Recreates for this worker, then its task queue, FIFO."""
         demand = ResourceVector.one_session()
         targeted = self._worker_waiters.get(worker.key)
+        # A waiter whose deadline has passed is failed, never placed, even when advance() has not
+        # reached it yet (a slot freed in the same advance, or a call that arrives late).
         while targeted and worker.eligible and worker.free.covers(demand):
             waiter = targeted.popleft()
-            if not waiter.done:
-                self._drop_waiter(waiter)
-                self._place(now, worker, waiter.options, waiter.owner, waiter.request_id, waiter.waiter_id)
+            if waiter.done:
+                continue
+            if waiter.deadline <= now:
+                self._expire_waiter(waiter)
+                continue
+            self._drop_waiter(waiter)
+            self._place(now, worker, waiter.options, waiter.owner, waiter.request_id, waiter.waiter_id)
         queue = self._queue_waiters.get(worker.key.task_queue)
         while queue:
             if queue[0].done:
                 queue.popleft()
+                continue
+            if queue[0].deadline <= now:
+                self._expire_waiter(queue.popleft())
                 continue
             best = self.registry.best(worker.key.task_queue, demand)
             if best is None:

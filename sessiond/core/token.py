@@ -35,7 +35,7 @@ def decode_token(token: bytes) -> WorkerKey:
     try:
         data = json.loads(body)
         queue, worker_id = data["q"], data["w"]
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:  # deep nesting: RecursionError
         raise InvalidRecreateTokenError("recreate_token: malformed token body") from exc
     if not isinstance(queue, str) or not isinstance(worker_id, str) or not queue or not worker_id:
         raise InvalidRecreateTokenError("recreate_token: malformed token body")

@@ -1,0 +1,103 @@
+"""The ``sessiond`` command: ``serve`` runs the server, ``health`` probes one.
+
+Every :class:`~sessiond.config.ServerConfig` field is a ``serve`` flag (``--field-name``) and a
+``SESSIOND_FIELD_NAME`` environment variable; flags win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from dataclasses import MISSING, fields
+from datetime import timedelta
+from typing import Any
+
+from sessiond.config import ENV_PREFIX, ServerConfig, config_from_env, parse_field
+
+
+def _default_text(value: Any) -> str:
+    if isinstance(value, timedelta):
+        return f"{value.total_seconds():g}s"
+    return "unset" if value is None else str(value)
+
+
+def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
+    for f in fields(ServerConfig):
+        flag = "--" + f.name.replace("_", "-")
+        env = ENV_PREFIX + f.name.upper()
+        default = f.default if f.default is not MISSING else None
+        unit = " (seconds)" if isinstance(default, timedelta) else ""
+        help_text = f"{f.metadata['help']}{unit} [env {env}; default {_default_text(default)}]"
+
+        def convert(raw: str, name: str = f.name) -> Any:
+            try:
+                return parse_field(name, raw)
+            except ValueError as exc:
+                raise argparse.ArgumentTypeError(str(exc)) from exc
+
+        parser.add_argument(flag, dest=f.name, type=convert, default=None, help=help_text,
+                            metavar=f.name.upper())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``sessiond`` command."""
+    parser = argparse.ArgumentParser(
+        prog="sessiond", description="sessiond: worker sessions as a gRPC service.")
+    sub = parser.add_subparsers(dest="command")
+    serve = sub.add_parser("serve", help="run the server (the default command)",
+                           description="Run the sessiond gRPC server until SIGTERM/SIGINT.")
+    _add_serve_flags(serve)
+    health = sub.add_parser("health", help="check a server's grpc.health.v1 status (exit 0 when SERVING)",
+                            description="Call grpc.health.v1.Health/Check; exit 0 when SERVING, 1 otherwise.")
+    health.add_argument("--address", default="127.0.0.1:50051", help="host:port of the server [127.0.0.1:50051]")
+    health.add_argument("--service", default="", help="service name to check ['' = the whole server]")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait [3]")
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from sessiond import logs
+    from sessiond.server import serve
+
+    try:
+        config = ServerConfig().with_overrides(**config_from_env())
+        config = config.with_overrides(**{f.name: getattr(args, f.name) for f in fields(ServerConfig)})
+    except ValueError as exc:
+        print(f"sessiond: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(config.log_level, config.log_format)
+    asyncio.run(serve(config))
+    return 0
+
+
+async def _health(address: str, service: str, wait: float) -> bool:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=wait)
+        except grpc.aio.AioRpcError as exc:
+            print(f"unhealthy: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return False
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(status)
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sessiond`` command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        argv.insert(0, "serve")
+    args = build_parser().parse_args(argv)
+    if args.command == "health":
+        return 0 if asyncio.run(_health(args.address, args.service, args.timeout)) else 1
+    return _serve(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

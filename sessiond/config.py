@@ -1,0 +1,135 @@
+"""Server configuration: one frozen dataclass, one function that reads the environment."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "SESSIOND_"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything ``sessiond serve`` can be told. Durations are ``timedelta``.
+
+    Each field can also be set with the environment variable ``SESSIOND_<FIELD NAME IN CAPS>``
+    (durations in seconds, booleans as 1/0/true/false); command-line flags win over the environment.
+    """
+
+    listen: str = field(
+        default="127.0.0.1:50051", metadata={"help": "Address to listen on (host:port; port 0 picks a free one)."}
+    )
+    tls_cert: Path | None = field(
+        default=None, metadata={"help": "PEM certificate chain: serve TLS when set (with tls_key)."}
+    )
+    tls_key: Path | None = field(default=None, metadata={"help": "PEM private key for tls_cert."})
+    tls_client_ca: Path | None = field(
+        default=None, metadata={"help": "PEM CA bundle: require client certificates signed by it (mTLS)."}
+    )
+    worker_token: str | None = field(
+        default=None, metadata={"help": "Bearer token a worker must present on WorkerHeartbeat (unset = no check)."}
+    )
+    caller_token: str | None = field(
+        default=None,
+        metadata={"help": "Bearer token a caller must present on every other sessiond RPC (unset = no check)."},
+    )
+    creation_timeout: timedelta = field(
+        default=timedelta(seconds=60), metadata={"help": "Default creation_timeout of a session."}
+    )
+    execution_timeout: timedelta = field(
+        default=timedelta(hours=24), metadata={"help": "Default execution_timeout of a session."}
+    )
+    heartbeat_timeout: timedelta = field(
+        default=timedelta(seconds=20), metadata={"help": "Default heartbeat_timeout of a session."}
+    )
+    activity_timeout: timedelta = field(
+        default=timedelta(minutes=5), metadata={"help": "Default start_to_close_timeout of an activity."}
+    )
+    retention: timedelta = field(
+        default=timedelta(minutes=10), metadata={"help": "How long a FAILED or CLOSED session stays readable."}
+    )
+    max_heartbeat_interval: timedelta = field(
+        default=timedelta(seconds=10), metadata={"help": "Longest heartbeat interval a worker is given."}
+    )
+    shutdown_grace: timedelta = field(
+        default=timedelta(seconds=5), metadata={"help": "On SIGTERM, how long open RPCs and streams get to finish."}
+    )
+    max_pending_requests: int = field(
+        default=100_000,
+        metadata={"help": "grpc core's queue of not-yet-handled RPCs; the default (1000) sheds reconnect storms."},
+    )
+    gc_freeze: bool = field(
+        default=True,
+        metadata={
+            "help": "Freeze the start-up heap out of the garbage collector (shorter GC pauses with many streams)."
+        },
+    )
+    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR."})
+    log_format: str = field(default="text", metadata={"help": "text or json."})
+
+    def __post_init__(self) -> None:
+        for name in (
+            "creation_timeout",
+            "execution_timeout",
+            "heartbeat_timeout",
+            "activity_timeout",
+            "retention",
+            "max_heartbeat_interval",
+            "shutdown_grace",
+        ):
+            if getattr(self, name) < timedelta(0):
+                raise ValueError(f"{name} must not be negative")
+        for name in ("execution_timeout", "heartbeat_timeout", "activity_timeout", "max_heartbeat_interval"):
+            if getattr(self, name) <= timedelta(0):
+                raise ValueError(f"{name} must be positive")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca needs tls_cert and tls_key")
+        if self.log_format not in ("text", "json"):
+            raise ValueError("log_format must be text or json")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError("log_level must be DEBUG, INFO, WARNING or ERROR")
+        if self.max_pending_requests < 1:
+            raise ValueError("max_pending_requests must be positive")
+
+    def with_overrides(self, **overrides: Any) -> ServerConfig:
+        """A copy with the given fields replaced (None values are ignored)."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def parse_field(name: str, raw: str) -> Any:
+    """Parse a string (from a flag or the environment) into the type of field ``name``."""
+    default = getattr(ServerConfig, name, None)
+    kind = {f.name: f.type for f in fields(ServerConfig)}[name]
+    if "timedelta" in str(kind) or isinstance(default, timedelta):
+        return timedelta(seconds=float(raw))
+    if "bool" in str(kind):
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{name}: expected a boolean, got {raw!r}")
+    if "int" in str(kind):
+        return int(raw)
+    if "Path" in str(kind):
+        return Path(raw)
+    return raw
+
+
+def config_from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The ``SESSIOND_*`` variables in ``env`` (default: os.environ) as field overrides."""
+    env = os.environ if env is None else env
+    out: dict[str, Any] = {}
+    for f in fields(ServerConfig):
+        raw = env.get(ENV_PREFIX + f.name.upper())
+        if raw is not None and raw != "":
+            try:
+                out[f.name] = parse_field(f.name, raw)
+            except ValueError as exc:
+                raise ValueError(f"{ENV_PREFIX}{f.name.upper()}: {exc}") from exc
+    return out

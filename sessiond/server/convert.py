@@ -1,0 +1,92 @@
+"""Conversions between core values and sessiond.v1 messages, and between the two clocks.
+
+The core counts monotonic seconds; the wire carries wall-clock Timestamps. A
+:class:`WallClock` fixes the offset between them once, at start-up.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from datetime import timedelta
+
+from google.protobuf import duration_pb2, timestamp_pb2
+from sessiond_client.api.v1 import session_pb2
+
+from sessiond.core.model import Session, SessionOptions, Worker, WorkerKey
+from sessiond.core.resources import SESSIONS
+from sessiond.core.token import encode_token
+
+
+class WallClock:
+    """Maps monotonic seconds (the core's time) to wall-clock Timestamps."""
+
+    def __init__(self) -> None:
+        self._offset = time.time() - time.monotonic()
+
+    def timestamp(self, monotonic: float) -> timestamp_pb2.Timestamp:
+        """The wall-clock Timestamp of a monotonic instant."""
+        wall = monotonic + self._offset
+        seconds = int(wall)
+        return timestamp_pb2.Timestamp(seconds=seconds, nanos=int((wall - seconds) * 1e9))
+
+
+def duration(seconds: float) -> duration_pb2.Duration:
+    """A Duration message of ``seconds``."""
+    out = duration_pb2.Duration()
+    out.FromTimedelta(timedelta(seconds=seconds))
+    return out
+
+
+@functools.lru_cache(maxsize=65536)
+def recreate_token(key: WorkerKey) -> bytes:
+    """The recreate token of a worker (cached: it never changes)."""
+    return encode_token(key)
+
+
+def options_to_pb(options: SessionOptions) -> session_pb2.SessionOptions:
+    """Resolved options as a message (every field set)."""
+    return session_pb2.SessionOptions(
+        creation_timeout=duration(options.creation_timeout),
+        execution_timeout=duration(options.execution_timeout),
+        heartbeat_timeout=duration(options.heartbeat_timeout),
+    )
+
+
+def session_to_pb(session: Session, clock: WallClock) -> session_pb2.Session:
+    """A session as the wire shows it."""
+    worker = session.worker
+    out = session_pb2.Session(
+        session_id=session.session_id,
+        task_queue=session.task_queue,
+        state=int(session.state),  # type: ignore[arg-type]  # IntEnum values mirror the proto enum
+        worker=session_pb2.WorkerRef(
+            worker_id=worker.key.worker_id, identity=worker.identity, host_name=worker.host_name,
+        ),
+        recreate_token=recreate_token(worker.key),
+        create_time=clock.timestamp(session.placed_at),
+        expire_time=clock.timestamp(session.expire_at),
+        owner=session.owner,
+        options=options_to_pb(session.options),
+    )
+    if session.closed_at is not None:
+        out.close_time.CopyFrom(clock.timestamp(session.closed_at))
+    if session.failure is not None:
+        out.failure.cause = int(session.failure.cause)  # type: ignore[assignment]
+        out.failure.message = session.failure.message
+    return out
+
+
+def worker_to_pb(worker: Worker, clock: WallClock) -> session_pb2.WorkerInfo:
+    """A connected worker as the operator sees it."""
+    return session_pb2.WorkerInfo(
+        worker_id=worker.key.worker_id,
+        task_queue=worker.key.task_queue,
+        identity=worker.identity,
+        host_name=worker.host_name,
+        max_concurrent_sessions=worker.capacity[SESSIONS],
+        open_sessions=len(worker.sessions),
+        draining=worker.draining,
+        connect_time=clock.timestamp(worker.connected_at),
+        last_heartbeat_time=clock.timestamp(worker.last_seen),
+    )

@@ -1,0 +1,339 @@
+"""The application layer around the pure core: clock, timer, futures, worker connections.
+
+The engine owns the one :class:`~sessiond.core.table.SessionTable`. Every call reads the
+monotonic clock, calls the core, then *flushes*: drains the core's events and publishes
+them (stream messages to workers, results to waiting RPCs, states to watchers), and re-arms
+a single ``loop.call_at`` timer at the core's next deadline. Everything runs on one event
+loop, so nothing interleaves between a core call and its flush.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from sessiond_client.api.v1 import session_pb2, worker_pb2
+
+from sessiond.config import ServerConfig
+from sessiond.core import events as ev
+from sessiond.core.errors import SessionError
+from sessiond.core.model import (
+    Activity,
+    Session,
+    SessionOptions,
+    SessionState,
+    Waiter,
+    Worker,
+    WorkerKey,
+    WorkerRegistration,
+)
+from sessiond.core.table import SessionTable
+from sessiond.server.convert import WallClock, duration, session_to_pb, worker_to_pb
+
+log = logging.getLogger("sessiond.engine")
+
+
+class WorkerConnection:
+    """The outbound side of one worker stream: a queue the stream handler drains."""
+
+    __slots__ = ("_queue", "closed", "epoch", "key")
+
+    def __init__(self, key: WorkerKey, epoch: int) -> None:
+        self.key = key
+        self.epoch = epoch
+        self.closed = False
+        self._queue: asyncio.Queue[worker_pb2.WorkerHeartbeatResponse | None] = asyncio.Queue()
+
+    def put(self, message: worker_pb2.WorkerHeartbeatResponse) -> None:
+        """Queue a message for the worker (dropped once the connection is closed)."""
+        if not self.closed:
+            self._queue.put_nowait(message)
+
+    def close(self) -> None:
+        """End the stream after the messages already queued."""
+        if not self.closed:
+            self.closed = True
+            self._queue.put_nowait(None)
+
+    async def next(self) -> worker_pb2.WorkerHeartbeatResponse | None:
+        """The next message to send, or None when the stream should end."""
+        return await self._queue.get()
+
+
+@dataclass(eq=False)
+class _Wait:
+    """A waiting Create/Recreate, shared by retries with the same request_id."""
+
+    future: asyncio.Future[Session]
+    refs: int = 0
+
+
+@dataclass(eq=False)
+class _Watch:
+    futures: list[asyncio.Future[session_pb2.Session]] = field(default_factory=list)
+
+
+class Engine:
+    """Runs the session table on an asyncio loop. Create it inside the running loop."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.incarnation = str(uuid.uuid4())
+        self.clock = WallClock()
+        self.table = SessionTable(
+            retention=config.retention.total_seconds(),
+            max_heartbeat_interval=config.max_heartbeat_interval.total_seconds(),
+        )
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+        self._connections: dict[WorkerKey, WorkerConnection] = {}
+        self._waits: dict[str, _Wait] = {}
+        self._activities: dict[str, asyncio.Future[worker_pb2.ActivityResult]] = {}
+        self._watches: dict[str, _Watch] = {}
+
+    def now(self) -> float:
+        """Monotonic seconds: the loop's clock, the one the timer uses."""
+        return self._loop.time()
+
+    def to_pb(self, session: Session) -> session_pb2.Session:
+        """A session as the wire shows it."""
+        return session_to_pb(session, self.clock)
+
+    def worker_to_pb(self, worker: Worker) -> session_pb2.WorkerInfo:
+        """A connected worker as the operator sees it."""
+        return worker_to_pb(worker, self.clock)
+
+    # ----------------------------------------------------------------- callers
+
+    async def create_session(self, task_queue: str, options: SessionOptions, *, owner: str,
+                             request_id: str) -> Session:
+        """Place a session, waiting up to ``options.creation_timeout`` for capacity."""
+        result = self.table.create(self.now(), task_queue, options, owner=owner, request_id=request_id)
+        self._flush()
+        return await self._settle(result)
+
+    async def recreate_session(self, token: bytes, options: SessionOptions, *, owner: str,
+                               request_id: str) -> Session:
+        """Place a session on the token's worker, waiting up to ``options.creation_timeout``."""
+        result = self.table.recreate(self.now(), token, options, owner=owner, request_id=request_id)
+        self._flush()
+        return await self._settle(result)
+
+    async def _settle(self, result: Session | Waiter) -> Session:
+        if isinstance(result, Session):
+            return result
+        wait = self._waits.get(result.waiter_id)
+        if wait is None:
+            wait = self._waits[result.waiter_id] = _Wait(self._loop.create_future())
+        wait.refs += 1
+        try:
+            # Shielded: a retry with the same request_id shares the future, and one caller
+            # giving up must not cancel it for the others.
+            return await asyncio.shield(wait.future)
+        except asyncio.CancelledError:
+            wait.refs -= 1
+            if wait.refs == 0:
+                self._abandon_wait(result.waiter_id, wait)
+            raise
+
+    def _abandon_wait(self, waiter_id: str, wait: _Wait) -> None:
+        """Every caller of a waiter gave up: it takes no slot (or gives back one placed meanwhile)."""
+        future = wait.future
+        if future.done() and not future.cancelled() and future.exception() is None:
+            # Placed in the same loop turn the caller was cancelled in: release the slot.
+            self.table.complete(self.now(), future.result().session_id)
+        else:
+            self.table.cancel_waiter(waiter_id)
+            self._waits.pop(waiter_id, None)
+            if not future.done():
+                future.cancel()
+        self._flush()
+
+    def complete_session(self, session_id: str) -> Session:
+        """Close a session (a no-op unless OPEN)."""
+        session = self.table.complete(self.now(), session_id)
+        self._flush()
+        return session
+
+    def get_session(self, session_id: str) -> Session:
+        """Read a session."""
+        return self.table.get(session_id)
+
+    async def execute_activity(self, session_id: str, activity_type: str, payload: session_pb2.Payload,
+                               timeout: float, headers: dict[str, str]) -> worker_pb2.ActivityResult:  # noqa: ASYNC109
+        """Send an activity to the session's worker and wait for its outcome."""
+        activity = self.table.start_activity(self.now(), session_id, timeout)
+        conn = self._connection(activity.worker.key, activity.epoch)
+        assert conn is not None, "an OPEN session's worker is connected (core invariant)"
+        future: asyncio.Future[worker_pb2.ActivityResult] = self._loop.create_future()
+        self._activities[activity.activity_id] = future
+        task = worker_pb2.ActivityTask(
+            activity_id=activity.activity_id, session_id=session_id, activity_type=activity_type,
+            input=payload, start_to_close_timeout=duration(timeout), headers=headers,
+        )
+        self._send(conn, activity.worker, activity_task=task)
+        self._flush()
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if self._activities.pop(activity.activity_id, None) is not None:
+                gone = self.table.abandon_activity(activity.activity_id)
+                if gone is not None:
+                    self._cancel_on_worker(gone, "CALLER_CANCELLED")
+                self._flush()
+            raise
+
+    async def watch_session(self, session_id: str) -> AsyncIterator[session_pb2.Session]:
+        """The session now, then its terminal state when it gets there."""
+        session = self.table.get(session_id)
+        yield self.to_pb(session)
+        if session.state is not SessionState.OPEN:
+            return
+        future: asyncio.Future[session_pb2.Session] = self._loop.create_future()
+        watch = self._watches.setdefault(session_id, _Watch())
+        watch.futures.append(future)
+        try:
+            yield await future
+        finally:
+            if not future.done():
+                future.cancel()
+                watch.futures.remove(future)
+                if not watch.futures:
+                    self._watches.pop(session_id, None)
+
+    # ----------------------------------------------------------------- workers
+
+    def connect_worker(self, registration: WorkerRegistration) -> WorkerConnection:
+        """Register a worker stream; a previous stream with the same key is dropped."""
+        worker = self.table.connect_worker(self.now(), registration)
+        old = self._connections.get(worker.key)
+        if old is not None:
+            old.close()
+        conn = self._connections[worker.key] = WorkerConnection(worker.key, worker.epoch)
+        # Registered goes first: placements for waiters (flushed next) follow it on the stream.
+        self._send(conn, worker, registered=worker_pb2.Registered(worker_id=worker.key.worker_id))
+        self._flush()
+        log.info("worker joined", extra={"worker_id": worker.key.worker_id, "task_queue": worker.key.task_queue})
+        return conn
+
+    def worker_message(self, conn: WorkerConnection, request: worker_pb2.WorkerHeartbeatRequest) -> bool:
+        """Handle one message from a worker. False means the connection is fenced: close it."""
+        now = self.now()
+        worker = self.table.worker_seen(now, conn.key, conn.epoch)
+        if worker is None:
+            return False
+        kind = request.WhichOneof("message")
+        if kind == "activity_result":
+            result = request.activity_result
+            activity = self.table.finish_activity(conn.key, conn.epoch, result.activity_id, result.session_id)
+            future = self._activities.pop(result.activity_id, None) if activity is not None else None
+            if future is not None and not future.done():
+                future.set_result(result)
+        elif kind == "goodbye":
+            self.table.worker_goodbye(now, conn.key, conn.epoch, drain=request.goodbye.drain)
+            log.info("worker said goodbye", extra={"worker_id": conn.key.worker_id,
+                                                   "drain": request.goodbye.drain})
+        elif kind == "register":
+            log.warning("worker %s sent register twice; ignored", conn.key.worker_id)
+        self._flush()
+        return True
+
+    def disconnect_worker(self, conn: WorkerConnection) -> None:
+        """The worker's stream ended."""
+        conn.close()
+        if self._connections.get(conn.key) is conn:
+            del self._connections[conn.key]
+            self.table.disconnect_worker(self.now(), conn.key, conn.epoch)
+            log.info("worker left", extra={"worker_id": conn.key.worker_id, "task_queue": conn.key.task_queue})
+            self._flush()
+
+    def close_worker_streams(self) -> None:
+        """Tell every worker the server is going away: their streams end after queued messages."""
+        for conn in list(self._connections.values()):
+            conn.close()
+
+    def stop(self) -> None:
+        """Stop the timer (after the gRPC server stopped)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _connection(self, key: WorkerKey, epoch: int) -> WorkerConnection | None:
+        conn = self._connections.get(key)
+        return conn if conn is not None and conn.epoch == epoch else None
+
+    def _send(self, conn: WorkerConnection, worker: Worker, **message: object) -> None:
+        conn.put(worker_pb2.WorkerHeartbeatResponse(
+            server_incarnation=self.incarnation, heartbeat_interval=duration(worker.interval),
+            **message,  # type: ignore[arg-type]
+        ))
+
+    def _cancel_on_worker(self, activity: Activity, reason: str) -> None:
+        conn = self._connection(activity.worker.key, activity.epoch)
+        if conn is not None:
+            self._send(conn, activity.worker, cancel_activity=worker_pb2.CancelActivity(
+                activity_id=activity.activity_id, session_id=activity.session_id, reason=reason))
+
+    # ----------------------------------------------------------------- events and time
+
+    def _flush(self) -> None:
+        for event in self.table.take_events():
+            self._publish(event)
+        deadline = self.table.next_deadline()
+        if deadline is not None and deadline < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = math.inf
+        self.table.advance(self.now())
+        self._flush()
+
+    def _publish(self, event: ev.Event) -> None:
+        if isinstance(event, ev.SessionPlaced):
+            session = event.session
+            conn = self._connection(session.worker.key, session.worker.epoch)
+            if conn is not None:
+                self._send(conn, session.worker, session_started=worker_pb2.SessionStarted(session=self.to_pb(session)))
+            if event.waiter_id is not None:
+                wait = self._waits.pop(event.waiter_id, None)
+                if wait is not None and not wait.future.done():
+                    wait.future.set_result(session)
+        elif isinstance(event, ev.SessionEnded):
+            self._session_ended(event.session, event.epoch)
+        elif isinstance(event, ev.WaiterFailed):
+            wait = self._waits.pop(event.waiter_id, None)
+            if wait is not None and not wait.future.done():
+                wait.future.set_exception(event.error)
+        elif isinstance(event, ev.ActivityEnded):
+            future = self._activities.pop(event.activity.activity_id, None)
+            if future is not None and not future.done():
+                future.set_exception(event.error)
+            self._cancel_on_worker(event.activity, event.error.reason)
+
+    def _session_ended(self, session: Session, epoch: int) -> None:
+        snapshot = self.to_pb(session)
+        conn = self._connection(session.worker.key, epoch)
+        if conn is not None:
+            self._send(conn, session.worker, session_ended=worker_pb2.SessionEnded(
+                session_id=session.session_id, state=snapshot.state,
+                failure=snapshot.failure if snapshot.HasField("failure") else None))
+        watch = self._watches.pop(session.session_id, None)
+        if watch is not None:
+            for future in watch.futures:
+                if not future.done():
+                    future.set_result(snapshot)
+        if session.failure is not None:
+            log.info("session failed", extra={"session_id": session.session_id,
+                                               "cause": session.failure.cause.name})
+
+
+__all__ = ["Engine", "SessionError", "WorkerConnection"]

@@ -1,0 +1,104 @@
+"""The one table from domain errors to gRPC status code + ErrorInfo reason (SPEC §3).
+
+Servicer methods do not catch anything: :func:`rpc` wraps them, turns a
+:class:`~sessiond.core.errors.SessionError` into a rich status, lets cancellation pass, and
+logs anything unmapped once as INTERNAL.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from sessiond.core import errors as e
+
+log = logging.getLogger("sessiond.server")
+
+DOMAIN = "sessiond"
+
+# Every domain error, its status code. The reason comes from the error itself (error.reason).
+STATUS_CODES: dict[type[e.SessionError], grpc.StatusCode] = {
+    e.SessionNotFoundError: grpc.StatusCode.NOT_FOUND,
+    e.ExistingOpenSessionError: grpc.StatusCode.FAILED_PRECONDITION,
+    e.CreationTimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
+    e.WorkerUnavailableError: grpc.StatusCode.DEADLINE_EXCEEDED,
+    e.ActivityTimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
+    e.NoCapacityError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    e.InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
+    e.InvalidRecreateTokenError: grpc.StatusCode.INVALID_ARGUMENT,
+    e.SessionFailedError: grpc.StatusCode.FAILED_PRECONDITION,
+    e.SessionClosedError: grpc.StatusCode.FAILED_PRECONDITION,
+    e.ActivityAbortedError: grpc.StatusCode.ABORTED,
+    e.UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
+    e.PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
+}
+
+
+def to_status(error: e.SessionError) -> grpc.Status:
+    """The rich gRPC status for a domain error: code, message and an ErrorInfo detail."""
+    code = STATUS_CODES.get(type(error), grpc.StatusCode.INTERNAL)
+    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=error.message, details=[detail])
+    return rpc_status.to_status(status)
+
+
+async def abort_with(context: grpc.aio.ServicerContext[Any, Any], status: grpc.Status) -> None:
+    """End the RPC with a rich status (raises)."""
+    await context.abort_with_status(status)  # type: ignore[attr-defined]  # grpc-stubs 1.53 lacks it
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception, method: str) -> None:
+    if isinstance(exc, e.SessionError) and type(exc) in STATUS_CODES:
+        await abort_with(context, to_status(exc))
+    log.exception("internal error in %s", method, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
+
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Self = TypeVar("Self")
+
+
+def rpc(
+    fn: Callable[[Self, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]],
+) -> Callable[[Self, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]:
+    """Wrap a unary servicer method: domain errors become rich statuses, cancellation passes."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Self, request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> Resp:
+        try:
+            return await fn(self, request, context)
+        except Exception as exc:
+            if isinstance(exc, grpc.aio.AbortError):
+                raise
+            await _abort(context, exc, fn.__name__)
+            raise  # unreachable: abort raises
+
+    return wrapper
+
+
+def rpc_stream(
+    fn: Callable[[Self, Req, grpc.aio.ServicerContext[Req, Resp]], AsyncIterator[Resp]],
+) -> Callable[[Self, Req, grpc.aio.ServicerContext[Req, Resp]], AsyncIterator[Resp]]:
+    """Wrap a server-streaming servicer method (an async generator) the same way as :func:`rpc`."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Self, request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> AsyncIterator[Resp]:
+        try:
+            async for item in fn(self, request, context):
+                yield item
+        except Exception as exc:
+            if isinstance(exc, grpc.aio.AbortError):
+                raise
+            await _abort(context, exc, fn.__name__)
+
+    return wrapper

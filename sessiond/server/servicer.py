@@ -1,0 +1,133 @@
+"""The sessiond.v1.SessionService servicer: validate, convert, call the engine, convert back."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import grpc
+from sessiond_client.api.v1 import session_pb2, session_service_pb2, session_service_pb2_grpc, worker_pb2
+
+from sessiond.core.model import SessionOptions
+from sessiond.server import validate
+from sessiond.server.engine import Engine
+from sessiond.server.errors import rpc, rpc_stream
+from sessiond.server.worker_stream import serve_worker
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+# Leave this much of the caller's RPC deadline to deliver a CREATION_TIMEOUT answer in time.
+_DEADLINE_MARGIN = 0.05
+
+
+def _within_deadline(options: SessionOptions, context: Context) -> SessionOptions:
+    """creation_timeout is also bounded by the RPC deadline: answer before the caller gives up."""
+    remaining = context.time_remaining()
+    if remaining is None or remaining - _DEADLINE_MARGIN >= options.creation_timeout:
+        return options
+    return replace(options, creation_timeout=max(0.0, remaining - _DEADLINE_MARGIN))
+
+
+class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
+    """Thin transport glue over :class:`~sessiond.server.engine.Engine`."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._host = os.uname().nodename
+
+    @rpc
+    async def CreateSession(self, request: session_service_pb2.CreateSessionRequest,
+                            context: Context) -> session_service_pb2.CreateSessionResponse:
+        task_queue = validate.name(request.task_queue, "task_queue", required=True)
+        options = validate.options(request.options, request.HasField("options"), self.engine.config)
+        session = await self.engine.create_session(
+            task_queue, _within_deadline(options, context),
+            owner=validate.name(request.owner, "owner", required=False),
+            request_id=validate.name(request.request_id, "request_id", required=False),
+        )
+        return session_service_pb2.CreateSessionResponse(session=self.engine.to_pb(session))
+
+    @rpc
+    async def RecreateSession(self, request: session_service_pb2.RecreateSessionRequest,
+                              context: Context) -> session_service_pb2.RecreateSessionResponse:
+        token = validate.token(request.recreate_token)
+        options = validate.options(request.options, request.HasField("options"), self.engine.config)
+        session = await self.engine.recreate_session(
+            token, _within_deadline(options, context),
+            owner=validate.name(request.owner, "owner", required=False),
+            request_id=validate.name(request.request_id, "request_id", required=False),
+        )
+        return session_service_pb2.RecreateSessionResponse(session=self.engine.to_pb(session))
+
+    @rpc
+    async def CompleteSession(self, request: session_service_pb2.CompleteSessionRequest,
+                              context: Context) -> session_service_pb2.CompleteSessionResponse:
+        session = self.engine.complete_session(validate.name(request.session_id, "session_id", required=True))
+        return session_service_pb2.CompleteSessionResponse(session=self.engine.to_pb(session))
+
+    @rpc
+    async def GetSessionInfo(self, request: session_service_pb2.GetSessionInfoRequest,
+                             context: Context) -> session_service_pb2.GetSessionInfoResponse:
+        session = self.engine.get_session(validate.name(request.session_id, "session_id", required=True))
+        return session_service_pb2.GetSessionInfoResponse(
+            session=self.engine.to_pb(session), server_incarnation=self.engine.incarnation)
+
+    @rpc
+    async def ExecuteActivity(self, request: session_service_pb2.ExecuteActivityRequest,
+                              context: Context) -> session_service_pb2.ExecuteActivityResponse:
+        session_id = validate.name(request.session_id, "session_id", required=True)
+        activity_type = validate.name(request.activity_type, "activity_type", required=True)
+        timeout = self.engine.config.activity_timeout.total_seconds()
+        if request.HasField("start_to_close_timeout"):
+            timeout = validate.seconds(request.start_to_close_timeout, "start_to_close_timeout", allow_zero=False)
+        result = await self.engine.execute_activity(
+            session_id, activity_type, request.input, timeout, dict(request.headers))
+        if result.HasField("failure"):
+            return session_service_pb2.ExecuteActivityResponse(failure=result.failure)
+        return session_service_pb2.ExecuteActivityResponse(result=result.result)
+
+    @rpc_stream
+    async def WatchSession(self, request: session_service_pb2.WatchSessionRequest,
+                           context: Context) -> AsyncIterator[session_service_pb2.WatchSessionResponse]:
+        session_id = validate.name(request.session_id, "session_id", required=True)
+        async for session in self.engine.watch_session(session_id):
+            yield session_service_pb2.WatchSessionResponse(session=session)
+
+    @rpc
+    async def ListSessions(self, request: session_service_pb2.ListSessionsRequest,
+                           context: Context) -> session_service_pb2.ListSessionsResponse:
+        size, after = validate.page(request.page_size, request.page_token)
+        found = self.engine.table.sessions(
+            task_queue=validate.name(request.task_queue, "task_queue", required=False),
+            owner=validate.name(request.owner, "owner", required=False),
+            state=validate.state_filter(request.state), after_seq=after,
+        )
+        page: list[session_pb2.Session] = []
+        last = 0
+        for session in found:
+            if len(page) == size:
+                return session_service_pb2.ListSessionsResponse(sessions=page, next_page_token=str(last))
+            page.append(self.engine.to_pb(session))
+            last = session.seq
+        return session_service_pb2.ListSessionsResponse(sessions=page)
+
+    @rpc
+    async def ListWorkers(self, request: session_service_pb2.ListWorkersRequest,
+                          context: Context) -> session_service_pb2.ListWorkersResponse:
+        size, offset = validate.page(request.page_size, request.page_token)
+        workers = self.engine.table.workers(
+            task_queue=validate.name(request.task_queue, "task_queue", required=False))
+        chunk = workers[offset:offset + size]
+        more = offset + size < len(workers)
+        return session_service_pb2.ListWorkersResponse(
+            workers=[self.engine.worker_to_pb(w) for w in chunk],
+            next_page_token=str(offset + size) if more else "",
+        )
+
+    @rpc_stream
+    async def WorkerHeartbeat(self, request_iterator: AsyncIterator[worker_pb2.WorkerHeartbeatRequest],
+                              context: Context) -> AsyncIterator[worker_pb2.WorkerHeartbeatResponse]:
+        async for message in serve_worker(self.engine, request_iterator, self._host):
+            yield message

@@ -1,0 +1,103 @@
+"""Request validation: every malformed field becomes INVALID_ARGUMENT naming the field.
+
+Functions here turn wire values into core values (seconds as floats, resolved options) and
+raise :class:`~sessiond.core.errors.InvalidArgumentError` otherwise.
+"""
+
+from __future__ import annotations
+
+from google.protobuf import duration_pb2
+from sessiond_client.api.v1 import session_pb2
+
+from sessiond.config import ServerConfig
+from sessiond.core.errors import InvalidArgumentError, InvalidRecreateTokenError
+from sessiond.core.model import SessionOptions, SessionState
+
+MAX_NAME_BYTES = 256
+MAX_TOKEN_BYTES = 4096
+MAX_DURATION = 366 * 24 * 3600.0
+MIN_HEARTBEAT_TIMEOUT = 0.1
+MAX_SESSIONS_PER_WORKER = 1_000_000
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+
+
+def name(value: str, field: str, *, required: bool) -> str:
+    """A name-like string: non-empty when required, at most 256 UTF-8 bytes."""
+    if required and not value:
+        raise InvalidArgumentError(field, "is required")
+    if len(value.encode()) > MAX_NAME_BYTES:
+        raise InvalidArgumentError(field, f"is longer than {MAX_NAME_BYTES} bytes")
+    return value
+
+
+def seconds(message: duration_pb2.Duration, field: str, *, allow_zero: bool, minimum: float = 0.0) -> float:
+    """A Duration in seconds: not negative, at most a year, positive unless ``allow_zero``."""
+    if message.seconds < 0 or message.nanos < 0:
+        raise InvalidArgumentError(field, "must not be negative")
+    if message.nanos >= 1_000_000_000:
+        raise InvalidArgumentError(field, "nanos must be below 1e9")
+    value = message.seconds + message.nanos / 1e9
+    if value == 0 and not allow_zero:
+        raise InvalidArgumentError(field, "must be positive")
+    if 0 < value < minimum:
+        raise InvalidArgumentError(field, f"must be at least {minimum} s")
+    if value > MAX_DURATION:
+        raise InvalidArgumentError(field, "must be at most 366 days")
+    return value
+
+
+def options(message: session_pb2.SessionOptions, has: bool, defaults: ServerConfig) -> SessionOptions:
+    """Session options with the server defaults filled in for unset fields."""
+    creation = defaults.creation_timeout.total_seconds()
+    execution = defaults.execution_timeout.total_seconds()
+    heartbeat = defaults.heartbeat_timeout.total_seconds()
+    if has:
+        if message.HasField("creation_timeout"):
+            creation = seconds(message.creation_timeout, "options.creation_timeout", allow_zero=True)
+        if message.HasField("execution_timeout"):
+            execution = seconds(message.execution_timeout, "options.execution_timeout", allow_zero=False)
+        if message.HasField("heartbeat_timeout"):
+            heartbeat = seconds(message.heartbeat_timeout, "options.heartbeat_timeout", allow_zero=False,
+                                minimum=MIN_HEARTBEAT_TIMEOUT)
+    return SessionOptions(creation_timeout=creation, execution_timeout=execution, heartbeat_timeout=heartbeat)
+
+
+def token(value: bytes) -> bytes:
+    """A recreate token's size (its content is checked by the core)."""
+    if not value:
+        raise InvalidRecreateTokenError("recreate_token: is required", metadata={"field": "recreate_token"})
+    if len(value) > MAX_TOKEN_BYTES:
+        raise InvalidRecreateTokenError("recreate_token: is too long", metadata={"field": "recreate_token"})
+    return value
+
+
+def state_filter(value: int) -> SessionState | None:
+    """A SessionState filter (UNSPECIFIED = any)."""
+    if value == session_pb2.SESSION_STATE_UNSPECIFIED:
+        return None
+    try:
+        return SessionState(value)
+    except ValueError:
+        raise InvalidArgumentError("state", f"unknown SessionState value {value}") from None
+
+
+def page(size: int, token_value: str) -> tuple[int, int]:
+    """(page size, position after which to start) from a request; tokens are positions we issued."""
+    if size < 0:
+        raise InvalidArgumentError("page_size", "must not be negative")
+    size = min(size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    if not token_value:
+        return size, 0
+    if not token_value.isdigit() or len(token_value) > 20:
+        raise InvalidArgumentError("page_token", "is not a token this server issued")
+    return size, int(token_value)
+
+
+def capacity(value: int) -> int:
+    """A worker's max_concurrent_sessions (0 = the default of 1000)."""
+    if value < 0:
+        raise InvalidArgumentError("register.max_concurrent_sessions", "must not be negative")
+    if value > MAX_SESSIONS_PER_WORKER:
+        raise InvalidArgumentError("register.max_concurrent_sessions", f"must be at most {MAX_SESSIONS_PER_WORKER}")
+    return value or 1000

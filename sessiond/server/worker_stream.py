@@ -1,0 +1,71 @@
+"""The WorkerHeartbeat stream: register, then read worker messages while writing server ones.
+
+Written as an async generator (OpenTelemetry's aio interceptor breaks read()/write()-style
+stream handlers, upstream #3066). A reader task consumes the worker's messages; the generator
+yields what the engine queued for this connection. When either side ends, the worker is
+disconnected, and its open sessions fail at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+
+from sessiond_client.api.v1 import worker_pb2
+
+from sessiond.core.errors import InvalidArgumentError
+from sessiond.core.model import WorkerRegistration
+from sessiond.core.resources import ResourceVector
+from sessiond.server import validate
+from sessiond.server.engine import Engine, WorkerConnection
+
+log = logging.getLogger("sessiond.worker_stream")
+
+
+def registration(message: worker_pb2.RegisterWorker, default_host: str) -> WorkerRegistration:
+    """Validate a RegisterWorker message."""
+    return WorkerRegistration(
+        task_queue=validate.name(message.task_queue, "register.task_queue", required=True),
+        worker_id=validate.name(message.worker_id, "register.worker_id", required=False) or str(uuid.uuid4()),
+        identity=validate.name(message.identity, "register.identity", required=False),
+        host_name=validate.name(message.host_name, "register.host_name", required=False) or default_host,
+        capacity=ResourceVector.sessions(validate.capacity(message.max_concurrent_sessions)),
+    )
+
+
+async def serve_worker(engine: Engine, requests: AsyncIterator[worker_pb2.WorkerHeartbeatRequest],
+                       default_host: str) -> AsyncIterator[worker_pb2.WorkerHeartbeatResponse]:
+    """Run one worker stream; yields the messages to send to the worker."""
+    first = await anext(aiter(requests), None)
+    if first is None:
+        return
+    if first.WhichOneof("message") != "register":
+        raise InvalidArgumentError("register", "the first message on the stream must be register")
+    conn = engine.connect_worker(registration(first.register, default_host))
+    reader = asyncio.create_task(_read(engine, conn, requests))
+    try:
+        while (message := await conn.next()) is not None:
+            yield message
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        engine.disconnect_worker(conn)
+
+
+async def _read(engine: Engine, conn: WorkerConnection,
+                requests: AsyncIterator[worker_pb2.WorkerHeartbeatRequest]) -> None:
+    try:
+        async for request in requests:
+            if not engine.worker_message(conn, request):
+                log.info("fenced a stale connection of worker %s", conn.key.worker_id)
+                break
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.debug("worker %s stream ended: %r", conn.key.worker_id, exc)
+    finally:
+        conn.close()
