@@ -1,0 +1,107 @@
+# sessiond developer entry points. Every target bootstraps what it needs on first use:
+#   make serve   run the server (127.0.0.1:50051)
+#   make test    lint, typecheck, proto lint, Dockerfile lint, stale-stub check, then pytest
+# Needs only python3 (3.11+), make and node/npm; the venv and node_modules are created here.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+
+# Stamps: the venv re-installs when either pyproject.toml changes, node_modules when the lockfile does.
+PY_STAMP   := $(VENV)/.installed
+NODE_STAMP := node_modules/.installed
+
+PIP_FLAGS := --quiet --disable-pip-version-check --progress-bar off
+PYTEST_FLAGS ?= -q -p no:cacheprovider
+
+# The steps of `make test` must run in the order listed, even under `make -j`.
+.NOTPARALLEL:
+
+.PHONY: help bootstrap .venv node_modules test lint lint-py lint-proto lint-docker typecheck gen gen-check \
+        serve demo bench clean distclean
+
+help:
+	@echo "make serve      run sessiond on 127.0.0.1:50051 (bootstraps .venv on first use)"
+	@echo "make test       ruff, mypy, buf lint, hadolint, stale-stub check, pytest"
+	@echo "make lint       ruff + buf lint + hadolint"
+	@echo "make typecheck  mypy --strict over sessiond and sessiond_client"
+	@echo "make gen        regenerate the gRPC stubs from protos/ (scripts/gen_protos.py)"
+	@echo "make demo       run the examples/ file-processing demo"
+	@echo "make bench      run the benchmark"
+	@echo "make clean      remove caches and build output (keeps .venv and node_modules)"
+	@echo "make distclean  clean, and also remove .venv and node_modules"
+
+# ---- bootstrap -------------------------------------------------------------------------------
+
+bootstrap: .venv node_modules
+
+.venv: $(PY_STAMP)
+
+node_modules: $(NODE_STAMP)
+
+# A half-made venv (e.g. ensurepip missing) is removed so the next run starts over.
+$(PY):
+	@echo "==> creating $(VENV) with $(PYTHON)"
+	@$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); exit 1; }
+
+# One pip call, so the local sessiond-client satisfies the root's `sessiond-client==` requirement.
+$(PY_STAMP): pyproject.toml clients/python/pyproject.toml | $(PY)
+	@echo "==> installing sessiond, sessiond-client and dev tools into $(VENV)"
+	@$(PY) -m pip install $(PIP_FLAGS) --upgrade pip
+	@$(PY) -m pip install $(PIP_FLAGS) -e clients/python -e ".[dev]"
+	@touch $@
+
+# npm ci wipes node_modules first, so the stamp inside it is recreated each time.
+$(NODE_STAMP): package.json package-lock.json
+	@echo "==> installing node tooling (npm ci)"
+	@npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# ---- checks ----------------------------------------------------------------------------------
+
+# grpc core logs INFO lines (e.g. GOAWAY on shutdown) at its default verbosity; keep test output clean.
+test: export GRPC_VERBOSITY ?= ERROR
+test: lint-py typecheck lint-proto lint-docker gen-check
+	$(PY) -m pytest $(PYTEST_FLAGS) tests
+
+lint: lint-py lint-proto lint-docker
+
+lint-py: $(PY_STAMP)
+	$(BIN)/ruff check --quiet .
+
+lint-proto: $(NODE_STAMP)
+	node_modules/.bin/buf lint
+
+lint-docker: $(PY_STAMP)
+	$(BIN)/hadolint Dockerfile
+
+typecheck: $(PY_STAMP)
+	$(BIN)/mypy sessiond clients/python/src/sessiond_client
+
+gen-check: $(PY_STAMP)
+	$(PY) scripts/gen_protos.py --check
+
+gen: $(PY_STAMP)
+	$(PY) scripts/gen_protos.py
+
+# ---- run -------------------------------------------------------------------------------------
+
+serve: $(PY_STAMP)
+	$(BIN)/sessiond serve
+
+demo: $(PY_STAMP)
+	$(PY) -m examples.fileprocessing
+
+bench: $(PY_STAMP)
+	$(PY) -m bench
+
+# ---- housekeeping ----------------------------------------------------------------------------
+
+clean:
+	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	find . -path ./$(VENV) -prune -o -path ./node_modules -prune -o \
+	    \( -name __pycache__ -o -name '*.egg-info' \) -type d -print0 | xargs -0 rm -rf
+
+distclean: clean
+	rm -rf $(VENV) node_modules
