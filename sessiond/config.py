@@ -70,6 +70,9 @@ class ServerConfig:
     )
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR."})
     log_format: str = field(default="text", metadata={"help": "text or json."})
+    metrics_listen: str | None = field(
+        default=None, metadata={"help": "host:port of a Prometheus scrape endpoint for the metrics (unset = none)."}
+    )
 
     def __post_init__(self) -> None:
         for name in (

@@ -21,6 +21,7 @@ from sessiond.config import ServerConfig
 from sessiond.server.auth import TokenAuthInterceptor
 from sessiond.server.engine import Engine
 from sessiond.server.servicer import SessionServicer
+from sessiond.telemetry import SessionMetrics, configure_metrics, configure_tracing
 
 log = logging.getLogger("sessiond.server")
 
@@ -85,10 +86,11 @@ class SessiondServer:
 
 
 async def create_server(config: ServerConfig | None = None, *,
-                        interceptors: list[Any] | None = None) -> tuple[SessiondServer, int]:
+                        interceptors: list[Any] | None = None,
+                        metrics: SessionMetrics | None = None) -> tuple[SessiondServer, int]:
     """Build and bind a server (not yet started); returns it and the bound port (for port 0)."""
     config = config or ServerConfig()
-    engine = Engine(config)
+    engine = Engine(config, metrics)
     chain: list[Any] = list(interceptors or [])
     if config.worker_token or config.caller_token:
         chain.insert(0, TokenAuthInterceptor(worker_token=config.worker_token, caller_token=config.caller_token))
@@ -110,8 +112,12 @@ async def create_server(config: ServerConfig | None = None, *,
 
 async def serve(config: ServerConfig) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
-    server, port = await create_server(config)
+    tracer_provider = configure_tracing()
+    metrics, stop_metrics, metrics_port = configure_metrics(config.metrics_listen)
+    server, port = await create_server(config, metrics=metrics)
     await server.start()
+    if metrics_port is not None:
+        log.info("metrics on http://%s/metrics", config.metrics_listen)
     if config.gc_freeze:
         # Start-up objects never die: keep them out of every future collection.
         gc.collect()
@@ -128,4 +134,8 @@ async def serve(config: ServerConfig) -> None:
     await server.stop()
     stopper.cancel()
     waiter.cancel()
+    # Last step of the shutdown order: flush telemetry.
+    stop_metrics()
+    if tracer_provider is not None:
+        tracer_provider.shutdown()  # type: ignore[attr-defined]
     log.info("sessiond stopped")

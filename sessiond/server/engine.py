@@ -33,6 +33,7 @@ from sessiond.core.model import (
 )
 from sessiond.core.table import SessionTable
 from sessiond.server.convert import WallClock, duration, session_to_pb, worker_to_pb
+from sessiond.telemetry import NoMetrics, SessionMetrics, tracing
 
 log = logging.getLogger("sessiond.engine")
 
@@ -69,6 +70,7 @@ class _Wait:
     """A waiting Create/Recreate, shared by retries with the same request_id."""
 
     future: asyncio.Future[Session]
+    task_queue: str
     refs: int = 0
 
 
@@ -80,8 +82,9 @@ class _Watch:
 class Engine:
     """Runs the session table on an asyncio loop. Create it inside the running loop."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, metrics: SessionMetrics | None = None) -> None:
         self.config = config
+        self.metrics: SessionMetrics = metrics or NoMetrics()
         self.incarnation = str(uuid.uuid4())
         self.clock = WallClock()
         self.table = SessionTable(
@@ -113,23 +116,34 @@ class Engine:
     async def create_session(self, task_queue: str, options: SessionOptions, *, owner: str,
                              request_id: str) -> Session:
         """Place a session, waiting up to ``options.creation_timeout`` for capacity."""
-        result = self.table.create(self.now(), task_queue, options, owner=owner, request_id=request_id)
+        started = self.now()
+        result = self.table.create(started, task_queue, options, owner=owner, request_id=request_id)
         self._flush()
-        return await self._settle(result)
+        return await self._settle(result, started)
 
     async def recreate_session(self, token: bytes, options: SessionOptions, *, owner: str,
                                request_id: str) -> Session:
         """Place a session on the token's worker, waiting up to ``options.creation_timeout``."""
-        result = self.table.recreate(self.now(), token, options, owner=owner, request_id=request_id)
+        started = self.now()
+        result = self.table.recreate(started, token, options, owner=owner, request_id=request_id)
         self._flush()
-        return await self._settle(result)
+        return await self._settle(result, started)
 
-    async def _settle(self, result: Session | Waiter) -> Session:
+    async def _settle(self, result: Session | Waiter, started: float) -> Session:
         if isinstance(result, Session):
-            return result
+            session = result
+        else:
+            session = await self._wait(result)
+        self.metrics.placement_latency(session.task_queue, self.now() - started)
+        tracing.add_event("placed", session_id=session.session_id, worker_id=session.worker.key.worker_id)
+        return session
+
+    async def _wait(self, result: Waiter) -> Session:
         wait = self._waits.get(result.waiter_id)
         if wait is None:
-            wait = self._waits[result.waiter_id] = _Wait(self._loop.create_future())
+            wait = self._waits[result.waiter_id] = _Wait(self._loop.create_future(), result.task_queue)
+            self.metrics.waiters(result.task_queue, +1)
+        tracing.add_event("waiting", task_queue=result.task_queue)
         wait.refs += 1
         try:
             # Shielded: a retry with the same request_id shares the future, and one caller
@@ -149,7 +163,8 @@ class Engine:
             self.table.complete(self.now(), future.result().session_id)
         else:
             self.table.cancel_waiter(waiter_id)
-            self._waits.pop(waiter_id, None)
+            if self._waits.pop(waiter_id, None) is not None:
+                self.metrics.waiters(wait.task_queue, -1)
             if not future.done():
                 future.cancel()
         self._flush()
@@ -178,8 +193,15 @@ class Engine:
         )
         self._send(conn, activity.worker, activity_task=task)
         self._flush()
+        started = self.now()
+        outcome = "cancelled"
         try:
-            return await future
+            result = await future
+            outcome = "failed" if result.HasField("failure") else "ok"
+            return result
+        except SessionError as error:
+            outcome = error.reason
+            raise
         except asyncio.CancelledError:
             if self._activities.pop(activity.activity_id, None) is not None:
                 gone = self.table.abandon_activity(activity.activity_id)
@@ -187,6 +209,8 @@ class Engine:
                     self._cancel_on_worker(gone, "CALLER_CANCELLED")
                 self._flush()
             raise
+        finally:
+            self.metrics.activity_done(activity_type, self.now() - started, outcome)
 
     async def watch_session(self, session_id: str) -> AsyncIterator[session_pb2.Session]:
         """The session now, then its terminal state when it gets there."""
@@ -214,11 +238,14 @@ class Engine:
         old = self._connections.get(worker.key)
         if old is not None:
             old.close()
+            self.metrics.workers(worker.key.task_queue, -1)
+        self.metrics.workers(worker.key.task_queue, +1)
         conn = self._connections[worker.key] = WorkerConnection(worker.key, worker.epoch)
         # Registered goes first: placements for waiters (flushed next) follow it on the stream.
         self._send(conn, worker, registered=worker_pb2.Registered(worker_id=worker.key.worker_id))
         self._flush()
-        log.info("worker joined", extra={"worker_id": worker.key.worker_id, "task_queue": worker.key.task_queue})
+        log.info("worker joined", extra={"worker_id": worker.key.worker_id, "task_queue": worker.key.task_queue,
+                                         "host_name": worker.host_name, "capacity": worker.capacity["sessions"]})
         return conn
 
     def worker_message(self, conn: WorkerConnection, request: worker_pb2.WorkerHeartbeatRequest) -> bool:
@@ -248,8 +275,12 @@ class Engine:
         conn.close()
         if self._connections.get(conn.key) is conn:
             del self._connections[conn.key]
+            worker = self.table.worker(conn.key, conn.epoch)
+            goodbye = worker is not None and worker.draining
             self.table.disconnect_worker(self.now(), conn.key, conn.epoch)
-            log.info("worker left", extra={"worker_id": conn.key.worker_id, "task_queue": conn.key.task_queue})
+            self.metrics.workers(conn.key.task_queue, -1)
+            log.info("worker left" if goodbye else "worker lost",
+                     extra={"worker_id": conn.key.worker_id, "task_queue": conn.key.task_queue})
             self._flush()
 
     def close_worker_streams(self) -> None:
@@ -303,16 +334,23 @@ class Engine:
             conn = self._connection(session.worker.key, session.worker.epoch)
             if conn is not None:
                 self._send(conn, session.worker, session_started=worker_pb2.SessionStarted(session=self.to_pb(session)))
+            self.metrics.session_placed(session.task_queue)
+            log.info("session placed", extra={"session_id": session.session_id, "task_queue": session.task_queue,
+                                              "worker_id": session.worker.key.worker_id})
             if event.waiter_id is not None:
                 wait = self._waits.pop(event.waiter_id, None)
-                if wait is not None and not wait.future.done():
-                    wait.future.set_result(session)
+                if wait is not None:
+                    self.metrics.waiters(wait.task_queue, -1)
+                    if not wait.future.done():
+                        wait.future.set_result(session)
         elif isinstance(event, ev.SessionEnded):
             self._session_ended(event.session, event.epoch)
         elif isinstance(event, ev.WaiterFailed):
             wait = self._waits.pop(event.waiter_id, None)
-            if wait is not None and not wait.future.done():
-                wait.future.set_exception(event.error)
+            if wait is not None:
+                self.metrics.waiters(wait.task_queue, -1)
+                if not wait.future.done():
+                    wait.future.set_exception(event.error)
         elif isinstance(event, ev.ActivityEnded):
             future = self._activities.pop(event.activity.activity_id, None)
             if future is not None and not future.done():
@@ -331,9 +369,14 @@ class Engine:
             for future in watch.futures:
                 if not future.done():
                     future.set_result(snapshot)
-        if session.failure is not None:
-            log.info("session failed", extra={"session_id": session.session_id,
-                                               "cause": session.failure.cause.name})
+        cause = session.failure.cause.name if session.failure is not None else None
+        self.metrics.session_ended(session.task_queue, cause)
+        fields = {"session_id": session.session_id, "task_queue": session.task_queue,
+                  "worker_id": session.worker.key.worker_id}
+        if cause is None:
+            log.info("session completed", extra=fields)
+        else:
+            log.info("session failed", extra={**fields, "cause": cause})
 
 
 __all__ = ["Engine", "SessionError", "WorkerConnection"]

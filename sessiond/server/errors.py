@@ -18,6 +18,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from sessiond.core import errors as e
+from sessiond.telemetry import tracing
 
 log = logging.getLogger("sessiond.server")
 
@@ -56,9 +57,12 @@ async def abort_with(context: grpc.aio.ServicerContext[Any, Any], status: grpc.S
     await context.abort_with_status(status)  # type: ignore[attr-defined]  # grpc-stubs 1.53 lacks it
 
 
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception, method: str) -> None:
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception, method: str,
+                 span: Any = None) -> None:
     if isinstance(exc, e.SessionError) and type(exc) in STATUS_CODES:
+        tracing.mark_error(span, exc.reason, exc.message)
         await abort_with(context, to_status(exc))
+    tracing.mark_error(span, "INTERNAL", repr(exc))
     log.exception("internal error in %s", method, exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
 
@@ -71,17 +75,18 @@ Self = TypeVar("Self")
 def rpc(
     fn: Callable[[Self, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]],
 ) -> Callable[[Self, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]:
-    """Wrap a unary servicer method: domain errors become rich statuses, cancellation passes."""
+    """Wrap a unary servicer method: a server span; domain errors become rich statuses; cancellation passes."""
 
     @functools.wraps(fn)
     async def wrapper(self: Self, request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> Resp:
-        try:
-            return await fn(self, request, context)
-        except Exception as exc:
-            if isinstance(exc, grpc.aio.AbortError):
-                raise
-            await _abort(context, exc, fn.__name__)
-            raise  # unreachable: abort raises
+        with tracing.server_span(fn.__name__, context.invocation_metadata()) as span:
+            try:
+                return await fn(self, request, context)
+            except Exception as exc:
+                if isinstance(exc, grpc.aio.AbortError):
+                    raise
+                await _abort(context, exc, fn.__name__, span)
+                raise  # unreachable: abort raises
 
     return wrapper
 
@@ -93,6 +98,7 @@ def rpc_stream(
 
     @functools.wraps(fn)
     async def wrapper(self: Self, request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> AsyncIterator[Resp]:
+        # No span: a stream lives as long as a worker or a watch (hours); one span for it helps no one.
         try:
             async for item in fn(self, request, context):
                 yield item

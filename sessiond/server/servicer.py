@@ -15,6 +15,7 @@ from sessiond.server import validate
 from sessiond.server.engine import Engine
 from sessiond.server.errors import rpc, rpc_stream
 from sessiond.server.worker_stream import serve_worker
+from sessiond.telemetry import tracing
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -28,6 +29,10 @@ def _within_deadline(options: SessionOptions, context: Context) -> SessionOption
     if remaining is None or remaining - _DEADLINE_MARGIN >= options.creation_timeout:
         return options
     return replace(options, creation_timeout=max(0.0, remaining - _DEADLINE_MARGIN))
+
+
+def _annotate(session_id: str, task_queue: str, worker_id: str) -> None:
+    tracing.annotate(session_id=session_id, task_queue=task_queue, worker_id=worker_id)
 
 
 class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
@@ -47,6 +52,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
             owner=validate.name(request.owner, "owner", required=False),
             request_id=validate.name(request.request_id, "request_id", required=False),
         )
+        _annotate(session.session_id, session.task_queue, session.worker.key.worker_id)
         return session_service_pb2.CreateSessionResponse(session=self.engine.to_pb(session))
 
     @rpc
@@ -59,12 +65,14 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
             owner=validate.name(request.owner, "owner", required=False),
             request_id=validate.name(request.request_id, "request_id", required=False),
         )
+        _annotate(session.session_id, session.task_queue, session.worker.key.worker_id)
         return session_service_pb2.RecreateSessionResponse(session=self.engine.to_pb(session))
 
     @rpc
     async def CompleteSession(self, request: session_service_pb2.CompleteSessionRequest,
                               context: Context) -> session_service_pb2.CompleteSessionResponse:
         session = self.engine.complete_session(validate.name(request.session_id, "session_id", required=True))
+        _annotate(session.session_id, session.task_queue, session.worker.key.worker_id)
         return session_service_pb2.CompleteSessionResponse(session=self.engine.to_pb(session))
 
     @rpc
@@ -82,8 +90,9 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         timeout = self.engine.config.activity_timeout.total_seconds()
         if request.HasField("start_to_close_timeout"):
             timeout = validate.seconds(request.start_to_close_timeout, "start_to_close_timeout", allow_zero=False)
-        result = await self.engine.execute_activity(
-            session_id, activity_type, request.input, timeout, dict(request.headers))
+        tracing.annotate(session_id=session_id, activity_type=activity_type)
+        headers = tracing.outgoing_headers(dict(request.headers), context.invocation_metadata())
+        result = await self.engine.execute_activity(session_id, activity_type, request.input, timeout, headers)
         if result.HasField("failure"):
             return session_service_pb2.ExecuteActivityResponse(failure=result.failure)
         return session_service_pb2.ExecuteActivityResponse(result=result.result)

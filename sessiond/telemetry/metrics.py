@@ -1,0 +1,158 @@
+"""Session metrics on the OpenTelemetry metrics API, exported to Prometheus and/or OTLP.
+
+The engine calls a :class:`SessionMetrics`; when no exporter is configured it gets
+:class:`NoMetrics`, whose methods do nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from opentelemetry.metrics import Meter
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class SessionMetrics(Protocol):
+    """What the engine reports."""
+
+    def session_placed(self, task_queue: str) -> None: ...
+    def session_ended(self, task_queue: str, cause: str | None) -> None: ...
+    def placement_latency(self, task_queue: str, seconds: float) -> None: ...
+    def waiters(self, task_queue: str, delta: int) -> None: ...
+    def workers(self, task_queue: str, delta: int) -> None: ...
+    def activity_done(self, activity_type: str, seconds: float, outcome: str) -> None: ...
+
+
+class NoMetrics:
+    """Metrics off: every method is a no-op."""
+
+    def session_placed(self, task_queue: str) -> None:
+        """No-op."""
+
+    def session_ended(self, task_queue: str, cause: str | None) -> None:
+        """No-op."""
+
+    def placement_latency(self, task_queue: str, seconds: float) -> None:
+        """No-op."""
+
+    def waiters(self, task_queue: str, delta: int) -> None:
+        """No-op."""
+
+    def workers(self, task_queue: str, delta: int) -> None:
+        """No-op."""
+
+    def activity_done(self, activity_type: str, seconds: float, outcome: str) -> None:
+        """No-op."""
+
+
+class Metrics:
+    """The instruments: open sessions, waiters, workers, placements, failures, latencies."""
+
+    def __init__(self, meter: Meter) -> None:
+        self._open = meter.create_up_down_counter(
+            "sessiond.sessions.open", unit="{session}", description="Sessions currently OPEN")
+        self._waiting = meter.create_up_down_counter(
+            "sessiond.sessions.waiting", unit="{request}", description="Creates/Recreates waiting for capacity")
+        self._workers = meter.create_up_down_counter(
+            "sessiond.workers.connected", unit="{worker}", description="Connected worker streams")
+        self._placements = meter.create_counter(
+            "sessiond.placements", unit="{session}", description="Sessions placed on a worker")
+        self._failures = meter.create_counter(
+            "sessiond.session.failures", unit="{session}", description="Sessions that FAILED, by cause")
+        self._placement_latency = meter.create_histogram(
+            "sessiond.placement.duration", unit="s", description="Create/Recreate request to placement",
+            explicit_bucket_boundaries_advisory=_LATENCY_BUCKETS)
+        self._activity_latency = meter.create_histogram(
+            "sessiond.activity.duration", unit="s", description="ExecuteActivity, request to outcome",
+            explicit_bucket_boundaries_advisory=_LATENCY_BUCKETS)
+
+    def session_placed(self, task_queue: str) -> None:
+        """A session was placed."""
+        attrs = {"task_queue": task_queue}
+        self._open.add(1, attrs)
+        self._placements.add(1, attrs)
+
+    def session_ended(self, task_queue: str, cause: str | None) -> None:
+        """A session left OPEN; ``cause`` is set when it FAILED."""
+        self._open.add(-1, {"task_queue": task_queue})
+        if cause is not None:
+            self._failures.add(1, {"task_queue": task_queue, "cause": cause})
+
+    def placement_latency(self, task_queue: str, seconds: float) -> None:
+        """Time from a Create/Recreate request to its placement."""
+        self._placement_latency.record(seconds, {"task_queue": task_queue})
+
+    def waiters(self, task_queue: str, delta: int) -> None:
+        """A waiter started (+1) or ended (-1)."""
+        self._waiting.add(delta, {"task_queue": task_queue})
+
+    def workers(self, task_queue: str, delta: int) -> None:
+        """A worker connected (+1) or left (-1)."""
+        self._workers.add(delta, {"task_queue": task_queue})
+
+    def activity_done(self, activity_type: str, seconds: float, outcome: str) -> None:
+        """An ExecuteActivity ended: ``outcome`` is ok, failed, or an error reason."""
+        self._activity_latency.record(seconds, {"activity_type": activity_type, "outcome": outcome})
+
+
+def _split_host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"metrics_listen: expected host:port, got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def configure_metrics(metrics_listen: str | None, env: Mapping[str, str] | None = None,
+                      ) -> tuple[SessionMetrics, Callable[[], None], int | None]:
+    """Metrics from ``--metrics-listen`` (Prometheus) and ``OTEL_METRICS_EXPORTER`` (otlp, console).
+
+    Returns (metrics, shutdown, bound Prometheus port or None).
+    """
+    env = os.environ if env is None else env
+    names = [n.strip() for n in env.get("OTEL_METRICS_EXPORTER", "none").split(",") if n.strip() not in ("", "none")]
+    if not metrics_listen and not names:
+        return NoMetrics(), lambda: None, None
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import (
+        ConsoleMetricExporter,
+        MetricExporter,
+        MetricReader,
+        PeriodicExportingMetricReader,
+    )
+    from opentelemetry.sdk.resources import Resource
+
+    readers: list[MetricReader] = []
+    stoppers: list[Callable[[], None]] = []
+    bound: int | None = None
+    if metrics_listen:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from prometheus_client import start_http_server
+
+        host, port = _split_host_port(metrics_listen)
+        http_server, _thread = start_http_server(port, addr=host)
+        bound = int(http_server.server_port)
+        stoppers.append(http_server.shutdown)
+        readers.append(PrometheusMetricReader())
+    for name in names:
+        exporter: MetricExporter
+        if name == "console":
+            exporter = ConsoleMetricExporter()
+        elif name == "otlp":
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+            exporter = OTLPMetricExporter()
+        else:
+            raise ValueError(f"OTEL_METRICS_EXPORTER: unknown exporter {name!r} (otlp, console or none)")
+        readers.append(PeriodicExportingMetricReader(exporter))
+    provider = MeterProvider(metric_readers=readers,
+                             resource=Resource.create({"service.name": env.get("OTEL_SERVICE_NAME", "sessiond")}))
+
+    def shutdown() -> None:
+        provider.shutdown()
+        for stop in stoppers:
+            stop()
+
+    return Metrics(provider.get_meter("sessiond")), shutdown, bound
