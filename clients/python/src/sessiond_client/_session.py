@@ -1,0 +1,372 @@
+"""A caller's handle on one open session, and the async context manager that opens and completes it.
+
+A :class:`Session` follows its own state with a background ``WatchSession`` stream. The moment
+the watch reports a terminal state, every ``execute_activity`` in flight stops waiting for its
+RPC and raises (:class:`SessionFailedError` with the cause, or :class:`SessionCompletedError`),
+so a caller learns of a dead worker within one server round trip instead of at an RPC deadline.
+
+The context rule of the original ("found existing open session in the context") lives here too:
+a context variable holds the innermost session, and creating another one while it is OPEN raises
+:class:`SessionAlreadyOpenError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar, Token
+from datetime import timedelta
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import grpc.aio
+
+from sessiond_client._activity import _activity_name
+from sessiond_client._errors import (
+    ActivityError,
+    SessionAlreadyOpenError,
+    SessionClosedError,
+    SessionCompletedError,
+    SessiondError,
+    SessionFailedError,
+    SessionNotFoundError,
+    _from_rpc_error,
+)
+from sessiond_client._retry import TRANSIENT_CODES, Backoff
+from sessiond_client._time import Duration, duration_to_proto, to_seconds
+from sessiond_client._types import FailureCause, SessionFailure, SessionInfo, SessionState
+from sessiond_client.api.v1 import session_service_pb2
+
+if TYPE_CHECKING:
+    from sessiond_client._client import SessionClient
+
+logger = logging.getLogger("sessiond_client")
+
+_current_session: ContextVar[Session | None] = ContextVar("sessiond_session", default=None)
+
+
+def current_session() -> Session | None:
+    """The innermost session opened by ``async with client.create_session(...)`` in this context, if any."""
+    return _current_session.get()
+
+
+class Session:
+    """One open session: run activities on its worker, watch for its failure.
+
+    Obtained from ``async with client.create_session(...) as session`` (or ``recreate_session``);
+    the context manager completes it on exit.
+    """
+
+    def __init__(self, client: SessionClient, info: SessionInfo) -> None:
+        """Wrap ``info``; the library builds sessions, callers use the context managers."""
+        self._client = client
+        self._info = info
+        # Set once the session is known to be terminal (watch, CompleteSession, or an RPC verdict).
+        self._ended = asyncio.Event()
+        self._watch_task: asyncio.Task[None] | None = None
+        if info.state.is_terminal:
+            self._ended.set()
+
+    def __repr__(self) -> str:
+        return f"Session(id={self.id!r}, state={self.state.name}, worker={self._info.worker.worker_id!r})"
+
+    @property
+    def info(self) -> SessionInfo:
+        """The latest :class:`SessionInfo` the server reported (the watch keeps it current)."""
+        return self._info
+
+    @property
+    def id(self) -> str:
+        """The session id."""
+        return self._info.session_id
+
+    @property
+    def recreate_token(self) -> bytes:
+        """Token for :meth:`SessionClient.recreate_session`: a new session on the same worker."""
+        return self._info.recreate_token
+
+    @property
+    def state(self) -> SessionState:
+        """The latest known state."""
+        return self._info.state
+
+    @property
+    def failed(self) -> bool:
+        """True once the session is known to have FAILED."""
+        return self._info.state is SessionState.FAILED
+
+    @property
+    def failure(self) -> SessionFailure | None:
+        """Why the session failed, once it has."""
+        return self._info.failure
+
+    async def wait_failed(self) -> SessionFailure | None:
+        """Wait until the session ends; return its failure if it FAILED, ``None`` if it was CLOSED.
+
+        Race it against your own work to stop as soon as the worker is lost::
+
+            failure = asyncio.create_task(session.wait_failed())
+        """
+        await self._ended.wait()
+        return self._info.failure
+
+    async def execute_activity(
+        self,
+        activity: str | Callable[..., Any],
+        *args: Any,
+        start_to_close_timeout: Duration = timedelta(minutes=5),
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
+        """Run one activity on the session's worker and return its decoded result.
+
+        Args:
+            activity: The registered activity name, or the activity function itself (its
+                ``activity.defn`` name or ``__name__`` is used).
+            *args: Arguments, encoded by the client's converter as one payload.
+            start_to_close_timeout: How long the activity may run (the server cancels it after).
+            headers: Propagation headers forwarded to the worker.
+
+        Raises:
+            ActivityError: The activity raised on the worker; the session stays OPEN.
+            SessionFailedError: The session failed, before or while the activity ran (``cause``).
+            SessionClosedError: The session was already completed.
+            SessionCompletedError: The session was completed while the activity ran.
+            ActivityTimeoutError: ``start_to_close_timeout`` passed.
+        """
+        activity_type = activity if isinstance(activity, str) else _activity_name(activity)
+        self._raise_if_ended(in_flight=False)
+        timeout = to_seconds(start_to_close_timeout)
+        request = session_service_pb2.ExecuteActivityRequest(
+            session_id=self.id,
+            activity_type=activity_type,
+            input=self._client.converter.encode_args(args),
+            start_to_close_timeout=duration_to_proto(start_to_close_timeout),
+            headers=dict(headers or {}),
+        )
+        # The server answers ACTIVITY_TIMEOUT at start_to_close; the RPC deadline only backs that up.
+        call = self._client.stub.ExecuteActivity(
+            request, timeout=max(timeout, 0.0) + self._client.default_rpc_timeout, metadata=self._client._metadata
+        )
+        rpc = asyncio.ensure_future(_await_call(call))
+        ended = asyncio.ensure_future(self._ended.wait())
+        try:
+            done, _ = await asyncio.wait({rpc, ended}, return_when=asyncio.FIRST_COMPLETED)
+            if rpc not in done:
+                # The watch saw the session end first: stop waiting for the worker's answer.
+                call.cancel()
+                self._raise_if_ended(in_flight=True)
+            try:
+                response = rpc.result()
+            except SessiondError as err:
+                self._note_verdict(err)
+                raise
+        finally:
+            for task in (rpc, ended):
+                task.cancel()
+            await asyncio.gather(rpc, ended, return_exceptions=True)
+        return self._outcome(activity_type, response)
+
+    async def complete(self) -> SessionInfo:
+        """Complete the session now: free the worker slot and cancel its running activities.
+
+        Idempotent, and a no-op on a session that already FAILED or CLOSED. The context manager
+        calls this on exit; call it earlier to release the worker sooner.
+        """
+        response = await self._client._unary(
+            self._client.stub.CompleteSession,
+            session_service_pb2.CompleteSessionRequest(session_id=self.id),
+            retry=True,
+        )
+        self._apply(SessionInfo._from_proto(response.session))
+        return self._info
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _outcome(self, activity_type: str, response: session_service_pb2.ExecuteActivityResponse) -> Any:
+        converter = self._client.converter
+        which = response.WhichOneof("outcome")
+        if which == "failure":
+            failure = response.failure
+            details: Any = None
+            if failure.HasField("details"):
+                try:
+                    details = converter.from_payload(failure.details)
+                except Exception:  # undecodable details must not hide the failure itself
+                    details = failure.details
+            raise ActivityError(
+                failure.message,
+                type=failure.type,
+                non_retryable=failure.non_retryable,
+                details=details,
+                activity_type=activity_type,
+                session_id=self.id,
+            )
+        if which == "result":
+            return converter.from_payload(response.result)
+        return None
+
+    def _raise_if_ended(self, *, in_flight: bool) -> None:
+        info = self._info
+        if info.state is SessionState.FAILED:
+            failure = info.failure or SessionFailure(FailureCause.UNSPECIFIED, "")
+            raise SessionFailedError(
+                f"session {info.session_id} failed: {failure.cause.name}"
+                + (f" ({failure.message})" if failure.message else ""),
+                cause=failure.cause,
+                session_id=info.session_id,
+                in_flight=in_flight,
+            )
+        if info.state is SessionState.CLOSED:
+            if in_flight:
+                raise SessionCompletedError(
+                    f"session {info.session_id} was completed while the activity ran",
+                    metadata={"session_id": info.session_id},
+                )
+            raise SessionClosedError(f"session {info.session_id} is closed", metadata={"session_id": info.session_id})
+
+    def _note_verdict(self, err: SessiondError) -> None:
+        """Learn from an RPC verdict that the session ended, before the watch reports it."""
+        if isinstance(err, SessionFailedError) and not self._ended.is_set():
+            failure = SessionFailure(err.cause, err.message)
+            self._apply(_with_state(self._info, SessionState.FAILED, failure))
+        elif isinstance(err, SessionClosedError | SessionCompletedError) and not self._ended.is_set():
+            self._apply(_with_state(self._info, SessionState.CLOSED, None))
+
+    def _apply(self, info: SessionInfo) -> None:
+        # Terminal states are final: a late or reordered report never reopens the session.
+        if self._ended.is_set() and not info.state.is_terminal:
+            return
+        if self._ended.is_set() and self._info.state is SessionState.FAILED and info.state is SessionState.CLOSED:
+            return
+        self._info = info
+        if info.state.is_terminal:
+            self._ended.set()
+
+    def _start_watch(self) -> None:
+        if self._watch_task is None and not self._ended.is_set():
+            self._watch_task = asyncio.create_task(self._watch(), name=f"sessiond-watch-{self.id}")
+
+    async def _stop_watch(self) -> None:
+        task, self._watch_task = self._watch_task, None
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def _watch(self) -> None:
+        """Follow the session until it is terminal; resubscribe after transport failures."""
+        backoff = Backoff(0.1, 2.0)
+        request = session_service_pb2.WatchSessionRequest(session_id=self.id)
+        while not self._ended.is_set():
+            call = self._client.stub.WatchSession(request, metadata=self._client._metadata)
+            try:
+                async for response in call:
+                    self._apply(SessionInfo._from_proto(response.session))
+                    backoff.reset()
+            except grpc.aio.AioRpcError as err:
+                mapped = _from_rpc_error(err)
+                if isinstance(mapped, SessionNotFoundError):
+                    # The server no longer knows the session (retention passed, or it restarted and
+                    # lost its table): for the caller the session is gone.
+                    self._apply(
+                        _with_state(
+                            self._info,
+                            SessionState.FAILED,
+                            SessionFailure(FailureCause.UNSPECIFIED, "the server no longer knows this session"),
+                        )
+                    )
+                    return
+                if err.code() not in TRANSIENT_CODES or mapped.reason:
+                    logger.warning("watch of session %s stopped: %s", self.id, mapped)
+                    return
+                logger.debug("watch of session %s interrupted (%s); resubscribing", self.id, err.code().name)
+            finally:
+                call.cancel()
+            if not self._ended.is_set():
+                await asyncio.sleep(backoff.next_delay())
+
+    async def _finish(self, *, raise_errors: bool) -> None:
+        """Complete the session (unless already terminal) and stop the watch."""
+        try:
+            if not self._ended.is_set():
+                await self.complete()
+        except SessionNotFoundError:
+            pass  # gone already: nothing holds a slot
+        except SessiondError as err:
+            if raise_errors:
+                raise
+            logger.warning("could not complete session %s on exit: %s", self.id, err)
+        finally:
+            await self._stop_watch()
+
+
+async def _await_call(call: Awaitable[Any]) -> Any:
+    try:
+        return await call
+    except grpc.aio.AioRpcError as err:
+        raise _from_rpc_error(err) from err
+
+
+def _with_state(info: SessionInfo, state: SessionState, failure: SessionFailure | None) -> SessionInfo:
+    return dataclasses.replace(info, state=state, failure=failure)
+
+
+class SessionContext:
+    """The async context manager :meth:`SessionClient.create_session` returns.
+
+    ``__aenter__`` places the session and returns the :class:`Session`; ``__aexit__`` completes
+    it, also when the block raised or was cancelled (completion is shielded from cancellation and
+    finishes in the background if the caller is cancelled meanwhile).
+    """
+
+    def __init__(self, client: SessionClient, open_session: Callable[[], Awaitable[SessionInfo]]) -> None:
+        """Bind the RPC that places the session; nothing happens until ``async with``."""
+        self._client = client
+        self._open = open_session
+        self._session: Session | None = None
+        self._token: Token[Session | None] | None = None
+        self._entered = False
+
+    async def __aenter__(self) -> Session:
+        if self._entered:
+            raise RuntimeError("a session context manager can be entered only once")
+        self._entered = True
+        outer = _current_session.get()
+        if outer is not None and not outer._ended.is_set():
+            raise SessionAlreadyOpenError(
+                f"found existing open session {outer.id} in the context; complete it first",
+                metadata={"session_id": outer.id},
+            )
+        info = await self._open()
+        session = Session(self._client, info)
+        session._start_watch()
+        self._session = session
+        self._token = _current_session.set(session)
+        return session
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        session, self._session = self._session, None
+        if self._token is not None:
+            # Exiting in another context than we entered (unusual) leaves that context alone.
+            with contextlib.suppress(ValueError):
+                _current_session.reset(self._token)
+            self._token = None
+        if session is None:
+            return
+        finishing = asyncio.ensure_future(session._finish(raise_errors=exc_type is None))
+        try:
+            await asyncio.shield(finishing)
+        except asyncio.CancelledError:
+            # Cancelled while completing: let the completion run to its end; the client awaits it on close.
+            self._client._keep(finishing)
+            raise
