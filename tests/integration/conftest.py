@@ -44,7 +44,7 @@ CLOSED = session_pb2.SESSION_STATE_CLOSED
 # --------------------------------------------------------------------- helpers
 
 
-async def eventually(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01,  # noqa: ASYNC109
+async def eventually(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01,  # noqa: ASYNC109, RUF100
                      message: str = "") -> Any:
     """Poll ``predicate`` (sync or async) until it returns something truthy; return that.
 
@@ -136,7 +136,7 @@ class Sessiond:
         """Creates and Recreates waiting for capacity (no RPC shows waiters; read the table)."""
         return self.server.engine.table.waiting_count()
 
-    async def create(self, task_queue: str = QUEUE, *, timeout: float | None = 30.0,  # noqa: ASYNC109
+    async def create(self, task_queue: str = QUEUE, *, timeout: float | None = 30.0,  # noqa: ASYNC109, RUF100
                      **fields: Any) -> session_pb2.Session:
         """CreateSession; returns the session."""
         reply = await self.stub.CreateSession(
@@ -272,7 +272,7 @@ class WorkerProcess:
                 return record
         return None
 
-    async def wait_for(self, event: str, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:  # noqa: ASYNC109
+    async def wait_for(self, event: str, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:  # noqa: ASYNC109, RUF100
         """Wait for an event line (see :meth:`seen`)."""
         return await eventually(lambda: self.seen(event, **fields) or self._exited(event), timeout=timeout,
                                 message=f"worker process event {event} {fields}")  # type: ignore[no-any-return]

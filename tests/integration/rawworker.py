@@ -89,7 +89,7 @@ class RawWorker:
 
     # ----------------------------------------------------------------- lifecycle
 
-    async def start(self, *, wait: bool = True, timeout: float = 10.0) -> RawWorker:  # noqa: ASYNC109
+    async def start(self, *, wait: bool = True, timeout: float = 10.0) -> RawWorker:  # noqa: ASYNC109, RUF100
         """Open the stream and register; by default wait for ``Registered``."""
         self._channel = grpc.aio.insecure_channel(self.target)
         stub = session_service_pb2_grpc.SessionServiceStub(self._channel)
