@@ -180,7 +180,7 @@ class Engine:
         return self.table.get(session_id)
 
     async def execute_activity(self, session_id: str, activity_type: str, payload: session_pb2.Payload,
-                               timeout: float, headers: dict[str, str]) -> worker_pb2.ActivityResult:  # noqa: ASYNC109
+                               timeout: float, headers: dict[str, str]) -> worker_pb2.ActivityResult:
         """Send an activity to the session's worker and wait for its outcome."""
         activity = self.table.start_activity(self.now(), session_id, timeout)
         conn = self._connection(activity.worker.key, activity.epoch)

@@ -1,0 +1,69 @@
+"""The activities a file-processing worker runs. Each returns where it ran.
+
+``download`` fetches a file over HTTP into the worker's *local* scratch directory,
+``process`` reads that local file and writes a result beside it, ``upload`` POSTs the result
+back. Only the worker that downloaded the file has it on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from sessiond_client import activity
+
+SCRATCH = Path(os.environ.get("FILEPROCESSING_SCRATCH", "/tmp"))
+WORKER_NAME = os.environ.get("FILEPROCESSING_WORKER", f"worker-{os.getpid()}")
+
+
+def _where() -> dict[str, Any]:
+    info = activity.info()
+    return {"worker": WORKER_NAME, "host": socket.gethostname(), "pid": os.getpid(), "session_id": info.session_id}
+
+
+@activity.defn
+def download(url: str) -> dict[str, Any]:
+    """Fetch ``url`` into this worker's scratch directory; return the local path."""
+    name = hashlib.sha256(url.encode()).hexdigest()[:12] + ".txt"
+    local = SCRATCH / name
+    with urllib.request.urlopen(url, timeout=10) as response:
+        local.write_bytes(response.read())
+    return {**_where(), "path": str(local), "bytes": local.stat().st_size}
+
+
+@activity.defn
+def process(path: str, slow_seconds: float = 0.0) -> dict[str, Any]:
+    """Count the words of the local file and write an upper-cased copy beside it.
+
+    ``slow_seconds`` makes the step take that long (polling for cancellation), so the demo can
+    kill the worker mid-way.
+    """
+    source = Path(path)
+    if not source.exists():
+        raise FileNotFoundError(f"{path} is not on this worker ({WORKER_NAME}): the steps ran on different workers")
+    deadline = time.monotonic() + slow_seconds
+    while time.monotonic() < deadline:
+        if activity.wait_for_cancelled(0.05):
+            raise RuntimeError("cancelled")
+    text = source.read_text()
+    result = source.with_suffix(".processed.txt")
+    result.write_text(text.upper())
+    return {**_where(), "path": str(result), "words": len(text.split())}
+
+
+@activity.defn
+def upload(path: str, url: str) -> dict[str, Any]:
+    """POST the local result file to ``url``."""
+    data = Path(path).read_bytes()
+    request = urllib.request.Request(url, data=data, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        stored = response.read().decode()
+    return {**_where(), "stored_as": stored}
+
+
+ACTIVITIES = [download, process, upload]
