@@ -72,7 +72,7 @@ class RawWorker:
         self.started: list[str] = []
         self.max_held = 0
         self.ended: dict[str, dict[str, Any]] = {}
-        self.ran: list[dict[str, str]] = []
+        self.ran: list[dict[str, Any]] = []
         self.cancelled: dict[str, str] = {}
         self.rejected: list[str] = []
         self.heartbeats_sent = 0
@@ -210,7 +210,7 @@ class RawWorker:
                 non_retryable=True))
             return
         self.ran.append({"activity_id": task.activity_id, "session_id": task.session_id,
-                         "activity_type": task.activity_type})
+                         "activity_type": task.activity_type, "headers": dict(task.headers)})
         self._note("activity_started", activity_id=task.activity_id, session_id=task.session_id,
                    activity_type=task.activity_type)
         runner = asyncio.create_task(self._run(task))
