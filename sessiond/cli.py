@@ -1,4 +1,5 @@
-"""The ``sessiond`` command: ``serve`` runs the server, ``health`` probes one.
+"""The ``sessiond`` command: ``serve`` runs the server, ``health`` probes one, and ``sessions`` /
+``workers`` show what a running server holds (see :mod:`sessiond.ops`).
 
 Every :class:`~sessiond.config.ServerConfig` field is a ``serve`` flag (``--field-name``) and a
 ``SESSIOND_FIELD_NAME`` environment variable; flags win.
@@ -14,6 +15,7 @@ from dataclasses import MISSING, fields
 from datetime import timedelta
 from typing import Any
 
+from sessiond import ops
 from sessiond.config import ENV_PREFIX, ServerConfig, config_from_env, parse_field
 
 
@@ -54,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--address", default="127.0.0.1:50051", help="host:port of the server [127.0.0.1:50051]")
     health.add_argument("--service", default="", help="service name to check ['' = the whole server]")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait [3]")
+    ops.add_commands(sub)
     return parser
 
 
@@ -96,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "health":
         return 0 if asyncio.run(_health(args.address, args.service, args.timeout)) else 1
+    if args.command in ("sessions", "workers"):
+        return ops.run(args)
     return _serve(args)
 
 
