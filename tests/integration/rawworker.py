@@ -55,7 +55,8 @@ class RawWorker:
     """One worker stream on one task queue, with everything it saw recorded for assertions."""
 
     def __init__(self, target: str, task_queue: str, *, worker_id: str = "", capacity: int = 1,
-                 host_name: str = "", identity: str = "", emit: Emit | None = None) -> None:
+                 host_name: str = "", identity: str = "", emit: Emit | None = None,
+                 metadata: tuple[tuple[str, str], ...] = ()) -> None:
         self.target = target
         self.task_queue = task_queue
         self.requested_worker_id = worker_id
@@ -63,6 +64,7 @@ class RawWorker:
         self.host_name = host_name
         self.identity = identity or f"{os.getpid()}@rawworker"
         self._emit = emit
+        self._metadata = metadata
         # What the worker saw, in order; tests read these.
         self.events: list[dict[str, Any]] = []
         self.worker_id = ""
@@ -97,7 +99,7 @@ class RawWorker:
             task_queue=self.task_queue, worker_id=self.requested_worker_id, identity=self.identity,
             host_name=self.host_name, max_concurrent_sessions=self.capacity,
         )))
-        self._call = stub.WorkerHeartbeat(self._requests())
+        self._call = stub.WorkerHeartbeat(self._requests(), metadata=self._metadata or None)
         self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._heartbeat())]
         if wait:
             await asyncio.wait_for(self.registered.wait(), timeout)
