@@ -157,7 +157,6 @@ class Session:
             done, _ = await asyncio.wait({rpc, ended}, return_when=asyncio.FIRST_COMPLETED)
             if rpc not in done:
                 # The watch saw the session end first: stop waiting for the worker's answer.
-                call.cancel()
                 self._raise_if_ended(in_flight=True)
             try:
                 response = rpc.result()
@@ -165,6 +164,8 @@ class Session:
                 self._note_verdict(err)
                 raise
         finally:
+            if not rpc.done():
+                call.cancel()  # given up (session ended, or we were cancelled): free the server side too
             for task in (rpc, ended):
                 task.cancel()
             await asyncio.gather(rpc, ended, return_exceptions=True)

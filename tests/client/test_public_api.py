@@ -1,0 +1,92 @@
+"""The public surface of sessiond_client is curated: this pins it exactly."""
+
+from __future__ import annotations
+
+import inspect
+
+import sessiond_client
+from sessiond_client import activity
+
+EXPECTED = [
+    "ActivityError",
+    "ActivityInfo",
+    "ActivityTimeoutError",
+    "ApplicationError",
+    "CreationTimeoutError",
+    "DefaultPayloadConverter",
+    "Duration",
+    "ExistingOpenSessionError",
+    "FailureCause",
+    "InvalidArgumentError",
+    "InvalidRecreateTokenError",
+    "NoCapacityError",
+    "PayloadConverter",
+    "PermissionDeniedError",
+    "RPCError",
+    "Session",
+    "SessionAlreadyOpenError",
+    "SessionClient",
+    "SessionClosedError",
+    "SessionCompletedError",
+    "SessionContext",
+    "SessionFailedError",
+    "SessionFailure",
+    "SessionInfo",
+    "SessionNotFoundError",
+    "SessionOptions",
+    "SessionState",
+    "SessionWorker",
+    "SessiondError",
+    "UnauthenticatedError",
+    "WorkerInfo",
+    "WorkerRef",
+    "WorkerUnavailableError",
+    "activity",
+    "current_session",
+]
+
+EXPECTED_ACTIVITY = [
+    "ActivityInfo",
+    "cancellation_reason",
+    "defn",
+    "in_activity",
+    "info",
+    "is_cancelled",
+    "wait_for_cancelled",
+]
+
+
+def test_all_is_pinned() -> None:
+    assert sessiond_client.__all__ == EXPECTED
+
+
+def test_every_public_name_resolves() -> None:
+    for name in sessiond_client.__all__:
+        assert getattr(sessiond_client, name) is not None, name
+
+
+def test_no_public_name_is_left_out_of_all() -> None:
+    public = {n for n in vars(sessiond_client) if not n.startswith("_")} - {"api", "annotations"}
+    assert public == set(EXPECTED)
+
+
+def test_activity_namespace_is_pinned() -> None:
+    assert activity.__all__ == EXPECTED_ACTIVITY
+    assert activity.ActivityInfo is sessiond_client.ActivityInfo
+
+
+def test_every_error_shares_the_one_root() -> None:
+    errors = [
+        getattr(sessiond_client, n)
+        for n in EXPECTED
+        if inspect.isclass(getattr(sessiond_client, n)) and issubclass(getattr(sessiond_client, n), Exception)
+    ]
+    assert len(errors) == 18
+    assert all(issubclass(e, sessiond_client.SessiondError) for e in errors)
+
+
+def test_public_classes_and_functions_have_docstrings() -> None:
+    for name in EXPECTED:
+        obj = getattr(sessiond_client, name)
+        if inspect.isclass(obj) or inspect.isfunction(obj) or inspect.ismodule(obj):
+            assert inspect.getdoc(obj), name

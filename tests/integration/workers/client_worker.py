@@ -1,0 +1,107 @@
+"""A SessionWorker process for the client-library integration tests.
+
+Run as ``python tests/integration/workers/client_worker.py --target HOST:PORT --task-queue Q``.
+It prints one JSON line per event on stdout (``registered``, ``stopped``), handles SIGTERM by
+draining (a second SIGTERM stops at once), and registers the activities below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from sessiond_client import ApplicationError, SessionWorker, activity
+
+
+def emit(event: str, **fields: Any) -> None:
+    """One JSON event line on stdout."""
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+@activity.defn(name="echo")
+async def echo_activity(*args: Any) -> Any:
+    """Return the single argument, or the list of arguments."""
+    return args[0] if len(args) == 1 else list(args)
+
+
+def reverse_bytes(data: bytes) -> bytes:
+    """A sync activity over raw bytes."""
+    return data[::-1]
+
+
+async def fail(message: str) -> None:
+    """Fail with a custom type, details and non_retryable."""
+    raise ApplicationError(message, {"hint": "details"}, type="Boom", non_retryable=True)
+
+
+def crash() -> None:
+    """Fail with a plain exception in a thread."""
+    raise ValueError("plain failure")
+
+
+async def sleep(seconds: float) -> str:
+    """An async activity that runs for a while (cancelled as a task)."""
+    await asyncio.sleep(seconds)
+    return "slept"
+
+
+def wait_cancelled(marker: str, limit: float = 60.0) -> str:
+    """A sync activity that blocks until its cancellation flag is set, then writes ``marker``."""
+    Path(marker + ".started").write_text(activity.info().activity_id)
+    cancelled = activity.wait_for_cancelled(limit)
+    Path(marker).write_text(json.dumps({"cancelled": cancelled, "reason": activity.cancellation_reason()}))
+    return "done"
+
+
+def whoami() -> dict[str, Any]:
+    """What activity.info() shows, from a thread."""
+    info = activity.info()
+    return {
+        "pid": os.getpid(),
+        "worker_id": info.worker_id,
+        "session_id": info.session_id,
+        "session_state": info.session.state.name,
+        "host_name": info.session.host_name,
+        "activity_type": info.activity_type,
+        "activity_id": info.activity_id,
+        "timeout": info.start_to_close_timeout.total_seconds() if info.start_to_close_timeout else None,
+    }
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--task-queue", required=True)
+    parser.add_argument("--max-sessions", type=int, default=1000)
+    parser.add_argument("--worker-id", default=None)
+    parser.add_argument("--grace", type=float, default=60.0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    worker = SessionWorker(
+        args.target,
+        args.task_queue,
+        [echo_activity, reverse_bytes, fail, crash, sleep, wait_cancelled, whoami],
+        max_concurrent_sessions=args.max_sessions,
+        worker_id=args.worker_id,
+        shutdown_grace=args.grace,
+    )
+    runner = asyncio.create_task(worker.run(handle_signals=True))
+    registered = asyncio.create_task(worker.wait_registered())
+    await asyncio.wait({runner, registered}, return_when=asyncio.FIRST_COMPLETED)
+    if registered.done():
+        emit("registered", worker_id=registered.result(), pid=os.getpid())
+    else:
+        registered.cancel()
+    await runner
+    emit("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

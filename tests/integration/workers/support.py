@@ -1,0 +1,139 @@
+"""Helpers for the client-library integration tests: SessionWorker processes and polling.
+
+Workers run as fresh interpreters (``asyncio.create_subprocess_exec`` with ``sys.executable``):
+never fork after grpc is initialised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from sessiond_client import SessionClient, WorkerInfo
+
+WORKER_SCRIPT = Path(__file__).resolve().parent / "client_worker.py"
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+async def poll(predicate: Callable[[], Any], *, within: float = 10.0, every: float = 0.02, what: str = "") -> Any:
+    """Poll ``predicate`` (sync or async) until it returns something truthy; return it, or fail after ``within`` s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        result = predicate()
+        if isinstance(result, Awaitable):
+            result = await result
+        if result:
+            return result
+        if loop.time() >= deadline:
+            raise AssertionError(f"not within {within} s: {what or predicate}")
+        await asyncio.sleep(every)
+
+
+class ClientWorkerProcess:
+    """One ``client_worker.py`` process; its stdout JSON events are collected."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.events: list[dict[str, Any]] = []
+        self._reader = asyncio.create_task(self._read())
+
+    @property
+    def pid(self) -> int:
+        """The OS process id."""
+        return self.process.pid
+
+    @property
+    def worker_id(self) -> str:
+        """The id the worker registered with (after :meth:`wait_event` ``registered``)."""
+        event = self.seen("registered")
+        assert event is not None, "worker not registered yet"
+        return str(event["worker_id"])
+
+    async def _read(self) -> None:
+        assert self.process.stdout is not None
+        async for line in self.process.stdout:
+            with contextlib.suppress(ValueError):
+                self.events.append(json.loads(line))
+
+    def seen(self, event: str) -> dict[str, Any] | None:
+        """The first event of that name, or None."""
+        return next((e for e in self.events if e.get("event") == event), None)
+
+    async def wait_event(self, event: str, within: float = 30.0) -> dict[str, Any]:
+        """Wait for an event line; fail early if the process exits first."""
+
+        def check() -> dict[str, Any] | None:
+            found = self.seen(event)
+            if found is None and self.process.returncode is not None:
+                raise AssertionError(f"worker exited ({self.process.returncode}) before {event!r}: {self.events}")
+            return found
+
+        return await poll(check, within=within, what=f"worker event {event}")  # type: ignore[no-any-return]
+
+    def signal(self, sig: int) -> None:
+        """Send a signal."""
+        self.process.send_signal(sig)
+
+    async def wait_exit(self, within: float = 30.0) -> int:
+        """Wait for the process to exit; return its exit code."""
+        return await asyncio.wait_for(self.process.wait(), within)
+
+    async def reap(self) -> None:
+        """SIGKILL if still running, then wait for the process and its reader."""
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGKILL)
+        await self.process.wait()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(self._reader, 5)
+
+
+async def start_worker(
+    target: str, task_queue: str, *, max_sessions: int = 1000, worker_id: str | None = None, grace: float = 60.0
+) -> ClientWorkerProcess:
+    """Start a worker process and wait until it has registered."""
+    env = {**os.environ, "GRPC_VERBOSITY": "ERROR", "PYTHONUNBUFFERED": "1"}
+    argv = [str(WORKER_SCRIPT), "--target", target, "--task-queue", task_queue]
+    argv += ["--max-sessions", str(max_sessions), "--grace", str(grace)]
+    if worker_id:
+        argv += ["--worker-id", worker_id]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, *argv, stdout=asyncio.subprocess.PIPE, env=env, cwd=REPO_ROOT
+    )
+    worker = ClientWorkerProcess(process)
+    try:
+        await worker.wait_event("registered")
+    except BaseException:
+        await worker.reap()
+        raise
+    return worker
+
+
+@contextlib.asynccontextmanager
+async def worker_pool() -> AsyncIterator[Callable[..., Awaitable[ClientWorkerProcess]]]:
+    """A factory of worker processes, every one reaped on exit."""
+    started: list[ClientWorkerProcess] = []
+
+    async def start(*args: Any, **kwargs: Any) -> ClientWorkerProcess:
+        worker = await start_worker(*args, **kwargs)
+        started.append(worker)
+        return worker
+
+    try:
+        yield start
+    finally:
+        for worker in started:
+            await worker.reap()
+
+
+async def workers_of(client: SessionClient, task_queue: str) -> dict[str, WorkerInfo]:
+    """Connected workers of a queue, by worker id."""
+    return {w.worker_id: w async for w in client.list_workers(task_queue=task_queue)}
