@@ -13,10 +13,11 @@ worker spoke in the meantime.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from sessiond.core.deadlines import DeadlineQueue
 from sessiond.core.errors import (
@@ -93,6 +94,9 @@ class SessionTable:
         self.registry = WorkerRegistry()
         self._sessions: dict[str, Session] = {}
         self._seq = itertools.count(1)
+        # Listing order: seqs ascending (append-only; forgotten ones are skipped and compacted away).
+        self._seqs: list[int] = []
+        self._by_seq: dict[int, Session] = {}
         self._session_deadlines: DeadlineQueue[str] = DeadlineQueue()
         self._waiter_deadlines: DeadlineQueue[str] = DeadlineQueue()
         self._activity_deadlines: DeadlineQueue[str] = DeadlineQueue()
@@ -231,12 +235,13 @@ class SessionTable:
         return session
 
     def create(self, now: float, task_queue: str, options: SessionOptions, *, owner: str = "",
-               request_id: str = "") -> Session | Waiter:
+               request_id: str = "", max_wait: float | None = None) -> Session | Waiter:
         """Place a session on the most-free worker of ``task_queue``, or enqueue a waiter (FIFO).
 
         Returns the session when placed at once, else a :class:`Waiter` whose outcome comes later
         as :class:`SessionPlaced` or :class:`WaiterFailed`. A retry with the same ``request_id``
-        returns the same session or waiter.
+        returns the same session or waiter. ``max_wait`` caps the wait below ``creation_timeout``
+        (the caller's RPC deadline) without changing the options the session records.
         """
         earlier = self._requests.get(request_id) if request_id else None
         if earlier is not None:
@@ -247,12 +252,13 @@ class SessionTable:
             worker = self.registry.best(task_queue, ResourceVector.one_session())
             if worker is not None:
                 return self._place(now, worker, options, owner, request_id, None)
-        if options.creation_timeout <= 0:
+        wait = _wait(options, max_wait)
+        if wait <= 0:
             raise NoCapacityError(f"no worker of task queue {task_queue!r} has a free slot")
-        return self._enqueue(now, queue, task_queue, None, options, owner, request_id)
+        return self._enqueue(now, queue, task_queue, None, options, owner, request_id, wait)
 
     def recreate(self, now: float, token: bytes, options: SessionOptions, *, owner: str = "",
-                 request_id: str = "") -> Session | Waiter:
+                 request_id: str = "", max_wait: float | None = None) -> Session | Waiter:
         """Place a new session on the worker ``token`` names, or wait for it to have room."""
         key = decode_token(token)
         earlier = self._requests.get(request_id) if request_id else None
@@ -264,12 +270,13 @@ class SessionTable:
         if worker is not None and worker.eligible and not _has_live(queue) \
                 and worker.free.covers(ResourceVector.one_session()):
             return self._place(now, worker, options, owner, request_id, None)
-        if options.creation_timeout <= 0:
+        wait = _wait(options, max_wait)
+        if wait <= 0:
             if worker is not None and worker.eligible:
                 raise NoCapacityError(f"worker {key.worker_id!r} has no free slot")
             raise WorkerUnavailableError(f"worker {key.worker_id!r} of task queue {key.task_queue!r} "
                                          "is not connected")
-        return self._enqueue(now, queue, key.task_queue, key, options, owner, request_id)
+        return self._enqueue(now, queue, key.task_queue, key, options, owner, request_id, wait)
 
     def cancel_waiter(self, waiter_id: str) -> None:
         """The caller gave up waiting: the waiter leaves the queue and will take no slot."""
@@ -292,9 +299,8 @@ class SessionTable:
             raise ExistingOpenSessionError(owner, holder.session_id if isinstance(holder, Session) else None)
 
     def _enqueue(self, now: float, queue: deque[Waiter], task_queue: str, target: WorkerKey | None,
-                 options: SessionOptions, owner: str, request_id: str) -> Waiter:
-        waiter = Waiter(self._new_id(), task_queue, target, options, owner, request_id,
-                        now + options.creation_timeout)
+                 options: SessionOptions, owner: str, request_id: str, wait: float) -> Waiter:
+        waiter = Waiter(self._new_id(), task_queue, target, options, owner, request_id, now + wait)
         self._waiters[waiter.waiter_id] = waiter
         queue.append(waiter)
         self._waiter_deadlines.set(waiter.waiter_id, waiter.deadline)
@@ -338,6 +344,8 @@ class SessionTable:
         )
         sid = session.session_id
         self._sessions[sid] = session
+        self._seqs.append(session.seq)
+        self._by_seq[session.seq] = session
         worker.used = worker.used + demand
         worker.sessions.add(sid)
         timeout = options.heartbeat_timeout
@@ -386,6 +394,9 @@ class SessionTable:
 
     def _forget(self, session: Session) -> None:
         del self._sessions[session.session_id]
+        del self._by_seq[session.seq]
+        if len(self._seqs) > 2 * len(self._by_seq) + 1024:
+            self._seqs = [seq for seq in self._seqs if seq in self._by_seq]
         if session.request_id and self._requests.get(session.request_id) is session:
             del self._requests[session.request_id]
 
@@ -475,23 +486,46 @@ class SessionTable:
         return encode_token(session.worker.key)
 
     def sessions(self, *, task_queue: str = "", owner: str = "", state: SessionState | None = None,
-                 after_seq: int = 0) -> Iterator[Session]:
-        """Sessions (oldest first) matching the filters, with ``seq > after_seq``. Operator path: O(n)."""
-        for session in self._sessions.values():
-            if session.seq <= after_seq:
-                continue
-            if task_queue and session.task_queue != task_queue:
-                continue
-            if owner and session.owner != owner:
-                continue
-            if state is not None and session.state is not state:
-                continue
-            yield session
+                 after_seq: int = 0, limit: int = 100, max_scan: int = 10_000) -> tuple[list[Session], int | None]:
+        """One page of sessions (oldest first) matching the filters, with ``seq > after_seq``.
 
-    def workers(self, *, task_queue: str = "") -> list[Worker]:
-        """Connected workers, ordered by (task queue, worker id). Operator path."""
-        found = [w for w in self.registry.workers.values() if not task_queue or w.key.task_queue == task_queue]
-        return sorted(found, key=lambda w: (w.key.task_queue, w.key.worker_id))
+        Finds its start by bisection and looks at no more than ``max_scan`` sessions, so one call
+        never blocks the loop for long. Returns the page and the seq to continue after, or None
+        when nothing is left (a page may be short or even empty and still have a continuation).
+        """
+        seqs = self._seqs
+        start = bisect.bisect_right(seqs, after_seq)
+        page: list[Session] = []
+        for index in range(start, min(len(seqs), start + max_scan)):
+            session = self._by_seq.get(seqs[index])
+            if session is None:
+                continue
+            if (task_queue and session.task_queue != task_queue) or (owner and session.owner != owner) \
+                    or (state is not None and session.state is not state):
+                continue
+            page.append(session)
+            if len(page) == limit:
+                return page, session.seq if index + 1 < len(seqs) else None
+        end = start + max_scan
+        return page, (seqs[end - 1] if end < len(seqs) else None)
+
+    def workers(self, *, task_queue: str = "", after: WorkerKey | None = None,
+                limit: int = 100) -> tuple[list[Worker], WorkerKey | None]:
+        """One page of connected workers ordered by (task queue, worker id), after the key ``after``.
+
+        Keyed, not offset, paging: workers joining or leaving between pages shift nothing.
+        Returns the page and the key to continue after, or None on the last page. Operator path.
+        """
+        def order(key: WorkerKey) -> tuple[str, str]:
+            return key.task_queue, key.worker_id
+
+        found = sorted(
+            (w for w in self.registry.workers.values()
+             if (not task_queue or w.key.task_queue == task_queue) and (after is None or order(w.key) > order(after))),
+            key=lambda w: order(w.key),
+        )
+        page = found[:limit]
+        return page, (page[-1].key if len(found) > limit else None)
 
     @property
     def open_count(self) -> int:
@@ -501,6 +535,10 @@ class SessionTable:
     def waiting_count(self) -> int:
         """Creates and Recreates waiting for a slot."""
         return len(self._waiters)
+
+
+def _wait(options: SessionOptions, max_wait: float | None) -> float:
+    return options.creation_timeout if max_wait is None else min(options.creation_timeout, max_wait)
 
 
 def _has_live(queue: deque[Waiter]) -> bool:

@@ -114,18 +114,20 @@ class Engine:
     # ----------------------------------------------------------------- callers
 
     async def create_session(self, task_queue: str, options: SessionOptions, *, owner: str,
-                             request_id: str) -> Session:
-        """Place a session, waiting up to ``options.creation_timeout`` for capacity."""
+                             request_id: str, max_wait: float | None = None) -> Session:
+        """Place a session, waiting up to ``options.creation_timeout`` (and ``max_wait``) for capacity."""
         started = self.now()
-        result = self.table.create(started, task_queue, options, owner=owner, request_id=request_id)
+        result = self.table.create(started, task_queue, options, owner=owner, request_id=request_id,
+                                   max_wait=max_wait)
         self._flush()
         return await self._settle(result, started)
 
     async def recreate_session(self, token: bytes, options: SessionOptions, *, owner: str,
-                               request_id: str) -> Session:
-        """Place a session on the token's worker, waiting up to ``options.creation_timeout``."""
+                               request_id: str, max_wait: float | None = None) -> Session:
+        """Place a session on the token's worker, waiting up to ``options.creation_timeout`` (and ``max_wait``)."""
         started = self.now()
-        result = self.table.recreate(started, token, options, owner=owner, request_id=request_id)
+        result = self.table.recreate(started, token, options, owner=owner, request_id=request_id,
+                                     max_wait=max_wait)
         self._flush()
         return await self._settle(result, started)
 

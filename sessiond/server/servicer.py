@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any
 
 import grpc
-from sessiond_client.api.v1 import session_pb2, session_service_pb2, session_service_pb2_grpc, worker_pb2
+from sessiond_client.api.v1 import session_service_pb2, session_service_pb2_grpc, worker_pb2
 
-from sessiond.core.model import SessionOptions
 from sessiond.server import validate
 from sessiond.server.engine import Engine
 from sessiond.server.errors import rpc, rpc_stream
@@ -23,12 +21,13 @@ Context = grpc.aio.ServicerContext[Any, Any]
 _DEADLINE_MARGIN = 0.05
 
 
-def _within_deadline(options: SessionOptions, context: Context) -> SessionOptions:
-    """creation_timeout is also bounded by the RPC deadline: answer before the caller gives up."""
+def _max_wait(context: Context) -> float | None:
+    """creation_timeout is also bounded by the RPC deadline: answer before the caller gives up.
+
+    Only the wait is capped; the session records the creation_timeout it was asked for.
+    """
     remaining = context.time_remaining()
-    if remaining is None or remaining - _DEADLINE_MARGIN >= options.creation_timeout:
-        return options
-    return replace(options, creation_timeout=max(0.0, remaining - _DEADLINE_MARGIN))
+    return None if remaining is None else max(0.0, remaining - _DEADLINE_MARGIN)
 
 
 def _annotate(session_id: str, task_queue: str, worker_id: str) -> None:
@@ -48,7 +47,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         task_queue = validate.name(request.task_queue, "task_queue", required=True)
         options = validate.options(request.options, request.HasField("options"), self.engine.config)
         session = await self.engine.create_session(
-            task_queue, _within_deadline(options, context),
+            task_queue, options, max_wait=_max_wait(context),
             owner=validate.name(request.owner, "owner", required=False),
             request_id=validate.name(request.request_id, "request_id", required=False),
         )
@@ -61,7 +60,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         token = validate.token(request.recreate_token)
         options = validate.options(request.options, request.HasField("options"), self.engine.config)
         session = await self.engine.recreate_session(
-            token, _within_deadline(options, context),
+            token, options, max_wait=_max_wait(context),
             owner=validate.name(request.owner, "owner", required=False),
             request_id=validate.name(request.request_id, "request_id", required=False),
         )
@@ -108,32 +107,22 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
     async def ListSessions(self, request: session_service_pb2.ListSessionsRequest,
                            context: Context) -> session_service_pb2.ListSessionsResponse:
         size, after = validate.page(request.page_size, request.page_token)
-        found = self.engine.table.sessions(
+        page, more = self.engine.table.sessions(
             task_queue=validate.name(request.task_queue, "task_queue", required=False),
             owner=validate.name(request.owner, "owner", required=False),
-            state=validate.state_filter(request.state), after_seq=after,
+            state=validate.state_filter(request.state), after_seq=after, limit=size,
         )
-        page: list[session_pb2.Session] = []
-        last = 0
-        for session in found:
-            if len(page) == size:
-                return session_service_pb2.ListSessionsResponse(sessions=page, next_page_token=str(last))
-            page.append(self.engine.to_pb(session))
-            last = session.seq
-        return session_service_pb2.ListSessionsResponse(sessions=page)
+        return session_service_pb2.ListSessionsResponse(
+            sessions=[self.engine.to_pb(s) for s in page], next_page_token="" if more is None else str(more))
 
     @rpc
     async def ListWorkers(self, request: session_service_pb2.ListWorkersRequest,
                           context: Context) -> session_service_pb2.ListWorkersResponse:
-        size, offset = validate.page(request.page_size, request.page_token)
-        workers = self.engine.table.workers(
-            task_queue=validate.name(request.task_queue, "task_queue", required=False))
-        chunk = workers[offset:offset + size]
-        more = offset + size < len(workers)
+        size, after = validate.worker_page(request.page_size, request.page_token)
+        page, more = self.engine.table.workers(
+            task_queue=validate.name(request.task_queue, "task_queue", required=False), after=after, limit=size)
         return session_service_pb2.ListWorkersResponse(
-            workers=[self.engine.worker_to_pb(w) for w in chunk],
-            next_page_token=str(offset + size) if more else "",
-        )
+            workers=[self.engine.worker_to_pb(w) for w in page], next_page_token=validate.worker_token(more))
 
     @rpc_stream
     async def WorkerHeartbeat(self, request_iterator: AsyncIterator[worker_pb2.WorkerHeartbeatRequest],

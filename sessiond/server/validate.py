@@ -6,12 +6,16 @@ raise :class:`~sessiond.core.errors.InvalidArgumentError` otherwise.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+
 from google.protobuf import duration_pb2
 from sessiond_client.api.v1 import session_pb2
 
 from sessiond.config import ServerConfig
 from sessiond.core.errors import InvalidArgumentError, InvalidRecreateTokenError
-from sessiond.core.model import SessionOptions, SessionState
+from sessiond.core.model import SessionOptions, SessionState, WorkerKey
 
 MAX_NAME_BYTES = 256
 MAX_TOKEN_BYTES = 4096
@@ -82,11 +86,16 @@ def state_filter(value: int) -> SessionState | None:
         raise InvalidArgumentError("state", f"unknown SessionState value {value}") from None
 
 
-def page(size: int, token_value: str) -> tuple[int, int]:
-    """(page size, position after which to start) from a request; tokens are positions we issued."""
+def page_size(size: int) -> int:
+    """A page size: 0 = the default (100), at most 1000."""
     if size < 0:
         raise InvalidArgumentError("page_size", "must not be negative")
-    size = min(size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    return min(size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def page(size: int, token_value: str) -> tuple[int, int]:
+    """(page size, seq after which to start) for ListSessions; tokens are seqs we issued."""
+    size = page_size(size)
     if not token_value:
         return size, 0
     if not token_value.isdigit() or len(token_value) > 20:
@@ -101,3 +110,24 @@ def capacity(value: int) -> int:
     if value > MAX_SESSIONS_PER_WORKER:
         raise InvalidArgumentError("register.max_concurrent_sessions", f"must be at most {MAX_SESSIONS_PER_WORKER}")
     return value or 1000
+
+
+def worker_page(size: int, token_value: str) -> tuple[int, WorkerKey | None]:
+    """(page size, worker key after which to start) for ListWorkers."""
+    size = page_size(size)
+    if not token_value:
+        return size, None
+    try:
+        queue, worker_id = json.loads(base64.urlsafe_b64decode(token_value.encode()))
+    except (ValueError, TypeError, binascii.Error):
+        raise InvalidArgumentError("page_token", "is not a token this server issued") from None
+    if not isinstance(queue, str) or not isinstance(worker_id, str):
+        raise InvalidArgumentError("page_token", "is not a token this server issued")
+    return size, WorkerKey(queue, worker_id)
+
+
+def worker_token(key: WorkerKey | None) -> str:
+    """The ListWorkers page token that continues after ``key`` ("" = last page)."""
+    if key is None:
+        return ""
+    return base64.urlsafe_b64encode(json.dumps([key.task_queue, key.worker_id]).encode()).decode()
