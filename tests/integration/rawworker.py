@@ -109,6 +109,15 @@ class RawWorker:
         """Say goodbye: with ``drain`` keep the open sessions, without it the server fails them."""
         self._send(worker_pb2.WorkerHeartbeatRequest(goodbye=worker_pb2.Goodbye(drain=drain)))
 
+    def pause(self) -> None:
+        """Stop heartbeating (a hung worker: the stream stays open, nothing is sent)."""
+        self.heartbeating = False
+
+    def resume(self) -> None:
+        """Heartbeat again, starting now."""
+        self.heartbeating = True
+        self._interval_changed.set()  # wake the heartbeat loop instead of waiting out an interval
+
     def close(self) -> None:
         """Half-close the request stream (after a goodbye: a clean exit; without one: worker lost)."""
         self._outbox.put_nowait(None)
@@ -284,9 +293,9 @@ async def _commands(worker: RawWorker) -> None:
         elif line == "close":
             worker.close()
         elif line == "pause":
-            worker.heartbeating = False
+            worker.pause()
         elif line == "resume":
-            worker.heartbeating = True
+            worker.resume()
         _print({"event": "command", "command": line})
 
 

@@ -111,12 +111,12 @@ async def test_an_in_process_worker_that_stops_heartbeating_fails_with_heartbeat
     steady = await sessiond.create(QUEUE)  # default 20 s: must survive the silence below
     watch = await _watch(sessiond, session.session_id)
 
-    worker.heartbeating = False
+    worker.pause()
     failed = await _next_state(watch)
     assert failed.failure.cause == HEARTBEAT_TIMEOUT
     await eventually(lambda: worker.ended.get(session.session_id, {}).get("cause") == "FAILURE_CAUSE_HEARTBEAT_TIMEOUT")
 
-    worker.heartbeating = True
+    worker.resume()
     await eventually(lambda: _heard_after(sessiond, "quiet", failed.close_time))
     assert (await sessiond.get(session.session_id)).state == FAILED
     assert (await sessiond.get(steady.session_id)).state == OPEN
