@@ -217,13 +217,17 @@ class Engine:
     async def watch_session(self, session_id: str) -> AsyncIterator[session_pb2.Session]:
         """The session now, then its terminal state when it gets there."""
         session = self.table.get(session_id)
-        yield self.to_pb(session)
+        current = self.to_pb(session)
         if session.state is not SessionState.OPEN:
+            yield current
             return
+        # Register before the first yield: sending it awaits, and a session that ends meanwhile
+        # must still reach this watcher (else the stream would end without its terminal state).
         future: asyncio.Future[session_pb2.Session] = self._loop.create_future()
         watch = self._watches.setdefault(session_id, _Watch())
         watch.futures.append(future)
         try:
+            yield current
             yield await future
         finally:
             if not future.done():

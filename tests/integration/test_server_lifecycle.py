@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import grpc
@@ -131,3 +132,26 @@ async def test_every_server_start_has_a_new_incarnation_sent_to_workers_and_call
 async def _failed(sessiond: Sessiond, session_id: str) -> session_pb2.Session | None:
     session = await sessiond.get(session_id)
     return session if session.state == FAILED else None
+
+
+@pytest.mark.asyncio
+async def test_a_watch_that_races_the_end_of_its_session_still_gets_the_terminal_state(
+        sessiond: Sessiond, make_worker: WorkerFactory) -> None:
+    await make_worker("w1", capacity=5)
+    endings: list[list[int]] = []
+    for attempt in range(100):
+        session = await sessiond.create(QUEUE)
+        watch = sessiond.stub.WatchSession(session_service_pb2.WatchSessionRequest(session_id=session.session_id))
+
+        async def complete_soon(spins: int = attempt % 5, session_id: str = session.session_id) -> None:
+            for _ in range(spins):  # vary where the completion lands relative to the first message
+                await asyncio.sleep(0)
+            await sessiond.complete(session_id)
+
+        completing = asyncio.create_task(complete_soon())
+        states = [reply.session.state async for reply in watch]
+        await completing
+        endings.append(states)
+
+    assert all(states[-1] == CLOSED for states in endings), [s for s in endings if s[-1] != CLOSED][:3]
+    assert all(states in ([OPEN, CLOSED], [CLOSED]) for states in endings)
