@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -82,7 +84,14 @@ async def main() -> int:
     parser.add_argument("--worker-id", default=None)
     parser.add_argument("--grace", type=float, default=60.0)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    log_dir = os.environ.get("CLIENT_WORKER_LOG_DIR")
+    if log_dir:
+        # Debugging aid: a DEBUG log per process, and a stack dump on SIGUSR1.
+        log_file = Path(log_dir, f"worker-{os.getpid()}.log").open("a")  # noqa: ASYNC230  # once, at start-up
+        logging.basicConfig(level=logging.DEBUG, stream=log_file, format="%(asctime)s %(name)s %(message)s")
+        faulthandler.register(signal.SIGUSR1, file=log_file, all_threads=True)
+    else:
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     worker = SessionWorker(
         args.target,
         args.task_queue,

@@ -84,7 +84,13 @@ class ClientWorkerProcess:
 
     async def wait_exit(self, within: float = 30.0) -> int:
         """Wait for the process to exit; return its exit code."""
-        return await asyncio.wait_for(self.process.wait(), within)
+        try:
+            return await asyncio.wait_for(self.process.wait(), within)
+        except TimeoutError:
+            if os.environ.get("CLIENT_WORKER_LOG_DIR"):
+                self.signal(signal.SIGUSR1)  # dump the stacks into the worker's log
+                await asyncio.sleep(0.5)
+            raise AssertionError(f"worker {self.pid} did not exit within {within} s") from None
 
     async def reap(self) -> None:
         """SIGKILL if still running, then wait for the process and its reader."""

@@ -132,7 +132,8 @@ class SessionClient:
         )
         if wait_ready:
             try:
-                await asyncio.wait_for(client._channel.channel_ready(), client._default_rpc_timeout)
+                async with asyncio.timeout(client._default_rpc_timeout):
+                    await client._channel.channel_ready()
             except TimeoutError:
                 await client.close()
                 raise RPCError(

@@ -58,6 +58,9 @@ _FATAL_CODES = frozenset(
 _INITIAL_HEARTBEAT_INTERVAL = 10.0
 # After our half-close the server ends the stream; if it does not, stop waiting after this long.
 _HALF_CLOSE_TIMEOUT = 10.0
+# After a draining goodbye, how long a worker with no sessions still listens for a SessionStarted
+# the server sent before it read the goodbye (the protocol has no goodbye acknowledgement).
+_DRAIN_SETTLE = 1.0
 # How long run() waits, at exit, for cancelled activity tasks to unwind.
 _ACTIVITY_UNWIND_TIMEOUT = 5.0
 
@@ -257,7 +260,8 @@ class SessionWorker:
                     break
                 delay = self._backoff.next_delay()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._shutdown_requested.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self._shutdown_requested.wait()
         finally:
             self.remove_signal_handlers()
             await self._unwind_activities()
@@ -366,15 +370,18 @@ class SessionWorker:
 
     async def _heartbeat_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
+        while self._outbox is not None:
             delay = self._last_send + self._interval - loop.time()
             if delay <= 0:
                 self._send(worker_pb2.WorkerHeartbeatRequest(heartbeat=worker_pb2.Heartbeat()))
                 continue
             # Woken early when the server changes the interval (a shorter one must apply at once).
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that races
+            # its timeout, and this loop must stop when the stream ends.
             self._interval_changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._interval_changed.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._interval_changed.wait()
 
     async def _goodbye_loop(
         self,
@@ -386,12 +393,24 @@ class SessionWorker:
         logger.info("worker %s saying goodbye (drain=%s, %d sessions held)", self._worker_id, drain, held)
         self._send(worker_pb2.WorkerHeartbeatRequest(goodbye=worker_pb2.Goodbye(drain=drain)))
         if drain:
-            idle = asyncio.ensure_future(self._idle.wait())
+            loop = asyncio.get_running_loop()
+            deadline = None if self._grace is None else loop.time() + self._grace
+            # The server does not acknowledge a goodbye, so a SessionStarted it sent just before
+            # reading ours may still be on the wire: being idle right now is not enough to leave.
+            # Wait out a settle period (one generous round trip) before trusting "no sessions".
             force = asyncio.ensure_future(self._force.wait())
             try:
-                await asyncio.wait({idle, force}, timeout=self._grace, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({force}, timeout=_DRAIN_SETTLE)
+                while not force.done():
+                    idle = asyncio.ensure_future(self._idle.wait())
+                    remaining = None if deadline is None else max(deadline - loop.time(), 0.0)
+                    try:
+                        await asyncio.wait({idle, force}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        idle.cancel()
+                    if not self._sessions or (deadline is not None and loop.time() >= deadline):
+                        break
             finally:
-                idle.cancel()
                 force.cancel()
             if self._sessions:
                 # Grace passed or a second signal: fail what is left now, with an explicit cause.
@@ -405,11 +424,11 @@ class SessionWorker:
         call.cancel()
 
     def _send(self, message: worker_pb2.WorkerHeartbeatRequest) -> None:
+        self._last_send = asyncio.get_running_loop().time()
         if self._outbox is None:
             logger.debug("dropping %s: no stream", message.WhichOneof("message"))
             return
         self._outbox.put_nowait(message)
-        self._last_send = asyncio.get_running_loop().time()
 
     # -- server messages ------------------------------------------------------------------------
 
