@@ -114,6 +114,8 @@ class Worker:
     # heartbeat_timeout -> number of open sessions using it; the smallest sets the interval.
     timeouts: dict[float, int] = field(default_factory=dict)
     interval: float = 10.0
+    # When ``interval`` took effect: the worker's silence is judged by it only from then on.
+    interval_since: float = 0.0
 
     @property
     def eligible(self) -> bool:

@@ -132,7 +132,7 @@ class SessionTable:
         # for STALE_INTERVALS intervals by now must already be suspect so the slot is not handed out.
         for key in self._worker_deadlines.pop_due(now):
             worker = self.registry.workers[key]
-            stale_at = worker.last_seen + STALE_INTERVALS * worker.interval
+            stale_at = max(worker.last_seen, worker.interval_since) + STALE_INTERVALS * worker.interval
             if now >= stale_at:
                 worker.suspect = True
                 self.registry.touch(worker)
@@ -173,6 +173,7 @@ class SessionTable:
             self._drop_worker(now, old, FailureCause.WORKER_LOST)
         worker = self.registry.connect(key, reg.identity, reg.host_name, reg.capacity, now)
         worker.interval = self.max_heartbeat_interval
+        worker.interval_since = now
         self._worker_deadlines.set(key, now + STALE_INTERVALS * worker.interval)
         self._serve(now, worker)
         return worker
@@ -437,11 +438,14 @@ class SessionTable:
         if worker.timeouts:
             interval = min(interval, min(worker.timeouts) / 3.0)
         if interval != worker.interval:
+            # A worker that last spoke long ago under a longer interval was compliant: judge its
+            # silence by the new interval only from now, when the message carrying it is sent.
             worker.interval = interval
-            stale_at = worker.last_seen + STALE_INTERVALS * interval
+            worker.interval_since = now
+            stale_at = max(worker.last_seen, now) + STALE_INTERVALS * interval
             current = self._worker_deadlines.deadline(worker.key)
             if current is None or stale_at < current:
-                self._worker_deadlines.set(worker.key, max(stale_at, now))
+                self._worker_deadlines.set(worker.key, stale_at)
 
     # ----------------------------------------------------------------- activities
 

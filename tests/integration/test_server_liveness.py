@@ -183,3 +183,17 @@ async def test_the_heartbeat_interval_is_a_third_of_the_smallest_heartbeat_timeo
 async def _state(sessiond: Sessiond, session_id: str, state: int) -> session_pb2.Session | None:
     session = await sessiond.get(session_id)
     return session if session.state == state else None
+
+
+@pytest.mark.asyncio
+async def test_an_idle_worker_is_not_judged_by_a_shorter_interval_before_it_was_told(
+        sessiond: Sessiond, make_worker: WorkerFactory) -> None:
+    worker = await make_worker("idle", capacity=2)
+    worker.pause()  # compliant: its interval is 10 s, and it last spoke when it registered
+    await asyncio.sleep(0.7)  # time must pass (not a synchronisation): idle longer than the timeout below
+
+    first = await sessiond.create(QUEUE, options=options(heartbeat=0.6, creation=0))
+    # The worker has only just been told to beat every 0.2 s: it is not stale yet, and has room.
+    second = await sessiond.create(QUEUE, options=options(creation=0))
+
+    assert (first.worker.worker_id, second.worker.worker_id) == ("idle", "idle")
