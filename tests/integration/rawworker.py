@@ -102,7 +102,8 @@ class RawWorker:
         self._call = stub.WorkerHeartbeat(self._requests(), metadata=self._metadata or None)
         self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._heartbeat())]
         if wait:
-            await asyncio.wait_for(self.registered.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self.registered.wait()
         return self
 
     async def goodbye(self, *, drain: bool) -> None:
@@ -263,8 +264,10 @@ class RawWorker:
             assert self.interval is not None
             # Wake early when the server shortens the interval (a session with a small
             # heartbeat_timeout arrived): the old, longer wait would let that session expire.
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation racing its timeout.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._interval_changed.wait(), self.interval)
+                async with asyncio.timeout(self.interval):
+                    await self._interval_changed.wait()
             self._interval_changed.clear()
             if self.heartbeating and not self.stream_done.is_set():
                 self._send(worker_pb2.WorkerHeartbeatRequest(heartbeat=worker_pb2.Heartbeat()))

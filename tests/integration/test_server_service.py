@@ -11,7 +11,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from sessiond_client.api.v1 import session_service_pb2
 
-from tests.integration.conftest import QUEUE, ServerFactory, Sessiond, WorkerFactory, eventually, rpc_error
+from tests.integration.conftest import (
+    FAILED,
+    OPEN,
+    QUEUE,
+    ServerFactory,
+    Sessiond,
+    WorkerFactory,
+    eventually,
+    rpc_error,
+)
 from tests.integration.rawworker import RawWorker
 
 SERVICE = "sessiond.v1.SessionService"
@@ -51,7 +60,9 @@ async def test_reflection_lists_the_session_service_and_serves_its_descriptor(se
 async def test_shutdown_reports_not_serving_ends_worker_streams_and_finishes_before_the_grace(
         sessiond: Sessiond, make_worker: WorkerFactory) -> None:
     worker = await make_worker("w1")
-    await sessiond.create(QUEUE)
+    session = await sessiond.create(QUEUE)
+    session_watch = sessiond.stub.WatchSession(session_service_pb2.WatchSessionRequest(session_id=session.session_id))
+    assert (await asyncio.wait_for(session_watch.read(), 5)).session.state == OPEN
     watch = health_pb2_grpc.HealthStub(sessiond.channel).Watch(health_pb2.HealthCheckRequest(service=SERVICE))
     assert (await asyncio.wait_for(watch.read(), 5)).status == SERVING
     loop = asyncio.get_running_loop()
@@ -63,6 +74,9 @@ async def test_shutdown_reports_not_serving_ends_worker_streams_and_finishes_bef
     watch.cancel()
     await eventually(lambda: worker.stream_done.is_set(), message="the worker's stream ended")
     assert worker.stream_error is None  # ended by the server with OK, not cut
+    # Session watches end too (with the session's terminal state), so they do not hold the grace.
+    assert (await asyncio.wait_for(session_watch.read(), 5)).session.state == FAILED
+    assert await asyncio.wait_for(session_watch.read(), 5) is grpc.aio.EOF
     await asyncio.wait_for(stopping, 10)
     assert loop.time() - started < 10, "stop waited for the grace period: a stream was left open"
 
