@@ -166,11 +166,12 @@ class SessionTable:
     # ----------------------------------------------------------------- workers
 
     def connect_worker(self, now: float, reg: WorkerRegistration) -> Worker:
-        """Register a worker stream. A previous stream with the same key is dropped (WORKER_LOST)."""
+        """Register a worker stream. A previous stream with the same key is dropped, as if it had
+        disconnected: WORKER_SHUTDOWN after a goodbye, WORKER_LOST otherwise."""
         key = WorkerKey(reg.task_queue, reg.worker_id)
         old = self.registry.workers.get(key)
         if old is not None:
-            self._drop_worker(now, old, FailureCause.WORKER_LOST)
+            self._drop_worker(now, old, FailureCause.WORKER_SHUTDOWN if old.draining else FailureCause.WORKER_LOST)
         worker = self.registry.connect(key, reg.identity, reg.host_name, reg.capacity, now)
         worker.interval = self.max_heartbeat_interval
         worker.interval_since = now

@@ -1,0 +1,93 @@
+"""Builders and small assertions shared by the unit tests of the pure core.
+
+Every test drives its own manual clock: it passes ``now`` values and nothing else moves time.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from typing import TypeVar
+
+from sessiond.core.events import ActivityEnded, Event, SessionEnded, SessionPlaced, WaiterFailed
+from sessiond.core.model import Session, SessionOptions, SessionState, Waiter, Worker, WorkerRegistration
+from sessiond.core.resources import ResourceVector
+from sessiond.core.table import SessionTable
+
+QUEUE = "q"
+
+E = TypeVar("E", SessionPlaced, SessionEnded, WaiterFailed, ActivityEnded)
+
+
+def before(deadline: float) -> float:
+    """The last representable instant strictly before ``deadline``."""
+    return math.nextafter(deadline, -math.inf)
+
+
+def counting_ids(prefix: str = "id") -> Callable[[], str]:
+    """A deterministic id factory: ``id-1``, ``id-2``, ..."""
+    counter = itertools.count(1)
+    return lambda: f"{prefix}-{next(counter)}"
+
+
+def new_table(*, retention: float = 600.0, max_heartbeat_interval: float = 10.0) -> SessionTable:
+    """A table with deterministic ids."""
+    return SessionTable(retention=retention, max_heartbeat_interval=max_heartbeat_interval, new_id=counting_ids())
+
+
+def registration(worker_id: str, sessions: int = 1, *, task_queue: str = QUEUE) -> WorkerRegistration:
+    """What worker ``worker_id`` declares when it connects with room for ``sessions`` sessions."""
+    return WorkerRegistration(task_queue=task_queue, worker_id=worker_id, identity=f"{worker_id}@host",
+                              host_name=f"{worker_id}-host", capacity=ResourceVector.sessions(sessions))
+
+
+def connect(table: SessionTable, worker_id: str, sessions: int = 1, *, now: float = 0.0,
+            task_queue: str = QUEUE) -> Worker:
+    """Connect a worker and return it."""
+    return table.connect_worker(now, registration(worker_id, sessions, task_queue=task_queue))
+
+
+def options(*, creation: float = 60.0, execution: float = 24 * 3600.0, heartbeat: float = 20.0) -> SessionOptions:
+    """Session options with short names."""
+    return SessionOptions(creation_timeout=creation, execution_timeout=execution, heartbeat_timeout=heartbeat)
+
+
+def create_placed(table: SessionTable, now: float = 0.0, opts: SessionOptions | None = None, *,
+                  task_queue: str = QUEUE, owner: str = "", request_id: str = "") -> Session:
+    """Create a session that must be placed at once."""
+    result = table.create(now, task_queue, opts or options(), owner=owner, request_id=request_id)
+    assert isinstance(result, Session), f"expected a placed session, got {result!r}"
+    return result
+
+
+def create_waiting(table: SessionTable, now: float = 0.0, opts: SessionOptions | None = None, *,
+                   task_queue: str = QUEUE, owner: str = "", request_id: str = "") -> Waiter:
+    """Create a session that must wait for capacity."""
+    result = table.create(now, task_queue, opts or options(), owner=owner, request_id=request_id)
+    assert isinstance(result, Waiter), f"expected a waiter, got {result!r}"
+    return result
+
+
+def state(session: Session) -> SessionState:
+    """The session's state, read through a call so a type checker does not carry narrowing across mutations."""
+    return session.state
+
+
+def of_type(events: list[Event], kind: type[E]) -> list[E]:
+    """The events of one kind, in order."""
+    return [e for e in events if isinstance(e, kind)]
+
+
+def placed_for(events: list[Event], waiter: Waiter) -> Session:
+    """The session a waiter was given, from a batch of events (exactly one must match)."""
+    matches = [e.session for e in of_type(events, SessionPlaced) if e.waiter_id == waiter.waiter_id]
+    assert len(matches) == 1, f"waiter {waiter.waiter_id} placed {len(matches)} times in {events!r}"
+    return matches[0]
+
+
+def failed_for(events: list[Event], waiter: Waiter) -> WaiterFailed:
+    """The failure of a waiter, from a batch of events (exactly one must match)."""
+    matches = [e for e in of_type(events, WaiterFailed) if e.waiter_id == waiter.waiter_id]
+    assert len(matches) == 1, f"waiter {waiter.waiter_id} failed {len(matches)} times in {events!r}"
+    return matches[0]

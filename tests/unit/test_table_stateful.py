@@ -1,0 +1,428 @@
+"""Random operation sequences against the session table, checking its invariants after every step.
+
+A hypothesis state machine drives connect / create / recreate / complete / heartbeat / time /
+disconnect / goodbye / activities / cancel over three workers with 1-3 slots and a manual clock,
+and keeps its own model of what the events said, so each step checks the table against it.
+Each rule catches only the domain errors its call may raise, so any other exception (the
+table's internal ``IllegalTransitionError`` included) fails the test: it is unreachable from
+the public API.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from sessiond.core.errors import (
+    ActivityAbortedError,
+    ActivityTimeoutError,
+    CreationTimeoutError,
+    ExistingOpenSessionError,
+    InvalidRecreateTokenError,
+    NoCapacityError,
+    SessionClosedError,
+    SessionFailedError,
+    SessionNotFoundError,
+    WorkerUnavailableError,
+)
+from sessiond.core.events import ActivityEnded, Event, SessionEnded, SessionPlaced, WaiterFailed
+from sessiond.core.model import Activity, Failure, Session, SessionOptions, SessionState, Waiter, WorkerKey
+from sessiond.core.resources import SESSIONS, ResourceVector
+from sessiond.core.table import SessionTable
+from sessiond.core.token import encode_token
+from tests.unit.support import QUEUE, counting_ids, registration
+
+WORKER_IDS = ("w1", "w2", "w3")
+TOKENS = (*(encode_token(WorkerKey(QUEUE, w)) for w in WORKER_IDS), b"junk", b"sdrt\x01\x00\x00\x00\x00{}")
+OWNERS = ("", "", "alice", "bob")
+REQUEST_IDS = ("", "", "r1", "r2")
+RETENTION = 20.0
+MAX_INTERVAL = 4.0
+
+options_strategy = st.builds(
+    SessionOptions,
+    creation_timeout=st.sampled_from([0.0, 2.0, 8.0]),
+    execution_timeout=st.sampled_from([5.0, 40.0]),
+    heartbeat_timeout=st.sampled_from([3.0, 6.0, 15.0]),
+)
+
+Connection = tuple[WorkerKey, int]
+
+
+class SessionTableMachine(RuleBasedStateMachine):
+    """The table under random use, with a model built only from return values and events."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+        self.table = SessionTable(retention=RETENTION, max_heartbeat_interval=MAX_INTERVAL, new_id=counting_ids())
+        self.live: dict[str, Connection] = {}  # worker id -> its current connection
+        self.fenced: list[Connection] = []  # replaced or disconnected connections
+        self.sessions: dict[str, Session] = {}  # every session ever placed
+        self.ended: set[str] = set()
+        self.terminal: dict[str, tuple[SessionState, Failure | None, float | None]] = {}
+        self.placed_total = 0
+        self.ended_total = 0
+        self.waiters: dict[str, Waiter] = {}  # every waiter ever returned
+        self.cancelled: set[str] = set()
+        self.expired: set[str] = set()
+        self.served: set[str] = set()
+        self.activities: dict[str, Activity] = {}  # every activity ever started
+        self.in_flight: set[str] = set()
+
+    # ------------------------------------------------------------- helpers
+
+    def _live_waiters(self) -> list[Waiter]:
+        gone = self.cancelled | self.expired | self.served
+        return [w for wid, w in self.waiters.items() if wid not in gone]
+
+    def _owner_holders(self) -> set[str]:
+        open_owners = {s.owner for s in self.sessions.values() if s.state is SessionState.OPEN}
+        return {o for o in open_owners | {w.owner for w in self._live_waiters()} if o}
+
+    def _drain(self) -> list[Event]:
+        events = self.table.take_events()
+        for event in events:
+            if isinstance(event, SessionPlaced):
+                self._on_placed(event)
+            elif isinstance(event, SessionEnded):
+                self._on_ended(event)
+            elif isinstance(event, WaiterFailed):
+                self._on_waiter_failed(event)
+            else:
+                self._on_activity_ended(event)
+        return events
+
+    def _on_placed(self, event: SessionPlaced) -> None:
+        session = event.session
+        assert session.session_id not in self.sessions, "a session id was placed twice"
+        assert session.placed_at == self.now
+        self.sessions[session.session_id] = session
+        self.placed_total += 1
+        if event.waiter_id is None:
+            return
+        waiter = self.waiters[event.waiter_id]
+        assert event.waiter_id not in self.cancelled, "a cancelled waiter was placed"
+        assert event.waiter_id not in self.expired, "an expired waiter was placed"
+        assert event.waiter_id not in self.served, "a waiter was placed twice"
+        assert self.now < waiter.deadline, "a waiter was placed at or after its creation deadline"
+        assert (session.owner, session.request_id, session.options) == (waiter.owner, waiter.request_id,
+                                                                        waiter.options)
+        if waiter.target is not None:
+            assert session.worker.key == waiter.target, "a recreate landed on another worker"
+        self.served.add(event.waiter_id)
+
+    def _on_ended(self, event: SessionEnded) -> None:
+        session = event.session
+        sid = session.session_id
+        assert sid in self.sessions
+        assert sid not in self.ended, "a session's slot was released twice"
+        assert session.state is not SessionState.OPEN
+        assert session.closed_at == self.now
+        assert (session.failure is None) == (session.state is SessionState.CLOSED)
+        assert event.epoch == session.worker.epoch
+        self.ended.add(sid)
+        self.ended_total += 1
+        self.terminal[sid] = (session.state, session.failure, session.closed_at)
+
+    def _on_waiter_failed(self, event: WaiterFailed) -> None:
+        waiter = self.waiters[event.waiter_id]
+        assert event.waiter_id not in self.cancelled | self.expired | self.served
+        assert self.now >= waiter.deadline, "a waiter failed before its creation deadline"
+        expected = CreationTimeoutError if waiter.target is None else WorkerUnavailableError
+        assert type(event.error) is expected
+        self.expired.add(event.waiter_id)
+
+    def _on_activity_ended(self, event: ActivityEnded) -> None:
+        activity = event.activity
+        assert activity.activity_id in self.in_flight, "an activity ended twice or was never started"
+        self.in_flight.discard(activity.activity_id)
+        session = self.sessions[activity.session_id]
+        if isinstance(event.error, ActivityTimeoutError):
+            assert self.now >= activity.deadline
+            assert session.state is SessionState.OPEN
+        else:
+            assert isinstance(event.error, ActivityAbortedError)
+            if session.state is SessionState.FAILED:
+                assert session.failure is not None
+                assert (event.error.reason, event.error.cause) == ("SESSION_FAILED", session.failure.cause)
+            else:
+                assert session.state is SessionState.CLOSED
+                assert (event.error.reason, event.error.cause) == ("SESSION_COMPLETED", None)
+
+    def _check_new_result(self, result: Session | Waiter, events: list[Event], opts: SessionOptions, owner: str,
+                          request_id: str, holders: set[str], target: WorkerKey | None) -> None:
+        if isinstance(result, Session) and self.sessions.get(result.session_id) is result \
+                and not any(isinstance(e, SessionPlaced) and e.session is result for e in events):
+            # A retry with a known request id: the same session, and nothing happened.
+            assert request_id and result.request_id == request_id
+            assert events == []
+            return
+        if isinstance(result, Waiter) and result.waiter_id in self.waiters:
+            assert self.waiters[result.waiter_id] is result
+            assert request_id and result.request_id == request_id
+            assert events == []
+            return
+        assert not owner or owner not in holders, "an owner got a second open session"
+        if isinstance(result, Session):
+            placed = [e for e in events if isinstance(e, SessionPlaced)]
+            assert len(placed) == 1 and placed[0].session is result and placed[0].waiter_id is None
+            assert (result.owner, result.request_id, result.options) == (owner, request_id, opts)
+            if target is not None:
+                assert result.worker.key == target
+        else:
+            assert events == []
+            assert opts.creation_timeout > 0
+            assert result.deadline == self.now + opts.creation_timeout
+            assert result.target == target
+            self.waiters[result.waiter_id] = result
+
+    # ------------------------------------------------------------- workers
+
+    @initialize(capacities=st.lists(st.integers(1, 3), min_size=1, max_size=len(WORKER_IDS)))
+    def workers_connect(self, capacities: list[int]) -> None:
+        for worker_id, capacity in zip(WORKER_IDS, capacities, strict=False):
+            self.connect(worker_id, capacity)
+
+    @rule(worker_id=st.sampled_from(WORKER_IDS), capacity=st.integers(1, 3))
+    def connect(self, worker_id: str, capacity: int) -> None:
+        worker = self.table.connect_worker(self.now, registration(worker_id, capacity))
+        if worker_id in self.live:
+            self.fenced.append(self.live[worker_id])
+        self.live[worker_id] = (worker.key, worker.epoch)
+        self._drain()
+
+    @precondition(lambda self: self.live or self.fenced)
+    @rule(data=st.data(), everyone=st.booleans())
+    def heartbeat(self, data: st.DataObject, everyone: bool) -> None:
+        current = [self.live[w] for w in sorted(self.live)]
+        speakers = current if everyone else [data.draw(st.sampled_from(current + self.fenced))]
+        for conn in speakers:
+            seen = self.table.worker_seen(self.now, *conn)
+            assert (seen is not None) == (conn in current), "a fenced connection was heard, or a live one not"
+        self._drain()
+
+    @precondition(lambda self: self.live or self.fenced)
+    @rule(data=st.data(), how=st.sampled_from(["goodbye-drain", "goodbye", "disconnect", "fenced"]))
+    def worker_leaves(self, data: st.DataObject, how: str) -> None:
+        if how == "fenced" or not self.live:
+            if not self.fenced:
+                return
+            conn = data.draw(st.sampled_from(self.fenced))
+            self.table.worker_goodbye(self.now, *conn, drain=False)
+            self.table.disconnect_worker(self.now, *conn)
+            assert self._drain() == [], "a fenced connection changed something"
+            return
+        worker_id = data.draw(st.sampled_from(sorted(self.live)))
+        conn = self.live[worker_id]
+        if how == "disconnect":
+            del self.live[worker_id]
+            self.fenced.append(conn)
+            self.table.disconnect_worker(self.now, *conn)
+            self._drain()
+            assert self.table.worker(*conn) is None
+            return
+        self.table.worker_goodbye(self.now, *conn, drain=how == "goodbye-drain")
+        self._drain()
+        worker = self.table.worker(*conn)
+        assert worker is not None and worker.draining
+        if how == "goodbye":
+            assert worker.sessions == set()
+
+    # ------------------------------------------------------------- time
+
+    @rule(step=st.sampled_from([0.5, 1.0, 2.0, 3.0, 5.0, 13.0, None]))
+    def time_passes(self, step: float | None) -> None:
+        if step is None:  # jump exactly to the next deadline, the edge where most bugs hide
+            deadline = self.table.next_deadline()
+            self.now = self.now if deadline is None else max(self.now, deadline)
+        else:
+            self.now += step
+        self.table.advance(self.now)
+        self._drain()
+
+    # ------------------------------------------------------------- sessions
+
+    @rule(requests=st.lists(st.tuples(options_strategy, st.sampled_from(OWNERS), st.sampled_from(REQUEST_IDS)),
+                            min_size=1, max_size=3))
+    def create(self, requests: list[tuple[SessionOptions, str, str]]) -> None:
+        for opts, owner, request_id in requests:
+            self._create_one(opts, owner, request_id)
+
+    def _create_one(self, opts: SessionOptions, owner: str, request_id: str) -> None:
+        holders = self._owner_holders()
+        try:
+            result = self.table.create(self.now, QUEUE, opts, owner=owner, request_id=request_id)
+        except NoCapacityError:
+            assert opts.creation_timeout == 0
+            assert self._drain() == []
+            return
+        except ExistingOpenSessionError:
+            assert owner in holders
+            assert self._drain() == []
+            return
+        events = self._drain()
+        self._check_new_result(result, events, opts, owner, request_id, holders, None)
+
+    @rule(token=st.sampled_from(TOKENS), opts=options_strategy, owner=st.sampled_from(OWNERS),
+          request_id=st.sampled_from(REQUEST_IDS))
+    def recreate(self, token: bytes, opts: SessionOptions, owner: str, request_id: str) -> None:
+        holders = self._owner_holders()
+        target = next((WorkerKey(QUEUE, w) for w in WORKER_IDS if encode_token(WorkerKey(QUEUE, w)) == token), None)
+        try:
+            result = self.table.recreate(self.now, token, opts, owner=owner, request_id=request_id)
+        except InvalidRecreateTokenError:
+            assert target is None
+            assert self._drain() == []
+            return
+        except (NoCapacityError, WorkerUnavailableError):
+            assert opts.creation_timeout == 0
+            assert self._drain() == []
+            return
+        except ExistingOpenSessionError:
+            assert owner in holders
+            assert self._drain() == []
+            return
+        assert target is not None
+        events = self._drain()
+        self._check_new_result(result, events, opts, owner, request_id, holders, target)
+
+    @precondition(lambda self: self.sessions)
+    @rule(data=st.data())
+    def complete(self, data: st.DataObject) -> None:
+        session = self.sessions[data.draw(st.sampled_from(sorted(self.sessions)))]
+        try:
+            assert self.table.complete(self.now, session.session_id) is session
+        except SessionNotFoundError:
+            assert session.closed_at is not None and self.now >= session.closed_at + RETENTION
+        self._drain()
+        assert session.state is not SessionState.OPEN
+
+    @precondition(lambda self: self.waiters)
+    @rule(data=st.data())
+    def cancel_waiter(self, data: st.DataObject) -> None:
+        waiter_id = data.draw(st.sampled_from(sorted(self.waiters)))
+        was_live = waiter_id not in self.cancelled | self.expired | self.served
+        self.table.cancel_waiter(waiter_id)
+        if was_live:
+            self.cancelled.add(waiter_id)
+        assert self._drain() == []
+
+    # ------------------------------------------------------------- activities
+
+    @precondition(lambda self: self.sessions)
+    @rule(data=st.data(), timeout=st.sampled_from([1.0, 4.0, 30.0]))
+    def start_activity(self, data: st.DataObject, timeout: float) -> None:
+        session = self.sessions[data.draw(st.sampled_from(sorted(self.sessions)))]
+        try:
+            activity = self.table.start_activity(self.now, session.session_id, timeout)
+        except SessionFailedError as exc:
+            assert session.failure is not None and exc.cause is session.failure.cause
+        except SessionClosedError:
+            assert session.state is SessionState.CLOSED
+        except SessionNotFoundError:
+            assert session.closed_at is not None and self.now >= session.closed_at + RETENTION
+        else:
+            assert session.state is SessionState.OPEN
+            assert activity.worker is session.worker and activity.epoch == session.worker.epoch
+            self.activities[activity.activity_id] = activity
+            self.in_flight.add(activity.activity_id)
+        assert self._drain() == []
+
+    @precondition(lambda self: self.activities)
+    @rule(data=st.data(), fenced=st.booleans(), abandon=st.booleans())
+    def finish_activity(self, data: st.DataObject, fenced: bool, abandon: bool) -> None:
+        activity = self.activities[data.draw(st.sampled_from(sorted(self.activities)))]
+        was_in_flight = activity.activity_id in self.in_flight
+        if abandon:
+            result = self.table.abandon_activity(activity.activity_id)
+        else:
+            epoch = activity.epoch + 1000 if fenced else activity.epoch
+            result = self.table.finish_activity(activity.worker.key, epoch, activity.activity_id,
+                                                activity.session_id)
+        if was_in_flight and (abandon or not fenced):
+            assert result is activity
+            self.in_flight.discard(activity.activity_id)
+        else:
+            assert result is None
+        assert self._drain() == []
+
+    # ------------------------------------------------------------- invariants
+
+    @invariant()
+    def capacity_is_a_hard_limit_and_usage_matches_open_sessions(self) -> None:
+        for worker in self.table.workers(limit=10**6)[0]:
+            assert len(worker.sessions) <= worker.capacity[SESSIONS]
+            demand = ResourceVector()
+            for sid in worker.sessions:
+                session = self.table.get(sid)
+                assert session.state is SessionState.OPEN and session.worker is worker
+                demand = demand + session.demand
+            assert worker.used == demand
+            assert worker.used[SESSIONS] == len(worker.sessions)
+
+    @invariant()
+    def heartbeat_interval_follows_the_smallest_open_heartbeat_timeout(self) -> None:
+        for worker in self.table.workers(limit=10**6)[0]:
+            timeouts = [self.table.get(sid).options.heartbeat_timeout for sid in worker.sessions]
+            assert worker.interval == min([MAX_INTERVAL, *(t / 3.0 for t in timeouts)])
+
+    @invariant()
+    def open_sessions_live_on_connected_workers_and_nothing_is_overdue(self) -> None:
+        for sid, session in self.sessions.items():
+            if session.state is not SessionState.OPEN:
+                continue
+            worker = session.worker
+            assert worker.connected and self.table.worker(worker.key, worker.epoch) is worker
+            assert sid in worker.sessions
+            assert self.now < session.expire_at
+            assert self.now < max(worker.last_seen, session.placed_at) + session.options.heartbeat_timeout
+
+    @invariant()
+    def terminal_states_never_change(self) -> None:
+        for sid, session in self.sessions.items():
+            if sid in self.terminal:
+                assert (session.state, session.failure, session.closed_at) == self.terminal[sid]
+            else:
+                assert session.state is SessionState.OPEN, "a session left OPEN without SessionEnded"
+
+    @invariant()
+    def every_slot_is_released_exactly_once(self) -> None:
+        open_sessions = sum(1 for s in self.sessions.values() if s.state is SessionState.OPEN)
+        assert self.placed_total - self.ended_total == open_sessions == self.table.open_count
+
+    @invariant()
+    def owners_hold_at_most_one_open_session_or_waiter(self) -> None:
+        held = [s.owner for s in self.sessions.values() if s.state is SessionState.OPEN and s.owner]
+        held += [w.owner for w in self._live_waiters() if w.owner]
+        assert len(held) == len(set(held))
+
+    @invariant()
+    def waiters_wait_only_while_no_fitting_worker_is_free(self) -> None:
+        live = self._live_waiters()
+        assert self.table.waiting_count() == len(live)
+        for waiter in live:
+            assert not waiter.done
+            assert self.now < waiter.deadline
+            if waiter.target is None:
+                fitting = self.table.workers(task_queue=waiter.task_queue, limit=10**6)[0]
+            else:
+                fitting = [w for w in self.table.workers(limit=10**6)[0] if w.key == waiter.target]
+            assert not any(w.eligible and w.free[SESSIONS] > 0 for w in fitting)
+
+    @invariant()
+    def activities_in_flight_belong_to_open_sessions(self) -> None:
+        for session in self.sessions.values():
+            mine = {aid for aid in self.in_flight if self.activities[aid].session_id == session.session_id}
+            assert session.activities == mine
+            if mine:
+                assert session.state is SessionState.OPEN
+        for aid in self.in_flight:
+            assert self.now < self.activities[aid].deadline
+
+
+SessionTableMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
+test_session_table_keeps_its_invariants_under_random_operations: Any = SessionTableMachine.TestCase
