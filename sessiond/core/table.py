@@ -118,13 +118,13 @@ class SessionTable:
 
     def next_deadline(self) -> float | None:
         """The earliest time at which :meth:`advance` has something to do, or None."""
-        times = [
-            t for t in (
-                self._session_deadlines.peek(), self._waiter_deadlines.peek(),
-                self._activity_deadlines.peek(), self._worker_deadlines.peek(),
-            ) if t is not None
-        ]
-        return min(times) if times else None
+        # Called after every mutation (the engine re-arms its timer): no temporary list.
+        best = self._session_deadlines.peek()
+        for queue in (self._waiter_deadlines, self._activity_deadlines, self._worker_deadlines):
+            t = queue.peek()
+            if t is not None and (best is None or t < best):
+                best = t
+        return best
 
     def advance(self, now: float) -> None:
         """Apply every deadline that is due at ``now`` (exactly at the deadline counts as due)."""

@@ -26,16 +26,31 @@ class WallClock:
 
     def timestamp(self, monotonic: float) -> timestamp_pb2.Timestamp:
         """The wall-clock Timestamp of a monotonic instant."""
+        out = timestamp_pb2.Timestamp()
+        self.fill(out, monotonic)
+        return out
+
+    def fill(self, out: timestamp_pb2.Timestamp, monotonic: float) -> None:
+        """Set ``out`` (a Timestamp field of a message being built) to the wall-clock time of ``monotonic``."""
         wall = monotonic + self._offset
         seconds = int(wall)
-        return timestamp_pb2.Timestamp(seconds=seconds, nanos=int((wall - seconds) * 1e9))
+        out.seconds = seconds
+        out.nanos = int((wall - seconds) * 1e9)
+
+
+@functools.lru_cache(maxsize=4096)
+def _duration_parts(seconds: float) -> tuple[int, int]:
+    # The same (seconds, nanos) as Duration.FromTimedelta(timedelta(seconds=...)), which rounds to microseconds;
+    # cached because a server uses a handful of distinct durations (defaults, intervals, timeouts).
+    out = duration_pb2.Duration()
+    out.FromTimedelta(timedelta(seconds=seconds))
+    return out.seconds, out.nanos
 
 
 def duration(seconds: float) -> duration_pb2.Duration:
     """A Duration message of ``seconds``."""
-    out = duration_pb2.Duration()
-    out.FromTimedelta(timedelta(seconds=seconds))
-    return out
+    whole, nanos = _duration_parts(seconds)
+    return duration_pb2.Duration(seconds=whole, nanos=nanos)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -46,11 +61,25 @@ def recreate_token(key: WorkerKey) -> bytes:
 
 def options_to_pb(options: SessionOptions) -> session_pb2.SessionOptions:
     """Resolved options as a message (every field set)."""
+    out = session_pb2.SessionOptions()
+    out.CopyFrom(_options_template(options))
+    return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _options_template(options: SessionOptions) -> session_pb2.SessionOptions:
+    # Shared and never mutated: only ever copied into a message being built (constructor arguments copy).
     return session_pb2.SessionOptions(
         creation_timeout=duration(options.creation_timeout),
         execution_timeout=duration(options.execution_timeout),
         heartbeat_timeout=duration(options.heartbeat_timeout),
     )
+
+
+@functools.lru_cache(maxsize=65536)
+def _worker_ref(worker_id: str, identity: str, host_name: str) -> session_pb2.WorkerRef:
+    # Shared and never mutated, as _options_template.
+    return session_pb2.WorkerRef(worker_id=worker_id, identity=identity, host_name=host_name)
 
 
 def session_to_pb(session: Session, clock: WallClock) -> session_pb2.Session:
@@ -60,17 +89,15 @@ def session_to_pb(session: Session, clock: WallClock) -> session_pb2.Session:
         session_id=session.session_id,
         task_queue=session.task_queue,
         state=int(session.state),  # type: ignore[arg-type]  # IntEnum values mirror the proto enum
-        worker=session_pb2.WorkerRef(
-            worker_id=worker.key.worker_id, identity=worker.identity, host_name=worker.host_name,
-        ),
+        worker=_worker_ref(worker.key.worker_id, worker.identity, worker.host_name),
         recreate_token=recreate_token(worker.key),
-        create_time=clock.timestamp(session.placed_at),
-        expire_time=clock.timestamp(session.expire_at),
         owner=session.owner,
-        options=options_to_pb(session.options),
+        options=_options_template(session.options),
     )
+    clock.fill(out.create_time, session.placed_at)
+    clock.fill(out.expire_time, session.expire_at)
     if session.closed_at is not None:
-        out.close_time.CopyFrom(clock.timestamp(session.closed_at))
+        clock.fill(out.close_time, session.closed_at)
     if session.failure is not None:
         out.failure.cause = int(session.failure.cause)  # type: ignore[assignment]
         out.failure.message = session.failure.message

@@ -364,14 +364,19 @@ class Engine:
             self._cancel_on_worker(event.activity, event.error.reason)
 
     def _session_ended(self, session: Session, epoch: int) -> None:
-        snapshot = self.to_pb(session)
         conn = self._connection(session.worker.key, epoch)
         if conn is not None:
+            failure = None
+            if session.failure is not None:
+                failure = session_pb2.Failure(cause=int(session.failure.cause),  # type: ignore[arg-type]
+                                              message=session.failure.message)
             self._send(conn, session.worker, session_ended=worker_pb2.SessionEnded(
-                session_id=session.session_id, state=snapshot.state,
-                failure=snapshot.failure if snapshot.HasField("failure") else None))
+                session_id=session.session_id, state=int(session.state),  # type: ignore[arg-type]
+                failure=failure))
         watch = self._watches.pop(session.session_id, None)
         if watch is not None:
+            # The full snapshot only when someone watches (most sessions end unwatched).
+            snapshot = self.to_pb(session)
             for future in watch.futures:
                 if not future.done():
                     future.set_result(snapshot)

@@ -79,6 +79,15 @@ def rpc(
 
     @functools.wraps(fn)
     async def wrapper(self: Self, request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> Resp:
+        if not tracing.tracing_enabled():
+            # The hot path with tracing off: no span context manager, no metadata copy.
+            try:
+                return await fn(self, request, context)
+            except Exception as exc:
+                if isinstance(exc, grpc.aio.AbortError):
+                    raise
+                await _abort(context, exc, fn.__name__)
+                raise  # unreachable: abort raises
         with tracing.server_span(fn.__name__, context.invocation_metadata()) as span:
             try:
                 return await fn(self, request, context)
