@@ -17,6 +17,9 @@ ECHO_SERVICE = "echo.v1.Echo"
 ECHO_UNARY = f"/{ECHO_SERVICE}/Echo"
 ECHO_STREAM = f"/{ECHO_SERVICE}/EchoStream"
 ECHO_NOTIFY = f"/{ECHO_SERVICE}/Notify"
+ECHO_WORK = f"/{ECHO_SERVICE}/Work"
+ECHO_PUSH = f"/{ECHO_SERVICE}/Push"
+ECHO_RELAY = f"/{ECHO_SERVICE}/Relay"
 
 # Both servers get the same grpc core options, so the baseline differs from sessiond by the service only.
 # (Mirrors sessiond.server.app._grpc_options with the default max_pending_requests.)

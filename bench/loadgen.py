@@ -1,8 +1,10 @@
 """Load generators: one fresh process per measurement block, started by the orchestrator.
 
 ``run``     timed phases against one server, each ``mode:in_flight`` with its own warm-up and window:
-            ``unary`` / ``pingpong`` (the echo baseline), ``cc`` (CreateSession + CompleteSession) and
-            ``activity`` (ExecuteActivity of a no-op activity, one session per in-flight lane).
+            ``unary`` / ``pingpong`` (the echo baseline), ``push`` (two echo Push calls: sessiond's create +
+            complete message pattern on an empty service), ``relay`` (an echo Relay: the activity pattern),
+            ``cc`` (CreateSession + CompleteSession) and ``activity`` (ExecuteActivity of a no-op activity,
+            one session per in-flight lane).
             A call counts when it completes inside the window; its latency is taken around the await
             (so it includes client-side queueing). Server CPU is read from /proc over the same window.
 ``fill``    opens COUNT sessions (and leaves them open), for the memory-per-session figure.
@@ -29,7 +31,16 @@ import grpc
 from google.protobuf import duration_pb2
 from sessiond_client.api.v1 import session_pb2, session_service_pb2, session_service_pb2_grpc
 
-from bench.common import ECHO_NOTIFY, ECHO_STREAM, ECHO_UNARY, PAYLOAD_BYTES, cpu_seconds, emit
+from bench.common import (
+    ECHO_NOTIFY,
+    ECHO_PUSH,
+    ECHO_RELAY,
+    ECHO_STREAM,
+    ECHO_UNARY,
+    PAYLOAD_BYTES,
+    cpu_seconds,
+    emit,
+)
 from bench.stats import latency_summary
 
 PAYLOAD = b"x" * PAYLOAD_BYTES
@@ -143,6 +154,23 @@ async def _phase(channel: grpc.aio.Channel, mode: str, n: int, args: argparse.Na
             return ()
 
         return await _measure(f"unary:{n}", [unary] * n, args.warmup, args.duration, pids)
+    if mode == "push":
+        push = channel.unary_unary(ECHO_PUSH)
+
+        async def push_pair() -> tuple[float, ...]:
+            await push(PAYLOAD)
+            await push(PAYLOAD)
+            return ()
+
+        return await _measure(f"push:{n}", [push_pair] * n, args.warmup, args.duration, pids)
+    if mode == "relay":
+        relay = channel.unary_unary(ECHO_RELAY)
+
+        async def relayed() -> tuple[float, ...]:
+            await relay(PAYLOAD)
+            return ()
+
+        return await _measure(f"relay:{n}", [relayed] * n, args.warmup, args.duration, pids)
     if mode == "pingpong":
         calls = [channel.stream_stream(ECHO_STREAM)() for _ in range(n)]
 

@@ -63,7 +63,7 @@ class Sizes:
     tracing_in_flight: int
 
 
-FULL = Sizes(core_reps=5, warmup=1.0, duration=4.0, kill_runs=3, kills=20, echo_kills=10, frozen_runs=3, frozen=8,
+FULL = Sizes(core_reps=4, warmup=1.0, duration=3.0, kill_runs=3, kills=20, echo_kills=10, frozen_runs=3, frozen=8,
              heartbeat_timeout=1.0, scale_runs=3, levels=(10, 1000, 10_000), sessions=100_000, probe_warmup=1.0,
              probe_duration=3.0, idle_seconds=2.0, tracing_runs=4, tracing_in_flight=64)
 SMOKE = Sizes(core_reps=1, warmup=0.2, duration=0.5, kill_runs=1, kills=3, echo_kills=2, frozen_runs=1, frozen=2,
@@ -216,7 +216,13 @@ def scenario_core(ctx: Ctx) -> dict[str, dict[str, Any]]:
             ctx.say(f"core rep {r + 1}/{s.core_reps}: {system}")
             if system == "echo":
                 with ctx.echo() as (server, target):
-                    rep["echo"] = ctx.phases(target, ["unary:1", "unary:16", "unary:64", "pingpong:1"], server)
+                    workers = ctx.start_workers(target, 1, kind="echo-worker")
+                    try:
+                        rep["echo"] = ctx.phases(target, ["unary:1", "unary:16", "unary:64", "pingpong:1", "push:1",
+                                                          "push:16", "push:64", "relay:1", "relay:64"],
+                                                 server, workers[0])
+                    finally:
+                        ctx.stop_all(workers)
             else:
                 with ctx.sessiond() as (server, target):
                     workers = ctx.start_workers(target, 1, capacity=1000)
@@ -231,10 +237,13 @@ def scenario_core(ctx: Ctx) -> dict[str, dict[str, Any]]:
     for n in (1, 16, 64):
         rows = []
         for rep in reps:
-            sd, echo = rep["sessiond"][f"cc:{n}"], rep["echo"][f"unary:{n}"]
+            sd, echo, push = rep["sessiond"][f"cc:{n}"], rep["echo"][f"unary:{n}"], rep["echo"][f"push:{n}"]
             rows.append({
                 "pairs_per_s": sd["ops_per_s"], "echo_rps": echo["ops_per_s"],
                 "ratio": ratio(sd["ops_per_s"], echo["ops_per_s"] / 2),
+                "floor_ratio": ratio(push["ops_per_s"], echo["ops_per_s"] / 2),
+                "share_of_floor": ratio(sd["ops_per_s"], push["ops_per_s"]),
+                "floor_server_us_per_pair": push.get("server_us_per_op"),
                 "pair_p50_ms": sd["p50_ms"], "pair_p99_ms": sd["p99_ms"], "create_p50_ms": _get(sd, "create", "p50_ms"),
                 "echo_p50_ms": echo["p50_ms"], "echo_p99_ms": echo["p99_ms"],
                 "server_us_per_pair": sd.get("server_us_per_op"),
@@ -248,8 +257,9 @@ def scenario_core(ctx: Ctx) -> dict[str, dict[str, Any]]:
             baseline=[x["echo_rps"] / 2 for x in rows], baseline_unit="pairs/s", baseline_what="echo rps / 2",
             ratios=[x["ratio"] for x in rows], goal="≥ 0.85", check=lambda v: v >= 0.85,
             details={k: [x[k] for x in rows] for k in ("pair_p50_ms", "pair_p99_ms", "create_p50_ms", "echo_p50_ms",
-                                                       "echo_p99_ms", "server_us_per_pair",
-                                                       "echo_server_us_per_2_rpcs", "server_cores",
+                                                       "echo_p99_ms", "floor_ratio", "share_of_floor",
+                                                       "server_us_per_pair", "echo_server_us_per_2_rpcs",
+                                                       "floor_server_us_per_pair", "server_cores",
                                                        "worker_cores", "errors")},
         ))
 
@@ -257,15 +267,18 @@ def scenario_core(ctx: Ctx) -> dict[str, dict[str, Any]]:
     for rep in reps:
         sd1, e1 = rep["sessiond"]["activity:1"], rep["echo"]["unary:1"]
         sd64, e64 = rep["sessiond"]["activity:64"], rep["echo"]["unary:64"]
-        pp = rep["echo"]["pingpong:1"]
+        pp, r1, r64 = rep["echo"]["pingpong:1"], rep["echo"]["relay:1"], rep["echo"]["relay:64"]
         act1.append({"p50_ms": sd1["p50_ms"], "p99_ms": sd1["p99_ms"], "echo_p50_ms": e1["p50_ms"],
-                     "echo_p99_ms": e1["p99_ms"], "pingpong_p50_ms": pp["p50_ms"],
+                     "echo_p99_ms": e1["p99_ms"], "pingpong_p50_ms": pp["p50_ms"], "floor_p50_ms": r1["p50_ms"],
                      "ratio": ratio(sd1["p50_ms"], e1["p50_ms"]),
-                     "floor_ratio": ratio((e1["p50_ms"] or 0) + (pp["p50_ms"] or 0), e1["p50_ms"]),
+                     "floor_ratio": ratio(r1["p50_ms"], e1["p50_ms"]),
                      "server_us_per_activity": sd1.get("server_us_per_op"),
                      "worker_cores": _get(sd1, "cpu_cores", "worker"), "errors": sum(sd1["errors"].values())})
         act64.append({"per_s": sd64["ops_per_s"], "echo_rps": e64["ops_per_s"],
-                      "ratio": ratio(sd64["ops_per_s"], e64["ops_per_s"]), "p50_ms": sd64["p50_ms"],
+                      "ratio": ratio(sd64["ops_per_s"], e64["ops_per_s"]),
+                      "floor_ratio": ratio(r64["ops_per_s"], e64["ops_per_s"]),
+                      "share_of_floor": ratio(sd64["ops_per_s"], r64["ops_per_s"]),
+                      "floor_server_us_per_activity": r64.get("server_us_per_op"), "p50_ms": sd64["p50_ms"],
                       "p99_ms": sd64["p99_ms"], "server_us_per_activity": sd64.get("server_us_per_op"),
                       "echo_server_us_per_rpc": e64.get("server_us_per_op"),
                       "pingpong_server_us_per_msg": pp.get("server_us_per_op"),
@@ -275,12 +288,14 @@ def scenario_core(ctx: Ctx) -> dict[str, dict[str, Any]]:
               baseline=[x["echo_p50_ms"] for x in act1], baseline_unit="ms p50",
               baseline_what="echo unary p50, 1 in flight", ratios=[x["ratio"] for x in act1],
               goal="≤ 2.0×", check=lambda v: v <= 2.0,
-              details={k: [x[k] for x in act1] for k in ("p99_ms", "echo_p99_ms", "pingpong_p50_ms", "floor_ratio",
-                                                         "server_us_per_activity", "worker_cores", "errors")})
+              details={k: [x[k] for x in act1] for k in ("p99_ms", "echo_p99_ms", "pingpong_p50_ms", "floor_p50_ms",
+                                                         "floor_ratio", "server_us_per_activity", "worker_cores",
+                                                         "errors")})
     a64 = case("64 in flight", value=[x["per_s"] for x in act64], unit="activities/s",
                baseline=[x["echo_rps"] for x in act64], baseline_unit="rps", baseline_what="echo unary, 64 in flight",
                ratios=[x["ratio"] for x in act64], goal="≥ 0.5", check=lambda v: v >= 0.5,
-               details={k: [x[k] for x in act64] for k in ("p50_ms", "p99_ms", "server_us_per_activity",
+               details={k: [x[k] for x in act64] for k in ("p50_ms", "p99_ms", "floor_ratio", "share_of_floor",
+                                                           "server_us_per_activity", "floor_server_us_per_activity",
                                                            "echo_server_us_per_rpc", "pingpong_server_us_per_msg",
                                                            "server_cores", "worker_cores", "errors")})
     return {

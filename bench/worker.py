@@ -6,7 +6,10 @@ the server sends in every message (jittered, from one scheduler per process), an
 ``ActivityTask`` at once with its input as the result (a no-op activity).
 
 ``--kind echo``: each stream is an ``EchoStream`` on the echo baseline that sends one small message per
-``--ping-interval`` (the same traffic a sessiond worker makes when idle).
+interval (the same traffic a sessiond worker makes when idle).
+
+``--kind echo-worker``: each stream is the echo baseline's ``Work`` stream: it ignores ``Push`` messages and
+sends ``Relay`` messages straight back (sessiond's worker pattern on an empty service).
 
 Streams are opened in batches (``--batch``, at most 500 at once); with ``--separate-channels`` each
 stream has its own channel and TCP connection (the realistic case: one worker, one process).
@@ -32,7 +35,7 @@ from typing import Any
 import grpc
 from sessiond_client.api.v1 import session_service_pb2_grpc, worker_pb2
 
-from bench.common import ECHO_STREAM, emit
+from bench.common import ECHO_STREAM, ECHO_WORK, emit
 
 # Idle sessiond workers get this interval from the server (max_heartbeat_interval); echo holders copy it.
 DEFAULT_INTERVAL = 10.0
@@ -128,6 +131,9 @@ class WorkerProcess:
                     task_queue=self.args.task_queue, worker_id=worker_id, identity=f"{os.getpid()}@bench",
                     host_name="bench", max_concurrent_sessions=self.args.capacity)))
                 stream.call = stub.WorkerHeartbeat(stream.requests())
+            elif self.kind == "echo-worker":
+                stream.outbox.put_nowait(b"H")
+                stream.call = stream.channel.stream_stream(ECHO_WORK)(stream.requests())
             else:
                 method = stream.channel.stream_stream(ECHO_STREAM)
                 stream.outbox.put_nowait(_PING)
@@ -150,7 +156,14 @@ class WorkerProcess:
     async def _read(self, stream: Stream) -> None:
         try:
             async for message in stream.call:
-                if self.kind != "sessiond":
+                if self.kind == "echo-worker":
+                    if message[:1] == b"R":
+                        self.activities += 1
+                        stream.outbox.put_nowait(message)
+                    elif message[:1] == b"A":
+                        stream.ready.set()
+                    continue
+                if self.kind == "echo":
                     stream.ready.set()
                     continue
                 kind = message.WhichOneof("message")
@@ -197,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the streams until SIGTERM."""
     parser = argparse.ArgumentParser(prog="bench.worker", description=__doc__.splitlines()[0])
     parser.add_argument("--target", required=True)
-    parser.add_argument("--kind", choices=("sessiond", "echo"), default="sessiond")
+    parser.add_argument("--kind", choices=("sessiond", "echo", "echo-worker"), default="sessiond")
     parser.add_argument("--task-queue", default="bench")
     parser.add_argument("--worker-prefix", default=f"w{os.getpid()}")
     parser.add_argument("--streams", type=int, default=1)
