@@ -68,10 +68,10 @@ async def test_a_sigkilled_worker_process_fails_its_sessions_with_worker_lost_se
 async def test_a_frozen_worker_process_fails_with_heartbeat_timeout_and_its_late_heartbeat_revives_nothing(
         sessiond: Sessiond, spawn_worker: ProcessFactory) -> None:
     process = await spawn_worker("sleepy", capacity=2)
-    session = await sessiond.create(QUEUE, options=options(heartbeat=0.5))
+    session = await sessiond.create(QUEUE, options=options(heartbeat=1.0))
     await process.wait_for("session_started", session_id=session.session_id)
     # The server asked for a third of the session's heartbeat_timeout.
-    await eventually(lambda: any(e["event"] == "interval" and e["seconds"] < 0.2 for e in process.events))
+    await eventually(lambda: any(e["event"] == "interval" and e["seconds"] < 0.4 for e in process.events))
     watch = await _watch(sessiond, session.session_id)
 
     process.signal(signal.SIGSTOP)
@@ -107,7 +107,7 @@ async def _heard_after(sessiond: Sessiond, worker_id: str, when: Any) -> session
 async def test_an_in_process_worker_that_stops_heartbeating_fails_with_heartbeat_timeout(
         sessiond: Sessiond, make_worker: WorkerFactory) -> None:
     worker = await make_worker("quiet", capacity=2)
-    session = await sessiond.create(QUEUE, options=options(heartbeat=0.5))
+    session = await sessiond.create(QUEUE, options=options(heartbeat=1.0))
     steady = await sessiond.create(QUEUE)  # default 20 s: must survive the silence below
     watch = await _watch(sessiond, session.session_id)
 
@@ -190,10 +190,10 @@ async def test_an_idle_worker_is_not_judged_by_a_shorter_interval_before_it_was_
         sessiond: Sessiond, make_worker: WorkerFactory) -> None:
     worker = await make_worker("idle", capacity=2)
     worker.pause()  # compliant: its interval is 10 s, and it last spoke when it registered
-    await asyncio.sleep(0.7)  # time must pass (not a synchronisation): idle longer than the timeout below
+    await asyncio.sleep(1.1)  # time must pass (not a synchronisation): idle longer than the timeout below
 
-    first = await sessiond.create(QUEUE, options=options(heartbeat=0.6, creation=0))
-    # The worker has only just been told to beat every 0.2 s: it is not stale yet, and has room.
+    first = await sessiond.create(QUEUE, options=options(heartbeat=1.0, creation=0))
+    # The worker has only just been told to beat every 0.33 s: it is not stale yet, and has room.
     second = await sessiond.create(QUEUE, options=options(creation=0))
 
     assert (first.worker.worker_id, second.worker.worker_id) == ("idle", "idle")
