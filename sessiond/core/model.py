@@ -91,6 +91,8 @@ class Session:
     failure: Failure | None = None
     demand: ResourceVector = field(default_factory=lambda: ResourceVector.one_session())
     activities: set[str] = field(default_factory=set)
+    # request_id scoped to the request it came with (the key of the idempotency index).
+    request_key: str = ""
 
 
 @dataclass(slots=True, eq=False)
@@ -151,3 +153,4 @@ class Waiter:
     request_id: str
     deadline: float
     done: bool = False
+    request_key: str = ""

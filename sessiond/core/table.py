@@ -18,6 +18,7 @@ import itertools
 import uuid
 from collections import deque
 from collections.abc import Callable
+from typing import TypeVar
 
 from sessiond.core.deadlines import DeadlineQueue
 from sessiond.core.errors import (
@@ -55,6 +56,8 @@ from sessiond.core.model import (
 from sessiond.core.registry import WorkerRegistry
 from sessiond.core.resources import ResourceVector
 from sessiond.core.token import decode_token, encode_token
+
+K = TypeVar("K")
 
 # A connected worker silent for this many heartbeat intervals takes no new sessions until it speaks.
 STALE_INTERVALS = 3.0
@@ -245,40 +248,42 @@ class SessionTable:
         returns the same session or waiter. ``max_wait`` caps the wait below ``creation_timeout``
         (the caller's RPC deadline) without changing the options the session records.
         """
-        earlier = self._requests.get(request_id) if request_id else None
+        request_key = _request_key(request_id, "create", task_queue)
+        earlier = self._requests.get(request_key) if request_key else None
         if earlier is not None:
             return earlier
         self._check_owner(owner)
-        queue = self._queue_waiters.setdefault(task_queue, deque())
-        if not _has_live(queue):
+        if not _has_live(self._queue_waiters.get(task_queue)):
             worker = self.registry.best(task_queue, ResourceVector.one_session())
             if worker is not None:
-                return self._place(now, worker, options, owner, request_id, None)
+                return self._place(now, worker, options, owner, request_id, None, request_key)
         wait = _wait(options, max_wait)
         if wait <= 0:
             raise NoCapacityError(f"no worker of task queue {task_queue!r} has a free slot")
-        return self._enqueue(now, queue, task_queue, None, options, owner, request_id, wait)
+        queue = self._queue_waiters.setdefault(task_queue, deque())
+        return self._enqueue(now, queue, task_queue, None, options, owner, request_id, wait, request_key)
 
     def recreate(self, now: float, token: bytes, options: SessionOptions, *, owner: str = "",
                  request_id: str = "", max_wait: float | None = None) -> Session | Waiter:
         """Place a new session on the worker ``token`` names, or wait for it to have room."""
         key = decode_token(token)
-        earlier = self._requests.get(request_id) if request_id else None
+        request_key = _request_key(request_id, "recreate", key.task_queue, key.worker_id)
+        earlier = self._requests.get(request_key) if request_key else None
         if earlier is not None:
             return earlier
         self._check_owner(owner)
-        queue = self._worker_waiters.setdefault(key, deque())
         worker = self.registry.workers.get(key)
-        if worker is not None and worker.eligible and not _has_live(queue) \
+        if worker is not None and worker.eligible and not _has_live(self._worker_waiters.get(key)) \
                 and worker.free.covers(ResourceVector.one_session()):
-            return self._place(now, worker, options, owner, request_id, None)
+            return self._place(now, worker, options, owner, request_id, None, request_key)
         wait = _wait(options, max_wait)
         if wait <= 0:
             if worker is not None and worker.eligible:
                 raise NoCapacityError(f"worker {key.worker_id!r} has no free slot")
-            raise WorkerUnavailableError(f"worker {key.worker_id!r} of task queue {key.task_queue!r} "
-                                         "is not connected")
-        return self._enqueue(now, queue, key.task_queue, key, options, owner, request_id, wait)
+            state = "is not connected" if worker is None else "is not taking sessions (draining or silent)"
+            raise WorkerUnavailableError(f"worker {key.worker_id!r} of task queue {key.task_queue!r} {state}")
+        queue = self._worker_waiters.setdefault(key, deque())
+        return self._enqueue(now, queue, key.task_queue, key, options, owner, request_id, wait, request_key)
 
     def cancel_waiter(self, waiter_id: str) -> None:
         """The caller gave up waiting: the waiter leaves the queue and will take no slot."""
@@ -301,15 +306,16 @@ class SessionTable:
             raise ExistingOpenSessionError(owner, holder.session_id if isinstance(holder, Session) else None)
 
     def _enqueue(self, now: float, queue: deque[Waiter], task_queue: str, target: WorkerKey | None,
-                 options: SessionOptions, owner: str, request_id: str, wait: float) -> Waiter:
-        waiter = Waiter(self._new_id(), task_queue, target, options, owner, request_id, now + wait)
+                 options: SessionOptions, owner: str, request_id: str, wait: float, request_key: str) -> Waiter:
+        waiter = Waiter(self._new_id(), task_queue, target, options, owner, request_id, now + wait,
+                        request_key=request_key)
         self._waiters[waiter.waiter_id] = waiter
         queue.append(waiter)
         self._waiter_deadlines.set(waiter.waiter_id, waiter.deadline)
         if owner:
             self._owners[owner] = waiter
-        if request_id:
-            self._requests[request_id] = waiter
+        if request_key:
+            self._requests[request_key] = waiter
         return waiter
 
     def _expire_waiter(self, waiter: Waiter) -> None:
@@ -326,15 +332,21 @@ class SessionTable:
 
     def _drop_waiter(self, waiter: Waiter) -> None:
         waiter.done = True
+        # Trim done waiters off the front and drop an emptied queue: queue names and tokens come
+        # from callers, so per-name state must not outlive its waiters.
+        if waiter.target is not None:
+            _trim(self._worker_waiters, waiter.target)
+        else:
+            _trim(self._queue_waiters, waiter.task_queue)
         del self._waiters[waiter.waiter_id]
         self._waiter_deadlines.remove(waiter.waiter_id)
         if waiter.owner and self._owners.get(waiter.owner) is waiter:
             del self._owners[waiter.owner]
-        if waiter.request_id and self._requests.get(waiter.request_id) is waiter:
-            del self._requests[waiter.request_id]
+        if waiter.request_key and self._requests.get(waiter.request_key) is waiter:
+            del self._requests[waiter.request_key]
 
     def _place(self, now: float, worker: Worker, options: SessionOptions, owner: str, request_id: str,
-               waiter_id: str | None) -> Session:
+               waiter_id: str | None, request_key: str) -> Session:
         demand = ResourceVector.one_session()
         # The hard limit: callers found room, and nothing ran in between (the core is synchronous).
         if not worker.free.covers(demand):
@@ -342,7 +354,7 @@ class SessionTable:
         session = Session(
             session_id=self._new_id(), seq=next(self._seq), task_queue=worker.key.task_queue,
             worker=worker, options=options, owner=owner, request_id=request_id, placed_at=now,
-            expire_at=now + options.execution_timeout, demand=demand,
+            expire_at=now + options.execution_timeout, demand=demand, request_key=request_key,
         )
         sid = session.session_id
         self._sessions[sid] = session
@@ -355,8 +367,8 @@ class SessionTable:
         self.registry.touch(worker)
         if owner:
             self._owners[owner] = session
-        if request_id:
-            self._requests[request_id] = session
+        if request_key:
+            self._requests[request_key] = session
         self._session_deadlines.set(sid, min(session.expire_at, now + timeout))
         self._events.append(SessionPlaced(session, waiter_id))
         self._update_interval(now, worker)
@@ -399,8 +411,8 @@ class SessionTable:
         del self._by_seq[session.seq]
         if len(self._seqs) > 2 * len(self._by_seq) + 1024:
             self._seqs = [seq for seq in self._seqs if seq in self._by_seq]
-        if session.request_id and self._requests.get(session.request_id) is session:
-            del self._requests[session.request_id]
+        if session.request_key and self._requests.get(session.request_key) is session:
+            del self._requests[session.request_key]
 
     def _serve(self, now: float, worker: Worker) -> None:
         """Hand free capacity to waiters: first Recreates for this worker, then its task queue, FIFO."""
@@ -416,7 +428,8 @@ class SessionTable:
                 self._expire_waiter(waiter)
                 continue
             self._drop_waiter(waiter)
-            self._place(now, worker, waiter.options, waiter.owner, waiter.request_id, waiter.waiter_id)
+            self._place(now, worker, waiter.options, waiter.owner, waiter.request_id, waiter.waiter_id,
+                        waiter.request_key)
         queue = self._queue_waiters.get(worker.key.task_queue)
         while queue:
             if queue[0].done:
@@ -430,7 +443,8 @@ class SessionTable:
                 break
             waiter = queue.popleft()
             self._drop_waiter(waiter)
-            self._place(now, best, waiter.options, waiter.owner, waiter.request_id, waiter.waiter_id)
+            self._place(now, best, waiter.options, waiter.owner, waiter.request_id, waiter.waiter_id,
+                        waiter.request_key)
 
     def _update_interval(self, now: float, worker: Worker) -> None:
         # The new interval reaches the worker on the next message it gets (every message carries
@@ -546,7 +560,18 @@ def _wait(options: SessionOptions, max_wait: float | None) -> float:
     return options.creation_timeout if max_wait is None else min(options.creation_timeout, max_wait)
 
 
-def _has_live(queue: deque[Waiter]) -> bool:
+def _request_key(request_id: str, *scope: str) -> str:
+    """request_id scoped to what was asked: the same id on another request is another request."""
+    return "\x00".join((*scope, request_id)) if request_id else ""
+
+
+def _has_live(queue: deque[Waiter] | None) -> bool:
     while queue and queue[0].done:
         queue.popleft()
     return bool(queue)
+
+
+def _trim(queues: dict[K, deque[Waiter]], name: K) -> None:
+    queue = queues.get(name)
+    if queue is not None and not _has_live(queue):
+        del queues[name]

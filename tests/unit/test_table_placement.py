@@ -624,3 +624,33 @@ def test_a_request_id_can_be_used_again_after_its_waiter_expired() -> None:
     table.advance(3.0)
     again = create_waiting(table, 4.0, request_id="req-1")
     assert again is not waiter
+
+
+def test_the_same_request_id_on_another_request_is_another_request() -> None:
+    table = new_table()
+    connect(table, "w1", 2)
+    connect(table, "w2", 2, task_queue="other")
+    here = create_placed(table, 0.0, request_id="req-1")
+    there = table.create(1.0, "other", options(), request_id="req-1")
+    assert isinstance(there, Session) and there.session_id != here.session_id
+    assert there.task_queue == "other"
+    token = encode_token(here.worker.key)
+    recreated = table.recreate(2.0, token, options(), request_id="req-1")
+    assert isinstance(recreated, Session) and recreated.session_id not in (here.session_id, there.session_id)
+    # ...while a true retry of each is still idempotent.
+    assert table.create(3.0, QUEUE, options(), request_id="req-1") is here
+    assert table.recreate(3.0, token, options(), request_id="req-1") is recreated
+
+
+def test_per_queue_and_per_worker_waiter_state_does_not_outlive_its_waiters() -> None:
+    # Queue names and tokens come from callers: state kept per name would grow without bound.
+    table = new_table()
+    connect(table, "w1", 1)
+    for i in range(50):
+        with pytest.raises(NoCapacityError):
+            table.create(0.0, f"nobody-{i}", options(creation=0.0))
+        table.create(0.0, f"later-{i}", options(creation=1.0))
+        table.recreate(0.0, encode_token(WorkerKey("q", f"gone-{i}")), options(creation=1.0))
+    table.advance(1.0)
+    create_placed(table, 2.0)
+    assert table._queue_waiters == {} and table._worker_waiters == {}
