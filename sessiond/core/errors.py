@@ -144,3 +144,9 @@ class PermissionDeniedError(SessionError):
     """The credentials are valid but not for this RPC (a caller token on the worker stream, say)."""
 
     reason = "PERMISSION_DENIED"
+
+
+class ShuttingDownError(SessionError):
+    """The server is shutting down; retry against another (or the restarted) server."""
+
+    reason = "SHUTTING_DOWN"

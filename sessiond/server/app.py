@@ -76,7 +76,7 @@ class SessiondServer:
             return
         self._stopped = True
         await self.health.enter_graceful_shutdown()
-        self.engine.close_worker_streams()
+        self.engine.begin_shutdown()
         await self.grpc_server.stop(self.config.shutdown_grace.total_seconds() if grace is None else grace)
         self.engine.stop()
 

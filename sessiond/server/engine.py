@@ -20,7 +20,7 @@ from sessiond_client.api.v1 import session_pb2, worker_pb2
 
 from sessiond.config import ServerConfig
 from sessiond.core import events as ev
-from sessiond.core.errors import SessionError
+from sessiond.core.errors import SessionError, ShuttingDownError
 from sessiond.core.model import (
     Activity,
     Session,
@@ -289,10 +289,19 @@ class Engine:
                      extra={"worker_id": conn.key.worker_id, "task_queue": conn.key.task_queue})
             self._flush()
 
-    def close_worker_streams(self) -> None:
-        """Tell every worker the server is going away: their streams end after queued messages."""
+    def begin_shutdown(self) -> None:
+        """The server is going away: waiting Creates/Recreates fail now with a retryable
+        UNAVAILABLE (rather than holding the grace period), and every worker stream ends after
+        the messages already queued (workers reconnect elsewhere or later)."""
+        for waiter_id, wait in list(self._waits.items()):
+            self.table.cancel_waiter(waiter_id)
+            del self._waits[waiter_id]
+            self.metrics.waiters(wait.task_queue, -1)
+            if not wait.future.done():
+                wait.future.set_exception(ShuttingDownError("the server is shutting down; retry"))
         for conn in list(self._connections.values()):
             conn.close()
+        self._flush()
 
     def stop(self) -> None:
         """Stop the timer (after the gRPC server stopped)."""

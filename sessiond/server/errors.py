@@ -39,6 +39,7 @@ STATUS_CODES: dict[type[e.SessionError], grpc.StatusCode] = {
     e.ActivityAbortedError: grpc.StatusCode.ABORTED,
     e.UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
     e.PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
+    e.ShuttingDownError: grpc.StatusCode.UNAVAILABLE,
 }
 
 

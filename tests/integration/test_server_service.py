@@ -19,6 +19,7 @@ from tests.integration.conftest import (
     Sessiond,
     WorkerFactory,
     eventually,
+    options,
     rpc_error,
 )
 from tests.integration.rawworker import RawWorker
@@ -79,6 +80,23 @@ async def test_shutdown_reports_not_serving_ends_worker_streams_and_finishes_bef
     assert await asyncio.wait_for(session_watch.read(), 5) is grpc.aio.EOF
     await asyncio.wait_for(stopping, 10)
     assert loop.time() - started < 10, "stop waited for the grace period: a stream was left open"
+
+
+@pytest.mark.asyncio
+async def test_shutdown_answers_a_waiting_create_at_once_with_a_retryable_shutting_down(
+        sessiond: Sessiond, make_worker: WorkerFactory) -> None:
+    await make_worker("w1", capacity=1)
+    await sessiond.create(QUEUE)
+    waiting = asyncio.create_task(sessiond.create(QUEUE, options=options(creation=60)))
+    await eventually(lambda: sessiond.waiting == 1, message="the second create is waiting")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    stopping = asyncio.create_task(sessiond.server.stop(grace=20))
+
+    await rpc_error(waiting, grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
+    await asyncio.wait_for(stopping, 10)
+    assert loop.time() - started < 10, "the waiting create held the grace period"
 
 
 @pytest.mark.asyncio

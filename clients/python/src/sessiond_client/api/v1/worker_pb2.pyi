@@ -343,7 +343,7 @@ class CancelActivity(_message.Message):
     session_id: _builtins.str
     """The session it runs in."""
     reason: _builtins.str
-    """Why: ACTIVITY_TIMEOUT, SESSION_COMPLETED or SESSION_FAILED."""
+    """Why: ACTIVITY_TIMEOUT, SESSION_COMPLETED, SESSION_FAILED, or CALLER_CANCELLED (the caller gave up)."""
     def __init__(
         self,
         *,
