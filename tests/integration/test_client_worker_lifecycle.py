@@ -185,3 +185,15 @@ async def test_a_second_sigterm_stops_at_once_and_fails_open_sessions(
 async def _is_draining(client: SessionClient, worker_id: str) -> bool:
     info = (await workers_of(client, QUEUE)).get(worker_id)
     return info is not None and info.draining
+
+
+async def test_a_drain_that_outlasts_its_grace_fails_what_is_left(
+    client: SessionClient, start_worker: StartWorker
+) -> None:
+    worker = await start_worker(grace=0.5)
+    async with client.create_session(QUEUE, creation_timeout=10) as session:
+        assert (await session.execute_activity("whoami"))["pid"] == worker.pid
+        worker.signal(signal.SIGTERM)
+        failure = await asyncio.wait_for(session.wait_failed(), 15)
+        assert failure is not None and failure.cause is FailureCause.WORKER_SHUTDOWN
+    assert await worker.wait_exit(30) == 0

@@ -400,7 +400,8 @@ class SessionWorker:
             # Wait out a settle period (one generous round trip) before trusting "no sessions".
             force = asyncio.ensure_future(self._force.wait())
             try:
-                await asyncio.wait({force}, timeout=_DRAIN_SETTLE)
+                settle = _DRAIN_SETTLE if self._grace is None else min(_DRAIN_SETTLE, self._grace)
+                await asyncio.wait({force}, timeout=settle)
                 while not force.done():
                     idle = asyncio.ensure_future(self._idle.wait())
                     remaining = None if deadline is None else max(deadline - loop.time(), 0.0)
