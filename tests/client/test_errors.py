@@ -19,6 +19,7 @@ from sessiond_client import (
     NoCapacityError,
     PermissionDeniedError,
     RPCError,
+    ServerShuttingDownError,
     SessionAlreadyOpenError,
     SessionClosedError,
     SessionCompletedError,
@@ -71,6 +72,7 @@ TABLE = [
     ("SESSION_COMPLETED", Code.ABORTED, SessionCompletedError),
     ("UNAUTHENTICATED", Code.UNAUTHENTICATED, UnauthenticatedError),
     ("PERMISSION_DENIED", Code.PERMISSION_DENIED, PermissionDeniedError),
+    ("SHUTTING_DOWN", Code.UNAVAILABLE, ServerShuttingDownError),
 ]
 
 

@@ -23,6 +23,7 @@ EXPECTED = [
     "PayloadConverter",
     "PermissionDeniedError",
     "RPCError",
+    "ServerShuttingDownError",
     "Session",
     "SessionAlreadyOpenError",
     "SessionClient",
@@ -81,7 +82,7 @@ def test_every_error_shares_the_one_root() -> None:
         for n in EXPECTED
         if inspect.isclass(getattr(sessiond_client, n)) and issubclass(getattr(sessiond_client, n), Exception)
     ]
-    assert len(errors) == 18
+    assert len(errors) == 19
     assert all(issubclass(e, sessiond_client.SessiondError) for e in errors)
 
 

@@ -31,6 +31,7 @@ SAMPLES: list[core.SessionError] = [
     core.ActivityAbortedError("s-1", "SESSION_COMPLETED", None),
     core.UnauthenticatedError("no token"),
     core.PermissionDeniedError("wrong role"),
+    core.ShuttingDownError("the server is shutting down; retry"),
 ]
 
 

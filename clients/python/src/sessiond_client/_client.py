@@ -14,7 +14,7 @@ import grpc.aio
 
 from sessiond_client._connection import ConnectionConfig, Metadata
 from sessiond_client._converter import DefaultPayloadConverter, PayloadConverter
-from sessiond_client._errors import RPCError, SessiondError, _from_rpc_error
+from sessiond_client._errors import RPCError, ServerShuttingDownError, SessiondError, _from_rpc_error
 from sessiond_client._retry import Backoff
 from sessiond_client._session import SessionContext
 from sessiond_client._time import Duration, to_seconds, to_timedelta
@@ -361,7 +361,8 @@ class SessionClient:
                 return await method(request, timeout=max(deadline - loop.time(), 0.001), metadata=self._metadata)
             except grpc.aio.AioRpcError as err:
                 mapped: SessiondError = _from_rpc_error(err)
-                if retry and attempt < _UNARY_ATTEMPTS and err.code() in _UNARY_RETRY_CODES and not mapped.reason:
+                transient = err.code() in _UNARY_RETRY_CODES and not mapped.reason
+                if retry and attempt < _UNARY_ATTEMPTS and (transient or isinstance(mapped, ServerShuttingDownError)):
                     delay = backoff.next_delay()
                     if loop.time() + delay < deadline:
                         logger.debug("retrying after %s (attempt %d)", err.code().name, attempt)

@@ -173,6 +173,16 @@ class PermissionDeniedError(SessiondError):
     REASON = "PERMISSION_DENIED"
 
 
+class ServerShuttingDownError(SessiondError):
+    """The server is shutting down (UNAVAILABLE): retry against another or the restarted server.
+
+    Idempotent calls (reads, CompleteSession, Create/Recreate with their request id) are retried
+    automatically within their deadline before this is raised.
+    """
+
+    REASON = "SHUTTING_DOWN"
+
+
 class SessionAlreadyOpenError(SessiondError):
     """A session was created inside the context of another session that is still OPEN.
 
@@ -260,6 +270,7 @@ _REASONS: dict[str, type[SessiondError]] = {
         SessionCompletedError,
         UnauthenticatedError,
         PermissionDeniedError,
+        ServerShuttingDownError,
     )
 }
 

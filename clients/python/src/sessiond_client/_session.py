@@ -28,6 +28,7 @@ import grpc.aio
 from sessiond_client._activity import _activity_name
 from sessiond_client._errors import (
     ActivityError,
+    ServerShuttingDownError,
     SessionAlreadyOpenError,
     SessionClosedError,
     SessionCompletedError,
@@ -282,7 +283,8 @@ class Session:
                         )
                     )
                     return
-                if err.code() not in TRANSIENT_CODES or mapped.reason:
+                transient = err.code() in TRANSIENT_CODES and not mapped.reason
+                if not (transient or isinstance(mapped, ServerShuttingDownError)):
                     logger.warning("watch of session %s stopped: %s", self.id, mapped)
                     return
                 logger.debug("watch of session %s interrupted (%s); resubscribing", self.id, err.code().name)
