@@ -125,7 +125,8 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
             workers=[self.engine.worker_to_pb(w) for w in page], next_page_token=validate.worker_token(more))
 
     @rpc_stream
-    async def WorkerHeartbeat(self, request_iterator: AsyncIterator[worker_pb2.WorkerHeartbeatRequest],
-                              context: Context) -> AsyncIterator[worker_pb2.WorkerHeartbeatResponse]:
-        async for message in serve_worker(self.engine, request_iterator, self._host):
-            yield message
+    def WorkerHeartbeat(self, request_iterator: AsyncIterator[worker_pb2.WorkerHeartbeatRequest],
+                        context: Context) -> AsyncIterator[worker_pb2.WorkerHeartbeatResponse]:
+        # Returns the stream's generator rather than re-yielding it: one generator layer less per
+        # message and per connected worker (rpc_stream's wrapper is the async generator grpc sees).
+        return serve_worker(self.engine, request_iterator, self._host)

@@ -45,6 +45,7 @@ async def serve_worker(engine: Engine, requests: AsyncIterator[worker_pb2.Worker
     if first.WhichOneof("message") != "register":
         raise InvalidArgumentError("register", "the first message on the stream must be register")
     conn = engine.connect_worker(registration(first.register, default_host))
+    first = None  # not kept for the life of the stream (its protobuf arena is per-worker memory)
     reader = asyncio.create_task(_read(engine, conn, requests))
     try:
         while (message := await conn.next()) is not None:
