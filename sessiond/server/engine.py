@@ -293,9 +293,13 @@ class Engine:
             if future is not None and not future.done():
                 future.set_result(result)
         elif kind == "goodbye":
-            self.table.worker_goodbye(now, conn.key, conn.epoch, drain=request.goodbye.drain)
-            log.info("worker said goodbye", extra={"worker_id": conn.key.worker_id,
-                                                   "drain": request.goodbye.drain})
+            drain = request.goodbye.drain
+            self.table.worker_goodbye(now, conn.key, conn.epoch, drain=drain)
+            self._flush()  # SessionEnded for sessions a goodbye without drain failed, before the ack
+            ack = worker_pb2.GoodbyeAck(drain=drain, session_ids=sorted(worker.sessions))
+            self._send(conn, worker, goodbye_ack=ack)
+            log.info("worker said goodbye", extra={"worker_id": conn.key.worker_id, "drain": drain,
+                                                   "open_sessions": len(worker.sessions)})
         elif kind == "register":
             log.warning("worker %s sent register twice; ignored", conn.key.worker_id)
         self._flush()

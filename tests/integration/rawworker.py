@@ -73,6 +73,7 @@ class RawWorker:
         self.held: set[str] = set()
         self.started: list[str] = []
         self.max_held = 0
+        self.goodbye_acks: list[tuple[bool, list[str]]] = []
         self.ended: dict[str, dict[str, Any]] = {}
         self.ran: list[dict[str, Any]] = []
         self.cancelled: dict[str, str] = {}
@@ -201,6 +202,10 @@ class RawWorker:
                     task.cancel()
                     self.cancelled.setdefault(aid, "SESSION_ENDED")
             self._note("session_ended", session_id=ended.session_id, state=state, cause=cause)
+        elif kind == "goodbye_ack":
+            ack = message.goodbye_ack
+            self.goodbye_acks.append((ack.drain, list(ack.session_ids)))
+            self._note("goodbye_ack", drain=ack.drain, session_ids=list(ack.session_ids))
         elif kind == "activity_task":
             self._on_task(message.activity_task)
         elif kind == "cancel_activity":

@@ -33,6 +33,8 @@ async def test_a_draining_worker_gets_no_new_sessions_and_keeps_its_open_ones(
 
     await leaving.goodbye(drain=True)
     await eventually(lambda: _draining(sessiond, "leaving"))
+    # The server acknowledges in-band, naming the sessions the worker still has to finish.
+    await eventually(lambda: leaving.goodbye_acks == [(True, [kept.session_id])])
 
     # No new sessions: neither a create nor a recreate with its token.
     await rpc_error(sessiond.create(QUEUE, options=options(creation=0)),
@@ -72,3 +74,18 @@ async def test_a_draining_worker_that_leaves_with_sessions_open_fails_them_with_
 
 async def _failed(sessiond: Sessiond, session_id: str) -> bool:
     return (await sessiond.get(session_id)).state == FAILED
+
+
+@pytest.mark.asyncio
+async def test_a_goodbye_without_drain_is_acknowledged_after_its_sessions_are_ended(
+        sessiond: Sessiond, make_worker: WorkerFactory) -> None:
+    leaving = await make_worker("leaving", capacity=2)
+    session = await sessiond.create(QUEUE)
+
+    await leaving.goodbye(drain=False)
+
+    await eventually(lambda: leaving.goodbye_acks == [(False, [])])
+    # Stream order: the SessionEnded for the failed session came before the acknowledgement.
+    assert leaving.ended[session.session_id] == {"state": "SESSION_STATE_FAILED",
+                                                 "cause": "FAILURE_CAUSE_WORKER_SHUTDOWN"}
+    assert session.session_id not in leaving.held

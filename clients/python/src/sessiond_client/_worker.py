@@ -58,9 +58,8 @@ _FATAL_CODES = frozenset(
 _INITIAL_HEARTBEAT_INTERVAL = 10.0
 # After our half-close the server ends the stream; if it does not, stop waiting after this long.
 _HALF_CLOSE_TIMEOUT = 10.0
-# After a draining goodbye, how long a worker with no sessions still listens for a SessionStarted
-# the server sent before it read the goodbye (the protocol has no goodbye acknowledgement).
-_DRAIN_SETTLE = 1.0
+# How long to wait for the server's GoodbyeAck before trusting our own view of held sessions.
+_GOODBYE_ACK_TIMEOUT = 10.0
 # How long run() waits, at exit, for cancelled activity tasks to unwind.
 _ACTIVITY_UNWIND_TIMEOUT = 5.0
 
@@ -180,6 +179,7 @@ class SessionWorker:
         self._idle = asyncio.Event()
         self._idle.set()
         self._registered = asyncio.Event()
+        self._goodbye_acked = asyncio.Event()
         self._shutdown_requested = asyncio.Event()
         self._force = asyncio.Event()
         self._drain = True
@@ -314,6 +314,7 @@ class SessionWorker:
         outbox: asyncio.Queue[worker_pb2.WorkerHeartbeatRequest | None] = asyncio.Queue()
         self._outbox = outbox
         self._registered.clear()
+        self._goodbye_acked.clear()
         self._send(
             worker_pb2.WorkerHeartbeatRequest(
                 register=worker_pb2.RegisterWorker(
@@ -395,13 +396,16 @@ class SessionWorker:
         if drain:
             loop = asyncio.get_running_loop()
             deadline = None if self._grace is None else loop.time() + self._grace
-            # The server does not acknowledge a goodbye, so a SessionStarted it sent just before
-            # reading ours may still be on the wire: being idle right now is not enough to leave.
-            # Wait out a settle period (one generous round trip) before trusting "no sessions".
+            # A SessionStarted the server sent just before reading our goodbye may still be on the
+            # wire: being idle right now is not enough to leave. The GoodbyeAck is the marker (the
+            # stream is ordered): once it arrived, no SessionStarted can follow.
             force = asyncio.ensure_future(self._force.wait())
+            acked = asyncio.ensure_future(self._goodbye_acked.wait())
             try:
-                settle = _DRAIN_SETTLE if self._grace is None else min(_DRAIN_SETTLE, self._grace)
-                await asyncio.wait({force}, timeout=settle)
+                wait = _GOODBYE_ACK_TIMEOUT if self._grace is None else min(_GOODBYE_ACK_TIMEOUT, self._grace)
+                await asyncio.wait({force, acked}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+                if not acked.done():
+                    logger.warning("worker %s got no goodbye acknowledgement; trusting its own view", self._worker_id)
                 while not force.done():
                     idle = asyncio.ensure_future(self._idle.wait())
                     remaining = None if deadline is None else max(deadline - loop.time(), 0.0)
@@ -413,6 +417,7 @@ class SessionWorker:
                         break
             finally:
                 force.cancel()
+                acked.cancel()
             if self._sessions:
                 # Grace passed or a second signal: fail what is left now, with an explicit cause.
                 logger.warning("worker %s stopping with %d open sessions", self._worker_id, len(self._sessions))
@@ -464,6 +469,9 @@ class SessionWorker:
             self._drop_session(ended.session_id, reason)
         elif kind == "activity_task":
             self._start_activity(message.activity_task)
+        elif kind == "goodbye_ack":
+            self._goodbye_acked.set()
+            logger.debug("goodbye acknowledged; %d sessions to finish", len(message.goodbye_ack.session_ids))
         elif kind == "cancel_activity":
             cancel = message.cancel_activity
             running = self._running.get(cancel.activity_id)

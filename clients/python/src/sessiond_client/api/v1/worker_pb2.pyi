@@ -360,6 +360,36 @@ class CancelActivity(_message.Message):
 Global___CancelActivity: _TypeAlias = CancelActivity  # noqa: Y015
 
 @_typing.final
+class GoodbyeAck(_message.Message):
+    """GoodbyeAck answers a Goodbye. The stream is ordered, so it is also a marker: no SessionStarted
+    follows it, and the worker knows exactly which sessions it still has to finish.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DRAIN_FIELD_NUMBER: _builtins.int
+    SESSION_IDS_FIELD_NUMBER: _builtins.int
+    drain: _builtins.bool
+    """The drain flag of the goodbye it answers."""
+    @_builtins.property
+    def session_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The sessions still OPEN on this worker (with drain: the ones it must finish before leaving)."""
+
+    def __init__(
+        self,
+        *,
+        drain: _builtins.bool = ...,
+        session_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drain", b"drain", "session_ids", b"session_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GoodbyeAck: _TypeAlias = GoodbyeAck  # noqa: Y015
+
+@_typing.final
 class WorkerHeartbeatResponse(_message.Message):
     """WorkerHeartbeatResponse is one message from the server to a worker."""
 
@@ -372,6 +402,7 @@ class WorkerHeartbeatResponse(_message.Message):
     SESSION_ENDED_FIELD_NUMBER: _builtins.int
     ACTIVITY_TASK_FIELD_NUMBER: _builtins.int
     CANCEL_ACTIVITY_FIELD_NUMBER: _builtins.int
+    GOODBYE_ACK_FIELD_NUMBER: _builtins.int
     server_incarnation: _builtins.str
     """Id of this server process; it changes at each start."""
     @_builtins.property
@@ -398,6 +429,10 @@ class WorkerHeartbeatResponse(_message.Message):
     def cancel_activity(self) -> Global___CancelActivity:
         """Cancel an activity."""
 
+    @_builtins.property
+    def goodbye_ack(self) -> Global___GoodbyeAck:
+        """Answer to Goodbye."""
+
     def __init__(
         self,
         *,
@@ -408,12 +443,13 @@ class WorkerHeartbeatResponse(_message.Message):
         session_ended: Global___SessionEnded | None = ...,
         activity_task: Global___ActivityTask | None = ...,
         cancel_activity: Global___CancelActivity | None = ...,
+        goodbye_ack: Global___GoodbyeAck | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["activity_task", b"activity_task", "cancel_activity", b"cancel_activity", "heartbeat_interval", b"heartbeat_interval", "message", b"message", "registered", b"registered", "session_ended", b"session_ended", "session_started", b"session_started"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["activity_task", b"activity_task", "cancel_activity", b"cancel_activity", "goodbye_ack", b"goodbye_ack", "heartbeat_interval", b"heartbeat_interval", "message", b"message", "registered", b"registered", "session_ended", b"session_ended", "session_started", b"session_started"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_task", b"activity_task", "cancel_activity", b"cancel_activity", "heartbeat_interval", b"heartbeat_interval", "message", b"message", "registered", b"registered", "server_incarnation", b"server_incarnation", "session_ended", b"session_ended", "session_started", b"session_started"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_task", b"activity_task", "cancel_activity", b"cancel_activity", "goodbye_ack", b"goodbye_ack", "heartbeat_interval", b"heartbeat_interval", "message", b"message", "registered", b"registered", "server_incarnation", b"server_incarnation", "session_ended", b"session_ended", "session_started", b"session_started"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["registered", "session_started", "session_ended", "activity_task", "cancel_activity"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["registered", "session_started", "session_ended", "activity_task", "cancel_activity", "goodbye_ack"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
