@@ -12,6 +12,7 @@ from typing import Any, Self, TypeVar
 import grpc
 import grpc.aio
 
+from sessiond_client import _tracing
 from sessiond_client._connection import ConnectionConfig, Metadata
 from sessiond_client._converter import DefaultPayloadConverter, PayloadConverter
 from sessiond_client._errors import RPCError, ServerShuttingDownError, SessiondError, _from_rpc_error
@@ -350,7 +351,34 @@ class SessionClient:
         rpc_timeout: float | None = None,
         retry: bool = False,
     ) -> _Resp:
-        """Call a unary RPC with the client's metadata; map errors; retry transport failures if idempotent."""
+        """Call a unary RPC with the client's metadata; map errors; retry transport failures if idempotent.
+
+        With tracing on, the call is one CLIENT span (retries included) carrying the session's ids.
+        """
+        name = type(request).__name__.removesuffix("Request")
+        with _tracing.client_span(name) as span:
+            try:
+                response = await self._unary_attempts(method, request, rpc_timeout, retry)
+            except SessiondError as err:
+                _tracing.fail(span, err.reason or type(err).__name__, str(err))
+                raise
+            session = getattr(response, "session", None)
+            if span is not None and session is not None:
+                _tracing.annotate(
+                    span,
+                    session_id=session.session_id,
+                    task_queue=session.task_queue,
+                    worker_id=session.worker.worker_id,
+                )
+            return response
+
+    async def _unary_attempts(
+        self,
+        method: grpc.aio.UnaryUnaryMultiCallable[_Req, _Resp],
+        request: _Req,
+        rpc_timeout: float | None,
+        retry: bool,
+    ) -> _Resp:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self._default_rpc_timeout if rpc_timeout is None else rpc_timeout)
         backoff = Backoff(0.05, 1.0)
@@ -358,7 +386,11 @@ class SessionClient:
         while True:
             attempt += 1
             try:
-                return await method(request, timeout=max(deadline - loop.time(), 0.001), metadata=self._metadata)
+                return await method(
+                    request,
+                    timeout=max(deadline - loop.time(), 0.001),
+                    metadata=_tracing.with_trace_context(self._metadata),
+                )
             except grpc.aio.AioRpcError as err:
                 mapped: SessiondError = _from_rpc_error(err)
                 transient = err.code() in _UNARY_RETRY_CODES and not mapped.reason

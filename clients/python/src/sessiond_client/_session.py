@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 
+from sessiond_client import _tracing
 from sessiond_client._activity import _activity_name
 from sessiond_client._errors import (
     ActivityError,
@@ -148,9 +149,23 @@ class Session:
             start_to_close_timeout=duration_to_proto(start_to_close_timeout),
             headers=dict(headers or {}),
         )
+        with _tracing.client_span(
+            "ExecuteActivity", session_id=self.id, activity_type=activity_type, worker_id=self._info.worker.worker_id
+        ) as span:
+            try:
+                return await self._execute(request, activity_type, timeout)
+            except SessiondError as err:
+                _tracing.fail(span, err.reason or type(err).__name__, str(err))
+                raise
+
+    async def _execute(
+        self, request: session_service_pb2.ExecuteActivityRequest, activity_type: str, timeout: float
+    ) -> Any:
         # The server answers ACTIVITY_TIMEOUT at start_to_close; the RPC deadline only backs that up.
         call = self._client.stub.ExecuteActivity(
-            request, timeout=max(timeout, 0.0) + self._client.default_rpc_timeout, metadata=self._client._metadata
+            request,
+            timeout=max(timeout, 0.0) + self._client.default_rpc_timeout,
+            metadata=_tracing.with_trace_context(self._client._metadata),
         )
         rpc = asyncio.ensure_future(_await_call(call))
         ended = asyncio.ensure_future(self._ended.wait())

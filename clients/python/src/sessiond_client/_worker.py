@@ -33,7 +33,9 @@ from typing import Any
 
 import grpc
 import grpc.aio
+from opentelemetry.trace import Span
 
+from sessiond_client import _tracing
 from sessiond_client._activity import ActivityInfo, _activity_name, _ActivityContext, _current
 from sessiond_client._connection import ConnectionConfig
 from sessiond_client._converter import DefaultPayloadConverter, PayloadConverter
@@ -548,6 +550,19 @@ class SessionWorker:
 
     async def _execute(self, task: worker_pb2.ActivityTask, fn: Callable[..., Any], context: _ActivityContext) -> None:
         _current.set(context)
+        # Started here so it is current in the executor thread too (the context is copied below).
+        with _tracing.activity_span(
+            task.activity_type,
+            task.headers,
+            session_id=task.session_id,
+            activity_id=task.activity_id,
+            worker_id=self._worker_id or "",
+        ) as span:
+            await self._run_activity(task, fn, context, span)
+
+    async def _run_activity(
+        self, task: worker_pb2.ActivityTask, fn: Callable[..., Any], context: _ActivityContext, span: Span | None
+    ) -> None:
         try:
             try:
                 args = self._converter.decode_args(task.input)
@@ -573,6 +588,7 @@ class SessionWorker:
         except Exception as exc:
             if context.cancelled:
                 return
+            _tracing.fail(span, type(exc).__name__, str(exc))
             self._log_failure(task, exc)
             self._report_failure(task, self._failure_from(exc))
             return
