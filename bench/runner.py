@@ -24,7 +24,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -434,56 +434,54 @@ def _idle_cores(pid: int, seconds: float) -> float | None:
 
 
 def _scale_run(ctx: Ctx, system: str) -> dict[str, Any]:
+    """One server: connect workers level by level, probing create (echo: unary) latency and RSS at each.
+
+    sessiond also opens ``sizes.sessions`` sessions once the second level is connected, so the last
+    level is the full scale (10,000 workers and 100,000 open sessions) and the fill runs while the
+    box is not yet busy with the last level's heartbeats.
+    """
     s = ctx.s
     levels = s.levels
     out: dict[str, Any] = {"levels": {}}
     server_cm = ctx.echo() if system == "echo" else ctx.sessiond()
     procs: list[Proc] = []
     probe = ["unary:1"] if system == "echo" else ["cc:1"]
+
+    def measure(server: Proc, target: str) -> dict[str, Any]:
+        time.sleep(min(1.0, s.idle_seconds))
+        idle = _idle_cores(server.pid, s.idle_seconds)
+        result = ctx.phases(target, probe, server, warmup=s.probe_warmup, duration=s.probe_duration,
+                            queue="scale")[probe[0]]
+        part = result if system == "echo" else (result.get("create") or {})
+        return {"rss_kb": rss_kb(server.pid), "idle_server_cores": idle, "p50_ms": part.get("p50_ms"),
+                "p99_ms": part.get("p99_ms"), "ops_per_s": result["ops_per_s"],
+                "errors": sum(result["errors"].values())}
+
     with server_cm as (server, target):
         try:
             out["rss_start_kb"] = rss_kb(server.pid)
             connected = 0
-            for level in levels:
-                add = level - connected
-                if connected == 0:
-                    # The first workers take the sessions: capacity sessions/levels[0] each.
-                    capacity = max(1, s.sessions // level)
-                else:
-                    capacity = 1
+            for i, level in enumerate(levels):
+                # The first workers take the sessions (capacity sessions / levels[0] each); the rest hold 1.
+                capacity = max(1, s.sessions // level) if connected == 0 else 1
                 ctx.say(f"scale {system}: {connected} → {level} streams")
                 started = time.monotonic()
-                procs += ctx.start_workers(target, add, kind=system, queue="scale", capacity=capacity, separate=True)
-                open_s = time.monotonic() - started
+                procs += ctx.start_workers(target, level - connected, kind=system, queue="scale",
+                                           capacity=capacity, separate=True)
+                open_s = round(time.monotonic() - started, 2)
                 connected = level
-                time.sleep(min(1.0, s.idle_seconds))
-                idle = _idle_cores(server.pid, s.idle_seconds)
-                result = ctx.phases(target, probe, server, warmup=s.probe_warmup, duration=s.probe_duration,
-                                    queue="scale")[probe[0]]
-                out["levels"][str(level)] = {
-                    "rss_kb": rss_kb(server.pid), "open_s": round(open_s, 2), "idle_server_cores": idle,
-                    "p50_ms": _get(result, "create", "p50_ms") if system != "echo" else result["p50_ms"],
-                    "p99_ms": _get(result, "create", "p99_ms") if system != "echo" else result["p99_ms"],
-                    "ops_per_s": result["ops_per_s"], "errors": sum(result["errors"].values()),
-                }
-            if system != "echo":
-                ctx.say(f"scale sessiond: opening {s.sessions} sessions")
-                before = rss_kb(server.pid)
-                fill = ctx.loadgen("fill", ["fill", "--target", target, "--task-queue", "scale",
-                                            "--count", str(s.sessions), "--concurrency", "64"],
-                                   timeout=120 + s.sessions / 200)
-                time.sleep(min(1.0, s.idle_seconds))
-                after = rss_kb(server.pid)
-                idle = _idle_cores(server.pid, s.idle_seconds)
-                result = ctx.phases(target, probe, server, warmup=s.probe_warmup, duration=s.probe_duration,
-                                    queue="scale")[probe[0]]
-                out["sessions"] = {
-                    "count": s.sessions, "rss_before_kb": before, "rss_after_kb": after,
-                    "fill_s": fill["seconds"], "fill_per_s": fill["per_s"], "fill_errors": fill["errors"],
-                    "idle_server_cores": idle,
-                    "p50_ms": _get(result, "create", "p50_ms"), "p99_ms": _get(result, "create", "p99_ms"),
-                    "errors": sum(result["errors"].values()),
-                }
+                out["levels"][str(level)] = {**measure(server, target), "open_s": open_s,
+                                             "sessions": out.get("sessions", {}).get("count", 0)}
+                if system != "echo" and i == 1:
+                    ctx.say(f"scale sessiond: opening {s.sessions} sessions")
+                    before = out["levels"][str(level)]["rss_kb"]
+                    fill = ctx.loadgen("fill", ["fill", "--target", target, "--task-queue", "scale",
+                                                "--count", str(s.sessions), "--concurrency", "64"],
+                                       timeout=120 + s.sessions / 200)
+                    after = measure(server, target)
+                    out["sessions"] = {"count": s.sessions, "workers": level, "rss_before_kb": before,
+                                       "rss_after_kb": after["rss_kb"], "fill_s": fill["seconds"],
+                                       "fill_per_s": fill["per_s"], "fill_errors": fill["errors"], **after}
         finally:
             ctx.stop_all(procs)
     return out
@@ -499,52 +497,54 @@ def scenario_scale(ctx: Ctx) -> dict[str, Any]:
             ctx.say(f"scale run {r + 1}/{s.scale_runs}: {system}")
             run[system] = _scale_run(ctx, system)
         runs.append(run)
-    base = str(s.levels[0])
-    cases = []
-    for level in s.levels[1:]:
-        key = str(level)
-        sd = [run["sessiond"]["levels"] for run in runs]
-        ec = [run["echo"]["levels"] for run in runs]
-        cases.append(case(
-            f"create p50 at {level:,} workers", value=[x[key]["p50_ms"] for x in sd], unit="ms",
-            baseline=[x[base]["p50_ms"] for x in sd], baseline_unit="ms", baseline_what=f"sessiond at {base} workers",
-            ratios=[ratio(x[key]["p50_ms"], x[base]["p50_ms"]) for x in sd], goal="≤ 1.2×", check=lambda v: v <= 1.2,
-            details={"echo_unary_p50_ms": [x[key]["p50_ms"] for x in ec],
-                     "echo_ratio_to_10_streams": [ratio(x[key]["p50_ms"], x[base]["p50_ms"]) for x in ec],
-                     "create_p99_ms": [x[key]["p99_ms"] for x in sd],
-                     "idle_server_cores": [x[key]["idle_server_cores"] for x in sd],
-                     "echo_idle_server_cores": [x[key]["idle_server_cores"] for x in ec]},
-        ))
-    top = s.levels[-1]
+    base, mid, top = (str(x) for x in (s.levels[0], s.levels[1], s.levels[-1]))
+    sd = [run["sessiond"]["levels"] for run in runs]
+    ec = [run["echo"]["levels"] for run in runs]
     sess = [run["sessiond"]["sessions"] for run in runs]
-    sd_top = [run["sessiond"]["levels"] for run in runs]
-    cases.append(case(
-        f"create p50 at {top:,} workers + {s.sessions:,} open sessions", value=[x["p50_ms"] for x in sess], unit="ms",
-        baseline=[x[base]["p50_ms"] for x in sd_top], baseline_unit="ms", baseline_what=f"sessiond at {base} workers",
-        ratios=[ratio(x["p50_ms"], y[base]["p50_ms"]) for x, y in zip(sess, sd_top, strict=True)], goal="≤ 1.2×",
-        check=lambda v: v <= 1.2, details={"create_p99_ms": [x["p99_ms"] for x in sess],
-                                           "idle_server_cores": [x["idle_server_cores"] for x in sess]}))
-    for level in s.levels[1:]:
-        key = str(level)
+    cases = []
 
-        def per_stream(levels: dict[str, Any], k: str = key, n: int = level) -> float | None:
-            a, b = levels[k]["rss_kb"], levels[base]["rss_kb"]
-            return None if a is None or b is None else (a - b) / (n - int(base))
+    def p50_case(label: str, values: list[Any], echo_key: str | None) -> dict[str, Any]:
+        bases = [x[base]["p50_ms"] for x in sd]
+        ratios = [ratio(v["p50_ms"], b) for v, b in zip(values, bases, strict=True)]
+        details: dict[str, list[Any]] = {"create_p99_ms": [v["p99_ms"] for v in values],
+                                         "idle_server_cores": [v["idle_server_cores"] for v in values]}
+        if echo_key is not None:
+            echo_ratios = [ratio(x[echo_key]["p50_ms"], x[base]["p50_ms"]) for x in ec]
+            details.update({
+                "echo_unary_p50_ms": [x[echo_key]["p50_ms"] for x in ec],
+                f"echo_ratio_to_{base}_streams": echo_ratios,
+                "ratio_over_echo_ratio": [ratio(a, b) for a, b in zip(ratios, echo_ratios, strict=True)],
+                "echo_idle_server_cores": [x[echo_key]["idle_server_cores"] for x in ec]})
+        return case(label, value=[v["p50_ms"] for v in values], unit="ms", baseline=bases, baseline_unit="ms",
+                    baseline_what=f"sessiond at {base} workers, no sessions", ratios=ratios, goal="≤ 1.2×",
+                    check=lambda v: v <= 1.2, details=details)
 
-        sd_kb = [per_stream(run["sessiond"]["levels"]) for run in runs]
-        ec_kb = [per_stream(run["echo"]["levels"]) for run in runs]
+    cases.append(p50_case(f"create p50 at {int(mid):,} workers", [x[mid] for x in sd], mid))
+    cases.append(p50_case(f"create p50 at {int(mid):,} workers + {s.sessions:,} open sessions", sess, None))
+    cases.append(p50_case(f"create p50 at {int(top):,} workers + {s.sessions:,} open sessions",
+                          [x[top] for x in sd], top))
+
+    def per_stream(levels: dict[str, Any], lo: str, hi: str, lo_kb: int | None = None) -> float | None:
+        a, b = levels[hi]["rss_kb"], levels[lo]["rss_kb"] if lo_kb is None else lo_kb
+        return None if a is None or b is None else (a - b) / (int(hi) - int(lo))
+
+    for lo, hi in ((base, mid), (mid, top)):
+        sd_kb = [per_stream(run["sessiond"]["levels"], lo, hi,
+                            run["sessiond"]["sessions"]["rss_after_kb"] if lo == mid else None) for run in runs]
+        ec_kb = [per_stream(run["echo"]["levels"], lo, hi) for run in runs]
         cases.append(case(
-            f"server RSS per worker, {base} → {level:,} workers", value=sd_kb, unit="KB/worker", baseline=ec_kb,
-            baseline_unit="KB/stream", baseline_what="echo, idle bidi stream on its own connection",
+            f"server RSS per worker, {int(lo):,} → {int(hi):,} workers", value=sd_kb, unit="KB/worker",
+            baseline=ec_kb, baseline_unit="KB/stream", baseline_what="echo, idle bidi stream on its own connection",
             ratios=[ratio(a, b) for a, b in zip(sd_kb, ec_kb, strict=True)], goal="≤ 45 KB/worker",
             check=lambda v: v <= 45.0, check_on="value",
-            details={"rss_mb": [round(run["sessiond"]["levels"][key]["rss_kb"] / 1024, 1) for run in runs],
-                     "echo_rss_mb": [round(run["echo"]["levels"][key]["rss_kb"] / 1024, 1) for run in runs],
-                     "open_s": [run["sessiond"]["levels"][key]["open_s"] for run in runs]}))
+            details={"rss_mb": [round(run["sessiond"]["levels"][hi]["rss_kb"] / 1024, 1) for run in runs],
+                     "echo_rss_mb": [round(run["echo"]["levels"][hi]["rss_kb"] / 1024, 1) for run in runs],
+                     "open_s": [run["sessiond"]["levels"][hi]["open_s"] for run in runs],
+                     "echo_open_s": [run["echo"]["levels"][hi]["open_s"] for run in runs]}))
     per_session = [(x["rss_after_kb"] - x["rss_before_kb"]) / x["count"] for x in sess]
     cases.append(case(
-        f"server RSS per open session ({s.sessions:,} sessions)", value=per_session, unit="KB/session",
-        baseline=[None] * len(sess), baseline_unit="", baseline_what="— (no echo equivalent)",
+        f"server RSS per open session ({s.sessions:,} sessions on {int(mid):,} workers)", value=per_session,
+        unit="KB/session", baseline=[None] * len(sess), baseline_unit="", baseline_what="— (no echo equivalent)",
         ratios=[None] * len(sess), goal="≤ 2 KB/session", check=lambda v: v <= 2.0, check_on="value",
         details={"fill_per_s": [x["fill_per_s"] for x in sess],
                  "rss_after_mb": [round(x["rss_after_kb"] / 1024, 1) for x in sess]}))
@@ -660,9 +660,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="directory for results.json and RESULTS.md [bench/ for a full run, bench/out/smoke/ "
                              "for --smoke]")
     parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(SCENARIOS)}")
+    parser.add_argument("--runs", type=int, default=0, help="override every scenario's number of repetitions")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     sizes = SMOKE if args.smoke else FULL
+    if args.runs:
+        sizes = replace(sizes, core_reps=args.runs, kill_runs=args.runs, frozen_runs=args.runs,
+                        scale_runs=args.runs, tracing_runs=args.runs)
     out_dir = args.out or (REPO / "bench" / "out" / "smoke" if args.smoke else REPO / "bench")
     out_dir.mkdir(parents=True, exist_ok=True)
     logs = (out_dir / "logs") if args.out else (REPO / "bench" / "out" / ("smoke-logs" if args.smoke else "logs"))
