@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 
 from google.protobuf import duration_pb2
@@ -64,6 +65,13 @@ def options(message: session_pb2.SessionOptions, has: bool, defaults: ServerConf
         if message.HasField("heartbeat_timeout"):
             heartbeat = seconds(message.heartbeat_timeout, "options.heartbeat_timeout", allow_zero=False,
                                 minimum=MIN_HEARTBEAT_TIMEOUT)
+    return _resolved_options(creation, execution, heartbeat)
+
+
+@functools.lru_cache(maxsize=1024)
+def _resolved_options(creation: float, execution: float, heartbeat: float) -> SessionOptions:
+    # Interned: most sessions share a few option sets, and each open session keeps its options
+    # (SessionOptions is frozen, so sharing one instance is safe).
     return SessionOptions(creation_timeout=creation, execution_timeout=execution, heartbeat_timeout=heartbeat)
 
 
