@@ -105,3 +105,13 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV) node_modules
+
+# ---- benchmark smoke (CI) --------------------------------------------------------------------
+
+.PHONY: bench-smoke
+
+# `make bench` is the full run (about 20 min: bench/results.json + bench/RESULTS.md);
+# this one runs every scenario at tiny sizes in well under a minute (output in bench/out/smoke/).
+bench-smoke: export GRPC_VERBOSITY ?= ERROR
+bench-smoke: $(PY_STAMP)
+	$(PY) -m bench --smoke

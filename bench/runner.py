@@ -4,6 +4,7 @@
     python -m bench --smoke         # CI mode (tiny sizes, well under a minute): bench/out/smoke/
     python -m bench --out DIR       # write results.json and RESULTS.md into DIR instead
     python -m bench --only core,kill9
+    python -m bench --render bench/results.json   # re-render RESULTS.md (e.g. after editing bench/notes.md)
 
 Every figure is a ratio to a baseline measured in the same run (an empty grpc.aio echo service,
 or sessiond itself with tracing off), over repetitions whose order alternates so that machine
@@ -662,7 +663,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(SCENARIOS)}")
     parser.add_argument("--runs", type=int, default=0, help="override every scenario's number of repetitions")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--render", type=Path, default=None, metavar="RESULTS_JSON",
+                        help="only re-render RESULTS.md (next to the JSON) from an earlier run, e.g. after editing "
+                             "bench/notes.md")
     args = parser.parse_args(argv)
+    if args.render is not None:
+        results = json.loads(args.render.read_text())
+        md = args.render.parent / "RESULTS.md"
+        md.write_text(report.markdown(results, notes=REPO / "bench" / "notes.md"))
+        print(report.table(results))
+        print(f"\nwrote {md}")
+        return 0
     sizes = SMOKE if args.smoke else FULL
     if args.runs:
         sizes = replace(sizes, core_reps=args.runs, kill_runs=args.runs, frozen_runs=args.runs,
