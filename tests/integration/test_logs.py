@@ -1,0 +1,56 @@
+"""One structured log line per lifecycle event, with ids; ``--log-format json`` makes it JSON."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+
+import pytest
+
+from sessiond.logs import JsonFormatter, TextFormatter
+from tests.integration.conftest import QUEUE, ProcessFactory, Sessiond, eventually
+
+
+def _events(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "sessiond.engine"]
+
+
+def _find(records: list[logging.LogRecord], message: str, **fields: str) -> logging.LogRecord | None:
+    for record in records:
+        if record.getMessage() == message and all(getattr(record, k, None) == v for k, v in fields.items()):
+            return record
+    return None
+
+
+@pytest.mark.asyncio
+async def test_lifecycle_events_are_logged_once_each_with_their_ids(
+    sessiond: Sessiond, spawn_worker: ProcessFactory, caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="sessiond.engine")
+    worker = await spawn_worker("logged-w1", capacity=2)
+    completed = await sessiond.create()
+    await sessiond.complete(completed.session_id)
+    failed = await sessiond.create()
+    worker.signal(signal.SIGKILL)
+    await eventually(lambda: _find(_events(caplog), "worker lost", worker_id="logged-w1") is not None)
+
+    records = _events(caplog)
+    assert _find(records, "worker joined", worker_id="logged-w1", task_queue=QUEUE)
+    for session in (completed, failed):
+        placed = [r for r in records if r.getMessage() == "session placed"
+                  and getattr(r, "session_id", None) == session.session_id]
+        assert len(placed) == 1 and placed[0].worker_id == "logged-w1"  # type: ignore[attr-defined]
+    assert _find(records, "session completed", session_id=completed.session_id, worker_id="logged-w1")
+    assert _find(records, "session failed", session_id=failed.session_id, cause="WORKER_LOST")
+
+
+def test_json_format_puts_the_ids_in_fields_and_text_format_appends_them() -> None:
+    record = logging.LogRecord("sessiond.engine", logging.INFO, __file__, 1, "session failed", None, None)
+    record.session_id, record.cause = "s-1", "WORKER_LOST"
+
+    line = json.loads(JsonFormatter().format(record))
+    assert {k: line[k] for k in ("level", "logger", "message", "session_id", "cause")} == {
+        "level": "INFO", "logger": "sessiond.engine", "message": "session failed",
+        "session_id": "s-1", "cause": "WORKER_LOST"}
+    assert TextFormatter().format(record).endswith("session failed session_id=s-1 cause=WORKER_LOST")
