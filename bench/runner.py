@@ -66,7 +66,7 @@ class Sizes:
 
 FULL = Sizes(core_reps=4, warmup=1.0, duration=3.0, kill_runs=3, kills=20, echo_kills=10, frozen_runs=3, frozen=8,
              heartbeat_timeout=1.0, scale_runs=3, levels=(10, 1000, 10_000), sessions=100_000, probe_warmup=1.0,
-             probe_duration=3.0, idle_seconds=2.0, tracing_runs=4, tracing_in_flight=64)
+             probe_duration=3.0, idle_seconds=2.0, tracing_runs=3, tracing_in_flight=64)
 SMOKE = Sizes(core_reps=1, warmup=0.2, duration=0.5, kill_runs=1, kills=3, echo_kills=2, frozen_runs=1, frozen=2,
               heartbeat_timeout=0.5, scale_runs=1, levels=(10, 40, 80), sessions=400, probe_warmup=0.2,
               probe_duration=0.5, idle_seconds=0.3, tracing_runs=1, tracing_in_flight=16)
@@ -450,11 +450,14 @@ def _scale_run(ctx: Ctx, system: str) -> dict[str, Any]:
 
     def measure(server: Proc, target: str) -> dict[str, Any]:
         time.sleep(min(1.0, s.idle_seconds))
+        # RSS before the probe: the probe's closed sessions stay readable for the retention period
+        # (10 min) and are not memory of the workers being counted.
+        rss = rss_kb(server.pid)
         idle = _idle_cores(server.pid, s.idle_seconds)
         result = ctx.phases(target, probe, server, warmup=s.probe_warmup, duration=s.probe_duration,
                             queue="scale")[probe[0]]
         part = result if system == "echo" else (result.get("create") or {})
-        return {"rss_kb": rss_kb(server.pid), "idle_server_cores": idle, "p50_ms": part.get("p50_ms"),
+        return {"rss_kb": rss, "idle_server_cores": idle, "p50_ms": part.get("p50_ms"),
                 "p99_ms": part.get("p99_ms"), "ops_per_s": result["ops_per_s"],
                 "errors": sum(result["errors"].values())}
 
