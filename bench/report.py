@@ -114,7 +114,10 @@ def markdown(results: dict[str, Any], notes: Path | None = None) -> str:
         "",
         "Every figure is a ratio to a baseline measured in the same run: an empty grpc.aio echo service "
         "(`bench/echo_server.py`: unary echo, bidi ping-pong, 100 B payloads, same grpc options as sessiond) or, "
-        "for tracing, sessiond with tracing off. Servers, workers and load generators are separate processes "
+        "for tracing, sessiond with tracing off. The echo service also runs sessiond's message patterns with no logic "
+        "(`Push`: unary + one worker-stream message; `Relay`: the activity round trip through a worker process), "
+        "reported as the `floor_*` details: what any grpc.aio implementation of this protocol reaches here. "
+        "Servers, workers and load generators are separate processes "
         "started fresh for each repetition; sessiond is `python -m sessiond serve --log-level WARNING` (the "
         "tracing scenario uses `bench/sessiond_server.py`, the same server plus a tracer set-up). Repetitions "
         "alternate which system goes first. Figures are medians over repetitions with the (min–max) spread; "
