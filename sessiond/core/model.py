@@ -113,8 +113,10 @@ class Worker:
     suspect: bool = False
     # Bumped whenever free capacity or eligibility changes; stale placement entries carry old versions.
     version: int = 0
-    # heartbeat_timeout -> number of open sessions using it; the smallest sets the interval.
-    timeouts: dict[float, int] = field(default_factory=dict)
+    # Liveness groups: heartbeat_timeout -> its open sessions, oldest placement first. A silent
+    # worker fails a group's sessions in that order, so one deadline per group suffices; the
+    # smallest timeout sets the heartbeat interval.
+    liveness: dict[float, dict[str, Session]] = field(default_factory=dict)
     interval: float = 10.0
     # When ``interval`` took effect: the worker's silence is judged by it only from then on.
     interval_since: float = 0.0

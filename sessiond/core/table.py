@@ -5,10 +5,13 @@ Mutations append :mod:`~sessiond.core.events` to an outbox that the caller drain
 :meth:`SessionTable.take_events`. Costs on the hot paths do not grow with the number of
 workers or sessions: create and complete are O(log n), a heartbeat is O(1).
 
-Liveness is lazy. A heartbeat only stamps ``worker.last_seen``; each open session has one
-entry in a deadline queue at ``min(expire_at, max(last_seen, placed_at) + heartbeat_timeout)``,
-and when it comes due it is re-checked against the latest ``last_seen`` and re-armed if the
-worker spoke in the meantime.
+Liveness is lazy and grouped. A heartbeat only stamps ``worker.last_seen``. A worker's open
+sessions are grouped by heartbeat_timeout T; within a group, session s is due at
+``max(last_seen, s.placed_at) + T``, which never decreases in placement order. So each group
+has one deadline entry (its oldest session's), re-checked against the latest ``last_seen`` when
+it comes due and re-armed if the worker spoke meanwhile: the cost of liveness grows with
+workers × distinct timeouts, not with sessions. Each session keeps one entry of its own, at
+``expire_at`` while open and at the end of retention after it closes.
 """
 
 from __future__ import annotations
@@ -101,6 +104,7 @@ class SessionTable:
         self._seqs: list[int] = []
         self._by_seq: dict[int, Session] = {}
         self._session_deadlines: DeadlineQueue[str] = DeadlineQueue()
+        self._liveness_deadlines: DeadlineQueue[tuple[WorkerKey, float]] = DeadlineQueue()
         self._waiter_deadlines: DeadlineQueue[str] = DeadlineQueue()
         self._activity_deadlines: DeadlineQueue[str] = DeadlineQueue()
         self._worker_deadlines: DeadlineQueue[WorkerKey] = DeadlineQueue()
@@ -123,7 +127,8 @@ class SessionTable:
         """The earliest time at which :meth:`advance` has something to do, or None."""
         # Called after every mutation (the engine re-arms its timer): no temporary list.
         best = self._session_deadlines.peek()
-        for queue in (self._waiter_deadlines, self._activity_deadlines, self._worker_deadlines):
+        for queue in (self._liveness_deadlines, self._waiter_deadlines, self._activity_deadlines,
+                      self._worker_deadlines):
             t = queue.peek()
             if t is not None and (best is None or t < best):
                 best = t
@@ -141,8 +146,11 @@ class SessionTable:
                 self.registry.touch(worker)
             else:
                 self._worker_deadlines.set(key, stale_at)
+        # Execution timeouts before liveness: when both are due at once, EXECUTION_TIMEOUT is the cause.
         for sid in self._session_deadlines.pop_due(now):
             self._session_due(now, self._sessions[sid])
+        for key, timeout in self._liveness_deadlines.pop_due(now):
+            self._liveness_due(now, self.registry.workers[key], timeout)
         for wid in self._waiter_deadlines.pop_due(now):
             self._expire_waiter(self._waiters[wid])
         for aid in self._activity_deadlines.pop_due(now):
@@ -157,14 +165,22 @@ class SessionTable:
         if session.state is not SessionState.OPEN:
             self._forget(session)
             return
-        if now >= session.expire_at:
-            self._end(now, session, SessionState.FAILED, FailureCause.EXECUTION_TIMEOUT)
-            return
-        silent_until = max(session.worker.last_seen, session.placed_at) + session.options.heartbeat_timeout
-        if now >= silent_until:
+        self._end(now, session, SessionState.FAILED, FailureCause.EXECUTION_TIMEOUT)
+
+    def _liveness_due(self, now: float, worker: Worker, timeout: float) -> None:
+        """Fail the sessions of one liveness group whose worker has been silent for ``timeout``."""
+        group = worker.liveness[timeout]
+        for session in list(group.values()):
+            if max(worker.last_seen, session.placed_at) + timeout > now:
+                break  # placement order: every later session is due later still
             self._end(now, session, SessionState.FAILED, FailureCause.HEARTBEAT_TIMEOUT)
-        else:
-            self._session_deadlines.set(session.session_id, min(session.expire_at, silent_until))
+        self._arm_liveness(worker, timeout)
+
+    def _arm_liveness(self, worker: Worker, timeout: float) -> None:
+        group = worker.liveness.get(timeout)
+        if group:
+            oldest = next(iter(group.values()))
+            self._liveness_deadlines.set((worker.key, timeout), max(worker.last_seen, oldest.placed_at) + timeout)
 
     # ----------------------------------------------------------------- workers
 
@@ -363,13 +379,17 @@ class SessionTable:
         worker.used = worker.used + demand
         worker.sessions.add(sid)
         timeout = options.heartbeat_timeout
-        worker.timeouts[timeout] = worker.timeouts.get(timeout, 0) + 1
+        group = worker.liveness.get(timeout)
+        if group is None:
+            group = worker.liveness[timeout] = {}
+            self._liveness_deadlines.set((worker.key, timeout), now + timeout)
+        group[sid] = session
         self.registry.touch(worker)
         if owner:
             self._owners[owner] = session
         if request_key:
             self._requests[request_key] = session
-        self._session_deadlines.set(sid, min(session.expire_at, now + timeout))
+        self._session_deadlines.set(sid, session.expire_at)
         self._events.append(SessionPlaced(session, waiter_id))
         self._update_interval(now, worker)
         return session
@@ -386,11 +406,11 @@ class SessionTable:
         worker.used = worker.used - session.demand
         worker.sessions.discard(session.session_id)
         timeout = session.options.heartbeat_timeout
-        left = worker.timeouts[timeout] - 1
-        if left:
-            worker.timeouts[timeout] = left
-        else:
-            del worker.timeouts[timeout]
+        group = worker.liveness[timeout]
+        del group[session.session_id]
+        if not group:
+            del worker.liveness[timeout]
+            self._liveness_deadlines.remove((worker.key, timeout))
         if session.owner and self._owners.get(session.owner) is session:
             del self._owners[session.owner]
         reason = "SESSION_FAILED" if state is SessionState.FAILED else "SESSION_COMPLETED"
@@ -450,8 +470,8 @@ class SessionTable:
         # The new interval reaches the worker on the next message it gets (every message carries
         # it), and placement and release always send one: SessionStarted or SessionEnded.
         interval = self.max_heartbeat_interval
-        if worker.timeouts:
-            interval = min(interval, min(worker.timeouts) / 3.0)
+        if worker.liveness:
+            interval = min(interval, min(worker.liveness) / 3.0)
         if interval != worker.interval:
             # A worker that last spoke long ago under a longer interval was compliant: judge its
             # silence by the new interval only from now, when the message carrying it is sent.

@@ -327,3 +327,40 @@ def test_next_deadline_is_the_earliest_pending_deadline() -> None:
     assert table.next_deadline() == 30.0
     create_placed(table, 0.0, options(heartbeat=9.0))  # heartbeat deadline 9, stale check pulled to 9
     assert table.next_deadline() == 9.0
+
+
+# ----------------------------------------------------------------- liveness groups
+
+
+def test_a_silent_workers_sessions_fail_in_placement_order_each_at_its_own_deadline() -> None:
+    table = new_table()
+    worker = connect(table, "w", 10)
+    early = create_placed(table, 0.0, options(heartbeat=6.0))
+    table.worker_seen(1.0, worker.key, worker.epoch)  # last heard at 1.0
+    later = create_placed(table, 3.0, options(heartbeat=6.0))  # placed after the last heartbeat
+    other = create_placed(table, 3.0, options(heartbeat=9.0))  # another group
+
+    table.advance(before(7.0))
+    assert [state(s) for s in (early, later, other)] == [SessionState.OPEN] * 3
+    table.advance(7.0)  # 1.0 + 6: sessions placed before the last heartbeat
+    assert [state(s) for s in (early, later, other)] == [SessionState.FAILED, SessionState.OPEN, SessionState.OPEN]
+    table.advance(before(9.0))
+    assert state(later) is SessionState.OPEN
+    table.advance(9.0)  # 3.0 + 6: placed after it, so counted from placement
+    assert state(later) is SessionState.FAILED and state(other) is SessionState.OPEN
+    table.advance(12.0)  # 3.0 + 9
+    assert state(other) is SessionState.FAILED
+
+
+def test_liveness_costs_one_deadline_per_worker_and_timeout_not_per_session() -> None:
+    table = new_table()
+    workers = [connect(table, f"w{i}", 100) for i in range(3)]
+    for i in range(300):
+        create_placed(table, 0.0, options(heartbeat=6.0 if i % 2 else 9.0))
+    assert len(table._liveness_deadlines) == 3 * 2
+    # Heartbeats re-arm nothing per session: only groups that come due are looked at.
+    for now in range(1, 60):
+        for worker in workers:
+            table.worker_seen(float(now), worker.key, worker.epoch)
+        table.advance(float(now))
+    assert table.open_count == 300 and len(table._liveness_deadlines) == 6
