@@ -61,12 +61,19 @@ async def _read(engine: Engine, conn: WorkerConnection,
                 requests: AsyncIterator[worker_pb2.WorkerHeartbeatRequest]) -> None:
     try:
         async for request in requests:
-            if not engine.worker_message(conn, request):
+            try:
+                handled = engine.worker_message(conn, request)
+            except Exception:
+                # Our fault, not the worker's: say so loudly, and end this stream (its sessions fail).
+                log.exception("error handling a message from worker %s; closing its stream", conn.key.worker_id)
+                break
+            if not handled:
                 log.info("fenced a stale connection of worker %s", conn.key.worker_id)
                 break
     except asyncio.CancelledError:
         raise
     except Exception as exc:
+        # The worker's side of the stream broke (killed, cancelled, network): routine.
         log.debug("worker %s stream ended: %r", conn.key.worker_id, exc)
     finally:
         conn.close()
