@@ -91,6 +91,7 @@ class FakeStub:
     def __init__(self) -> None:
         self.created: list[tuple[session_service_pb2.CreateSessionRequest, float | None]] = []
         self.completed: list[str] = []
+        self.recreated: list[session_service_pb2.RecreateSessionRequest] = []
         self.watches: dict[str, FakeWatch] = {}
         self.executions: list[tuple[session_service_pb2.ExecuteActivityRequest, FakeUnaryCall]] = []
         self.complete_error: BaseException | None = None
@@ -103,6 +104,12 @@ class FakeStub:
     ) -> session_service_pb2.CreateSessionResponse:
         self.created.append((request, timeout))
         return session_service_pb2.CreateSessionResponse(session=session_msg(f"s-{len(self.created)}"))
+
+    async def RecreateSession(
+        self, request: session_service_pb2.RecreateSessionRequest, timeout: float | None = None, metadata: Any = None
+    ) -> session_service_pb2.RecreateSessionResponse:
+        self.recreated.append(request)
+        return session_service_pb2.RecreateSessionResponse(session=session_msg(f"r-{len(self.recreated)}"))
 
     async def CompleteSession(
         self, request: session_service_pb2.CompleteSessionRequest, timeout: float | None = None, metadata: Any = None

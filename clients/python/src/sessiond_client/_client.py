@@ -7,7 +7,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
 import grpc
 import grpc.aio
@@ -20,12 +20,22 @@ from sessiond_client._retry import Backoff
 from sessiond_client._session import SessionContext
 from sessiond_client._time import Duration, to_seconds, to_timedelta
 from sessiond_client._types import SessionInfo, SessionOptions, SessionState, WorkerInfo
-from sessiond_client.api.v1 import session_service_pb2, session_service_pb2_grpc
+from sessiond_client.api.v1 import session_pb2, session_service_pb2, session_service_pb2_grpc
 
 logger = logging.getLogger("sessiond_client")
 
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
+
+
+class _PlacedResponse(Protocol):
+    """CreateSessionResponse and RecreateSessionResponse: both carry the placed session."""
+
+    @property
+    def session(self) -> session_pb2.Session: ...
+
+
+_Placed = TypeVar("_Placed", bound=_PlacedResponse)
 
 # The server's default creation_timeout (SPEC §2.2); used only to size the RPC deadline when the
 # caller leaves creation_timeout to the server.
@@ -223,13 +233,7 @@ class SessionClient:
             request_id=request_id or str(uuid.uuid4()),
         )
 
-        async def open_session() -> SessionInfo:
-            response = await self._unary(
-                self._stub.CreateSession, request, rpc_timeout=self._creation_deadline(creation_timeout), retry=True
-            )
-            return SessionInfo._from_proto(response.session)
-
-        return SessionContext(self, open_session)
+        return self._placing(self._stub.CreateSession, request, creation_timeout)
 
     def recreate_session(
         self,
@@ -256,9 +260,19 @@ class SessionClient:
             request_id=request_id or str(uuid.uuid4()),
         )
 
+        return self._placing(self._stub.RecreateSession, request, creation_timeout)
+
+    def _placing(
+        self,
+        method: grpc.aio.UnaryUnaryMultiCallable[_Req, _Placed],
+        request: _Req,
+        creation_timeout: Duration | None,
+    ) -> SessionContext:
+        """The context manager that places a session with ``method`` on entry (Create or Recreate)."""
+
         async def open_session() -> SessionInfo:
             response = await self._unary(
-                self._stub.RecreateSession, request, rpc_timeout=self._creation_deadline(creation_timeout), retry=True
+                method, request, rpc_timeout=self._creation_deadline(creation_timeout), retry=True
             )
             return SessionInfo._from_proto(response.session)
 
