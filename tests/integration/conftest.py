@@ -26,11 +26,13 @@ import pytest
 import pytest_asyncio
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
+from sessiond_client import SessionClient
 from sessiond_client.api.v1 import session_pb2, session_service_pb2, session_service_pb2_grpc
 
 from sessiond.config import ServerConfig
 from sessiond.server import SessiondServer, create_server
 from tests.integration.rawworker import RawWorker
+from tests.integration.workers.support import ClientWorkerProcess, worker_pool
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
@@ -344,3 +346,27 @@ __all__ = [
     "rpc_error",
     "seconds",
 ]
+
+
+# --------------------------------------------------------------------- the Python client library
+
+StartWorker = Callable[..., Awaitable[ClientWorkerProcess]]
+
+
+@pytest_asyncio.fixture
+async def client(sessiond: Sessiond) -> AsyncIterator[SessionClient]:
+    """A SessionClient connected to ``sessiond``."""
+    async with await SessionClient.connect(sessiond.target, default_rpc_timeout=10) as connected:
+        yield connected
+
+
+@pytest_asyncio.fixture
+async def start_worker(sessiond: Sessiond, request: pytest.FixtureRequest) -> AsyncIterator[StartWorker]:
+    """Start SessionWorker processes on ``sessiond`` and the test module's ``QUEUE`` (always reaped)."""
+    queue = request.module.QUEUE
+    async with worker_pool() as start:
+
+        async def start_on_server(**kwargs: object) -> ClientWorkerProcess:
+            return await start(sessiond.target, queue, **kwargs)
+
+        yield start_on_server

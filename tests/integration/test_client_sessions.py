@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 
 import pytest
-import pytest_asyncio
 from sessiond_client import (
     ActivityError,
     ActivityTimeoutError,
@@ -26,36 +24,12 @@ from sessiond_client import (
     SessionState,
 )
 
-from tests.integration.conftest import ServerFactory, Sessiond
-from tests.integration.workers.support import ClientWorkerProcess, worker_pool, workers_of
+from tests.integration.conftest import StartWorker
+from tests.integration.workers.support import workers_of
 
 pytestmark = pytest.mark.asyncio
 
 QUEUE = "client-q"
-StartWorker = Callable[..., Awaitable[ClientWorkerProcess]]
-
-
-@pytest_asyncio.fixture
-async def sessiond(make_server: ServerFactory) -> Sessiond:
-    return await make_server()
-
-
-@pytest_asyncio.fixture
-async def client(sessiond: Sessiond) -> AsyncIterator[SessionClient]:
-    async with await SessionClient.connect(sessiond.target, default_rpc_timeout=10) as client:
-        yield client
-
-
-@pytest_asyncio.fixture
-async def start_worker(sessiond: Sessiond) -> AsyncIterator[StartWorker]:
-    async with worker_pool() as start:
-
-        async def start_on_server(**kwargs: object) -> ClientWorkerProcess:
-            return await start(sessiond.target, QUEUE, **kwargs)
-
-        yield start_on_server
-
-
 async def enter_elsewhere(session_context: SessionContext) -> None:
     """Enter a session context manager in a task with an empty context (as another caller would)."""
 

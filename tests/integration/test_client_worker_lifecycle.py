@@ -7,11 +7,9 @@ import asyncio
 import contextvars
 import json
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 from sessiond_client import (
     FailureCause,
     NoCapacityError,
@@ -24,36 +22,12 @@ from sessiond_client import (
 
 from sessiond.config import ServerConfig
 from sessiond.server import create_server
-from tests.integration.conftest import ServerFactory, Sessiond
-from tests.integration.workers.support import ClientWorkerProcess, poll, worker_pool, workers_of
+from tests.integration.conftest import Sessiond, StartWorker
+from tests.integration.workers.support import poll, workers_of
 
 pytestmark = pytest.mark.asyncio
 
 QUEUE = "lifecycle-q"
-StartWorker = Callable[..., Awaitable[ClientWorkerProcess]]
-
-
-@pytest_asyncio.fixture
-async def sessiond(make_server: ServerFactory) -> Sessiond:
-    return await make_server()
-
-
-@pytest_asyncio.fixture
-async def client(sessiond: Sessiond) -> AsyncIterator[SessionClient]:
-    async with await SessionClient.connect(sessiond.target, default_rpc_timeout=10) as client:
-        yield client
-
-
-@pytest_asyncio.fixture
-async def start_worker(sessiond: Sessiond) -> AsyncIterator[StartWorker]:
-    async with worker_pool() as start:
-
-        async def start_on_server(**kwargs: object) -> ClientWorkerProcess:
-            return await start(sessiond.target, QUEUE, **kwargs)
-
-        yield start_on_server
-
-
 async def enter_elsewhere(session_context: SessionContext) -> str:
     """Enter and leave a session context in a fresh context (another caller); return the worker id."""
 
