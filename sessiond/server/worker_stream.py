@@ -20,7 +20,8 @@ from sessiond.core.errors import InvalidArgumentError
 from sessiond.core.model import WorkerRegistration
 from sessiond.core.resources import ResourceVector
 from sessiond.server import validate
-from sessiond.server.engine import Engine, WorkerConnection
+from sessiond.server.engine import Engine
+from sessiond.server.worker_connection import WorkerConnection
 
 log = logging.getLogger("sessiond.worker_stream")
 
