@@ -34,6 +34,7 @@ from sessiond.core.errors import (
     SessionClosedError,
     SessionFailedError,
     SessionNotFoundError,
+    TooManyWaitersError,
     WorkerUnavailableError,
 )
 from sessiond.core.events import (
@@ -56,6 +57,7 @@ from sessiond.core.model import (
     WorkerKey,
     WorkerRegistration,
 )
+from sessiond.core.pauses import PauseLedger
 from sessiond.core.registry import WorkerRegistry
 from sessiond.core.resources import ResourceVector
 from sessiond.core.token import decode_token, encode_token
@@ -86,6 +88,8 @@ class SessionTable:
         retention: float = 600.0,
         max_heartbeat_interval: float = 10.0,
         new_id: Callable[[], str] = _uuid,
+        max_waiters: int | None = None,
+        max_waiters_per_queue: int | None = None,
     ) -> None:
         """Create an empty table.
 
@@ -93,6 +97,8 @@ class SessionTable:
             retention: seconds a FAILED or CLOSED session stays readable.
             max_heartbeat_interval: the longest heartbeat interval a worker is given.
             new_id: id factory for sessions, waiters and activities (UUID4 by default).
+            max_waiters: most Creates/Recreates waiting at once, all queues together (None = no cap).
+            max_waiters_per_queue: most waiting at once per task queue (None = no cap).
         """
         self.retention = retention
         self.max_heartbeat_interval = max_heartbeat_interval
@@ -115,6 +121,11 @@ class SessionTable:
         self._requests: dict[str, Session | Waiter] = {}
         self._activities: dict[str, Activity] = {}
         self._events: list[Event] = []
+        self.max_waiters = max_waiters
+        self.max_waiters_per_queue = max_waiters_per_queue
+        self._waiting_per_queue: dict[str, int] = {}
+        # The server's own pauses: liveness does not count them as worker silence.
+        self.pauses = PauseLedger()
 
     # ----------------------------------------------------------------- outbox and time
 
@@ -134,13 +145,21 @@ class SessionTable:
                 best = t
         return best
 
+    def server_paused(self, start: float, end: float) -> None:
+        """The server observed nothing from ``start`` to ``end`` (its own stall; measured by the
+        caller). Liveness credits that span to every worker: a worker fails HEARTBEAT_TIMEOUT only
+        after ``heartbeat_timeout`` of silence the server could have observed, so what it sent
+        during the pause is read before it is judged. Caller deadlines do not move."""
+        self.pauses.add(start, end)
+
     def advance(self, now: float) -> None:
         """Apply every deadline that is due at ``now`` (exactly at the deadline counts as due)."""
         # Staleness first: a session failing below frees a slot, and a worker that has been silent
         # for STALE_INTERVALS intervals by now must already be suspect so the slot is not handed out.
         for key in self._worker_deadlines.pop_due(now):
             worker = self.registry.workers[key]
-            stale_at = max(worker.last_seen, worker.interval_since) + STALE_INTERVALS * worker.interval
+            since = max(worker.last_seen, worker.interval_since)
+            stale_at = since + STALE_INTERVALS * worker.interval + self.pauses.since(since)
             if now >= stale_at:
                 worker.suspect = True
                 self.registry.touch(worker)
@@ -171,8 +190,11 @@ class SessionTable:
         """Fail the sessions of one liveness group whose worker has been silent for ``timeout``."""
         group = worker.liveness[timeout]
         for session in list(group.values()):
-            if max(worker.last_seen, session.placed_at) + timeout > now:
-                break  # placement order: every later session is due later still
+            anchor = max(worker.last_seen, session.placed_at)
+            # Placement order: every later session is due later still (a later anchor is credited
+            # less pause, but never by more than it is later).
+            if anchor + timeout + self.pauses.since(anchor) > now:
+                break
             self._end(now, session, SessionState.FAILED, FailureCause.HEARTBEAT_TIMEOUT)
         self._arm_liveness(worker, timeout)
 
@@ -180,7 +202,8 @@ class SessionTable:
         group = worker.liveness.get(timeout)
         if group:
             oldest = next(iter(group.values()))
-            self._liveness_deadlines.set((worker.key, timeout), max(worker.last_seen, oldest.placed_at) + timeout)
+            anchor = max(worker.last_seen, oldest.placed_at)
+            self._liveness_deadlines.set((worker.key, timeout), anchor + timeout + self.pauses.since(anchor))
 
     # ----------------------------------------------------------------- workers
 
@@ -323,6 +346,12 @@ class SessionTable:
 
     def _enqueue(self, now: float, queue: deque[Waiter], task_queue: str, target: WorkerKey | None,
                  options: SessionOptions, owner: str, request_id: str, wait: float, request_key: str) -> Waiter:
+        waiting = self._waiting_per_queue.get(task_queue, 0)
+        if self.max_waiters is not None and len(self._waiters) >= self.max_waiters:
+            raise TooManyWaitersError(task_queue, self.max_waiters, "in all task queues")
+        if self.max_waiters_per_queue is not None and waiting >= self.max_waiters_per_queue:
+            raise TooManyWaitersError(task_queue, self.max_waiters_per_queue, f"on task queue {task_queue!r}")
+        self._waiting_per_queue[task_queue] = waiting + 1
         waiter = Waiter(self._new_id(), task_queue, target, options, owner, request_id, now + wait,
                         request_key=request_key)
         self._waiters[waiter.waiter_id] = waiter
@@ -356,6 +385,11 @@ class SessionTable:
             _trim(self._queue_waiters, waiter.task_queue)
         del self._waiters[waiter.waiter_id]
         self._waiter_deadlines.remove(waiter.waiter_id)
+        left = self._waiting_per_queue[waiter.task_queue] - 1
+        if left:
+            self._waiting_per_queue[waiter.task_queue] = left
+        else:
+            del self._waiting_per_queue[waiter.task_queue]
         if waiter.owner and self._owners.get(waiter.owner) is waiter:
             del self._owners[waiter.owner]
         if waiter.request_key and self._requests.get(waiter.request_key) is waiter:
