@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "SESSIOND_"
+MAX_MESSAGE_SIZE = 1024 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,28 @@ class ServerConfig:
         default=100_000,
         metadata={"help": "grpc core's queue of not-yet-handled RPCs; the default (1000) sheds reconnect storms."},
     )
+    max_message_size: int = field(
+        default=16 * 1024 * 1024,
+        metadata={
+            "help": "Largest message (bytes) accepted or sent, callers and workers alike; announced to workers. "
+            "A bigger activity input is refused (MESSAGE_TOO_LARGE), a bigger result fails that activity "
+            "(ResultTooLarge)."
+        },
+    )
+    max_worker_backlog: int = field(
+        default=32 * 1024 * 1024,
+        metadata={
+            "help": "Bytes queued for one worker that its stream has not taken yet; past it, ExecuteActivity "
+            "on that worker is refused (WORKER_BACKLOGGED)."
+        },
+    )
+    max_waiters: int = field(
+        default=10_000,
+        metadata={"help": "Creates/Recreates waiting for capacity at once, all task queues (TOO_MANY_WAITERS)."},
+    )
+    max_waiters_per_queue: int = field(
+        default=1_000, metadata={"help": "Creates/Recreates waiting for capacity at once, per task queue."}
+    )
     gc_freeze: bool = field(
         default=True,
         metadata={
@@ -97,8 +120,13 @@ class ServerConfig:
             raise ValueError("log_format must be text or json")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ValueError("log_level must be DEBUG, INFO, WARNING or ERROR")
-        if self.max_pending_requests < 1:
-            raise ValueError("max_pending_requests must be positive")
+        for name in ("max_pending_requests", "max_message_size", "max_worker_backlog", "max_waiters",
+                     "max_waiters_per_queue"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive")
+        if self.max_message_size > MAX_MESSAGE_SIZE:
+            # grpc's transport cap is twice the limit and is a 32-bit signed int.
+            raise ValueError(f"max_message_size must be at most {MAX_MESSAGE_SIZE} bytes (1 GiB)")
 
     def with_overrides(self, **overrides: Any) -> ServerConfig:
         """A copy with the given fields replaced (None values are ignored)."""

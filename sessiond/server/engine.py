@@ -5,6 +5,12 @@ monotonic clock, calls the core, then *flushes*: drains the core's events and pu
 them (stream messages to workers, results to waiting RPCs, states to watchers), and re-arms
 a single ``loop.call_at`` timer at the core's next deadline. Everything runs on one event
 loop, so nothing interleaves between a core call and its flush.
+
+The engine also notices its own stalls. While workers are connected it looks at the clock at
+least every ``_TICK`` seconds; a gap longer than ``_STALL`` between two looks means the loop did not
+run (SIGSTOP, a GC pause, CPU starvation), and the first look after it reports the gap to the core
+as a server pause *before* anything is judged. Liveness then credits the pause to every worker, so
+the messages workers sent meanwhile are read before their silence is measured (SPEC §6.1).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from sessiond_client.api.v1 import session_pb2, worker_pb2
 
 from sessiond.config import ServerConfig
 from sessiond.core import events as ev
-from sessiond.core.errors import SessionError, ShuttingDownError
+from sessiond.core.errors import MessageTooLargeError, SessionError, ShuttingDownError, WorkerBackloggedError
 from sessiond.core.model import (
     Activity,
     Session,
@@ -33,10 +39,19 @@ from sessiond.core.model import (
 )
 from sessiond.core.table import SessionTable
 from sessiond.server.convert import WallClock, duration, session_to_pb, worker_to_pb
+from sessiond.server.limits import result_bytes, task_bytes, too_large_result
 from sessiond.server.worker_connection import WorkerConnection
 from sessiond.telemetry import NoMetrics, SessionMetrics, tracing
 
 log = logging.getLogger("sessiond.engine")
+
+# While workers are connected the engine looks at the clock at least this often (seconds)...
+_TICK = 0.1
+# ... so a longer gap between two looks is a stall of the server itself, credited to the workers.
+_STALL = 0.25
+# A stall this long is also worth a WARNING (one per stall).
+_STALL_WARNING = 1.0
+_HEARTBEAT_ACK = worker_pb2.HeartbeatAck()
 
 
 @dataclass(eq=False)
@@ -50,7 +65,7 @@ class _Wait:
 
 @dataclass(eq=False)
 class _Watch:
-    futures: list[asyncio.Future[session_pb2.Session]] = field(default_factory=list)
+    futures: set[asyncio.Future[session_pb2.Session]] = field(default_factory=set)
 
 
 class Engine:
@@ -64,6 +79,8 @@ class Engine:
         self.table = SessionTable(
             retention=config.retention.total_seconds(),
             max_heartbeat_interval=config.max_heartbeat_interval.total_seconds(),
+            max_waiters=config.max_waiters,
+            max_waiters_per_queue=config.max_waiters_per_queue,
         )
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
@@ -72,18 +89,45 @@ class Engine:
         self._waits: dict[str, _Wait] = {}
         self._activities: dict[str, asyncio.Future[worker_pb2.ActivityResult]] = {}
         self._watches: dict[str, _Watch] = {}
+        self._max_message_size = config.max_message_size
+        self._max_backlog = config.max_worker_backlog
+        # When the engine last looked at the clock, and the tick that keeps it looking.
+        self._alive_at = self._loop.time()
+        self._ticker: asyncio.TimerHandle | None = None
 
     def now(self) -> float:
-        """Monotonic seconds: the loop's clock, the one the timer uses."""
-        return self._loop.time()
+        """Monotonic seconds: the loop's clock, the one the timer uses.
+
+        Every engine entry point reads it first, so a stall of the loop is reported to the core
+        (as a server pause) before the call that follows it judges anything.
+        """
+        now = self._loop.time()
+        if now - self._alive_at > _STALL and self._ticker is not None:
+            self._stalled(self._alive_at, now)
+        self._alive_at = now
+        return now
+
+    def _stalled(self, since: float, now: float) -> None:
+        self.table.server_paused(since, now)
+        if now - since >= _STALL_WARNING:
+            log.warning("sessiond's event loop stalled for %.1f s (SIGSTOP, GC pause or CPU starvation?); "
+                        "workers are not blamed for that silence", now - since)
+
+    def _tick(self) -> None:
+        self.now()
+        self._ticker = self._loop.call_later(_TICK, self._tick) if self._connections else None
 
     def to_pb(self, session: Session) -> session_pb2.Session:
         """A session as the wire shows it."""
         return session_to_pb(session, self.clock)
 
     def worker_to_pb(self, worker: Worker) -> session_pb2.WorkerInfo:
-        """A connected worker as the operator sees it."""
-        return worker_to_pb(worker, self.clock)
+        """A connected worker as the operator sees it (with the bytes queued for it)."""
+        info = worker_to_pb(worker, self.clock)
+        conn = self._connection(worker.key, worker.epoch)
+        if conn is not None:
+            info.outbound_backlog_bytes = conn.queued_bytes
+        return info
 
     # ----------------------------------------------------------------- callers
 
@@ -157,17 +201,33 @@ class Engine:
 
     async def execute_activity(self, session_id: str, activity_type: str, payload: session_pb2.Payload,
                                timeout: float, headers: dict[str, str]) -> worker_pb2.ActivityResult:
-        """Send an activity to the session's worker and wait for its outcome."""
+        """Send an activity to the session's worker and wait for its outcome.
+
+        Refused before anything is sent when the task would exceed ``max_message_size``
+        (MESSAGE_TOO_LARGE) or the worker's queue is at ``max_worker_backlog`` (WORKER_BACKLOGGED).
+        """
         activity = self.table.start_activity(self.now(), session_id, timeout)
         conn = self._connection(activity.worker.key, activity.epoch)
         assert conn is not None, "an OPEN session's worker is connected (core invariant)"
-        future: asyncio.Future[worker_pb2.ActivityResult] = self._loop.create_future()
-        self._activities[activity.activity_id] = future
-        task = worker_pb2.ActivityTask(
+        message = self._message(activity.worker, activity_task=worker_pb2.ActivityTask(
             activity_id=activity.activity_id, session_id=session_id, activity_type=activity_type,
             input=payload, start_to_close_timeout=duration(timeout), headers=headers,
-        )
-        self._send(conn, activity.worker, activity_task=task)
+        ))
+        size = task_bytes(payload, headers, activity_type, session_id)
+        if size > self._max_message_size:
+            size = message.ByteSize()  # exact, only near the limit (it encodes the message)
+            if size > self._max_message_size:
+                self.table.abandon_activity(activity.activity_id)
+                raise MessageTooLargeError("the activity task (its input, headers and ids)", size,
+                                           self._max_message_size, session_id=session_id)
+        if not conn.has_room(size, self._max_backlog):
+            self.table.abandon_activity(activity.activity_id)
+            raise WorkerBackloggedError(conn.key.worker_id, session_id, conn.queued_bytes, self._max_backlog)
+        future: asyncio.Future[worker_pb2.ActivityResult] = self._loop.create_future()
+        self._activities[activity.activity_id] = future
+        conn.put_task(activity.activity_id, message, size)
+        # Not kept in this frame while waiting: a traceback of a failed call would hold them.
+        del message, conn
         self._flush()
         started = self.now()
         outcome = "cancelled"
@@ -199,16 +259,16 @@ class Engine:
         # must still reach this watcher (else the stream would end without its terminal state).
         future: asyncio.Future[session_pb2.Session] = self._loop.create_future()
         watch = self._watches.setdefault(session_id, _Watch())
-        watch.futures.append(future)
+        watch.futures.add(future)
         try:
             yield current
             yield await future
         finally:
-            if not future.done():
-                future.cancel()
-                watch.futures.remove(future)
-                if not watch.futures:
-                    self._watches.pop(session_id, None)
+            # Also when the future is done: a cancelled await cancels the future it waits on.
+            future.cancel()
+            watch.futures.discard(future)
+            if not watch.futures and self._watches.get(session_id) is watch:
+                del self._watches[session_id]
 
     # ----------------------------------------------------------------- workers
 
@@ -221,8 +281,12 @@ class Engine:
             self.metrics.workers(worker.key.task_queue, -1)
         self.metrics.workers(worker.key.task_queue, +1)
         conn = self._connections[worker.key] = WorkerConnection(worker.key, worker.epoch)
+        if self._ticker is None:
+            self._alive_at = self._loop.time()
+            self._ticker = self._loop.call_later(_TICK, self._tick)
         # Registered goes first: placements for waiters (flushed next) follow it on the stream.
-        self._send(conn, worker, registered=worker_pb2.Registered(worker_id=worker.key.worker_id))
+        self._send(conn, worker, registered=worker_pb2.Registered(
+            worker_id=worker.key.worker_id, max_message_size=self._max_message_size))
         self._flush()
         log.info("worker joined", extra={"worker_id": worker.key.worker_id, "task_queue": worker.key.task_queue,
                                          "host_name": worker.host_name, "capacity": worker.capacity["sessions"]})
@@ -240,7 +304,9 @@ class Engine:
             activity = self.table.finish_activity(conn.key, conn.epoch, result.activity_id, result.session_id)
             future = self._activities.pop(result.activity_id, None) if activity is not None else None
             if future is not None and not future.done():
-                future.set_result(result)
+                future.set_result(self._fit_result(conn, result, request))
+        elif kind == "heartbeat" and not conn.ack_queued:
+            conn.put_ack(self._message(worker, heartbeat_ack=_HEARTBEAT_ACK))
         elif kind == "goodbye":
             drain = request.goodbye.drain
             self.table.worker_goodbye(now, conn.key, conn.epoch, drain=drain)
@@ -254,9 +320,22 @@ class Engine:
         self._flush()
         return True
 
+    def _fit_result(self, conn: WorkerConnection, result: worker_pb2.ActivityResult,
+                    request: worker_pb2.WorkerHeartbeatRequest) -> worker_pb2.ActivityResult:
+        """The result, or a ResultTooLarge failure if it is over the limit (from a worker that did
+        not check the limit it was given: the library never sends one)."""
+        if result_bytes(result) <= self._max_message_size:
+            return result
+        size = request.ByteSize()
+        if size <= self._max_message_size:
+            return result
+        log.warning("worker %s sent a %d-byte result, over max_message_size %d; failing that activity",
+                    conn.key.worker_id, size, self._max_message_size)
+        return too_large_result(result, size, self._max_message_size)
+
     def disconnect_worker(self, conn: WorkerConnection) -> None:
-        """The worker's stream ended."""
-        conn.close()
+        """The worker's stream ended: nothing queued for it is kept."""
+        conn.discard()
         if self._connections.get(conn.key) is conn:
             del self._connections[conn.key]
             worker = self.table.worker(conn.key, conn.epoch)
@@ -282,24 +361,31 @@ class Engine:
         self._flush()
 
     def stop(self) -> None:
-        """Stop the timer (after the gRPC server stopped)."""
+        """Stop the timers (after the gRPC server stopped)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
 
     def _connection(self, key: WorkerKey, epoch: int) -> WorkerConnection | None:
         conn = self._connections.get(key)
         return conn if conn is not None and conn.epoch == epoch else None
 
-    def _send(self, conn: WorkerConnection, worker: Worker, **message: object) -> None:
-        conn.put(worker_pb2.WorkerHeartbeatResponse(
+    def _message(self, worker: Worker, **message: object) -> worker_pb2.WorkerHeartbeatResponse:
+        return worker_pb2.WorkerHeartbeatResponse(
             server_incarnation=self.incarnation, heartbeat_interval=duration(worker.interval),
             **message,  # type: ignore[arg-type]
-        ))
+        )
+
+    def _send(self, conn: WorkerConnection, worker: Worker, **message: object) -> None:
+        conn.put(self._message(worker, **message))
 
     def _cancel_on_worker(self, activity: Activity, reason: str) -> None:
         conn = self._connection(activity.worker.key, activity.epoch)
-        if conn is not None:
+        # A task still queued leaves the queue at once and is never sent: nothing to cancel.
+        if conn is not None and not conn.drop_task(activity.activity_id):
             self._send(conn, activity.worker, cancel_activity=worker_pb2.CancelActivity(
                 activity_id=activity.activity_id, session_id=activity.session_id, reason=reason))
 

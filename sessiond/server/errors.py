@@ -40,6 +40,9 @@ STATUS_CODES: dict[type[e.SessionError], grpc.StatusCode] = {
     e.UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
     e.PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
     e.ShuttingDownError: grpc.StatusCode.UNAVAILABLE,
+    e.MessageTooLargeError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    e.WorkerBackloggedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    e.TooManyWaitersError: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 
