@@ -19,6 +19,7 @@ EXPECTED = [
     "FailureCause",
     "InvalidArgumentError",
     "InvalidRecreateTokenError",
+    "MessageTooLargeError",
     "NoCapacityError",
     "PayloadConverter",
     "PermissionDeniedError",
@@ -38,7 +39,9 @@ EXPECTED = [
     "SessionState",
     "SessionWorker",
     "SessiondError",
+    "TooManyWaitersError",
     "UnauthenticatedError",
+    "WorkerBackloggedError",
     "WorkerInfo",
     "WorkerRef",
     "WorkerUnavailableError",
@@ -82,7 +85,7 @@ def test_every_error_shares_the_one_root() -> None:
         for n in EXPECTED
         if inspect.isclass(getattr(sessiond_client, n)) and issubclass(getattr(sessiond_client, n), Exception)
     ]
-    assert len(errors) == 19
+    assert len(errors) == 22
     assert all(issubclass(e, sessiond_client.SessiondError) for e in errors)
 
 

@@ -16,6 +16,7 @@ from sessiond_client import _tracing
 from sessiond_client._connection import ConnectionConfig, Metadata
 from sessiond_client._converter import DefaultPayloadConverter, PayloadConverter
 from sessiond_client._errors import RPCError, ServerShuttingDownError, SessiondError, _from_rpc_error
+from sessiond_client._limits import DEFAULT_MAX_MESSAGE_SIZE
 from sessiond_client._retry import Backoff
 from sessiond_client._session import SessionContext
 from sessiond_client._time import Duration, to_seconds, to_timedelta
@@ -73,6 +74,7 @@ class SessionClient:
         default_rpc_timeout: Duration = 30.0,
         converter: PayloadConverter | None = None,
         channel_options: tuple[tuple[str, int | str], ...] = (),
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
         """Open a channel to ``target`` (``host:port``). Must be called inside a running event loop.
 
@@ -87,6 +89,9 @@ class SessionClient:
                 (Create/Recreate wait ``creation_timeout``, ExecuteActivity ``start_to_close_timeout``).
             converter: Payload converter for activity arguments and results (default: JSON + raw bytes).
             channel_options: Extra grpc channel options.
+            max_message_size: The server's ``--max-message-size`` (bytes, default 16 MiB): an
+                activity input over it raises :class:`MessageTooLargeError` before it is sent,
+                and results up to it are received.
         """
         asyncio.get_running_loop()  # fail early and clearly outside a loop
         self._config = ConnectionConfig(
@@ -97,6 +102,7 @@ class SessionClient:
             certificate_chain=certificate_chain,
             auth_token=auth_token,
             channel_options=channel_options,
+            max_message_size=max_message_size,
         )
         self._default_rpc_timeout = to_seconds(default_rpc_timeout)
         if self._default_rpc_timeout <= 0:
@@ -122,6 +128,7 @@ class SessionClient:
         default_rpc_timeout: Duration = 30.0,
         converter: PayloadConverter | None = None,
         channel_options: tuple[tuple[str, int | str], ...] = (),
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         wait_ready: bool = True,
     ) -> Self:
         """Build a client (arguments as for the constructor) and, with ``wait_ready``, wait until
@@ -140,6 +147,7 @@ class SessionClient:
             default_rpc_timeout=default_rpc_timeout,
             converter=converter,
             channel_options=channel_options,
+            max_message_size=max_message_size,
         )
         if wait_ready:
             try:
@@ -187,6 +195,12 @@ class SessionClient:
     def converter(self) -> PayloadConverter:
         """The payload converter for activity arguments and results."""
         return self._converter
+
+    @property
+    def max_message_size(self) -> int:
+        """The message-size limit this client checks activity inputs against, in bytes."""
+        assert self._config.max_message_size is not None
+        return self._config.max_message_size
 
     @property
     def default_rpc_timeout(self) -> float:

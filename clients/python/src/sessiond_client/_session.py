@@ -29,6 +29,7 @@ from sessiond_client import _tracing
 from sessiond_client._activity import _activity_name
 from sessiond_client._errors import (
     ActivityError,
+    MessageTooLargeError,
     ServerShuttingDownError,
     SessionAlreadyOpenError,
     SessionClosedError,
@@ -38,6 +39,7 @@ from sessiond_client._errors import (
     SessionNotFoundError,
     _from_rpc_error,
 )
+from sessiond_client._limits import map_bytes, oversize, payload_bytes
 from sessiond_client._retry import TRANSIENT_CODES, Backoff
 from sessiond_client._time import Duration, duration_to_proto, to_seconds
 from sessiond_client._types import FailureCause, SessionFailure, SessionInfo, SessionState
@@ -138,6 +140,10 @@ class Session:
             SessionClosedError: The session was already completed.
             SessionCompletedError: The session was completed while the activity ran.
             ActivityTimeoutError: ``start_to_close_timeout`` passed.
+            MessageTooLargeError: The input is over the client's (or the server's) message-size
+                limit; nothing was sent. (A result over it is an ``ActivityError`` of type
+                ``"ResultTooLarge"``.)
+            WorkerBackloggedError: The worker has too much queued that it has not read yet.
         """
         activity_type = activity if isinstance(activity, str) else _activity_name(activity)
         self._raise_if_ended(in_flight=False)
@@ -149,6 +155,7 @@ class Session:
             start_to_close_timeout=duration_to_proto(start_to_close_timeout),
             headers=dict(headers or {}),
         )
+        self._check_size(request)
         with _tracing.client_span(
             "ExecuteActivity", session_id=self.id, activity_type=activity_type, worker_id=self._info.worker.worker_id
         ) as span:
@@ -202,6 +209,17 @@ class Session:
         return self._info
 
     # -- internals -------------------------------------------------------------------------------
+
+    def _check_size(self, request: session_service_pb2.ExecuteActivityRequest) -> None:
+        limit = self._client.max_message_size
+        variable = payload_bytes(request.input) + map_bytes(request.headers) + len(request.activity_type) + len(self.id)
+        size = oversize(request, variable, limit)
+        if size:
+            raise MessageTooLargeError(
+                f"the activity input is {size} bytes encoded, over the max_message_size of {limit} bytes",
+                code=grpc.StatusCode.RESOURCE_EXHAUSTED,
+                metadata={"size": str(size), "limit": str(limit), "session_id": self.id},
+            )
 
     def _outcome(self, activity_type: str, response: session_service_pb2.ExecuteActivityResponse) -> Any:
         converter = self._client.converter
