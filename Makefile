@@ -1,7 +1,8 @@
 # sessiond developer entry points. Every target bootstraps what it needs on first use:
 #   make serve   run the server (127.0.0.1:50051)
 #   make test    lint, typecheck, proto lint, Dockerfile lint, stale-stub check, then pytest
-# Needs only python3 (3.11+), make and node/npm; the venv and node_modules are created here.
+# Needs only python3 (3.11+), make and node/npm; the venv and node_modules are created here. The
+# cluster tests also need etcd (Debian's etcd-server/etcd-client), installed by `make deps-etcd` when root.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -19,13 +20,15 @@ PYTEST_FLAGS ?= -q -p no:cacheprovider
 .NOTPARALLEL:
 
 .PHONY: help bootstrap .venv node_modules test lint lint-py lint-proto lint-docker typecheck gen gen-check \
-        serve demo bench clean distclean
+        serve demo bench clean distclean deps-etcd test-cluster
 
 help:
 	@echo "make serve      run sessiond on 127.0.0.1:50051 (bootstraps .venv on first use)"
 	@echo "make test       ruff, mypy, buf lint, hadolint, stale-stub check, pytest"
 	@echo "make lint       ruff + buf lint + hadolint"
 	@echo "make typecheck  mypy --strict over sessiond and sessiond_client"
+	@echo "make test-cluster  only the cluster tier (tests/cluster: real etcd members)"
+	@echo "make deps-etcd  install etcd for the cluster tests (apt, as root) or say what to install"
 	@echo "make gen        regenerate the gRPC stubs from protos/ (scripts/gen_protos.py)"
 	@echo "make demo       run the examples/ file-processing demo"
 	@echo "make bench      run the benchmark"
@@ -58,12 +61,37 @@ $(NODE_STAMP): package.json package-lock.json
 	@npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
+# etcd for the cluster tier: present, or installed from Debian when we are root (3.4.23 on Debian 12;
+# production wants 3.5.10+, see README), or one line saying what to install. Under CI=true a missing
+# etcd is a failure (the cluster tests fail too, never skip).
+ETCD_PACKAGES := etcd-server etcd-client
+ETCD ?= etcd
+ETCDCTL ?= etcdctl
+APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 -q -y
+
+deps-etcd:
+	@if command -v $(ETCD) >/dev/null 2>&1 && command -v $(ETCDCTL) >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "==> installing $(ETCD_PACKAGES) (apt-get)"; \
+	    { $(APT_GET) install $(ETCD_PACKAGES) >/dev/null 2>&1 || \
+	      { $(APT_GET) update >/dev/null && $(APT_GET) install $(ETCD_PACKAGES) >/dev/null; }; } || \
+	    { echo "make: could not install $(ETCD_PACKAGES) with apt-get"; exit 1; }; \
+	elif [ "$${CI:-}" = true ]; then \
+	    echo "make: etcd is missing and CI=true: install etcd >= 3.4 (Debian: apt-get install $(ETCD_PACKAGES))"; exit 1; \
+	else \
+	    echo "note: the cluster tests need etcd >= 3.4 on PATH (Debian: sudo apt-get install $(ETCD_PACKAGES)); skipping them"; \
+	fi
+
 # ---- checks ----------------------------------------------------------------------------------
 
 # grpc core logs INFO lines (e.g. GOAWAY on shutdown) at its default verbosity; keep test output clean.
 test: export GRPC_VERBOSITY ?= ERROR
-test: lint-py typecheck lint-proto lint-docker gen-check
+test: lint-py typecheck lint-proto lint-docker gen-check deps-etcd
 	$(PY) -m pytest $(PYTEST_FLAGS) tests
+
+test-cluster: export GRPC_VERBOSITY ?= ERROR
+test-cluster: deps-etcd $(PY_STAMP)
+	$(PY) -m pytest $(PYTEST_FLAGS) tests/cluster
 
 lint: lint-py lint-proto lint-docker
 

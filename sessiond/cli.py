@@ -70,6 +70,10 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"sessiond: {exc}", file=sys.stderr)
         return 2
+    if config.store != "memory":
+        # Parsed and validated above; the replicated server itself is not built yet.
+        print(f"sessiond: store {config.store_spec} is not implemented yet (use --store memory)", file=sys.stderr)
+        return 2
     logs.configure(config.log_level, config.log_format)
     asyncio.run(serve(config))
     return 0

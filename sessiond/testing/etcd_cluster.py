@@ -217,18 +217,23 @@ class EtcdCluster:
                                               start_new_session=True)
         member.frozen = False
 
-    def stop(self) -> None:
-        """Stop every member (SIGTERM, then SIGKILL after 5 s) and reap it. Safe to call twice."""
+    def stop(self, grace: float = 1.0) -> None:
+        """Stop every member (SIGTERM, then SIGKILL after ``grace`` seconds) and reap it. Safe to call twice.
+
+        The members' data is disposable, so the grace is short: a cluster stopping as a whole spends
+        seconds transferring leadership between members that are all going away.
+        """
         for member in self.members:
             if member.running:
                 assert member.process is not None
                 if member.frozen:
                     member.process.send_signal(signal.SIGCONT)
                 member.process.terminate()
+        deadline = time.monotonic() + grace
         for member in self.members:
             if member.process is not None:
                 try:
-                    member.process.wait(timeout=5)
+                    member.process.wait(timeout=max(deadline - time.monotonic(), 0.01))
                 except subprocess.TimeoutExpired:
                     member.process.kill()
                     member.process.wait()
@@ -320,6 +325,22 @@ class EtcdCluster:
             if loop.time() >= deadline:
                 raise EtcdStartError(f"etcd not healthy within {timeout} s: {', '.join(m.name for m in waiting)}")
             await asyncio.sleep(0.05)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """A Prometheus counter or gauge summed over the running members (etcd's ``/metrics``), e.g.
+        ``metric("grpc_server_started_total", grpc_method="LeaseKeepAlive")``: streams opened so far."""
+        wanted = [f'{k}="{v}"' for k, v in labels.items()]
+        total = 0.0
+        for member in self.members:
+            if not member.running or member.frozen:
+                continue
+            with urllib.request.urlopen(f"{member.client_url}/metrics", timeout=2.0,
+                                        context=self._ssl_context()) as reply:
+                for line in reply.read().decode().splitlines():
+                    series, _, value = line.rpartition(" ")
+                    if series.startswith(name + "{") and all(label in series for label in wanted):
+                        total += float(value)
+        return total
 
     async def leader(self, timeout: float = 10.0) -> EtcdMember:
         """The member that leads, as the running members' Status calls agree (waits for an election)."""

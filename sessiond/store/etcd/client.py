@@ -39,15 +39,16 @@ __all__ = ["EtcdAuth", "EtcdClient", "EtcdTLS", "Member"]
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
-# Reconnect fast (a restarted member is usable again within ~0.1-1 s), and ping idle connections so
-# a frozen member's connection is dropped. etcd refuses pings closer than 5 s apart (its
-# --grpc-keepalive-min-time), hence 6 s; max_pings_without_data=0 keeps pinging an idle watch stream.
+# Reconnect fast (a restarted member is usable again within ~0.1-1 s). Keepalive pings (10 s, gRPC's
+# floor; etcd refuses pings closer than 5 s) only clean up dead connections: a frozen member is
+# detected by the streams themselves (unanswered renewals, unanswered watch progress requests) and
+# by call deadlines, which is faster and does not depend on gRPC's ping policy.
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1_000),
-    ("grpc.keepalive_time_ms", 6_000),
-    ("grpc.keepalive_timeout_ms", 2_000),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_receive_message_length", 256 * 1024 * 1024),
 ]
@@ -404,15 +405,22 @@ class EtcdClient:
                     prev_kv: bool = False, max_pending: int = 1024, timeout: float | None = None) -> Watch:
         """Watch [key, range_end) from ``start_revision`` (inclusive; 0 = from now) on the one watch stream.
 
-        Returns once etcd confirmed the watch. Iterate the :class:`Watch` for batches of events.
+        Returns once etcd confirmed the watch. Iterate the :class:`Watch` for batches of events. A
+        ``start_revision`` etcd has compacted raises :class:`EtcdCompactedError`, from here or (as
+        etcd reports it after confirming the watch) from the first iteration.
         """
+        return await self.watcher.watch(key, range_end, start_revision=start_revision, prev_kv=prev_kv,
+                                         max_pending=max_pending,
+                                         timeout=self._request_timeout if timeout is None else timeout)
+
+    @property
+    def watcher(self) -> Watcher:
+        """The watcher: one Watch stream carries every watch."""
         if self._closed:
             raise EtcdClosedError("etcd client closed")
         if self._watcher is None:
             self._watcher = Watcher(self)
-        return await self._watcher.watch(key, range_end, start_revision=start_revision, prev_kv=prev_kv,
-                                         max_pending=max_pending,
-                                         timeout=self._request_timeout if timeout is None else timeout)
+        return self._watcher
 
     # ------------------------------------------------------------------ maintenance
 

@@ -81,6 +81,7 @@ class LeaseKeeper:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.streams_opened = 0  # streams that answered at least once (1 while nothing broke)
+        self.endpoint: str | None = None  # the member the current stream is open to
 
     @property
     def leases(self) -> list[Lease]:
@@ -147,6 +148,7 @@ class LeaseKeeper:
     async def _stream(self, member: Member) -> None:
         loop = asyncio.get_running_loop()
         call = member.lease.LeaseKeepAlive(None, metadata=self._client.metadata)
+        self.endpoint = member.endpoint
         reader = asyncio.create_task(self._read(call), name="etcd-lease-keepalive-read")
         try:
             while True:
@@ -183,6 +185,7 @@ class LeaseKeeper:
                     reader.result()  # raises what ended the stream
                     raise EtcdError("keepalive stream ended")
         finally:
+            self.endpoint = None
             reader.cancel()
             call.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

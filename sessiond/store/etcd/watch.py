@@ -7,6 +7,11 @@ watcher opens a new stream on another member and re-creates every watch from its
 has that revision (compacted), the watch ends with :class:`EtcdCompactedError` carrying etcd's
 oldest revision: the reader re-reads and watches again; nothing is skipped silently.
 
+A stream that goes quiet is probed: after ``probe_interval`` seconds without a response the
+watcher asks for a progress report, and a member that does not answer within ``stall_timeout``
+seconds is left (a frozen or partitioned member keeps its TCP connection open, so the stream would
+otherwise hang with no error).
+
 Memory is bounded per watch: at most ``max_pending`` batches wait for the reader. A watch whose
 reader falls that far behind is cancelled on the server and re-created from its ``next_revision``
 once the reader has caught up, so one slow reader neither grows memory nor stalls the others.
@@ -42,6 +47,8 @@ __all__ = ["Watch", "WatchBatch", "Watcher"]
 log = logging.getLogger("sessiond.store.etcd")
 
 MAX_BACKOFF = 1.0
+PROBE_INTERVAL = 2.0
+STALL_TIMEOUT = 2.0
 PUT = pb.Event.EVENT_TYPE_PUT
 DELETE = pb.Event.EVENT_TYPE_DELETE
 
@@ -140,7 +147,11 @@ class Watcher:
         self._outbox_ready = asyncio.Event()
         self._live = False  # a stream is open and accepts requests
         self._task: asyncio.Task[None] | None = None
-        self.streams_opened = 0
+        self.streams_opened = 0  # streams that answered at least once (1 while nothing broke)
+        self.endpoint: str | None = None  # the member the current stream is open to
+        self.probe_interval = PROBE_INTERVAL
+        self.stall_timeout = STALL_TIMEOUT
+        self._last_heard = 0.0
 
     async def watch(self, key: bytes, range_end: bytes, *, start_revision: int, prev_kv: bool, max_pending: int,
                     timeout: float) -> Watch:
@@ -224,6 +235,7 @@ class Watcher:
                 log.info("etcd watch stream to %s ended: %s", member.endpoint, exc)
             finally:
                 self._live = False
+                self.endpoint = None
                 self._by_id.clear()
                 self._outbox.clear()
                 for watch in self._active:
@@ -235,7 +247,11 @@ class Watcher:
             await asyncio.sleep(backoff)
 
     async def _stream(self, member: Member) -> None:
+        loop = asyncio.get_running_loop()
         call = member.watch.Watch(None, metadata=self._client.metadata)
+        self.endpoint = member.endpoint
+        self._last_heard = loop.time()
+        probed_at: float | None = None
         # Re-create every watch from where it stopped, in one synchronous step: a watch() call that
         # arrives later sees _live and creates its own.
         self._live = True
@@ -247,10 +263,22 @@ class Watcher:
             while True:
                 while self._outbox:
                     await call.write(self._outbox.popleft())
+                now = loop.time()
+                if probed_at is not None and self._last_heard >= probed_at:
+                    probed_at = None  # the member answered
+                if probed_at is None and now - self._last_heard >= self.probe_interval:
+                    probed_at = now
+                    await call.write(pb.WatchRequest(progress_request=pb.WatchProgressRequest()))
+                if probed_at is not None and now - probed_at >= self.stall_timeout:
+                    raise EtcdUnavailableError(f"etcd watch stream to {member.endpoint}: no answer for "
+                                               f"{now - self._last_heard:.1f} s")
+                wake_at = probed_at + self.stall_timeout if probed_at is not None \
+                    else self._last_heard + self.probe_interval
                 self._outbox_ready.clear()
                 waiter = asyncio.ensure_future(self._outbox_ready.wait())
                 try:
-                    await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait({waiter, reader}, timeout=max(wake_at - loop.time(), 0.001),
+                                       return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     waiter.cancel()
                 if reader.done():
@@ -268,6 +296,7 @@ class Watcher:
             reply = await call.read()
             if not isinstance(reply, pb.WatchResponse):
                 return  # EOF: the member ended the stream
+            self._last_heard = asyncio.get_running_loop().time()
             if not counted:
                 counted = True
                 self.streams_opened += 1
