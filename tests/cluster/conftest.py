@@ -28,7 +28,8 @@ from sessiond.testing.etcd_cluster import EtcdCluster, find_etcd
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-INSTALL_HINT = "etcd >= 3.4 is needed on PATH: run `make deps-etcd` (as root) or apt-get install etcd-server etcd-client"
+INSTALL_HINT = ("etcd >= 3.4 is needed on PATH: run `make deps-etcd` (as root) "
+                "or apt-get install etcd-server etcd-client")
 
 
 @pytest.fixture(scope="session")
@@ -80,7 +81,7 @@ def prefix() -> bytes:
     return f"/test/{uuid.uuid4().hex}/".encode()
 
 
-async def eventually(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,  # noqa: ASYNC109
+async def eventually(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
                      message: str = "") -> Any:
     """Poll ``predicate`` (sync or async) until it returns something truthy; return that, or fail after ``timeout``."""
     loop = asyncio.get_running_loop()

@@ -84,8 +84,9 @@ def from_rpc_error(error: grpc.RpcError, *, write: bool) -> EtcdError:
     message = f"etcd: {code.name if code else 'error'}: {details}"
     if code == grpc.StatusCode.OUT_OF_RANGE and "compacted" in details:
         return EtcdCompactedError(message, code=code)
+    refused_login = ("authentication failed" in details) or ("user name is empty" in details)
     if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) or (
-        code == grpc.StatusCode.INVALID_ARGUMENT and "authentication failed" in details
+        code == grpc.StatusCode.INVALID_ARGUMENT and refused_login
     ):
         return EtcdAuthError(message, code)
     if code == grpc.StatusCode.NOT_FOUND and "lease not found" in details:
