@@ -154,8 +154,8 @@ class ServerConfig:
             if host in ("0.0.0.0", "[::]"):
                 raise ValueError("advertise must be an address other replicas can reach, not a wildcard")
         else:
-            host, port = parse_host_port(self.listen, what="listen")
-            if host in ("0.0.0.0", "[::]", "") or port == 0:
+            host, _, port = self.listen.rpartition(":")
+            if host in ("0.0.0.0", "[::]", "") or port == "0":
                 raise ValueError("advertise is needed with store etcd:// when listen is a wildcard or port 0")
         if (self.etcd_tls_cert is None) != (self.etcd_tls_key is None):
             raise ValueError("etcd_tls_cert and etcd_tls_key go together")
