@@ -8,13 +8,11 @@
 
 etcd comes from ``make deps-etcd`` (Debian's etcd-server). Without it the tier is skipped with one
 line saying what to install — except under ``CI=true``, where a missing etcd fails every test here.
-Everything waits by polling with a deadline (:func:`eventually`).
+Everything waits by polling with a deadline (:func:`eventually`, the integration tier's).
 """
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -25,6 +23,9 @@ import pytest_asyncio
 
 from sessiond.store.etcd import EtcdClient
 from sessiond.testing.etcd_cluster import EtcdCluster, find_etcd
+from tests.integration.conftest import eventually
+
+__all__ = ["eventually"]
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
@@ -79,20 +80,3 @@ async def etcd(etcd_cluster: EtcdCluster) -> AsyncIterator[EtcdClient]:
 def prefix() -> bytes:
     """A key prefix no other test uses."""
     return f"/test/{uuid.uuid4().hex}/".encode()
-
-
-async def eventually(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
-                     message: str = "") -> Any:
-    """Poll ``predicate`` (sync or async) until it returns something truthy; return that, or fail after ``timeout``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = predicate()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return result
-        if loop.time() >= deadline:
-            raise AssertionError(f"not within {timeout} s: {message or predicate}")
-        await asyncio.sleep(interval)
-

@@ -15,7 +15,8 @@ its deadline.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -35,6 +36,8 @@ from sessiond.store.etcd.ops import prefix_end
 from sessiond.store.etcd.watch import Watch, Watcher
 
 __all__ = ["EtcdAuth", "EtcdClient", "EtcdTLS", "Member"]
+
+log = logging.getLogger("sessiond.store.etcd")
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -274,11 +277,41 @@ class EtcdClient:
                     raise error from None
             self._metadata = (("hasleader", "true"), ("token", reply.token))
 
-    async def call_stream_setup_failed(self, error: grpc.aio.AioRpcError) -> None:
-        """A stream (watch, keepalive) failed: log in again if the token was the reason."""
-        if self._auth is not None and _token_rejected(error):
-            deadline = asyncio.get_running_loop().time() + self._request_timeout
-            await self._authenticate(deadline, stale=self._metadata)
+    async def keep_stream(self, name: str, session: Callable[[Member], Awaitable[None]],
+                          answered: Callable[[], int], ended: Callable[[], None]) -> None:
+        """Keep one stream open until the client closes: run ``session`` on the current member, and
+        when it ends (or fails) call ``ended`` and run it again on the next one.
+
+        ``answered`` counts the streams that got an answer: while streams keep failing before any
+        answer, the pause between attempts doubles up to 1 s; after an answered one it starts at 50 ms.
+        """
+        loop = asyncio.get_running_loop()
+        backoff = 0.05
+        while True:
+            try:
+                member = await self.ready_member(loop.time() + 1.0)
+            except EtcdClosedError:
+                return
+            except EtcdError:
+                continue  # nothing reachable yet (ready_member waited): keep trying
+            before = answered()
+            try:
+                await session(member)
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as exc:
+                log.info("etcd %s stream to %s ended: %s %s", name, member.endpoint, exc.code().name, exc.details())
+                if self._auth is not None and _token_rejected(exc):
+                    await self._authenticate(loop.time() + self._request_timeout, stale=self._metadata)
+            except (EtcdError, grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
+                log.info("etcd %s stream to %s ended: %s", name, member.endpoint, exc)
+            finally:
+                ended()
+            if self._closed:
+                return
+            self.member_failed(member)
+            backoff = 0.05 if answered() != before else min(backoff * 2, 1.0)
+            await asyncio.sleep(backoff)
 
     # ------------------------------------------------------------------ KV
 

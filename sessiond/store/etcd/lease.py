@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
-import logging
 from typing import TYPE_CHECKING
 
 import grpc
@@ -30,10 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Lease", "LeaseKeeper"]
 
-log = logging.getLogger("sessiond.store.etcd")
-
 MIN_STALL = 1.0  # seconds an unanswered renewal may take before the stream is presumed stuck
-MAX_BACKOFF = 1.0
 
 
 class Lease:
@@ -115,35 +111,14 @@ class LeaseKeeper:
         self._wake.set()
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        backoff = 0.05
-        while True:
-            try:
-                member = await self._client.ready_member(loop.time() + MAX_BACKOFF)
-            except EtcdClosedError:
-                return
-            except EtcdError:
-                continue  # nothing reachable yet; ready_member waited; try again
-            answered = self.streams_opened
-            try:
-                await self._stream(member)
-            except asyncio.CancelledError:
-                raise
-            except grpc.aio.AioRpcError as exc:
-                log.info("etcd keepalive stream to %s ended: %s %s", member.endpoint, exc.code().name, exc.details())
-                await self._client.call_stream_setup_failed(exc)
-            except (EtcdError, grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
-                log.info("etcd keepalive stream to %s ended: %s", member.endpoint, exc)
-            if self._client.closed:
-                return
-            self._client.member_failed(member)
-            # Every renewal in flight is lost with the stream: renew everything at once on the next one.
-            self._sent.clear()
-            now = loop.time()
-            for lease in self._leases.values():
-                self._schedule(lease, now)
-            backoff = 0.05 if self.streams_opened != answered else min(backoff * 2, MAX_BACKOFF)
-            await asyncio.sleep(backoff)
+        await self._client.keep_stream("keepalive", self._stream, lambda: self.streams_opened, self._stream_ended)
+
+    def _stream_ended(self) -> None:
+        # Every renewal in flight is lost with the stream: renew everything at once on the next one.
+        self._sent.clear()
+        now = asyncio.get_running_loop().time()
+        for lease in self._leases.values():
+            self._schedule(lease, now)
 
     async def _stream(self, member: Member) -> None:
         loop = asyncio.get_running_loop()

@@ -46,7 +46,6 @@ __all__ = ["Watch", "WatchBatch", "Watcher"]
 
 log = logging.getLogger("sessiond.store.etcd")
 
-MAX_BACKOFF = 1.0
 PROBE_INTERVAL = 2.0
 STALL_TIMEOUT = 2.0
 PUT = pb.Event.EVENT_TYPE_PUT
@@ -214,37 +213,15 @@ class Watcher:
     # -- the stream
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        backoff = 0.05
-        while True:
-            try:
-                member = await self._client.ready_member(loop.time() + MAX_BACKOFF)
-            except EtcdClosedError:
-                return
-            except EtcdError:
-                continue
-            opened = self.streams_opened
-            try:
-                await self._stream(member)
-            except asyncio.CancelledError:
-                raise
-            except grpc.aio.AioRpcError as exc:
-                log.info("etcd watch stream to %s ended: %s %s", member.endpoint, exc.code().name, exc.details())
-                await self._client.call_stream_setup_failed(exc)
-            except (EtcdError, grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
-                log.info("etcd watch stream to %s ended: %s", member.endpoint, exc)
-            finally:
-                self._live = False
-                self.endpoint = None
-                self._by_id.clear()
-                self._outbox.clear()
-                for watch in self._active:
-                    watch.server_id = None
-            if self._client.closed:
-                return
-            self._client.member_failed(member)
-            backoff = 0.05 if self.streams_opened != opened else min(backoff * 2, MAX_BACKOFF)
-            await asyncio.sleep(backoff)
+        await self._client.keep_stream("watch", self._stream, lambda: self.streams_opened, self._stream_ended)
+
+    def _stream_ended(self) -> None:
+        self._live = False
+        self.endpoint = None
+        self._by_id.clear()
+        self._outbox.clear()
+        for watch in self._active:
+            watch.server_id = None
 
     async def _stream(self, member: Member) -> None:
         loop = asyncio.get_running_loop()
