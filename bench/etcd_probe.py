@@ -62,21 +62,22 @@ class Probe:
             key = self.prefix + b"workers/q/w%03d" % i
             self.fences.append((key, (await self.client.put(key, b"owner=probe")).header.revision))
 
-    def request(self, n: int) -> pb.TxnRequest:
+    def parts(self, n: int) -> tuple[list[pb.Compare], list[pb.RequestOp], list[pb.RequestOp]]:
+        """The compares, success and failure operations of the n-th placement."""
         worker_key, fence = self.fences[n % WORKERS]
         sid = uuid.uuid4().hex.encode()
-        return pb.TxnRequest(
-            compare=[modified_at(worker_key, fence)],
-            success=[put_op(self.prefix + b"sessions/" + sid, RECORD),
-                     put_op(self.prefix + b"wsess/q/" + worker_key.rsplit(b"/", 1)[1] + b"/" + sid, b"")],
-            failure=[get_op(worker_key)])
+        return ([modified_at(worker_key, fence)],
+                [put_op(self.prefix + b"sessions/" + sid, RECORD),
+                 put_op(self.prefix + b"wsess/q/" + worker_key.rsplit(b"/", 1)[1] + b"/" + sid, b"")],
+                [get_op(worker_key)])
 
     async def one(self, mode: str, n: int) -> None:
-        request = self.request(n)
+        compare, success, failure = self.parts(n)
         if mode == "client":
-            reply = await self.client.txn(request.compare, request.success, request.failure, timeout=10)
-        else:
+            reply = await self.client.txn(compare, success, failure, timeout=10)
+        else:  # the baseline: the same request on the same member's channel, straight through the stub
             member = await self.client.ready_member(asyncio.get_running_loop().time() + 10)
+            request = pb.TxnRequest(compare=compare, success=success, failure=failure)
             reply = await member.kv.Txn(request, timeout=10, metadata=self.client.metadata)
         assert reply.succeeded
 
@@ -120,7 +121,7 @@ async def one_failover(cluster: EtcdCluster) -> float:
                 n += 4
                 began = loop.time()
                 try:
-                    await client.txn(*_parts(probe.request(n)), timeout=0.5)
+                    await client.txn(*probe.parts(n), timeout=0.5)
                 except EtcdError:
                     continue
                 if killed_at and began > killed_at[0] and not recovered:
@@ -140,10 +141,6 @@ async def failover_trials(cluster: EtcdCluster, trials: int) -> list[float]:
     stalls = [await one_failover(cluster) for _ in range(trials)]
     await cluster.wait_healthy(timeout=30)
     return stalls
-
-
-def _parts(request: pb.TxnRequest) -> tuple[Any, Any, Any]:
-    return request.compare, request.success, request.failure
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
@@ -198,7 +195,8 @@ def render(result: dict[str, Any]) -> str:
                 "txn_per_s", "p50_ms", "p99_ms", "client_cpu_us_per_txn", "etcd_cpu_us_per_txn")) + " |")
     for inflight in (1, 64):
         def median(mode: str, key: str, inflight: int = inflight) -> float:
-            return statistics.median(r[key] for r in result["rows"] if r["mode"] == mode and r["inflight"] == inflight)
+            rows = [r[key] for r in result["rows"] if r["mode"] == mode and r["inflight"] == inflight]
+            return float(statistics.median(rows))
         lines.append(f"client/stub at {inflight} in flight: CPU per Txn x"
                      f"{median('client', 'client_cpu_us_per_txn') / median('stub', 'client_cpu_us_per_txn'):.2f}, "
                      f"p50 x{median('client', 'p50_ms') / median('stub', 'p50_ms'):.2f}")
