@@ -196,3 +196,26 @@ async def test_a_frozen_member_loses_its_streams_and_the_leases_and_watches_carr
         finally:
             cluster.thaw(frozen)
         await seen.stop()
+
+
+async def test_a_quiet_healthy_stream_answers_its_probes_and_stays(etcd_cluster: EtcdCluster, prefix: bytes) -> None:
+    async with await EtcdClient.connect(etcd_cluster.endpoints) as client:
+        watcher = client.watcher
+        watcher.probe_interval, watcher.stall_timeout = 0.1, 0.5  # probe often: the member must answer each
+        watch = await client.watch(prefix + b"quiet")
+        endpoint = watcher.endpoint
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 2.0
+        while loop.time() < until:  # two seconds of silence on the watched key: ~20 probes
+            assert watcher.streams_opened == 1 and watcher.endpoint == endpoint
+            await asyncio.sleep(0.05)
+        # An empty stream is not probed (etcd need not answer it), and is not torn down either.
+        await watch.cancel()
+        until = loop.time() + 1.0
+        while loop.time() < until:
+            assert watcher.streams_opened == 1 and watcher.endpoint == endpoint
+            await asyncio.sleep(0.05)
+        put = await client.put(prefix + b"quiet", b"v")
+        watch = await client.watch(prefix + b"quiet", start_revision=put.header.revision)
+        assert (await asyncio.wait_for(watch.__anext__(), 5)).revision == put.header.revision
+        assert watcher.streams_opened == 1

@@ -47,7 +47,7 @@ __all__ = ["Watch", "WatchBatch", "Watcher"]
 log = logging.getLogger("sessiond.store.etcd")
 
 PROBE_INTERVAL = 2.0
-STALL_TIMEOUT = 2.0
+STALL_TIMEOUT = 3.0
 PUT = pb.Event.EVENT_TYPE_PUT
 DELETE = pb.Event.EVENT_TYPE_DELETE
 
@@ -243,14 +243,18 @@ class Watcher:
                 now = loop.time()
                 if probed_at is not None and self._last_heard >= probed_at:
                     probed_at = None  # the member answered
-                if probed_at is None and now - self._last_heard >= self.probe_interval:
+                # Only a stream that carries watches is probed (etcd may leave a progress request on
+                # an empty stream unanswered).
+                if probed_at is None and self._by_id and now - self._last_heard >= self.probe_interval:
                     probed_at = now
                     await call.write(pb.WatchRequest(progress_request=pb.WatchProgressRequest()))
                 if probed_at is not None and now - probed_at >= self.stall_timeout:
                     raise EtcdUnavailableError(f"etcd watch stream to {member.endpoint}: no answer for "
                                                f"{now - self._last_heard:.1f} s")
-                wake_at = probed_at + self.stall_timeout if probed_at is not None \
-                    else self._last_heard + self.probe_interval
+                if probed_at is not None:
+                    wake_at = probed_at + self.stall_timeout
+                else:
+                    wake_at = (self._last_heard if self._by_id else now) + self.probe_interval
                 self._outbox_ready.clear()
                 waiter = asyncio.ensure_future(self._outbox_ready.wait())
                 try:
