@@ -467,8 +467,8 @@ class EtcdClient:
             raise ValueError(f"{endpoint} is not one of this client's endpoints")
         try:
             # No leader requirement: Status must answer on a member that has lost its leader.
-            return await member.maintenance.Status(pb.StatusRequest(), timeout=wait,
-                                                   metadata=self._metadata[1:])
+            metadata = tuple(entry for entry in self._metadata if entry[0] != "hasleader")
+            return await member.maintenance.Status(pb.StatusRequest(), timeout=wait, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc, write=False) from None
 
