@@ -124,7 +124,7 @@ async def create_server(config: ServerConfig | None = None, *,
     if config.ui_listen is not None:
         from sessiond.ui import Dashboard  # aiohttp is imported only when the dashboard is on
 
-        dashboard = Dashboard(engine, config)
+        dashboard = Dashboard(engine, config, grpc_port=port)
     return SessiondServer(server, engine, health_servicer, config, dashboard), port
 
 

@@ -117,7 +117,12 @@ class _Snapshot:
 class Dashboard:
     """The operator dashboard of one server: ``await start()``, ``port``, ``await stop()``."""
 
-    def __init__(self, engine: Engine, config: ServerConfig) -> None:
+    def __init__(self, engine: Engine, config: ServerConfig, *, grpc_port: int | None = None) -> None:
+        """Args:
+            engine: the server's engine (the dashboard reads its tables on the same loop).
+            config: the server's configuration (``ui_listen``, tokens).
+            grpc_port: the gRPC port actually bound (shown on the page when ``listen`` asked for port 0).
+        """
         if config.ui_listen is None:
             raise ValueError("the dashboard needs ui_listen")
         self.engine = engine
@@ -125,6 +130,9 @@ class Dashboard:
         self.host, self._port = split_host_port(config.ui_listen, "ui_listen")
         self.access = Access(config, self.host)
         self.port: int | None = None
+        self._grpc_address = config.listen
+        if grpc_port is not None:
+            self._grpc_address = f"{config.listen.rpartition(':')[0]}:{grpc_port}"
         self._started = time.time()
         self._started_mono = engine.now()
         self._runner: web.AppRunner | None = None
@@ -230,7 +238,7 @@ class Dashboard:
         return {
             "version": __version__,
             "incarnation": self.engine.incarnation,
-            "grpc_listen": self.config.listen,
+            "grpc_listen": self._grpc_address,
             "start_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._started)),
             "uptime_s": round(self.engine.now() - self._started_mono, 3),
             "auth": self.access.mode,
