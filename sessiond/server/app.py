@@ -24,7 +24,7 @@ from sessiond.server.servicer import SessionServicer
 from sessiond.telemetry import SessionMetrics, configure_metrics, configure_tracing
 
 if TYPE_CHECKING:
-    from sessiond.ui import Dashboard
+    from sessiond.ui.http import Dashboard
 
 log = logging.getLogger("sessiond.server")
 
@@ -122,7 +122,7 @@ async def create_server(config: ServerConfig | None = None, *,
         raise OSError(f"could not bind {config.listen}")
     dashboard = None
     if config.ui_listen is not None:
-        from sessiond.ui import Dashboard  # aiohttp is imported only when the dashboard is on
+        from sessiond.ui.http import Dashboard  # aiohttp is imported only when the dashboard is on
 
         dashboard = Dashboard(engine, config, grpc_port=port)
     return SessiondServer(server, engine, health_servicer, config, dashboard), port

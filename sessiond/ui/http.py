@@ -39,13 +39,11 @@ from sessiond.core.model import FailureCause, SessionState
 from sessiond.server import validate
 from sessiond.server.engine import Engine
 from sessiond.server.errors import STATUS_CODES
-from sessiond.ui import views
+from sessiond.ui import POLL_INTERVAL_MS, views
 from sessiond.ui.access import Access, Verdict
 
 log = logging.getLogger("sessiond.ui")
 
-# How often the page polls (it reads this from the overview); the bench's page simulation uses it too.
-POLL_INTERVAL_MS = 1000
 # The overview is built at most this often, however many pages poll it (they share one snapshot).
 SNAPSHOT_TTL = 0.5
 DEFAULT_PAGE_SIZE = 50
@@ -315,4 +313,4 @@ def _enum(query: Any, field: str, kind: type[SessionState] | type[FailureCause])
         raise InvalidArgumentError(field, f"must be one of {names}") from None
 
 
-__all__ = ["POLL_INTERVAL_MS", "Dashboard"]
+__all__ = ["Dashboard"]
