@@ -14,7 +14,10 @@ yielding to the event loop between them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -39,9 +42,27 @@ MAX_QUEUES = 500
 RECENT_FAILURES = 20
 
 
+@functools.lru_cache(maxsize=8)
+def _offset(clock: WallClock) -> float:
+    """Wall-clock seconds at monotonic 0 for ``clock`` (fixed when the clock was made)."""
+    zero = clock.timestamp(0.0)
+    return zero.seconds + zero.nanos / 1e9
+
+
+@functools.lru_cache(maxsize=4096)
+def _whole_second(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
 def wall(clock: WallClock, monotonic: float) -> str:
-    """A monotonic instant as an RFC 3339 UTC string."""
-    return str(clock.timestamp(monotonic).ToJsonString())
+    """A monotonic instant as an RFC 3339 UTC string with milliseconds (``2026-01-02T03:04:05.678Z``).
+
+    Formatted here rather than through ``Timestamp.ToJsonString`` (about 10 µs each, and a page of
+    sessions has a few hundred of them).
+    """
+    instant = monotonic + _offset(clock)
+    whole = math.floor(instant)
+    return f"{_whole_second(whole)}.{min(999, int((instant - whole) * 1000)):03d}Z"
 
 
 def amounts(vector: ResourceVector) -> dict[str, int]:

@@ -7,17 +7,16 @@ gRPC: this is about the cost of building the view, not about the transport).
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 
 import pytest
 
 from sessiond.config import ServerConfig
 from sessiond.core.model import SessionOptions, WorkerRegistration
 from sessiond.core.resources import ResourceVector
+from sessiond.server.convert import WallClock
 from sessiond.server.engine import Engine
 from sessiond.ui import views
-
-pytestmark = pytest.mark.asyncio
-
 
 def _register(engine: Engine, count: int, *, queues: int = 1, capacity: int = 2) -> None:
     for i in range(count):
@@ -26,6 +25,7 @@ def _register(engine: Engine, count: int, *, queues: int = 1, capacity: int = 2)
             capacity=ResourceVector.sessions(capacity)))
 
 
+@pytest.mark.asyncio
 async def test_the_overview_yields_to_the_event_loop_between_chunks_of_workers() -> None:
     engine = Engine(ServerConfig())
     _register(engine, 5 * views.CHUNK)
@@ -56,6 +56,7 @@ async def test_the_overview_yields_to_the_event_loop_between_chunks_of_workers()
     engine.stop()
 
 
+@pytest.mark.asyncio
 async def test_the_overview_lists_a_bounded_number_of_task_queues_and_says_how_many_there_are() -> None:
     engine = Engine(ServerConfig())
     _register(engine, views.MAX_QUEUES + 20, queues=views.MAX_QUEUES + 20)
@@ -70,6 +71,7 @@ async def test_the_overview_lists_a_bounded_number_of_task_queues_and_says_how_m
     engine.stop()
 
 
+@pytest.mark.asyncio
 async def test_the_latest_failures_in_the_overview_are_bounded() -> None:
     engine = Engine(ServerConfig())
     _register(engine, 1, capacity=views.RECENT_FAILURES * 3)
@@ -84,3 +86,13 @@ async def test_the_latest_failures_in_the_overview_are_bounded() -> None:
     assert len(overview["failures"]["recent"]) == views.RECENT_FAILURES
     assert overview["failures"]["totals"] == {"WORKER_LOST": views.RECENT_FAILURES * 3}
     engine.stop()
+
+
+def test_wall_times_are_rfc3339_utc_with_milliseconds_matching_the_wire_timestamps() -> None:
+    clock = WallClock()
+    for monotonic in (0.0, 12.3456, 1e6 + 0.9999):
+        text = views.wall(clock, monotonic)
+        wire = clock.timestamp(monotonic).ToDatetime()
+        parsed = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")
+        assert text.endswith("Z") and len(text.split(".")[1]) == 4
+        assert abs((parsed - wire).total_seconds()) < 0.001
