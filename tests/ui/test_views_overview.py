@@ -18,6 +18,7 @@ from sessiond.server.convert import WallClock
 from sessiond.server.engine import Engine
 from sessiond.ui import views
 
+
 def _register(engine: Engine, count: int, *, queues: int = 1, capacity: int = 2) -> None:
     for i in range(count):
         engine.table.connect_worker(engine.now(), WorkerRegistration(
