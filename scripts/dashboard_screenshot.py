@@ -40,7 +40,8 @@ def _options(**seconds: float) -> session_pb2.SessionOptions:
     return out
 
 
-async def _scene(target: str, stub: session_service_pb2_grpc.SessionServiceStub) -> list[RawWorker]:
+async def _scene(target: str, stub: session_service_pb2_grpc.SessionServiceStub,
+                 waiting: list[asyncio.Task[None]]) -> list[RawWorker]:
     workers = [
         RawWorker(target, "fileprocessing", worker_id="gpu-box-1", capacity=4, host_name="gpu-box-1.lab",
                   identity="41872@gpu-box-1"),
@@ -51,9 +52,6 @@ async def _scene(target: str, stub: session_service_pb2_grpc.SessionServiceStub)
         RawWorker(target, "serial-ports", worker_id="bench-rig-a", capacity=1, host_name="rig-a.lab",
                   identity="2210@rig-a"),
     ]
-    doomed = RawWorker(target, "fileprocessing", worker_id="gpu-box-9", capacity=2, host_name="gpu-box-9.lab")
-    for worker in [*workers, doomed]:
-        await worker.start()
 
     async def create(queue: str, owner: str = "", **options: float) -> str:
         request = session_service_pb2.CreateSessionRequest(task_queue=queue, owner=owner)
@@ -67,11 +65,28 @@ async def _scene(target: str, stub: session_service_pb2_grpc.SessionServiceStub)
                 session_id=session_id, activity_type="echo",
                 input=session_pb2.Payload(metadata={"encoding": b"json/plain"}, data=json.dumps(i).encode())))
 
-    # Sessions that will fail: the lost worker's, one past its execution timeout.
+    # Failures of four causes, each from a worker that is alone on the queue when its sessions are made.
+    lost = await RawWorker(target, "fileprocessing", worker_id="gpu-box-9", capacity=2, host_name="gpu-box-9.lab",
+                           identity="5120@gpu-box-9").start()
     for owner in ("etl/nightly-0412", "etl/nightly-0413"):
-        await create("fileprocessing", owner)
-    doomed.close()  # stream ends without a goodbye: WORKER_LOST
-    await create("fileprocessing", "probe/short-lived", execution_timeout=0.5)
+        await run(await create("fileprocessing", owner), 2)
+    lost.close()  # its stream ends without a goodbye: WORKER_LOST
+    await asyncio.sleep(0.3)
+    hung = await RawWorker(target, "fileprocessing", worker_id="gpu-box-8", host_name="gpu-box-8.lab",
+                           identity="6001@gpu-box-8").start()
+    await create("fileprocessing", "ml/eval-3", heartbeat_timeout=0.6)
+    hung.pause()  # silent: HEARTBEAT_TIMEOUT
+    await asyncio.sleep(1.2)
+    await hung.stop()
+    leaving = await RawWorker(target, "fileprocessing", worker_id="gpu-box-7", host_name="gpu-box-7.lab",
+                              identity="6002@gpu-box-7").start()
+    await create("fileprocessing", "ml/eval-4")
+    await leaving.goodbye(drain=False)  # WORKER_SHUTDOWN
+    await asyncio.sleep(0.3)
+    await leaving.stop()
+    for worker in workers:
+        await worker.start()
+    await create("fileprocessing", "probe/short-lived", execution_timeout=0.5)  # EXECUTION_TIMEOUT
     await asyncio.sleep(1.0)
     # Open sessions with owners and activities.
     for owner, activities in (("alice/report-42", 3), ("bob/video-transcode", 7), ("carol/gpu-train-17", 12),
@@ -79,12 +94,15 @@ async def _scene(target: str, stub: session_service_pb2_grpc.SessionServiceStub)
         await run(await create("fileprocessing", owner), activities)
     await run(await create("serial-ports", "lab/flash-firmware"), 2)
     # Creates waiting for the busy serial port.
+    async def wait_for_a_slot(owner: str) -> None:
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await stub.CreateSession(session_service_pb2.CreateSessionRequest(task_queue="serial-ports", owner=owner),
+                                     timeout=120)
+
     for owner in ("lab/flash-firmware-2", "lab/selftest"):
-        asyncio.get_running_loop().create_task(
-            stub.CreateSession(session_service_pb2.CreateSessionRequest(task_queue="serial-ports", owner=owner),
-                               timeout=120))
+        waiting.append(asyncio.get_running_loop().create_task(wait_for_a_slot(owner)))
     await asyncio.sleep(2.5)
-    return [*workers, doomed]
+    return workers
 
 
 async def main(out: Path) -> int:
@@ -98,8 +116,9 @@ async def main(out: Path) -> int:
     channel = grpc.aio.insecure_channel(target)
     browser = Browser(*found, width=1280, height=1000)
     workers: list[RawWorker] = []
+    waiting: list[asyncio.Task[None]] = []
     try:
-        workers = await _scene(target, session_service_pb2_grpc.SessionServiceStub(channel))
+        workers = await _scene(target, session_service_pb2_grpc.SessionServiceStub(channel), waiting)
         await browser.start()
         assert server.dashboard is not None and server.dashboard.port is not None
         await browser.open(f"http://127.0.0.1:{server.dashboard.port}/")
@@ -110,6 +129,8 @@ async def main(out: Path) -> int:
         await browser.screenshot(out)
         print(f"wrote {out}")
     finally:
+        for task in waiting:
+            task.cancel()
         await browser.close()
         for worker in workers:
             with contextlib.suppress(Exception):
