@@ -26,11 +26,13 @@ import asyncio
 import importlib.resources
 import json
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from sessiond import __version__
 from sessiond.config import ServerConfig, split_host_port
@@ -83,6 +85,29 @@ def _domain_error(error: SessionError) -> web.Response:
 
 def _json(body: Any) -> web.Response:
     return web.Response(text=json.dumps(body, separators=(",", ":")), content_type="application/json")
+
+
+class _PeerErrorLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server log, except that a malformed request (an over-long header, a bad request line)
+    is what a peer sent, not a fault of ours: a WARNING without traceback at most once a minute
+    (DEBUG otherwise), instead of one ERROR with a traceback per request."""
+
+    _EVERY = 60.0
+
+    def __init__(self) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"), {})
+        self._last_warning = -self._EVERY
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            now = time.monotonic()
+            level = logging.DEBUG
+            if now - self._last_warning >= self._EVERY:
+                self._last_warning, level = now, logging.WARNING
+            log.log(level, "dashboard: malformed HTTP request (%s %s); more within a minute are logged at DEBUG",
+                    exc_info.code, exc_info.message)
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kwargs)
 
 
 class _Snapshot:
@@ -143,14 +168,16 @@ class Dashboard:
 
     async def start(self) -> None:
         """Bind and serve. Raises OSError when the address cannot be bound."""
-        runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT)
+        runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT,
+                               logger=_PeerErrorLog())
         await runner.setup()
         site = web.TCPSite(runner, self.host, self._port, reuse_port=False)
         try:
             await site.start()
         except OSError as exc:
             await runner.cleanup()
-            raise OSError(exc.errno, f"dashboard: cannot listen on {self.config.ui_listen}: {exc.strerror}") from exc
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise OSError(f"dashboard: cannot listen on {self.config.ui_listen}: {reason}") from exc
         self._runner = runner
         self.port = int(runner.addresses[0][1])
         log.info("dashboard on %s (auth: %s)", self.url, self.access.mode)
