@@ -242,8 +242,10 @@ class Dashboard:
         except SessionError as error:
             return _domain_error(error)
         except web.HTTPException as exc:
-            if not api or exc.status < 400:
+            if exc.status < 400:
                 raise
+            if not api:
+                return web.Response(status=exc.status, text=exc.text or exc.reason)
             return _error(exc.status, exc.reason.upper().replace(" ", "_"), exc.reason)
 
     # ----------------------------------------------------------------- the page

@@ -48,6 +48,7 @@ async def test_the_page_and_its_files_are_served_with_no_external_resources_and_
         assert response.status == 404
     async with dash.http.get(dash.base + "/static/missing.js") as response:
         assert response.status == 404
+        assert response.headers["X-Content-Type-Options"] == "nosniff", "error pages get the headers too"
 
 
 # --------------------------------------------------------------------- overview
