@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from sessiond.ui import http as ui_http
 from tests.integration.conftest import QUEUE, Sessiond, eventually, options
 from tests.ui.conftest import Dash, dashboard_url
 
@@ -123,10 +124,16 @@ async def _gone(dash: Dash, name: str) -> bool:
     return await _queue(dash, name) is None
 
 
-async def test_the_overview_is_one_shared_snapshot_for_every_viewer_within_its_lifetime(dash: Dash) -> None:
+async def test_the_overview_is_one_shared_snapshot_for_every_viewer_within_its_lifetime(
+        dash: Dash, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ui_http, "SNAPSHOT_TTL", 3600.0)
     replies = await asyncio.gather(*(dash.get("/api/v1/overview") for _ in range(5)))
+    later = await dash.get("/api/v1/overview")
 
-    assert len({r["generated_time"] for r in replies}) == 1
+    assert len({r["generated_time"] for r in [*replies, later]}) == 1
+
+    monkeypatch.setattr(ui_http, "SNAPSHOT_TTL", 0.0)
+    assert (await dash.get("/api/v1/overview"))["generated_time"] != later["generated_time"], "rebuilt once stale"
 
 
 # --------------------------------------------------------------------- workers
