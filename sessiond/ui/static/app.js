@@ -309,7 +309,10 @@
     }
     syncRows($("workers").tBodies[0], page.workers, (w) => `${w.task_queue}\u0000${w.worker_id}`, (w) => [
       ["Worker", "", el("span", null, el("span", { class: "id", text: w.worker_id }),
-        el("span", { class: "sub", text: w.identity || "" }))],
+        el("span", { class: "sub", text: w.identity || "" }),
+        Object.keys(w.labels || {}).length
+          ? el("span", { class: "sub", text: Object.entries(w.labels).map(([k, v]) => `${k}=${v}`).join(", ") })
+          : null)],
       ["Host", "", w.host_name || "–"],
       ["Task queue", "", w.task_queue],
       ["Capacity", "", bars(w.capacity, w.used)],
