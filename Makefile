@@ -19,8 +19,8 @@ PYTEST_FLAGS ?= -q -p no:cacheprovider
 # The steps of `make test` must run in the order listed, even under `make -j`.
 .NOTPARALLEL:
 
-.PHONY: help bootstrap .venv node_modules test lint lint-py lint-proto lint-docker typecheck gen gen-check \
-        serve demo bench clean distclean deps-etcd test-cluster
+.PHONY: help bootstrap .venv node_modules deps-browser deps-etcd test test-cluster lint lint-py lint-proto \
+        lint-docker typecheck gen gen-check serve demo bench clean distclean
 
 help:
 	@echo "make serve      run sessiond on 127.0.0.1:50051 (bootstraps .venv on first use)"
@@ -61,32 +61,23 @@ $(NODE_STAMP): package.json package-lock.json
 	@npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
-# etcd for the cluster tier: present, or installed from Debian when we are root (3.4.23 on Debian 12;
-# production wants 3.5.10+, see README), or one line saying what to install. Under CI=true a missing
-# etcd is a failure (the cluster tests fail too, never skip).
-ETCD_PACKAGES := etcd-server etcd-client
-ETCD ?= etcd
-ETCDCTL ?= etcdctl
-APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 -q -y
+# Debian's chromium + chromium-driver for the dashboard's browser test: installed with apt-get when
+# missing and root, else one line says what to install (and, under CI=true, the run fails).
+# Checked on every run (it costs a `command -v`), so a browser removed later is noticed.
+deps-browser:
+	@bash scripts/ensure_browser.sh
 
+# etcd for the cluster tier (tests/cluster), the same way: Debian's etcd-server (3.4.23 on Debian 12;
+# production wants 3.5.10+, see README) and etcd-client (etcdctl, used by the auth test).
 deps-etcd:
-	@if command -v $(ETCD) >/dev/null 2>&1 && command -v $(ETCDCTL) >/dev/null 2>&1; then :; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "==> installing $(ETCD_PACKAGES) (apt-get)"; \
-	    { $(APT_GET) install $(ETCD_PACKAGES) >/dev/null 2>&1 || \
-	      { $(APT_GET) update >/dev/null && $(APT_GET) install $(ETCD_PACKAGES) >/dev/null; }; } || \
-	    { echo "make: could not install $(ETCD_PACKAGES) with apt-get"; exit 1; }; \
-	elif [ "$${CI:-}" = true ]; then \
-	    echo "make: etcd is missing and CI=true: install etcd >= 3.4 (Debian: apt-get install $(ETCD_PACKAGES))"; exit 1; \
-	else \
-	    echo "note: the cluster tests need etcd >= 3.4 on PATH (Debian: sudo apt-get install $(ETCD_PACKAGES)); skipping them"; \
-	fi
+	@bash scripts/ensure_debian_packages.sh "the cluster tests" "command -v etcd && command -v etcdctl" \
+	    etcd-server etcd-client
 
 # ---- checks ----------------------------------------------------------------------------------
 
 # grpc core logs INFO lines (e.g. GOAWAY on shutdown) at its default verbosity; keep test output clean.
 test: export GRPC_VERBOSITY ?= ERROR
-test: lint-py typecheck lint-proto lint-docker gen-check deps-etcd
+test: lint-py typecheck lint-proto lint-docker gen-check deps-browser deps-etcd
 	$(PY) -m pytest $(PYTEST_FLAGS) tests
 
 test-cluster: export GRPC_VERBOSITY ?= ERROR
