@@ -42,6 +42,7 @@ from sessiond.server.convert import WallClock, duration, session_to_pb, worker_t
 from sessiond.server.limits import result_bytes, task_bytes, too_large_result
 from sessiond.server.worker_connection import WorkerConnection
 from sessiond.telemetry import NoMetrics, SessionMetrics, tracing
+from sessiond.telemetry.failures import FailureLog, FailureRecord
 
 log = logging.getLogger("sessiond.engine")
 
@@ -89,6 +90,8 @@ class Engine:
         self._waits: dict[str, _Wait] = {}
         self._activities: dict[str, asyncio.Future[worker_pb2.ActivityResult]] = {}
         self._watches: dict[str, _Watch] = {}
+        # Recent failures by cause, for the operator dashboard (bounded).
+        self.failures = FailureLog()
         self._max_message_size = config.max_message_size
         self._max_backlog = config.max_worker_backlog
         # When the engine last looked at the clock, and the tick that keeps it looking.
@@ -455,6 +458,11 @@ class Engine:
                     future.set_result(snapshot)
         cause = session.failure.cause.name if session.failure is not None else None
         self.metrics.session_ended(session.task_queue, cause)
+        if session.failure is not None:
+            self.failures.record(FailureRecord(
+                session.closed_at if session.closed_at is not None else self.now(), session.session_id,
+                session.task_queue, session.worker.key.worker_id, session.owner, session.failure.cause.name,
+                session.failure.message))
         fields = {"session_id": session.session_id, "task_queue": session.task_queue,
                   "worker_id": session.worker.key.worker_id}
         if cause is None:
