@@ -239,6 +239,18 @@ class SessionTable:
             self._serve(now, worker)
         return worker
 
+    def worker_backlogged(self, now: float, key: WorkerKey, epoch: int, backlogged: bool) -> None:
+        """The worker's stream stopped (or resumed) taking what is queued for it. A backlogged
+        worker takes no new sessions, so nothing more piles up for a worker that does not read;
+        once it drains, waiters may be placed on it again."""
+        worker = self.worker(key, epoch)
+        if worker is None or worker.backlogged == backlogged:
+            return
+        worker.backlogged = backlogged
+        self.registry.touch(worker)
+        if not backlogged:
+            self._serve(now, worker)
+
     def worker_goodbye(self, now: float, key: WorkerKey, epoch: int, *, drain: bool) -> None:
         """The worker is shutting down: no new sessions; without drain its open sessions fail now."""
         worker = self.worker(key, epoch)
@@ -319,7 +331,7 @@ class SessionTable:
         if wait <= 0:
             if worker is not None and worker.eligible:
                 raise NoCapacityError(f"worker {key.worker_id!r} has no free slot")
-            state = "is not connected" if worker is None else "is not taking sessions (draining or silent)"
+            state = "is not connected" if worker is None else "is not taking sessions (draining, silent or backlogged)"
             raise WorkerUnavailableError(f"worker {key.worker_id!r} of task queue {key.task_queue!r} {state}")
         queue = self._worker_waiters.setdefault(key, deque())
         return self._enqueue(now, queue, key.task_queue, key, options, owner, request_id, wait, request_key)

@@ -225,6 +225,7 @@ class Engine:
                                            self._max_message_size, session_id=session_id)
         if not conn.has_room(size, self._max_backlog):
             self.table.abandon_activity(activity.activity_id)
+            self._backlogged(conn)
             raise WorkerBackloggedError(conn.key.worker_id, session_id, conn.queued_bytes, self._max_backlog)
         future: asyncio.Future[worker_pb2.ActivityResult] = self._loop.create_future()
         self._activities[activity.activity_id] = future
@@ -336,6 +337,25 @@ class Engine:
                     conn.key.worker_id, size, self._max_message_size)
         return too_large_result(result, size, self._max_message_size)
 
+    def _backlogged(self, conn: WorkerConnection) -> None:
+        """The worker's stream is not taking what is queued: it gets no new sessions meanwhile, so
+        nothing more (SessionStarted, tasks) piles up for a worker that does not read."""
+        if not conn.backlogged:
+            conn.backlogged = True
+            self.table.worker_backlogged(self.now(), conn.key, conn.epoch, True)
+            log.warning("worker %s is not reading its stream (%d bytes queued, max_worker_backlog %d): "
+                        "no new sessions or activities for it until it drains",
+                        conn.key.worker_id, conn.queued_bytes, self._max_backlog)
+
+    def worker_drained(self, conn: WorkerConnection) -> None:
+        """Called by the stream handler while ``conn.backlogged``, after each message the stream
+        took: once half the bound is free, the worker takes sessions again."""
+        if conn.backlogged and conn.queued_bytes <= self._max_backlog // 2:
+            conn.backlogged = False
+            self.table.worker_backlogged(self.now(), conn.key, conn.epoch, False)
+            log.info("worker %s reads its stream again", conn.key.worker_id)
+            self._flush()
+
     def disconnect_worker(self, conn: WorkerConnection) -> None:
         """The worker's stream ended: nothing queued for it is kept."""
         conn.discard()
@@ -384,6 +404,8 @@ class Engine:
 
     def _send(self, conn: WorkerConnection, worker: Worker, **message: object) -> None:
         conn.put(self._message(worker, **message))
+        if conn.queued_bytes > self._max_backlog:
+            self._backlogged(conn)
 
     def _cancel_on_worker(self, activity: Activity, reason: str) -> None:
         conn = self._connection(activity.worker.key, activity.epoch)

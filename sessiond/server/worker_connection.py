@@ -41,13 +41,16 @@ class WorkerConnection:
     while an idle worker needs no buffer at all. One consumer (the stream handler) waits at a time.
     """
 
-    __slots__ = ("_pending", "_tasks", "_waiter", "ack_queued", "closed", "epoch", "key", "queued_bytes")
+    __slots__ = ("_pending", "_tasks", "_waiter", "ack_queued", "backlogged", "closed", "epoch", "key",
+                 "queued_bytes")
 
     def __init__(self, key: WorkerKey, epoch: int) -> None:
         self.key = key
         self.epoch = epoch
         self.closed = False
         self.queued_bytes = 0
+        # Over the byte bound: the worker takes no new sessions until the stream drains.
+        self.backlogged = False
         # Created on the first message and dropped when drained (None = empty).
         self._pending: deque[_Entry | None] | None = None
         self._waiter: asyncio.Future[None] | None = None

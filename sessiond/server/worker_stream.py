@@ -51,6 +51,8 @@ async def serve_worker(engine: Engine, requests: AsyncIterator[worker_pb2.Worker
     try:
         while (message := await conn.next()) is not None:
             yield message
+            if conn.backlogged:
+                engine.worker_drained(conn)
     finally:
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -164,6 +164,29 @@ async def test_a_worker_that_does_not_read_gets_worker_backlogged_past_its_byte_
 
 
 @pytest.mark.asyncio
+async def test_a_backlogged_worker_gets_no_new_sessions_until_it_reads_again(make_server: ServerFactory) -> None:
+    sessiond = await make_server(max_worker_backlog=2 * MiB)
+    async with RawWorker(sessiond.target, QUEUE, worker_id="slow", capacity=8, heartbeat_every=0.2) as worker:
+        session = await sessiond.create(QUEUE)
+        worker.stop_reading()
+        calls = [sessiond.stub.ExecuteActivity(_blob_request(session.session_id, MiB, start_to_close=60))
+                 for _ in range(12)]
+        refused = await eventually(lambda: [c for c in calls if c.done()], timeout=10)
+        await rpc_error(refused[0], RESOURCE_EXHAUSTED, "WORKER_BACKLOGGED")
+        assert (await sessiond.workers())["slow"].outbound_backlog_bytes > 0
+
+        # Free slots, but a worker that does not read takes no new session (nothing more piles up).
+        await rpc_error(sessiond.create(QUEUE, options=options(creation=0)), RESOURCE_EXHAUSTED, "NO_CAPACITY")
+        waiting = asyncio.ensure_future(sessiond.create(QUEUE, options=options(creation=30)))
+
+        worker.start_reading()
+        placed = await asyncio.wait_for(waiting, 30)
+        assert placed.worker.worker_id == "slow" and placed.state == OPEN
+        for call in calls:
+            call.cancel()
+
+
+@pytest.mark.asyncio
 async def test_an_activity_that_timed_out_while_queued_is_never_sent(make_server: ServerFactory) -> None:
     sessiond = await make_server()
     async with RawWorker(sessiond.target, QUEUE, worker_id="slow", heartbeat_every=0.2) as worker:
