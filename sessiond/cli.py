@@ -43,10 +43,21 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
                             metavar=f.name.upper())
 
 
+def version_text() -> str:
+    """``sessiond X (sessiond-client Y)``: both, since they are installed as two distributions."""
+    import sessiond_client
+
+    from sessiond import __version__
+
+    return f"sessiond {__version__} (sessiond-client {sessiond_client.__version__})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``sessiond`` command."""
     parser = argparse.ArgumentParser(
         prog="sessiond", description="sessiond: worker sessions as a gRPC service.")
+    parser.add_argument("--version", action="version", version=version_text(),
+                        help="print the versions of sessiond and sessiond-client, then exit")
     sub = parser.add_subparsers(dest="command")
     serve = sub.add_parser("serve", help="run the server (the default command)",
                            description="Run the sessiond gRPC server until SIGTERM/SIGINT.")
@@ -94,7 +105,7 @@ async def _health(address: str, service: str, wait: float) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sessiond`` command."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
         argv.insert(0, "serve")
     args = build_parser().parse_args(argv)
     if args.command == "health":

@@ -31,6 +31,7 @@ from sessiond_client._errors import (
 )
 from sessiond_client._session import Session, SessionContext, current_session
 from sessiond_client._time import Duration
+from sessiond_client._version import __version__
 from sessiond_client._types import (
     FailureCause,
     SessionFailure,
@@ -77,6 +78,7 @@ __all__ = [
     "WorkerInfo",
     "WorkerRef",
     "WorkerUnavailableError",
+    "__version__",
     "activity",
     "current_session",
 ]
