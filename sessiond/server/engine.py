@@ -17,11 +17,11 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from sessiond_client.api.v1 import session_pb2, worker_pb2
+from sessiond_client.api.v1 import session_pb2, session_service_pb2, worker_pb2
 
 from sessiond.config import ServerConfig
 from sessiond.core import events as ev
-from sessiond.core.errors import SessionError, ShuttingDownError
+from sessiond.core.errors import ActivityHeartbeatTimeoutError, SessionError, ShuttingDownError
 from sessiond.core.model import (
     Activity,
     Session,
@@ -122,6 +122,8 @@ class Engine:
         self._connections: dict[WorkerKey, WorkerConnection] = {}
         self._waits: dict[str, _Wait] = {}
         self._activities: dict[str, asyncio.Future[worker_pb2.ActivityResult]] = {}
+        # The latest heartbeat details of activities in flight that sent some (bounded by them).
+        self._heartbeat_details: dict[str, session_pb2.Payload] = {}
         self._watches: dict[str, _Watch] = {}
 
     def now(self) -> float:
@@ -207,9 +209,15 @@ class Engine:
         return self.table.get(session_id)
 
     async def execute_activity(self, session_id: str, activity_type: str, payload: session_pb2.Payload,
-                               timeout: float, headers: dict[str, str]) -> worker_pb2.ActivityResult:
-        """Send an activity to the session's worker and wait for its outcome."""
-        activity = self.table.start_activity(self.now(), session_id, timeout)
+                               timeout: float, headers: dict[str, str], *, heartbeat_timeout: float | None = None,
+                               attempt: int = 0, heartbeat_details: session_pb2.Payload | None = None,
+                               ) -> session_service_pb2.ExecuteActivityResponse:
+        """Send an activity to the session's worker and wait for its outcome.
+
+        A heartbeat timeout is an outcome, not an error: the response says so in-band, with the
+        activity's latest heartbeat details (as it does for a result or a failure).
+        """
+        activity = self.table.start_activity(self.now(), session_id, timeout, heartbeat_timeout)
         conn = self._connection(activity.worker.key, activity.epoch)
         assert conn is not None, "an OPEN session's worker is connected (core invariant)"
         future: asyncio.Future[worker_pb2.ActivityResult] = self._loop.create_future()
@@ -217,15 +225,26 @@ class Engine:
         task = worker_pb2.ActivityTask(
             activity_id=activity.activity_id, session_id=session_id, activity_type=activity_type,
             input=payload, start_to_close_timeout=duration(timeout), headers=headers,
+            heartbeat_timeout=None if heartbeat_timeout is None else duration(heartbeat_timeout),
+            attempt=attempt, heartbeat_details=heartbeat_details,
         )
         self._send(conn, activity.worker, activity_task=task)
         self._flush()
         started = self.now()
         outcome = "cancelled"
+        response = session_service_pb2.ExecuteActivityResponse()
         try:
             result = await future
-            outcome = "failed" if result.HasField("failure") else "ok"
-            return result
+            if result.HasField("failure"):
+                outcome = "failed"
+                response.failure.CopyFrom(result.failure)
+            else:
+                outcome = "ok"
+                response.result.CopyFrom(result.result)
+        except ActivityHeartbeatTimeoutError as error:
+            outcome = error.reason
+            response.heartbeat_timeout.CopyFrom(session_pb2.ActivityFailure(
+                type="ActivityHeartbeatTimeout", message=error.message))
         except SessionError as error:
             outcome = error.reason
             raise
@@ -237,7 +256,11 @@ class Engine:
                 self._flush()
             raise
         finally:
+            details = self._heartbeat_details.pop(activity.activity_id, None)
             self.metrics.activity_done(activity_type, self.now() - started, outcome)
+        if details is not None:
+            response.heartbeat_details.CopyFrom(details)
+        return response
 
     async def watch_session(self, session_id: str) -> AsyncIterator[session_pb2.Session]:
         """The session now, then its terminal state when it gets there."""
@@ -292,6 +315,11 @@ class Engine:
             future = self._activities.pop(result.activity_id, None) if activity is not None else None
             if future is not None and not future.done():
                 future.set_result(result)
+        elif kind == "activity_heartbeat":
+            beat = request.activity_heartbeat
+            if self.table.activity_heartbeat(now, conn.key, conn.epoch, beat.activity_id, beat.session_id) \
+                    is not None and beat.HasField("details"):
+                self._heartbeat_details[beat.activity_id] = beat.details
         elif kind == "goodbye":
             drain = request.goodbye.drain
             self.table.worker_goodbye(now, conn.key, conn.epoch, drain=drain)
