@@ -33,7 +33,6 @@ from sessiond_client._errors import (
 from sessiond_client._retry_policy import RetryPolicy
 from sessiond_client._session import Session, SessionContext, current_session
 from sessiond_client._time import Duration
-from sessiond_client._version import __version__
 from sessiond_client._types import (
     FailureCause,
     SessionFailure,
@@ -43,6 +42,7 @@ from sessiond_client._types import (
     WorkerInfo,
     WorkerRef,
 )
+from sessiond_client._version import __version__
 from sessiond_client._worker import SessionWorker
 
 __all__ = [

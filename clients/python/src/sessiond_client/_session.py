@@ -42,8 +42,8 @@ from sessiond_client._errors import (
 )
 from sessiond_client._retry import TRANSIENT_CODES, Backoff
 from sessiond_client._retry_policy import RetryPolicy
-from sessiond_client._typehints import activity_hints
 from sessiond_client._time import Duration, duration_to_proto, to_seconds
+from sessiond_client._typehints import activity_hints
 from sessiond_client._types import FailureCause, SessionFailure, SessionInfo, SessionState
 from sessiond_client.api.v1 import session_pb2, session_service_pb2
 

@@ -74,7 +74,7 @@ class ActivityEnvironment:
         run_context = contextvars.copy_context()
         run_context.run(_current.set, context)
         if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None)):
-            self._task = asyncio.ensure_future(run_context.run(fn, *args))
+            self._task = asyncio.create_task(fn(*args), context=run_context)
         else:
             self._task = asyncio.ensure_future(
                 asyncio.get_running_loop().run_in_executor(None, functools.partial(run_context.run, fn, *args)))
