@@ -10,6 +10,8 @@ import pytest
 from sessiond_client import activity
 from sessiond_client.testing import ActivityEnvironment, SessiondEnvironment
 
+from tests.integration.conftest import eventually
+
 
 @activity.defn
 async def resize(name: str, steps: int) -> str:
@@ -51,8 +53,7 @@ async def test_a_retry_can_be_simulated_with_attempt_and_previous_details() -> N
 async def test_cancel_sets_the_flag_of_a_sync_activity_and_its_reason() -> None:
     env = ActivityEnvironment()
     run = asyncio.create_task(env.run(blocking))
-    while not env.heartbeats:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: env.heartbeats)
     env.cancel("SESSION_COMPLETED")
     assert await asyncio.wait_for(run, 10) == "SESSION_COMPLETED"
 

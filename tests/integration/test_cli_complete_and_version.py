@@ -14,7 +14,7 @@ import sessiond_client
 
 import sessiond
 from sessiond.cli import main
-from tests.integration.conftest import CLOSED, FAILED, OPEN, REPO_ROOT, Sessiond, WorkerFactory
+from tests.integration.conftest import CLOSED, FAILED, OPEN, REPO_ROOT, Sessiond, WorkerFactory, eventually
 
 
 def _run(*argv: str) -> tuple[int, str, str]:
@@ -49,8 +49,7 @@ async def test_sessions_complete_is_idempotent_and_json_shows_the_failed_state_i
     worker = await make_worker("w")
     session = await sessiond.create()
     await worker.stop()  # WORKER_LOST
-    while (await sessiond.get(session.session_id)).state != FAILED:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: _failed(sessiond, session.session_id))
 
     code, out, err = await asyncio.to_thread(_run, "sessions", "complete", session.session_id,
                                              "--address", sessiond.target, "--json")
@@ -58,6 +57,10 @@ async def test_sessions_complete_is_idempotent_and_json_shows_the_failed_state_i
     assert code == 0, err
     shown = json.loads(out)
     assert (shown["state"], shown["failure"]["cause"]) == ("SESSION_STATE_FAILED", "FAILURE_CAUSE_WORKER_LOST")
+
+
+async def _failed(sessiond: Sessiond, session_id: str) -> bool:
+    return (await sessiond.get(session_id)).state == FAILED
 
 
 @pytest.mark.asyncio

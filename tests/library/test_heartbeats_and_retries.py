@@ -24,6 +24,8 @@ from sessiond_client import (
 )
 from sessiond_client.testing import SessiondEnvironment
 
+from tests.integration.conftest import eventually
+
 ATTEMPTS: list[tuple[int, Any]] = []
 STARTED = threading.Event()
 
@@ -183,8 +185,7 @@ async def test_a_session_failure_is_never_retried(env: SessiondEnvironment) -> N
     [worker] = env.workers
     async with env.client.create_session(env.task_queue) as session:
         run = asyncio.create_task(session.execute_activity(slow_step, 30.0, retry_policy=policy))
-        while not ATTEMPTS:
-            await asyncio.sleep(0.01)
+        await eventually(lambda: ATTEMPTS)
         await env.lose_worker(worker)
         with pytest.raises(SessionFailedError) as caught:
             await asyncio.wait_for(run, 10)
@@ -200,10 +201,8 @@ async def test_a_session_that_fails_during_the_backoff_stops_the_retries(
     [worker] = env.workers
     async with env.client.create_session(env.task_queue) as session:
         run = asyncio.create_task(session.execute_activity(flaky, 5, retry_policy=policy))
-        deadline = time.monotonic() + 10
-        while not any("retrying in 30 s" in r.getMessage() for r in caplog.records):  # in the backoff now
-            assert time.monotonic() < deadline, "the first attempt never failed"
-            await asyncio.sleep(0.01)
+        await eventually(lambda: any("retrying in 30 s" in r.getMessage() for r in caplog.records),
+                         message="the first attempt failed: the retry waits in its backoff")
         await env.lose_worker(worker)
         with pytest.raises(SessionFailedError):
             await asyncio.wait_for(run, 10)

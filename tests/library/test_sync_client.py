@@ -22,6 +22,8 @@ from sessiond_client import (
 from sessiond_client.sync import SyncSessionClient
 from sessiond_client.testing import SessiondEnvironment
 
+from tests.integration.conftest import eventually
+
 RUNNING = threading.Event()
 
 
@@ -105,8 +107,7 @@ async def test_a_running_activity_fails_at_once_when_the_worker_dies(env: Sessio
             outcome["failure"] = session.wait_failed(timeout=5)
 
     blocked = asyncio.create_task(asyncio.to_thread(caller))
-    while not RUNNING.is_set():
-        await asyncio.sleep(0.01)
+    await eventually(RUNNING.is_set)
     await env.lose_worker(worker)
     await asyncio.wait_for(blocked, 20)
 

@@ -6,13 +6,13 @@ import asyncio
 import contextvars
 import dataclasses
 import functools
-import inspect
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, TypeVarTuple, overload
 
 from sessiond_client._activity import ActivityInfo, _ActivityContext, _current
 from sessiond_client._types import SessionInfo, SessionOptions, SessionState, WorkerRef
+from sessiond_client._worker import _is_async
 
 R = TypeVar("R")
 Ts = TypeVarTuple("Ts")
@@ -73,7 +73,7 @@ class ActivityEnvironment:
         self._context = context
         run_context = contextvars.copy_context()
         run_context.run(_current.set, context)
-        if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None)):
+        if _is_async(fn):
             self._task = asyncio.create_task(fn(*args), context=run_context)
         else:
             self._task = asyncio.ensure_future(
