@@ -1,5 +1,6 @@
-"""The ``sessiond`` command: ``serve`` runs the server, ``health`` probes one, and ``sessions`` /
-``workers`` show what a running server holds (see :mod:`sessiond.ops`).
+"""The ``sessiond`` command: ``serve`` runs the server, ``health`` probes one, ``sessions`` /
+``workers`` show what a running server holds (see :mod:`sessiond.ops`), and ``worker`` runs a
+worker for a list of activities (see :mod:`sessiond.worker_cli`).
 
 Every :class:`~sessiond.config.ServerConfig` field is a ``serve`` flag (``--field-name``) and a
 ``SESSIOND_FIELD_NAME`` environment variable; flags win.
@@ -15,7 +16,7 @@ from dataclasses import MISSING, fields
 from datetime import timedelta
 from typing import Any
 
-from sessiond import ops
+from sessiond import ops, worker_cli
 from sessiond.config import ENV_PREFIX, ServerConfig, config_from_env, parse_field
 
 
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--service", default="", help="service name to check ['' = the whole server]")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait [3]")
     ops.add_commands(sub)
+    worker_cli.add_command(sub)
     return parser
 
 
@@ -112,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if asyncio.run(_health(args.address, args.service, args.timeout)) else 1
     if args.command in ("sessions", "workers"):
         return ops.run(args)
+    if args.command == "worker":
+        return worker_cli.run(args)
     return _serve(args)
 
 
