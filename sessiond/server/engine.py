@@ -21,7 +21,11 @@ from sessiond_client.api.v1 import session_pb2, session_service_pb2, worker_pb2
 
 from sessiond.config import ServerConfig
 from sessiond.core import events as ev
-from sessiond.core.errors import ActivityHeartbeatTimeoutError, SessionError, ShuttingDownError
+from sessiond.core.errors import (
+    ActivityHeartbeatTimeoutError,
+    SessionError,
+    ShuttingDownError,
+)
 from sessiond.core.model import (
     Activity,
     Session,
@@ -33,6 +37,7 @@ from sessiond.core.model import (
     WorkerRegistration,
 )
 from sessiond.core.table import SessionTable
+from sessiond.core.token import decode_token
 from sessiond.server.convert import WallClock, duration, session_to_pb, worker_to_pb
 from sessiond.telemetry import NoMetrics, SessionMetrics, tracing
 
@@ -144,8 +149,12 @@ class Engine:
                              request_id: str, max_wait: float | None = None) -> Session:
         """Place a session, waiting up to ``options.creation_timeout`` (and ``max_wait``) for capacity."""
         started = self.now()
-        result = self.table.create(started, task_queue, options, owner=owner, request_id=request_id,
-                                   max_wait=max_wait)
+        try:
+            result = self.table.create(started, task_queue, options, owner=owner, request_id=request_id,
+                                       max_wait=max_wait)
+        except SessionError as error:  # answered at once: NO_CAPACITY, EXISTING_OPEN_SESSION, ...
+            self.metrics.creation_rejected(task_queue, error.reason)
+            raise
         self._flush()
         return await self._settle(result, started)
 
@@ -153,8 +162,12 @@ class Engine:
                                request_id: str, max_wait: float | None = None) -> Session:
         """Place a session on the token's worker, waiting up to ``options.creation_timeout`` (and ``max_wait``)."""
         started = self.now()
-        result = self.table.recreate(started, token, options, owner=owner, request_id=request_id,
-                                     max_wait=max_wait)
+        try:
+            result = self.table.recreate(started, token, options, owner=owner, request_id=request_id,
+                                         max_wait=max_wait)
+        except SessionError as error:
+            self.metrics.creation_rejected(_token_queue(token), error.reason)
+            raise
         self._flush()
         return await self._settle(result, started)
 
@@ -421,6 +434,7 @@ class Engine:
             wait = self._waits.pop(event.waiter_id, None)
             if wait is not None:
                 self.metrics.waiters(wait.task_queue, -1)
+                self.metrics.creation_rejected(wait.task_queue, event.error.reason)
                 if not wait.future.done():
                     wait.future.set_exception(event.error)
         elif isinstance(event, ev.ActivityEnded):
@@ -454,6 +468,14 @@ class Engine:
             log.info("session completed", extra=fields)
         else:
             log.info("session failed", extra={**fields, "cause": cause})
+
+
+def _token_queue(token: bytes) -> str:
+    """The task queue a recreate token names, for metrics ("" for a token that does not decode)."""
+    try:
+        return decode_token(token).task_queue
+    except SessionError:
+        return ""
 
 
 __all__ = ["Engine", "SessionError", "WorkerConnection"]

@@ -256,8 +256,9 @@ class Session:
             try:
                 response = await self._execute(request, timeout)
             except SessiondError as err:
-                _tracing.fail(span, err.reason or type(err).__name__, str(err))
+                _tracing.fail(span, err.reason or type(err).__name__, str(err), err.code)
                 raise
+            _tracing.succeeded(span)
             try:
                 return self._outcome(activity_type, response, hint, attempt)
             except ActivityError as err:
