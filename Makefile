@@ -103,7 +103,7 @@ gen: $(PY_STAMP)
 
 # The API reference; --strict turns every broken reference or docstring warning into a failure.
 docs: $(PY_STAMP)
-	$(BIN)/mkdocs build --strict --quiet --site-dir build/site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir build/site
 
 # Both wheels; install the server with `pip install --find-links dist sessiond`.
 dist: $(PY_STAMP)

@@ -139,7 +139,11 @@ class SessionWorker:
                 the server assigns one, kept for this process's reconnects.
             identity: Free-form identity; default ``pid@hostname``.
             host_name: Host name shown to callers; default ``socket.gethostname()``.
-            tls, root_certificates, private_key, certificate_chain, auth_token: As for ``SessionClient``.
+            tls: Connect with TLS (as for ``SessionClient``).
+            root_certificates: PEM CA bundle to trust (TLS).
+            private_key: PEM client key (mTLS, with ``certificate_chain``).
+            certificate_chain: PEM client certificate chain (mTLS).
+            auth_token: The worker role's bearer token.
             converter: Payload converter (must match the callers').
             activity_executor: Executor for sync activities; default: a thread pool owned by the worker.
             max_activity_threads: Size of the default thread pool.
