@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import re
@@ -120,6 +121,10 @@ async def _finish(process: asyncio.subprocess.Process, timeout: float = 120) -> 
     return out.decode()
 
 
+def _registered_or_exited(running: SessiondServer, before: int, process: asyncio.subprocess.Process) -> bool:
+    return len(running.engine.table.workers()[0]) > before or process.returncode is not None
+
+
 @activity.defn
 async def echo(value: Any) -> Any:
     """The activity the Node command runs."""
@@ -153,8 +158,8 @@ async def test_the_blocks_of_a_group_run_as_written(group: str, server: tuple[Se
                 process = await asyncio.create_subprocess_exec(
                     *argv, cwd=tmp_path, env=_env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
                 workers.append((snippet.source, process))
-                await eventually(lambda: len(running.engine.table.workers()[0]) > before
-                                 or process.returncode is not None, timeout=30, message=f"{snippet.source} registers")
+                await eventually(functools.partial(_registered_or_exited, running, before, process), timeout=30,
+                                 message=f"{snippet.source} registers")
                 assert process.returncode is None, f"{snippet.source} exited: {await _finish(process)}"
             elif role == "run":
                 path.write_text(code)
