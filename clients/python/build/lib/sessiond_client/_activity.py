@@ -1,0 +1,181 @@
+"""What an activity can see about itself while it runs, and how activities are named.
+
+The worker sets a context variable around every activity; async activities read it directly, sync
+activities get a copy of the context in their thread. Cancellation is a ``threading.Event`` so a
+sync activity can poll it (:func:`is_cancelled`) or block on it (:func:`wait_for_cancelled`); an
+async activity is also cancelled as an asyncio task.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar, overload
+
+from sessiond_client._types import SessionInfo
+
+_NAME_ATTR = "__sessiond_activity_name__"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityInfo:
+    """The activity execution that is running, and the session it runs in."""
+
+    activity_id: str
+    """Unique id of this execution (assigned by the server)."""
+    activity_type: str
+    """The registered name the caller asked for."""
+    session: SessionInfo
+    """The session the activity runs in, as the worker received it."""
+    start_to_close_timeout: timedelta | None
+    """How long the caller allows; the server cancels the activity after it."""
+    headers: Mapping[str, str]
+    """Propagation headers from the caller (for example W3C trace context)."""
+    worker_id: str
+    """The id of the worker running the activity."""
+    attempt: int = 1
+    """Which attempt this is: 1, then 2, 3, ... when the caller's retry policy retries."""
+    heartbeat_timeout: timedelta | None = None
+    """The longest the activity may go without :func:`heartbeat` before it is cancelled (None: no limit)."""
+    heartbeat_details: Any = None
+    """The latest details the previous attempt passed to :func:`heartbeat` (None on a first attempt),
+    so a retry can resume where it stopped."""
+
+    @property
+    def session_id(self) -> str:
+        """Shortcut for ``session.session_id``."""
+        return self.session.session_id
+
+
+class _ActivityContext:
+    """Per-execution state shared by the worker and the activity (possibly across threads)."""
+
+    __slots__ = ("_cancel_reason", "_cancelled", "heartbeat_sink", "info")
+
+    def __init__(self, info: ActivityInfo, heartbeat_sink: Callable[[Any], None] | None = None) -> None:
+        self.info = info
+        self._cancelled = threading.Event()
+        self._cancel_reason: str | None = None
+        # Set by the worker: called from any thread with the details of one heartbeat.
+        self.heartbeat_sink = heartbeat_sink
+
+    def cancel(self, reason: str) -> None:
+        # The reason is written before the event is set, so a reader that sees the event sees it.
+        if not self._cancelled.is_set():
+            self._cancel_reason = reason
+            self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    @property
+    def cancel_reason(self) -> str | None:
+        return self._cancel_reason
+
+    def wait(self, timeout: float | None) -> bool:
+        return self._cancelled.wait(timeout)
+
+
+_current: ContextVar[_ActivityContext | None] = ContextVar("sessiond_activity", default=None)
+
+
+def _context() -> _ActivityContext:
+    ctx = _current.get()
+    if ctx is None:
+        raise RuntimeError("not running inside a sessiond activity")
+    return ctx
+
+
+def in_activity() -> bool:
+    """True when called from inside an activity run by a :class:`SessionWorker`."""
+    return _current.get() is not None
+
+
+def info() -> ActivityInfo:
+    """Return the running activity's :class:`ActivityInfo` (including its session's ``SessionInfo``).
+
+    Raises:
+        RuntimeError: When not called from inside an activity.
+    """
+    return _context().info
+
+
+def is_cancelled() -> bool:
+    """True once the server asked to cancel this activity (session completed or failed, timeout).
+
+    Sync activities run in a thread and cannot be interrupted: they should poll this and return
+    early. A result returned after cancellation is discarded.
+    """
+    return _context().cancelled
+
+
+def cancellation_reason() -> str | None:
+    """Why the activity was cancelled (``SESSION_COMPLETED``, ``SESSION_FAILED``, ``ACTIVITY_TIMEOUT``,
+    ``WORKER_SHUTDOWN``, ...), or ``None`` while it is not."""
+    return _context().cancel_reason
+
+
+def heartbeat(details: Any = None) -> None:
+    """Tell the server the activity is alive, and report its latest progress ``details``.
+
+    Call it from async or sync activities, as often as you like: the worker sends at most a few
+    heartbeats per ``heartbeat_timeout`` (the latest details win) and flushes the last ones before
+    the result. An activity started with a ``heartbeat_timeout`` that stays silent longer is
+    cancelled and its caller gets :class:`~sessiond_client.ActivityHeartbeatTimeoutError`. The caller
+    sees the latest details (``ActivityError.heartbeat_details``), and so does a retried attempt
+    (:attr:`ActivityInfo.heartbeat_details`). ``details`` are encoded by the worker's converter.
+
+    Raises:
+        RuntimeError: When not called from inside an activity.
+        TypeError: The converter cannot encode ``details``.
+    """
+    ctx = _context()
+    if ctx.heartbeat_sink is not None:
+        ctx.heartbeat_sink(details)
+
+
+def wait_for_cancelled(timeout: float | None = None) -> bool:
+    """Block the calling thread until the activity is cancelled or ``timeout`` seconds pass.
+
+    For sync activities only (it blocks); returns :func:`is_cancelled`.
+    """
+    return _context().wait(timeout)
+
+
+@overload
+def defn(fn: F, /) -> F: ...
+
+
+@overload
+def defn(*, name: str | None = None) -> Callable[[F], F]: ...
+
+
+def defn(fn: F | None = None, /, *, name: str | None = None) -> F | Callable[[F], F]:
+    """Mark a function as an activity, optionally under another name than its ``__name__``.
+
+    Usable bare (``@activity.defn``) or with a name (``@activity.defn(name="download")``). The
+    function is returned unchanged, so it stays directly callable in tests.
+    """
+
+    def mark(f: F) -> F:
+        activity_name = name or getattr(f, "__name__", None)
+        if not activity_name:
+            raise ValueError("cannot infer an activity name: pass name=")
+        setattr(f, _NAME_ATTR, activity_name)
+        return f
+
+    return mark(fn) if fn is not None else mark
+
+
+def _activity_name(fn: Callable[..., Any]) -> str:
+    """The registered name of an activity callable: the ``defn`` name, else ``__name__``."""
+    named = getattr(fn, _NAME_ATTR, None) or getattr(fn, "__name__", None)
+    if not isinstance(named, str) or not named:
+        raise ValueError(f"cannot infer an activity name for {fn!r}: use activity.defn(name=...) or a mapping")
+    return named

@@ -1,0 +1,65 @@
+"""How the client and the worker reach sessiond: channel, TLS and bearer-token metadata.
+
+Channels are created by :meth:`ConnectionConfig.open_channel`, which must run inside the event
+loop that will use the channel (grpc.aio binds a channel to the running loop).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+import grpc.aio
+
+Metadata = tuple[tuple[str, str], ...]
+
+# Large enough for any sane payload while still bounding a runaway message.
+_DEFAULT_OPTIONS: tuple[tuple[str, int | str], ...] = (
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionConfig:
+    """Where sessiond is and how to authenticate to it."""
+
+    target: str
+    tls: bool = False
+    root_certificates: bytes | None = None
+    private_key: bytes | None = None
+    certificate_chain: bytes | None = None
+    auth_token: str | None = None
+    channel_options: tuple[tuple[str, int | str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.target:
+            raise ValueError("target must not be empty (for example '127.0.0.1:50051')")
+        if (self.private_key is None) != (self.certificate_chain is None):
+            raise ValueError("private_key and certificate_chain go together (mTLS)")
+
+    @property
+    def uses_tls(self) -> bool:
+        """TLS is on when asked for, or implied by any certificate material."""
+        return self.tls or any(
+            v is not None for v in (self.root_certificates, self.private_key, self.certificate_chain)
+        )
+
+    def call_metadata(self) -> Metadata:
+        """Metadata sent with every call: the bearer token, if any."""
+        if self.auth_token:
+            return (("authorization", f"Bearer {self.auth_token}"),)
+        return ()
+
+    def open_channel(self, extra_options: Sequence[tuple[str, int | str]] = ()) -> grpc.aio.Channel:
+        """Open a channel in the running loop."""
+        options = [*_DEFAULT_OPTIONS, *self.channel_options, *extra_options]
+        if self.uses_tls:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=self.root_certificates,
+                private_key=self.private_key,
+                certificate_chain=self.certificate_chain,
+            )
+            return grpc.aio.secure_channel(self.target, credentials, options=options)
+        return grpc.aio.insecure_channel(self.target, options=options)

@@ -1,0 +1,229 @@
+"""Typed, immutable views of the sessiond.v1 messages a caller or worker reads.
+
+Each dataclass mirrors one proto message and is built by a private ``_from_proto``; the enums
+mirror the proto enums value for value, so ``int(SessionState.OPEN)`` is the wire value.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sessiond_client._time import duration_from_proto, duration_to_proto, timestamp_from_proto
+from sessiond_client.api.v1 import session_pb2
+
+
+class SessionState(enum.IntEnum):
+    """Lifecycle state of a session: OPEN, then exactly one of FAILED or CLOSED."""
+
+    OPEN = int(session_pb2.SESSION_STATE_OPEN)
+    """The session holds a slot on a live worker and accepts activities."""
+    FAILED = int(session_pb2.SESSION_STATE_FAILED)
+    """The worker was lost, went silent or shut down, or the session timed out."""
+    CLOSED = int(session_pb2.SESSION_STATE_CLOSED)
+    """The session was completed by its caller."""
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for FAILED and CLOSED: the session takes no more activities."""
+        return self is not SessionState.OPEN
+
+
+class FailureCause(enum.IntEnum):
+    """Why a session FAILED.
+
+    ``UNSPECIFIED`` is never a server verdict: the client uses it when a session vanished without
+    one (for example the server restarted and no longer knows the session), or when a newer server
+    sends a cause this library does not know yet.
+    """
+
+    UNSPECIFIED = int(session_pb2.FAILURE_CAUSE_UNSPECIFIED)
+    """The cause is unknown to this client."""
+    WORKER_LOST = int(session_pb2.FAILURE_CAUSE_WORKER_LOST)
+    """The worker's stream ended without a goodbye."""
+    HEARTBEAT_TIMEOUT = int(session_pb2.FAILURE_CAUSE_HEARTBEAT_TIMEOUT)
+    """The worker was silent for longer than the session's ``heartbeat_timeout``."""
+    EXECUTION_TIMEOUT = int(session_pb2.FAILURE_CAUSE_EXECUTION_TIMEOUT)
+    """The session reached its ``execution_timeout``."""
+    WORKER_SHUTDOWN = int(session_pb2.FAILURE_CAUSE_WORKER_SHUTDOWN)
+    """The worker shut down without draining while the session was open."""
+
+    @classmethod
+    def _from_wire(cls, value: int) -> FailureCause:
+        try:
+            return cls(value)
+        except ValueError:
+            return cls.UNSPECIFIED
+
+    @classmethod
+    def _from_name(cls, name: str | None) -> FailureCause:
+        """Parse the ``cause`` ErrorInfo metadata: the enum name without prefix, e.g. ``WORKER_LOST``."""
+        if not name:
+            return cls.UNSPECIFIED
+        key = name.upper().removeprefix("FAILURE_CAUSE_")
+        return cls.__members__.get(key, cls.UNSPECIFIED)
+
+
+def _state_from_wire(value: int) -> SessionState:
+    # The server never sends UNSPECIFIED; an unknown value is treated as the conservative terminal
+    # state so a caller stops sending work rather than crashing on a newer server.
+    try:
+        return SessionState(value)
+    except ValueError:
+        return SessionState.FAILED
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRef:
+    """The worker a session runs on."""
+
+    worker_id: str
+    """Stable if the worker supplied one, else a UUID per worker process."""
+    identity: str
+    """Free-form identity the worker declared, for example ``pid@host``."""
+    host_name: str
+    """Host name the worker declared."""
+
+    @classmethod
+    def _from_proto(cls, msg: session_pb2.WorkerRef) -> WorkerRef:
+        return cls(worker_id=msg.worker_id, identity=msg.identity, host_name=msg.host_name)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionFailure:
+    """Why a session failed."""
+
+    cause: FailureCause
+    """The machine-readable cause."""
+    message: str
+    """A human-readable explanation."""
+
+    @classmethod
+    def _from_proto(cls, msg: session_pb2.Failure) -> SessionFailure:
+        return cls(cause=FailureCause._from_wire(msg.cause), message=msg.message)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOptions:
+    """Per-session limits. ``None`` means "the server default" when creating a session."""
+
+    creation_timeout: timedelta | None = None
+    """How long Create/Recreate may wait for capacity (server default 60 s; 0 = do not wait)."""
+    execution_timeout: timedelta | None = None
+    """The session's maximum life (server default 24 h)."""
+    heartbeat_timeout: timedelta | None = None
+    """Worker silence after which the session fails (server default 20 s)."""
+
+    @classmethod
+    def _from_proto(cls, msg: session_pb2.SessionOptions) -> SessionOptions:
+        return cls(
+            creation_timeout=duration_from_proto(msg.creation_timeout) if msg.HasField("creation_timeout") else None,
+            execution_timeout=duration_from_proto(msg.execution_timeout) if msg.HasField("execution_timeout") else None,
+            heartbeat_timeout=duration_from_proto(msg.heartbeat_timeout) if msg.HasField("heartbeat_timeout") else None,
+        )
+
+    def _to_proto(self) -> session_pb2.SessionOptions:
+        out = session_pb2.SessionOptions()
+        if self.creation_timeout is not None:
+            out.creation_timeout.CopyFrom(duration_to_proto(self.creation_timeout))
+        if self.execution_timeout is not None:
+            out.execution_timeout.CopyFrom(duration_to_proto(self.execution_timeout))
+        if self.heartbeat_timeout is not None:
+            out.heartbeat_timeout.CopyFrom(duration_to_proto(self.heartbeat_timeout))
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """A session as the server last reported it. Immutable: a newer report is a new object."""
+
+    session_id: str
+    """Unguessable UUID4 of the session."""
+    task_queue: str
+    """Task queue the session was placed on."""
+    state: SessionState
+    """Lifecycle state."""
+    worker: WorkerRef
+    """The worker that holds (or held) the session."""
+    recreate_token: bytes
+    """Opaque token for :meth:`SessionClient.recreate_session` (a new session on the same worker)."""
+    create_time: datetime | None
+    """When the session was placed (aware, UTC)."""
+    expire_time: datetime | None
+    """When the session fails with EXECUTION_TIMEOUT if still open (aware, UTC)."""
+    close_time: datetime | None
+    """When the session became FAILED or CLOSED; ``None`` while OPEN."""
+    owner: str | None
+    """The caller-chosen owner key, if any."""
+    failure: SessionFailure | None
+    """Why the session failed; set only when ``state`` is FAILED."""
+    options: SessionOptions
+    """The options the session runs with, server defaults filled in."""
+
+    @property
+    def host_name(self) -> str:
+        """Host name of the session's worker (the original SessionInfo.HostName)."""
+        return self.worker.host_name
+
+    @classmethod
+    def _from_proto(cls, msg: session_pb2.Session) -> SessionInfo:
+        state = _state_from_wire(msg.state)
+        failure: SessionFailure | None = None
+        if msg.HasField("failure"):
+            failure = SessionFailure._from_proto(msg.failure)
+        elif state is SessionState.FAILED:
+            failure = SessionFailure(cause=FailureCause.UNSPECIFIED, message="")
+        return cls(
+            session_id=msg.session_id,
+            task_queue=msg.task_queue,
+            state=state,
+            worker=WorkerRef._from_proto(msg.worker),
+            recreate_token=bytes(msg.recreate_token),
+            create_time=timestamp_from_proto(msg.create_time) if msg.HasField("create_time") else None,
+            expire_time=timestamp_from_proto(msg.expire_time) if msg.HasField("expire_time") else None,
+            close_time=timestamp_from_proto(msg.close_time) if msg.HasField("close_time") else None,
+            owner=msg.owner or None,
+            failure=failure,
+            options=SessionOptions._from_proto(msg.options),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """The operator's view of one connected worker."""
+
+    worker_id: str
+    """The worker's id."""
+    task_queue: str
+    """Task queue the worker serves."""
+    identity: str
+    """Identity the worker declared."""
+    host_name: str
+    """Host name the worker declared."""
+    max_concurrent_sessions: int
+    """The worker's session limit."""
+    open_sessions: int
+    """Sessions currently OPEN on the worker."""
+    draining: bool
+    """True once the worker said goodbye with drain: it takes no new sessions."""
+    connect_time: datetime | None
+    """When the worker registered (aware, UTC)."""
+    last_heartbeat_time: datetime | None
+    """When the server last heard from the worker (aware, UTC)."""
+
+    @classmethod
+    def _from_proto(cls, msg: session_pb2.WorkerInfo) -> WorkerInfo:
+        return cls(
+            worker_id=msg.worker_id,
+            task_queue=msg.task_queue,
+            identity=msg.identity,
+            host_name=msg.host_name,
+            max_concurrent_sessions=msg.max_concurrent_sessions,
+            open_sessions=msg.open_sessions,
+            draining=msg.draining,
+            connect_time=timestamp_from_proto(msg.connect_time) if msg.HasField("connect_time") else None,
+            last_heartbeat_time=(
+                timestamp_from_proto(msg.last_heartbeat_time) if msg.HasField("last_heartbeat_time") else None
+            ),
+        )

@@ -1,0 +1,711 @@
+"""The worker side: :class:`SessionWorker` holds sessions and runs their activities.
+
+One ``WorkerHeartbeat`` stream per worker and task queue carries everything. The worker:
+
+* registers (re-using its worker id on every reconnect, so recreate tokens keep pointing at it);
+* adopts the heartbeat interval from every server message and sends a ``Heartbeat`` whenever it
+  has been silent that long (any message counts);
+* holds the sessions the server starts on it and rejects work for any other (fencing);
+* runs activities: ``async def`` ones as tasks on the loop, plain functions in a thread pool; all of
+  them can read :func:`sessiond_client.activity.info` and learn of cancellation;
+* reports every result at once through a single writer (grpc allows one write at a time);
+* on a broken stream drops every session (the server has failed them), cancels their activities
+  and reconnects with jittered exponential backoff;
+* on shutdown says goodbye: with drain it keeps its open sessions until they complete or the grace
+  period passes, then half-closes; the first SIGTERM/SIGINT drains, a second one stops at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import contextvars
+import functools
+import inspect
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable, Iterable, Mapping
+from datetime import timedelta
+from typing import Any
+
+import grpc
+import grpc.aio
+from opentelemetry.trace import Span
+
+from sessiond_client import _tracing
+from sessiond_client._activity import ActivityInfo, _activity_name, _ActivityContext, _current
+from sessiond_client._connection import ConnectionConfig
+from sessiond_client._converter import DefaultPayloadConverter, PayloadConverter
+from sessiond_client._errors import ApplicationError, _from_rpc_error
+from sessiond_client._heartbeat import ActivityHeartbeats
+from sessiond_client._retry import Backoff
+from sessiond_client._time import Duration, duration_from_proto, to_seconds
+from sessiond_client._typehints import activity_hints
+from sessiond_client._types import SessionInfo, SessionState
+from sessiond_client.api.v1 import session_pb2, session_service_pb2_grpc, worker_pb2
+
+logger = logging.getLogger("sessiond_client.worker")
+
+# Errors that a reconnect cannot fix: bad credentials or a request the server will always reject.
+_FATAL_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
+# Until the server names an interval (in its first message), heartbeat at the protocol's maximum.
+_INITIAL_HEARTBEAT_INTERVAL = 10.0
+# After our half-close the server ends the stream; if it does not, stop waiting after this long.
+_HALF_CLOSE_TIMEOUT = 10.0
+# How long to wait for the server's GoodbyeAck before trusting our own view of held sessions.
+_GOODBYE_ACK_TIMEOUT = 10.0
+# How long run() waits, at exit, for cancelled activity tasks to unwind.
+_ACTIVITY_UNWIND_TIMEOUT = 5.0
+
+SESSION_NOT_HELD = "SessionNotHeld"
+ACTIVITY_NOT_REGISTERED = "ActivityNotRegistered"
+PAYLOAD_ERROR = "PayloadError"
+
+
+class _Running:
+    """One activity execution in progress."""
+
+    __slots__ = ("context", "session_id", "task")
+
+    def __init__(self, session_id: str, context: _ActivityContext, task: asyncio.Task[None]) -> None:
+        self.session_id = session_id
+        self.context = context
+        self.task = task
+
+    def cancel(self, reason: str) -> None:
+        # The flag is for sync activities (a thread cannot be interrupted) and tells the wrapper not
+        # to report; cancelling the task interrupts async activities and the wait on a thread.
+        self.context.cancel(reason)
+        self.task.cancel()
+
+
+class SessionWorker:
+    """A worker process's connection to sessiond for one task queue.
+
+    Example::
+
+        @activity.defn
+        async def download(url: str) -> str: ...
+
+        def process(path: str) -> str:  # sync: runs in a thread, may poll activity.is_cancelled()
+            ...
+
+        worker = SessionWorker("127.0.0.1:50051", "fileprocessing", [download, process],
+                               max_concurrent_sessions=4)
+        await worker.run(handle_signals=True)  # until SIGTERM (drain) or worker.shutdown()
+    """
+
+    def __init__(
+        self,
+        target: str,
+        task_queue: str,
+        activities: Mapping[str, Callable[..., Any]] | Iterable[Callable[..., Any]],
+        *,
+        max_concurrent_sessions: int = 1000,
+        worker_id: str | None = None,
+        identity: str | None = None,
+        host_name: str | None = None,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        private_key: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        auth_token: str | None = None,
+        converter: PayloadConverter | None = None,
+        activity_executor: concurrent.futures.Executor | None = None,
+        max_activity_threads: int = 100,
+        shutdown_grace: Duration | None = timedelta(minutes=5),
+        reconnect_initial_delay: Duration = 0.1,
+        reconnect_max_delay: Duration = 5.0,
+        channel_options: tuple[tuple[str, int | str], ...] = (),
+    ) -> None:
+        """Configure the worker; nothing connects until :meth:`run`.
+
+        Args:
+            target: sessiond's address, for example ``"127.0.0.1:50051"``.
+            task_queue: The queue this worker serves.
+            activities: ``{name: callable}``, or callables named by ``activity.defn`` / ``__name__``.
+            max_concurrent_sessions: Hard limit of sessions held at once (the server enforces it).
+            worker_id: Stable id (lets recreate tokens survive reconnects across processes); default:
+                the server assigns one, kept for this process's reconnects.
+            identity: Free-form identity; default ``pid@hostname``.
+            host_name: Host name shown to callers; default ``socket.gethostname()``.
+            tls: Connect with TLS (as for ``SessionClient``).
+            root_certificates: PEM CA bundle to trust (TLS).
+            private_key: PEM client key (mTLS, with ``certificate_chain``).
+            certificate_chain: PEM client certificate chain (mTLS).
+            auth_token: The worker role's bearer token.
+            converter: Payload converter (must match the callers').
+            activity_executor: Executor for sync activities; default: a thread pool owned by the worker.
+            max_activity_threads: Size of the default thread pool.
+            shutdown_grace: How long a draining shutdown waits for open sessions; ``None`` = no limit.
+            reconnect_initial_delay: First reconnect backoff bound.
+            reconnect_max_delay: Cap of the reconnect backoff.
+            channel_options: Extra grpc channel options.
+        """
+        if not task_queue:
+            raise ValueError("task_queue must not be empty")
+        if max_concurrent_sessions < 1:
+            raise ValueError("max_concurrent_sessions must be at least 1")
+        self._connection = ConnectionConfig(
+            target=target,
+            tls=tls,
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+            auth_token=auth_token,
+            channel_options=channel_options,
+        )
+        self._task_queue = task_queue
+        self._activities = _activity_table(activities)
+        self._max_sessions = max_concurrent_sessions
+        self._worker_id = worker_id or None
+        self._host_name = host_name or socket.gethostname()
+        self._identity = identity or f"{os.getpid()}@{self._host_name}"
+        self._converter = converter or DefaultPayloadConverter()
+        self._executor = activity_executor
+        self._max_threads = max_activity_threads
+        self._grace = None if shutdown_grace is None else to_seconds(shutdown_grace)
+        self._backoff = Backoff(to_seconds(reconnect_initial_delay), to_seconds(reconnect_max_delay))
+
+        self._sessions: dict[str, SessionInfo] = {}
+        self._running: dict[str, _Running] = {}
+        self._outbox: asyncio.Queue[worker_pb2.WorkerHeartbeatRequest | None] | None = None
+        self._interval = _INITIAL_HEARTBEAT_INTERVAL
+        self._interval_changed = asyncio.Event()
+        self._last_send = 0.0
+        self._server_incarnation: str | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._registered = asyncio.Event()
+        self._goodbye_acked = asyncio.Event()
+        self._shutdown_requested = asyncio.Event()
+        self._force = asyncio.Event()
+        self._drain = True
+        self._started = False
+        self._signals: list[signal.Signals] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- public ---------------------------------------------------------------------------------
+
+    @property
+    def task_queue(self) -> str:
+        """The queue this worker serves."""
+        return self._task_queue
+
+    @property
+    def worker_id(self) -> str | None:
+        """The worker id in force (the supplied one, or the one the server assigned at registration)."""
+        return self._worker_id
+
+    @property
+    def identity(self) -> str:
+        """The identity this worker declares."""
+        return self._identity
+
+    @property
+    def held_sessions(self) -> frozenset[str]:
+        """Ids of the sessions this worker holds right now."""
+        return frozenset(self._sessions)
+
+    @property
+    def server_incarnation(self) -> str | None:
+        """The incarnation id of the server the worker last heard from."""
+        return self._server_incarnation
+
+    async def wait_registered(self) -> str:
+        """Wait until the worker has registered (on its current or next stream); return its worker id."""
+        await self._registered.wait()
+        assert self._worker_id is not None
+        return self._worker_id
+
+    async def run(self, *, handle_signals: bool = False) -> None:
+        """Serve until :meth:`shutdown` (or, with ``handle_signals``, SIGTERM/SIGINT) completes.
+
+        Reconnects by itself when the stream breaks. Returns after a clean shutdown.
+
+        Raises:
+            UnauthenticatedError, PermissionDeniedError, InvalidArgumentError: The server rejected
+                the worker in a way no reconnect can fix.
+        """
+        if self._started:
+            raise RuntimeError("SessionWorker.run() can be called only once")
+        self._started = True
+        self._loop = asyncio.get_running_loop()
+        if handle_signals:
+            self.install_signal_handlers()
+        owned_executor: concurrent.futures.ThreadPoolExecutor | None = None
+        if self._executor is None:
+            owned_executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=self._max_threads, thread_name_prefix="sessiond-activity"
+            )
+            self._executor = owned_executor
+        channel = self._connection.open_channel()
+        stub = session_service_pb2_grpc.SessionServiceStub(channel)
+        try:
+            while not self._shutdown_requested.is_set():
+                try:
+                    await self._serve_stream(stub)
+                    if not self._shutdown_requested.is_set():
+                        logger.info("server ended the worker stream; reconnecting")
+                except grpc.aio.AioRpcError as err:
+                    if err.code() in _FATAL_CODES:
+                        raise _from_rpc_error(err) from err
+                    logger.warning("worker stream broke (%s: %s); reconnecting", err.code().name, err.details())
+                finally:
+                    # The stream is gone, so the server has failed every session it gave us.
+                    self._drop_all_sessions("WORKER_LOST")
+                if self._shutdown_requested.is_set():
+                    break
+                delay = self._backoff.next_delay()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._shutdown_requested.wait()
+        finally:
+            self.remove_signal_handlers()
+            await self._unwind_activities()
+            await channel.close(None)
+            if owned_executor is not None:
+                owned_executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = None
+            logger.info("worker %s stopped", self._worker_id)
+
+    def shutdown(self, *, drain: bool = True, grace: Duration | None = None) -> None:
+        """Ask the worker to stop; :meth:`run` returns when it has. Call from the event loop's thread.
+
+        Args:
+            drain: Keep open sessions until they complete (no new ones land here), at most the
+                grace period; ``False`` fails them at once with WORKER_SHUTDOWN. Calling again with
+                ``drain=False`` while draining stops at once.
+            grace: Overrides ``shutdown_grace`` for this shutdown.
+        """
+        if grace is not None:
+            self._grace = to_seconds(grace)
+        if not self._shutdown_requested.is_set():
+            self._drain = drain
+            self._shutdown_requested.set()
+        elif not drain:
+            self._force.set()
+
+    def install_signal_handlers(self, signals: Iterable[signal.Signals] = (signal.SIGTERM, signal.SIGINT)) -> None:
+        """Make the first of ``signals`` drain the worker and a second one stop it at once.
+
+        Must be called in the running loop (``run(handle_signals=True)`` does it). Unix only.
+        """
+        loop = asyncio.get_running_loop()
+        for sig in signals:
+            loop.add_signal_handler(sig, self._on_signal, sig)
+            self._signals.append(sig)
+
+    def remove_signal_handlers(self) -> None:
+        """Undo :meth:`install_signal_handlers`."""
+        if self._loop is None:
+            return
+        for sig in self._signals:
+            self._loop.remove_signal_handler(sig)
+        self._signals.clear()
+
+    # -- the stream -----------------------------------------------------------------------------
+
+    async def _serve_stream(self, stub: session_service_pb2_grpc.SessionServiceAsyncStub) -> None:
+        """Run one stream from registration to its end; returns on EOF, raises AioRpcError on failure."""
+        call = stub.WorkerHeartbeat(None, metadata=self._connection.call_metadata())
+        outbox: asyncio.Queue[worker_pb2.WorkerHeartbeatRequest | None] = asyncio.Queue()
+        self._outbox = outbox
+        self._registered.clear()
+        self._goodbye_acked.clear()
+        self._send(
+            worker_pb2.WorkerHeartbeatRequest(
+                register=worker_pb2.RegisterWorker(
+                    task_queue=self._task_queue,
+                    worker_id=self._worker_id or "",
+                    identity=self._identity,
+                    host_name=self._host_name,
+                    max_concurrent_sessions=self._max_sessions,
+                )
+            )
+        )
+        helpers = [
+            asyncio.create_task(self._write_loop(call, outbox), name="sessiond-worker-writer"),
+            asyncio.create_task(self._heartbeat_loop(), name="sessiond-worker-heartbeat"),
+            asyncio.create_task(self._goodbye_loop(call), name="sessiond-worker-goodbye"),
+        ]
+        try:
+            while True:
+                try:
+                    message = await call.read()
+                except asyncio.CancelledError:
+                    # Our own call.cancel() after an unanswered half-close ends the stream; a
+                    # cancellation of this task must still propagate.
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise
+                    return
+                if not isinstance(message, worker_pb2.WorkerHeartbeatResponse):
+                    return  # EOF: the server ended the stream
+                self._on_message(message)
+        finally:
+            self._outbox = None
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            call.cancel()
+
+    async def _write_loop(
+        self,
+        call: grpc.aio.StreamStreamCall[worker_pb2.WorkerHeartbeatRequest, worker_pb2.WorkerHeartbeatResponse],
+        outbox: asyncio.Queue[worker_pb2.WorkerHeartbeatRequest | None],
+    ) -> None:
+        # The only writer of the stream: grpc.aio allows one outstanding write per call.
+        try:
+            while True:
+                message = await outbox.get()
+                if message is None:
+                    await call.done_writing()
+                    return
+                await call.write(message)
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as err:
+            # The reader sees the same failure and decides what to do; the writer just stops.
+            logger.debug("worker stream write failed: %r", err)
+
+    async def _heartbeat_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._outbox is not None:
+            delay = self._last_send + self._interval - loop.time()
+            if delay <= 0:
+                self._send(worker_pb2.WorkerHeartbeatRequest(heartbeat=worker_pb2.Heartbeat()))
+                continue
+            # Woken early when the server changes the interval (a shorter one must apply at once).
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that races
+            # its timeout, and this loop must stop when the stream ends.
+            self._interval_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._interval_changed.wait()
+
+    async def _goodbye_loop(
+        self,
+        call: grpc.aio.StreamStreamCall[worker_pb2.WorkerHeartbeatRequest, worker_pb2.WorkerHeartbeatResponse],
+    ) -> None:
+        await self._shutdown_requested.wait()
+        drain = self._drain
+        held = len(self._sessions)
+        logger.info("worker %s saying goodbye (drain=%s, %d sessions held)", self._worker_id, drain, held)
+        self._send(worker_pb2.WorkerHeartbeatRequest(goodbye=worker_pb2.Goodbye(drain=drain)))
+        if drain:
+            loop = asyncio.get_running_loop()
+            deadline = None if self._grace is None else loop.time() + self._grace
+            # A SessionStarted the server sent just before reading our goodbye may still be on the
+            # wire: being idle right now is not enough to leave. The GoodbyeAck is the marker (the
+            # stream is ordered): once it arrived, no SessionStarted can follow.
+            force = asyncio.ensure_future(self._force.wait())
+            acked = asyncio.ensure_future(self._goodbye_acked.wait())
+            try:
+                wait = _GOODBYE_ACK_TIMEOUT if self._grace is None else min(_GOODBYE_ACK_TIMEOUT, self._grace)
+                await asyncio.wait({force, acked}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+                if not acked.done():
+                    logger.warning("worker %s got no goodbye acknowledgement; trusting its own view", self._worker_id)
+                while not force.done():
+                    idle = asyncio.ensure_future(self._idle.wait())
+                    remaining = None if deadline is None else max(deadline - loop.time(), 0.0)
+                    try:
+                        await asyncio.wait({idle, force}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        idle.cancel()
+                    if not self._sessions or (deadline is not None and loop.time() >= deadline):
+                        break
+            finally:
+                force.cancel()
+                acked.cancel()
+            if self._sessions:
+                # Grace passed or a second signal: fail what is left now, with an explicit cause.
+                logger.warning("worker %s stopping with %d open sessions", self._worker_id, len(self._sessions))
+                self._send(worker_pb2.WorkerHeartbeatRequest(goodbye=worker_pb2.Goodbye(drain=False)))
+        self._drop_all_sessions("WORKER_SHUTDOWN")
+        if self._outbox is not None:
+            self._outbox.put_nowait(None)  # half-close: the server ends the stream in answer
+        await asyncio.sleep(_HALF_CLOSE_TIMEOUT)
+        logger.warning("server did not end the worker stream after goodbye; closing it")
+        call.cancel()
+
+    def _send(self, message: worker_pb2.WorkerHeartbeatRequest) -> None:
+        self._last_send = asyncio.get_running_loop().time()
+        if self._outbox is None:
+            logger.debug("dropping %s: no stream", message.WhichOneof("message"))
+            return
+        self._outbox.put_nowait(message)
+
+    # -- server messages ------------------------------------------------------------------------
+
+    def _on_message(self, message: worker_pb2.WorkerHeartbeatResponse) -> None:
+        if message.HasField("heartbeat_interval"):
+            interval = duration_from_proto(message.heartbeat_interval).total_seconds()
+            if interval > 0 and interval != self._interval:
+                self._interval = interval
+                self._interval_changed.set()
+        if message.server_incarnation:
+            self._server_incarnation = message.server_incarnation
+        kind = message.WhichOneof("message")
+        if kind == "registered":
+            self._worker_id = message.registered.worker_id or self._worker_id
+            self._backoff.reset()
+            self._registered.set()
+            logger.info(
+                "worker %s registered on %s (task queue %r, heartbeat every %.3g s)",
+                self._worker_id,
+                self._connection.target,
+                self._task_queue,
+                self._interval,
+            )
+        elif kind == "session_started":
+            info = SessionInfo._from_proto(message.session_started.session)
+            self._sessions[info.session_id] = info
+            self._idle.clear()
+            logger.debug("holding session %s", info.session_id)
+        elif kind == "session_ended":
+            ended = message.session_ended
+            reason = "SESSION_FAILED" if ended.state == int(SessionState.FAILED) else "SESSION_COMPLETED"
+            self._drop_session(ended.session_id, reason)
+        elif kind == "activity_task":
+            self._start_activity(message.activity_task)
+        elif kind == "goodbye_ack":
+            self._goodbye_acked.set()
+            logger.debug("goodbye acknowledged; %d sessions to finish", len(message.goodbye_ack.session_ids))
+        elif kind == "cancel_activity":
+            cancel = message.cancel_activity
+            running = self._running.get(cancel.activity_id)
+            if running is not None and running.session_id == cancel.session_id:
+                running.cancel(cancel.reason or "CANCELLED")
+
+    def _drop_session(self, session_id: str, reason: str) -> None:
+        if self._sessions.pop(session_id, None) is not None:
+            logger.debug("dropped session %s (%s)", session_id, reason)
+        for running in list(self._running.values()):
+            if running.session_id == session_id:
+                running.cancel(reason)
+        if not self._sessions:
+            self._idle.set()
+
+    def _drop_all_sessions(self, reason: str) -> None:
+        self._sessions.clear()
+        for running in list(self._running.values()):
+            running.cancel(reason)
+        self._idle.set()
+
+    # -- activities -----------------------------------------------------------------------------
+
+    def _start_activity(self, task: worker_pb2.ActivityTask) -> None:
+        session = self._sessions.get(task.session_id)
+        if session is None:
+            # Fencing: the server may believe we hold a session we already dropped (or never had).
+            self._report_failure(
+                task,
+                session_pb2.ActivityFailure(
+                    type=SESSION_NOT_HELD,
+                    message=f"worker {self._worker_id} does not hold session {task.session_id}",
+                    non_retryable=True,
+                ),
+            )
+            return
+        fn = self._activities.get(task.activity_type)
+        if fn is None:
+            self._report_failure(
+                task,
+                session_pb2.ActivityFailure(
+                    type=ACTIVITY_NOT_REGISTERED,
+                    message=f"activity {task.activity_type!r} is not registered on this worker "
+                    f"(registered: {', '.join(sorted(self._activities)) or 'none'})",
+                    non_retryable=True,
+                ),
+            )
+            return
+        if task.activity_id in self._running:
+            return  # a duplicate delivery of a task already running
+        timeout = task.start_to_close_timeout if task.HasField("start_to_close_timeout") else None
+        heartbeat_timeout = duration_from_proto(task.heartbeat_timeout) if task.HasField("heartbeat_timeout") else None
+        heartbeats = ActivityHeartbeats(
+            asyncio.get_running_loop(), self._converter,
+            None if heartbeat_timeout is None else heartbeat_timeout.total_seconds(),
+            functools.partial(self._send_heartbeat, task.activity_id, task.session_id),
+        )
+        context = _ActivityContext(
+            ActivityInfo(
+                activity_id=task.activity_id,
+                activity_type=task.activity_type,
+                session=session,
+                start_to_close_timeout=None if timeout is None else duration_from_proto(timeout),
+                headers=dict(task.headers),
+                worker_id=self._worker_id or "",
+                attempt=task.attempt or 1,
+                heartbeat_timeout=heartbeat_timeout,
+                heartbeat_details=self._previous_details(task),
+            ),
+            heartbeats,
+        )
+        runner = asyncio.create_task(self._execute(task, fn, context, heartbeats),
+                                     name=f"sessiond-activity-{task.activity_id}")
+        self._running[task.activity_id] = _Running(task.session_id, context, runner)
+        # A done-callback (not a finally) forgets the execution: a task cancelled before its first
+        # step never runs its body.
+        runner.add_done_callback(lambda _: self._forget(task.activity_id, runner))
+
+    def _forget(self, activity_id: str, runner: asyncio.Task[None]) -> None:
+        running = self._running.get(activity_id)
+        if running is not None and running.task is runner:
+            del self._running[activity_id]
+        if not runner.cancelled() and runner.exception() is not None:
+            logger.error("activity wrapper crashed", exc_info=runner.exception())
+
+    def _previous_details(self, task: worker_pb2.ActivityTask) -> Any:
+        if not task.HasField("heartbeat_details"):
+            return None
+        try:
+            return self._converter.from_payload(task.heartbeat_details)
+        except Exception as exc:  # the retry still runs; it just cannot resume
+            logger.warning("cannot decode the heartbeat details of activity %s: %s", task.activity_id, exc)
+            return None
+
+    def _send_heartbeat(self, activity_id: str, session_id: str, details: session_pb2.Payload | None) -> None:
+        self._send(worker_pb2.WorkerHeartbeatRequest(
+            activity_heartbeat=worker_pb2.ActivityHeartbeat(activity_id=activity_id, session_id=session_id,
+                                                            details=details)))
+
+    async def _execute(self, task: worker_pb2.ActivityTask, fn: Callable[..., Any], context: _ActivityContext,
+                       heartbeats: ActivityHeartbeats) -> None:
+        _current.set(context)
+        # Started here so it is current in the executor thread too (the context is copied below).
+        with _tracing.activity_span(
+            task.activity_type,
+            task.headers,
+            session_id=task.session_id,
+            activity_id=task.activity_id,
+            worker_id=self._worker_id or "",
+        ) as span:
+            try:
+                await self._run_activity(task, fn, context, span, heartbeats)
+            finally:
+                heartbeats.throttle.close()
+
+    async def _run_activity(
+        self, task: worker_pb2.ActivityTask, fn: Callable[..., Any], context: _ActivityContext, span: Span | None,
+        heartbeats: ActivityHeartbeats,
+    ) -> None:
+        try:
+            try:
+                args = self._converter.decode_args(task.input, activity_hints(fn).params)
+            except Exception as exc:
+                raise ApplicationError(f"cannot decode input: {exc}", type=PAYLOAD_ERROR, non_retryable=True) from exc
+            if _is_async(fn):
+                value = await fn(*args)
+            else:
+                assert self._executor is not None
+                # Copy the context so the thread sees activity.info() and the cancellation flag.
+                thread_context = contextvars.copy_context()
+                value = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, functools.partial(thread_context.run, fn, *args)
+                )
+            try:
+                payload = self._converter.to_payload(value)
+            except Exception as exc:
+                raise ApplicationError(f"cannot encode result: {exc}", type=PAYLOAD_ERROR, non_retryable=True) from exc
+        except asyncio.CancelledError:
+            if context.cancelled:
+                return  # the server gave up on this activity: nobody waits for its result
+            raise
+        except Exception as exc:
+            if context.cancelled:
+                return
+            _tracing.fail(span, type(exc).__name__, str(exc))
+            self._log_failure(task, exc)
+            heartbeats.throttle.flush()  # the last details precede the outcome on the stream
+            self._report_failure(task, self._failure_from(exc))
+            return
+        if context.cancelled:
+            return  # finished after cancellation (e.g. a sync activity that ignored the flag)
+        heartbeats.throttle.flush()
+        self._send(
+            worker_pb2.WorkerHeartbeatRequest(
+                activity_result=worker_pb2.ActivityResult(
+                    activity_id=task.activity_id, session_id=task.session_id, result=payload
+                )
+            )
+        )
+
+    def _report_failure(self, task: worker_pb2.ActivityTask, failure: session_pb2.ActivityFailure) -> None:
+        self._send(
+            worker_pb2.WorkerHeartbeatRequest(
+                activity_result=worker_pb2.ActivityResult(
+                    activity_id=task.activity_id, session_id=task.session_id, failure=failure
+                )
+            )
+        )
+
+    def _failure_from(self, exc: Exception) -> session_pb2.ActivityFailure:
+        if isinstance(exc, ApplicationError):
+            failure = session_pb2.ActivityFailure(type=exc.type, message=exc.message, non_retryable=exc.non_retryable)
+            if exc.details:
+                value = exc.details[0] if len(exc.details) == 1 else list(exc.details)
+                try:
+                    failure.details.CopyFrom(self._converter.to_payload(value))
+                except Exception:
+                    logger.warning("cannot encode ApplicationError details of type %s", type(value).__name__)
+            return failure
+        return session_pb2.ActivityFailure(type=type(exc).__name__, message=str(exc))
+
+    def _log_failure(self, task: worker_pb2.ActivityTask, exc: Exception) -> None:
+        if isinstance(exc, ApplicationError):
+            logger.debug("activity %s (%s) failed: %s", task.activity_type, task.activity_id, exc)
+        else:
+            logger.warning("activity %s (%s) raised", task.activity_type, task.activity_id, exc_info=exc)
+
+    async def _unwind_activities(self) -> None:
+        for running in list(self._running.values()):
+            running.cancel("WORKER_SHUTDOWN")
+        tasks = [running.task for running in self._running.values()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=_ACTIVITY_UNWIND_TIMEOUT)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if not self._shutdown_requested.is_set():
+            logger.info("%s: draining (send it again to stop at once)", sig.name)
+            self.shutdown(drain=True)
+        else:
+            logger.info("%s: stopping now", sig.name)
+            self.shutdown(drain=False)
+
+
+def _activity_table(
+    activities: Mapping[str, Callable[..., Any]] | Iterable[Callable[..., Any]],
+) -> dict[str, Callable[..., Any]]:
+    table: dict[str, Callable[..., Any]] = {}
+    if isinstance(activities, Mapping):
+        items: Iterable[tuple[str, Callable[..., Any]]] = activities.items()
+    else:
+        items = ((_activity_name(fn), fn) for fn in activities)
+    for name, fn in items:
+        if not name:
+            raise ValueError("activity names must not be empty")
+        if not callable(fn):
+            raise TypeError(f"activity {name!r} is not callable")
+        if name in table:
+            raise ValueError(f"activity {name!r} registered twice")
+        table[name] = fn
+    if not table:
+        raise ValueError("register at least one activity")
+    return table
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    # Plain async functions and partials of them, or instances of a class with ``async def __call__``.
+    if inspect.iscoroutinefunction(fn):
+        return True
+    return not inspect.isroutine(fn) and inspect.iscoroutinefunction(type(fn).__call__)
