@@ -107,8 +107,9 @@ docs: $(PY_STAMP)
 
 # Both wheels; install the server with `pip install --find-links dist sessiond`.
 dist: $(PY_STAMP)
-	rm -rf dist
+	rm -rf dist build clients/python/build
 	$(PY) -m pip wheel $(PIP_FLAGS) --no-deps --wheel-dir dist clients/python .
+	rm -rf build clients/python/build
 
 # ---- run -------------------------------------------------------------------------------------
 
@@ -124,7 +125,7 @@ bench: $(PY_STAMP)
 # ---- housekeeping ----------------------------------------------------------------------------
 
 clean:
-	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf build dist clients/python/build .pytest_cache .mypy_cache .ruff_cache .hypothesis
 	find . -path ./$(VENV) -prune -o -path ./node_modules -prune -o \
 	    \( -name __pycache__ -o -name '*.egg-info' \) -type d -print0 | xargs -0 rm -rf
 

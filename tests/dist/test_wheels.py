@@ -5,6 +5,7 @@ the library from the same wheel directory: `pip install --find-links dist sessio
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -27,11 +28,23 @@ def _run(*argv: str | Path, cwd: Path) -> str:
     return done.stdout
 
 
+def _sources(into: Path) -> tuple[Path, Path]:
+    """Copies of the two projects' sources (setuptools builds in the tree: keep build/ out of the repo)."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+    client = into / "client"
+    shutil.copytree(ROOT / "clients" / "python", client, ignore=ignore)
+    server = into / "server"
+    shutil.copytree(ROOT / "sessiond", server / "sessiond", ignore=ignore)
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, server / name)
+    return client, server
+
+
 @pytest.fixture(scope="module")
 def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dist = tmp_path_factory.mktemp("dist")
-    _run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", dist, ROOT / "clients" / "python",
-         ROOT, cwd=dist)
+    client, server = _sources(tmp_path_factory.mktemp("src"))
+    _run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", dist, client, server, cwd=dist)
     names = sorted(p.name for p in dist.glob("*.whl"))
     version = sessiond.__version__
     assert names == [f"sessiond-{version}-py3-none-any.whl", f"sessiond_client-{version}-py3-none-any.whl"]

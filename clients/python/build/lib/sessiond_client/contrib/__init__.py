@@ -1,1 +1,0 @@
-"""Optional integrations, each behind an extra (``pip install 'sessiond-client[pydantic]'``)."""
