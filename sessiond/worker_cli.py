@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from sessiond.ops import _positive
+
 __all__ = ["add_command", "load_activities", "run"]
 
 ADDRESS_ENV = "SESSIOND_ADDRESS"
@@ -56,16 +58,6 @@ def add_command(sub: Any) -> None:
                         help="threads for plain (sync) activity functions [100]")
     worker.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="log level [INFO]")
-
-
-def _positive(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {raw!r}") from exc
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def load_activities(spec: str) -> Activities:
