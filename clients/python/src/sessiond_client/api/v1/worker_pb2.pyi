@@ -403,7 +403,9 @@ class CancelActivity(_message.Message):
     session_id: _builtins.str
     """The session it runs in."""
     reason: _builtins.str
-    """Why: ACTIVITY_TIMEOUT, SESSION_COMPLETED, SESSION_FAILED, or CALLER_CANCELLED (the caller gave up)."""
+    """Why: ACTIVITY_TIMEOUT, ACTIVITY_HEARTBEAT_TIMEOUT, SESSION_COMPLETED, SESSION_FAILED, or
+    CALLER_CANCELLED (the caller gave up).
+    """
     def __init__(
         self,
         *,
