@@ -8,7 +8,7 @@ import enum
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple, TypedDict
 
 import pytest
 from sessiond_client import DefaultPayloadConverter
@@ -97,6 +97,23 @@ def test_without_a_hint_the_value_decodes_to_plain_json() -> None:
 ])
 def test_values_round_trip_by_their_hints(value: Any, hint: Any) -> None:
     assert converter.from_payload(converter.to_payload(value), hint) == value
+
+
+class Point(NamedTuple):
+    x: int
+    when: dt.date
+
+
+class Movie(TypedDict):
+    title: str
+    released: dt.date
+
+
+def test_named_tuples_and_typed_dicts_decode_by_their_field_hints() -> None:
+    point = Point(1, dt.date(2026, 1, 1))
+    assert converter.from_payload(converter.to_payload(point), Point) == point
+    movie: Movie = {"title": "x", "released": dt.date(2026, 2, 2)}
+    assert converter.from_payload(converter.to_payload(movie), Movie) == movie
 
 
 def test_top_level_bytes_stay_raw() -> None:

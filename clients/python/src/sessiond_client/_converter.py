@@ -12,7 +12,8 @@ the Python type, so decoding follows a *type hint*: the worker decodes each argu
 activity's parameter annotations, the caller decodes a result by the activity's return annotation
 when it passes the function (or by ``result_type=``). Without a hint, a value decodes to plain JSON
 types. Hints understood: the types above, ``list[X]``, ``tuple[X, ...]``, ``tuple[X, Y]``,
-``set[X]``, ``frozenset[X]``, ``dict[K, V]``, ``X | None`` and other unions, ``Literal``, ``Any``.
+``set[X]``, ``frozenset[X]``, ``dict[K, V]``, ``TypedDict``, ``NamedTuple``, ``X | None`` and other
+unions, ``Literal``, ``Any``.
 """
 
 from __future__ import annotations
@@ -240,12 +241,18 @@ def _convert_class(converter: DefaultPayloadConverter, value: Any, hint: type, w
             return hint(base64.b64decode(_expect(value, str, where), validate=True))
         except binascii.Error as exc:
             raise ValueError(f"{where}: not base64: {exc}") from None
+    if typing.is_typeddict(hint):
+        obj = _expect(value, dict, where)
+        field_hints = _field_hints(hint)
+        return {k: converter.from_json_value(v, field_hints.get(k)) for k, v in obj.items()}
+    if issubclass(hint, tuple) and hasattr(hint, "_fields"):  # a NamedTuple: encoded as a JSON array
+        items = _expect(value, list, where)
+        field_hints = _field_hints(hint)
+        return hint(*(converter.from_json_value(v, field_hints.get(name))
+                      for v, name in zip(items, hint._fields, strict=False)))
     if dataclasses.is_dataclass(hint):
         obj = _expect(value, dict, where)
-        try:
-            field_hints = typing.get_type_hints(hint)
-        except Exception:  # unresolvable forward references: fields stay untyped
-            field_hints = {}
+        field_hints = _field_hints(hint)
         known = {f.name: f for f in dataclasses.fields(hint) if f.init}
         unknown = set(obj) - set(known)
         if unknown:
@@ -254,7 +261,15 @@ def _convert_class(converter: DefaultPayloadConverter, value: Any, hint: type, w
         return hint(**kwargs)
     if isinstance(value, hint):
         return value
-    raise TypeError(f"{where}: cannot convert {type(value).__name__} to {hint.__name__}")
+    raise TypeError(f"{where}: cannot convert {type(value).__name__} to {hint.__name__} (pass a converter that "
+                    "knows this type, for example sessiond_client.contrib.pydantic for pydantic models)")
+
+
+def _field_hints(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # unresolvable forward references: the fields stay untyped
+        return {}
 
 
 def _convert_union(converter: DefaultPayloadConverter, value: Any, members: tuple[Any, ...], where: str) -> Any:
