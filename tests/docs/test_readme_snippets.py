@@ -132,7 +132,10 @@ async def echo(value: Any) -> Any:
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("group", GROUPS)
+@pytest.mark.parametrize("group", [
+    pytest.param(g, marks=pytest.mark.node) if any(s.fields.get("group") == g and s.fields.get("role") == "node"
+                                                   for s in SNIPPETS) else g
+    for g in GROUPS])
 async def test_the_blocks_of_a_group_run_as_written(group: str, server: tuple[SessiondServer, str],
                                                     tmp_path: Path) -> None:
     running, target = server
