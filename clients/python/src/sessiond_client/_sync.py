@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar, TypeVarTuple, overload
 
 from sessiond_client._client import SessionClient
+from sessiond_client._converter import PayloadConverter
 from sessiond_client._errors import SessionAlreadyOpenError
 from sessiond_client._retry_policy import RetryPolicy
 from sessiond_client._session import Session, SessionContext
@@ -66,13 +67,31 @@ class SyncSessionClient:
     Thread-safe: any thread may call it. ``close()`` (or leaving the ``with`` block) ends its thread.
     """
 
-    def __init__(self, target: str, **options: Any) -> None:
-        """Connect (waiting for the channel, as ``SessionClient.connect`` does); ``options`` are its
-        keyword arguments (``tls``, ``auth_token``, ``default_rpc_timeout``, ``converter``, ...).
+    def __init__(
+        self,
+        target: str,
+        *,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        private_key: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        auth_token: str | None = None,
+        default_rpc_timeout: Duration = 30.0,
+        converter: PayloadConverter | None = None,
+        channel_options: tuple[tuple[str, int | str], ...] = (),
+        wait_ready: bool = True,
+    ) -> None:
+        """Connect: the arguments and their meaning are those of :meth:`SessionClient.connect`.
 
         Raises:
             RPCError: ``UNAVAILABLE`` when the server could not be reached in time.
         """
+        options: dict[str, Any] = {
+            "tls": tls, "root_certificates": root_certificates, "private_key": private_key,
+            "certificate_chain": certificate_chain, "auth_token": auth_token,
+            "default_rpc_timeout": default_rpc_timeout, "converter": converter, "channel_options": channel_options,
+            "wait_ready": wait_ready,
+        }
         self._loop = _LoopThread()
         try:
             self._client = self._loop.run(_connect(target, options))
@@ -108,14 +127,36 @@ class SyncSessionClient:
         """As :attr:`SessionClient.server_incarnation`."""
         return self._client.server_incarnation
 
-    def create_session(self, task_queue: str, **options: Any) -> SyncSessionContext:
+    def create_session(
+        self,
+        task_queue: str,
+        *,
+        creation_timeout: Duration | None = None,
+        execution_timeout: Duration | None = None,
+        heartbeat_timeout: Duration | None = None,
+        owner: str | None = None,
+        request_id: str | None = None,
+    ) -> SyncSessionContext:
         """Open a session (arguments as :meth:`SessionClient.create_session`): a context manager
         yielding a :class:`SyncSession`, completed on exit."""
-        return SyncSessionContext(self, self._client.create_session(task_queue, **options))
+        return SyncSessionContext(self, self._client.create_session(
+            task_queue, creation_timeout=creation_timeout, execution_timeout=execution_timeout,
+            heartbeat_timeout=heartbeat_timeout, owner=owner, request_id=request_id))
 
-    def recreate_session(self, recreate_token: bytes, **options: Any) -> SyncSessionContext:
+    def recreate_session(
+        self,
+        recreate_token: bytes,
+        *,
+        creation_timeout: Duration | None = None,
+        execution_timeout: Duration | None = None,
+        heartbeat_timeout: Duration | None = None,
+        owner: str | None = None,
+        request_id: str | None = None,
+    ) -> SyncSessionContext:
         """A new session on the worker ``recreate_token`` names (as :meth:`SessionClient.recreate_session`)."""
-        return SyncSessionContext(self, self._client.recreate_session(recreate_token, **options))
+        return SyncSessionContext(self, self._client.recreate_session(
+            recreate_token, creation_timeout=creation_timeout, execution_timeout=execution_timeout,
+            heartbeat_timeout=heartbeat_timeout, owner=owner, request_id=request_id))
 
     def get_session_info(self, session_id: str) -> SessionInfo:
         """As :meth:`SessionClient.get_session_info`."""
