@@ -47,11 +47,11 @@ async def test_a_silent_activity_ends_in_band_with_its_last_details_and_the_work
     tasks = _record_tasks(worker)
     session = await sessiond.create()
     call = asyncio.ensure_future(sessiond.stub.ExecuteActivity(_request(
-        session.session_id, 30, heartbeat_timeout=seconds(0.5), attempt=2,
+        session.session_id, 30, heartbeat_timeout=seconds(1.0), attempt=2,
         heartbeat_details=json_payload({"resume_at": 7})), timeout=30))
     await eventually(lambda: tasks, message="the worker got the task")
     [task] = tasks
-    assert task.heartbeat_timeout.ToTimedelta().total_seconds() == 0.5
+    assert task.heartbeat_timeout.ToTimedelta().total_seconds() == 1.0
     assert task.attempt == 2
     assert json.loads(task.heartbeat_details.data) == {"resume_at": 7}
 
@@ -75,15 +75,15 @@ async def test_heartbeats_keep_an_activity_alive_past_its_heartbeat_timeout(
     tasks = _record_tasks(worker)
     session = await sessiond.create()
     call = asyncio.ensure_future(sessiond.stub.ExecuteActivity(_request(
-        session.session_id, 1.2, heartbeat_timeout=seconds(0.4)), timeout=30))
+        session.session_id, 2.5, heartbeat_timeout=seconds(1.0)), timeout=30))
     await eventually(lambda: tasks)
     beats = 0
-    while not call.done():  # a live activity: a heartbeat every 0.1 s (four per timeout)
+    while not call.done():  # a live activity: a heartbeat every 0.1 s (ten per timeout)
         _beat(worker, tasks[0].activity_id, session.session_id, {"beat": beats})
         beats += 1
         await asyncio.sleep(0.1)
     response = call.result()
-    assert response.WhichOneof("outcome") == "result" and json.loads(response.result.data) == 1.2
+    assert response.WhichOneof("outcome") == "result" and json.loads(response.result.data) == 2.5
     assert json.loads(response.heartbeat_details.data)["beat"] >= 8
     assert tasks[0].activity_id not in worker.cancelled
 
