@@ -138,6 +138,12 @@ def test_a_value_that_does_not_fit_its_hint_is_a_clear_error(value: Any, hint: A
         converter.from_json_value(value, hint)
 
 
+def test_an_argument_that_does_not_fit_its_parameter_is_named_by_position() -> None:
+    payload = converter.encode_args([1, "not a date"])
+    with pytest.raises(ValueError, match=r"^argument 2: Invalid isoformat string"):
+        converter.decode_args(payload, (int, dt.date))
+
+
 def test_an_unencodable_value_names_its_type() -> None:
     with pytest.raises(TypeError, match="cannot encode a object as JSON"):
         converter.to_payload(object())

@@ -128,7 +128,15 @@ class DefaultPayloadConverter(PayloadConverter):
         if not isinstance(value, list):
             raise TypeError(f"activity input must encode a list of arguments, got {type(value).__name__}")
         hints = type_hints or ()
-        return [self.from_json_value(item, hints[i] if i < len(hints) else None) for i, item in enumerate(value)]
+        args = []
+        for i, item in enumerate(value):
+            try:
+                args.append(self.from_json_value(item, hints[i] if i < len(hints) else None))
+            except ValueError as exc:  # pydantic's ValidationError too
+                raise ValueError(f"argument {i + 1}: {exc}") from exc
+            except TypeError as exc:
+                raise TypeError(f"argument {i + 1}: {exc}") from exc
+        return args
 
     def to_json_value(self, value: Any) -> Any:
         """Turn a value JSON cannot encode into one it can (``json.dumps``'s ``default`` hook).
