@@ -19,8 +19,8 @@ PYTEST_FLAGS ?= -q -p no:cacheprovider
 # The steps of `make test` must run in the order listed, even under `make -j`.
 .NOTPARALLEL:
 
-.PHONY: help bootstrap .venv node_modules require-node test test-py lint lint-py lint-proto lint-docker typecheck \
-        gen gen-check docs dist serve demo bench clean distclean
+.PHONY: help bootstrap .venv node_modules require-node deps-browser test test-py lint lint-py lint-proto lint-docker \
+        typecheck gen gen-check docs dist serve demo bench clean distclean
 
 help:
 	@echo "make serve      run sessiond on 127.0.0.1:50051 (bootstraps .venv on first use)"
@@ -66,6 +66,12 @@ $(NODE_STAMP): package.json package-lock.json
 	@npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
+# Debian's chromium + chromium-driver for the dashboard's browser test: installed with apt-get when
+# missing and root, else one line says what to install (and, under CI=true, the run fails).
+# Checked on every run (it costs a `command -v`), so a browser removed later is noticed.
+deps-browser:
+	@bash scripts/ensure_browser.sh
+
 # ---- checks ----------------------------------------------------------------------------------
 
 # grpc core logs INFO lines (e.g. GOAWAY on shutdown) at its default verbosity; keep test output clean.
@@ -73,12 +79,12 @@ PY_CHECKS := lint-py typecheck lint-docker gen-check docs
 
 # Node first: without it, the one line that says what to install comes before anything else runs.
 test: export GRPC_VERBOSITY ?= ERROR
-test: require-node $(PY_CHECKS) lint-proto
+test: require-node $(PY_CHECKS) lint-proto deps-browser
 	$(PY) -m pytest $(PYTEST_FLAGS) tests
 
 # The Python-only subset: every check and test except buf lint and the Node interop test.
 test-py: export GRPC_VERBOSITY ?= ERROR
-test-py: $(PY_CHECKS)
+test-py: $(PY_CHECKS) deps-browser
 	$(PY) -m pytest $(PYTEST_FLAGS) -m "not node" tests
 
 lint: lint-py lint-proto lint-docker

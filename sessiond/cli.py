@@ -84,7 +84,11 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"sessiond: {exc}", file=sys.stderr)
         return 2
     logs.configure(config.log_level, config.log_format)
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except OSError as exc:  # an address that cannot be bound: one line, not a traceback
+        print(f"sessiond: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -73,6 +73,10 @@ class ServerConfig:
     metrics_listen: str | None = field(
         default=None, metadata={"help": "host:port of a Prometheus scrape endpoint for the metrics (unset = none)."}
     )
+    ui_listen: str | None = field(
+        default=None,
+        metadata={"help": "host:port of the operator dashboard, HTTP (unset = off; protected by the caller token)."},
+    )
 
     def __post_init__(self) -> None:
         for name in (
@@ -99,10 +103,22 @@ class ServerConfig:
             raise ValueError("log_level must be DEBUG, INFO, WARNING or ERROR")
         if self.max_pending_requests < 1:
             raise ValueError("max_pending_requests must be positive")
+        if self.ui_listen is not None:
+            split_host_port(self.ui_listen, "ui_listen")
 
     def with_overrides(self, **overrides: Any) -> ServerConfig:
         """A copy with the given fields replaced (None values are ignored)."""
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def split_host_port(address: str, name: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) as (host, port); a ValueError naming ``name`` otherwise."""
+    host, sep, port = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{name} must be HOST:PORT (port 0-65535), got {address!r}")
+    return host, int(port)
 
 
 def parse_field(name: str, raw: str) -> Any:

@@ -93,6 +93,8 @@ class Session:
     activities: set[str] = field(default_factory=set)
     # request_id scoped to the request it came with (the key of the idempotency index).
     request_key: str = ""
+    # Activities started in this session so far (operator views: a session that ran none for hours is stuck).
+    activity_count: int = 0
 
 
 @dataclass(slots=True, eq=False)
@@ -166,3 +168,5 @@ class Waiter:
     deadline: float
     done: bool = False
     request_key: str = ""
+    # When it started waiting (operator views show the age of the oldest waiter per queue).
+    since: float = 0.0

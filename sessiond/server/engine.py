@@ -40,6 +40,7 @@ from sessiond.core.table import SessionTable
 from sessiond.core.token import decode_token
 from sessiond.server.convert import WallClock, duration, session_to_pb, worker_to_pb
 from sessiond.telemetry import NoMetrics, SessionMetrics, tracing
+from sessiond.telemetry.failures import FailureLog, FailureRecord
 
 log = logging.getLogger("sessiond.engine")
 
@@ -130,6 +131,8 @@ class Engine:
         # The latest heartbeat details of activities in flight that sent some (bounded by them).
         self._heartbeat_details: dict[str, session_pb2.Payload] = {}
         self._watches: dict[str, _Watch] = {}
+        # Recent failures by cause, for the operator dashboard (bounded).
+        self.failures = FailureLog()
 
     def now(self) -> float:
         """Monotonic seconds: the loop's clock, the one the timer uses."""
@@ -462,6 +465,11 @@ class Engine:
                     future.set_result(snapshot)
         cause = session.failure.cause.name if session.failure is not None else None
         self.metrics.session_ended(session.task_queue, cause)
+        if session.failure is not None:
+            self.failures.record(FailureRecord(
+                session.closed_at if session.closed_at is not None else self.now(), session.session_id,
+                session.task_queue, session.worker.key.worker_id, session.owner, session.failure.cause.name,
+                session.failure.message))
         fields = {"session_id": session.session_id, "task_queue": session.task_queue,
                   "worker_id": session.worker.key.worker_id}
         if cause is None:
