@@ -123,3 +123,11 @@ def test_an_unreachable_server_is_an_error_and_leaves_no_thread_behind() -> None
         SyncSessionClient("127.0.0.1:1", default_rpc_timeout=0.3)
     assert caught.value.code is not None and caught.value.code.name == "UNAVAILABLE"
     assert "sessiond-sync-client" not in {t.name for t in threading.enumerate()} - before
+
+
+@pytest.mark.asyncio
+async def test_a_result_that_does_not_fit_the_requested_type_names_the_activity(env: SessiondEnvironment) -> None:
+    async with env.client.create_session(env.task_queue) as session:
+        with pytest.raises(TypeError, match=r"cannot decode the result of activity 'split' as int: .*expected int"):
+            await session.execute_activity("split", "a", result_type=int)
+        assert session.state is SessionState.OPEN

@@ -321,7 +321,12 @@ class Session:
         converter = self._client.converter
         which = response.WhichOneof("outcome")
         if which == "result":
-            return converter.from_payload(response.result, hint)
+            try:
+                return converter.from_payload(response.result, hint)
+            except (TypeError, ValueError) as exc:
+                # The activity ran and returned: say which result did not fit which type.
+                raise TypeError(f"cannot decode the result of activity {activity_type!r} as "
+                                f"{getattr(hint, '__name__', hint)}: {exc}") from exc
         if which not in ("failure", "heartbeat_timeout"):
             return None
         failure = response.failure if which == "failure" else response.heartbeat_timeout
