@@ -2,7 +2,8 @@
 #   make serve   run the server (127.0.0.1:50051)
 #   make test    lint, typecheck, proto lint, Dockerfile lint, stale-stub check, API docs, then pytest
 #   make test-py the same without Node.js (no buf lint, no Node interop test)
-# Needs only python3 (3.11+), make and node/npm; the venv and node_modules are created here.
+# Needs only python3 (3.11+), make and node/npm; the venv and node_modules are created here. The
+# cluster tests also need etcd (Debian's etcd-server/etcd-client), installed by `make deps-etcd` when root.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -19,8 +20,8 @@ PYTEST_FLAGS ?= -q -p no:cacheprovider
 # The steps of `make test` must run in the order listed, even under `make -j`.
 .NOTPARALLEL:
 
-.PHONY: help bootstrap .venv node_modules require-node deps-browser test test-py lint lint-py lint-proto lint-docker \
-        typecheck gen gen-check docs dist serve demo bench clean distclean
+.PHONY: help bootstrap .venv node_modules require-node deps-browser deps-etcd test test-py test-cluster lint lint-py \
+        lint-proto lint-docker typecheck gen gen-check docs dist serve demo bench clean distclean
 
 help:
 	@echo "make serve      run sessiond on 127.0.0.1:50051 (bootstraps .venv on first use)"
@@ -30,6 +31,8 @@ help:
 	@echo "make dist       build the sessiond and sessiond-client wheels into dist/"
 	@echo "make lint       ruff + buf lint + hadolint"
 	@echo "make typecheck  mypy --strict over sessiond and sessiond_client"
+	@echo "make test-cluster  only the cluster tier (tests/cluster: real etcd members)"
+	@echo "make deps-etcd  install etcd for the cluster tests (apt, as root) or say what to install"
 	@echo "make gen        regenerate the gRPC stubs from protos/ (scripts/gen_protos.py)"
 	@echo "make demo       run the examples/ file-processing demo"
 	@echo "make bench      run the benchmark"
@@ -72,6 +75,12 @@ $(NODE_STAMP): package.json package-lock.json
 deps-browser:
 	@bash scripts/ensure_browser.sh
 
+# etcd for the cluster tier (tests/cluster), the same way: Debian's etcd-server (3.4.23 on Debian 12;
+# production wants 3.5.10+, see README) and etcd-client (etcdctl, used by the auth test).
+deps-etcd:
+	@bash scripts/ensure_debian_packages.sh "the cluster tests" "command -v etcd && command -v etcdctl" \
+	    etcd-server etcd-client
+
 # ---- checks ----------------------------------------------------------------------------------
 
 # grpc core logs INFO lines (e.g. GOAWAY on shutdown) at its default verbosity; keep test output clean.
@@ -79,13 +88,17 @@ PY_CHECKS := lint-py typecheck lint-docker gen-check docs
 
 # Node first: without it, the one line that says what to install comes before anything else runs.
 test: export GRPC_VERBOSITY ?= ERROR
-test: require-node $(PY_CHECKS) lint-proto deps-browser
+test: require-node $(PY_CHECKS) lint-proto deps-browser deps-etcd
 	$(PY) -m pytest $(PYTEST_FLAGS) tests
 
 # The Python-only subset: every check and test except buf lint and the Node interop test.
 test-py: export GRPC_VERBOSITY ?= ERROR
-test-py: $(PY_CHECKS) deps-browser
+test-py: $(PY_CHECKS) deps-browser deps-etcd
 	$(PY) -m pytest $(PYTEST_FLAGS) -m "not node" tests
+
+test-cluster: export GRPC_VERBOSITY ?= ERROR
+test-cluster: deps-etcd $(PY_STAMP)
+	$(PY) -m pytest $(PYTEST_FLAGS) tests/cluster
 
 lint: lint-py lint-proto lint-docker
 

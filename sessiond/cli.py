@@ -18,6 +18,7 @@ from typing import Any
 
 from sessiond import ops, worker_cli
 from sessiond.config import ENV_PREFIX, ServerConfig, config_from_env, parse_field
+from sessiond.store.spec import MemoryStoreSpec
 
 
 def _default_text(value: Any) -> str:
@@ -82,6 +83,10 @@ def _serve(args: argparse.Namespace) -> int:
         config = config.with_overrides(**{f.name: getattr(args, f.name) for f in fields(ServerConfig)})
     except ValueError as exc:
         print(f"sessiond: {exc}", file=sys.stderr)
+        return 2
+    if not isinstance(config.store_spec, MemoryStoreSpec):
+        # Parsed and validated above; the replicated server itself is not built yet.
+        print(f"sessiond: store {config.store_spec} is not implemented yet (use --store memory)", file=sys.stderr)
         return 2
     logs.configure(config.log_level, config.log_format)
     try:

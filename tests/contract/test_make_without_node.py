@@ -45,7 +45,7 @@ def test_make_test_py_is_documented_and_skips_only_the_node_parts() -> None:
     test_py = re.search(r"^test-py: (.*)\n\t(.*)$", makefile, flags=re.M)
     test = re.search(r"^test: (require-node .*)\n\t(.*)$", makefile, flags=re.M)
     assert test_py and test, "test and test-py targets"
-    assert test.group(1).split() == ["require-node", "$(PY_CHECKS)", "lint-proto", "deps-browser"]
-    assert test_py.group(1).split() == ["$(PY_CHECKS)", "deps-browser"]
+    assert test.group(1).split() == ["require-node", "$(PY_CHECKS)", "lint-proto", "deps-browser", "deps-etcd"]
+    assert test_py.group(1).split() == ["$(PY_CHECKS)", "deps-browser", "deps-etcd"]
     assert test_py.group(2).endswith('-m "not node" tests')
     assert "make test-py" in (ROOT / "README.md").read_text()
