@@ -137,20 +137,19 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
 def _dispatch(args: argparse.Namespace, stub: session_service_pb2_grpc.SessionServiceStub,
               call: Callable[[Callable[..., Any], Message], Any], out: TextIO, err: TextIO) -> None:
     now = time.time()
-    if args.command == "sessions" and args.action == "complete":
-        done: session_service_pb2.CompleteSessionResponse = call(
-            stub.CompleteSession, session_service_pb2.CompleteSessionRequest(session_id=args.session_id))
-        if args.json:
-            _print_json(_to_dict(done.session), out)
+    if args.command == "sessions" and args.action in ("get", "complete"):
+        if args.action == "get":
+            reply: session_service_pb2.GetSessionInfoResponse = call(
+                stub.GetSessionInfo, session_service_pb2.GetSessionInfoRequest(session_id=args.session_id))
+            session, incarnation = reply.session, reply.server_incarnation
         else:
-            _print_session(done.session, "", now, out)
-    elif args.command == "sessions" and args.action == "get":
-        reply: session_service_pb2.GetSessionInfoResponse = call(
-            stub.GetSessionInfo, session_service_pb2.GetSessionInfoRequest(session_id=args.session_id))
+            done: session_service_pb2.CompleteSessionResponse = call(
+                stub.CompleteSession, session_service_pb2.CompleteSessionRequest(session_id=args.session_id))
+            session, incarnation = done.session, ""
         if args.json:
-            _print_json(_to_dict(reply.session), out)
+            _print_json(_to_dict(session), out)
         else:
-            _print_session(reply.session, reply.server_incarnation, now, out)
+            _print_session(session, incarnation, now, out)
     elif args.command == "sessions":
         request = session_service_pb2.ListSessionsRequest(
             task_queue=args.task_queue, owner=args.owner,
