@@ -107,9 +107,7 @@ def rpc(
         code = grpc.StatusCode.OK
         with tracing.server_span(method, context.invocation_metadata()) as span:
             try:
-                response = await fn(self, request, context)
-                tracing.mark_status(span, code)
-                return response
+                return await fn(self, request, context)  # the span already says OK
             except BaseException as exc:
                 code = status_of(exc)
                 if isinstance(exc, grpc.aio.AbortError) or not isinstance(exc, Exception):

@@ -376,7 +376,6 @@ class SessionClient:
             except SessiondError as err:
                 _tracing.fail(span, err.reason or type(err).__name__, str(err), err.code)
                 raise
-            _tracing.succeeded(span)
             session = getattr(response, "session", None)
             if span is not None and session is not None:
                 _tracing.annotate(

@@ -258,7 +258,6 @@ class Session:
             except SessiondError as err:
                 _tracing.fail(span, err.reason or type(err).__name__, str(err), err.code)
                 raise
-            _tracing.succeeded(span)
             try:
                 return self._outcome(activity_type, response, hint, attempt)
             except ActivityError as err:

@@ -40,6 +40,7 @@ def client_span(method: str, **attributes: str) -> Iterator[Span | None]:
             "rpc.system": "grpc",
             "rpc.service": _SERVICE,
             "rpc.method": method,
+            "rpc.grpc.status_code": 0,  # fail() overwrites it when the call fails
             **{f"sessiond.{k}": v for k, v in attributes.items()},
         },
     ) as span:
@@ -64,11 +65,6 @@ def fail(span: Span | None, reason: str, message: str, code: grpc.StatusCode | N
         span.set_attribute("sessiond.error_reason", reason)
         span.set_status(Status(StatusCode.ERROR, message))
 
-
-def succeeded(span: Span | None) -> None:
-    """Record an RPC that answered OK on its CLIENT span."""
-    if span is not None:
-        span.set_attribute("rpc.grpc.status_code", 0)
 
 
 def with_trace_context(metadata: _Metadata) -> _Metadata:
