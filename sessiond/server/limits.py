@@ -46,9 +46,12 @@ def payload_bytes(payload: session_pb2.Payload) -> int:
     return len(payload.data) + _map_bytes(payload.metadata) + 16
 
 
-def task_bytes(payload: session_pb2.Payload, headers: Mapping[str, str], activity_type: str, session_id: str) -> int:
-    """An upper bound of the encoded size of the stream message that carries an activity task."""
-    return payload_bytes(payload) + _map_bytes(headers) + len(activity_type) + len(session_id) + _FIXED
+def task_bytes(payload: session_pb2.Payload, headers: Mapping[str, str], activity_type: str, session_id: str,
+               details: session_pb2.Payload | None = None) -> int:
+    """An upper bound of the encoded size of the stream message that carries an activity task
+    (with ``details``, the heartbeat details a retry resumes from)."""
+    extra = 0 if details is None else payload_bytes(details)
+    return payload_bytes(payload) + extra + _map_bytes(headers) + len(activity_type) + len(session_id) + _FIXED
 
 
 def result_bytes(result: worker_pb2.ActivityResult) -> int:

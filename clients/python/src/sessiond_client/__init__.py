@@ -10,6 +10,7 @@ from sessiond_client._client import SessionClient
 from sessiond_client._converter import DefaultPayloadConverter, PayloadConverter
 from sessiond_client._errors import (
     ActivityError,
+    ActivityHeartbeatTimeoutError,
     ActivityTimeoutError,
     ApplicationError,
     CreationTimeoutError,
@@ -32,6 +33,7 @@ from sessiond_client._errors import (
     WorkerBackloggedError,
     WorkerUnavailableError,
 )
+from sessiond_client._retry_policy import RetryPolicy
 from sessiond_client._session import Session, SessionContext, current_session
 from sessiond_client._time import Duration
 from sessiond_client._types import (
@@ -43,10 +45,12 @@ from sessiond_client._types import (
     WorkerInfo,
     WorkerRef,
 )
+from sessiond_client._version import __version__
 from sessiond_client._worker import SessionWorker
 
 __all__ = [
     "ActivityError",
+    "ActivityHeartbeatTimeoutError",
     "ActivityInfo",
     "ActivityTimeoutError",
     "ApplicationError",
@@ -62,6 +66,7 @@ __all__ = [
     "PayloadConverter",
     "PermissionDeniedError",
     "RPCError",
+    "RetryPolicy",
     "ServerShuttingDownError",
     "Session",
     "SessionAlreadyOpenError",
@@ -83,6 +88,7 @@ __all__ = [
     "WorkerInfo",
     "WorkerRef",
     "WorkerUnavailableError",
+    "__version__",
     "activity",
     "current_session",
 ]
