@@ -16,7 +16,7 @@ from google.protobuf import duration_pb2
 from sessiond_client import MessageTooLargeError, SessionClient, SessionWorker
 from sessiond_client._fencing import Fence
 from sessiond_client._types import SessionInfo
-from sessiond_client.api.v1 import worker_pb2
+from sessiond_client.api.v1 import session_pb2, worker_pb2
 
 from tests.client.fakes import FakeStub, fake_client, session_msg
 from tests.client.test_worker_protocol import next_result, server, start, task
@@ -226,3 +226,15 @@ async def test_the_worker_asks_for_an_answer_when_it_only_sends_results(wired: t
     finally:
         beats.cancel()
         await asyncio.gather(beats, return_exceptions=True)
+
+
+@pytest.mark.asyncio
+async def test_heartbeat_details_over_half_the_limit_are_sent_without_them(wired: tuple[SessionWorker, Outbox]) -> None:
+    worker, outbox = wired
+    worker._on_message(registered(MiB))
+    worker._send_heartbeat("a-1", "s-1", session_pb2.Payload(data=b"x" * (MiB // 2 + 1)))
+    worker._send_heartbeat("a-1", "s-1", session_pb2.Payload(data=b"small"))
+    big, small = outbox.get_nowait(), outbox.get_nowait()
+    assert big is not None and small is not None
+    assert not big.activity_heartbeat.HasField("details")
+    assert small.activity_heartbeat.details.data == b"small"

@@ -14,7 +14,7 @@ import json
 
 import grpc
 import pytest
-from sessiond_client.api.v1 import session_pb2, session_service_pb2
+from sessiond_client.api.v1 import session_pb2, session_service_pb2, worker_pb2
 
 from sessiond.server.worker_connection import WorkerConnection
 from tests.integration.conftest import (
@@ -303,3 +303,42 @@ async def test_waiting_creates_are_capped_globally_and_per_queue(make_server: Se
     for task in waiting:
         task.cancel()
     await asyncio.gather(*waiting, return_exceptions=True)
+
+
+# ----------------------------------------------------------------- activity heartbeat details
+
+
+@pytest.mark.asyncio
+async def test_heartbeat_details_over_half_the_limit_are_not_kept_and_the_stream_carries_on(
+        make_server: ServerFactory) -> None:
+    sessiond = await make_server(max_message_size=MiB)
+    async with RawWorker(sessiond.target, QUEUE, worker_id="w1") as worker:
+        session = await sessiond.create(QUEUE)
+        request = session_service_pb2.ExecuteActivityRequest(
+            session_id=session.session_id, activity_type="sleep",
+            input=session_pb2.Payload(metadata={"encoding": b"json/plain"}, data=b"30"))
+        request.heartbeat_timeout.FromMilliseconds(500)
+        call = asyncio.ensure_future(sessiond.stub.ExecuteActivity(request, timeout=30))
+        [running] = await eventually(lambda: worker.ran)
+
+        # The response would carry these next to the result: over half the limit, they are dropped.
+        big = session_pb2.Payload(metadata={"encoding": b"binary/plain"}, data=b"x" * (MiB // 2 + 1))
+        worker._send(worker_pb2.WorkerHeartbeatRequest(activity_heartbeat=worker_pb2.ActivityHeartbeat(
+            activity_id=running["activity_id"], session_id=session.session_id, details=big)))
+        response = await call
+
+        assert response.WhichOneof("outcome") == "heartbeat_timeout"
+        assert not response.HasField("heartbeat_details")
+        assert not worker.stream_done.is_set()
+
+
+@pytest.mark.asyncio
+async def test_a_retrys_heartbeat_details_count_toward_the_task_size(make_server: ServerFactory) -> None:
+    sessiond = await make_server(max_message_size=MiB)
+    async with RawWorker(sessiond.target, QUEUE, worker_id="w1") as worker:
+        session = await sessiond.create(QUEUE)
+        request = _blob_request(session.session_id, MiB // 2)
+        request.heartbeat_details.CopyFrom(session_pb2.Payload(data=b"x" * (MiB // 2 + 1)))
+
+        await rpc_error(sessiond.stub.ExecuteActivity(request), RESOURCE_EXHAUSTED, "MESSAGE_TOO_LARGE")
+        assert worker.ran == []
