@@ -19,6 +19,7 @@ EXPECTED = [
     "FailureCause",
     "InvalidArgumentError",
     "InvalidRecreateTokenError",
+    "MalformedRequestError",
     "NoCapacityError",
     "PayloadConverter",
     "PermissionDeniedError",
