@@ -2,7 +2,8 @@
 ``workers`` show what a running server holds (see :mod:`sessiond.ops`).
 
 Every :class:`~sessiond.config.ServerConfig` field is a ``serve`` flag (``--field-name``) and a
-``SESSIOND_FIELD_NAME`` environment variable; flags win.
+``SESSIOND_FIELD_NAME`` environment variable; flags win. Every start-up error is one line on
+stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -13,15 +14,23 @@ import sys
 from collections.abc import Sequence
 from dataclasses import MISSING, fields
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from sessiond import ops
-from sessiond.config import ENV_PREFIX, ServerConfig, config_from_env, parse_field
+from sessiond.config import DURATION_FORMS, ENV_PREFIX, ServerConfig, config_from_env, format_duration, parse_field
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the usage block is one ``--help`` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``prog: error: message`` and exit 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _default_text(value: Any) -> str:
     if isinstance(value, timedelta):
-        return f"{value.total_seconds():g}s"
+        return format_duration(value)
     return "unset" if value is None else str(value)
 
 
@@ -30,7 +39,7 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         env = ENV_PREFIX + f.name.upper()
         default = f.default if f.default is not MISSING else None
-        unit = " (seconds)" if isinstance(default, timedelta) else ""
+        unit = f" (a duration: {DURATION_FORMS})" if isinstance(default, timedelta) else ""
         help_text = f"{f.metadata['help']}{unit} [env {env}; default {_default_text(default)}]"
 
         def convert(raw: str, name: str = f.name) -> Any:
@@ -45,7 +54,7 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``sessiond`` command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sessiond", description="sessiond: worker sessions as a gRPC service.")
     sub = parser.add_subparsers(dest="command")
     serve = sub.add_parser("serve", help="run the server (the default command)",
@@ -62,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _serve(args: argparse.Namespace) -> int:
     from sessiond import logs
-    from sessiond.server import serve
+    from sessiond.server import StartupError, serve
 
     try:
         config = ServerConfig().with_overrides(**config_from_env())
@@ -71,7 +80,11 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"sessiond: {exc}", file=sys.stderr)
         return 2
     logs.configure(config.log_level, config.log_format)
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except StartupError as exc:
+        print(f"sessiond: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 
 from sessiond.core.resources import ResourceVector
 
+# request_id scoped to what was asked, e.g. ("create", task_queue, request_id); () = no request_id.
+# A tuple, never a joined string: no choice of names can make two different requests collide.
+RequestKey = tuple[str, ...]
+
 
 class SessionState(enum.IntEnum):
     """Lifecycle state; values mirror the proto enum."""
@@ -92,7 +96,7 @@ class Session:
     demand: ResourceVector = field(default_factory=lambda: ResourceVector.one_session())
     activities: set[str] = field(default_factory=set)
     # request_id scoped to the request it came with (the key of the idempotency index).
-    request_key: str = ""
+    request_key: RequestKey = ()
 
 
 @dataclass(slots=True, eq=False)
@@ -155,4 +159,4 @@ class Waiter:
     request_id: str
     deadline: float
     done: bool = False
-    request_key: str = ""
+    request_key: RequestKey = ()

@@ -48,6 +48,7 @@ from sessiond.core.model import (
     Activity,
     Failure,
     FailureCause,
+    RequestKey,
     Session,
     SessionOptions,
     SessionState,
@@ -112,7 +113,7 @@ class SessionTable:
         self._queue_waiters: dict[str, deque[Waiter]] = {}
         self._worker_waiters: dict[WorkerKey, deque[Waiter]] = {}
         self._owners: dict[str, Session | Waiter] = {}
-        self._requests: dict[str, Session | Waiter] = {}
+        self._requests: dict[RequestKey, Session | Waiter] = {}
         self._activities: dict[str, Activity] = {}
         self._events: list[Event] = []
 
@@ -322,7 +323,7 @@ class SessionTable:
             raise ExistingOpenSessionError(owner, holder.session_id if isinstance(holder, Session) else None)
 
     def _enqueue(self, now: float, queue: deque[Waiter], task_queue: str, target: WorkerKey | None,
-                 options: SessionOptions, owner: str, request_id: str, wait: float, request_key: str) -> Waiter:
+                 options: SessionOptions, owner: str, request_id: str, wait: float, request_key: RequestKey) -> Waiter:
         waiter = Waiter(self._new_id(), task_queue, target, options, owner, request_id, now + wait,
                         request_key=request_key)
         self._waiters[waiter.waiter_id] = waiter
@@ -362,7 +363,7 @@ class SessionTable:
             del self._requests[waiter.request_key]
 
     def _place(self, now: float, worker: Worker, options: SessionOptions, owner: str, request_id: str,
-               waiter_id: str | None, request_key: str) -> Session:
+               waiter_id: str | None, request_key: RequestKey) -> Session:
         demand = ResourceVector.one_session()
         # The hard limit: callers found room, and nothing ran in between (the core is synchronous).
         if not worker.free.covers(demand):
@@ -580,9 +581,9 @@ def _wait(options: SessionOptions, max_wait: float | None) -> float:
     return options.creation_timeout if max_wait is None else min(options.creation_timeout, max_wait)
 
 
-def _request_key(request_id: str, *scope: str) -> str:
+def _request_key(request_id: str, *scope: str) -> RequestKey:
     """request_id scoped to what was asked: the same id on another request is another request."""
-    return "\x00".join((*scope, request_id)) if request_id else ""
+    return (*scope, request_id) if request_id else ()
 
 
 def _has_live(queue: deque[Waiter] | None) -> bool:

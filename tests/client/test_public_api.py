@@ -83,7 +83,7 @@ def test_every_error_shares_the_one_root() -> None:
         for n in EXPECTED
         if inspect.isclass(getattr(sessiond_client, n)) and issubclass(getattr(sessiond_client, n), Exception)
     ]
-    assert len(errors) == 19
+    assert len(errors) == 20
     assert all(issubclass(e, sessiond_client.SessiondError) for e in errors)
 
 

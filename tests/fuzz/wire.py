@@ -13,6 +13,8 @@ server's answers to them can still interleave differently). The kinds of case:
 ``structured``     a message built field by field from the descriptor with hostile values: extreme
                    durations and integers, unknown enums, NaN, huge and control-character strings,
                    forged recreate tokens and page tokens, ids and tokens of real sessions
+``edge``           a valid request with one or two fields (maybe nested) given such a value, so the
+                   rest of it passes validation and the value reaches deeper code
 =================  ==============================================================================
 """
 
@@ -32,7 +34,7 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 from sessiond_client.api.v1 import session_pb2, session_service_pb2, worker_pb2
 
-KINDS = ("random", "mutated", "bad-utf8", "wrong-type", "structured")
+KINDS = ("random", "mutated", "bad-utf8", "wrong-type", "structured", "edge")
 FUZZ_QUEUE = "fuzz"
 
 
@@ -329,8 +331,30 @@ def valid_examples(descriptor: Descriptor, seeds: Seeds) -> list[bytes]:
     return [m.SerializeToString() for m in messages.get(name, [message_class(descriptor)()])]
 
 
+def edge(rng: random.Random, descriptor: Descriptor, seeds: Seeds) -> bytes:
+    """A valid example with one or two fields, maybe nested, set to a hostile value."""
+    message = message_class(descriptor).FromString(rng.choice(valid_examples(descriptor, seeds)))
+    if not descriptor.fields:
+        return message.SerializeToString()
+    for _ in range(rng.randrange(1, 3)):
+        target, target_descriptor = message, descriptor
+        while True:
+            fd = rng.choice(target_descriptor.fields)
+            nested = fd.message_type
+            if nested is None or not nested.fields or nested.GetOptions().map_entry or fd.is_repeated \
+                    or rng.random() < 0.3 \
+                    or nested.full_name in ("google.protobuf.Duration", "google.protobuf.Timestamp"):
+                break
+            target, target_descriptor = getattr(target, fd.name), nested
+        target.ClearField(fd.name)
+        _set(rng, target, fd, seeds, depth=1)
+    return message.SerializeToString()
+
+
 def one_message(rng: random.Random, descriptor: Descriptor, seeds: Seeds, kind: str) -> bytes:
     """One request body of the given kind."""
+    if kind == "edge":
+        return edge(rng, descriptor, seeds)
     if kind == "random":
         return rng.randbytes(rng.choice([0, 1, 2, 3, rng.randrange(4, 64), rng.randrange(64, 4096)]))
     if kind == "mutated":

@@ -53,6 +53,6 @@ def test_after_the_interval_the_next_event_is_logged_with_how_many_were_dropped(
 
     assert _messages(caplog) == [
         "undecodable request 1",
-        "undecodable request 4 (and 2 more in the last 10 s)",
+        "undecodable request 4 (and 2 more since the previous warning)",
         "undecodable request 5",
     ]
