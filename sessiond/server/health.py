@@ -50,7 +50,8 @@ class HealthServicer:
         """The service's status; NOT_FOUND for a service never set (the health protocol's answer)."""
         status = self._status.get(request.service)
         if status is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+            # Not echoed in full: a status message is a header, and the name is the peer's (any size).
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service[:64]!r}")
         return health_pb2.HealthCheckResponse(status=status)
 
     async def List(self, request: health_pb2.HealthListRequest,  # noqa: N802 - the RPC's name

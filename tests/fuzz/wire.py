@@ -328,14 +328,14 @@ def valid_examples(descriptor: Descriptor, seeds: Seeds) -> list[bytes]:
             reflection_pb2.ServerReflectionRequest(list_services=""),
             reflection_pb2.ServerReflectionRequest(file_containing_symbol="sessiond.v1.SessionService")],
     }
-    return [m.SerializeToString() for m in messages.get(name, [message_class(descriptor)()])]
+    return [m.SerializePartialToString() for m in messages.get(name, [message_class(descriptor)()])]
 
 
 def edge(rng: random.Random, descriptor: Descriptor, seeds: Seeds) -> bytes:
     """A valid example with one or two fields, maybe nested, set to a hostile value."""
     message = message_class(descriptor).FromString(rng.choice(valid_examples(descriptor, seeds)))
     if not descriptor.fields:
-        return message.SerializeToString()
+        return message.SerializePartialToString()
     for _ in range(rng.randrange(1, 3)):
         target, target_descriptor = message, descriptor
         while True:
@@ -348,7 +348,7 @@ def edge(rng: random.Random, descriptor: Descriptor, seeds: Seeds) -> bytes:
             target, target_descriptor = getattr(target, fd.name), nested
         target.ClearField(fd.name)
         _set(rng, target, fd, seeds, depth=1)
-    return message.SerializeToString()
+    return message.SerializePartialToString()
 
 
 def one_message(rng: random.Random, descriptor: Descriptor, seeds: Seeds, kind: str) -> bytes:
@@ -360,12 +360,12 @@ def one_message(rng: random.Random, descriptor: Descriptor, seeds: Seeds, kind: 
     if kind == "mutated":
         return mutate(rng, rng.choice(valid_examples(descriptor, seeds)))
     if kind == "bad-utf8":
-        base = rng.choice([*valid_examples(descriptor, seeds), build(rng, descriptor, seeds).SerializeToString()])
+        base = rng.choice([*valid_examples(descriptor, seeds), build(rng, descriptor, seeds).SerializePartialToString()])
         return bad_utf8(rng, descriptor, base)
     if kind == "wrong-type":
         other = rng.choice([d for d in _ALL_TYPES if d is not descriptor])
-        return build(rng, other, seeds).SerializeToString()
-    return build(rng, descriptor, seeds).SerializeToString()
+        return build(rng, other, seeds).SerializePartialToString()
+    return build(rng, descriptor, seeds).SerializePartialToString()
 
 
 @dataclass(frozen=True)
@@ -386,7 +386,7 @@ def make_case(rng: random.Random, path: str, seeds: Seeds) -> Case:
     if path.endswith("/WorkerHeartbeat") and rng.random() < 0.6:
         # Mostly a proper register first, so the hostile part reaches a registered stream.
         first = valid_examples(method.input_type, seeds)[0] if rng.random() < 0.5 else worker_pb2.WorkerHeartbeatRequest(
-            register=build(rng, worker_pb2.RegisterWorker.DESCRIPTOR, seeds)).SerializeToString()  # type: ignore[arg-type]
+            register=build(rng, worker_pb2.RegisterWorker.DESCRIPTOR, seeds)).SerializePartialToString()  # type: ignore[arg-type]
     else:
         first = one_message(rng, method.input_type, seeds, kind)
     rest = tuple(one_message(rng, method.input_type, seeds, rng.choice(KINDS)) for _ in range(rng.randrange(0, 5)))

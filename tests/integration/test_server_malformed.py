@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2
 from sessiond_client.api.v1 import session_service_pb2 as svc
 from sessiond_client.api.v1 import worker_pb2
 
-from tests.integration.conftest import Sessiond, eventually, rpc_error
+from tests.integration.conftest import ServerFactory, Sessiond, eventually, rpc_error
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 SERVICE = "/sessiond.v1.SessionService/"
@@ -177,3 +177,29 @@ async def test_a_good_request_still_works_after_malformed_ones(sessiond: Session
         await _unary(sessiond, SERVICE + "ListSessions")(svc.ListSessionsRequest().SerializeToString(), timeout=10))
 
     assert list(reply.sessions) == []
+
+
+@pytest.mark.asyncio
+async def test_health_check_of_a_huge_unknown_service_is_not_found_without_echoing_it(sessiond: Sessiond) -> None:
+    check = _unary(sessiond, "/grpc.health.v1.Health/Check")
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await check(health_pb2.HealthCheckRequest(service="x" * 65_536).SerializeToString(), timeout=10)
+
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND, caught.value.details()
+    assert len(caught.value.details() or "") < 200
+
+
+@pytest.mark.asyncio
+async def test_with_tokens_health_answers_malformed_and_unauthenticated_calls_never_reach_decoding(
+        make_server: ServerFactory, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    server = await make_server(caller_token="caller-secret", worker_token="worker-secret")
+
+    await rpc_error(_unary(server, "/grpc.health.v1.Health/Check")(CORRUPT, timeout=10), INVALID, "MALFORMED_REQUEST")
+    await rpc_error(_unary(server, SERVICE + "CreateSession")(CORRUPT, timeout=10),
+                    grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED")
+
+    assert _server_errors(caplog) == []
+    undecodable = [r.getMessage() for r in caplog.records if "undecodable" in r.getMessage()]
+    assert len(undecodable) == 1 and "Health/Check" in undecodable[0], undecodable
