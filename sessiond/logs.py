@@ -50,7 +50,7 @@ class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
 
-    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+    def formatMessage(self, record: logging.LogRecord) -> str:
         """The event's line: the message and its ``extra`` fields, escaped."""
         extra = "".join(f" {k}={v}" for k, v in _fields(record).items())
         return printable(super().formatMessage(record) + extra)

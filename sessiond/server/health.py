@@ -45,7 +45,7 @@ class HealthServicer:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
-    async def Check(self, request: health_pb2.HealthCheckRequest,  # noqa: N802 - the RPC's name
+    async def Check(self, request: health_pb2.HealthCheckRequest,
                     context: Context) -> health_pb2.HealthCheckResponse:
         """The service's status; NOT_FOUND for a service never set (the health protocol's answer)."""
         status = self._status.get(request.service)
@@ -54,13 +54,13 @@ class HealthServicer:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service[:64]!r}")
         return health_pb2.HealthCheckResponse(status=status)
 
-    async def List(self, request: health_pb2.HealthListRequest,  # noqa: N802 - the RPC's name
+    async def List(self, request: health_pb2.HealthListRequest,
                    context: Context) -> health_pb2.HealthListResponse:
         """Every service's status."""
         return health_pb2.HealthListResponse(
             statuses={name: health_pb2.HealthCheckResponse(status=s) for name, s in self._status.items()})
 
-    async def Watch(self, request: health_pb2.HealthCheckRequest,  # noqa: N802 - the RPC's name
+    async def Watch(self, request: health_pb2.HealthCheckRequest,
                     context: Context) -> AsyncIterator[health_pb2.HealthCheckResponse]:
         """The status now, then each change; ends after NOT_SERVING at shutdown."""
         last = None

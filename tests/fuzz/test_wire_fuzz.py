@@ -109,13 +109,14 @@ async def _port_from_log(log: Path, process: asyncio.subprocess.Process) -> int:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 60
     while loop.time() < deadline:
+        text = log.read_text()  # noqa: ASYNC240 - a small local file, polled
         if process.returncode is not None:
-            raise AssertionError(f"sessiond exited with {process.returncode}: {log.read_text()}")
-        found = re.search(r"sessiond serving on \S+ \(port (\d+)\)", log.read_text())
+            raise AssertionError(f"sessiond exited with {process.returncode}: {text}")
+        found = re.search(r"sessiond serving on \S+ \(port (\d+)\)", text)
         if found:
             return int(found.group(1))
         await asyncio.sleep(0.05)
-    raise AssertionError(f"sessiond did not start within 60 s: {log.read_text()}")
+    raise AssertionError(f"sessiond did not start within 60 s: {log.read_text()}")  # noqa: ASYNC240
 
 
 @pytest_asyncio.fixture

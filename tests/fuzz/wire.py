@@ -164,7 +164,7 @@ def _scalar(rng: random.Random, fd: FieldDescriptor, seeds: Seeds) -> object:
 
 
 def _fill_duration(message: Message, rng: random.Random) -> None:
-    message.seconds = rng.choice(_DURATION_SECONDS + [rng.randrange(0, 100)])  # type: ignore[attr-defined]
+    message.seconds = rng.choice([*_DURATION_SECONDS, rng.randrange(0, 100)])  # type: ignore[attr-defined]
     message.nanos = rng.choice(_NANOS)  # type: ignore[attr-defined]
 
 
@@ -360,7 +360,8 @@ def one_message(rng: random.Random, descriptor: Descriptor, seeds: Seeds, kind: 
     if kind == "mutated":
         return mutate(rng, rng.choice(valid_examples(descriptor, seeds)))
     if kind == "bad-utf8":
-        base = rng.choice([*valid_examples(descriptor, seeds), build(rng, descriptor, seeds).SerializePartialToString()])
+        built = build(rng, descriptor, seeds).SerializePartialToString()
+        base = rng.choice([*valid_examples(descriptor, seeds), built])
         return bad_utf8(rng, descriptor, base)
     if kind == "wrong-type":
         other = rng.choice([d for d in _ALL_TYPES if d is not descriptor])
@@ -385,8 +386,9 @@ def make_case(rng: random.Random, path: str, seeds: Seeds) -> Case:
         return Case(path, kind, (one_message(rng, method.input_type, seeds, kind),))
     if path.endswith("/WorkerHeartbeat") and rng.random() < 0.6:
         # Mostly a proper register first, so the hostile part reaches a registered stream.
-        first = valid_examples(method.input_type, seeds)[0] if rng.random() < 0.5 else worker_pb2.WorkerHeartbeatRequest(
-            register=build(rng, worker_pb2.RegisterWorker.DESCRIPTOR, seeds)).SerializePartialToString()  # type: ignore[arg-type]
+        register = build(rng, worker_pb2.RegisterWorker.DESCRIPTOR, seeds)
+        first = valid_examples(method.input_type, seeds)[0] if rng.random() < 0.5 else \
+            worker_pb2.WorkerHeartbeatRequest(register=register).SerializePartialToString()  # type: ignore[arg-type]
     else:
         first = one_message(rng, method.input_type, seeds, kind)
     rest = tuple(one_message(rng, method.input_type, seeds, rng.choice(KINDS)) for _ in range(rng.randrange(0, 5)))

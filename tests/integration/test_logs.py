@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import sys
 import logging
 import signal
+import sys
 
 import pytest
 

@@ -57,7 +57,7 @@ async def test_an_undecodable_request_is_malformed_request_without_a_traceback(
     if rpc == "RecreateSession" and body == BAD_UTF8:
         body = BAD_UTF8_OWNER
 
-    error, info = await rpc_error(_unary(sessiond, SERVICE + rpc)(body, timeout=10), INVALID, "MALFORMED_REQUEST")
+    error, _ = await rpc_error(_unary(sessiond, SERVICE + rpc)(body, timeout=10), INVALID, "MALFORMED_REQUEST")
 
     assert "sessiond.v1." in (error.details() or ""), "the message names the expected message type"
     assert _server_errors(caplog) == []

@@ -38,7 +38,7 @@ class Startup:
     env: dict[str, str] = field(default_factory=dict)
 
 
-async def _run_serve(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> tuple[int, str]:  # noqa: ASYNC109
+async def _run_serve(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "sessiond", "serve", *args, cwd=REPO_ROOT, env={**ENV, **(env or {})},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)

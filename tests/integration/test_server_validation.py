@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
-
-import base64
 
 import grpc
 import pytest
