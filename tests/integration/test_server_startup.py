@@ -98,7 +98,7 @@ CASES: dict[str, Startup] = {
     "metrics-listen-not-an-address": Startup(("--metrics-listen", "nonsense"), "metrics_listen"),
     "duration-not-a-duration": Startup(("--retention", "ten minutes"), "retention"),
     "duration-unknown-unit": Startup(("--retention", "10 fortnights"), "retention"),
-    "duration-negative": Startup(("--retention", "-5s"), "retention"),
+    "duration-negative": Startup(("--retention=-5s",), "invalid duration"),
     "duration-infinite": Startup(("--shutdown-grace", "inf"), "shutdown-grace"),
     "duration-nan": Startup(("--heartbeat-timeout", "nan"), "heartbeat-timeout"),
     "duration-overflows": Startup(("--execution-timeout", "1e400"), "execution-timeout"),
