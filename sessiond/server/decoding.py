@@ -31,7 +31,6 @@ Context = grpc.aio.ServicerContext[Any, Any]
 Decode = Callable[[bytes, Context], Message]
 
 
-
 def undecodable_warning() -> RateLimitedWarning:
     """The WARNING for undecodable requests; share one per server, so a flood on any method costs
     one line per 10 s."""
@@ -61,8 +60,10 @@ def _decoder(method: MethodDescriptor, undecodable: RateLimitedWarning) -> Decod
         try:
             return request_type.FromString(raw)
         except Exception as exc:  # whatever the parser raises, the bytes came from the peer: not our bug
-            undecodable.warn(f"on {path} from {context.peer()}: {exc}")
-            raise MalformedRequestError(f"undecodable {type_name}: {exc}",
+            # upb says "Error parsing message with type 'T': <why>"; keep the why.
+            why = str(exc).rpartition("': ")[2] or type(exc).__name__
+            undecodable.warn(f"on {path} from {context.peer()}: {why}")
+            raise MalformedRequestError(f"request is not a valid {type_name}: {why}",
                                         metadata={"message_type": type_name}) from None
 
     return decode
