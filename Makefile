@@ -18,8 +18,8 @@ PYTEST_FLAGS ?= -q -p no:cacheprovider
 # The steps of `make test` must run in the order listed, even under `make -j`.
 .NOTPARALLEL:
 
-.PHONY: help bootstrap .venv node_modules test lint lint-py lint-proto lint-docker typecheck gen gen-check \
-        serve demo bench fuzz clean distclean
+.PHONY: help bootstrap .venv node_modules deps-browser test lint lint-py lint-proto lint-docker typecheck gen \
+        gen-check serve demo bench fuzz clean distclean
 
 help:
 	@echo "make serve      run sessiond on 127.0.0.1:50051 (bootstraps .venv on first use)"
@@ -59,11 +59,17 @@ $(NODE_STAMP): package.json package-lock.json
 	@npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
+# Debian's chromium + chromium-driver for the dashboard's browser test: installed with apt-get when
+# missing and root, else one line says what to install (and, under CI=true, the run fails).
+# Checked on every run (it costs a `command -v`), so a browser removed later is noticed.
+deps-browser:
+	@bash scripts/ensure_browser.sh
+
 # ---- checks ----------------------------------------------------------------------------------
 
 # grpc core logs INFO lines (e.g. GOAWAY on shutdown) at its default verbosity; keep test output clean.
 test: export GRPC_VERBOSITY ?= ERROR
-test: lint-py typecheck lint-proto lint-docker gen-check
+test: lint-py typecheck lint-proto lint-docker gen-check deps-browser
 	$(PY) -m pytest $(PYTEST_FLAGS) tests
 
 lint: lint-py lint-proto lint-docker

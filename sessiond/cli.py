@@ -82,7 +82,7 @@ def _serve(args: argparse.Namespace) -> int:
     logs.configure(config.log_level, config.log_format)
     try:
         asyncio.run(serve(config))
-    except StartupError as exc:
+    except StartupError as exc:  # an address, a file, an exporter: one line, not a traceback
         print(f"sessiond: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -81,6 +81,10 @@ class ServerConfig:
     metrics_listen: str | None = field(
         default=None, metadata={"help": "host:port of a Prometheus scrape endpoint for the metrics (unset = none)."}
     )
+    ui_listen: str | None = field(
+        default=None,
+        metadata={"help": "host:port of the operator dashboard, HTTP (unset = off; protected by the caller token)."},
+    )
 
     def __post_init__(self) -> None:
         for name in (
@@ -113,6 +117,8 @@ class ServerConfig:
             # (an empty value from an unset shell variable, a pasted newline) could never match.
             if token is not None and not (token.isascii() and token.isprintable() and token and " " not in token):
                 raise ValueError(f"{name} must be non-empty visible ASCII without spaces")
+        if self.ui_listen is not None:
+            split_host_port(self.ui_listen, "ui_listen")
 
     def with_overrides(self, **overrides: Any) -> ServerConfig:
         """A copy with the given fields replaced (None values are ignored)."""
@@ -148,6 +154,16 @@ def format_duration(value: timedelta) -> str:
     if micros < 1_000_000 and micros % 1_000 == 0:
         return f"{micros // 1_000}ms"
     return f"{micros / 1e6:.6f}".rstrip("0") + "s"
+
+
+def split_host_port(address: str, name: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) as (host, port); a ValueError naming ``name`` otherwise."""
+    host, sep, port = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        raise ValueError(f"{name} must be HOST:PORT (port 0-65535), got {address!r}")
+    return host, int(port)
 
 
 def parse_field(name: str, raw: str) -> Any:

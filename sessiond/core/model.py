@@ -97,6 +97,8 @@ class Session:
     activities: set[str] = field(default_factory=set)
     # request_id scoped to the request it came with (the key of the idempotency index).
     request_key: RequestKey = ()
+    # Activities started in this session so far (operator views: a session that ran none for hours is stuck).
+    activity_count: int = 0
 
 
 @dataclass(slots=True, eq=False)
@@ -160,3 +162,5 @@ class Waiter:
     deadline: float
     done: bool = False
     request_key: RequestKey = ()
+    # When it started waiting (operator views show the age of the oldest waiter per queue).
+    since: float = 0.0

@@ -35,6 +35,7 @@ from sessiond.core.model import (
 from sessiond.core.table import SessionTable
 from sessiond.server.convert import WallClock, duration, session_to_pb, worker_to_pb
 from sessiond.telemetry import NoMetrics, SessionMetrics, tracing
+from sessiond.telemetry.failures import FailureLog, FailureRecord
 
 log = logging.getLogger("sessiond.engine")
 
@@ -123,6 +124,8 @@ class Engine:
         self._waits: dict[str, _Wait] = {}
         self._activities: dict[str, asyncio.Future[worker_pb2.ActivityResult]] = {}
         self._watches: dict[str, _Watch] = {}
+        # Recent failures by cause, for the operator dashboard (bounded).
+        self.failures = FailureLog()
 
     def now(self) -> float:
         """Monotonic seconds: the loop's clock, the one the timer uses."""
@@ -420,6 +423,11 @@ class Engine:
                     future.set_result(snapshot)
         cause = session.failure.cause.name if session.failure is not None else None
         self.metrics.session_ended(session.task_queue, cause)
+        if session.failure is not None:
+            self.failures.record(FailureRecord(
+                session.closed_at if session.closed_at is not None else self.now(), session.session_id,
+                session.task_queue, session.worker.key.worker_id, session.owner, session.failure.cause.name,
+                session.failure.message))
         fields = {"session_id": session.session_id, "task_queue": session.task_queue,
                   "worker_id": session.worker.key.worker_id}
         if cause is None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import grpc
 
-from sessiond.config import ServerConfig
+from sessiond.config import ServerConfig, split_host_port
 
 # gRPC address forms that are not host:port (nothing to probe: gRPC reports those itself).
 _NOT_HOST_PORT = ("unix:", "unix-abstract:", "vsock:", "ipv4:", "ipv6:", "dns:")
@@ -26,24 +26,17 @@ class StartupError(Exception):
     """sessiond cannot start as configured; the message says why, in one line."""
 
 
-def split_host_port(address: str, field: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` -> (host, port); StartupError naming ``field`` otherwise."""
-    host, colon, port = address.rpartition(":")
-    if not colon or not port.isascii() or not port.isdigit():
-        raise StartupError(f"{field} {address!r}: expected host:port")
-    if int(port) > 65535:
-        raise StartupError(f"{field} {address!r}: port must be 0-65535")
-    return host.removeprefix("[").removesuffix("]"), int(port)
-
-
 def check_listen(address: str, field: str) -> None:
     """StartupError unless ``address`` can be listened on: it parses, resolves, is an address of
     this machine, and its port is free (gRPC's port sharing is off, see ``grpc.so_reuseport``)."""
     if address.startswith(_NOT_HOST_PORT):
         return
-    host, port = split_host_port(address, field)
     try:
-        candidates = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        host, port = split_host_port(address, field)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    try:
+        candidates = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (socket.gaierror, UnicodeError) as exc:
         raise StartupError(f"{field} {address!r}: cannot resolve {host!r} ({exc})") from None
     failures: list[OSError] = []
