@@ -7,23 +7,24 @@ prints, and a client holding ``Health/Watch`` through SIGTERM leaves no tracebac
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 import signal
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.integration.conftest import REPO_ROOT, eventually
-from tests.integration.test_client_security import _issue
+from tests.integration.conftest import REPO_ROOT, ServerFactory, eventually
 from tests.integration.test_server_cli import _free_port
+from tests.support.pki import make_pki
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 ENV.pop("GRPC_VERBOSITY", None)  # as a user runs it: grpc core at its default verbosity
@@ -64,9 +65,7 @@ def _assert_one_line_exit_2(code: int, err: str, says: str) -> None:
 @pytest.fixture(scope="module")
 def pem(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Certificate files: a valid pair, a second key, garbage, an empty file."""
-    directory = tmp_path_factory.mktemp("startup-pem")
-    for name in ("ca", "server", "client"):
-        _issue(directory, name, ca=name == "ca")
+    directory = make_pki(tmp_path_factory.mktemp("startup-pem"))
     garbage = directory / "garbage.pem"
     garbage.write_text("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n")
     empty = directory / "empty.pem"
@@ -212,10 +211,29 @@ async def test_a_health_watch_held_through_sigterm_leaves_no_traceback(
         # Hold the stream, unread, until the server process has exited.
         _, err = await asyncio.wait_for(process.communicate(), 30)
 
-        seen = []
-        with contextlib.suppress(grpc.aio.AioRpcError):  # however the stream ended, it did end
-            while (message := await watch.read()) is not grpc.aio.EOF:
-                seen.append(message.status)
+        watch.cancel()
     assert process.returncode == 0, err.decode()
     assert "Traceback" not in err.decode() and " ERROR " not in err.decode(), err.decode()
-    assert health_pb2.HealthCheckResponse.NOT_SERVING in seen, "the watcher was told before the server left"
+
+
+@pytest.mark.asyncio
+async def test_a_health_watch_is_told_not_serving_then_ends_well_before_the_grace_period(
+        make_server: ServerFactory) -> None:
+    server = await make_server(shutdown_grace=timedelta(seconds=30))
+    watch = health_pb2_grpc.HealthStub(server.channel).Watch(health_pb2.HealthCheckRequest(), timeout=60)
+    assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    stopping = asyncio.create_task(server.server.stop())
+    seen = [message.status async for message in _rest(watch)]
+
+    assert seen == [health_pb2.HealthCheckResponse.NOT_SERVING]
+    assert await watch.code() == grpc.StatusCode.OK
+    await asyncio.wait_for(stopping, 10)  # nothing held the 30 s grace period
+    assert loop.time() - started < 10
+
+
+async def _rest(call: Any) -> AsyncIterator[Any]:
+    while (message := await call.read()) is not grpc.aio.EOF:
+        yield message
