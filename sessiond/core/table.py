@@ -26,6 +26,7 @@ from typing import TypeVar
 from sessiond.core.deadlines import DeadlineQueue
 from sessiond.core.errors import (
     ActivityAbortedError,
+    ActivityHeartbeatTimeoutError,
     ActivityTimeoutError,
     CreationTimeoutError,
     ExistingOpenSessionError,
@@ -157,10 +158,7 @@ class SessionTable:
         for aid in self._activity_deadlines.pop_due(now):
             activity = self._activities.pop(aid)
             self._sessions[activity.session_id].activities.discard(aid)
-            self._events.append(ActivityEnded(activity, ActivityTimeoutError(
-                f"activity {aid} did not finish within its start_to_close_timeout",
-                metadata={"session_id": activity.session_id, "activity_id": aid},
-            )))
+            self._events.append(ActivityEnded(activity, _activity_timeout(now, activity)))
 
     def _session_due(self, now: float, session: Session) -> None:
         if session.state is not SessionState.OPEN:
@@ -485,19 +483,39 @@ class SessionTable:
 
     # ----------------------------------------------------------------- activities
 
-    def start_activity(self, now: float, session_id: str, timeout: float) -> Activity:
-        """Record an activity in flight in an OPEN session; it times out at ``now + timeout``."""
+    def start_activity(self, now: float, session_id: str, timeout: float,
+                       heartbeat_timeout: float | None = None) -> Activity:
+        """Record an activity in flight in an OPEN session; it times out at ``now + timeout``, or
+        earlier when ``heartbeat_timeout`` passes without an :meth:`activity_heartbeat`."""
         session = self.get(session_id)
         if session.state is SessionState.FAILED:
             assert session.failure is not None
             raise SessionFailedError(session_id, session.failure.cause)
         if session.state is SessionState.CLOSED:
             raise SessionClosedError(session_id)
-        activity = Activity(self._new_id(), session_id, session.worker, session.worker.epoch, now + timeout)
+        activity = Activity(self._new_id(), session_id, session.worker, session.worker.epoch, now + timeout,
+                            heartbeat_timeout=heartbeat_timeout, heartbeat_at=now)
         self._activities[activity.activity_id] = activity
         session.activities.add(activity.activity_id)
         session.activity_count += 1
-        self._activity_deadlines.set(activity.activity_id, activity.deadline)
+        # One deadline entry per activity, at the earlier of start_to_close and heartbeat expiry.
+        self._activity_deadlines.set(activity.activity_id, activity.due_at())
+        return activity
+
+    def activity_heartbeat(self, now: float, key: WorkerKey, epoch: int, activity_id: str,
+                           session_id: str) -> Activity | None:
+        """The activity heartbeated: its heartbeat deadline moves to ``now + heartbeat_timeout``. O(log n).
+
+        Returns the activity, or None if it is not in flight on that worker (late, unknown, or from
+        a fenced connection): the heartbeat is then dropped.
+        """
+        activity = self._activities.get(activity_id)
+        if activity is None or activity.session_id != session_id or activity.epoch != epoch \
+                or activity.worker.key != key:
+            return None
+        activity.heartbeat_at = now
+        if activity.heartbeat_timeout is not None:
+            self._activity_deadlines.set(activity_id, activity.due_at())
         return activity
 
     def finish_activity(self, key: WorkerKey, epoch: int, activity_id: str, session_id: str) -> Activity | None:
@@ -584,6 +602,17 @@ class SessionTable:
     def waiters(self) -> list[Waiter]:
         """The Creates and Recreates waiting for a slot, oldest first (a copy; operator views)."""
         return list(self._waiters.values())
+
+
+def _activity_timeout(now: float, activity: Activity) -> ActivityTimeoutError | ActivityHeartbeatTimeoutError:
+    """Which of an activity's deadlines passed; start_to_close wins a tie (it is the caller's budget)."""
+    metadata = {"session_id": activity.session_id, "activity_id": activity.activity_id}
+    if now >= activity.deadline:
+        return ActivityTimeoutError(
+            f"activity {activity.activity_id} did not finish within its start_to_close_timeout", metadata=metadata)
+    return ActivityHeartbeatTimeoutError(
+        f"activity {activity.activity_id} sent no heartbeat within its heartbeat_timeout "
+        f"({activity.heartbeat_timeout:g} s)", metadata=metadata)
 
 
 def _wait(options: SessionOptions, max_wait: float | None) -> float:

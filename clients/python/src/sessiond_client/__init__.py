@@ -10,6 +10,7 @@ from sessiond_client._client import SessionClient
 from sessiond_client._converter import DefaultPayloadConverter, PayloadConverter
 from sessiond_client._errors import (
     ActivityError,
+    ActivityHeartbeatTimeoutError,
     ActivityTimeoutError,
     ApplicationError,
     CreationTimeoutError,
@@ -30,6 +31,7 @@ from sessiond_client._errors import (
     UnauthenticatedError,
     WorkerUnavailableError,
 )
+from sessiond_client._retry_policy import RetryPolicy
 from sessiond_client._session import Session, SessionContext, current_session
 from sessiond_client._time import Duration
 from sessiond_client._types import (
@@ -41,10 +43,12 @@ from sessiond_client._types import (
     WorkerInfo,
     WorkerRef,
 )
+from sessiond_client._version import __version__
 from sessiond_client._worker import SessionWorker
 
 __all__ = [
     "ActivityError",
+    "ActivityHeartbeatTimeoutError",
     "ActivityInfo",
     "ActivityTimeoutError",
     "ApplicationError",
@@ -60,6 +64,7 @@ __all__ = [
     "PayloadConverter",
     "PermissionDeniedError",
     "RPCError",
+    "RetryPolicy",
     "ServerShuttingDownError",
     "Session",
     "SessionAlreadyOpenError",
@@ -79,6 +84,7 @@ __all__ = [
     "WorkerInfo",
     "WorkerRef",
     "WorkerUnavailableError",
+    "__version__",
     "activity",
     "current_session",
 ]
