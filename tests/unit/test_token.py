@@ -34,8 +34,8 @@ def test_tokens_of_different_workers_differ() -> None:
     assert encode_token(KEY) != encode_token(WorkerKey("other", "worker-7"))
 
 
-# Names a server accepts: no control characters (the server rejects them in every name).
-NAMES = st.text(st.characters(blacklist_categories=("Cc", "Zl", "Zp")), min_size=1, max_size=64)
+# Names a server accepts: no control characters, no lone surrogates (not UTF-8).
+NAMES = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), min_size=1, max_size=64)
 
 
 @given(task_queue=NAMES, worker_id=NAMES)
