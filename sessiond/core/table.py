@@ -50,6 +50,7 @@ from sessiond.core.model import (
     Activity,
     Failure,
     FailureCause,
+    RequestKey,
     Session,
     SessionOptions,
     SessionState,
@@ -119,7 +120,7 @@ class SessionTable:
         self._queue_waiters: dict[str, deque[Waiter]] = {}
         self._worker_waiters: dict[WorkerKey, deque[Waiter]] = {}
         self._owners: dict[str, Session | Waiter] = {}
-        self._requests: dict[str, Session | Waiter] = {}
+        self._requests: dict[RequestKey, Session | Waiter] = {}
         self._activities: dict[str, Activity] = {}
         self._events: list[Event] = []
         self.max_waiters = max_waiters
@@ -355,7 +356,7 @@ class SessionTable:
             raise ExistingOpenSessionError(owner, holder.session_id if isinstance(holder, Session) else None)
 
     def _enqueue(self, now: float, queue: deque[Waiter], task_queue: str, target: WorkerKey | None,
-                 options: SessionOptions, owner: str, request_id: str, wait: float, request_key: str) -> Waiter:
+                 options: SessionOptions, owner: str, request_id: str, wait: float, request_key: RequestKey) -> Waiter:
         waiting = self._waiting_per_queue.get(task_queue, 0)
         if self.max_waiters is not None and len(self._waiters) >= self.max_waiters:
             raise TooManyWaitersError(task_queue, self.max_waiters, "in all task queues")
@@ -406,7 +407,7 @@ class SessionTable:
             del self._requests[waiter.request_key]
 
     def _place(self, now: float, worker: Worker, options: SessionOptions, owner: str, request_id: str,
-               waiter_id: str | None, request_key: str) -> Session:
+               waiter_id: str | None, request_key: RequestKey) -> Session:
         demand = ResourceVector.one_session()
         # The hard limit: callers found room, and nothing ran in between (the core is synchronous).
         if not worker.free.covers(demand):
@@ -664,9 +665,9 @@ def _wait(options: SessionOptions, max_wait: float | None) -> float:
     return options.creation_timeout if max_wait is None else min(options.creation_timeout, max_wait)
 
 
-def _request_key(request_id: str, *scope: str) -> str:
+def _request_key(request_id: str, *scope: str) -> RequestKey:
     """request_id scoped to what was asked: the same id on another request is another request."""
-    return "\x00".join((*scope, request_id)) if request_id else ""
+    return (*scope, request_id) if request_id else ()
 
 
 def _has_live(queue: deque[Waiter] | None) -> bool:

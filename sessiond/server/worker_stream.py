@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 
 from sessiond_client.api.v1 import worker_pb2
 
-from sessiond.core.errors import InvalidArgumentError
+from sessiond.core.errors import InvalidArgumentError, MalformedRequestError
 from sessiond.core.model import WorkerRegistration
 from sessiond.core.resources import ResourceVector
 from sessiond.server import validate
@@ -39,7 +39,11 @@ def registration(message: worker_pb2.RegisterWorker, default_host: str) -> Worke
 
 async def serve_worker(engine: Engine, requests: AsyncIterator[worker_pb2.WorkerHeartbeatRequest],
                        default_host: str) -> AsyncIterator[worker_pb2.WorkerHeartbeatResponse]:
-    """Run one worker stream; yields the messages to send to the worker."""
+    """Run one worker stream; yields the messages to send to the worker.
+
+    An undecodable first message raises MalformedRequestError (from the request iterator) before
+    anything is registered; one after register ends the stream with that status, never with OK.
+    """
     first = await anext(aiter(requests), None)
     if first is None:
         return
@@ -53,6 +57,8 @@ async def serve_worker(engine: Engine, requests: AsyncIterator[worker_pb2.Worker
             yield message
             if conn.backlogged:
                 engine.worker_drained(conn)
+        if reader.done() and (malformed := reader.result()) is not None:
+            raise malformed
     finally:
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -61,7 +67,8 @@ async def serve_worker(engine: Engine, requests: AsyncIterator[worker_pb2.Worker
 
 
 async def _read(engine: Engine, conn: WorkerConnection,
-                requests: AsyncIterator[worker_pb2.WorkerHeartbeatRequest]) -> None:
+                requests: AsyncIterator[worker_pb2.WorkerHeartbeatRequest]) -> MalformedRequestError | None:
+    """Hand the worker's messages to the engine; returns the error if one could not be decoded."""
     try:
         async for request in requests:
             try:
@@ -75,8 +82,11 @@ async def _read(engine: Engine, conn: WorkerConnection,
                 break
     except asyncio.CancelledError:
         raise
+    except MalformedRequestError as malformed:  # the worker's fault: its stream ends with this status
+        return malformed
     except Exception as exc:
         # The worker's side of the stream broke (killed, cancelled, network): routine.
         log.debug("worker %s stream ended: %r", conn.key.worker_id, exc)
     finally:
         conn.close()
+    return None
