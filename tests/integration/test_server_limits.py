@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+from typing import Any
 
 import grpc
 import pytest
@@ -23,6 +24,7 @@ from tests.integration.conftest import (
     ServerFactory,
     Sessiond,
     WorkerFactory,
+    error_info,
     eventually,
     options,
     rpc_error,
@@ -165,15 +167,27 @@ async def test_a_worker_that_does_not_read_gets_worker_backlogged_past_its_byte_
 
 @pytest.mark.asyncio
 async def test_a_backlogged_worker_gets_no_new_sessions_until_it_reads_again(make_server: ServerFactory) -> None:
-    sessiond = await make_server(max_worker_backlog=2 * MiB)
+    sessiond = await make_server(max_worker_backlog=4 * MiB)
     async with RawWorker(sessiond.target, QUEUE, worker_id="slow", capacity=8, heartbeat_every=0.2) as worker:
         session = await sessiond.create(QUEUE)
         worker.stop_reading()
-        calls = [sessiond.stub.ExecuteActivity(_blob_request(session.session_id, MiB, start_to_close=60))
-                 for _ in range(12)]
-        refused = await eventually(lambda: [c for c in calls if c.done()], timeout=10)
-        await rpc_error(refused[0], RESOURCE_EXHAUSTED, "WORKER_BACKLOGGED")
-        assert (await sessiond.workers())["slow"].outbound_backlog_bytes > 0
+        calls: list[Any] = []
+
+        async def refused_and_settled() -> bool:
+            # Fill until a task is refused while more than 3 MiB stay queued: grpc has then taken all
+            # its flow-control window holds, so the queue no longer shrinks by itself.
+            call = sessiond.stub.ExecuteActivity(_blob_request(session.session_id, MiB, start_to_close=60))
+            calls.append(call)
+            try:
+                await asyncio.wait_for(asyncio.shield(call), 0.3)
+            except TimeoutError:
+                return False  # accepted: queued
+            except grpc.aio.AioRpcError as error:
+                info = error_info(error)
+                assert info is not None and info.reason == "WORKER_BACKLOGGED"
+            return (await sessiond.workers())["slow"].outbound_backlog_bytes > 3 * MiB
+
+        await eventually(refused_and_settled, timeout=30)
 
         # Free slots, but a worker that does not read takes no new session (nothing more piles up).
         await rpc_error(sessiond.create(QUEUE, options=options(creation=0)), RESOURCE_EXHAUSTED, "NO_CAPACITY")
