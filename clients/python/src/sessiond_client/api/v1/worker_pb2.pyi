@@ -31,6 +31,8 @@ class RegisterWorker(_message.Message):
     IDENTITY_FIELD_NUMBER: _builtins.int
     HOST_NAME_FIELD_NUMBER: _builtins.int
     MAX_CONCURRENT_SESSIONS_FIELD_NUMBER: _builtins.int
+    HELD_SESSIONS_FIELD_NUMBER: _builtins.int
+    HELD_FROM_INCARNATION_FIELD_NUMBER: _builtins.int
     task_queue: _builtins.str
     """The task queue this stream serves (one stream per task queue)."""
     worker_id: _builtins.str
@@ -41,6 +43,15 @@ class RegisterWorker(_message.Message):
     """Host name shown to callers in SessionInfo."""
     max_concurrent_sessions: _builtins.int
     """Session limit of this worker (0 = the default, 1000). The limit is hard."""
+    held_from_incarnation: _builtins.str
+    """The incarnation of the server the held sessions came from (empty on a first registration)."""
+    @_builtins.property
+    def held_sessions(self) -> _containers.RepeatedCompositeFieldContainer[_session_pb2.Session]:
+        """The sessions this worker still holds from an earlier stream, each as the server last sent it
+        (SessionStarted, or Registered.reattached_sessions). A server that stayed up re-attaches the
+        detached ones; a restarted server adopts them during its recovery window.
+        """
+
     def __init__(
         self,
         *,
@@ -49,10 +60,12 @@ class RegisterWorker(_message.Message):
         identity: _builtins.str = ...,
         host_name: _builtins.str = ...,
         max_concurrent_sessions: _builtins.int = ...,
+        held_sessions: _abc.Iterable[_session_pb2.Session] | None = ...,
+        held_from_incarnation: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["host_name", b"host_name", "identity", b"identity", "max_concurrent_sessions", b"max_concurrent_sessions", "task_queue", b"task_queue", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["held_from_incarnation", b"held_from_incarnation", "held_sessions", b"held_sessions", "host_name", b"host_name", "identity", b"identity", "max_concurrent_sessions", b"max_concurrent_sessions", "task_queue", b"task_queue", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -116,6 +129,34 @@ class ActivityResult(_message.Message):
 Global___ActivityResult: _TypeAlias = ActivityResult  # noqa: Y015
 
 @_typing.final
+class DeclineSession(_message.Message):
+    """DeclineSession gives back a session the worker got in Registered.reattached_sessions but cannot
+    continue (its local state is gone, say). The session then FAILS with WORKER_LOST.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """The session to give back."""
+    reason: _builtins.str
+    """Why, for the logs."""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeclineSession: _TypeAlias = DeclineSession  # noqa: Y015
+
+@_typing.final
 class Goodbye(_message.Message):
     """Goodbye says the worker is shutting down."""
 
@@ -149,6 +190,7 @@ class WorkerHeartbeatRequest(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     ACTIVITY_RESULT_FIELD_NUMBER: _builtins.int
     GOODBYE_FIELD_NUMBER: _builtins.int
+    DECLINE_SESSION_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def register(self) -> Global___RegisterWorker:
         """Must be the first message."""
@@ -165,6 +207,10 @@ class WorkerHeartbeatRequest(_message.Message):
     def goodbye(self) -> Global___Goodbye:
         """The worker is shutting down."""
 
+    @_builtins.property
+    def decline_session(self) -> Global___DeclineSession:
+        """The worker gives back a session it got back at registration."""
+
     def __init__(
         self,
         *,
@@ -172,12 +218,13 @@ class WorkerHeartbeatRequest(_message.Message):
         heartbeat: Global___Heartbeat | None = ...,
         activity_result: Global___ActivityResult | None = ...,
         goodbye: Global___Goodbye | None = ...,
+        decline_session: Global___DeclineSession | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["activity_result", b"activity_result", "goodbye", b"goodbye", "heartbeat", b"heartbeat", "message", b"message", "register", b"register"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["activity_result", b"activity_result", "decline_session", b"decline_session", "goodbye", b"goodbye", "heartbeat", b"heartbeat", "message", b"message", "register", b"register"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_result", b"activity_result", "goodbye", b"goodbye", "heartbeat", b"heartbeat", "message", b"message", "register", b"register"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_result", b"activity_result", "decline_session", b"decline_session", "goodbye", b"goodbye", "heartbeat", b"heartbeat", "message", b"message", "register", b"register"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["register", "heartbeat", "activity_result", "goodbye"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["register", "heartbeat", "activity_result", "goodbye", "decline_session"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
@@ -190,16 +237,33 @@ class Registered(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     WORKER_ID_FIELD_NUMBER: _builtins.int
+    RECOVERY_WINDOW_FIELD_NUMBER: _builtins.int
+    REATTACHED_SESSIONS_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     """The worker id in force (the one supplied, or the one assigned)."""
+    @_builtins.property
+    def recovery_window(self) -> _duration_pb2.Duration:
+        """How long the worker should hold its sessions while it reconnects after its stream broke: a
+        restarted server adopts what workers report within this window after its start.
+        """
+
+    @_builtins.property
+    def reattached_sessions(self) -> _containers.RepeatedCompositeFieldContainer[_session_pb2.Session]:
+        """The sessions this worker holds from now on that it did not get in a SessionStarted on this
+        stream: detached sessions re-attached to it, or held sessions a restarted server adopted.
+        Any session the worker reported in held_sessions and that is not listed here is gone.
+        """
+
     def __init__(
         self,
         *,
         worker_id: _builtins.str = ...,
+        recovery_window: _duration_pb2.Duration | None = ...,
+        reattached_sessions: _abc.Iterable[_session_pb2.Session] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recovery_window", b"recovery_window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reattached_sessions", b"reattached_sessions", "recovery_window", b"recovery_window", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -390,6 +454,56 @@ class GoodbyeAck(_message.Message):
 Global___GoodbyeAck: _TypeAlias = GoodbyeAck  # noqa: Y015
 
 @_typing.final
+class WorkerReplaced(_message.Message):
+    """WorkerReplaced tells a stale stream that a newer registration with the same worker_id replaced it.
+    The stream ends after it; the worker must not reconnect (another process now is this worker).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    message: _builtins.str
+    """A human-readable explanation."""
+    def __init__(
+        self,
+        *,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkerReplaced: _TypeAlias = WorkerReplaced  # noqa: Y015
+
+@_typing.final
+class ServerRestarting(_message.Message):
+    """ServerRestarting tells the worker the server is stopping to restart. The worker keeps its
+    sessions and registers again (reporting them) within recovery_window.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECOVERY_WINDOW_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def recovery_window(self) -> _duration_pb2.Duration:
+        """How long the next server will wait for workers to report their sessions."""
+
+    def __init__(
+        self,
+        *,
+        recovery_window: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recovery_window", b"recovery_window"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recovery_window", b"recovery_window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServerRestarting: _TypeAlias = ServerRestarting  # noqa: Y015
+
+@_typing.final
 class WorkerHeartbeatResponse(_message.Message):
     """WorkerHeartbeatResponse is one message from the server to a worker."""
 
@@ -403,6 +517,8 @@ class WorkerHeartbeatResponse(_message.Message):
     ACTIVITY_TASK_FIELD_NUMBER: _builtins.int
     CANCEL_ACTIVITY_FIELD_NUMBER: _builtins.int
     GOODBYE_ACK_FIELD_NUMBER: _builtins.int
+    WORKER_REPLACED_FIELD_NUMBER: _builtins.int
+    SERVER_RESTARTING_FIELD_NUMBER: _builtins.int
     server_incarnation: _builtins.str
     """Id of this server process; it changes at each start."""
     @_builtins.property
@@ -433,6 +549,14 @@ class WorkerHeartbeatResponse(_message.Message):
     def goodbye_ack(self) -> Global___GoodbyeAck:
         """Answer to Goodbye."""
 
+    @_builtins.property
+    def worker_replaced(self) -> Global___WorkerReplaced:
+        """This stream was replaced by a newer registration with the same worker_id; do not reconnect."""
+
+    @_builtins.property
+    def server_restarting(self) -> Global___ServerRestarting:
+        """The server is restarting: keep your sessions and register again."""
+
     def __init__(
         self,
         *,
@@ -444,12 +568,14 @@ class WorkerHeartbeatResponse(_message.Message):
         activity_task: Global___ActivityTask | None = ...,
         cancel_activity: Global___CancelActivity | None = ...,
         goodbye_ack: Global___GoodbyeAck | None = ...,
+        worker_replaced: Global___WorkerReplaced | None = ...,
+        server_restarting: Global___ServerRestarting | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["activity_task", b"activity_task", "cancel_activity", b"cancel_activity", "goodbye_ack", b"goodbye_ack", "heartbeat_interval", b"heartbeat_interval", "message", b"message", "registered", b"registered", "session_ended", b"session_ended", "session_started", b"session_started"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["activity_task", b"activity_task", "cancel_activity", b"cancel_activity", "goodbye_ack", b"goodbye_ack", "heartbeat_interval", b"heartbeat_interval", "message", b"message", "registered", b"registered", "server_restarting", b"server_restarting", "session_ended", b"session_ended", "session_started", b"session_started", "worker_replaced", b"worker_replaced"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_task", b"activity_task", "cancel_activity", b"cancel_activity", "goodbye_ack", b"goodbye_ack", "heartbeat_interval", b"heartbeat_interval", "message", b"message", "registered", b"registered", "server_incarnation", b"server_incarnation", "session_ended", b"session_ended", "session_started", b"session_started"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_task", b"activity_task", "cancel_activity", b"cancel_activity", "goodbye_ack", b"goodbye_ack", "heartbeat_interval", b"heartbeat_interval", "message", b"message", "registered", b"registered", "server_incarnation", b"server_incarnation", "server_restarting", b"server_restarting", "session_ended", b"session_ended", "session_started", b"session_started", "worker_replaced", b"worker_replaced"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["registered", "session_started", "session_ended", "activity_task", "cancel_activity", "goodbye_ack"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["registered", "session_started", "session_ended", "activity_task", "cancel_activity", "goodbye_ack", "worker_replaced", "server_restarting"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
