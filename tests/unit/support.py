@@ -55,9 +55,11 @@ def connect(table: SessionTable, worker_id: str, sessions: int = 1, *, now: floa
     return table.connect_worker(now, registration(worker_id, sessions, task_queue=task_queue))
 
 
-def options(*, creation: float = 60.0, execution: float = 24 * 3600.0, heartbeat: float = 20.0) -> SessionOptions:
+def options(*, creation: float = 60.0, execution: float = 24 * 3600.0, heartbeat: float = 20.0,
+            caller: float = 0.0, reattach: float = 0.0) -> SessionOptions:
     """Session options with short names."""
-    return SessionOptions(creation_timeout=creation, execution_timeout=execution, heartbeat_timeout=heartbeat)
+    return SessionOptions(creation_timeout=creation, execution_timeout=execution, heartbeat_timeout=heartbeat,
+                          caller_timeout=caller, reattach_timeout=reattach)
 
 
 def create_placed(table: SessionTable, now: float = 0.0, opts: SessionOptions | None = None, *,
