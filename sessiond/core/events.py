@@ -52,6 +52,8 @@ class WorkerRegistered:
 
     worker: Worker
     reattached: tuple[Session, ...]
+    # The subset of ``reattached`` this table did not know before: adopted from the worker's report.
+    adopted: tuple[Session, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -248,17 +248,18 @@ class SessionTable:
         registered = WorkerRegistered(worker, ())
         self._events.append(registered)  # first: its message precedes every other on the stream
         reattached = self._reattach(now, worker)
+        adopted: list[Session] = []
         if now < self.recovering_until:
             for record in held:
                 if record.session_id in self._sessions:
                     continue
                 try:
-                    reattached.append(self.adopt_session(now, key, worker.epoch, record))
+                    adopted.append(self.adopt_session(now, key, worker.epoch, record))
                 except AdoptionRefusedError:
                     continue
-        if reattached:
+        if reattached or adopted:
             index = self._events.index(registered)
-            self._events[index] = WorkerRegistered(worker, tuple(reattached))
+            self._events[index] = WorkerRegistered(worker, (*reattached, *adopted), tuple(adopted))
             self._update_interval(now, worker)
         self._serve(now, worker)
         return worker

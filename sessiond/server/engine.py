@@ -15,7 +15,7 @@ import math
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sessiond_client.api.v1 import session_pb2, worker_pb2
 
@@ -26,6 +26,7 @@ from sessiond.core.model import (
     Activity,
     Session,
     SessionOptions,
+    SessionRecord,
     SessionState,
     Waiter,
     Worker,
@@ -100,8 +101,20 @@ class _Wait:
 
 
 @dataclass(eq=False)
-class _Watch:
-    futures: list[asyncio.Future[session_pb2.Session]] = field(default_factory=list)
+class _Watcher:
+    """One WatchSession stream: the latest snapshot not yet sent (changes coalesce), or why to stop."""
+
+    latest: session_pb2.Session | None = None
+    error: SessionError | None = None
+    wake: asyncio.Future[None] | None = None
+
+    def push(self, snapshot: session_pb2.Session | None = None, error: SessionError | None = None) -> None:
+        if snapshot is not None:
+            self.latest = snapshot
+        if error is not None:
+            self.error = error
+        if self.wake is not None and not self.wake.done():
+            self.wake.set_result(None)
 
 
 class Engine:
@@ -112,17 +125,24 @@ class Engine:
         self.metrics: SessionMetrics = metrics or NoMetrics()
         self.incarnation = str(uuid.uuid4())
         self.clock = WallClock()
+        self._loop = asyncio.get_running_loop()
+        # Every start may be a restart: for the recovery window, workers' reports are adopted.
+        self.recovery_window = config.recovery_window.total_seconds()
         self.table = SessionTable(
             retention=config.retention.total_seconds(),
             max_heartbeat_interval=config.max_heartbeat_interval.total_seconds(),
+            recovering_until=self._loop.time() + self.recovery_window,
         )
-        self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
         self._connections: dict[WorkerKey, WorkerConnection] = {}
         self._waits: dict[str, _Wait] = {}
         self._activities: dict[str, asyncio.Future[worker_pb2.ActivityResult]] = {}
-        self._watches: dict[str, _Watch] = {}
+        # Tasks of activities that wait for a detached session's worker to come back.
+        self._held_tasks: dict[str, worker_pb2.ActivityTask] = {}
+        self._watches: dict[str, list[_Watcher]] = {}
+        # Set by begin_shutdown: a stop is a restart, so nothing that ends now fails a session.
+        self._stopping = False
 
     def now(self) -> float:
         """Monotonic seconds: the loop's clock, the one the timer uses."""
@@ -203,22 +223,26 @@ class Engine:
         return session
 
     def get_session(self, session_id: str) -> Session:
-        """Read a session."""
-        return self.table.get(session_id)
+        """Read a session (a caller asking about it attends it)."""
+        return self.table.lookup(self.now(), session_id)
 
     async def execute_activity(self, session_id: str, activity_type: str, payload: session_pb2.Payload,
                                timeout: float, headers: dict[str, str]) -> worker_pb2.ActivityResult:
         """Send an activity to the session's worker and wait for its outcome."""
         activity = self.table.start_activity(self.now(), session_id, timeout)
         conn = self._connection(activity.worker.key, activity.epoch)
-        assert conn is not None, "an OPEN session's worker is connected (core invariant)"
         future: asyncio.Future[worker_pb2.ActivityResult] = self._loop.create_future()
         self._activities[activity.activity_id] = future
         task = worker_pb2.ActivityTask(
             activity_id=activity.activity_id, session_id=session_id, activity_type=activity_type,
             input=payload, start_to_close_timeout=duration(timeout), headers=headers,
         )
-        self._send(conn, activity.worker, activity_task=task)
+        if conn is not None:
+            self._send(conn, activity.worker, activity_task=task)
+        else:
+            # The session is detached: the task goes out when its worker reattaches (or never, if
+            # the activity's timeout or the session's end comes first).
+            self._held_tasks[activity.activity_id] = task
         self._flush()
         started = self.now()
         outcome = "cancelled"
@@ -237,46 +261,76 @@ class Engine:
                 self._flush()
             raise
         finally:
+            self._held_tasks.pop(activity.activity_id, None)
+            # The caller attended the session for as long as it waited for this result.
+            self.table.caller_seen(self.now(), session_id)
             self.metrics.activity_done(activity_type, self.now() - started, outcome)
 
     async def watch_session(self, session_id: str) -> AsyncIterator[session_pb2.Session]:
-        """The session now, then its terminal state when it gets there."""
-        session = self.table.get(session_id)
-        current = self.to_pb(session)
-        if session.state is not SessionState.OPEN:
-            yield current
-            return
-        # Register before the first yield: sending it awaits, and a session that ends meanwhile
-        # must still reach this watcher (else the stream would end without its terminal state).
-        future: asyncio.Future[session_pb2.Session] = self._loop.create_future()
-        watch = self._watches.setdefault(session_id, _Watch())
-        watch.futures.append(future)
+        """The session now, then each change (detached, reattached), ending after its terminal state.
+
+        An open watch attends the session (caller liveness) for as long as it lasts.
+        """
+        session = self.table.watch_started(self.now(), session_id)
         try:
-            yield current
-            yield await future
+            current = self.to_pb(session)
+            if session.state is not SessionState.OPEN:
+                yield current
+                return
+            # Register before the first yield: sending it awaits, and a change meanwhile must still
+            # reach this watcher (else the stream could end without its terminal state).
+            watcher = _Watcher()
+            self._watches.setdefault(session_id, []).append(watcher)
+            try:
+                yield current
+                while True:
+                    if watcher.latest is None and watcher.error is None:
+                        watcher.wake = self._loop.create_future()
+                        await watcher.wake
+                    if watcher.error is not None:
+                        raise watcher.error
+                    snapshot, watcher.latest = watcher.latest, None
+                    assert snapshot is not None
+                    yield snapshot
+                    if snapshot.state != session_pb2.SESSION_STATE_OPEN:
+                        return
+            finally:
+                watchers = self._watches.get(session_id)
+                if watchers is not None and watcher in watchers:
+                    watchers.remove(watcher)
+                    if not watchers:
+                        del self._watches[session_id]
         finally:
-            if not future.done():
-                future.cancel()
-                watch.futures.remove(future)
-                if not watch.futures:
-                    self._watches.pop(session_id, None)
+            self.table.watch_ended(self.now(), session)
 
     # ----------------------------------------------------------------- workers
 
-    def connect_worker(self, registration: WorkerRegistration) -> WorkerConnection:
-        """Register a worker stream; a previous stream with the same key is dropped."""
-        worker = self.table.connect_worker(self.now(), registration)
+    def connect_worker(self, registration: WorkerRegistration, held: list[SessionRecord] | None = None
+                       ) -> WorkerConnection:
+        """Register a worker stream (its detached sessions and, during the recovery window, the
+        sessions it reports come back to it). A previous stream with the same key is replaced only
+        when stale or of the same process, and is told so; else WorkerIdInUseError."""
+        worker = self.table.connect_worker(self.now(), registration, held or ())
         old = self._connections.get(worker.key)
         if old is not None:
+            # In-band, before its stream ends: a frozen process reads this first when it wakes up.
+            old.put(worker_pb2.WorkerHeartbeatResponse(
+                server_incarnation=self.incarnation,
+                worker_replaced=worker_pb2.WorkerReplaced(
+                    message=f"a newer registration of worker_id {worker.key.worker_id!r} replaced this stream"),
+            ))
             old.close()
             self.metrics.workers(worker.key.task_queue, -1)
+            log.warning("worker stream replaced", extra={"worker_id": worker.key.worker_id,
+                                                         "task_queue": worker.key.task_queue})
         self.metrics.workers(worker.key.task_queue, +1)
-        conn = self._connections[worker.key] = WorkerConnection(worker.key, worker.epoch)
-        # Registered goes first: placements for waiters (flushed next) follow it on the stream.
-        self._send(conn, worker, registered=worker_pb2.Registered(worker_id=worker.key.worker_id))
+        self._connections[worker.key] = conn = WorkerConnection(worker.key, worker.epoch)
+        # Registered goes first (the WorkerRegistered event leads the outbox): placements for
+        # waiters follow it on the stream.
         self._flush()
         log.info("worker joined", extra={"worker_id": worker.key.worker_id, "task_queue": worker.key.task_queue,
-                                         "host_name": worker.host_name, "capacity": worker.capacity["sessions"]})
+                                         "host_name": worker.host_name, "capacity": worker.capacity["sessions"],
+                                         "open_sessions": len(worker.sessions)})
         return conn
 
     def worker_message(self, conn: WorkerConnection, request: worker_pb2.WorkerHeartbeatRequest) -> bool:
@@ -300,6 +354,11 @@ class Engine:
             self._send(conn, worker, goodbye_ack=ack)
             log.info("worker said goodbye", extra={"worker_id": conn.key.worker_id, "drain": drain,
                                                    "open_sessions": len(worker.sessions)})
+        elif kind == "decline_session":
+            declined = request.decline_session
+            log.info("worker declined a session it got back", extra={
+                "worker_id": conn.key.worker_id, "session_id": declined.session_id, "reason": declined.reason})
+            self.table.decline_session(now, conn.key, conn.epoch, declined.session_id)
         elif kind == "register":
             log.warning("worker %s sent register twice; ignored", conn.key.worker_id)
         self._flush()
@@ -310,6 +369,8 @@ class Engine:
         conn.close()
         if self._connections.get(conn.key) is conn:
             del self._connections[conn.key]
+            if self._stopping:
+                return  # a restart: the worker keeps its sessions and reports them to the next server
             worker = self.table.worker(conn.key, conn.epoch)
             goodbye = worker is not None and worker.draining
             self.table.disconnect_worker(self.now(), conn.key, conn.epoch)
@@ -319,16 +380,30 @@ class Engine:
             self._flush()
 
     def begin_shutdown(self) -> None:
-        """The server is going away: waiting Creates/Recreates fail now with a retryable
-        UNAVAILABLE (rather than holding the grace period), and every worker stream ends after
-        the messages already queued (workers reconnect elsewhere or later)."""
+        """The server is going away to restart: no session fails. Waiting Creates/Recreates and
+        activities in flight end now with a retryable UNAVAILABLE SHUTTING_DOWN (an activity's
+        outcome is unknown: it may have run), watches end the same way (callers resubscribe to the
+        next server), and every worker is told the server restarts, then its stream ends: it keeps
+        its sessions and reports them to the next server within the recovery window."""
+        self._stopping = True
+        stopping = ShuttingDownError("the server is shutting down to restart; retry")
         for waiter_id, wait in list(self._waits.items()):
             self.table.cancel_waiter(waiter_id)
             del self._waits[waiter_id]
             self.metrics.waiters(wait.task_queue, -1)
             if not wait.future.done():
                 wait.future.set_exception(ShuttingDownError("the server is shutting down; retry"))
+        for future in self._activities.values():
+            if not future.done():
+                future.set_exception(stopping)
+        self._activities.clear()
+        for watchers in self._watches.values():
+            for watcher in watchers:
+                watcher.push(error=stopping)
+        restarting = worker_pb2.ServerRestarting(recovery_window=duration(self.recovery_window))
         for conn in list(self._connections.values()):
+            conn.put(worker_pb2.WorkerHeartbeatResponse(server_incarnation=self.incarnation,
+                                                        server_restarting=restarting))
             conn.close()
         self._flush()
 
@@ -373,7 +448,15 @@ class Engine:
         self._flush()
 
     def _publish(self, event: ev.Event) -> None:
-        if isinstance(event, ev.SessionPlaced):
+        if isinstance(event, ev.WorkerRegistered):
+            self._registered(event)
+        elif isinstance(event, ev.SessionDetached):
+            session = event.session
+            self._notify(session)
+            log.info("session detached", extra={"session_id": session.session_id,
+                                                 "worker_id": session.worker.key.worker_id,
+                                                 "reattach_timeout": session.options.reattach_timeout})
+        elif isinstance(event, ev.SessionPlaced):
             session = event.session
             conn = self._connection(session.worker.key, session.worker.epoch)
             if conn is not None:
@@ -401,6 +484,38 @@ class Engine:
                 future.set_exception(event.error)
             self._cancel_on_worker(event.activity, event.error.reason)
 
+    def _registered(self, event: ev.WorkerRegistered) -> None:
+        worker = event.worker
+        conn = self._connection(worker.key, worker.epoch)
+        back = [s for s in event.reattached if s.state is SessionState.OPEN]
+        if conn is not None:
+            self._send(conn, worker, registered=worker_pb2.Registered(
+                worker_id=worker.key.worker_id, recovery_window=duration(self.recovery_window),
+                reattached_sessions=[self.to_pb(s) for s in back]))
+        adopted = {s.session_id for s in event.adopted}
+        for session in event.adopted:
+            self.metrics.session_placed(session.task_queue)
+        for session in back:
+            if conn is not None:
+                for aid in sorted(session.activities):
+                    task = self._held_tasks.pop(aid, None)
+                    if task is not None:
+                        self._send(conn, worker, activity_task=task)
+            if session.session_id not in adopted:
+                self._notify(session)
+            log.info("session adopted" if session.session_id in adopted else "session reattached",
+                     extra={"session_id": session.session_id, "worker_id": worker.key.worker_id})
+
+    def _notify(self, session: Session) -> None:
+        """Send the session's new state to its watchers (the last one for a terminal state)."""
+        watchers = self._watches.get(session.session_id) if session.state is SessionState.OPEN \
+            else self._watches.pop(session.session_id, None)
+        if watchers:
+            # The full snapshot only when someone watches (most sessions end unwatched).
+            snapshot = self.to_pb(session)
+            for watcher in watchers:
+                watcher.push(snapshot)
+
     def _session_ended(self, session: Session, epoch: int) -> None:
         conn = self._connection(session.worker.key, epoch)
         if conn is not None:
@@ -411,13 +526,7 @@ class Engine:
             self._send(conn, session.worker, session_ended=worker_pb2.SessionEnded(
                 session_id=session.session_id, state=int(session.state),  # type: ignore[arg-type]
                 failure=failure))
-        watch = self._watches.pop(session.session_id, None)
-        if watch is not None:
-            # The full snapshot only when someone watches (most sessions end unwatched).
-            snapshot = self.to_pb(session)
-            for future in watch.futures:
-                if not future.done():
-                    future.set_result(snapshot)
+        self._notify(session)
         cause = session.failure.cause.name if session.failure is not None else None
         self.metrics.session_ended(session.task_queue, cause)
         fields = {"session_id": session.session_id, "task_queue": session.task_queue,

@@ -40,6 +40,9 @@ STATUS_CODES: dict[type[e.SessionError], grpc.StatusCode] = {
     e.UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
     e.PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
     e.ShuttingDownError: grpc.StatusCode.UNAVAILABLE,
+    e.WorkerDetachedError: grpc.StatusCode.ABORTED,
+    e.RecoveringError: grpc.StatusCode.UNAVAILABLE,
+    e.WorkerIdInUseError: grpc.StatusCode.ALREADY_EXISTS,
 }
 
 

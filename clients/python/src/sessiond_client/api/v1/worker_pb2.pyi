@@ -33,6 +33,7 @@ class RegisterWorker(_message.Message):
     MAX_CONCURRENT_SESSIONS_FIELD_NUMBER: _builtins.int
     HELD_SESSIONS_FIELD_NUMBER: _builtins.int
     HELD_FROM_INCARNATION_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
     task_queue: _builtins.str
     """The task queue this stream serves (one stream per task queue)."""
     worker_id: _builtins.str
@@ -45,6 +46,11 @@ class RegisterWorker(_message.Message):
     """Session limit of this worker (0 = the default, 1000). The limit is hard."""
     held_from_incarnation: _builtins.str
     """The incarnation of the server the held sessions came from (empty on a first registration)."""
+    instance_id: _builtins.str
+    """Unique per worker process (a UUID made at start). While the current registration of this
+    worker_id is live, only a registration from the same process may replace it (its earlier
+    stream is dead from the worker's side); another process gets ALREADY_EXISTS WORKER_ID_IN_USE.
+    """
     @_builtins.property
     def held_sessions(self) -> _containers.RepeatedCompositeFieldContainer[_session_pb2.Session]:
         """The sessions this worker still holds from an earlier stream, each as the server last sent it
@@ -62,10 +68,11 @@ class RegisterWorker(_message.Message):
         max_concurrent_sessions: _builtins.int = ...,
         held_sessions: _abc.Iterable[_session_pb2.Session] | None = ...,
         held_from_incarnation: _builtins.str = ...,
+        instance_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["held_from_incarnation", b"held_from_incarnation", "held_sessions", b"held_sessions", "host_name", b"host_name", "identity", b"identity", "max_concurrent_sessions", b"max_concurrent_sessions", "task_queue", b"task_queue", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["held_from_incarnation", b"held_from_incarnation", "held_sessions", b"held_sessions", "host_name", b"host_name", "identity", b"identity", "instance_id", b"instance_id", "max_concurrent_sessions", b"max_concurrent_sessions", "task_queue", b"task_queue", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
