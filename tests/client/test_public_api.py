@@ -23,6 +23,7 @@ EXPECTED = [
     "PayloadConverter",
     "PermissionDeniedError",
     "RPCError",
+    "RecoveringError",
     "ServerShuttingDownError",
     "Session",
     "SessionAlreadyOpenError",
@@ -39,8 +40,11 @@ EXPECTED = [
     "SessionWorker",
     "SessiondError",
     "UnauthenticatedError",
+    "WorkerDetachedError",
+    "WorkerIdInUseError",
     "WorkerInfo",
     "WorkerRef",
+    "WorkerReplacedError",
     "WorkerUnavailableError",
     "activity",
     "current_session",
@@ -82,7 +86,7 @@ def test_every_error_shares_the_one_root() -> None:
         for n in EXPECTED
         if inspect.isclass(getattr(sessiond_client, n)) and issubclass(getattr(sessiond_client, n), Exception)
     ]
-    assert len(errors) == 19
+    assert len(errors) == 23
     assert all(issubclass(e, sessiond_client.SessiondError) for e in errors)
 
 

@@ -32,6 +32,9 @@ SAMPLES: list[core.SessionError] = [
     core.UnauthenticatedError("no token"),
     core.PermissionDeniedError("wrong role"),
     core.ShuttingDownError("the server is shutting down; retry"),
+    core.WorkerDetachedError("s-1"),
+    core.RecoveringError("not known yet; retry", metadata={"session_id": "s-1"}),
+    core.WorkerIdInUseError("q", "w-1", 29.5),
 ]
 
 
@@ -67,3 +70,9 @@ def test_failure_causes_survive_the_trip() -> None:
     assert (aborted.cause, aborted.in_flight) == (sessiond_client.FailureCause.WORKER_LOST, True)
     for cause in CoreCause:
         assert sessiond_client.FailureCause[cause.name].value == cause.value
+
+
+def test_worker_id_in_use_tells_the_library_how_long_to_retry() -> None:
+    mapped = as_client_error(core.WorkerIdInUseError("q", "w-1", 29.5))
+    assert isinstance(mapped, sessiond_client.WorkerIdInUseError)
+    assert mapped.code is grpc.StatusCode.ALREADY_EXISTS and mapped.stale_after == 29.5
