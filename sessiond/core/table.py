@@ -461,7 +461,7 @@ class SessionTable:
         earlier = self._requests.get(request_key) if request_key else None
         if earlier is not None:
             return earlier
-        self._check_owner(now, owner)
+        self._check_owner(owner)
         if not _has_live(self._queue_waiters.get(task_queue)):
             worker = self.registry.best(task_queue, ResourceVector.one_session())
             if worker is not None:
@@ -480,7 +480,7 @@ class SessionTable:
         earlier = self._requests.get(request_key) if request_key else None
         if earlier is not None:
             return earlier
-        self._check_owner(now, owner)
+        self._check_owner(owner)
         worker = self.registry.workers.get(key)
         if worker is not None and worker.eligible and not _has_live(self._worker_waiters.get(key)) \
                 and worker.free.covers(ResourceVector.one_session()):
@@ -507,19 +507,15 @@ class SessionTable:
             self._end(now, session, SessionState.CLOSED, None)
         return session
 
-    def _check_owner(self, now: float, owner: str) -> None:
+    def _check_owner(self, owner: str) -> None:
+        # During a recovery window the owner's earlier session may not be reported yet; creates are
+        # not held up for it (that would stall every owner for the whole window after any start):
+        # if it is reported later, the owner's newer session wins and the report is refused.
         if not owner:
             return
         holder = self._owners.get(owner)
         if holder is not None:
             raise ExistingOpenSessionError(owner, holder.session_id if isinstance(holder, Session) else None)
-        if now < self.recovering_until:
-            # The owner's session may be on a worker that has not reported it yet: placing another
-            # now could leave the owner with two OPEN sessions once it does.
-            raise RecoveringError(
-                f"owner {owner!r} may hold a session the restarted server has not recovered yet; retry",
-                metadata={"owner": owner},
-            )
 
     def _enqueue(self, now: float, queue: deque[Waiter], task_queue: str, target: WorkerKey | None,
                  options: SessionOptions, owner: str, request_id: str, wait: float, request_key: str) -> Waiter:

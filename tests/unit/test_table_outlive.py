@@ -293,13 +293,18 @@ def test_unknown_ids_answer_recovering_during_the_window_and_not_found_after() -
         table.lookup(30.0, "gone")
 
 
-def test_creates_that_name_an_owner_wait_out_the_window() -> None:
+def test_an_owner_that_created_again_during_the_window_keeps_its_new_session() -> None:
+    old = new_table()
+    connect(old, "w", 2)
+    earlier = create_placed(old, 0.0, owner="alice")
     table = _restarted(30.0, 0.0)
-    connect(table, "w", 2)
+    connect(table, "other", 1)
+    newer = create_placed(table, 1.0, owner="alice")  # not held up by the recovery window
+    worker = table.connect_worker(2.0, registration("w", 2), [_record(earlier)])
+    assert worker.sessions == set()  # the report is refused: one OPEN session per owner
     with pytest.raises(RecoveringError):
-        table.create(1.0, QUEUE, options(), owner="alice")
-    create_placed(table, 1.0)  # no owner: placed at once
-    create_placed(table, 30.0, owner="alice")
+        table.lookup(3.0, earlier.session_id)
+    assert table.lookup(3.0, newer.session_id).owner == "alice"
 
 
 def test_adoption_respects_the_hard_limit_and_ends_with_the_window() -> None:

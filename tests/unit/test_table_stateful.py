@@ -173,12 +173,13 @@ class SessionTableMachine(RuleBasedStateMachine):
                 self.adopted.add(session.session_id)
                 adopted.append(session.session_id)
         if self.now < self.table.recovering_until:
-            # Nothing but the hard limit may refuse a report: owners were unique, and creates that name
-            # an owner wait out the recovery window.
+            # Only the hard limit and the owner rule refuse a report (an owner that created a new
+            # session during the window keeps that one).
             free = worker.capacity[SESSIONS] - (len(event.reattached) - len(adopted))
+            owners = self._owner_holders() - {self.records[sid].owner for sid in adopted}
             expected = []
             for record in held:
-                if free > 0:
+                if free > 0 and not (record.owner and record.owner in owners):
                     expected.append(record.session_id)
                     free -= record.expire_at > self.now  # one adopted past its expiry is ended at once
             assert adopted == expected, f"adopted {adopted}, expected {expected}"
@@ -438,10 +439,6 @@ class SessionTableMachine(RuleBasedStateMachine):
         holders = self._owner_holders()
         try:
             result = self.table.create(self.now, QUEUE, opts, owner=owner, request_id=request_id)
-        except RecoveringError:
-            assert owner and owner not in holders and self.now < self.table.recovering_until
-            assert self._drain() == []
-            return
         except NoCapacityError:
             assert opts.creation_timeout == 0
             assert self._drain() == []
@@ -464,10 +461,7 @@ class SessionTableMachine(RuleBasedStateMachine):
             assert target is None
             assert self._drain() == []
             return
-        except RecoveringError:
-            assert owner and owner not in holders and self.now < self.table.recovering_until
-            assert self._drain() == []
-            return
+
         except (NoCapacityError, WorkerUnavailableError):
             assert opts.creation_timeout == 0
             assert self._drain() == []
