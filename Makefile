@@ -1,7 +1,8 @@
 # sessiond developer entry points. Every target bootstraps what it needs on first use:
 #   make serve   run the server (127.0.0.1:50051)
 #   make test    lint, typecheck, proto lint, Dockerfile lint, stale-stub check, then pytest
-# Needs only python3 (3.11+), make and node/npm; the venv and node_modules are created here.
+# Needs only python3 (3.11+), make and node/npm; the venv and node_modules are created here. The
+# cluster tests also need etcd (Debian's etcd-server/etcd-client), installed by `make deps-etcd` when root.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -18,14 +19,16 @@ PYTEST_FLAGS ?= -q -p no:cacheprovider
 # The steps of `make test` must run in the order listed, even under `make -j`.
 .NOTPARALLEL:
 
-.PHONY: help bootstrap .venv node_modules test lint lint-py lint-proto lint-docker typecheck gen gen-check \
-        serve demo bench clean distclean
+.PHONY: help bootstrap .venv node_modules deps-browser deps-etcd test test-cluster lint lint-py lint-proto \
+        lint-docker typecheck gen gen-check serve demo bench clean distclean
 
 help:
 	@echo "make serve      run sessiond on 127.0.0.1:50051 (bootstraps .venv on first use)"
 	@echo "make test       ruff, mypy, buf lint, hadolint, stale-stub check, pytest"
 	@echo "make lint       ruff + buf lint + hadolint"
 	@echo "make typecheck  mypy --strict over sessiond and sessiond_client"
+	@echo "make test-cluster  only the cluster tier (tests/cluster: real etcd members)"
+	@echo "make deps-etcd  install etcd for the cluster tests (apt, as root) or say what to install"
 	@echo "make gen        regenerate the gRPC stubs from protos/ (scripts/gen_protos.py)"
 	@echo "make demo       run the examples/ file-processing demo"
 	@echo "make bench      run the benchmark"
@@ -58,12 +61,28 @@ $(NODE_STAMP): package.json package-lock.json
 	@npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
+# Debian's chromium + chromium-driver for the dashboard's browser test: installed with apt-get when
+# missing and root, else one line says what to install (and, under CI=true, the run fails).
+# Checked on every run (it costs a `command -v`), so a browser removed later is noticed.
+deps-browser:
+	@bash scripts/ensure_browser.sh
+
+# etcd for the cluster tier (tests/cluster), the same way: Debian's etcd-server (3.4.23 on Debian 12;
+# production wants 3.5.10+, see README) and etcd-client (etcdctl, used by the auth test).
+deps-etcd:
+	@bash scripts/ensure_debian_packages.sh "the cluster tests" "command -v etcd && command -v etcdctl" \
+	    etcd-server etcd-client
+
 # ---- checks ----------------------------------------------------------------------------------
 
 # grpc core logs INFO lines (e.g. GOAWAY on shutdown) at its default verbosity; keep test output clean.
 test: export GRPC_VERBOSITY ?= ERROR
-test: lint-py typecheck lint-proto lint-docker gen-check
+test: lint-py typecheck lint-proto lint-docker gen-check deps-browser deps-etcd
 	$(PY) -m pytest $(PYTEST_FLAGS) tests
+
+test-cluster: export GRPC_VERBOSITY ?= ERROR
+test-cluster: deps-etcd $(PY_STAMP)
+	$(PY) -m pytest $(PYTEST_FLAGS) tests/cluster
 
 lint: lint-py lint-proto lint-docker
 

@@ -34,11 +34,12 @@ from bench import report
 from bench.common import cpu_seconds, rss_kb
 from bench.procs import PY, REPO, ChildError, Proc, free_port, run_once, wait_port
 from bench.stats import percentile, ratio, spread
+from sessiond.ui import POLL_INTERVAL_MS
 
-SCENARIOS = ("core", "kill9", "frozen_worker", "scale", "tracing")
+SCENARIOS = ("core", "kill9", "frozen_worker", "scale", "tracing", "dashboard")
 # The JSON has one entry per row of the issue's table (core yields three of them).
 RESULT_KEYS = ("create_complete", "execute_activity_1", "execute_activity_64", "kill9", "frozen_worker", "scale",
-               "tracing")
+               "tracing", "dashboard")
 
 
 @dataclass(frozen=True)
@@ -62,14 +63,15 @@ class Sizes:
     idle_seconds: float
     tracing_runs: int
     tracing_in_flight: int
+    dashboard_runs: int
 
 
 FULL = Sizes(core_reps=4, warmup=1.0, duration=3.0, kill_runs=3, kills=20, echo_kills=10, frozen_runs=3, frozen=8,
              heartbeat_timeout=1.0, scale_runs=3, levels=(10, 1000, 10_000), sessions=100_000, probe_warmup=1.0,
-             probe_duration=3.0, idle_seconds=2.0, tracing_runs=3, tracing_in_flight=64)
+             probe_duration=3.0, idle_seconds=2.0, tracing_runs=3, tracing_in_flight=64, dashboard_runs=6)
 SMOKE = Sizes(core_reps=1, warmup=0.2, duration=0.5, kill_runs=1, kills=3, echo_kills=2, frozen_runs=1, frozen=2,
               heartbeat_timeout=0.5, scale_runs=1, levels=(10, 40, 80), sessions=400, probe_warmup=0.2,
-              probe_duration=0.5, idle_seconds=0.3, tracing_runs=1, tracing_in_flight=16)
+              probe_duration=0.5, idle_seconds=0.3, tracing_runs=1, tracing_in_flight=16, dashboard_runs=1)
 
 WORKER_STREAMS_PER_PROCESS = 1250
 
@@ -103,11 +105,14 @@ class Ctx:
             proc.stop()
 
     @contextlib.contextmanager
-    def sessiond(self, tracing: str | None = None) -> Iterator[tuple[Proc, str]]:
-        """``python -m sessiond serve`` (or, with ``tracing``, the bench launcher with that tracing set-up)."""
+    def sessiond(self, tracing: str | None = None, ui_port: int | None = None) -> Iterator[tuple[Proc, str]]:
+        """``python -m sessiond serve`` (or, with ``tracing``, the bench launcher with that tracing set-up);
+        with ``ui_port``, the dashboard on that port too."""
         port = free_port()
         if tracing is None:
             argv = [PY, "-m", "sessiond", "serve", "--listen", f"127.0.0.1:{port}", "--log-level", "WARNING"]
+            if ui_port is not None:
+                argv += ["--ui-listen", f"127.0.0.1:{ui_port}"]
             proc = Proc(self.name("sessiond"), argv, self.logs)
         else:
             argv = [PY, "-m", "bench.sessiond_server", "--port", str(port), "--tracing", tracing]
@@ -609,6 +614,109 @@ def scenario_tracing(ctx: Ctx) -> dict[str, Any]:
                  cases, runs)
 
 
+# --------------------------------------------------------------------- scenario: dashboard
+
+
+def scenario_dashboard(ctx: Ctx) -> dict[str, Any]:
+    """Create+complete at 64 in flight with the dashboard page open vs. closed, in pairs on one server.
+
+    One sessiond with the dashboard on, one worker, and one simulated page (``bench.ui_poller``:
+    the page's requests at the page's rate) that is resumed for the "open" phase of each pair and
+    paused for the "closed" one. Pairs alternate which phase goes first, so machine drift and
+    the table's growth (completed sessions stay readable for the retention period) spread over both.
+    """
+    s = ctx.s
+    ui_port = free_port()
+    pairs: list[dict[str, Any]] = []
+    with ctx.sessiond(ui_port=ui_port) as (server, target):
+        workers = ctx.start_workers(target, 1, capacity=1000)
+        poller = Proc(ctx.name("ui-poller"), [PY, "-m", "bench.ui_poller", "--url", f"http://127.0.0.1:{ui_port}",
+                                              "--start-paused"], ctx.logs)
+        try:
+            poller.wait_event("ready", 30)
+            ctx.say("dashboard: warming the server up (not measured)")
+            ctx.phases(target, ["cc:64"], server, workers[0])
+            for r in range(s.dashboard_runs):
+                pair: dict[str, Any] = {}
+                for variant in (("closed", "open") if r % 2 == 0 else ("open", "closed")):
+                    ctx.say(f"dashboard pair {r + 1}/{s.dashboard_runs}: page {variant}")
+                    if variant == "open":
+                        poller.send(signal.SIGUSR1)
+                        poller.wait_event("resumed", 10)
+                    phase = ctx.phases(target, ["cc:64"], server, workers[0])["cc:64"]
+                    pair[variant] = {"pairs_per_s": phase["ops_per_s"],
+                                     "server_us_per_pair": phase.get("server_us_per_op"),
+                                     "p50_ms": phase["p50_ms"], "p99_ms": phase["p99_ms"],
+                                     "errors": sum(phase["errors"].values())}
+                    if variant == "open":
+                        poller.send(signal.SIGUSR2)
+                        paused = poller.wait_event("paused", 10)
+                        pair[variant].update({"polls": paused["polls"], "poll_errors": paused["errors"],
+                                              "poll_p50_ms": paused["poll"]["p50_ms"],
+                                              "poll_p99_ms": paused["poll"]["p99_ms"]})
+                pairs.append(pair)
+            idle = _dashboard_idle_cost(ctx, server, poller)
+        finally:
+            poller.stop()
+            ctx.stop_all(workers)
+
+    def column(variant: str, key: str) -> list[Any]:
+        return [pair[variant].get(key) for pair in pairs]
+
+    row = case(
+        f"create+complete, 64 in flight: page open (polling every {POLL_INTERVAL_MS} ms)",
+        value=column("open", "pairs_per_s"), unit="pairs/s", baseline=column("closed", "pairs_per_s"),
+        baseline_unit="pairs/s", baseline_what="same server, page closed",
+        ratios=[ratio(p["open"]["pairs_per_s"], p["closed"]["pairs_per_s"]) for p in pairs],
+        goal="≥ 0.95", check=lambda v: v >= 0.95,
+        details={"server_us_per_pair": column("open", "server_us_per_pair"),
+                 "server_us_per_pair_closed": column("closed", "server_us_per_pair"),
+                 "server_cpu_ratio": [ratio(p["open"]["server_us_per_pair"], p["closed"]["server_us_per_pair"])
+                                      for p in pairs],
+                 "p99_ms": column("open", "p99_ms"), "p99_ms_closed": column("closed", "p99_ms"),
+                 "polls": column("open", "polls"), "poll_errors": column("open", "poll_errors"),
+                 "poll_p50_ms": column("open", "poll_p50_ms"), "poll_p99_ms": column("open", "poll_p99_ms"),
+                 "errors": [p["open"]["errors"] + p["closed"]["errors"] for p in pairs]})
+    per_poll = case(
+        "server CPU per poll of the page (3 requests), server idle", value=[idle["cpu_ms_per_poll"]],
+        unit="ms", baseline=[idle["closed_cores"] * 1e3], baseline_unit="ms/s",
+        baseline_what="the idle server's own CPU, page closed", ratios=[None], goal="— (explains the row above)",
+        check=None, details={"open_cores": [idle["open_cores"]], "closed_cores": [idle["closed_cores"]],
+                             "share_of_a_core_while_open": [idle["share_of_a_core"]], "polls": [idle["polls"]],
+                             "window_s": [idle["window_s"]]})
+    return entry("operator dashboard", "create+complete throughput with the page open / closed, same server, "
+                 "paired phases; and what one poll costs the server", [row, per_poll], pairs, idle=idle)
+
+
+def _dashboard_idle_cost(ctx: Ctx, server: Proc, poller: Proc) -> dict[str, Any]:
+    """Server CPU over an idle window with the page closed, then open: the CPU one poll costs.
+
+    Much less noisy than throughput on a shared machine: it needs no load, only /proc's CPU counters
+    (10 ms ticks, so the full run's 9 s windows resolve about 1 ms per poll).
+    """
+    window = 3 * ctx.s.duration  # /proc counts CPU in 10 ms ticks: about 10 polls per window in the full run
+
+    def cores() -> float:
+        before, t0 = cpu_seconds(server.pid), time.monotonic()
+        time.sleep(window)
+        after, elapsed = cpu_seconds(server.pid), time.monotonic() - t0
+        if before is None or after is None:
+            raise ChildError("the server exited during the dashboard's idle window")
+        return (after - before) / elapsed
+
+    ctx.say(f"dashboard: idle server CPU, page closed then open ({window:g} s each)")
+    closed = cores()
+    poller.send(signal.SIGUSR1)
+    poller.wait_event("resumed", 10)
+    opened = cores()
+    poller.send(signal.SIGUSR2)
+    polls = poller.wait_event("paused", 10)["polls"]
+    extra = max(0.0, opened - closed) * window
+    return {"window_s": window, "closed_cores": round(closed, 5), "open_cores": round(opened, 5), "polls": polls,
+            "cpu_ms_per_poll": round(extra / polls * 1e3, 3) if polls else None,
+            "share_of_a_core": round(max(0.0, opened - closed), 5)}
+
+
 # --------------------------------------------------------------------- main
 
 
@@ -680,7 +788,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = SMOKE if args.smoke else FULL
     if args.runs:
         sizes = replace(sizes, core_reps=args.runs, kill_runs=args.runs, frozen_runs=args.runs,
-                        scale_runs=args.runs, tracing_runs=args.runs)
+                        scale_runs=args.runs, tracing_runs=args.runs, dashboard_runs=args.runs)
     out_dir = args.out or (REPO / "bench" / "out" / "smoke" if args.smoke else REPO / "bench")
     out_dir.mkdir(parents=True, exist_ok=True)
     logs = (out_dir / "logs") if args.out else (REPO / "bench" / "out" / ("smoke-logs" if args.smoke else "logs"))
@@ -697,7 +805,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     runners: dict[str, Callable[[Ctx], Any]] = {
         "core": scenario_core, "kill9": scenario_kill9, "frozen_worker": scenario_frozen, "scale": scenario_scale,
-        "tracing": scenario_tracing,
+        "tracing": scenario_tracing, "dashboard": scenario_dashboard,
     }
     failed = []
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

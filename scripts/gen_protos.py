@@ -1,8 +1,14 @@
-"""Generate the Python stubs for the sessiond.v1 contract: the one codegen command.
+"""Generate the Python stubs from protos/: the one codegen command.
 
-The stubs go into the client package as ``sessiond_client.api.v1`` (the only copy). protoc
-writes imports that follow the proto path (``from sessiond.v1 import session_pb2``), which
-would collide with the server's own ``sessiond`` package, so they are rewritten.
+Two sets of stubs, each produced the same way (protoc + grpc + mypy-protobuf, imports rewritten):
+
+* ``sessiond.v1`` (protos/sessiond/v1) goes into the client package as ``sessiond_client.api.v1``,
+  the only copy of sessiond's own API stubs.
+* ``etcdserverpb`` (protos/etcd/etcdserverpb: sessiond's description of the part of etcd's v3 API
+  the etcd store speaks) goes into the server as ``sessiond.store.etcd.api``; only the server needs it.
+
+protoc writes imports that follow the proto path (``from sessiond.v1 import session_pb2``), which
+would collide with the server's own ``sessiond`` package, so they are rewritten to the target package.
 
 Usage:
     python scripts/gen_protos.py          # regenerate in place
@@ -18,21 +24,55 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PROTO_ROOT = ROOT / "protos"
-PROTO_DIR = PROTO_ROOT / "sessiond" / "v1"
-OUT_DIR = ROOT / "clients" / "python" / "src" / "sessiond_client" / "api" / "v1"
-PACKAGE = "sessiond_client.api.v1"
 
-_INIT = '"""Generated gRPC stubs for the sessiond.v1 contract. Do not edit: run scripts/gen_protos.py."""\n'
 
-# Rewrites applied to every generated file: the proto package path becomes the client package.
-_REWRITES = [
-    (re.compile(r"^from sessiond\.v1 import ", re.M), f"from {PACKAGE} import "),
-    (re.compile(r"^import sessiond\.v1\.(\w+)", re.M), rf"import {PACKAGE}.\1"),
-    (re.compile(r"\bsessiond\.v1\.(\w+_pb2)\b"), rf"{PACKAGE}.\1"),
+@dataclass(frozen=True)
+class Target:
+    """One set of stubs: the protos of one proto package and where their Python modules go."""
+
+    proto_root: Path  # the -I root; proto files are named relative to it
+    proto_package: str  # e.g. "sessiond.v1"; its files live in proto_root/<package as a path>
+    out_dir: Path
+    python_package: str
+    init_doc: str
+    py_typed: bool  # a py.typed marker for a distributed package
+
+    @property
+    def proto_dir(self) -> Path:
+        return self.proto_root.joinpath(*self.proto_package.split("."))
+
+    def rewrites(self) -> list[tuple[re.Pattern[str], str]]:
+        """The import rewrites applied to every generated file: proto package path -> python package."""
+        dotted = re.escape(self.proto_package)
+        return [
+            (re.compile(rf"^from {dotted} import ", re.M), f"from {self.python_package} import "),
+            (re.compile(rf"^import {dotted}\.(\w+)", re.M), rf"import {self.python_package}.\1"),
+            (re.compile(rf"\b{dotted}\.(\w+_pb2)\b"), rf"{self.python_package}.\1"),
+        ]
+
+
+TARGETS = [
+    Target(
+        proto_root=ROOT / "protos",
+        proto_package="sessiond.v1",
+        out_dir=ROOT / "clients" / "python" / "src" / "sessiond_client" / "api" / "v1",
+        python_package="sessiond_client.api.v1",
+        init_doc="Generated gRPC stubs for the sessiond.v1 contract. Do not edit: run scripts/gen_protos.py.",
+        py_typed=True,
+    ),
+    Target(
+        proto_root=ROOT / "protos" / "etcd",
+        proto_package="etcdserverpb",
+        out_dir=ROOT / "sessiond" / "store" / "etcd" / "api",
+        python_package="sessiond.store.etcd.api",
+        init_doc="Generated gRPC stubs for the part of etcd's v3 API sessiond uses. Do not edit: run "
+        "scripts/gen_protos.py.",
+        py_typed=False,
+    ),
 ]
 
 
@@ -45,12 +85,12 @@ def _plugin(name: str) -> str:
     return str(found)
 
 
-def generate(out_dir: Path) -> None:
-    """Run protoc for every .proto and write the rewritten stubs into out_dir."""
-    protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_DIR.glob("*.proto"))
+def generate(target: Target, out_dir: Path) -> None:
+    """Run protoc for every .proto of ``target`` and write the rewritten stubs into out_dir."""
+    protos = sorted(str(p.relative_to(target.proto_root)) for p in target.proto_dir.glob("*.proto"))
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [
-            sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO_ROOT}",
+            sys.executable, "-m", "grpc_tools.protoc", f"-I{target.proto_root}",
             f"--plugin=protoc-gen-mypy={_plugin('protoc-gen-mypy')}",
             f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
             f"--python_out={tmp}", f"--grpc_python_out={tmp}",
@@ -63,22 +103,30 @@ def generate(out_dir: Path) -> None:
         for old in out_dir.iterdir():
             if old.is_file():
                 old.unlink()
-        (out_dir / "__init__.py").write_text(_INIT)
-        (out_dir / "py.typed").write_text("")
-        for src in sorted((Path(tmp) / "sessiond" / "v1").iterdir()):
+        (out_dir / "__init__.py").write_text(f'"""{target.init_doc}"""\n')
+        if target.py_typed:
+            (out_dir / "py.typed").write_text("")
+        for src in sorted(Path(tmp).joinpath(*target.proto_package.split(".")).iterdir()):
             text = src.read_text()
-            for pattern, repl in _REWRITES:
+            for pattern, repl in target.rewrites():
                 text = pattern.sub(repl, text)
             (out_dir / src.name).write_text(text)
 
 
 def is_stale() -> list[str]:
-    """Return the names of generated files that differ from a fresh generation."""
-    with tempfile.TemporaryDirectory() as tmp:
-        fresh = Path(tmp) / "v1"
-        generate(fresh)
-        cmp = filecmp.dircmp(fresh, OUT_DIR)
-        return sorted(cmp.left_only + cmp.right_only + cmp.diff_files)
+    """Return the paths (relative to the repository) of generated files that differ from a fresh generation."""
+    stale: list[str] = []
+    for target in TARGETS:
+        with tempfile.TemporaryDirectory() as tmp:
+            fresh = Path(tmp) / "out"
+            generate(target, fresh)
+            if not target.out_dir.is_dir():
+                stale.append(str(target.out_dir.relative_to(ROOT)))
+                continue
+            cmp = filecmp.dircmp(fresh, target.out_dir, ignore=["__pycache__"])
+            names = cmp.left_only + cmp.right_only + cmp.diff_files
+            stale.extend(str((target.out_dir / name).relative_to(ROOT)) for name in names)
+    return sorted(stale)
 
 
 def main() -> int:
@@ -92,8 +140,9 @@ def main() -> int:
             return 1
         print("generated stubs are up to date")
         return 0
-    generate(OUT_DIR)
-    print(f"generated stubs in {OUT_DIR.relative_to(ROOT)}")
+    for target in TARGETS:
+        generate(target, target.out_dir)
+        print(f"generated stubs in {target.out_dir.relative_to(ROOT)}")
     return 0
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from sessiond import ops
 from sessiond.config import ENV_PREFIX, ServerConfig, config_from_env, parse_field
+from sessiond.store.spec import MemoryStoreSpec
 
 
 def _default_text(value: Any) -> str:
@@ -70,8 +71,16 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"sessiond: {exc}", file=sys.stderr)
         return 2
+    if not isinstance(config.store_spec, MemoryStoreSpec):
+        # Parsed and validated above; the replicated server itself is not built yet.
+        print(f"sessiond: store {config.store_spec} is not implemented yet (use --store memory)", file=sys.stderr)
+        return 2
     logs.configure(config.log_level, config.log_format)
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except OSError as exc:  # an address that cannot be bound: one line, not a traceback
+        print(f"sessiond: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -9,6 +9,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from sessiond.store.spec import EtcdStoreSpec, StoreSpec, parse_host_port, parse_store
+
 ENV_PREFIX = "SESSIOND_"
 
 
@@ -88,6 +90,42 @@ class ServerConfig:
     metrics_listen: str | None = field(
         default=None, metadata={"help": "host:port of a Prometheus scrape endpoint for the metrics (unset = none)."}
     )
+    ui_listen: str | None = field(
+        default=None,
+        metadata={"help": "host:port of the operator dashboard, HTTP (unset = off; protected by the caller token)."},
+    )
+    store: str = field(
+        default="memory",
+        metadata={
+            "help": "memory (one process), or etcd://HOST:PORT,.../CLUSTER[?lease_ttl=5&failover_window=10] "
+            "to run as one replica of a service whose sessions live in etcd."
+        },
+    )
+    advertise: str | None = field(
+        default=None,
+        metadata={"help": "host:port at which other replicas reach this one (etcd store; default: listen)."},
+    )
+    etcd_tls_ca: Path | None = field(
+        default=None, metadata={"help": "PEM CA bundle that signed the etcd members' certificates: use TLS to etcd."}
+    )
+    etcd_tls_cert: Path | None = field(
+        default=None, metadata={"help": "PEM client certificate for etcd (with etcd_tls_key and etcd_tls_ca)."}
+    )
+    etcd_tls_key: Path | None = field(default=None, metadata={"help": "PEM private key for etcd_tls_cert."})
+    etcd_user: str | None = field(
+        default=None, metadata={"help": "etcd user name (with etcd_password_file or etcd_password)."}
+    )
+    etcd_password: str | None = field(
+        default=None,
+        metadata={"help": "etcd password; prefer etcd_password_file or the environment (flags show in ps)."},
+    )
+    etcd_password_file: Path | None = field(
+        default=None, metadata={"help": "File whose first line is the etcd password."}
+    )
+    peer_token: str | None = field(
+        default=None, metadata={"help": "Bearer token the replicas of one service present to each other (etcd store)."}
+    )
+    peer_token_file: Path | None = field(default=None, metadata={"help": "File whose first line is the peer token."})
 
     def __post_init__(self) -> None:
         for name in (
@@ -117,10 +155,66 @@ class ServerConfig:
             raise ValueError("log_level must be DEBUG, INFO, WARNING or ERROR")
         if self.max_pending_requests < 1:
             raise ValueError("max_pending_requests must be positive")
+        if self.ui_listen is not None:
+            split_host_port(self.ui_listen, "ui_listen")
+        self._validate_store()
+
+    @property
+    def store_spec(self) -> StoreSpec:
+        """The parsed ``store`` setting."""
+        return parse_store(self.store)
+
+    def _validate_store(self) -> None:
+        spec = parse_store(self.store)
+        etcd_only = ("advertise", "etcd_tls_ca", "etcd_tls_cert", "etcd_tls_key", "etcd_user", "etcd_password",
+                     "etcd_password_file", "peer_token", "peer_token_file")
+        if not isinstance(spec, EtcdStoreSpec):
+            for name in etcd_only:
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} only applies with store etcd://...")
+            return
+        if self.advertise is not None:
+            host, _ = parse_host_port(self.advertise, what="advertise")
+            if host in ("0.0.0.0", "[::]"):
+                raise ValueError("advertise must be an address other replicas can reach, not a wildcard")
+        else:
+            host, _, port = self.listen.rpartition(":")
+            if host in ("0.0.0.0", "[::]", "") or port == "0":
+                raise ValueError("advertise is needed with store etcd:// when listen is a wildcard or port 0")
+        if (self.etcd_tls_cert is None) != (self.etcd_tls_key is None):
+            raise ValueError("etcd_tls_cert and etcd_tls_key go together")
+        if self.etcd_tls_cert is not None and self.etcd_tls_ca is None:
+            raise ValueError("etcd_tls_cert needs etcd_tls_ca")
+        if self.etcd_password is not None and self.etcd_password_file is not None:
+            raise ValueError("give etcd_password or etcd_password_file, not both")
+        has_password = self.etcd_password is not None or self.etcd_password_file is not None
+        if (self.etcd_user is None) == has_password:
+            raise ValueError("etcd_user needs etcd_password_file or etcd_password" if self.etcd_user is not None
+                             else "an etcd password needs etcd_user")
+        if self.etcd_user == "" or self.etcd_password == "":
+            raise ValueError("etcd_user and etcd_password must not be empty")
+        if self.peer_token is not None and self.peer_token_file is not None:
+            raise ValueError("give peer_token or peer_token_file, not both")
+        if self.peer_token == "":
+            raise ValueError("peer_token must not be empty")
+        for name in ("etcd_tls_ca", "etcd_tls_cert", "etcd_tls_key", "etcd_password_file", "peer_token_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name}: no such file: {path}")
 
     def with_overrides(self, **overrides: Any) -> ServerConfig:
         """A copy with the given fields replaced (None values are ignored)."""
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def split_host_port(address: str, name: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) as (host, port); a ValueError naming ``name`` otherwise."""
+    host, sep, port = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{name} must be HOST:PORT (port 0-65535), got {address!r}")
+    return host, int(port)
 
 
 def parse_field(name: str, raw: str) -> Any:

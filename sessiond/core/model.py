@@ -130,6 +130,8 @@ class Session:
     # Caller liveness: the last RPC on the session, and how many WatchSessions are open on it.
     caller_seen: float = 0.0
     watchers: int = 0
+    # Activities started in this session so far (operator views: a session that ran none for hours is stuck).
+    activity_count: int = 0
 
 
 @dataclass(slots=True, eq=False)
@@ -194,3 +196,5 @@ class Waiter:
     deadline: float
     done: bool = False
     request_key: str = ""
+    # When it started waiting (operator views show the age of the oldest waiter per queue).
+    since: float = 0.0

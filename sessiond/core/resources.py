@@ -44,6 +44,10 @@ class ResourceVector:
             out[k] = out.get(k, 0) - v
         return ResourceVector(out)
 
+    def as_dict(self) -> dict[str, int]:
+        """The non-zero amounts by resource name (a copy)."""
+        return dict(self._amounts)
+
     def covers(self, demand: ResourceVector) -> bool:
         """True when every amount in ``demand`` fits within this vector."""
         return all(self[k] >= v for k, v in demand._amounts.items())

@@ -520,7 +520,7 @@ class SessionTable:
     def _enqueue(self, now: float, queue: deque[Waiter], task_queue: str, target: WorkerKey | None,
                  options: SessionOptions, owner: str, request_id: str, wait: float, request_key: str) -> Waiter:
         waiter = Waiter(self._new_id(), task_queue, target, options, owner, request_id, now + wait,
-                        request_key=request_key)
+                        request_key=request_key, since=now)
         self._waiters[waiter.waiter_id] = waiter
         queue.append(waiter)
         self._waiter_deadlines.set(waiter.waiter_id, waiter.deadline)
@@ -724,6 +724,7 @@ class SessionTable:
         activity = Activity(self._new_id(), session_id, session.worker, session.worker.epoch, now + timeout)
         self._activities[activity.activity_id] = activity
         session.activities.add(activity.activity_id)
+        session.activity_count += 1
         self._activity_deadlines.set(activity.activity_id, activity.deadline)
         return activity
 
@@ -754,8 +755,11 @@ class SessionTable:
         return encode_token(session.worker.key)
 
     def sessions(self, *, task_queue: str = "", owner: str = "", state: SessionState | None = None,
-                 after_seq: int = 0, limit: int = 100, max_scan: int = 10_000) -> tuple[list[Session], int | None]:
+                 after_seq: int = 0, limit: int = 100, max_scan: int = 10_000,
+                 where: Callable[[Session], bool] | None = None) -> tuple[list[Session], int | None]:
         """One page of sessions (oldest first) matching the filters, with ``seq > after_seq``.
+
+        ``where`` is an extra filter (operator views: failure cause, worker), applied after the others.
 
         Finds its start by bisection and looks at no more than ``max_scan`` sessions, so one call
         never blocks the loop for long. Returns the page and the seq to continue after, or None
@@ -769,7 +773,8 @@ class SessionTable:
             if session is None:
                 continue
             if (task_queue and session.task_queue != task_queue) or (owner and session.owner != owner) \
-                    or (state is not None and session.state is not state):
+                    or (state is not None and session.state is not state) \
+                    or (where is not None and not where(session)):
                 continue
             page.append(session)
             if len(page) == limit:
@@ -808,6 +813,10 @@ class SessionTable:
     def waiting_count(self) -> int:
         """Creates and Recreates waiting for a slot."""
         return len(self._waiters)
+
+    def waiters(self) -> list[Waiter]:
+        """The Creates and Recreates waiting for a slot, oldest first (a copy; operator views)."""
+        return list(self._waiters.values())
 
 
 def _wait(options: SessionOptions, max_wait: float | None) -> float:

@@ -1,7 +1,7 @@
 """Assembling and running the server: ``create_server(config) -> (server, port)``.
 
-Shutdown runs in one documented order: health NOT_SERVING → tell workers (their streams
-end) → ``grpc stop(grace)`` → stop the engine's timer → flush telemetry.
+Shutdown runs in one documented order: stop the dashboard (if on) → health NOT_SERVING → tell
+workers (their streams end) → ``grpc stop(grace)`` → stop the engine's timer → flush telemetry.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import asyncio
 import gc
 import logging
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -22,6 +22,9 @@ from sessiond.server.auth import TokenAuthInterceptor
 from sessiond.server.engine import Engine
 from sessiond.server.servicer import SessionServicer
 from sessiond.telemetry import SessionMetrics, configure_metrics, configure_tracing
+
+if TYPE_CHECKING:
+    from sessiond.ui.http import Dashboard
 
 log = logging.getLogger("sessiond.server")
 
@@ -57,16 +60,24 @@ class SessiondServer:
     """A bound sessiond server: ``start()``, ``stop()``, ``wait_for_termination()``."""
 
     def __init__(self, server: grpc.aio.Server, engine: Engine, health_servicer: Any,
-                 config: ServerConfig) -> None:
+                 config: ServerConfig, dashboard: Dashboard | None = None) -> None:
         self.grpc_server = server
         self.engine = engine
         self.health = health_servicer
         self.config = config
+        self.dashboard = dashboard
         self._stopped = False
 
     async def start(self) -> None:
-        """Start serving and report SERVING."""
+        """Start serving (and the dashboard, when configured) and report SERVING."""
         await self.grpc_server.start()
+        if self.dashboard is not None:
+            try:
+                await self.dashboard.start()
+            except OSError:
+                await self.grpc_server.stop(0)
+                self.engine.stop()
+                raise
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
@@ -75,6 +86,8 @@ class SessiondServer:
         if self._stopped:
             return
         self._stopped = True
+        if self.dashboard is not None:
+            await self.dashboard.stop()  # a read-mostly view: it goes first, so it never shows a half-stopped server
         await self.health.enter_graceful_shutdown()
         self.engine.begin_shutdown()
         await self.grpc_server.stop(self.config.shutdown_grace.total_seconds() if grace is None else grace)
@@ -107,7 +120,12 @@ async def create_server(config: ServerConfig | None = None, *,
         port = server.add_secure_port(config.listen, credentials)
     if port == 0:
         raise OSError(f"could not bind {config.listen}")
-    return SessiondServer(server, engine, health_servicer, config), port
+    dashboard = None
+    if config.ui_listen is not None:
+        from sessiond.ui.http import Dashboard  # aiohttp is imported only when the dashboard is on
+
+        dashboard = Dashboard(engine, config, grpc_port=port)
+    return SessiondServer(server, engine, health_servicer, config, dashboard), port
 
 
 async def serve(config: ServerConfig) -> None:

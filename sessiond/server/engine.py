@@ -36,6 +36,7 @@ from sessiond.core.model import (
 from sessiond.core.table import SessionTable
 from sessiond.server.convert import WallClock, duration, session_to_pb, worker_to_pb
 from sessiond.telemetry import NoMetrics, SessionMetrics, tracing
+from sessiond.telemetry.failures import FailureLog, FailureRecord
 
 log = logging.getLogger("sessiond.engine")
 
@@ -143,6 +144,8 @@ class Engine:
         self._watches: dict[str, list[_Watcher]] = {}
         # Set by begin_shutdown: a stop is a restart, so nothing that ends now fails a session.
         self._stopping = False
+        # Recent failures by cause, for the operator dashboard (bounded).
+        self.failures = FailureLog()
 
     def now(self) -> float:
         """Monotonic seconds: the loop's clock, the one the timer uses."""
@@ -529,6 +532,11 @@ class Engine:
         self._notify(session)
         cause = session.failure.cause.name if session.failure is not None else None
         self.metrics.session_ended(session.task_queue, cause)
+        if session.failure is not None:
+            self.failures.record(FailureRecord(
+                session.closed_at if session.closed_at is not None else self.now(), session.session_id,
+                session.task_queue, session.worker.key.worker_id, session.owner, session.failure.cause.name,
+                session.failure.message))
         fields = {"session_id": session.session_id, "task_queue": session.task_queue,
                   "worker_id": session.worker.key.worker_id}
         if cause is None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from sessiond_client import (
 
 from tests.integration.conftest import ServerFactory
 from tests.integration.workers.support import poll, workers_of
+from tests.support.pki import make_pki
 
 pytestmark = pytest.mark.asyncio
 
@@ -83,33 +82,9 @@ async def test_bearer_tokens_by_role(
             assert session.id in worker.held_sessions
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def _issue(directory: Path, name: str, *, ca: bool = False, san: str = "") -> None:
-    """An EC key and a certificate for ``name``: self-signed for the CA, else signed by ca.pem."""
-    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", f"{name}.key"]
-    if ca:
-        _openssl("req", "-x509", *key, "-out", f"{name}.pem", "-days", "1", "-subj", f"/CN={name}", cwd=directory)
-        return
-    _openssl("req", *key, "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=directory)
-    (directory / f"{name}.ext").write_text(f"subjectAltName={san}\n" if san else "basicConstraints=CA:FALSE\n")
-    _openssl(
-        "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-        "-out", f"{name}.pem", "-days", "1", "-extfile", f"{name}.ext",
-        cwd=directory,
-    )  # fmt: skip
-
-
 @pytest.fixture
 def pki(tmp_path: Path) -> Path:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make test certificates")
-    _issue(tmp_path, "ca", ca=True)
-    _issue(tmp_path, "server", san="DNS:localhost,IP:127.0.0.1")
-    _issue(tmp_path, "client")
-    return tmp_path
+    return make_pki(tmp_path)
 
 
 async def test_tls_and_mutual_tls(

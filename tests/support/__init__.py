@@ -1,0 +1,1 @@
+"""Test helpers shared by several tiers (fault injection on the network, ...)."""
