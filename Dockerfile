@@ -13,9 +13,9 @@ RUN groupadd --system --gid 10001 sessiond \
 
 WORKDIR /src
 COPY clients/python ./clients/python
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY sessiond ./sessiond
-# One pip call, so the local sessiond-client satisfies the server's pinned requirement.
+# One pip call, so the local sessiond-client satisfies the server's sessiond-client requirement.
 RUN pip install --no-cache-dir ./clients/python .
 
 # Run outside the source tree so `python -m sessiond` imports the installed package.

@@ -1,6 +1,7 @@
 # sessiond developer entry points. Every target bootstraps what it needs on first use:
 #   make serve   run the server (127.0.0.1:50051)
-#   make test    lint, typecheck, proto lint, Dockerfile lint, stale-stub check, then pytest
+#   make test    lint, typecheck, proto lint, Dockerfile lint, stale-stub check, API docs, then pytest
+#   make test-py the same without Node.js (no buf lint, no Node interop test)
 # Needs only python3 (3.11+), make and node/npm; the venv and node_modules are created here. The
 # cluster tests also need etcd (Debian's etcd-server/etcd-client), installed by `make deps-etcd` when root.
 
@@ -19,12 +20,15 @@ PYTEST_FLAGS ?= -q -p no:cacheprovider
 # The steps of `make test` must run in the order listed, even under `make -j`.
 .NOTPARALLEL:
 
-.PHONY: help bootstrap .venv node_modules deps-browser deps-etcd test test-cluster lint lint-py lint-proto \
-        lint-docker typecheck gen gen-check serve demo bench clean distclean
+.PHONY: help bootstrap .venv node_modules require-node deps-browser deps-etcd test test-py test-cluster lint lint-py \
+        lint-proto lint-docker typecheck gen gen-check docs dist serve demo bench clean distclean
 
 help:
 	@echo "make serve      run sessiond on 127.0.0.1:50051 (bootstraps .venv on first use)"
-	@echo "make test       ruff, mypy, buf lint, hadolint, stale-stub check, pytest"
+	@echo "make test       ruff, mypy, buf lint, hadolint, stale-stub check, mkdocs --strict, pytest"
+	@echo "make test-py    the same without Node.js (skips buf lint and the Node interop test)"
+	@echo "make docs       build the API reference (mkdocs-material + mkdocstrings) into build/site"
+	@echo "make dist       build the sessiond and sessiond-client wheels into dist/"
 	@echo "make lint       ruff + buf lint + hadolint"
 	@echo "make typecheck  mypy --strict over sessiond and sessiond_client"
 	@echo "make test-cluster  only the cluster tier (tests/cluster: real etcd members)"
@@ -55,8 +59,12 @@ $(PY_STAMP): pyproject.toml clients/python/pyproject.toml | $(PY)
 	@$(PY) -m pip install $(PIP_FLAGS) -e clients/python -e ".[dev]"
 	@touch $@
 
+require-node:
+	@sh scripts/require-node.sh
+
 # npm ci wipes node_modules first, so the stamp inside it is recreated each time.
 $(NODE_STAMP): package.json package-lock.json
+	@sh scripts/require-node.sh
 	@echo "==> installing node tooling (npm ci)"
 	@npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
@@ -76,9 +84,17 @@ deps-etcd:
 # ---- checks ----------------------------------------------------------------------------------
 
 # grpc core logs INFO lines (e.g. GOAWAY on shutdown) at its default verbosity; keep test output clean.
+PY_CHECKS := lint-py typecheck lint-docker gen-check docs
+
+# Node first: without it, the one line that says what to install comes before anything else runs.
 test: export GRPC_VERBOSITY ?= ERROR
-test: lint-py typecheck lint-proto lint-docker gen-check deps-browser deps-etcd
+test: require-node $(PY_CHECKS) lint-proto deps-browser deps-etcd
 	$(PY) -m pytest $(PYTEST_FLAGS) tests
+
+# The Python-only subset: every check and test except buf lint and the Node interop test.
+test-py: export GRPC_VERBOSITY ?= ERROR
+test-py: $(PY_CHECKS) deps-browser deps-etcd
+	$(PY) -m pytest $(PYTEST_FLAGS) -m "not node" tests
 
 test-cluster: export GRPC_VERBOSITY ?= ERROR
 test-cluster: deps-etcd $(PY_STAMP)
@@ -104,6 +120,16 @@ gen-check: $(PY_STAMP)
 gen: $(PY_STAMP)
 	$(PY) scripts/gen_protos.py
 
+# The API reference; --strict turns every broken reference or docstring warning into a failure.
+docs: $(PY_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir build/site
+
+# Both wheels; install the server with `pip install --find-links dist sessiond`.
+dist: $(PY_STAMP)
+	rm -rf dist build clients/python/build
+	$(PY) -m pip wheel $(PIP_FLAGS) --no-deps --wheel-dir dist clients/python .
+	rm -rf build clients/python/build
+
 # ---- run -------------------------------------------------------------------------------------
 
 serve: $(PY_STAMP)
@@ -118,7 +144,7 @@ bench: $(PY_STAMP)
 # ---- housekeeping ----------------------------------------------------------------------------
 
 clean:
-	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf build dist clients/python/build .pytest_cache .mypy_cache .ruff_cache .hypothesis
 	find . -path ./$(VENV) -prune -o -path ./node_modules -prune -o \
 	    \( -name __pycache__ -o -name '*.egg-info' \) -type d -print0 | xargs -0 rm -rf
 

@@ -22,6 +22,7 @@ import os
 import platform
 import resource
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -754,6 +755,12 @@ def _meta(args: argparse.Namespace, sizes: Sizes) -> dict[str, Any]:
 
 
 def _git_head() -> str:
+    # `git rev-parse` first: in a worktree .git is a file that points elsewhere.
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10,
+                              check=False)
+        if done.returncode == 0 and done.stdout.strip():
+            return done.stdout.strip()[:12]
     with contextlib.suppress(OSError), open(REPO / ".git" / "HEAD") as f:
         head = f.read().strip()
         if head.startswith("ref: "):

@@ -1,5 +1,6 @@
-"""The ``sessiond`` command: ``serve`` runs the server, ``health`` probes one, and ``sessions`` /
-``workers`` show what a running server holds (see :mod:`sessiond.ops`).
+"""The ``sessiond`` command: ``serve`` runs the server, ``health`` probes one, ``sessions`` /
+``workers`` show what a running server holds (see :mod:`sessiond.ops`), and ``worker`` runs a
+worker for a list of activities (see :mod:`sessiond.worker_cli`).
 
 Every :class:`~sessiond.config.ServerConfig` field is a ``serve`` flag (``--field-name``) and a
 ``SESSIOND_FIELD_NAME`` environment variable; flags win.
@@ -15,7 +16,7 @@ from dataclasses import MISSING, fields
 from datetime import timedelta
 from typing import Any
 
-from sessiond import ops
+from sessiond import ops, worker_cli
 from sessiond.config import ENV_PREFIX, ServerConfig, config_from_env, parse_field
 from sessiond.store.spec import MemoryStoreSpec
 
@@ -44,10 +45,21 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
                             metavar=f.name.upper())
 
 
+def version_text() -> str:
+    """``sessiond X (sessiond-client Y)``: both, since they are installed as two distributions."""
+    import sessiond_client
+
+    from sessiond import __version__
+
+    return f"sessiond {__version__} (sessiond-client {sessiond_client.__version__})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``sessiond`` command."""
     parser = argparse.ArgumentParser(
         prog="sessiond", description="sessiond: worker sessions as a gRPC service.")
+    parser.add_argument("--version", action="version", version=version_text(),
+                        help="print the versions of sessiond and sessiond-client, then exit")
     sub = parser.add_subparsers(dest="command")
     serve = sub.add_parser("serve", help="run the server (the default command)",
                            description="Run the sessiond gRPC server until SIGTERM/SIGINT.")
@@ -58,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--service", default="", help="service name to check ['' = the whole server]")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait [3]")
     ops.add_commands(sub)
+    worker_cli.add_command(sub)
     return parser
 
 
@@ -103,13 +116,15 @@ async def _health(address: str, service: str, wait: float) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sessiond`` command."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
         argv.insert(0, "serve")
     args = build_parser().parse_args(argv)
     if args.command == "health":
         return 0 if asyncio.run(_health(args.address, args.service, args.timeout)) else 1
     if args.command in ("sessions", "workers"):
         return ops.run(args)
+    if args.command == "worker":
+        return worker_cli.run(args)
     return _serve(args)
 
 

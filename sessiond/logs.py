@@ -7,6 +7,8 @@ import logging
 import sys
 import time
 
+from opentelemetry import trace
+
 # Attributes every LogRecord has; anything else was passed with ``extra=`` and is a field.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
@@ -15,8 +17,17 @@ def _fields(record: logging.LogRecord) -> dict[str, object]:
     return {k: v for k, v in vars(record).items() if k not in _STANDARD}
 
 
+def _trace_fields() -> dict[str, str]:
+    """The current span's ids (``trace_id``, ``span_id``), as OTLP and every trace viewer write them."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return {}
+    return {"trace_id": format(context.trace_id, "032x"), "span_id": format(context.span_id, "016x")}
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message and the ``extra`` fields."""
+    """One JSON object per line: time, level, logger, message, the ``extra`` fields, and the ids of
+    the trace being served (``trace_id``, ``span_id``) when tracing is on, to join logs and traces."""
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, object] = {
@@ -24,6 +35,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
+            **_trace_fields(),
             **_fields(record),
         }
         if record.exc_info:

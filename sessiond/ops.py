@@ -1,7 +1,7 @@
-"""Operator commands: ``sessiond sessions list|get`` and ``sessiond workers list``.
+"""Operator commands: ``sessiond sessions list|get|complete`` and ``sessiond workers list``.
 
 They talk to a running server over the public ``sessiond.v1`` API (``ListSessions``,
-``GetSessionInfo``, ``ListWorkers``), follow ``next_page_token`` until the last page (or
+``GetSessionInfo``, ``CompleteSession``, ``ListWorkers``), follow ``next_page_token`` until the last page (or
 ``--limit``), and print an aligned table, or JSON with ``--json``. Any RPC error prints its status
 code, ``ErrorInfo`` reason and message on stderr and exits 1.
 
@@ -83,7 +83,7 @@ def add_commands(sub: Any) -> None:
 
     sessions = sub.add_parser("sessions", help="list or show sessions of a running server",
                               description="Read sessions of a running sessiond server.")
-    sessions_sub = sessions.add_subparsers(dest="action", required=True, metavar="{list,get}")
+    sessions_sub = sessions.add_subparsers(dest="action", required=True, metavar="{list,get,complete}")
     listing = sessions_sub.add_parser(
         "list", parents=[common, paging], help="list sessions, oldest first",
         description="List sessions (oldest first), following every page.")
@@ -93,6 +93,11 @@ def add_commands(sub: Any) -> None:
     get = sessions_sub.add_parser("get", parents=[common], help="show one session",
                                   description="Show one session (GetSessionInfo).")
     get.add_argument("session_id", metavar="ID", help="the session id")
+    complete = sessions_sub.add_parser(
+        "complete", parents=[common], help="complete (close) a session: frees its worker slot",
+        description="Complete a session (CompleteSession): its worker slot is freed at once and its running "
+                    "activities are cancelled. Idempotent; a no-op on a FAILED or CLOSED session.")
+    complete.add_argument("session_id", metavar="ID", help="the session id")
 
     workers = sub.add_parser("workers", help="list connected workers of a running server",
                              description="Read the workers connected to a running sessiond server.")
@@ -132,13 +137,19 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
 def _dispatch(args: argparse.Namespace, stub: session_service_pb2_grpc.SessionServiceStub,
               call: Callable[[Callable[..., Any], Message], Any], out: TextIO, err: TextIO) -> None:
     now = time.time()
-    if args.command == "sessions" and args.action == "get":
-        reply: session_service_pb2.GetSessionInfoResponse = call(
-            stub.GetSessionInfo, session_service_pb2.GetSessionInfoRequest(session_id=args.session_id))
-        if args.json:
-            _print_json(_to_dict(reply.session), out)
+    if args.command == "sessions" and args.action in ("get", "complete"):
+        if args.action == "get":
+            reply: session_service_pb2.GetSessionInfoResponse = call(
+                stub.GetSessionInfo, session_service_pb2.GetSessionInfoRequest(session_id=args.session_id))
+            session, incarnation = reply.session, reply.server_incarnation
         else:
-            _print_session(reply.session, reply.server_incarnation, now, out)
+            done: session_service_pb2.CompleteSessionResponse = call(
+                stub.CompleteSession, session_service_pb2.CompleteSessionRequest(session_id=args.session_id))
+            session, incarnation = done.session, ""
+        if args.json:
+            _print_json(_to_dict(session), out)
+        else:
+            _print_session(session, incarnation, now, out)
     elif args.command == "sessions":
         request = session_service_pb2.ListSessionsRequest(
             task_queue=args.task_queue, owner=args.owner,

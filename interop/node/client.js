@@ -12,7 +12,8 @@
 //   node interop/node/client.js --target 127.0.0.1:50051 --task-queue q --activity echo --input '"hi"'
 //
 // Payloads use the Python library's default converter: metadata {"encoding": "json/plain"}, data
-// the JSON text. The well-known types (google/protobuf/duration.proto, timestamp.proto) need no
+// the JSON text. An activity's input is its list of arguments: --input is the one argument (JSON),
+// sent as a one-element JSON array, which is what a Python SessionWorker decodes. The well-known types (google/protobuf/duration.proto, timestamp.proto) need no
 // include directory: protobufjs bundles them.
 'use strict';
 
@@ -120,7 +121,7 @@ async function run(options) {
     const outcome = await unary(client, 'ExecuteActivity', {
       session_id: sessionId,
       activity_type: options.activity,
-      input: toPayload(options.input),
+      input: toPayload([options.input]), // the argument list: one argument
       start_to_close_timeout: { seconds: Math.ceil(options.timeout) },
     }, options);
     if (outcome.outcome !== 'result') {

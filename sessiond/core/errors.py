@@ -128,6 +128,16 @@ class ActivityTimeoutError(SessionError):
     reason = "ACTIVITY_TIMEOUT"
 
 
+class ActivityHeartbeatTimeoutError(SessionError):
+    """The activity sent no heartbeat within its ``heartbeat_timeout``.
+
+    Not a status on the wire: the server answers it in-band (``ExecuteActivityResponse.heartbeat_timeout``)
+    together with the activity's latest heartbeat details, like an activity failure.
+    """
+
+    reason = "ACTIVITY_HEARTBEAT_TIMEOUT"
+
+
 class IllegalTransitionError(SessionError):
     """A state transition outside the lifecycle table was attempted (a bug, never a user error)."""
 

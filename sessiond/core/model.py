@@ -181,6 +181,16 @@ class Activity:
     worker: Worker
     epoch: int
     deadline: float
+    # Silence allowed between the activity's heartbeats (None: no heartbeat timeout), and the
+    # last time it heartbeated (its start counts as the first).
+    heartbeat_timeout: float | None = None
+    heartbeat_at: float = 0.0
+
+    def due_at(self) -> float:
+        """When the activity times out if nothing more is heard: the earlier of its two deadlines."""
+        if self.heartbeat_timeout is None:
+            return self.deadline
+        return min(self.deadline, self.heartbeat_at + self.heartbeat_timeout)
 
 
 @dataclass(slots=True, eq=False)

@@ -27,6 +27,7 @@ from typing import TypeVar
 from sessiond.core.deadlines import DeadlineQueue
 from sessiond.core.errors import (
     ActivityAbortedError,
+    ActivityHeartbeatTimeoutError,
     ActivityTimeoutError,
     AdoptionRefusedError,
     CreationTimeoutError,
@@ -181,10 +182,7 @@ class SessionTable:
         for aid in self._activity_deadlines.pop_due(now):
             activity = self._activities.pop(aid)
             self._sessions[activity.session_id].activities.discard(aid)
-            self._events.append(ActivityEnded(activity, ActivityTimeoutError(
-                f"activity {aid} did not finish within its start_to_close_timeout",
-                metadata={"session_id": activity.session_id, "activity_id": aid},
-            )))
+            self._events.append(ActivityEnded(activity, _activity_timeout(now, activity)))
 
     def _session_due(self, now: float, session: Session) -> None:
         if session.state is not SessionState.OPEN:
@@ -280,9 +278,12 @@ class SessionTable:
             session.detached_at = None
             self._link(now, worker, session)
             for aid in session.activities:
-                # They waited for the worker (none was in flight: detaching aborted those).
+                # They waited for the worker (none was in flight: detaching aborted those); they are
+                # sent now, so their heartbeat clock starts now.
                 activity = self._activities[aid]
                 activity.worker, activity.epoch = worker, worker.epoch
+                activity.heartbeat_at = now
+                self._activity_deadlines.set(aid, activity.due_at())
             out.append(session)
         return out
 
@@ -709,8 +710,10 @@ class SessionTable:
 
     # ----------------------------------------------------------------- activities
 
-    def start_activity(self, now: float, session_id: str, timeout: float) -> Activity:
-        """Record an activity in flight in an OPEN session; it times out at ``now + timeout``.
+    def start_activity(self, now: float, session_id: str, timeout: float,
+                       heartbeat_timeout: float | None = None) -> Activity:
+        """Record an activity in flight in an OPEN session; it times out at ``now + timeout``, or
+        earlier when ``heartbeat_timeout`` passes without an :meth:`activity_heartbeat`.
 
         In a detached session the activity waits for the worker to reattach (its ``worker`` is not
         connected until then), bounded by the same timeout.
@@ -721,11 +724,31 @@ class SessionTable:
             raise SessionFailedError(session_id, session.failure.cause)
         if session.state is SessionState.CLOSED:
             raise SessionClosedError(session_id)
-        activity = Activity(self._new_id(), session_id, session.worker, session.worker.epoch, now + timeout)
+        activity = Activity(self._new_id(), session_id, session.worker, session.worker.epoch, now + timeout,
+                            heartbeat_timeout=heartbeat_timeout, heartbeat_at=now)
         self._activities[activity.activity_id] = activity
         session.activities.add(activity.activity_id)
         session.activity_count += 1
-        self._activity_deadlines.set(activity.activity_id, activity.deadline)
+        # One deadline entry per activity, at the earlier of start_to_close and heartbeat expiry (an
+        # activity waiting for a detached session's worker cannot heartbeat: only start_to_close).
+        due = activity.due_at() if session.worker.connected else activity.deadline
+        self._activity_deadlines.set(activity.activity_id, due)
+        return activity
+
+    def activity_heartbeat(self, now: float, key: WorkerKey, epoch: int, activity_id: str,
+                           session_id: str) -> Activity | None:
+        """The activity heartbeated: its heartbeat deadline moves to ``now + heartbeat_timeout``. O(log n).
+
+        Returns the activity, or None if it is not in flight on that worker (late, unknown, or from
+        a fenced connection): the heartbeat is then dropped.
+        """
+        activity = self._activities.get(activity_id)
+        if activity is None or activity.session_id != session_id or activity.epoch != epoch \
+                or activity.worker.key != key:
+            return None
+        activity.heartbeat_at = now
+        if activity.heartbeat_timeout is not None:
+            self._activity_deadlines.set(activity_id, activity.due_at())
         return activity
 
     def finish_activity(self, key: WorkerKey, epoch: int, activity_id: str, session_id: str) -> Activity | None:
@@ -817,6 +840,17 @@ class SessionTable:
     def waiters(self) -> list[Waiter]:
         """The Creates and Recreates waiting for a slot, oldest first (a copy; operator views)."""
         return list(self._waiters.values())
+
+
+def _activity_timeout(now: float, activity: Activity) -> ActivityTimeoutError | ActivityHeartbeatTimeoutError:
+    """Which of an activity's deadlines passed; start_to_close wins a tie (it is the caller's budget)."""
+    metadata = {"session_id": activity.session_id, "activity_id": activity.activity_id}
+    if now >= activity.deadline:
+        return ActivityTimeoutError(
+            f"activity {activity.activity_id} did not finish within its start_to_close_timeout", metadata=metadata)
+    return ActivityHeartbeatTimeoutError(
+        f"activity {activity.activity_id} sent no heartbeat within its heartbeat_timeout "
+        f"({activity.heartbeat_timeout:g} s)", metadata=metadata)
 
 
 def _wait(options: SessionOptions, max_wait: float | None) -> float:

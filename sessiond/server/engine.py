@@ -17,11 +17,15 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from sessiond_client.api.v1 import session_pb2, worker_pb2
+from sessiond_client.api.v1 import session_pb2, session_service_pb2, worker_pb2
 
 from sessiond.config import ServerConfig
 from sessiond.core import events as ev
-from sessiond.core.errors import SessionError, ShuttingDownError
+from sessiond.core.errors import (
+    ActivityHeartbeatTimeoutError,
+    SessionError,
+    ShuttingDownError,
+)
 from sessiond.core.model import (
     Activity,
     Session,
@@ -34,6 +38,7 @@ from sessiond.core.model import (
     WorkerRegistration,
 )
 from sessiond.core.table import SessionTable
+from sessiond.core.token import decode_token
 from sessiond.server.convert import WallClock, duration, session_to_pb, worker_to_pb
 from sessiond.telemetry import NoMetrics, SessionMetrics, tracing
 from sessiond.telemetry.failures import FailureLog, FailureRecord
@@ -141,6 +146,8 @@ class Engine:
         self._activities: dict[str, asyncio.Future[worker_pb2.ActivityResult]] = {}
         # Tasks of activities that wait for a detached session's worker to come back.
         self._held_tasks: dict[str, worker_pb2.ActivityTask] = {}
+        # The latest heartbeat details of activities in flight that sent some (bounded by them).
+        self._heartbeat_details: dict[str, session_pb2.Payload] = {}
         self._watches: dict[str, list[_Watcher]] = {}
         # Set by begin_shutdown: a stop is a restart, so nothing that ends now fails a session.
         self._stopping = False
@@ -165,8 +172,12 @@ class Engine:
                              request_id: str, max_wait: float | None = None) -> Session:
         """Place a session, waiting up to ``options.creation_timeout`` (and ``max_wait``) for capacity."""
         started = self.now()
-        result = self.table.create(started, task_queue, options, owner=owner, request_id=request_id,
-                                   max_wait=max_wait)
+        try:
+            result = self.table.create(started, task_queue, options, owner=owner, request_id=request_id,
+                                       max_wait=max_wait)
+        except SessionError as error:  # answered at once: NO_CAPACITY, EXISTING_OPEN_SESSION, ...
+            self.metrics.creation_rejected(task_queue, error.reason)
+            raise
         self._flush()
         return await self._settle(result, started)
 
@@ -174,8 +185,12 @@ class Engine:
                                request_id: str, max_wait: float | None = None) -> Session:
         """Place a session on the token's worker, waiting up to ``options.creation_timeout`` (and ``max_wait``)."""
         started = self.now()
-        result = self.table.recreate(started, token, options, owner=owner, request_id=request_id,
-                                     max_wait=max_wait)
+        try:
+            result = self.table.recreate(started, token, options, owner=owner, request_id=request_id,
+                                         max_wait=max_wait)
+        except SessionError as error:
+            self.metrics.creation_rejected(_token_queue(token), error.reason)
+            raise
         self._flush()
         return await self._settle(result, started)
 
@@ -230,15 +245,23 @@ class Engine:
         return self.table.lookup(self.now(), session_id)
 
     async def execute_activity(self, session_id: str, activity_type: str, payload: session_pb2.Payload,
-                               timeout: float, headers: dict[str, str]) -> worker_pb2.ActivityResult:
-        """Send an activity to the session's worker and wait for its outcome."""
-        activity = self.table.start_activity(self.now(), session_id, timeout)
+                               timeout: float, headers: dict[str, str], *, heartbeat_timeout: float | None = None,
+                               attempt: int = 0, heartbeat_details: session_pb2.Payload | None = None,
+                               ) -> session_service_pb2.ExecuteActivityResponse:
+        """Send an activity to the session's worker and wait for its outcome.
+
+        A heartbeat timeout is an outcome, not an error: the response says so in-band, with the
+        activity's latest heartbeat details (as it does for a result or a failure).
+        """
+        activity = self.table.start_activity(self.now(), session_id, timeout, heartbeat_timeout)
         conn = self._connection(activity.worker.key, activity.epoch)
         future: asyncio.Future[worker_pb2.ActivityResult] = self._loop.create_future()
         self._activities[activity.activity_id] = future
         task = worker_pb2.ActivityTask(
             activity_id=activity.activity_id, session_id=session_id, activity_type=activity_type,
             input=payload, start_to_close_timeout=duration(timeout), headers=headers,
+            heartbeat_timeout=None if heartbeat_timeout is None else duration(heartbeat_timeout),
+            attempt=attempt, heartbeat_details=heartbeat_details,
         )
         if conn is not None:
             self._send(conn, activity.worker, activity_task=task)
@@ -249,10 +272,19 @@ class Engine:
         self._flush()
         started = self.now()
         outcome = "cancelled"
+        response = session_service_pb2.ExecuteActivityResponse()
         try:
             result = await future
-            outcome = "failed" if result.HasField("failure") else "ok"
-            return result
+            if result.HasField("failure"):
+                outcome = "failed"
+                response.failure.CopyFrom(result.failure)
+            else:
+                outcome = "ok"
+                response.result.CopyFrom(result.result)
+        except ActivityHeartbeatTimeoutError as error:
+            outcome = error.reason
+            response.heartbeat_timeout.CopyFrom(session_pb2.ActivityFailure(
+                type="ActivityHeartbeatTimeout", message=error.message))
         except SessionError as error:
             outcome = error.reason
             raise
@@ -267,7 +299,11 @@ class Engine:
             self._held_tasks.pop(activity.activity_id, None)
             # The caller attended the session for as long as it waited for this result.
             self.table.caller_seen(self.now(), session_id)
+            details = self._heartbeat_details.pop(activity.activity_id, None)
             self.metrics.activity_done(activity_type, self.now() - started, outcome)
+        if details is not None:
+            response.heartbeat_details.CopyFrom(details)
+        return response
 
     async def watch_session(self, session_id: str) -> AsyncIterator[session_pb2.Session]:
         """The session now, then each change (detached, reattached), ending after its terminal state.
@@ -349,6 +385,11 @@ class Engine:
             future = self._activities.pop(result.activity_id, None) if activity is not None else None
             if future is not None and not future.done():
                 future.set_result(result)
+        elif kind == "activity_heartbeat":
+            beat = request.activity_heartbeat
+            if self.table.activity_heartbeat(now, conn.key, conn.epoch, beat.activity_id, beat.session_id) \
+                    is not None and beat.HasField("details"):
+                self._heartbeat_details[beat.activity_id] = beat.details
         elif kind == "goodbye":
             drain = request.goodbye.drain
             self.table.worker_goodbye(now, conn.key, conn.epoch, drain=drain)
@@ -479,6 +520,7 @@ class Engine:
             wait = self._waits.pop(event.waiter_id, None)
             if wait is not None:
                 self.metrics.waiters(wait.task_queue, -1)
+                self.metrics.creation_rejected(wait.task_queue, event.error.reason)
                 if not wait.future.done():
                     wait.future.set_exception(event.error)
         elif isinstance(event, ev.ActivityEnded):
@@ -543,6 +585,14 @@ class Engine:
             log.info("session completed", extra=fields)
         else:
             log.info("session failed", extra={**fields, "cause": cause})
+
+
+def _token_queue(token: bytes) -> str:
+    """The task queue a recreate token names, for metrics ("" for a token that does not decode)."""
+    try:
+        return decode_token(token).task_queue
+    except SessionError:
+        return ""
 
 
 __all__ = ["Engine", "SessionError", "WorkerConnection"]

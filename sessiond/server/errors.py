@@ -7,8 +7,10 @@ logs anything unmapped once as INTERNAL.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -61,12 +63,21 @@ async def abort_with(context: grpc.aio.ServicerContext[Any, Any], status: grpc.S
     await context.abort_with_status(status)  # type: ignore[attr-defined]  # grpc-stubs 1.53 lacks it
 
 
+def status_of(exc: BaseException) -> grpc.StatusCode:
+    """The status code an exception ends an RPC with (for spans and ``rpc.server.duration``)."""
+    if isinstance(exc, e.SessionError):
+        return STATUS_CODES.get(type(exc), grpc.StatusCode.INTERNAL)
+    if isinstance(exc, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.INTERNAL
+
+
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception, method: str,
                  span: Any = None) -> None:
     if isinstance(exc, e.SessionError) and type(exc) in STATUS_CODES:
-        tracing.mark_error(span, exc.reason, exc.message)
+        tracing.mark_status(span, STATUS_CODES[type(exc)], exc.reason, exc.message)
         await abort_with(context, to_status(exc))
-    tracing.mark_error(span, "INTERNAL", repr(exc))
+    tracing.mark_status(span, grpc.StatusCode.INTERNAL, "INTERNAL", repr(exc))
     log.exception("internal error in %s", method, exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
 
@@ -81,25 +92,34 @@ def rpc(
 ) -> Callable[[Self, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]:
     """Wrap a unary servicer method: a server span; domain errors become rich statuses; cancellation passes."""
 
+    method = fn.__name__
+
     @functools.wraps(fn)
     async def wrapper(self: Self, request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> Resp:
-        if not tracing.tracing_enabled():
-            # The hot path with tracing off: no span context manager, no metadata copy.
+        metrics = self.engine.metrics  # type: ignore[attr-defined]  # every servicer holds the engine
+        if not tracing.tracing_enabled() and not metrics.enabled:
+            # The hot path with telemetry off: no span, no clock, no metadata copy.
             try:
                 return await fn(self, request, context)
             except Exception as exc:
                 if isinstance(exc, grpc.aio.AbortError):
                     raise
-                await _abort(context, exc, fn.__name__)
+                await _abort(context, exc, method)
                 raise  # unreachable: abort raises
-        with tracing.server_span(fn.__name__, context.invocation_metadata()) as span:
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        with tracing.server_span(method, context.invocation_metadata()) as span:
             try:
-                return await fn(self, request, context)
-            except Exception as exc:
-                if isinstance(exc, grpc.aio.AbortError):
+                return await fn(self, request, context)  # the span already says OK
+            except BaseException as exc:
+                code = status_of(exc)
+                if isinstance(exc, grpc.aio.AbortError) or not isinstance(exc, Exception):
+                    tracing.mark_status(span, code)
                     raise
-                await _abort(context, exc, fn.__name__, span)
+                await _abort(context, exc, method, span)
                 raise  # unreachable: abort raises
+            finally:
+                metrics.rpc_done(method, code, time.perf_counter() - started)
 
     return wrapper
 

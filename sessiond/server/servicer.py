@@ -89,12 +89,16 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         timeout = self.engine.config.activity_timeout.total_seconds()
         if request.HasField("start_to_close_timeout"):
             timeout = validate.seconds(request.start_to_close_timeout, "start_to_close_timeout", allow_zero=False)
+        heartbeat_timeout = None
+        if request.HasField("heartbeat_timeout"):
+            heartbeat_timeout = validate.seconds(request.heartbeat_timeout, "heartbeat_timeout", allow_zero=False)
+        attempt = validate.attempt(request.attempt)
         tracing.annotate(session_id=session_id, activity_type=activity_type)
         headers = tracing.outgoing_headers(dict(request.headers), context.invocation_metadata())
-        result = await self.engine.execute_activity(session_id, activity_type, request.input, timeout, headers)
-        if result.HasField("failure"):
-            return session_service_pb2.ExecuteActivityResponse(failure=result.failure)
-        return session_service_pb2.ExecuteActivityResponse(result=result.result)
+        return await self.engine.execute_activity(
+            session_id, activity_type, request.input, timeout, headers, heartbeat_timeout=heartbeat_timeout,
+            attempt=attempt, heartbeat_details=request.heartbeat_details if request.HasField("heartbeat_details")
+            else None)
 
     @rpc_stream
     async def WatchSession(self, request: session_service_pb2.WatchSessionRequest,

@@ -120,6 +120,13 @@ def page(size: int, token_value: str) -> tuple[int, int]:
     return size, int(token_value)
 
 
+def attempt(value: int) -> int:
+    """An activity attempt number: 0 (unset) or 1 for the first, never negative."""
+    if value < 0:
+        raise InvalidArgumentError("attempt", "must not be negative")
+    return value
+
+
 def capacity(value: int) -> int:
     """A worker's max_concurrent_sessions (0 = the default of 1000)."""
     if value < 0:

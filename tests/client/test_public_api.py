@@ -9,6 +9,7 @@ from sessiond_client import activity
 
 EXPECTED = [
     "ActivityError",
+    "ActivityHeartbeatTimeoutError",
     "ActivityInfo",
     "ActivityTimeoutError",
     "ApplicationError",
@@ -24,6 +25,7 @@ EXPECTED = [
     "PermissionDeniedError",
     "RPCError",
     "RecoveringError",
+    "RetryPolicy",
     "ServerShuttingDownError",
     "Session",
     "SessionAlreadyOpenError",
@@ -46,6 +48,7 @@ EXPECTED = [
     "WorkerRef",
     "WorkerReplacedError",
     "WorkerUnavailableError",
+    "__version__",
     "activity",
     "current_session",
 ]
@@ -54,6 +57,7 @@ EXPECTED_ACTIVITY = [
     "ActivityInfo",
     "cancellation_reason",
     "defn",
+    "heartbeat",
     "in_activity",
     "info",
     "is_cancelled",
@@ -71,8 +75,18 @@ def test_every_public_name_resolves() -> None:
 
 
 def test_no_public_name_is_left_out_of_all() -> None:
-    public = {n for n in vars(sessiond_client) if not n.startswith("_")} - {"api", "annotations"}
-    assert public == set(EXPECTED)
+    # Subpackages become attributes once imported: they are namespaces of their own (pinned below).
+    public = {n for n in vars(sessiond_client) if not n.startswith("_")} - {"api", "annotations", "testing", "sync",
+                                                                             "contrib"}
+    assert public == set(EXPECTED) - {"__version__"}
+
+
+def test_the_sync_and_testing_namespaces_are_pinned() -> None:
+    from sessiond_client import sync, testing
+
+    assert sync.__all__ == ["SyncSession", "SyncSessionClient", "SyncSessionContext"]
+    assert testing.__all__ == ["ActivityEnvironment", "SessiondEnvironment"]
+    assert sessiond_client.__version__.count(".") == 2
 
 
 def test_activity_namespace_is_pinned() -> None:
@@ -86,7 +100,7 @@ def test_every_error_shares_the_one_root() -> None:
         for n in EXPECTED
         if inspect.isclass(getattr(sessiond_client, n)) and issubclass(getattr(sessiond_client, n), Exception)
     ]
-    assert len(errors) == 23
+    assert len(errors) == 24
     assert all(issubclass(e, sessiond_client.SessiondError) for e in errors)
 
 

@@ -34,4 +34,6 @@ def test_every_domain_error_is_mapped() -> None:
     domain = {cls for cls in vars(errors).values()
               if isinstance(cls, type) and issubclass(cls, errors.SessionError) and cls is not errors.SessionError}
     # IllegalTransitionError is a bug, not a user-facing error: it is INTERNAL on purpose.
-    assert domain - set(STATUS_CODES) == {errors.IllegalTransitionError}
+    # ActivityHeartbeatTimeoutError never becomes a status: it is answered in-band
+    # (ExecuteActivityResponse.heartbeat_timeout, with the latest heartbeat details).
+    assert domain - set(STATUS_CODES) == {errors.IllegalTransitionError, errors.ActivityHeartbeatTimeoutError}

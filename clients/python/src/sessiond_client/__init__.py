@@ -10,6 +10,7 @@ from sessiond_client._client import SessionClient
 from sessiond_client._converter import DefaultPayloadConverter, PayloadConverter
 from sessiond_client._errors import (
     ActivityError,
+    ActivityHeartbeatTimeoutError,
     ActivityTimeoutError,
     ApplicationError,
     CreationTimeoutError,
@@ -33,6 +34,7 @@ from sessiond_client._errors import (
     WorkerReplacedError,
     WorkerUnavailableError,
 )
+from sessiond_client._retry_policy import RetryPolicy
 from sessiond_client._session import Session, SessionContext, current_session
 from sessiond_client._time import Duration
 from sessiond_client._types import (
@@ -44,10 +46,12 @@ from sessiond_client._types import (
     WorkerInfo,
     WorkerRef,
 )
+from sessiond_client._version import __version__
 from sessiond_client._worker import SessionWorker
 
 __all__ = [
     "ActivityError",
+    "ActivityHeartbeatTimeoutError",
     "ActivityInfo",
     "ActivityTimeoutError",
     "ApplicationError",
@@ -63,6 +67,7 @@ __all__ = [
     "PermissionDeniedError",
     "RPCError",
     "RecoveringError",
+    "RetryPolicy",
     "ServerShuttingDownError",
     "Session",
     "SessionAlreadyOpenError",
@@ -85,6 +90,7 @@ __all__ = [
     "WorkerRef",
     "WorkerReplacedError",
     "WorkerUnavailableError",
+    "__version__",
     "activity",
     "current_session",
 ]

@@ -38,6 +38,13 @@ class ActivityInfo:
     """Propagation headers from the caller (for example W3C trace context)."""
     worker_id: str
     """The id of the worker running the activity."""
+    attempt: int = 1
+    """Which attempt this is: 1, then 2, 3, ... when the caller's retry policy retries."""
+    heartbeat_timeout: timedelta | None = None
+    """The longest the activity may go without :func:`heartbeat` before it is cancelled (None: no limit)."""
+    heartbeat_details: Any = None
+    """The latest details the previous attempt passed to :func:`heartbeat` (None on a first attempt),
+    so a retry can resume where it stopped."""
 
     @property
     def session_id(self) -> str:
@@ -48,12 +55,14 @@ class ActivityInfo:
 class _ActivityContext:
     """Per-execution state shared by the worker and the activity (possibly across threads)."""
 
-    __slots__ = ("_cancel_reason", "_cancelled", "info")
+    __slots__ = ("_cancel_reason", "_cancelled", "heartbeat_sink", "info")
 
-    def __init__(self, info: ActivityInfo) -> None:
+    def __init__(self, info: ActivityInfo, heartbeat_sink: Callable[[Any], None] | None = None) -> None:
         self.info = info
         self._cancelled = threading.Event()
         self._cancel_reason: str | None = None
+        # Set by the worker: called from any thread with the details of one heartbeat.
+        self.heartbeat_sink = heartbeat_sink
 
     def cancel(self, reason: str) -> None:
         # The reason is written before the event is set, so a reader that sees the event sees it.
@@ -110,6 +119,25 @@ def cancellation_reason() -> str | None:
     """Why the activity was cancelled (``SESSION_COMPLETED``, ``SESSION_FAILED``, ``ACTIVITY_TIMEOUT``,
     ``WORKER_SHUTDOWN``, ...), or ``None`` while it is not."""
     return _context().cancel_reason
+
+
+def heartbeat(details: Any = None) -> None:
+    """Tell the server the activity is alive, and report its latest progress ``details``.
+
+    Call it from async or sync activities, as often as you like: the worker sends at most a few
+    heartbeats per ``heartbeat_timeout`` (the latest details win) and flushes the last ones before
+    the result. An activity started with a ``heartbeat_timeout`` that stays silent longer is
+    cancelled and its caller gets :class:`~sessiond_client.ActivityHeartbeatTimeoutError`. The caller
+    sees the latest details (``ActivityError.heartbeat_details``), and so does a retried attempt
+    (:attr:`ActivityInfo.heartbeat_details`). ``details`` are encoded by the worker's converter.
+
+    Raises:
+        RuntimeError: When not called from inside an activity.
+        TypeError: The converter cannot encode ``details``.
+    """
+    ctx = _context()
+    if ctx.heartbeat_sink is not None:
+        ctx.heartbeat_sink(details)
 
 
 def wait_for_cancelled(timeout: float | None = None) -> bool:

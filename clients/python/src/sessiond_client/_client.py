@@ -408,7 +408,7 @@ class SessionClient:
             try:
                 response = await self._unary_attempts(method, request, rpc_timeout, retry)
             except SessiondError as err:
-                _tracing.fail(span, err.reason or type(err).__name__, str(err))
+                _tracing.fail(span, err.reason or type(err).__name__, str(err), err.code)
                 raise
             session = getattr(response, "session", None)
             if span is not None and session is not None:

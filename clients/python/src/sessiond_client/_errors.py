@@ -246,6 +246,8 @@ class ActivityError(SessiondError):
         non_retryable: True when the worker said retrying cannot succeed.
         details: The decoded details payload, or ``None``.
         activity_type: The activity that failed.
+        heartbeat_details: The details of the activity's latest ``activity.heartbeat()``, or ``None``.
+        attempt: Which attempt failed (1 for the first; the last one when a retry policy gave up).
     """
 
     REASON = "ACTIVITY_FAILED"
@@ -259,6 +261,8 @@ class ActivityError(SessiondError):
         details: Any = None,
         activity_type: str = "",
         session_id: str | None = None,
+        heartbeat_details: Any = None,
+        attempt: int = 1,
     ) -> None:
         """Build the error from an ActivityFailure's fields."""
         super().__init__(message, metadata={"session_id": session_id} if session_id else None)
@@ -266,9 +270,21 @@ class ActivityError(SessiondError):
         self.non_retryable = non_retryable
         self.details = details
         self.activity_type = activity_type
+        self.heartbeat_details = heartbeat_details
+        self.attempt = attempt
+        # The encoded heartbeat details, handed to the next attempt as they came.
+        self._heartbeat_payload: Any = None
 
     def __str__(self) -> str:
         return f"{self.type}: {self.message}" if self.type else self.message
+
+
+class ActivityHeartbeatTimeoutError(ActivityError):
+    """The activity sent no ``activity.heartbeat()`` within its ``heartbeat_timeout``: the worker was
+    told to cancel it. An :class:`ActivityError` (the session stays OPEN), so a retry policy
+    retries it; ``heartbeat_details`` holds the last details it reported."""
+
+    REASON = "ACTIVITY_HEARTBEAT_TIMEOUT"
 
 
 class ApplicationError(SessiondError):

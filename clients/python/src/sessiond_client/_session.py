@@ -20,15 +20,17 @@ from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar, Token
 from datetime import timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple, overload
 
 import grpc
 import grpc.aio
 
 from sessiond_client import _tracing
 from sessiond_client._activity import _activity_name
+from sessiond_client._converter import PayloadConverter
 from sessiond_client._errors import (
     ActivityError,
+    ActivityHeartbeatTimeoutError,
     RecoveringError,
     ServerShuttingDownError,
     SessionAlreadyOpenError,
@@ -40,14 +42,19 @@ from sessiond_client._errors import (
     _from_rpc_error,
 )
 from sessiond_client._retry import TRANSIENT_CODES, Backoff
+from sessiond_client._retry_policy import RetryPolicy
 from sessiond_client._time import Duration, duration_to_proto, to_seconds
+from sessiond_client._typehints import activity_hints
 from sessiond_client._types import FailureCause, SessionFailure, SessionInfo, SessionState
-from sessiond_client.api.v1 import session_service_pb2
+from sessiond_client.api.v1 import session_pb2, session_service_pb2
 
 if TYPE_CHECKING:
     from sessiond_client._client import SessionClient
 
 logger = logging.getLogger("sessiond_client")
+
+R = TypeVar("R")
+Ts = TypeVarTuple("Ts")
 
 _current_session: ContextVar[Session | None] = ContextVar("sessiond_session", default=None)
 
@@ -117,24 +124,91 @@ class Session:
         await self._ended.wait()
         return self._info.failure
 
+    @overload
     async def execute_activity(
         self,
+        activity: Callable[[*Ts], Awaitable[R]],
+        /,
+        *args: *Ts,
+        start_to_close_timeout: Duration = ...,
+        heartbeat_timeout: Duration | None = ...,
+        retry_policy: RetryPolicy | None = ...,
+        headers: Mapping[str, str] | None = ...,
+    ) -> R: ...
+
+    @overload
+    async def execute_activity(
+        self,
+        activity: Callable[[*Ts], R],
+        /,
+        *args: *Ts,
+        start_to_close_timeout: Duration = ...,
+        heartbeat_timeout: Duration | None = ...,
+        retry_policy: RetryPolicy | None = ...,
+        headers: Mapping[str, str] | None = ...,
+    ) -> R: ...
+
+    @overload
+    async def execute_activity(
+        self,
+        activity: str,
+        /,
+        *args: Any,
+        start_to_close_timeout: Duration = ...,
+        heartbeat_timeout: Duration | None = ...,
+        retry_policy: RetryPolicy | None = ...,
+        headers: Mapping[str, str] | None = ...,
+        result_type: type[R],
+    ) -> R: ...
+
+    @overload
+    async def execute_activity(
+        self,
+        activity: str,
+        /,
+        *args: Any,
+        start_to_close_timeout: Duration = ...,
+        heartbeat_timeout: Duration | None = ...,
+        retry_policy: RetryPolicy | None = ...,
+        headers: Mapping[str, str] | None = ...,
+    ) -> Any: ...
+
+    # mypy cannot check an implementation against TypeVarTuple overloads (it accepts all of them).
+    async def execute_activity(  # type: ignore[misc]
+        self,
         activity: str | Callable[..., Any],
+        /,
         *args: Any,
         start_to_close_timeout: Duration = timedelta(minutes=5),
+        heartbeat_timeout: Duration | None = None,
+        retry_policy: RetryPolicy | None = None,
         headers: Mapping[str, str] | None = None,
+        result_type: Any = None,
     ) -> Any:
         """Run one activity on the session's worker and return its decoded result.
 
+        Pass the activity function itself to have the call type-checked (mypy checks the
+        arguments against its parameters and infers the result type) and the result decoded as
+        its return annotation; or pass its registered name (then ``result_type=`` decodes the
+        result, else it comes back as plain JSON types)::
+
+            path = await session.execute_activity(download, url)  # path: str
+
         Args:
-            activity: The registered activity name, or the activity function itself (its
+            activity: The activity function, or its registered name (the function's
                 ``activity.defn`` name or ``__name__`` is used).
             *args: Arguments, encoded by the client's converter as one payload.
-            start_to_close_timeout: How long the activity may run (the server cancels it after).
+            start_to_close_timeout: How long one attempt may run (the server cancels it after).
+            heartbeat_timeout: The longest the activity may go without ``activity.heartbeat()``;
+                then it is cancelled and the attempt fails with :class:`ActivityHeartbeatTimeoutError`.
+            retry_policy: Retry :class:`ActivityError` (never a session failure) with backoff; each
+                attempt gets the previous attempt's latest heartbeat details.
             headers: Propagation headers forwarded to the worker.
+            result_type: The type to decode the result as, when ``activity`` is a name.
 
         Raises:
-            ActivityError: The activity raised on the worker; the session stays OPEN.
+            ActivityError: The activity raised on the worker (after the retry policy's last
+                attempt); the session stays OPEN. :class:`ActivityHeartbeatTimeoutError` is one.
             SessionFailedError: The session failed, before or while the activity ran (``cause``).
             SessionClosedError: The session was already completed.
             SessionCompletedError: The session was completed while the activity ran.
@@ -145,7 +219,11 @@ class Session:
                 broke while the activity ran: the outcome is unknown (it may have run). A call made
                 while the server is down or restarting waits for it instead (within the timeout).
         """
-        activity_type = activity if isinstance(activity, str) else _activity_name(activity)
+        if isinstance(activity, str):
+            activity_type, hint = activity, result_type
+        else:
+            activity_type = _activity_name(activity)
+            hint = result_type if result_type is not None else activity_hints(activity).result
         self._raise_if_ended(in_flight=False)
         timeout = to_seconds(start_to_close_timeout)
         request = session_service_pb2.ExecuteActivityRequest(
@@ -155,24 +233,58 @@ class Session:
             start_to_close_timeout=duration_to_proto(start_to_close_timeout),
             headers=dict(headers or {}),
         )
+        if heartbeat_timeout is not None:
+            request.heartbeat_timeout.CopyFrom(duration_to_proto(heartbeat_timeout))
+        attempt = 1
+        while True:
+            if retry_policy is not None:
+                request.attempt = attempt
+            try:
+                return await self._attempt(request, activity_type, timeout, hint, attempt)
+            except ActivityError as err:
+                if retry_policy is None or not retry_policy.retries(attempt, err.type, err.non_retryable):
+                    raise
+                delay = retry_policy.delay(attempt)
+                logger.debug("activity %s attempt %d failed (%s); retrying in %.3g s", activity_type, attempt, err,
+                             delay)
+                if err._heartbeat_payload is not None:
+                    request.heartbeat_details.CopyFrom(err._heartbeat_payload)
+            await self._sleep_while_open(delay)
+            attempt += 1
+
+    async def _attempt(
+        self, request: session_service_pb2.ExecuteActivityRequest, activity_type: str, timeout: float, hint: Any,
+        attempt: int,
+    ) -> Any:
         with _tracing.client_span(
             "ExecuteActivity", session_id=self.id, activity_type=activity_type, worker_id=self._info.worker.worker_id
         ) as span:
             try:
-                return await self._execute(request, activity_type, timeout)
+                response = await self._execute(request, timeout)
             except SessiondError as err:
-                _tracing.fail(span, err.reason or type(err).__name__, str(err))
+                _tracing.fail(span, err.reason or type(err).__name__, str(err), err.code)
+                raise
+            try:
+                return self._outcome(activity_type, response, hint, attempt)
+            except ActivityError as err:
+                _tracing.fail(span, err.reason, str(err))
                 raise
 
-    async def _execute(
-        self, request: session_service_pb2.ExecuteActivityRequest, activity_type: str, timeout: float
-    ) -> Any:
+    async def _sleep_while_open(self, delay: float) -> None:
+        """Wait ``delay`` seconds between attempts; a session that ends meanwhile raises at once."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._ended.wait()
+        self._raise_if_ended(in_flight=False)
+
+    async def _execute(self, request: session_service_pb2.ExecuteActivityRequest,
+                       timeout: float) -> session_service_pb2.ExecuteActivityResponse:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(timeout, 0.0) + self._client.default_rpc_timeout
         backoff = Backoff(0.05, 1.0)
         while True:
             try:
-                return await self._execute_once(request, activity_type, deadline)
+                return await self._execute_once(request, deadline)
             except RecoveringError:
                 # A restarted server has not recovered the session yet: the task was never sent,
                 # so asking again is safe, until the deadline.
@@ -181,9 +293,8 @@ class Session:
                     raise
                 await asyncio.sleep(delay)
 
-    async def _execute_once(
-        self, request: session_service_pb2.ExecuteActivityRequest, activity_type: str, deadline: float
-    ) -> Any:
+    async def _execute_once(self, request: session_service_pb2.ExecuteActivityRequest,
+                            deadline: float) -> session_service_pb2.ExecuteActivityResponse:
         # The server answers ACTIVITY_TIMEOUT at start_to_close; the RPC deadline only backs that up.
         call = self._client.stub.ExecuteActivity(
             request,
@@ -199,7 +310,7 @@ class Session:
                 # The watch saw the session end first: stop waiting for the worker's answer.
                 self._raise_if_ended(in_flight=True)
             try:
-                response = rpc.result()
+                response: session_service_pb2.ExecuteActivityResponse = rpc.result()
             except SessiondError as err:
                 self._note_verdict(err)
                 raise
@@ -209,7 +320,7 @@ class Session:
             for task in (rpc, ended):
                 task.cancel()
             await asyncio.gather(rpc, ended, return_exceptions=True)
-        return self._outcome(activity_type, response)
+        return response
 
     async def complete(self) -> SessionInfo:
         """Complete the session now: free the worker slot and cancel its running activities.
@@ -227,28 +338,34 @@ class Session:
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _outcome(self, activity_type: str, response: session_service_pb2.ExecuteActivityResponse) -> Any:
+    def _outcome(self, activity_type: str, response: session_service_pb2.ExecuteActivityResponse, hint: Any = None,
+                 attempt: int = 1) -> Any:
         converter = self._client.converter
         which = response.WhichOneof("outcome")
-        if which == "failure":
-            failure = response.failure
-            details: Any = None
-            if failure.HasField("details"):
-                try:
-                    details = converter.from_payload(failure.details)
-                except Exception:  # undecodable details must not hide the failure itself
-                    details = failure.details
-            raise ActivityError(
-                failure.message,
-                type=failure.type,
-                non_retryable=failure.non_retryable,
-                details=details,
-                activity_type=activity_type,
-                session_id=self.id,
-            )
         if which == "result":
-            return converter.from_payload(response.result)
-        return None
+            try:
+                return converter.from_payload(response.result, hint)
+            except (TypeError, ValueError) as exc:
+                # The activity ran and returned: say which result did not fit which type.
+                raise TypeError(f"cannot decode the result of activity {activity_type!r} as "
+                                f"{getattr(hint, '__name__', hint)}: {exc}") from exc
+        if which not in ("failure", "heartbeat_timeout"):
+            return None
+        failure = response.failure if which == "failure" else response.heartbeat_timeout
+        heartbeat_payload = response.heartbeat_details if response.HasField("heartbeat_details") else None
+        error_class = ActivityError if which == "failure" else ActivityHeartbeatTimeoutError
+        error = error_class(
+            failure.message,
+            type=failure.type,
+            non_retryable=failure.non_retryable,
+            details=_decode_quietly(converter, failure.details) if failure.HasField("details") else None,
+            activity_type=activity_type,
+            session_id=self.id,
+            heartbeat_details=None if heartbeat_payload is None else _decode_quietly(converter, heartbeat_payload),
+            attempt=attempt,
+        )
+        error._heartbeat_payload = heartbeat_payload
+        raise error
 
     def _raise_if_ended(self, *, in_flight: bool) -> None:
         info = self._info
@@ -360,6 +477,14 @@ class Session:
             logger.warning("could not complete session %s on exit: %s", self.id, err)
         finally:
             await self._stop_watch()
+
+
+def _decode_quietly(converter: PayloadConverter, payload: session_pb2.Payload) -> Any:
+    """Decode details; undecodable details must not hide the failure itself (the raw payload is kept)."""
+    try:
+        return converter.from_payload(payload)
+    except Exception:
+        return payload
 
 
 async def _await_call(call: Awaitable[Any]) -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
+import grpc
 from opentelemetry import propagate, trace
 from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider, Span, SpanKind, Status, StatusCode
 
@@ -39,6 +40,7 @@ def client_span(method: str, **attributes: str) -> Iterator[Span | None]:
             "rpc.system": "grpc",
             "rpc.service": _SERVICE,
             "rpc.method": method,
+            "rpc.grpc.status_code": 0,  # fail() overwrites it when the call fails
             **{f"sessiond.{k}": v for k, v in attributes.items()},
         },
     ) as span:
@@ -52,11 +54,17 @@ def annotate(span: Span | None, **attributes: str) -> None:
             span.set_attribute(f"sessiond.{key}", value)
 
 
-def fail(span: Span | None, reason: str, message: str) -> None:
-    """Mark a span failed with the error's reason."""
+def fail(span: Span | None, reason: str, message: str, code: grpc.StatusCode | None = None) -> None:
+    """Mark a span failed with the error's reason, and the RPC's ``rpc.grpc.status_code`` when there is one.
+
+    (A CLIENT span is ERROR for every code but OK, per the OpenTelemetry conventions for RPC.)
+    """
     if span is not None:
+        if code is not None:
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
         span.set_attribute("sessiond.error_reason", reason)
         span.set_status(Status(StatusCode.ERROR, message))
+
 
 
 def with_trace_context(metadata: _Metadata) -> _Metadata:

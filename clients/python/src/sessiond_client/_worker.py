@@ -46,8 +46,10 @@ from sessiond_client._activity import ActivityInfo, _activity_name, _ActivityCon
 from sessiond_client._connection import ConnectionConfig
 from sessiond_client._converter import DefaultPayloadConverter, PayloadConverter
 from sessiond_client._errors import ApplicationError, WorkerIdInUseError, WorkerReplacedError, _from_rpc_error
+from sessiond_client._heartbeat import ActivityHeartbeats
 from sessiond_client._retry import Backoff
 from sessiond_client._time import Duration, duration_from_proto, to_seconds
+from sessiond_client._typehints import activity_hints
 from sessiond_client._types import SessionInfo, SessionState
 from sessiond_client.api.v1 import session_pb2, session_service_pb2_grpc, worker_pb2
 
@@ -148,7 +150,11 @@ class SessionWorker:
                 the server assigns one, kept for this process's reconnects.
             identity: Free-form identity; default ``pid@hostname``.
             host_name: Host name shown to callers; default ``socket.gethostname()``.
-            tls, root_certificates, private_key, certificate_chain, auth_token: As for ``SessionClient``.
+            tls: Connect with TLS (as for ``SessionClient``).
+            root_certificates: PEM CA bundle to trust (TLS).
+            private_key: PEM client key (mTLS, with ``certificate_chain``).
+            certificate_chain: PEM client certificate chain (mTLS).
+            auth_token: The worker role's bearer token.
             converter: Payload converter (must match the callers').
             activity_executor: Executor for sync activities; default: a thread pool owned by the worker.
             max_activity_threads: Size of the default thread pool.
@@ -679,6 +685,12 @@ class SessionWorker:
         if task.activity_id in self._running:
             return  # a duplicate delivery of a task already running
         timeout = task.start_to_close_timeout if task.HasField("start_to_close_timeout") else None
+        heartbeat_timeout = duration_from_proto(task.heartbeat_timeout) if task.HasField("heartbeat_timeout") else None
+        heartbeats = ActivityHeartbeats(
+            asyncio.get_running_loop(), self._converter,
+            None if heartbeat_timeout is None else heartbeat_timeout.total_seconds(),
+            functools.partial(self._send_heartbeat, task.activity_id, task.session_id),
+        )
         context = _ActivityContext(
             ActivityInfo(
                 activity_id=task.activity_id,
@@ -687,9 +699,14 @@ class SessionWorker:
                 start_to_close_timeout=None if timeout is None else duration_from_proto(timeout),
                 headers=dict(task.headers),
                 worker_id=self._worker_id or "",
-            )
+                attempt=task.attempt or 1,
+                heartbeat_timeout=heartbeat_timeout,
+                heartbeat_details=self._previous_details(task),
+            ),
+            heartbeats,
         )
-        runner = asyncio.create_task(self._execute(task, fn, context), name=f"sessiond-activity-{task.activity_id}")
+        runner = asyncio.create_task(self._execute(task, fn, context, heartbeats),
+                                     name=f"sessiond-activity-{task.activity_id}")
         self._running[task.activity_id] = _Running(task.session_id, context, runner)
         # A done-callback (not a finally) forgets the execution: a task cancelled before its first
         # step never runs its body.
@@ -702,7 +719,22 @@ class SessionWorker:
         if not runner.cancelled() and runner.exception() is not None:
             logger.error("activity wrapper crashed", exc_info=runner.exception())
 
-    async def _execute(self, task: worker_pb2.ActivityTask, fn: Callable[..., Any], context: _ActivityContext) -> None:
+    def _previous_details(self, task: worker_pb2.ActivityTask) -> Any:
+        if not task.HasField("heartbeat_details"):
+            return None
+        try:
+            return self._converter.from_payload(task.heartbeat_details)
+        except Exception as exc:  # the retry still runs; it just cannot resume
+            logger.warning("cannot decode the heartbeat details of activity %s: %s", task.activity_id, exc)
+            return None
+
+    def _send_heartbeat(self, activity_id: str, session_id: str, details: session_pb2.Payload | None) -> None:
+        self._send(worker_pb2.WorkerHeartbeatRequest(
+            activity_heartbeat=worker_pb2.ActivityHeartbeat(activity_id=activity_id, session_id=session_id,
+                                                            details=details)))
+
+    async def _execute(self, task: worker_pb2.ActivityTask, fn: Callable[..., Any], context: _ActivityContext,
+                       heartbeats: ActivityHeartbeats) -> None:
         _current.set(context)
         # Started here so it is current in the executor thread too (the context is copied below).
         with _tracing.activity_span(
@@ -712,14 +744,18 @@ class SessionWorker:
             activity_id=task.activity_id,
             worker_id=self._worker_id or "",
         ) as span:
-            await self._run_activity(task, fn, context, span)
+            try:
+                await self._run_activity(task, fn, context, span, heartbeats)
+            finally:
+                heartbeats.throttle.close()
 
     async def _run_activity(
-        self, task: worker_pb2.ActivityTask, fn: Callable[..., Any], context: _ActivityContext, span: Span | None
+        self, task: worker_pb2.ActivityTask, fn: Callable[..., Any], context: _ActivityContext, span: Span | None,
+        heartbeats: ActivityHeartbeats,
     ) -> None:
         try:
             try:
-                args = self._converter.decode_args(task.input)
+                args = self._converter.decode_args(task.input, activity_hints(fn).params)
             except Exception as exc:
                 raise ApplicationError(f"cannot decode input: {exc}", type=PAYLOAD_ERROR, non_retryable=True) from exc
             if _is_async(fn):
@@ -744,10 +780,12 @@ class SessionWorker:
                 return
             _tracing.fail(span, type(exc).__name__, str(exc))
             self._log_failure(task, exc)
+            heartbeats.throttle.flush()  # the last details precede the outcome on the stream
             self._report_failure(task, self._failure_from(exc))
             return
         if context.cancelled:
             return  # finished after cancellation (e.g. a sync activity that ignored the flag)
+        heartbeats.throttle.flush()
         self._send(
             worker_pb2.WorkerHeartbeatRequest(
                 activity_result=worker_pb2.ActivityResult(

@@ -6,8 +6,10 @@ Use as a namespace, like ``temporalio.activity``::
 
     @activity.defn(name="process")
     def process_file(path: str) -> str:
-        while not activity.is_cancelled():
-            ...
+        for done, chunk in enumerate(chunks(path)):
+            if activity.is_cancelled():
+                break
+            activity.heartbeat(done)     # progress, and proof of life
         return activity.info().session.host_name
 """
 
@@ -15,6 +17,7 @@ from sessiond_client._activity import (
     ActivityInfo,
     cancellation_reason,
     defn,
+    heartbeat,
     in_activity,
     info,
     is_cancelled,
@@ -25,6 +28,7 @@ __all__ = [
     "ActivityInfo",
     "cancellation_reason",
     "defn",
+    "heartbeat",
     "in_activity",
     "info",
     "is_cancelled",

@@ -273,10 +273,15 @@ class ExecuteActivityRequest(_message.Message):
     INPUT_FIELD_NUMBER: _builtins.int
     START_TO_CLOSE_TIMEOUT_FIELD_NUMBER: _builtins.int
     HEADERS_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_TIMEOUT_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_DETAILS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """The session to run in."""
     activity_type: _builtins.str
     """Registered activity name on the worker. Required, at most 256 bytes."""
+    attempt: _builtins.int
+    """Which attempt this is (0 or 1: the first), set by a caller that retries; shown to the activity."""
     @_builtins.property
     def input(self) -> _session_pb2.Payload:
         """The activity's input."""
@@ -289,6 +294,16 @@ class ExecuteActivityRequest(_message.Message):
     def headers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Propagation headers forwarded to the worker, for example W3C trace context."""
 
+    @_builtins.property
+    def heartbeat_timeout(self) -> _duration_pb2.Duration:
+        """The longest the activity may go without a heartbeat before the server cancels it and answers
+        with the heartbeat_timeout outcome (unset: no heartbeat timeout).
+        """
+
+    @_builtins.property
+    def heartbeat_details(self) -> _session_pb2.Payload:
+        """The latest heartbeat details of the previous attempt, passed to the activity (unset: none)."""
+
     def __init__(
         self,
         *,
@@ -297,10 +312,13 @@ class ExecuteActivityRequest(_message.Message):
         input: _session_pb2.Payload | None = ...,
         start_to_close_timeout: _duration_pb2.Duration | None = ...,
         headers: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        heartbeat_timeout: _duration_pb2.Duration | None = ...,
+        attempt: _builtins.int = ...,
+        heartbeat_details: _session_pb2.Payload | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "start_to_close_timeout", b"start_to_close_timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_details", b"heartbeat_details", "heartbeat_timeout", b"heartbeat_timeout", "input", b"input", "start_to_close_timeout", b"start_to_close_timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_type", b"activity_type", "headers", b"headers", "input", b"input", "session_id", b"session_id", "start_to_close_timeout", b"start_to_close_timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_type", b"activity_type", "attempt", b"attempt", "headers", b"headers", "heartbeat_details", b"heartbeat_details", "heartbeat_timeout", b"heartbeat_timeout", "input", b"input", "session_id", b"session_id", "start_to_close_timeout", b"start_to_close_timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -314,6 +332,8 @@ class ExecuteActivityResponse(_message.Message):
 
     RESULT_FIELD_NUMBER: _builtins.int
     FAILURE_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_TIMEOUT_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_DETAILS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def result(self) -> _session_pb2.Payload:
         """The activity returned this value."""
@@ -322,17 +342,29 @@ class ExecuteActivityResponse(_message.Message):
     def failure(self) -> _session_pb2.ActivityFailure:
         """The activity raised; the session stays OPEN."""
 
+    @_builtins.property
+    def heartbeat_timeout(self) -> _session_pb2.ActivityFailure:
+        """The activity sent no heartbeat within its heartbeat_timeout, so the worker was told to
+        cancel it; the session stays OPEN. Retryable, like a failure.
+        """
+
+    @_builtins.property
+    def heartbeat_details(self) -> _session_pb2.Payload:
+        """The details of the activity's latest heartbeat, whatever the outcome (unset: it sent none)."""
+
     def __init__(
         self,
         *,
         result: _session_pb2.Payload | None = ...,
         failure: _session_pb2.ActivityFailure | None = ...,
+        heartbeat_timeout: _session_pb2.ActivityFailure | None = ...,
+        heartbeat_details: _session_pb2.Payload | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "outcome", b"outcome", "result", b"result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "heartbeat_details", b"heartbeat_details", "heartbeat_timeout", b"heartbeat_timeout", "outcome", b"outcome", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "outcome", b"outcome", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "heartbeat_details", b"heartbeat_details", "heartbeat_timeout", b"heartbeat_timeout", "outcome", b"outcome", "result", b"result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["result", "failure"]  # noqa: Y015
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["result", "failure", "heartbeat_timeout"]  # noqa: Y015
     _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
 

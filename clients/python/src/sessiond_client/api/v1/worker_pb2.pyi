@@ -164,6 +164,42 @@ class DeclineSession(_message.Message):
 Global___DeclineSession: _TypeAlias = DeclineSession  # noqa: Y015
 
 @_typing.final
+class ActivityHeartbeat(_message.Message):
+    """ActivityHeartbeat says a running activity is alive, and carries its latest progress details.
+    Sent by the worker when the activity calls activity.heartbeat(); the worker throttles them.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTIVITY_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    DETAILS_FIELD_NUMBER: _builtins.int
+    activity_id: _builtins.str
+    """The id from the ActivityTask."""
+    session_id: _builtins.str
+    """The session the activity runs in."""
+    @_builtins.property
+    def details(self) -> _session_pb2.Payload:
+        """The latest progress details (unset: the activity sent none); the caller sees them, and so does
+        the next attempt when the caller retries.
+        """
+
+    def __init__(
+        self,
+        *,
+        activity_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        details: _session_pb2.Payload | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["details", b"details"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_id", b"activity_id", "details", b"details", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ActivityHeartbeat: _TypeAlias = ActivityHeartbeat  # noqa: Y015
+
+@_typing.final
 class Goodbye(_message.Message):
     """Goodbye says the worker is shutting down."""
 
@@ -198,6 +234,7 @@ class WorkerHeartbeatRequest(_message.Message):
     ACTIVITY_RESULT_FIELD_NUMBER: _builtins.int
     GOODBYE_FIELD_NUMBER: _builtins.int
     DECLINE_SESSION_FIELD_NUMBER: _builtins.int
+    ACTIVITY_HEARTBEAT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def register(self) -> Global___RegisterWorker:
         """Must be the first message."""
@@ -218,6 +255,10 @@ class WorkerHeartbeatRequest(_message.Message):
     def decline_session(self) -> Global___DeclineSession:
         """The worker gives back a session it got back at registration."""
 
+    @_builtins.property
+    def activity_heartbeat(self) -> Global___ActivityHeartbeat:
+        """A running activity is alive (and its latest progress details)."""
+
     def __init__(
         self,
         *,
@@ -226,12 +267,13 @@ class WorkerHeartbeatRequest(_message.Message):
         activity_result: Global___ActivityResult | None = ...,
         goodbye: Global___Goodbye | None = ...,
         decline_session: Global___DeclineSession | None = ...,
+        activity_heartbeat: Global___ActivityHeartbeat | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["activity_result", b"activity_result", "decline_session", b"decline_session", "goodbye", b"goodbye", "heartbeat", b"heartbeat", "message", b"message", "register", b"register"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["activity_heartbeat", b"activity_heartbeat", "activity_result", b"activity_result", "decline_session", b"decline_session", "goodbye", b"goodbye", "heartbeat", b"heartbeat", "message", b"message", "register", b"register"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_result", b"activity_result", "decline_session", b"decline_session", "goodbye", b"goodbye", "heartbeat", b"heartbeat", "message", b"message", "register", b"register"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_heartbeat", b"activity_heartbeat", "activity_result", b"activity_result", "decline_session", b"decline_session", "goodbye", b"goodbye", "heartbeat", b"heartbeat", "message", b"message", "register", b"register"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["register", "heartbeat", "activity_result", "goodbye", "decline_session"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["register", "heartbeat", "activity_result", "goodbye", "decline_session", "activity_heartbeat"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
@@ -364,12 +406,17 @@ class ActivityTask(_message.Message):
     INPUT_FIELD_NUMBER: _builtins.int
     START_TO_CLOSE_TIMEOUT_FIELD_NUMBER: _builtins.int
     HEADERS_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_TIMEOUT_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_DETAILS_FIELD_NUMBER: _builtins.int
     activity_id: _builtins.str
     """Unique id of this activity execution."""
     session_id: _builtins.str
     """The session; a worker rejects a task for a session it does not hold."""
     activity_type: _builtins.str
     """Which registered activity to run."""
+    attempt: _builtins.int
+    """Which attempt this is: 1 for the first, counted by the caller's retry policy."""
     @_builtins.property
     def input(self) -> _session_pb2.Payload:
         """The activity's input arguments."""
@@ -382,6 +429,16 @@ class ActivityTask(_message.Message):
     def headers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Propagation headers, for example the W3C trace context of the caller."""
 
+    @_builtins.property
+    def heartbeat_timeout(self) -> _duration_pb2.Duration:
+        """The longest the activity may go without an ActivityHeartbeat before the server cancels it
+        (unset: no heartbeat timeout).
+        """
+
+    @_builtins.property
+    def heartbeat_details(self) -> _session_pb2.Payload:
+        """The latest heartbeat details of the previous attempt, so a retry can resume (unset: none)."""
+
     def __init__(
         self,
         *,
@@ -391,10 +448,13 @@ class ActivityTask(_message.Message):
         input: _session_pb2.Payload | None = ...,
         start_to_close_timeout: _duration_pb2.Duration | None = ...,
         headers: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        heartbeat_timeout: _duration_pb2.Duration | None = ...,
+        attempt: _builtins.int = ...,
+        heartbeat_details: _session_pb2.Payload | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "start_to_close_timeout", b"start_to_close_timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_details", b"heartbeat_details", "heartbeat_timeout", b"heartbeat_timeout", "input", b"input", "start_to_close_timeout", b"start_to_close_timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_id", b"activity_id", "activity_type", b"activity_type", "headers", b"headers", "input", b"input", "session_id", b"session_id", "start_to_close_timeout", b"start_to_close_timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_id", b"activity_id", "activity_type", b"activity_type", "attempt", b"attempt", "headers", b"headers", "heartbeat_details", b"heartbeat_details", "heartbeat_timeout", b"heartbeat_timeout", "input", b"input", "session_id", b"session_id", "start_to_close_timeout", b"start_to_close_timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -414,7 +474,9 @@ class CancelActivity(_message.Message):
     session_id: _builtins.str
     """The session it runs in."""
     reason: _builtins.str
-    """Why: ACTIVITY_TIMEOUT, SESSION_COMPLETED, SESSION_FAILED, or CALLER_CANCELLED (the caller gave up)."""
+    """Why: ACTIVITY_TIMEOUT, ACTIVITY_HEARTBEAT_TIMEOUT, SESSION_COMPLETED, SESSION_FAILED, or
+    CALLER_CANCELLED (the caller gave up).
+    """
     def __init__(
         self,
         *,
