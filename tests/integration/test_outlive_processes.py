@@ -275,6 +275,11 @@ async def test_a_thousand_sessions_on_two_hundred_workers_survive_a_server_resta
                     for i in range(first, first + 100)))
             before = {s.id: (s.info.owner, s.info.worker.worker_id) for s in sessions}
             assert len({worker for _, worker in before.values()}) == 200
+            # An activity per session proves its worker holds it: a session whose SessionStarted is
+            # still on its way to the worker when sessiond dies is not reported, so it is lost
+            # (SESSION_LOST); see the README.
+            for first in range(0, 1000, 100):
+                await asyncio.gather(*(s.execute_activity("echo", 1) for s in sessions[first:first + 100]))
 
             await server.stop(sig)
             await server.start()
@@ -283,7 +288,16 @@ async def test_a_thousand_sessions_on_two_hundred_workers_survive_a_server_resta
                 workers = await workers_of(client, QUEUE)
                 return len(workers) == 200 and sum(w.open_sessions for w in workers.values()) == 1000
 
-            await poll(all_open, within=60, every=0.5, what="every session adopted again")
+            try:
+                await poll(all_open, within=60, every=0.5, what="every session adopted again")
+            except AssertionError:
+                workers = await workers_of(client, QUEUE)
+                listed = [s async for s in client.list_sessions(task_queue=QUEUE)]
+                states = sorted({(s.state.name, s.failure.cause.name if s.failure else "") for s in listed})
+                raise AssertionError(
+                    f"{len(workers)} workers back, {sum(w.open_sessions for w in workers.values())} open sessions; "
+                    f"{len(listed)} sessions known, states {states}; watches failed: "
+                    f"{sorted({str(s.failure) for s in sessions if s.failed})[:3]}") from None
             for first in range(0, 1000, 100):
                 infos = await asyncio.gather(*(client.get_session_info(s.id) for s in sessions[first:first + 100]))
                 for info in infos:
