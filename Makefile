@@ -21,7 +21,7 @@ PYTEST_FLAGS ?= -q -p no:cacheprovider
 .NOTPARALLEL:
 
 .PHONY: help bootstrap .venv node_modules require-node deps-browser deps-etcd test test-py test-cluster lint lint-py \
-        lint-proto lint-docker typecheck gen gen-check docs dist serve demo bench clean distclean
+        lint-proto lint-docker typecheck gen gen-check docs dist serve demo bench fuzz clean distclean
 
 help:
 	@echo "make serve      run sessiond on 127.0.0.1:50051 (bootstraps .venv on first use)"
@@ -36,6 +36,7 @@ help:
 	@echo "make gen        regenerate the gRPC stubs from protos/ (scripts/gen_protos.py)"
 	@echo "make demo       run the examples/ file-processing demo"
 	@echo "make bench      run the benchmark"
+	@echo "make fuzz       10,000 hostile wire requests against a real server (make test runs a few hundred)"
 	@echo "make clean      remove caches and build output (keeps .venv and node_modules)"
 	@echo "make distclean  clean, and also remove .venv and node_modules"
 
@@ -140,6 +141,13 @@ demo: $(PY_STAMP)
 
 bench: $(PY_STAMP)
 	$(PY) -m bench
+
+# The fuzz tier at full size (tests/fuzz/test_wire_fuzz.py); FUZZ_SEED picks other cases.
+FUZZ_CASES ?= 10000
+FUZZ_SEED ?= 7
+fuzz: export GRPC_VERBOSITY ?= ERROR
+fuzz: $(PY_STAMP)
+	SESSIOND_FUZZ_CASES=$(FUZZ_CASES) SESSIOND_FUZZ_SEED=$(FUZZ_SEED) $(PY) -m pytest $(PYTEST_FLAGS) -s tests/fuzz
 
 # ---- housekeeping ----------------------------------------------------------------------------
 

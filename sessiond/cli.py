@@ -3,7 +3,8 @@
 worker for a list of activities (see :mod:`sessiond.worker_cli`).
 
 Every :class:`~sessiond.config.ServerConfig` field is a ``serve`` flag (``--field-name``) and a
-``SESSIOND_FIELD_NAME`` environment variable; flags win.
+``SESSIOND_FIELD_NAME`` environment variable; flags win. Every start-up error is one line on
+stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -14,16 +15,24 @@ import sys
 from collections.abc import Sequence
 from dataclasses import MISSING, fields
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from sessiond import ops, worker_cli
-from sessiond.config import ENV_PREFIX, ServerConfig, config_from_env, parse_field
+from sessiond.config import DURATION_FORMS, ENV_PREFIX, ServerConfig, config_from_env, format_duration, parse_field
 from sessiond.store.spec import MemoryStoreSpec
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the usage block is one ``--help`` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``prog: error: message`` and exit 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _default_text(value: Any) -> str:
     if isinstance(value, timedelta):
-        return f"{value.total_seconds():g}s"
+        return format_duration(value)
     return "unset" if value is None else str(value)
 
 
@@ -32,7 +41,7 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         env = ENV_PREFIX + f.name.upper()
         default = f.default if f.default is not MISSING else None
-        unit = " (seconds)" if isinstance(default, timedelta) else ""
+        unit = f" (a duration: {DURATION_FORMS})" if isinstance(default, timedelta) else ""
         help_text = f"{f.metadata['help']}{unit} [env {env}; default {_default_text(default)}]"
 
         def convert(raw: str, name: str = f.name) -> Any:
@@ -56,7 +65,7 @@ def version_text() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``sessiond`` command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sessiond", description="sessiond: worker sessions as a gRPC service.")
     parser.add_argument("--version", action="version", version=version_text(),
                         help="print the versions of sessiond and sessiond-client, then exit")
@@ -76,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _serve(args: argparse.Namespace) -> int:
     from sessiond import logs
-    from sessiond.server import serve
+    from sessiond.server import StartupError, serve
 
     try:
         config = ServerConfig().with_overrides(**config_from_env())
@@ -91,7 +100,7 @@ def _serve(args: argparse.Namespace) -> int:
     logs.configure(config.log_level, config.log_format)
     try:
         asyncio.run(serve(config))
-    except OSError as exc:  # an address that cannot be bound: one line, not a traceback
+    except StartupError as exc:  # an address, a file, an exporter: one line, not a traceback
         print(f"sessiond: {exc}", file=sys.stderr)
         return 2
     return 0

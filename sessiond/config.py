@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
@@ -12,6 +14,11 @@ from typing import Any
 from sessiond.store.spec import EtcdStoreSpec, StoreSpec, parse_host_port, parse_store
 
 ENV_PREFIX = "SESSIOND_"
+DURATION_FORMS = "600s, 10m, 1.5 (seconds), 250ms, 2h, 1m30s"
+MAX_PENDING_REQUESTS = 2**31 - 1  # a C int inside grpc core
+_NUMBER = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+_DURATION_PART = re.compile(rf"({_NUMBER})(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 @dataclass(frozen=True)
@@ -19,7 +26,8 @@ class ServerConfig:
     """Everything ``sessiond serve`` can be told. Durations are ``timedelta``.
 
     Each field can also be set with the environment variable ``SESSIOND_<FIELD NAME IN CAPS>``
-    (durations in seconds, booleans as 1/0/true/false); command-line flags win over the environment.
+    (durations as ``600s``, ``10m``, ``1.5`` seconds, ``250ms``, ``2h``; booleans as 1/0/true/false);
+    command-line flags win over the environment.
     """
 
     listen: str = field(
@@ -153,8 +161,14 @@ class ServerConfig:
             raise ValueError("log_format must be text or json")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ValueError("log_level must be DEBUG, INFO, WARNING or ERROR")
-        if self.max_pending_requests < 1:
-            raise ValueError("max_pending_requests must be positive")
+        if not 1 <= self.max_pending_requests <= MAX_PENDING_REQUESTS:
+            raise ValueError(f"max_pending_requests must be between 1 and {MAX_PENDING_REQUESTS}")
+        for name in ("worker_token", "caller_token"):
+            token = getattr(self, name)
+            # A bearer token travels in an HTTP/2 header: visible ASCII, no spaces. Anything else
+            # (an empty value from an unset shell variable, a pasted newline) could never match.
+            if token is not None and not (token.isascii() and token.isprintable() and token and " " not in token):
+                raise ValueError(f"{name} must be non-empty visible ASCII without spaces")
         if self.ui_listen is not None:
             split_host_port(self.ui_listen, "ui_listen")
         self._validate_store()
@@ -207,12 +221,43 @@ class ServerConfig:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
 
+def parse_duration(text: str) -> timedelta:
+    """A duration as ``--help`` prints them: ``600s``, ``10m``, ``1.5`` (seconds), ``250ms``, ``2h``,
+    or several parts (``1m30s``). Raises ValueError for anything else, negative or too large."""
+    raw = text.strip()
+    if re.fullmatch(_NUMBER, raw, flags=re.ASCII):
+        seconds = float(raw)
+    elif raw and re.fullmatch(rf"(?:{_NUMBER}(?:ms|s|m|h))+", raw, flags=re.ASCII):
+        seconds = sum(float(number) * _UNIT_SECONDS[unit] for number, unit in _DURATION_PART.findall(raw))
+    else:
+        raise ValueError(f"invalid duration {text!r} (use {DURATION_FORMS})")
+    try:
+        if not math.isfinite(seconds):
+            raise OverflowError
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise ValueError(f"duration {text!r} is too large") from None
+
+
+def format_duration(value: timedelta) -> str:
+    """The shortest exact form :func:`parse_duration` reads back: ``10m``, ``24h``, ``1.5s``, ``250ms``."""
+    micros = value // timedelta(microseconds=1)
+    if micros == 0:
+        return "0s"
+    for unit, size in (("h", 3_600_000_000), ("m", 60_000_000), ("s", 1_000_000)):
+        if micros % size == 0:
+            return f"{micros // size}{unit}"
+    if micros < 1_000_000 and micros % 1_000 == 0:
+        return f"{micros // 1_000}ms"
+    return f"{micros / 1e6:.6f}".rstrip("0") + "s"
+
+
 def split_host_port(address: str, name: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[v6]:PORT`` for IPv6) as (host, port); a ValueError naming ``name`` otherwise."""
     host, sep, port = address.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
         raise ValueError(f"{name} must be HOST:PORT (port 0-65535), got {address!r}")
     return host, int(port)
 
@@ -222,7 +267,7 @@ def parse_field(name: str, raw: str) -> Any:
     default = getattr(ServerConfig, name, None)
     kind = {f.name: f.type for f in fields(ServerConfig)}[name]
     if "timedelta" in str(kind) or isinstance(default, timedelta):
-        return timedelta(seconds=float(raw))
+        return parse_duration(raw)
     if "bool" in str(kind):
         if raw.lower() in ("1", "true", "yes", "on"):
             return True
@@ -230,6 +275,8 @@ def parse_field(name: str, raw: str) -> Any:
             return False
         raise ValueError(f"{name}: expected a boolean, got {raw!r}")
     if "int" in str(kind):
+        if not re.fullmatch(r"[0-9]{1,19}", raw.strip(), flags=re.ASCII):
+            raise ValueError(f"expected a whole number, got {raw!r}")
         return int(raw)
     if "Path" in str(kind):
         return Path(raw)

@@ -1,4 +1,9 @@
-"""Logging set-up: one line per event, as text or JSON, with the record's ids as fields."""
+"""Logging set-up: one line per event, as text or JSON, with the record's ids as fields.
+
+Peer-supplied values (ids, names, messages) reach log lines; the text format escapes every
+character that is not printable, so no value can start a forged line or drive a terminal. JSON
+escapes them by itself. A line a peer can trigger at will goes through :class:`RateLimitedWarning`.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 
 from opentelemetry import trace
 
@@ -43,16 +49,51 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+def printable(text: str) -> str:
+    """``text`` with every non-printable character escaped (``\\n``, ``\\x1b``, ``\\u2028``): one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 class TextFormatter(logging.Formatter):
-    """``time level logger message key=value ...``."""
+    """``time level logger message key=value ...``, always one line (a traceback follows on its own)."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
 
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        extra = _fields(record)
-        return line + "".join(f" {k}={v}" for k, v in extra.items()) if extra else line
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        """The event's line: the message and its ``extra`` fields, escaped."""
+        extra = "".join(f" {k}={v}" for k, v in _fields(record).items())
+        return printable(super().formatMessage(record) + extra)
+
+
+class RateLimitedWarning:
+    """A WARNING a peer can trigger at will, logged at most once per ``interval`` seconds.
+
+    Events in between are counted and the count is added to the next line, so a flood of bad
+    requests costs one log line per interval, not one per request.
+    """
+
+    def __init__(self, logger: logging.Logger, what: str, *, interval: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._logger = logger
+        self._what = what
+        self._interval = interval
+        self._clock = clock
+        self._next = -float("inf")
+        self._dropped = 0
+
+    def warn(self, detail: str) -> None:
+        """Record one event: log it now, or count it for the next line."""
+        now = self._clock()
+        if now < self._next:
+            self._dropped += 1
+            return
+        more = f" (and {self._dropped} more since the previous warning)" if self._dropped else ""
+        self._logger.warning("%s %s%s", self._what, detail, more)
+        self._next = now + self._interval
+        self._dropped = 0
 
 
 def configure(level: str, fmt: str) -> None:

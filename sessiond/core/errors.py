@@ -33,6 +33,12 @@ class InvalidArgumentError(SessionError):
         self.field = field
 
 
+class MalformedRequestError(SessionError):
+    """A request could not be decoded at all: corrupt wire bytes, invalid UTF-8 in a string field."""
+
+    reason = "MALFORMED_REQUEST"
+
+
 class InvalidRecreateTokenError(SessionError):
     """A recreate token is malformed or was not made by sessiond."""
 

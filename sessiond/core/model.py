@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 
 from sessiond.core.resources import ResourceVector
 
+# request_id scoped to what was asked, e.g. ("create", task_queue, request_id); () = no request_id.
+# A tuple, never a joined string: no choice of names can make two different requests collide.
+RequestKey = tuple[str, ...]
+
 
 class SessionState(enum.IntEnum):
     """Lifecycle state; values mirror the proto enum."""
@@ -119,7 +123,7 @@ class Session:
     demand: ResourceVector = field(default_factory=lambda: ResourceVector.one_session())
     activities: set[str] = field(default_factory=set)
     # request_id scoped to the request it came with (the key of the idempotency index).
-    request_key: str = ""
+    request_key: RequestKey = ()
     # Placed by RecreateSession (its request_id is scoped to the worker, not the queue).
     recreated: bool = False
     # When the session joined its worker's liveness group: placement, re-attachment or adoption.
@@ -205,6 +209,6 @@ class Waiter:
     request_id: str
     deadline: float
     done: bool = False
-    request_key: str = ""
+    request_key: RequestKey = ()
     # When it started waiting (operator views show the age of the oldest waiter per queue).
     since: float = 0.0

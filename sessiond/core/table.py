@@ -56,6 +56,7 @@ from sessiond.core.model import (
     Activity,
     Failure,
     FailureCause,
+    RequestKey,
     Session,
     SessionOptions,
     SessionRecord,
@@ -134,7 +135,7 @@ class SessionTable:
         self._queue_waiters: dict[str, deque[Waiter]] = {}
         self._worker_waiters: dict[WorkerKey, deque[Waiter]] = {}
         self._owners: dict[str, Session | Waiter] = {}
-        self._requests: dict[str, Session | Waiter] = {}
+        self._requests: dict[RequestKey, Session | Waiter] = {}
         self._activities: dict[str, Activity] = {}
         self._events: list[Event] = []
 
@@ -315,7 +316,7 @@ class SessionTable:
         else:
             request_key = _request_key(record.request_id, "create", key.task_queue)
         if request_key in self._requests:
-            request_key = ""
+            request_key = ()
         session = Session(
             session_id=record.session_id, seq=next(self._seq), task_queue=key.task_queue, worker=worker,
             options=record.options, owner=record.owner, request_id=record.request_id, placed_at=record.placed_at,
@@ -519,7 +520,7 @@ class SessionTable:
             raise ExistingOpenSessionError(owner, holder.session_id if isinstance(holder, Session) else None)
 
     def _enqueue(self, now: float, queue: deque[Waiter], task_queue: str, target: WorkerKey | None,
-                 options: SessionOptions, owner: str, request_id: str, wait: float, request_key: str) -> Waiter:
+                 options: SessionOptions, owner: str, request_id: str, wait: float, request_key: RequestKey) -> Waiter:
         waiter = Waiter(self._new_id(), task_queue, target, options, owner, request_id, now + wait,
                         request_key=request_key, since=now)
         self._waiters[waiter.waiter_id] = waiter
@@ -559,7 +560,7 @@ class SessionTable:
             del self._requests[waiter.request_key]
 
     def _place(self, now: float, worker: Worker, options: SessionOptions, owner: str, request_id: str,
-               waiter_id: str | None, request_key: str, *, recreated: bool = False) -> Session:
+               waiter_id: str | None, request_key: RequestKey, *, recreated: bool = False) -> Session:
         demand = ResourceVector.one_session()
         # The hard limit: callers found room, and nothing ran in between (the core is synchronous).
         if not worker.free.covers(demand):
@@ -857,9 +858,9 @@ def _wait(options: SessionOptions, max_wait: float | None) -> float:
     return options.creation_timeout if max_wait is None else min(options.creation_timeout, max_wait)
 
 
-def _request_key(request_id: str, *scope: str) -> str:
+def _request_key(request_id: str, *scope: str) -> RequestKey:
     """request_id scoped to what was asked: the same id on another request is another request."""
-    return "\x00".join((*scope, request_id)) if request_id else ""
+    return (*scope, request_id) if request_id else ()
 
 
 def _has_live(queue: deque[Waiter] | None) -> bool:

@@ -12,6 +12,7 @@ import zlib
 
 from sessiond.core.errors import InvalidRecreateTokenError
 from sessiond.core.model import WorkerKey
+from sessiond.core.names import name_problem
 
 _MAGIC = b"sdrt"
 _V1 = 1
@@ -39,4 +40,8 @@ def decode_token(token: bytes) -> WorkerKey:
         raise InvalidRecreateTokenError("recreate_token: malformed token body") from exc
     if not isinstance(queue, str) or not isinstance(worker_id, str) or not queue or not worker_id:
         raise InvalidRecreateTokenError("recreate_token: malformed token body")
+    # Only a forged token can name what no worker could register as: reject it here rather than
+    # let it wait its creation_timeout for a worker that cannot exist.
+    if name_problem(queue) is not None or name_problem(worker_id) is not None:
+        raise InvalidRecreateTokenError("recreate_token: names no valid worker")
     return WorkerKey(queue, worker_id)

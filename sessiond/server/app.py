@@ -13,14 +13,17 @@ import signal
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-from sessiond_client.api.v1 import session_service_pb2, session_service_pb2_grpc
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+from sessiond_client.api.v1 import session_service_pb2
 
 from sessiond.config import ServerConfig
+from sessiond.server import decoding
 from sessiond.server.auth import TokenAuthInterceptor
 from sessiond.server.engine import Engine
+from sessiond.server.health import HealthServicer
 from sessiond.server.servicer import SessionServicer
+from sessiond.server.startup import StartupError, check_listen, server_credentials
 from sessiond.telemetry import SessionMetrics, configure_metrics, configure_tracing
 
 if TYPE_CHECKING:
@@ -28,7 +31,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sessiond.server")
 
-SERVICE_NAME = session_service_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name
+SERVICE = session_service_pb2.DESCRIPTOR.services_by_name["SessionService"]
+SERVICE_NAME = SERVICE.full_name
+HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"]
+REFLECTION = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]
 
 
 def _grpc_options(config: ServerConfig) -> list[tuple[str, Any]]:
@@ -36,6 +42,9 @@ def _grpc_options(config: ServerConfig) -> list[tuple[str, Any]]:
         # A reconnect storm after a restart must not be shed as CANCELLED (default is 1000).
         ("grpc.server.max_pending_requests", config.max_pending_requests),
         ("grpc.server.max_pending_requests_hard_limit", config.max_pending_requests),
+        # gRPC shares ports (SO_REUSEPORT) by default: a second server on a port in use would start
+        # and take half the connections. Off: the second one fails to start instead.
+        ("grpc.so_reuseport", 0),
         # Keepalive cleans up dead TCP peers; liveness itself is the application heartbeat.
         # No max_connection_age: it would cut worker streams.
         ("grpc.keepalive_time_ms", 30_000),
@@ -46,20 +55,10 @@ def _grpc_options(config: ServerConfig) -> list[tuple[str, Any]]:
     ]
 
 
-def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
-    if config.tls_cert is None or config.tls_key is None:
-        return None
-    pair = [(config.tls_key.read_bytes(), config.tls_cert.read_bytes())]
-    if config.tls_client_ca is None:
-        return grpc.ssl_server_credentials(pair)
-    return grpc.ssl_server_credentials(pair, root_certificates=config.tls_client_ca.read_bytes(),
-                                       require_client_auth=True)
-
-
 class SessiondServer:
     """A bound sessiond server: ``start()``, ``stop()``, ``wait_for_termination()``."""
 
-    def __init__(self, server: grpc.aio.Server, engine: Engine, health_servicer: Any,
+    def __init__(self, server: grpc.aio.Server, engine: Engine, health_servicer: HealthServicer,
                  config: ServerConfig, dashboard: Dashboard | None = None) -> None:
         self.grpc_server = server
         self.engine = engine
@@ -79,7 +78,7 @@ class SessiondServer:
                 self.engine.stop()
                 raise
         for name in ("", SERVICE_NAME):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop in the documented order; idempotent."""
@@ -88,7 +87,7 @@ class SessiondServer:
         self._stopped = True
         if self.dashboard is not None:
             await self.dashboard.stop()  # a read-mostly view: it goes first, so it never shows a half-stopped server
-        await self.health.enter_graceful_shutdown()
+        self.health.enter_graceful_shutdown()
         self.engine.begin_shutdown()
         await self.grpc_server.stop(self.config.shutdown_grace.total_seconds() if grace is None else grace)
         self.engine.stop()
@@ -101,25 +100,32 @@ class SessiondServer:
 async def create_server(config: ServerConfig | None = None, *,
                         interceptors: list[Any] | None = None,
                         metrics: SessionMetrics | None = None) -> tuple[SessiondServer, int]:
-    """Build and bind a server (not yet started); returns it and the bound port (for port 0)."""
+    """Build and bind a server (not yet started); returns it and the bound port (for port 0).
+
+    Raises :class:`StartupError` when the listen address or the TLS files cannot be used.
+    """
     config = config or ServerConfig()
+    credentials = server_credentials(config)
+    check_listen(config.listen, "listen")
     engine = Engine(config, metrics)
     chain: list[Any] = list(interceptors or [])
     if config.worker_token or config.caller_token:
         chain.insert(0, TokenAuthInterceptor(worker_token=config.worker_token, caller_token=config.caller_token))
     server = grpc.aio.server(interceptors=chain, options=_grpc_options(config))
-    session_service_pb2_grpc.add_SessionServiceServicer_to_server(SessionServicer(engine), server)
-    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # stubs lack .aio
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server)
-    credentials = _credentials(config)
-    if credentials is None:
-        port = server.add_insecure_port(config.listen)
-    else:
-        port = server.add_secure_port(config.listen, credentials)
-    if port == 0:
-        raise OSError(f"could not bind {config.listen}")
+    # Every service through the one decoding path: no request is parsed by grpc itself.
+    undecodable = decoding.undecodable_warning()
+    decoding.add_service(server, SessionServicer(engine), SERVICE, undecodable)
+    health_servicer = HealthServicer()
+    decoding.add_service(server, health_servicer, HEALTH, undecodable)
+    decoding.add_service(server, reflection.aio.ReflectionServicer(  # type: ignore[attr-defined]  # stubs lack .aio
+        [SERVICE_NAME, HEALTH.full_name, reflection.SERVICE_NAME]), REFLECTION, undecodable)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(config.listen)
+        else:
+            port = server.add_secure_port(config.listen, credentials)
+    except RuntimeError as exc:  # grpc's "Failed to bind": the probe above passed, so a race or an odd address
+        raise StartupError(f"listen {config.listen}: gRPC could not bind it ({exc})") from None
     dashboard = None
     if config.ui_listen is not None:
         from sessiond.ui.http import Dashboard  # aiohttp is imported only when the dashboard is on
@@ -129,11 +135,22 @@ async def create_server(config: ServerConfig | None = None, *,
 
 
 async def serve(config: ServerConfig) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
-    tracer_provider = configure_tracing()
-    metrics, stop_metrics, metrics_port = configure_metrics(config.metrics_listen)
+    """Run until SIGTERM or SIGINT, then shut down gracefully.
+
+    Raises :class:`StartupError` (one line, for the operator) when it cannot start as configured.
+    """
+    if config.metrics_listen:
+        check_listen(config.metrics_listen, "metrics_listen")
+    try:
+        tracer_provider = configure_tracing()
+        metrics, stop_metrics, metrics_port = configure_metrics(config.metrics_listen)
+    except (ValueError, OSError) as exc:  # an unknown exporter in OTEL_*, an unusable metrics address
+        raise StartupError(str(exc)) from None
     server, port = await create_server(config, metrics=metrics)
-    await server.start()
+    try:
+        await server.start()
+    except OSError as exc:  # the dashboard's address (it says which): one line for the operator
+        raise StartupError(str(exc)) from None
     if metrics_port is not None:
         log.info("metrics on http://%s/metrics", config.metrics_listen)
     if config.gc_freeze:

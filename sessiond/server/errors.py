@@ -36,6 +36,7 @@ STATUS_CODES: dict[type[e.SessionError], grpc.StatusCode] = {
     e.NoCapacityError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     e.InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
     e.InvalidRecreateTokenError: grpc.StatusCode.INVALID_ARGUMENT,
+    e.MalformedRequestError: grpc.StatusCode.INVALID_ARGUMENT,
     e.SessionFailedError: grpc.StatusCode.FAILED_PRECONDITION,
     e.SessionClosedError: grpc.StatusCode.FAILED_PRECONDITION,
     e.ActivityAbortedError: grpc.StatusCode.ABORTED,

@@ -17,8 +17,8 @@ from sessiond_client.api.v1 import session_pb2
 from sessiond.config import ServerConfig
 from sessiond.core.errors import InvalidArgumentError, InvalidRecreateTokenError
 from sessiond.core.model import SessionOptions, SessionState, WorkerKey
+from sessiond.core.names import name_problem
 
-MAX_NAME_BYTES = 256
 MAX_TOKEN_BYTES = 4096
 MAX_DURATION = 366 * 24 * 3600.0
 MIN_HEARTBEAT_TIMEOUT = 0.1
@@ -28,11 +28,13 @@ MAX_PAGE_SIZE = 1000
 
 
 def name(value: str, field: str, *, required: bool) -> str:
-    """A name-like string: non-empty when required, at most 256 UTF-8 bytes."""
+    """A name (see :mod:`sessiond.core.names`): non-empty when required, at most 256 UTF-8 bytes,
+    no control characters."""
     if required and not value:
         raise InvalidArgumentError(field, "is required")
-    if len(value.encode()) > MAX_NAME_BYTES:
-        raise InvalidArgumentError(field, f"is longer than {MAX_NAME_BYTES} bytes")
+    problem = name_problem(value)
+    if problem is not None:
+        raise InvalidArgumentError(field, problem)
     return value
 
 
@@ -115,7 +117,8 @@ def page(size: int, token_value: str) -> tuple[int, int]:
     size = page_size(size)
     if not token_value:
         return size, 0
-    if not token_value.isdigit() or len(token_value) > 20:
+    # ASCII digits only: str.isdigit() also accepts "²" and "①", which int() does not.
+    if len(token_value) > 20 or not (token_value.isascii() and token_value.isdigit()):
         raise InvalidArgumentError("page_token", "is not a token this server issued")
     return size, int(token_value)
 
@@ -141,12 +144,16 @@ def worker_page(size: int, token_value: str) -> tuple[int, WorkerKey | None]:
     size = page_size(size)
     if not token_value:
         return size, None
+    not_ours = InvalidArgumentError("page_token", "is not a token this server issued")
+    # Two names as escaped JSON in base64 stay near 2 KiB: anything longer is not ours.
+    if len(token_value) > MAX_TOKEN_BYTES:
+        raise not_ours
     try:
         queue, worker_id = json.loads(base64.urlsafe_b64decode(token_value.encode()))
-    except (ValueError, TypeError, binascii.Error):
-        raise InvalidArgumentError("page_token", "is not a token this server issued") from None
-    if not isinstance(queue, str) or not isinstance(worker_id, str):
-        raise InvalidArgumentError("page_token", "is not a token this server issued")
+    except (ValueError, TypeError, binascii.Error, RecursionError):  # deep nesting: RecursionError
+        raise not_ours from None
+    if not isinstance(queue, str) or not isinstance(worker_id, str) or name_problem(queue) or name_problem(worker_id):
+        raise not_ours
     return size, WorkerKey(queue, worker_id)
 
 

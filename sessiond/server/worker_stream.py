@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 
 from sessiond_client.api.v1 import session_pb2, worker_pb2
 
-from sessiond.core.errors import InvalidArgumentError
+from sessiond.core.errors import InvalidArgumentError, MalformedRequestError
 from sessiond.core.model import SessionRecord, SessionState, WorkerRegistration
 from sessiond.core.resources import ResourceVector
 from sessiond.server import validate
@@ -44,11 +44,16 @@ def held_records(engine: Engine, message: worker_pb2.RegisterWorker) -> list[Ses
     registration stands.
     """
     records = []
+    refused: list[str] = []
     for index, session in enumerate(message.held_sessions):
         try:
             records.append(_record(engine, session, message.task_queue, f"register.held_sessions[{index}]"))
         except InvalidArgumentError as exc:
-            log.warning("worker %s reported a session it cannot get back: %s", message.worker_id, exc.message)
+            refused.append(exc.message)
+    if refused:
+        # One line per registration, however many reports were bad.
+        log.warning("worker %s reported %d sessions it cannot get back (first: %s)", message.worker_id,
+                    len(refused), refused[0])
     return records
 
 
@@ -73,7 +78,11 @@ def _record(engine: Engine, session: session_pb2.Session, task_queue: str, field
 
 async def serve_worker(engine: Engine, requests: AsyncIterator[worker_pb2.WorkerHeartbeatRequest],
                        default_host: str) -> AsyncIterator[worker_pb2.WorkerHeartbeatResponse]:
-    """Run one worker stream; yields the messages to send to the worker."""
+    """Run one worker stream; yields the messages to send to the worker.
+
+    An undecodable first message raises MalformedRequestError (from the request iterator) before
+    anything is registered; one after register ends the stream with that status, never with OK.
+    """
     first = await anext(aiter(requests), None)
     if first is None:
         return
@@ -85,6 +94,8 @@ async def serve_worker(engine: Engine, requests: AsyncIterator[worker_pb2.Worker
     try:
         while (message := await conn.next()) is not None:
             yield message
+        if reader.done() and (malformed := reader.result()) is not None:
+            raise malformed
     finally:
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -93,7 +104,8 @@ async def serve_worker(engine: Engine, requests: AsyncIterator[worker_pb2.Worker
 
 
 async def _read(engine: Engine, conn: WorkerConnection,
-                requests: AsyncIterator[worker_pb2.WorkerHeartbeatRequest]) -> None:
+                requests: AsyncIterator[worker_pb2.WorkerHeartbeatRequest]) -> MalformedRequestError | None:
+    """Hand the worker's messages to the engine; returns the error if one could not be decoded."""
     try:
         async for request in requests:
             try:
@@ -107,8 +119,11 @@ async def _read(engine: Engine, conn: WorkerConnection,
                 break
     except asyncio.CancelledError:
         raise
+    except MalformedRequestError as malformed:  # the worker's fault: its stream ends with this status
+        return malformed
     except Exception as exc:
         # The worker's side of the stream broke (killed, cancelled, network): routine.
         log.debug("worker %s stream ended: %r", conn.key.worker_id, exc)
     finally:
         conn.close()
+    return None

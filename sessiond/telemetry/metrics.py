@@ -204,6 +204,9 @@ def configure_metrics(metrics_listen: str | None, env: Mapping[str, str] | None 
     names = [n.strip() for n in env.get("OTEL_METRICS_EXPORTER", "none").split(",") if n.strip() not in ("", "none")]
     if not metrics_listen and not names:
         return NoMetrics(), lambda: None, None
+    unknown = [n for n in names if n not in ("console", "otlp")]
+    if unknown:  # before anything starts (the Prometheus endpoint below)
+        raise ValueError(f"OTEL_METRICS_EXPORTER: unknown exporter {unknown[0]!r} (otlp, console or none)")
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import (
         ConsoleMetricExporter,
@@ -228,10 +231,8 @@ def configure_metrics(metrics_listen: str | None, env: Mapping[str, str] | None 
         exporter: MetricExporter
         if name == "console":
             exporter = ConsoleMetricExporter()
-        elif name == "otlp":
-            exporter = otlp_metric_exporter(env)
         else:
-            raise ValueError(f"OTEL_METRICS_EXPORTER: unknown exporter {name!r} (otlp, console or none)")
+            exporter = otlp_metric_exporter(env)
         readers.append(PeriodicExportingMetricReader(exporter))
     provider = MeterProvider(metric_readers=readers,
                              resource=Resource.create({"service.name": env.get("OTEL_SERVICE_NAME", "sessiond")}))

@@ -16,6 +16,7 @@ from sessiond_client import (
     FailureCause,
     InvalidArgumentError,
     InvalidRecreateTokenError,
+    MalformedRequestError,
     NoCapacityError,
     PermissionDeniedError,
     RPCError,
@@ -66,6 +67,7 @@ TABLE = [
     ("NO_CAPACITY", Code.RESOURCE_EXHAUSTED, NoCapacityError),
     ("INVALID_ARGUMENT", Code.INVALID_ARGUMENT, InvalidArgumentError),
     ("INVALID_RECREATE_TOKEN", Code.INVALID_ARGUMENT, InvalidRecreateTokenError),
+    ("MALFORMED_REQUEST", Code.INVALID_ARGUMENT, MalformedRequestError),
     ("SESSION_FAILED", Code.FAILED_PRECONDITION, SessionFailedError),
     ("SESSION_CLOSED", Code.FAILED_PRECONDITION, SessionClosedError),
     ("SESSION_FAILED", Code.ABORTED, SessionFailedError),
@@ -113,6 +115,12 @@ def test_missing_or_unknown_cause_is_unspecified(cause: str) -> None:
 def test_cause_accepts_the_prefixed_enum_name() -> None:
     error = SessionFailedError("x", metadata={"cause": "FAILURE_CAUSE_EXECUTION_TIMEOUT"})
     assert error.cause is FailureCause.EXECUTION_TIMEOUT
+
+
+def test_a_malformed_request_is_also_an_invalid_argument() -> None:
+    error = _from_rpc_error(rpc_error(Code.INVALID_ARGUMENT, reason="MALFORMED_REQUEST"))
+    assert isinstance(error, MalformedRequestError)
+    assert isinstance(error, InvalidArgumentError)  # `except InvalidArgumentError` catches both
 
 
 def test_invalid_argument_names_the_field() -> None:

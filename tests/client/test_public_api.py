@@ -20,6 +20,7 @@ EXPECTED = [
     "FailureCause",
     "InvalidArgumentError",
     "InvalidRecreateTokenError",
+    "MalformedRequestError",
     "NoCapacityError",
     "PayloadConverter",
     "PermissionDeniedError",
@@ -100,7 +101,7 @@ def test_every_error_shares_the_one_root() -> None:
         for n in EXPECTED
         if inspect.isclass(getattr(sessiond_client, n)) and issubclass(getattr(sessiond_client, n), Exception)
     ]
-    assert len(errors) == 24
+    assert len(errors) == 25
     assert all(issubclass(e, sessiond_client.SessiondError) for e in errors)
 
 

@@ -25,6 +25,7 @@ SAMPLES: list[core.SessionError] = [
     core.NoCapacityError("full"),
     core.InvalidArgumentError("options.creation_timeout", "must not be negative"),
     core.InvalidRecreateTokenError("garbled"),
+    core.MalformedRequestError("request is not a valid sessiond.v1.CreateSessionRequest: Wire format was corrupt"),
     core.SessionFailedError("s-1", CoreCause.HEARTBEAT_TIMEOUT),
     core.SessionClosedError("s-1"),
     core.ActivityAbortedError("s-1", "SESSION_FAILED", CoreCause.WORKER_LOST),

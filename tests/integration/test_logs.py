@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import sys
 
 import pytest
 
@@ -54,3 +55,29 @@ def test_json_format_puts_the_ids_in_fields_and_text_format_appends_them() -> No
         "level": "INFO", "logger": "sessiond.engine", "message": "session failed",
         "session_id": "s-1", "cause": "WORKER_LOST"}
     assert TextFormatter().format(record).endswith("session failed session_id=s-1 cause=WORKER_LOST")
+
+
+def test_text_format_never_writes_raw_control_characters_from_peer_values() -> None:
+    forged = "w1\n2026-01-01 00:00:00,000 INFO sessiond.engine worker joined worker_id=admin\x1b[2K\x00\u2028"
+    record = logging.LogRecord("sessiond.engine", logging.INFO, __file__, 1, "worker %s said %r", (forged, "x"), None)
+    record.worker_id = forged
+
+    line = TextFormatter().format(record)
+
+    assert "\n" not in line and "\x1b" not in line and "\x00" not in line and "\u2028" not in line
+    assert len(line.splitlines()) == 1
+    assert "worker_id=w1\\n2026-01-01" in line, line  # escaped, still readable
+    assert "\\x1b[2K\\x00\\u2028" in line, line
+
+
+def test_text_format_keeps_a_traceback_on_its_own_lines() -> None:
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        record = logging.LogRecord("sessiond.server", logging.ERROR, __file__, 1, "internal\nerror", None,
+                                   sys.exc_info())
+    lines = TextFormatter().format(record).splitlines()
+
+    assert lines[0].endswith("internal\\nerror")
+    assert lines[1] == "Traceback (most recent call last):"
+    assert lines[-1] == "RuntimeError: boom"

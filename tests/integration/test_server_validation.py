@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,10 @@ LONG = "x" * 257
 LONG_UTF8 = "é" * 129  # 129 characters, 258 bytes: the limit counts bytes
 UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
 TOKEN = b"sdrt\x01" + b"\x00" * 4 + b"{}"  # shaped like a token; options are checked first
+NUL = "a\x00b"
+NEWLINE = "forged\n2026-01-01 00:00:00,000 INFO sessiond.engine worker joined"
+ESCAPE = "\x1b[31mred"
+DEEP_JSON_TOKEN = base64.urlsafe_b64encode(b"[" * 1500).decode()  # json.loads: RecursionError
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,16 @@ CASES: dict[str, Case] = {
     "create-tiny-heartbeat-timeout": Case(
         "CreateSession", svc.CreateSessionRequest(task_queue="q", options=options(heartbeat=0.001)),
         "options.heartbeat_timeout"),
+    "create-nul-task-queue": Case("CreateSession", svc.CreateSessionRequest(task_queue=NUL), "task_queue"),
+    "create-escape-task-queue": Case("CreateSession", svc.CreateSessionRequest(task_queue=ESCAPE), "task_queue"),
+    "create-newline-owner": Case("CreateSession", svc.CreateSessionRequest(task_queue="q", owner=NEWLINE), "owner"),
+    "create-nul-request-id": Case("CreateSession", svc.CreateSessionRequest(task_queue="q", request_id=NUL),
+                                  "request_id"),
+    "create-del-request-id": Case("CreateSession", svc.CreateSessionRequest(task_queue="q", request_id="a\x7f"),
+                                  "request_id"),
+    "create-c1-owner": Case("CreateSession", svc.CreateSessionRequest(task_queue="q", owner="a\x85b"), "owner"),
+    "create-line-separator-owner": Case("CreateSession", svc.CreateSessionRequest(task_queue="q", owner="a\u2028b"),
+                                        "owner"),
     # RecreateSession
     "recreate-empty-token": Case("RecreateSession", svc.RecreateSessionRequest(), "recreate_token",
                                  reason="INVALID_RECREATE_TOKEN"),
@@ -86,7 +101,12 @@ CASES: dict[str, Case] = {
                                 "owner"),
     "recreate-long-request-id": Case(
         "RecreateSession", svc.RecreateSessionRequest(recreate_token=TOKEN, request_id=LONG), "request_id"),
+    "recreate-nul-owner": Case("RecreateSession", svc.RecreateSessionRequest(recreate_token=TOKEN, owner=NUL),
+                               "owner"),
+    "recreate-newline-request-id": Case(
+        "RecreateSession", svc.RecreateSessionRequest(recreate_token=TOKEN, request_id=NEWLINE), "request_id"),
     # CompleteSession
+    "complete-nul-id": Case("CompleteSession", svc.CompleteSessionRequest(session_id=NUL), "session_id"),
     "complete-empty-id": Case("CompleteSession", svc.CompleteSessionRequest(), "session_id"),
     "complete-long-id": Case("CompleteSession", svc.CompleteSessionRequest(session_id=LONG), "session_id"),
     "complete-unknown-id": Case("CompleteSession", svc.CompleteSessionRequest(session_id=UNKNOWN_ID), UNKNOWN_ID,
@@ -96,7 +116,10 @@ CASES: dict[str, Case] = {
     "get-long-id": Case("GetSessionInfo", svc.GetSessionInfoRequest(session_id=LONG_UTF8), "session_id"),
     "get-unknown-id": Case("GetSessionInfo", svc.GetSessionInfoRequest(session_id=UNKNOWN_ID), UNKNOWN_ID,
                            NOT_FOUND, "SESSION_NOT_FOUND"),
+    "get-newline-id": Case("GetSessionInfo", svc.GetSessionInfoRequest(session_id=NEWLINE), "session_id"),
     # ExecuteActivity
+    "activity-nul-session-id": Case("ExecuteActivity", _activity(session_id=NUL), "session_id"),
+    "activity-escape-type": Case("ExecuteActivity", _activity(activity_type=ESCAPE), "activity_type"),
     "activity-empty-session-id": Case("ExecuteActivity", _activity(session_id=""), "session_id"),
     "activity-long-session-id": Case("ExecuteActivity", _activity(session_id=LONG), "session_id"),
     "activity-empty-type": Case("ExecuteActivity", _activity(activity_type=""), "activity_type"),
@@ -111,7 +134,16 @@ CASES: dict[str, Case] = {
     "watch-long-id": Case("WatchSession", svc.WatchSessionRequest(session_id=LONG), "session_id"),
     "watch-unknown-id": Case("WatchSession", svc.WatchSessionRequest(session_id=UNKNOWN_ID), UNKNOWN_ID,
                              NOT_FOUND, "SESSION_NOT_FOUND"),
+    "watch-nul-id": Case("WatchSession", svc.WatchSessionRequest(session_id=NUL), "session_id"),
     # ListSessions
+    "list-sessions-superscript-page-token": Case("ListSessions", svc.ListSessionsRequest(page_token="\u00b2"),
+                                                 "page_token"),
+    "list-sessions-circled-page-token": Case("ListSessions", svc.ListSessionsRequest(page_token="\u2460"),
+                                             "page_token"),
+    "list-sessions-arabic-indic-page-token": Case("ListSessions", svc.ListSessionsRequest(page_token="\u0661"),
+                                                  "page_token"),
+    "list-sessions-nul-task-queue": Case("ListSessions", svc.ListSessionsRequest(task_queue=NUL), "task_queue"),
+    "list-sessions-newline-owner": Case("ListSessions", svc.ListSessionsRequest(owner=NEWLINE), "owner"),
     "list-sessions-bad-page-token": Case("ListSessions", svc.ListSessionsRequest(page_token="abc"), "page_token"),
     "list-sessions-negative-page-token": Case("ListSessions", svc.ListSessionsRequest(page_token="-1"),
                                               "page_token"),
@@ -125,6 +157,12 @@ CASES: dict[str, Case] = {
     "list-workers-bad-page-token": Case("ListWorkers", svc.ListWorkersRequest(page_token="next"), "page_token"),
     "list-workers-negative-page-size": Case("ListWorkers", svc.ListWorkersRequest(page_size=-5), "page_size"),
     "list-workers-long-task-queue": Case("ListWorkers", svc.ListWorkersRequest(task_queue=LONG), "task_queue"),
+    "list-workers-deep-json-page-token": Case("ListWorkers", svc.ListWorkersRequest(page_token=DEEP_JSON_TOKEN),
+                                              "page_token"),
+    "list-workers-non-utf8-page-token": Case(
+        "ListWorkers", svc.ListWorkersRequest(page_token=base64.urlsafe_b64encode(b"\xff\xfe[").decode()),
+        "page_token"),
+    "list-workers-escape-task-queue": Case("ListWorkers", svc.ListWorkersRequest(task_queue=ESCAPE), "task_queue"),
     # WorkerHeartbeat (the first message)
     "stream-first-heartbeat": Case(
         "WorkerHeartbeat", worker_pb2.WorkerHeartbeatRequest(heartbeat=worker_pb2.Heartbeat()), "register"),
@@ -139,6 +177,11 @@ CASES: dict[str, Case] = {
     "stream-register-long-worker-id": Case("WorkerHeartbeat", _register(worker_id=LONG), "register.worker_id"),
     "stream-register-long-identity": Case("WorkerHeartbeat", _register(identity=LONG), "register.identity"),
     "stream-register-long-host-name": Case("WorkerHeartbeat", _register(host_name=LONG_UTF8), "register.host_name"),
+    "stream-register-nul-task-queue": Case("WorkerHeartbeat", _register(task_queue=NUL), "register.task_queue"),
+    "stream-register-newline-worker-id": Case("WorkerHeartbeat", _register(worker_id=NEWLINE),
+                                              "register.worker_id"),
+    "stream-register-escape-identity": Case("WorkerHeartbeat", _register(identity=ESCAPE), "register.identity"),
+    "stream-register-nul-host-name": Case("WorkerHeartbeat", _register(host_name=NUL), "register.host_name"),
     "stream-register-negative-capacity": Case("WorkerHeartbeat", _register(max_concurrent_sessions=-1),
                                               "register.max_concurrent_sessions"),
 }

@@ -610,6 +610,20 @@ def test_a_retried_create_while_waiting_returns_the_same_waiter_then_its_session
     assert len(session.worker.sessions) == 1
 
 
+def test_request_ids_are_scoped_by_the_whole_request_not_a_joined_string() -> None:
+    # The core takes names as given (the server rejects NUL in names); its keys must not collide
+    # however the parts are split: ("a\x00b", "c") and ("a", "b\x00c") are different requests.
+    table = new_table()
+    connect(table, "w1", 5, task_queue="a\x00b")
+    connect(table, "w2", 5, task_queue="a")
+
+    first = create_placed(table, 0.0, task_queue="a\x00b", request_id="c")
+    second = create_placed(table, 1.0, task_queue="a", request_id="b\x00c")
+
+    assert second is not first
+    assert (first.task_queue, second.task_queue) == ("a\x00b", "a")
+
+
 def test_a_retried_recreate_returns_the_same_session() -> None:
     table = new_table()
     worker = connect(table, "w", 5)

@@ -34,7 +34,11 @@ def test_tokens_of_different_workers_differ() -> None:
     assert encode_token(KEY) != encode_token(WorkerKey("other", "worker-7"))
 
 
-@given(task_queue=st.text(min_size=1, max_size=64), worker_id=st.text(min_size=1, max_size=64))
+# Names a server accepts: no control characters, no lone surrogates (not UTF-8).
+NAMES = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), min_size=1, max_size=64)
+
+
+@given(task_queue=NAMES, worker_id=NAMES)
 def test_any_worker_key_survives_a_round_trip(task_queue: str, worker_id: str) -> None:
     key = WorkerKey(task_queue, worker_id)
     assert decode_token(encode_token(key)) == key
@@ -76,6 +80,15 @@ def _flip_checksum(token: bytes) -> bytes:
         pytest.param(_v1(b'{"q": 1, "w": "a"}'), id="task-queue-not-a-string"),
         pytest.param(_v1(b'{"q": "a", "w": ["b"]}'), id="worker-id-not-a-string"),
         pytest.param(_v1(b"[" * 100_000 + b"]" * 100_000), id="checksummed-deeply-nested-json"),
+        pytest.param(_v1(b'{"q": {"q": ' * 5_000 + b"1" + b"}" * 5_000 + b', "w": "a"}'), id="deeply-nested-object"),
+        pytest.param(_v1(b'{"q": ' + b"1" * 5_000 + b', "w": "a"}'), id="huge-integer"),
+        pytest.param(_v1(b'{"q": 1e999, "w": "a"}'), id="infinite-float"),
+        pytest.param(_v1(b'{"q": NaN, "w": "a"}'), id="nan"),
+        pytest.param(_v1(b'{"q": "a\\u0000b", "w": "w"}'), id="nul-in-task-queue"),
+        pytest.param(_v1(b'{"q": "a", "w": "w\\nforged log line"}'), id="newline-in-worker-id"),
+        pytest.param(_v1(b'{"q": "a", "w": "\\u001b[31m"}'), id="escape-in-worker-id"),
+        pytest.param(_v1(b'{"q": "a", "w": "\\ud800"}'), id="lone-surrogate"),
+        pytest.param(_v1(b'{"q": "' + b"x" * 300 + b'", "w": "a"}'), id="task-queue-longer-than-a-name"),
     ],
 )
 def test_anything_but_a_sessiond_token_is_rejected(token: bytes) -> None:

@@ -108,6 +108,15 @@ class InvalidArgumentError(SessiondError):
         return self.metadata.get("field") or None
 
 
+class MalformedRequestError(InvalidArgumentError):
+    """The server could not decode the request at all (corrupt bytes, invalid UTF-8 in a string).
+
+    A subclass of :class:`InvalidArgumentError`: both mean "this request can never succeed as sent".
+    """
+
+    REASON = "MALFORMED_REQUEST"
+
+
 class InvalidRecreateTokenError(SessiondError):
     """The recreate token is malformed or was not made by this sessiond. No slot was taken."""
 
@@ -325,6 +334,7 @@ _REASONS: dict[str, type[SessiondError]] = {
         NoCapacityError,
         InvalidArgumentError,
         InvalidRecreateTokenError,
+        MalformedRequestError,
         SessionFailedError,
         SessionClosedError,
         SessionCompletedError,
