@@ -33,14 +33,17 @@ from typing import Any
 
 from bench import report
 from bench.common import cpu_seconds, rss_kb
+from bench.outlive import scenario_outlive
 from bench.procs import PY, REPO, ChildError, Proc, free_port, run_once, wait_port
 from bench.stats import percentile, ratio, spread
 from sessiond.ui import POLL_INTERVAL_MS
 
-SCENARIOS = ("core", "kill9", "frozen_worker", "scale", "tracing", "dashboard")
+SCENARIOS = ("core", "kill9", "frozen_worker", "scale", "tracing", "dashboard", "outlive")
+# Scenarios that produce several rows of the table (one JSON entry each).
+MULTI_ROW = ("core", "outlive")
 # The JSON has one entry per row of the table (core yields three of them).
 RESULT_KEYS = ("create_complete", "execute_activity_1", "execute_activity_64", "kill9", "frozen_worker", "scale",
-               "tracing", "dashboard")
+               "tracing", "dashboard", "server_restart", "worker_restart", "caller_lost")
 
 
 @dataclass(frozen=True)
@@ -65,14 +68,19 @@ class Sizes:
     tracing_runs: int
     tracing_in_flight: int
     dashboard_runs: int
+    outlive_runs: int
+    outlive_sessions: int
+    caller_timeout: float
 
 
 FULL = Sizes(core_reps=4, warmup=1.0, duration=3.0, kill_runs=3, kills=20, echo_kills=10, frozen_runs=3, frozen=8,
              heartbeat_timeout=1.0, scale_runs=3, levels=(10, 1000, 10_000), sessions=100_000, probe_warmup=1.0,
-             probe_duration=3.0, idle_seconds=2.0, tracing_runs=3, tracing_in_flight=64, dashboard_runs=6)
+             probe_duration=3.0, idle_seconds=2.0, tracing_runs=3, tracing_in_flight=64, dashboard_runs=6,
+             outlive_runs=3, outlive_sessions=1000, caller_timeout=5.0)
 SMOKE = Sizes(core_reps=1, warmup=0.2, duration=0.5, kill_runs=1, kills=3, echo_kills=2, frozen_runs=1, frozen=2,
               heartbeat_timeout=0.5, scale_runs=1, levels=(10, 40, 80), sessions=400, probe_warmup=0.2,
-              probe_duration=0.5, idle_seconds=0.3, tracing_runs=1, tracing_in_flight=16, dashboard_runs=1)
+              probe_duration=0.5, idle_seconds=0.3, tracing_runs=1, tracing_in_flight=16, dashboard_runs=1,
+              outlive_runs=1, outlive_sessions=20, caller_timeout=1.0)
 
 WORKER_STREAMS_PER_PROCESS = 1250
 
@@ -795,7 +803,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = SMOKE if args.smoke else FULL
     if args.runs:
         sizes = replace(sizes, core_reps=args.runs, kill_runs=args.runs, frozen_runs=args.runs,
-                        scale_runs=args.runs, tracing_runs=args.runs, dashboard_runs=args.runs)
+                        scale_runs=args.runs, tracing_runs=args.runs, dashboard_runs=args.runs,
+                        outlive_runs=args.runs)
     out_dir = args.out or (REPO / "bench" / "out" / "smoke" if args.smoke else REPO / "bench")
     out_dir.mkdir(parents=True, exist_ok=True)
     logs = (out_dir / "logs") if args.out else (REPO / "bench" / "out" / ("smoke-logs" if args.smoke else "logs"))
@@ -812,7 +821,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     runners: dict[str, Callable[[Ctx], Any]] = {
         "core": scenario_core, "kill9": scenario_kill9, "frozen_worker": scenario_frozen, "scale": scenario_scale,
-        "tracing": scenario_tracing, "dashboard": scenario_dashboard,
+        "tracing": scenario_tracing, "dashboard": scenario_dashboard, "outlive": scenario_outlive,
     }
     failed = []
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -830,7 +839,7 @@ def main(argv: list[str] | None = None) -> int:
                 Proc.stop_all()
                 continue
             elapsed = round(time.monotonic() - t0, 1)
-            if name == "core":
+            if name in MULTI_ROW:
                 for key, value in produced.items():
                     results["scenarios"][key] = {**value, "seconds": elapsed}
             else:

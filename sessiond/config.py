@@ -57,6 +57,21 @@ class ServerConfig:
     heartbeat_timeout: timedelta = field(
         default=timedelta(seconds=20), metadata={"help": "Default heartbeat_timeout of a session."}
     )
+    caller_timeout: timedelta = field(
+        default=timedelta(0),
+        metadata={"help": "Default caller_timeout of a session: unattended this long, it fails CALLER_LOST "
+                          "(0 = never)."},
+    )
+    reattach_timeout: timedelta = field(
+        default=timedelta(0),
+        metadata={"help": "Default reattach_timeout of a session: how long it waits, detached, for its worker to "
+                          "register again after its stream ended without a goodbye (0 = fail WORKER_LOST at once)."},
+    )
+    recovery_window: timedelta = field(
+        default=timedelta(seconds=30),
+        metadata={"help": "After start, how long sessions that reconnecting workers report are adopted (unknown "
+                          "ids answer UNAVAILABLE RECOVERING meanwhile); workers hold their sessions this long."},
+    )
     activity_timeout: timedelta = field(
         default=timedelta(minutes=5), metadata={"help": "Default start_to_close_timeout of an activity."}
     )
@@ -152,6 +167,9 @@ class ServerConfig:
             "retention",
             "max_heartbeat_interval",
             "shutdown_grace",
+            "caller_timeout",
+            "reattach_timeout",
+            "recovery_window",
         ):
             if getattr(self, name) < timedelta(0):
                 raise ValueError(f"{name} must not be negative")

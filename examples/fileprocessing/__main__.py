@@ -6,7 +6,10 @@ It starts sessiond, a small local file server and two workers, then runs three s
 2. the session's worker is killed (SIGKILL) mid-way: the caller gets ``SessionFailedError``
    with the cause at once;
 3. continue-as-new: run 1 completes its session and keeps the recreate token; run 2 recreates
-   the session on the same worker and finds the file run 1 left on that worker's disk.
+   the session on the same worker and finds the file run 1 left on that worker's disk;
+4. the worker process restarts mid-session (kill -9, then the same worker id and scratch
+   directory): the session waits for it (``reattach_timeout``), the new process gets it back,
+   finds the downloaded file on disk and the caller's next steps continue there.
 
 Exits 0 when every scenario behaved as it should.
 """
@@ -19,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +37,7 @@ from examples.fileprocessing.workflow import (
     continue_on_same_worker,
     download_then_continue,
     some_file_processing_workflow,
+    survive_a_worker_restart,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,10 +98,15 @@ class Processes:
             [sys.executable, "-m", "sessiond", "serve", "--listen", self.target, "--log-level", "WARNING"],
             env=self.env, cwd=ROOT)
 
-    def start_worker(self, name: str) -> None:
+    def start_worker(self, name: str, *extra: str) -> None:
         self.workers[name] = subprocess.Popen(
-            [sys.executable, "-m", "examples.fileprocessing.worker", "--target", self.target, "--name", name],
-            env=self.env, cwd=ROOT, stdout=subprocess.DEVNULL)
+            [sys.executable, "-m", "examples.fileprocessing.worker", "--target", self.target, "--name", name, *extra],
+            env=self.env, cwd=ROOT, stdout=None if extra else subprocess.DEVNULL)
+
+    def stop_worker(self, name: str) -> None:
+        proc = self.workers.pop(name)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
 
     def kill_worker(self, name: str) -> None:
         proc = self.workers.pop(name)
@@ -195,9 +205,34 @@ async def run_demo(procs: Processes, files: str) -> bool:
         same = all(s["worker"] == downloaded["worker"] for s in steps)
         print(f"    run 2 landed on run 1's worker and found its file: {same}")
         ok &= same
+        print()
+
+        ok &= await _restart_scenario(procs, client, files)
     finally:
         await client.close()
     return ok
+
+
+async def _restart_scenario(procs: Processes, client: SessionClient, files: str) -> bool:
+    print("4. the worker process restarts mid-session and continues from its disk")
+    for name in list(procs.workers):
+        procs.stop_worker(name)  # only the restartable worker takes this session
+    with tempfile.TemporaryDirectory(prefix="worker-R-") as scratch:
+        restartable = ("--worker-id", "worker-R", "--scratch", scratch)
+        procs.start_worker("worker-R", *restartable)
+        await _until("worker-R", lambda: _has_workers(client, 1))
+
+        async def restart(name: str) -> None:
+            print(f"    kill -9 {name} after the download; starting it again (same worker id and scratch)")
+            procs.kill_worker(name)
+            procs.start_worker("worker-R", *restartable)
+
+        steps = await survive_a_worker_restart(client, f"{files}/input.txt", f"{files}/upload", restart)
+    for label, result in zip(("download", "process", "upload"), steps, strict=True):
+        _step(label, result)
+    continued = bool(steps[0]["worker"] == steps[1]["worker"] == "worker-R" and steps[0]["pid"] != steps[1]["pid"])
+    print(f"    one session, two worker processes, the file found on disk: {continued}")
+    return continued
 
 
 async def _has_workers(client: SessionClient, n: int) -> bool:

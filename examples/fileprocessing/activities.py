@@ -3,11 +3,16 @@
 ``download`` fetches a file over HTTP into the worker's *local* scratch directory,
 ``process`` reads that local file and writes a result beside it, ``upload`` POSTs the result
 back. Only the worker that downloaded the file has it on disk.
+
+Each step also notes what it left on disk for its session (``<scratch>/sessions/<id>.json``), so a
+worker process that restarts with the same worker id and scratch directory can tell, when the
+server gives it its sessions back, whether it can continue them (:func:`can_continue`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 import time
@@ -19,6 +24,26 @@ from sessiond_client import activity
 
 SCRATCH = Path(os.environ.get("FILEPROCESSING_SCRATCH", "/tmp"))
 WORKER_NAME = os.environ.get("FILEPROCESSING_WORKER", f"worker-{os.getpid()}")
+
+
+def _journal(session_id: str) -> Path:
+    return SCRATCH / "sessions" / f"{session_id}.json"
+
+
+def _note(path: Path) -> None:
+    """Record that the current session has ``path`` on this worker's disk."""
+    journal = _journal(activity.info().session_id)
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    files = json.loads(journal.read_text())["files"] if journal.exists() else []
+    journal.write_text(json.dumps({"files": [*files, str(path)]}))
+
+
+def can_continue(session_id: str) -> bool:
+    """True when every file the session left on this worker's disk is still there."""
+    journal = _journal(session_id)
+    if not journal.exists():
+        return False
+    return all(Path(p).exists() for p in json.loads(journal.read_text())["files"])
 
 
 def _where() -> dict[str, Any]:
@@ -33,6 +58,7 @@ def download(url: str) -> dict[str, Any]:
     local = SCRATCH / name
     with urllib.request.urlopen(url, timeout=10) as response:
         local.write_bytes(response.read())
+    _note(local)
     return {**_where(), "path": str(local), "bytes": local.stat().st_size}
 
 
@@ -53,6 +79,7 @@ def process(path: str, slow_seconds: float = 0.0) -> dict[str, Any]:
     text = source.read_text()
     result = source.with_suffix(".processed.txt")
     result.write_text(text.upper())
+    _note(result)
     return {**_where(), "path": str(result), "words": len(text.split())}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -18,6 +19,21 @@ async def some_file_processing_workflow(
         TASK_QUEUE, creation_timeout=timedelta(seconds=10), execution_timeout=timedelta(minutes=5),
     ) as session:
         downloaded = await session.execute_activity("download", source_url)
+        processed = await session.execute_activity("process", downloaded["path"])
+        uploaded = await session.execute_activity("upload", processed["path"], upload_url)
+        return [downloaded, processed, uploaded]
+
+
+async def survive_a_worker_restart(client: SessionClient, source_url: str, upload_url: str,
+                                   restart: Callable[[str], Awaitable[None]]) -> list[dict[str, Any]]:
+    """Download, then the worker process restarts (``restart``), then process and upload: the session
+    waits for its worker (``reattach_timeout``) and the restarted process continues from its disk."""
+    async with client.create_session(
+        TASK_QUEUE, creation_timeout=timedelta(seconds=10), reattach_timeout=timedelta(seconds=30),
+    ) as session:
+        downloaded = await session.execute_activity("download", source_url)
+        await restart(downloaded["worker"])
+        # Sent as soon as the restarted worker has the session back (it waits meanwhile).
         processed = await session.execute_activity("process", downloaded["path"])
         uploaded = await session.execute_activity("upload", processed["path"], upload_url)
         return [downloaded, processed, uploaded]

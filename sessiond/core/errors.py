@@ -209,3 +209,50 @@ class ShuttingDownError(SessionError):
     """The server is shutting down; retry against another (or the restarted) server."""
 
     reason = "SHUTTING_DOWN"
+
+
+class WorkerDetachedError(SessionError):
+    """An activity in flight ended because its worker's stream ended and the session detached.
+
+    The session stays OPEN (it waits ``reattach_timeout`` for the worker); the activity's outcome
+    is unknown: it may have run, partly or fully.
+    """
+
+    reason = "WORKER_DETACHED"
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(
+            f"the worker of session {session_id} went away while the activity ran (outcome unknown); "
+            "the session waits for it to reattach",
+            metadata={"session_id": session_id},
+        )
+        self.session_id = session_id
+
+
+class RecoveringError(SessionError):
+    """The server restarted and is still rebuilding its table from the workers' reports: retry."""
+
+    reason = "RECOVERING"
+
+
+class WorkerIdInUseError(SessionError):
+    """A live process is registered with this worker_id; this registration displaced nothing.
+
+    ``stale_after`` is how many seconds the live registration stays live without being heard from:
+    retrying is worth it only that long.
+    """
+
+    reason = "WORKER_ID_IN_USE"
+
+    def __init__(self, task_queue: str, worker_id: str, stale_after: float) -> None:
+        super().__init__(
+            f"worker_id {worker_id!r} of task queue {task_queue!r} is in use by a live worker process",
+            metadata={"worker_id": worker_id, "task_queue": task_queue, "stale_after_seconds": f"{stale_after:.3f}"},
+        )
+        self.worker_id = worker_id
+        self.stale_after = stale_after
+
+
+class AdoptionRefusedError(Exception):
+    """A session record could not be adopted (not a :class:`SessionError`: it never reaches a caller;
+    the worker that reported the session just does not get it back)."""

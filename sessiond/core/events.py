@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sessiond.core.errors import SessionError
-from sessiond.core.model import Activity, Session
+from sessiond.core.model import Activity, Session, Worker
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,4 +44,23 @@ class ActivityEnded:
     error: SessionError
 
 
-Event = SessionPlaced | SessionEnded | WaiterFailed | ActivityEnded
+@dataclass(frozen=True, slots=True)
+class WorkerRegistered:
+    """A worker registered; tell it (first on its stream) which sessions it holds from now on besides
+    those a SessionPlaced brings: ``reattached`` (detached sessions it got back, and sessions adopted
+    from its report). Activities that waited for a reattached session's worker may be sent now."""
+
+    worker: Worker
+    reattached: tuple[Session, ...]
+    # The subset of ``reattached`` this table did not know before: adopted from the worker's report.
+    adopted: tuple[Session, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SessionDetached:
+    """The session's worker went away; the session waits (OPEN, slot kept) for it to reattach."""
+
+    session: Session
+
+
+Event = SessionPlaced | SessionEnded | WaiterFailed | ActivityEnded | WorkerRegistered | SessionDetached

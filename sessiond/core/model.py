@@ -31,6 +31,7 @@ class FailureCause(enum.IntEnum):
     HEARTBEAT_TIMEOUT = 2
     EXECUTION_TIMEOUT = 3
     WORKER_SHUTDOWN = 4
+    CALLER_LOST = 5
 
 
 # The lifecycle, in one table: the states each state may move to.
@@ -48,6 +49,10 @@ class SessionOptions:
     creation_timeout: float = 60.0
     execution_timeout: float = 24 * 3600.0
     heartbeat_timeout: float = 20.0
+    # 0 = the session never fails for want of a caller.
+    caller_timeout: float = 0.0
+    # 0 = the session fails WORKER_LOST at once when its worker's stream ends without a goodbye.
+    reattach_timeout: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +80,28 @@ class WorkerRegistration:
     identity: str
     host_name: str
     capacity: ResourceVector
+    # Unique per worker process: a registration from the same process replaces its own earlier
+    # stream at once (that stream is dead from the worker's side), even while it still looks live.
+    instance_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """What a session is, independent of the table that holds it: the input of adoption.
+
+    A restarted server gets it from a worker's report (the ``Session`` it was given); a replica
+    taking over a worker (SPEC §6.5) would get it from the store. Times are the adopter's monotonic
+    seconds (the transport layer converts the wall-clock timestamps).
+    """
+
+    session_id: str
+    task_queue: str
+    options: SessionOptions
+    owner: str
+    request_id: str
+    recreated: bool
+    placed_at: float
+    expire_at: float
 
 
 @dataclass(slots=True, eq=False)
@@ -97,6 +124,16 @@ class Session:
     activities: set[str] = field(default_factory=set)
     # request_id scoped to the request it came with (the key of the idempotency index).
     request_key: RequestKey = ()
+    # Placed by RecreateSession (its request_id is scoped to the worker, not the queue).
+    recreated: bool = False
+    # When the session joined its worker's liveness group: placement, re-attachment or adoption.
+    # Non-decreasing in group order, which lets a group keep one deadline.
+    live_from: float = 0.0
+    # Set while the worker's stream is gone and the session waits for it (reattach_timeout).
+    detached_at: float | None = None
+    # Caller liveness: the last RPC on the session, and how many WatchSessions are open on it.
+    caller_seen: float = 0.0
+    watchers: int = 0
     # Activities started in this session so far (operator views: a session that ran none for hours is stuck).
     activity_count: int = 0
 
@@ -112,6 +149,7 @@ class Worker:
     capacity: ResourceVector
     connected_at: float
     last_seen: float
+    instance_id: str = ""
     used: ResourceVector = field(default_factory=ResourceVector)
     sessions: set[str] = field(default_factory=set)
     connected: bool = True

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import math
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from sessiond.core.deadlines import DeadlineQueue
@@ -28,22 +29,28 @@ from sessiond.core.errors import (
     ActivityAbortedError,
     ActivityHeartbeatTimeoutError,
     ActivityTimeoutError,
+    AdoptionRefusedError,
     CreationTimeoutError,
     ExistingOpenSessionError,
     IllegalTransitionError,
     NoCapacityError,
+    RecoveringError,
     SessionClosedError,
     SessionFailedError,
     SessionNotFoundError,
     TooManyWaitersError,
+    WorkerDetachedError,
+    WorkerIdInUseError,
     WorkerUnavailableError,
 )
 from sessiond.core.events import (
     ActivityEnded,
     Event,
+    SessionDetached,
     SessionEnded,
     SessionPlaced,
     WaiterFailed,
+    WorkerRegistered,
 )
 from sessiond.core.model import (
     TRANSITIONS,
@@ -53,6 +60,7 @@ from sessiond.core.model import (
     RequestKey,
     Session,
     SessionOptions,
+    SessionRecord,
     SessionState,
     Waiter,
     Worker,
@@ -74,6 +82,7 @@ _FAILURE_TEXT = {
     FailureCause.HEARTBEAT_TIMEOUT: "no heartbeat from the worker within heartbeat_timeout",
     FailureCause.EXECUTION_TIMEOUT: "the session reached its execution_timeout",
     FailureCause.WORKER_SHUTDOWN: "the worker shut down while the session was open",
+    FailureCause.CALLER_LOST: "no caller attended the session (no watch, no RPC) within caller_timeout",
 }
 
 
@@ -92,6 +101,7 @@ class SessionTable:
         new_id: Callable[[], str] = _uuid,
         max_waiters: int | None = None,
         max_waiters_per_queue: int | None = None,
+        recovering_until: float = -math.inf,
     ) -> None:
         """Create an empty table.
 
@@ -101,9 +111,13 @@ class SessionTable:
             new_id: id factory for sessions, waiters and activities (UUID4 by default).
             max_waiters: most Creates/Recreates waiting at once, all queues together (None = no cap).
             max_waiters_per_queue: most waiting at once per task queue (None = no cap).
+            recovering_until: the end of the recovery window of a restarted server: until then an
+                unknown session id may still be reported by its worker (RECOVERING, not NOT_FOUND),
+                and sessions that registering workers report are adopted.
         """
         self.retention = retention
         self.max_heartbeat_interval = max_heartbeat_interval
+        self.recovering_until = recovering_until
         self._new_id = new_id
         self.registry = WorkerRegistry()
         self._sessions: dict[str, Session] = {}
@@ -116,6 +130,13 @@ class SessionTable:
         self._waiter_deadlines: DeadlineQueue[str] = DeadlineQueue()
         self._activity_deadlines: DeadlineQueue[str] = DeadlineQueue()
         self._worker_deadlines: DeadlineQueue[WorkerKey] = DeadlineQueue()
+        # Caller liveness, one entry per OPEN session with a caller_timeout, re-armed lazily: an RPC
+        # only stamps session.caller_seen (O(1)); the entry is re-checked when it comes due.
+        self._caller_deadlines: DeadlineQueue[str] = DeadlineQueue()
+        # Detached sessions: when each fails unless its worker registers again.
+        self._reattach_deadlines: DeadlineQueue[str] = DeadlineQueue()
+        # The last stream of a worker whose sessions are detached: it keeps their slots counted.
+        self._detached: dict[WorkerKey, Worker] = {}
         self._waiters: dict[str, Waiter] = {}
         self._queue_waiters: dict[str, deque[Waiter]] = {}
         self._worker_waiters: dict[WorkerKey, deque[Waiter]] = {}
@@ -141,7 +162,7 @@ class SessionTable:
         # Called after every mutation (the engine re-arms its timer): no temporary list.
         best = self._session_deadlines.peek()
         for queue in (self._liveness_deadlines, self._waiter_deadlines, self._activity_deadlines,
-                      self._worker_deadlines):
+                      self._worker_deadlines, self._caller_deadlines, self._reattach_deadlines):
             t = queue.peek()
             if t is not None and (best is None or t < best):
                 best = t
@@ -172,6 +193,10 @@ class SessionTable:
             self._session_due(now, self._sessions[sid])
         for key, timeout in self._liveness_deadlines.pop_due(now):
             self._liveness_due(now, self.registry.workers[key], timeout)
+        for sid in self._reattach_deadlines.pop_due(now):
+            self._end(now, self._sessions[sid], SessionState.FAILED, FailureCause.WORKER_LOST)
+        for sid in self._caller_deadlines.pop_due(now):
+            self._caller_due(now, self._sessions[sid])
         for wid in self._waiter_deadlines.pop_due(now):
             self._expire_waiter(self._waiters[wid])
         for aid in self._activity_deadlines.pop_due(now):
@@ -189,8 +214,8 @@ class SessionTable:
         """Fail the sessions of one liveness group whose worker has been silent for ``timeout``."""
         group = worker.liveness[timeout]
         for session in list(group.values()):
-            anchor = max(worker.last_seen, session.placed_at)
-            # Placement order: every later session is due later still (a later anchor is credited
+            anchor = max(worker.last_seen, session.live_from)
+            # Group order: every later session is due later still (a later anchor is credited
             # less pause, but never by more than it is later).
             if anchor + timeout + self.pauses.since(anchor) > now:
                 break
@@ -201,24 +226,142 @@ class SessionTable:
         group = worker.liveness.get(timeout)
         if group:
             oldest = next(iter(group.values()))
-            anchor = max(worker.last_seen, oldest.placed_at)
+            anchor = max(worker.last_seen, oldest.live_from)
             self._liveness_deadlines.set((worker.key, timeout), anchor + timeout + self.pauses.since(anchor))
+
+    def _caller_due(self, now: float, session: Session) -> None:
+        """Fail a session nobody attended for its caller_timeout (a watch or an activity attends)."""
+        if session.state is not SessionState.OPEN:
+            return
+        timeout = session.options.caller_timeout
+        if session.watchers or session.activities:
+            self._caller_deadlines.set(session.session_id, now + timeout)
+        elif (due := session.caller_seen + timeout + self.pauses.since(session.caller_seen)) > now:
+            # The server's own pauses are not the caller's silence either.
+            self._caller_deadlines.set(session.session_id, due)
+        else:
+            self._end(now, session, SessionState.FAILED, FailureCause.CALLER_LOST)
 
     # ----------------------------------------------------------------- workers
 
-    def connect_worker(self, now: float, reg: WorkerRegistration) -> Worker:
-        """Register a worker stream. A previous stream with the same key is dropped, as if it had
-        disconnected: WORKER_SHUTDOWN after a goodbye, WORKER_LOST otherwise."""
+    def connect_worker(self, now: float, reg: WorkerRegistration, held: Iterable[SessionRecord] = ()) -> Worker:
+        """Register a worker stream; emits :class:`WorkerRegistered` first, then any placements.
+
+        A previous stream with the same key that is still live (heard within STALE_INTERVALS
+        intervals) makes this registration fail with :class:`WorkerIdInUseError`, displacing
+        nothing, unless it comes from the same worker process (``instance_id``). A stale or
+        same-process one is dropped as if it had disconnected. The new stream then gets back the
+        key's detached sessions (oldest first, as many as its capacity holds; the rest fail
+        WORKER_LOST), and during the recovery window the ``held`` sessions this table does not
+        know are adopted. Held sessions the table knows are settled already: re-attached above if
+        they were detached here, else ended (the worker is not told they are its own).
+        """
         key = WorkerKey(reg.task_queue, reg.worker_id)
         old = self.registry.workers.get(key)
         if old is not None:
-            self._drop_worker(now, old, FailureCause.WORKER_SHUTDOWN if old.draining else FailureCause.WORKER_LOST)
+            since = max(old.last_seen, old.interval_since)
+            stale_at = since + STALE_INTERVALS * old.interval + self.pauses.since(since)
+            if now < stale_at and not (reg.instance_id and reg.instance_id == old.instance_id):
+                raise WorkerIdInUseError(key.task_queue, key.worker_id, stale_at - now)
+            self._release_worker(now, old)
         worker = self.registry.connect(key, reg.identity, reg.host_name, reg.capacity, now)
+        worker.instance_id = reg.instance_id
         worker.interval = self.max_heartbeat_interval
         worker.interval_since = now
         self._worker_deadlines.set(key, now + STALE_INTERVALS * worker.interval)
+        registered = WorkerRegistered(worker, ())
+        self._events.append(registered)  # first: its message precedes every other on the stream
+        reattached = self._reattach(now, worker)
+        adopted: list[Session] = []
+        if now < self.recovering_until:
+            for record in held:
+                if record.session_id in self._sessions:
+                    continue
+                try:
+                    adopted.append(self.adopt_session(now, key, worker.epoch, record))
+                except AdoptionRefusedError:
+                    continue
+        if reattached or adopted:
+            index = self._events.index(registered)
+            self._events[index] = WorkerRegistered(worker, (*reattached, *adopted), tuple(adopted))
+            self._update_interval(now, worker)
         self._serve(now, worker)
         return worker
+
+    def _reattach(self, now: float, worker: Worker) -> list[Session]:
+        """Move the key's detached sessions to its new stream, oldest first, as far as it has room."""
+        gone = self._detached.pop(worker.key, None)
+        if gone is None:
+            return []
+        out: list[Session] = []
+        for session in sorted((self._sessions[sid] for sid in gone.sessions), key=lambda x: x.seq):
+            if not worker.free.covers(session.demand):
+                # The worker came back smaller: the hard limit wins over the reattach.
+                self._end(now, session, SessionState.FAILED, FailureCause.WORKER_LOST)
+                continue
+            self._unlink(session)
+            self._reattach_deadlines.remove(session.session_id)
+            session.detached_at = None
+            self._link(now, worker, session)
+            for aid in session.activities:
+                # They waited for the worker (none was in flight: detaching aborted those); they are
+                # sent now, so their heartbeat clock starts now.
+                activity = self._activities[aid]
+                activity.worker, activity.epoch = worker, worker.epoch
+                activity.heartbeat_at = now
+                self._activity_deadlines.set(aid, activity.due_at())
+            out.append(session)
+        return out
+
+    def adopt_session(self, now: float, key: WorkerKey, epoch: int, record: SessionRecord) -> Session:
+        """Take a session this table does not know into the table, on the worker connected as
+        ``key`` at ``epoch``: the worker holds it (a restarted server rebuilding from reports; a
+        replica taking over a worker, SPEC §6.5). The same checks as placement: the slot must be
+        free (hard limit), the owner must not hold another OPEN session; a request id already
+        taken keeps its session (the adopted one is reachable by id only). A session whose
+        ``expire_at`` has passed is adopted and failed with EXECUTION_TIMEOUT at once.
+
+        Raises:
+            AdoptionRefusedError: nothing changed; the worker must drop the session.
+        """
+        worker = self.worker(key, epoch)
+        if worker is None:
+            raise AdoptionRefusedError(f"worker {key.worker_id} is not connected at epoch {epoch}")
+        if record.session_id in self._sessions:
+            raise AdoptionRefusedError(f"session {record.session_id} is known already")
+        if record.task_queue != key.task_queue:
+            raise AdoptionRefusedError(f"session {record.session_id} is of another task queue")
+        demand = ResourceVector.one_session()
+        if not worker.free.covers(demand):
+            raise AdoptionRefusedError(f"worker {key.worker_id} has no free slot for session {record.session_id}")
+        if record.owner and record.owner in self._owners:
+            raise AdoptionRefusedError(f"owner {record.owner!r} already holds an open session or waits for one")
+        if record.recreated:
+            request_key = _request_key(record.request_id, "recreate", key.task_queue, key.worker_id)
+        else:
+            request_key = _request_key(record.request_id, "create", key.task_queue)
+        if request_key in self._requests:
+            request_key = ()
+        session = Session(
+            session_id=record.session_id, seq=next(self._seq), task_queue=key.task_queue, worker=worker,
+            options=record.options, owner=record.owner, request_id=record.request_id, placed_at=record.placed_at,
+            expire_at=record.expire_at, demand=demand, request_key=request_key, recreated=record.recreated,
+        )
+        self._install(now, worker, session)
+        self._update_interval(now, worker)
+        if session.expire_at <= now:
+            # Adopted to be ended truthfully: its caller learns EXECUTION_TIMEOUT, not "lost".
+            self._end(now, session, SessionState.FAILED, FailureCause.EXECUTION_TIMEOUT)
+        return session
+
+    def decline_session(self, now: float, key: WorkerKey, epoch: int, session_id: str) -> None:
+        """The worker gives back a session it holds: it FAILS with WORKER_LOST. A no-op for a
+        fenced connection or a session that is not OPEN on that worker."""
+        worker = self.worker(key, epoch)
+        session = self._sessions.get(session_id)
+        if worker is not None and session is not None and session.state is SessionState.OPEN \
+                and session.worker is worker:
+            self._end(now, session, SessionState.FAILED, FailureCause.WORKER_LOST)
 
     def worker(self, key: WorkerKey, epoch: int) -> Worker | None:
         """The worker connected as ``key`` at ``epoch``, or None (fenced: replaced or gone)."""
@@ -263,22 +406,41 @@ class SessionTable:
                 self._end(now, self._sessions[sid], SessionState.FAILED, FailureCause.WORKER_SHUTDOWN)
 
     def disconnect_worker(self, now: float, key: WorkerKey, epoch: int) -> None:
-        """The worker's stream ended. Its open sessions fail: WORKER_SHUTDOWN after a goodbye,
-        WORKER_LOST otherwise."""
+        """The worker's stream ended. After a goodbye its open sessions fail WORKER_SHUTDOWN;
+        otherwise those with a reattach_timeout detach (OPEN, slot kept, in-flight activities
+        aborted WORKER_DETACHED) and the others fail WORKER_LOST."""
         worker = self.worker(key, epoch)
         if worker is None:
             return
-        cause = FailureCause.WORKER_SHUTDOWN if worker.draining else FailureCause.WORKER_LOST
-        self._drop_worker(now, worker, cause)
+        self._release_worker(now, worker)
 
-    def _drop_worker(self, now: float, worker: Worker, cause: FailureCause) -> None:
+    def _release_worker(self, now: float, worker: Worker) -> None:
         # Mark it gone first, so releasing its slots below cannot place a waiter on it.
         worker.connected = False
         self.registry.touch(worker)
-        for sid in list(worker.sessions):
-            self._end(now, self._sessions[sid], SessionState.FAILED, cause)
+        cause = FailureCause.WORKER_SHUTDOWN if worker.draining else FailureCause.WORKER_LOST
+        for sid in sorted(worker.sessions, key=lambda x: self._sessions[x].seq):
+            session = self._sessions[sid]
+            if worker.draining or session.options.reattach_timeout <= 0:
+                self._end(now, session, SessionState.FAILED, cause)
+            else:
+                self._detach(now, session)
         self.registry.remove(worker)
         self._worker_deadlines.remove(worker.key)
+        if worker.sessions:
+            self._detached[worker.key] = worker
+
+    def _detach(self, now: float, session: Session) -> None:
+        self._leave_liveness(session)
+        session.detached_at = now
+        sid = session.session_id
+        for aid in sorted(session.activities):
+            activity = self._activities.pop(aid)
+            self._activity_deadlines.remove(aid)
+            self._events.append(ActivityEnded(activity, WorkerDetachedError(sid)))
+        session.activities.clear()
+        self._reattach_deadlines.set(sid, now + session.options.reattach_timeout)
+        self._events.append(SessionDetached(session))
 
     # ----------------------------------------------------------------- sessions
 
@@ -288,6 +450,42 @@ class SessionTable:
         if session is None:
             raise SessionNotFoundError(session_id)
         return session
+
+    def lookup(self, now: float, session_id: str) -> Session:
+        """The session a caller asks about, which also attends it (caller liveness).
+
+        Raises:
+            RecoveringError: unknown id during the recovery window (its worker may still report it).
+            SessionNotFoundError: unknown id after it.
+        """
+        session = self._sessions.get(session_id)
+        if session is None:
+            if now < self.recovering_until:
+                raise RecoveringError(
+                    f"session {session_id!r} is not known (yet): the server restarted and is still taking "
+                    "reports from reconnecting workers; retry",
+                    metadata={"session_id": session_id},
+                )
+            raise SessionNotFoundError(session_id)
+        session.caller_seen = now
+        return session
+
+    def caller_seen(self, now: float, session_id: str) -> None:
+        """An RPC on the session just ended (an activity's result went back): it attended until now."""
+        session = self._sessions.get(session_id)
+        if session is not None:
+            session.caller_seen = now
+
+    def watch_started(self, now: float, session_id: str) -> Session:
+        """A WatchSession opened on the session: it is attended while the watch lasts."""
+        session = self.lookup(now, session_id)
+        session.watchers += 1
+        return session
+
+    def watch_ended(self, now: float, session: Session) -> None:
+        """A WatchSession on the session ended; the caller_timeout counts from now."""
+        session.watchers -= 1
+        session.caller_seen = now
 
     def create(self, now: float, task_queue: str, options: SessionOptions, *, owner: str = "",
                request_id: str = "", max_wait: float | None = None) -> Session | Waiter:
@@ -325,7 +523,7 @@ class SessionTable:
         worker = self.registry.workers.get(key)
         if worker is not None and worker.eligible and not _has_live(self._worker_waiters.get(key)) \
                 and worker.free.covers(ResourceVector.one_session()):
-            return self._place(now, worker, options, owner, request_id, None, request_key)
+            return self._place(now, worker, options, owner, request_id, None, request_key, recreated=True)
         wait = _wait(options, max_wait)
         if wait <= 0:
             if worker is not None and worker.eligible:
@@ -343,12 +541,15 @@ class SessionTable:
 
     def complete(self, now: float, session_id: str) -> Session:
         """Close an OPEN session and free its slot; a no-op on FAILED and CLOSED sessions."""
-        session = self.get(session_id)
+        session = self.lookup(now, session_id)
         if session.state is SessionState.OPEN:
             self._end(now, session, SessionState.CLOSED, None)
         return session
 
     def _check_owner(self, owner: str) -> None:
+        # During a recovery window the owner's earlier session may not be reported yet; creates are
+        # not held up for it (that would stall every owner for the whole window after any start):
+        # if it is reported later, the owner's newer session wins and the report is refused.
         if not owner:
             return
         holder = self._owners.get(owner)
@@ -407,7 +608,7 @@ class SessionTable:
             del self._requests[waiter.request_key]
 
     def _place(self, now: float, worker: Worker, options: SessionOptions, owner: str, request_id: str,
-               waiter_id: str | None, request_key: RequestKey) -> Session:
+               waiter_id: str | None, request_key: RequestKey, *, recreated: bool = False) -> Session:
         demand = ResourceVector.one_session()
         # The hard limit: callers found room, and nothing ran in between (the core is synchronous).
         if not worker.free.covers(demand):
@@ -416,28 +617,61 @@ class SessionTable:
             session_id=self._new_id(), seq=next(self._seq), task_queue=worker.key.task_queue,
             worker=worker, options=options, owner=owner, request_id=request_id, placed_at=now,
             expire_at=now + options.execution_timeout, demand=demand, request_key=request_key,
+            recreated=recreated,
         )
+        self._install(now, worker, session)
+        self._events.append(SessionPlaced(session, waiter_id))
+        self._update_interval(now, worker)
+        return session
+
+    def _install(self, now: float, worker: Worker, session: Session) -> None:
+        """Enter a new OPEN session into every index: placement and adoption both end here."""
         sid = session.session_id
         self._sessions[sid] = session
         self._seqs.append(session.seq)
         self._by_seq[session.seq] = session
-        worker.used = worker.used + demand
-        worker.sessions.add(sid)
-        timeout = options.heartbeat_timeout
+        self._link(now, worker, session)
+        if session.owner:
+            self._owners[session.owner] = session
+        if session.request_key:
+            self._requests[session.request_key] = session
+        self._session_deadlines.set(sid, session.expire_at)
+        session.caller_seen = now
+        if session.options.caller_timeout > 0:
+            self._caller_deadlines.set(sid, now + session.options.caller_timeout)
+
+    def _link(self, now: float, worker: Worker, session: Session) -> None:
+        """Put an OPEN session on a connected worker: its slot and its liveness group."""
+        session.worker = worker
+        worker.used = worker.used + session.demand
+        worker.sessions.add(session.session_id)
+        session.live_from = now
+        timeout = session.options.heartbeat_timeout
         group = worker.liveness.get(timeout)
         if group is None:
             group = worker.liveness[timeout] = {}
-            self._liveness_deadlines.set((worker.key, timeout), now + timeout)
-        group[sid] = session
+            self._liveness_deadlines.set((worker.key, timeout), max(worker.last_seen, now) + timeout)
+        group[session.session_id] = session
         self.registry.touch(worker)
-        if owner:
-            self._owners[owner] = session
-        if request_key:
-            self._requests[request_key] = session
-        self._session_deadlines.set(sid, session.expire_at)
-        self._events.append(SessionPlaced(session, waiter_id))
-        self._update_interval(now, worker)
-        return session
+
+    def _unlink(self, session: Session) -> None:
+        """Take a session off its worker: release its slot (exactly once per link)."""
+        worker = session.worker
+        worker.used = worker.used - session.demand
+        worker.sessions.discard(session.session_id)
+        self._leave_liveness(session)
+        if not worker.connected and not worker.sessions and self._detached.get(worker.key) is worker:
+            del self._detached[worker.key]
+
+    def _leave_liveness(self, session: Session) -> None:
+        worker = session.worker
+        timeout = session.options.heartbeat_timeout
+        group = worker.liveness.get(timeout)
+        if group is None or group.pop(session.session_id, None) is None:
+            return  # detached: it left its group then
+        if not group:
+            del worker.liveness[timeout]
+            self._liveness_deadlines.remove((worker.key, timeout))
 
     def _end(self, now: float, session: Session, state: SessionState, cause: FailureCause | None) -> None:
         if state not in TRANSITIONS[session.state]:
@@ -448,14 +682,10 @@ class SessionTable:
             session.failure = Failure(cause, _FAILURE_TEXT[cause])
         worker = session.worker
         # Release the slot: exactly once, because OPEN is left exactly once.
-        worker.used = worker.used - session.demand
-        worker.sessions.discard(session.session_id)
-        timeout = session.options.heartbeat_timeout
-        group = worker.liveness[timeout]
-        del group[session.session_id]
-        if not group:
-            del worker.liveness[timeout]
-            self._liveness_deadlines.remove((worker.key, timeout))
+        self._unlink(session)
+        if session.detached_at is not None:
+            self._reattach_deadlines.remove(session.session_id)
+        self._caller_deadlines.remove(session.session_id)
         if session.owner and self._owners.get(session.owner) is session:
             del self._owners[session.owner]
         reason = "SESSION_FAILED" if state is SessionState.FAILED else "SESSION_COMPLETED"
@@ -494,7 +724,7 @@ class SessionTable:
                 continue
             self._drop_waiter(waiter)
             self._place(now, worker, waiter.options, waiter.owner, waiter.request_id, waiter.waiter_id,
-                        waiter.request_key)
+                        waiter.request_key, recreated=True)
         queue = self._queue_waiters.get(worker.key.task_queue)
         while queue:
             if queue[0].done:
@@ -532,8 +762,12 @@ class SessionTable:
     def start_activity(self, now: float, session_id: str, timeout: float,
                        heartbeat_timeout: float | None = None) -> Activity:
         """Record an activity in flight in an OPEN session; it times out at ``now + timeout``, or
-        earlier when ``heartbeat_timeout`` passes without an :meth:`activity_heartbeat`."""
-        session = self.get(session_id)
+        earlier when ``heartbeat_timeout`` passes without an :meth:`activity_heartbeat`.
+
+        In a detached session the activity waits for the worker to reattach (its ``worker`` is not
+        connected until then), bounded by the same timeout.
+        """
+        session = self.lookup(now, session_id)
         if session.state is SessionState.FAILED:
             assert session.failure is not None
             raise SessionFailedError(session_id, session.failure.cause)
@@ -544,8 +778,10 @@ class SessionTable:
         self._activities[activity.activity_id] = activity
         session.activities.add(activity.activity_id)
         session.activity_count += 1
-        # One deadline entry per activity, at the earlier of start_to_close and heartbeat expiry.
-        self._activity_deadlines.set(activity.activity_id, activity.due_at())
+        # One deadline entry per activity, at the earlier of start_to_close and heartbeat expiry (an
+        # activity waiting for a detached session's worker cannot heartbeat: only start_to_close).
+        due = activity.due_at() if session.worker.connected else activity.deadline
+        self._activity_deadlines.set(activity.activity_id, due)
         return activity
 
     def activity_heartbeat(self, now: float, key: WorkerKey, epoch: int, activity_id: str,
@@ -638,8 +874,13 @@ class SessionTable:
 
     @property
     def open_count(self) -> int:
-        """Open sessions across all workers (O(workers); for tests and views)."""
-        return sum(len(w.sessions) for w in self.registry.workers.values())
+        """Open sessions across all workers, detached ones included (O(workers); for tests and views)."""
+        connected = sum(len(w.sessions) for w in self.registry.workers.values())
+        return connected + sum(len(w.sessions) for w in self._detached.values())
+
+    def activity(self, activity_id: str) -> Activity | None:
+        """The activity, while it is in flight."""
+        return self._activities.get(activity_id)
 
     def waiting_count(self) -> int:
         """Creates and Recreates waiting for a slot."""

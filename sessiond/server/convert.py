@@ -30,6 +30,10 @@ class WallClock:
         self.fill(out, monotonic)
         return out
 
+    def monotonic(self, stamp: timestamp_pb2.Timestamp) -> float:
+        """The monotonic instant of a wall-clock Timestamp (a record another process wrote)."""
+        return stamp.seconds + stamp.nanos / 1e9 - self._offset
+
     def fill(self, out: timestamp_pb2.Timestamp, monotonic: float) -> None:
         """Set ``out`` (a Timestamp field of a message being built) to the wall-clock time of ``monotonic``."""
         wall = monotonic + self._offset
@@ -73,6 +77,8 @@ def _options_template(options: SessionOptions) -> session_pb2.SessionOptions:
         creation_timeout=duration(options.creation_timeout),
         execution_timeout=duration(options.execution_timeout),
         heartbeat_timeout=duration(options.heartbeat_timeout),
+        caller_timeout=duration(options.caller_timeout),
+        reattach_timeout=duration(options.reattach_timeout),
     )
 
 
@@ -93,8 +99,12 @@ def session_to_pb(session: Session, clock: WallClock) -> session_pb2.Session:
         recreate_token=recreate_token(worker.key),
         owner=session.owner,
         options=_options_template(session.options),
+        request_id=session.request_id,
+        recreated=session.recreated,
     )
     clock.fill(out.create_time, session.placed_at)
+    if session.detached_at is not None:
+        clock.fill(out.detached_since, session.detached_at)
     clock.fill(out.expire_time, session.expire_at)
     if session.closed_at is not None:
         clock.fill(out.close_time, session.closed_at)

@@ -20,7 +20,7 @@ import logging
 import math
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sessiond_client.api.v1 import session_pb2, session_service_pb2, worker_pb2
 
@@ -37,6 +37,7 @@ from sessiond.core.model import (
     Activity,
     Session,
     SessionOptions,
+    SessionRecord,
     SessionState,
     Waiter,
     Worker,
@@ -72,8 +73,20 @@ class _Wait:
 
 
 @dataclass(eq=False)
-class _Watch:
-    futures: set[asyncio.Future[session_pb2.Session]] = field(default_factory=set)
+class _Watcher:
+    """One WatchSession stream: the latest snapshot not yet sent (changes coalesce), or why to stop."""
+
+    latest: session_pb2.Session | None = None
+    error: SessionError | None = None
+    wake: asyncio.Future[None] | None = None
+
+    def push(self, snapshot: session_pb2.Session | None = None, error: SessionError | None = None) -> None:
+        if snapshot is not None:
+            self.latest = snapshot
+        if error is not None:
+            self.error = error
+        if self.wake is not None and not self.wake.done():
+            self.wake.set_result(None)
 
 
 class Engine:
@@ -84,21 +97,29 @@ class Engine:
         self.metrics: SessionMetrics = metrics or NoMetrics()
         self.incarnation = str(uuid.uuid4())
         self.clock = WallClock()
+        self._loop = asyncio.get_running_loop()
+        # Every start may be a restart: for the recovery window, workers' reports are adopted.
+        self.recovery_window = config.recovery_window.total_seconds()
         self.table = SessionTable(
             retention=config.retention.total_seconds(),
             max_heartbeat_interval=config.max_heartbeat_interval.total_seconds(),
+            recovering_until=self._loop.time() + self.recovery_window,
             max_waiters=config.max_waiters,
             max_waiters_per_queue=config.max_waiters_per_queue,
         )
-        self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
         self._connections: dict[WorkerKey, WorkerConnection] = {}
         self._waits: dict[str, _Wait] = {}
         self._activities: dict[str, asyncio.Future[worker_pb2.ActivityResult]] = {}
+        # Tasks of activities that wait for a detached session's worker to come back.
+        self._held_tasks: dict[str, worker_pb2.ActivityTask] = {}
         # The latest heartbeat details of activities in flight that sent some (bounded by them).
         self._heartbeat_details: dict[str, session_pb2.Payload] = {}
-        self._watches: dict[str, _Watch] = {}
+        # Watchers by session, in a dict (insertion-ordered) so one leaves in O(1).
+        self._watches: dict[str, dict[_Watcher, None]] = {}
+        # Set by begin_shutdown: a stop is a restart, so nothing that ends now fails a session.
+        self._stopping = False
         # Recent failures by cause, for the operator dashboard (bounded).
         self.failures = FailureLog()
         self._max_message_size = config.max_message_size
@@ -216,8 +237,8 @@ class Engine:
         return session
 
     def get_session(self, session_id: str) -> Session:
-        """Read a session."""
-        return self.table.get(session_id)
+        """Read a session (a caller asking about it attends it)."""
+        return self.table.lookup(self.now(), session_id)
 
     async def execute_activity(self, session_id: str, activity_type: str, payload: session_pb2.Payload,
                                timeout: float, headers: dict[str, str], *, heartbeat_timeout: float | None = None,
@@ -232,13 +253,13 @@ class Engine:
         """
         activity = self.table.start_activity(self.now(), session_id, timeout, heartbeat_timeout)
         conn = self._connection(activity.worker.key, activity.epoch)
-        assert conn is not None, "an OPEN session's worker is connected (core invariant)"
-        message = self._message(activity.worker, activity_task=worker_pb2.ActivityTask(
+        task = worker_pb2.ActivityTask(
             activity_id=activity.activity_id, session_id=session_id, activity_type=activity_type,
             input=payload, start_to_close_timeout=duration(timeout), headers=headers,
             heartbeat_timeout=None if heartbeat_timeout is None else duration(heartbeat_timeout),
             attempt=attempt, heartbeat_details=heartbeat_details,
-        ))
+        )
+        message = self._message(activity.worker, activity_task=task)
         size = task_bytes(payload, headers, activity_type, session_id, heartbeat_details)
         if size > self._max_message_size:
             size = message.ByteSize()  # exact, only near the limit (it encodes the message)
@@ -246,15 +267,20 @@ class Engine:
                 self.table.abandon_activity(activity.activity_id)
                 raise MessageTooLargeError("the activity task (its input, headers and ids)", size,
                                            self._max_message_size, session_id=session_id)
-        if not conn.has_room(size, self._max_backlog):
+        if conn is not None and not conn.has_room(size, self._max_backlog):
             self.table.abandon_activity(activity.activity_id)
             self._backlogged(conn)
             raise WorkerBackloggedError(conn.key.worker_id, session_id, conn.queued_bytes, self._max_backlog)
         future: asyncio.Future[worker_pb2.ActivityResult] = self._loop.create_future()
         self._activities[activity.activity_id] = future
-        conn.put_task(activity.activity_id, message, size)
+        if conn is not None:
+            conn.put_task(activity.activity_id, message, size)
+        else:
+            # The session is detached: the task goes out when its worker reattaches (or never, if
+            # the activity's timeout or the session's end comes first).
+            self._held_tasks[activity.activity_id] = task
         # Not kept in this frame while waiting: a traceback of a failed call would hold them.
-        del message, conn
+        del message, task, conn
         self._flush()
         started = self.now()
         outcome = "cancelled"
@@ -282,6 +308,9 @@ class Engine:
                 self._flush()
             raise
         finally:
+            self._held_tasks.pop(activity.activity_id, None)
+            # The caller attended the session for as long as it waited for this result.
+            self.table.caller_seen(self.now(), session_id)
             details = self._heartbeat_details.pop(activity.activity_id, None)
             self.metrics.activity_done(activity_type, self.now() - started, outcome)
         if details is not None:
@@ -289,47 +318,74 @@ class Engine:
         return response
 
     async def watch_session(self, session_id: str) -> AsyncIterator[session_pb2.Session]:
-        """The session now, then its terminal state when it gets there."""
-        session = self.table.get(session_id)
-        current = self.to_pb(session)
-        if session.state is not SessionState.OPEN:
-            yield current
-            return
-        # Register before the first yield: sending it awaits, and a session that ends meanwhile
-        # must still reach this watcher (else the stream would end without its terminal state).
-        future: asyncio.Future[session_pb2.Session] = self._loop.create_future()
-        watch = self._watches.setdefault(session_id, _Watch())
-        watch.futures.add(future)
+        """The session now, then each change (detached, reattached), ending after its terminal state.
+
+        An open watch attends the session (caller liveness) for as long as it lasts.
+        """
+        session = self.table.watch_started(self.now(), session_id)
         try:
-            yield current
-            yield await future
+            current = self.to_pb(session)
+            if session.state is not SessionState.OPEN:
+                yield current
+                return
+            # Register before the first yield: sending it awaits, and a change meanwhile must still
+            # reach this watcher (else the stream could end without its terminal state).
+            watcher = _Watcher()
+            self._watches.setdefault(session_id, {})[watcher] = None
+            try:
+                yield current
+                while True:
+                    if watcher.latest is None and watcher.error is None:
+                        watcher.wake = self._loop.create_future()
+                        await watcher.wake
+                    if watcher.error is not None:
+                        raise watcher.error
+                    snapshot, watcher.latest = watcher.latest, None
+                    assert snapshot is not None
+                    yield snapshot
+                    if snapshot.state != session_pb2.SESSION_STATE_OPEN:
+                        return
+            finally:
+                # Always (a cancelled watch included): a watch that goes away leaves no state.
+                watchers = self._watches.get(session_id)
+                if watchers is not None:
+                    watchers.pop(watcher, None)
+                    if not watchers:
+                        del self._watches[session_id]
         finally:
-            # Also when the future is done: a cancelled await cancels the future it waits on.
-            future.cancel()
-            watch.futures.discard(future)
-            if not watch.futures and self._watches.get(session_id) is watch:
-                del self._watches[session_id]
+            self.table.watch_ended(self.now(), session)
 
     # ----------------------------------------------------------------- workers
 
-    def connect_worker(self, registration: WorkerRegistration) -> WorkerConnection:
-        """Register a worker stream; a previous stream with the same key is dropped."""
-        worker = self.table.connect_worker(self.now(), registration)
+    def connect_worker(self, registration: WorkerRegistration, held: list[SessionRecord] | None = None
+                       ) -> WorkerConnection:
+        """Register a worker stream (its detached sessions and, during the recovery window, the
+        sessions it reports come back to it). A previous stream with the same key is replaced only
+        when stale or of the same process, and is told so; else WorkerIdInUseError."""
+        worker = self.table.connect_worker(self.now(), registration, held or ())
         old = self._connections.get(worker.key)
         if old is not None:
+            # In-band, before its stream ends: a frozen process reads this first when it wakes up.
+            old.put(worker_pb2.WorkerHeartbeatResponse(
+                server_incarnation=self.incarnation,
+                worker_replaced=worker_pb2.WorkerReplaced(
+                    message=f"a newer registration of worker_id {worker.key.worker_id!r} replaced this stream"),
+            ))
             old.close()
             self.metrics.workers(worker.key.task_queue, -1)
+            log.warning("worker stream replaced", extra={"worker_id": worker.key.worker_id,
+                                                         "task_queue": worker.key.task_queue})
         self.metrics.workers(worker.key.task_queue, +1)
-        conn = self._connections[worker.key] = WorkerConnection(worker.key, worker.epoch)
+        self._connections[worker.key] = conn = WorkerConnection(worker.key, worker.epoch)
         if self._ticker is None:
             self._alive_at = self._loop.time()
             self._ticker = self._loop.call_later(_TICK, self._tick)
-        # Registered goes first: placements for waiters (flushed next) follow it on the stream.
-        self._send(conn, worker, registered=worker_pb2.Registered(
-            worker_id=worker.key.worker_id, max_message_size=self._max_message_size))
+        # Registered goes first (the WorkerRegistered event leads the outbox): placements for
+        # waiters follow it on the stream.
         self._flush()
         log.info("worker joined", extra={"worker_id": worker.key.worker_id, "task_queue": worker.key.task_queue,
-                                         "host_name": worker.host_name, "capacity": worker.capacity["sessions"]})
+                                         "host_name": worker.host_name, "capacity": worker.capacity["sessions"],
+                                         "open_sessions": len(worker.sessions)})
         return conn
 
     def worker_message(self, conn: WorkerConnection, request: worker_pb2.WorkerHeartbeatRequest) -> bool:
@@ -362,6 +418,11 @@ class Engine:
             self._send(conn, worker, goodbye_ack=ack)
             log.info("worker said goodbye", extra={"worker_id": conn.key.worker_id, "drain": drain,
                                                    "open_sessions": len(worker.sessions)})
+        elif kind == "decline_session":
+            declined = request.decline_session
+            log.info("worker declined a session it got back", extra={
+                "worker_id": conn.key.worker_id, "session_id": declined.session_id, "reason": declined.reason})
+            self.table.decline_session(now, conn.key, conn.epoch, declined.session_id)
         elif kind == "register":
             log.warning("worker %s sent register twice; ignored", conn.key.worker_id)
         self._flush()
@@ -404,6 +465,8 @@ class Engine:
         conn.discard()
         if self._connections.get(conn.key) is conn:
             del self._connections[conn.key]
+            if self._stopping:
+                return  # a restart: the worker keeps its sessions and reports them to the next server
             worker = self.table.worker(conn.key, conn.epoch)
             goodbye = worker is not None and worker.draining
             self.table.disconnect_worker(self.now(), conn.key, conn.epoch)
@@ -413,16 +476,30 @@ class Engine:
             self._flush()
 
     def begin_shutdown(self) -> None:
-        """The server is going away: waiting Creates/Recreates fail now with a retryable
-        UNAVAILABLE (rather than holding the grace period), and every worker stream ends after
-        the messages already queued (workers reconnect elsewhere or later)."""
+        """The server is going away to restart: no session fails. Waiting Creates/Recreates and
+        activities in flight end now with a retryable UNAVAILABLE SHUTTING_DOWN (an activity's
+        outcome is unknown: it may have run), watches end the same way (callers resubscribe to the
+        next server), and every worker is told the server restarts, then its stream ends: it keeps
+        its sessions and reports them to the next server within the recovery window."""
+        self._stopping = True
+        stopping = ShuttingDownError("the server is shutting down to restart; retry")
         for waiter_id, wait in list(self._waits.items()):
             self.table.cancel_waiter(waiter_id)
             del self._waits[waiter_id]
             self.metrics.waiters(wait.task_queue, -1)
             if not wait.future.done():
                 wait.future.set_exception(ShuttingDownError("the server is shutting down; retry"))
+        for future in self._activities.values():
+            if not future.done():
+                future.set_exception(stopping)
+        self._activities.clear()
+        for watchers in self._watches.values():
+            for watcher in watchers:
+                watcher.push(error=stopping)
+        restarting = worker_pb2.ServerRestarting(recovery_window=duration(self.recovery_window))
         for conn in list(self._connections.values()):
+            conn.put(worker_pb2.WorkerHeartbeatResponse(server_incarnation=self.incarnation,
+                                                        server_restarting=restarting))
             conn.close()
         self._flush()
 
@@ -476,7 +553,15 @@ class Engine:
         self._flush()
 
     def _publish(self, event: ev.Event) -> None:
-        if isinstance(event, ev.SessionPlaced):
+        if isinstance(event, ev.WorkerRegistered):
+            self._registered(event)
+        elif isinstance(event, ev.SessionDetached):
+            session = event.session
+            self._notify(session)
+            log.info("session detached", extra={"session_id": session.session_id,
+                                                 "worker_id": session.worker.key.worker_id,
+                                                 "reattach_timeout": session.options.reattach_timeout})
+        elif isinstance(event, ev.SessionPlaced):
             session = event.session
             conn = self._connection(session.worker.key, session.worker.epoch)
             if conn is not None:
@@ -505,6 +590,40 @@ class Engine:
                 future.set_exception(event.error)
             self._cancel_on_worker(event.activity, event.error.reason)
 
+    def _registered(self, event: ev.WorkerRegistered) -> None:
+        worker = event.worker
+        conn = self._connection(worker.key, worker.epoch)
+        back = [s for s in event.reattached if s.state is SessionState.OPEN]
+        if conn is not None:
+            self._send(conn, worker, registered=worker_pb2.Registered(
+                worker_id=worker.key.worker_id, recovery_window=duration(self.recovery_window),
+                reattached_sessions=[self.to_pb(s) for s in back], max_message_size=self._max_message_size))
+        adopted = {s.session_id for s in event.adopted}
+        for session in event.adopted:
+            self.metrics.session_placed(session.task_queue)
+        for session in back:
+            if conn is not None:
+                for aid in sorted(session.activities):
+                    task = self._held_tasks.pop(aid, None)
+                    if task is not None:
+                        held = task.heartbeat_details if task.HasField("heartbeat_details") else None
+                        conn.put_task(aid, self._message(worker, activity_task=task),
+                                      task_bytes(task.input, task.headers, task.activity_type, task.session_id, held))
+            if session.session_id not in adopted:
+                self._notify(session)
+            log.info("session adopted" if session.session_id in adopted else "session reattached",
+                     extra={"session_id": session.session_id, "worker_id": worker.key.worker_id})
+
+    def _notify(self, session: Session) -> None:
+        """Send the session's new state to its watchers (the last one for a terminal state)."""
+        watchers = self._watches.get(session.session_id) if session.state is SessionState.OPEN \
+            else self._watches.pop(session.session_id, None)
+        if watchers:
+            # The full snapshot only when someone watches (most sessions end unwatched).
+            snapshot = self.to_pb(session)
+            for watcher in watchers:
+                watcher.push(snapshot)
+
     def _session_ended(self, session: Session, epoch: int) -> None:
         conn = self._connection(session.worker.key, epoch)
         if conn is not None:
@@ -515,13 +634,7 @@ class Engine:
             self._send(conn, session.worker, session_ended=worker_pb2.SessionEnded(
                 session_id=session.session_id, state=int(session.state),  # type: ignore[arg-type]
                 failure=failure))
-        watch = self._watches.pop(session.session_id, None)
-        if watch is not None:
-            # The full snapshot only when someone watches (most sessions end unwatched).
-            snapshot = self.to_pb(session)
-            for future in watch.futures:
-                if not future.done():
-                    future.set_result(snapshot)
+        self._notify(session)
         cause = session.failure.cause.name if session.failure is not None else None
         self.metrics.session_ended(session.task_queue, cause)
         if session.failure is not None:

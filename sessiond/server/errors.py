@@ -46,6 +46,9 @@ STATUS_CODES: dict[type[e.SessionError], grpc.StatusCode] = {
     e.MessageTooLargeError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     e.WorkerBackloggedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     e.TooManyWaitersError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    e.WorkerDetachedError: grpc.StatusCode.ABORTED,
+    e.RecoveringError: grpc.StatusCode.UNAVAILABLE,
+    e.WorkerIdInUseError: grpc.StatusCode.ALREADY_EXISTS,
 }
 
 

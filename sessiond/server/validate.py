@@ -59,6 +59,8 @@ def options(message: session_pb2.SessionOptions, has: bool, defaults: ServerConf
     creation = defaults.creation_timeout.total_seconds()
     execution = defaults.execution_timeout.total_seconds()
     heartbeat = defaults.heartbeat_timeout.total_seconds()
+    caller = defaults.caller_timeout.total_seconds()
+    reattach = defaults.reattach_timeout.total_seconds()
     if has:
         if message.HasField("creation_timeout"):
             creation = seconds(message.creation_timeout, "options.creation_timeout", allow_zero=True)
@@ -67,14 +69,21 @@ def options(message: session_pb2.SessionOptions, has: bool, defaults: ServerConf
         if message.HasField("heartbeat_timeout"):
             heartbeat = seconds(message.heartbeat_timeout, "options.heartbeat_timeout", allow_zero=False,
                                 minimum=MIN_HEARTBEAT_TIMEOUT)
-    return _resolved_options(creation, execution, heartbeat)
+        if message.HasField("caller_timeout"):
+            caller = seconds(message.caller_timeout, "options.caller_timeout", allow_zero=True,
+                             minimum=MIN_HEARTBEAT_TIMEOUT)
+        if message.HasField("reattach_timeout"):
+            reattach = seconds(message.reattach_timeout, "options.reattach_timeout", allow_zero=True)
+    return _resolved_options(creation, execution, heartbeat, caller, reattach)
 
 
 @functools.lru_cache(maxsize=1024)
-def _resolved_options(creation: float, execution: float, heartbeat: float) -> SessionOptions:
+def _resolved_options(creation: float, execution: float, heartbeat: float, caller: float,
+                      reattach: float) -> SessionOptions:
     # Interned: most sessions share a few option sets, and each open session keeps its options
     # (SessionOptions is frozen, so sharing one instance is safe).
-    return SessionOptions(creation_timeout=creation, execution_timeout=execution, heartbeat_timeout=heartbeat)
+    return SessionOptions(creation_timeout=creation, execution_timeout=execution, heartbeat_timeout=heartbeat,
+                          caller_timeout=caller, reattach_timeout=reattach)
 
 
 def token(value: bytes) -> bytes:

@@ -14,10 +14,10 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 
-from sessiond_client.api.v1 import worker_pb2
+from sessiond_client.api.v1 import session_pb2, worker_pb2
 
 from sessiond.core.errors import InvalidArgumentError, MalformedRequestError
-from sessiond.core.model import WorkerRegistration
+from sessiond.core.model import SessionRecord, SessionState, WorkerRegistration
 from sessiond.core.resources import ResourceVector
 from sessiond.server import validate
 from sessiond.server.engine import Engine
@@ -34,6 +34,46 @@ def registration(message: worker_pb2.RegisterWorker, default_host: str) -> Worke
         identity=validate.name(message.identity, "register.identity", required=False),
         host_name=validate.name(message.host_name, "register.host_name", required=False) or default_host,
         capacity=ResourceVector.sessions(validate.capacity(message.max_concurrent_sessions)),
+        instance_id=validate.name(message.instance_id, "register.instance_id", required=False),
+    )
+
+
+def held_records(engine: Engine, message: worker_pb2.RegisterWorker) -> list[SessionRecord]:
+    """The sessions a registering worker reports it still holds, as records the core can adopt.
+
+    A malformed report is skipped (logged): the worker does not get it back, and the rest of the
+    registration stands.
+    """
+    records = []
+    refused: list[str] = []
+    for index, session in enumerate(message.held_sessions):
+        try:
+            records.append(_record(engine, session, message.task_queue, f"register.held_sessions[{index}]"))
+        except InvalidArgumentError as exc:
+            refused.append(exc.message)
+    if refused:
+        # One line per registration, however many reports were bad.
+        log.warning("worker %s reported %d sessions it cannot get back (first: %s)", message.worker_id,
+                    len(refused), refused[0])
+    return records
+
+
+def _record(engine: Engine, session: session_pb2.Session, task_queue: str, field: str) -> SessionRecord:
+    session_id = validate.name(session.session_id, f"{field}.session_id", required=True)
+    if session.task_queue != task_queue:
+        raise InvalidArgumentError(f"{field}.task_queue", "is not the task queue of this registration")
+    if session.state != int(SessionState.OPEN):
+        raise InvalidArgumentError(f"{field}.state", "only OPEN sessions can be held")
+    options = validate.options(session.options, session.HasField("options"), engine.config)
+    clock, now = engine.clock, engine.now()
+    placed_at = clock.monotonic(session.create_time) if session.HasField("create_time") else now
+    expire_at = clock.monotonic(session.expire_time) if session.HasField("expire_time") \
+        else placed_at + options.execution_timeout
+    return SessionRecord(
+        session_id=session_id, task_queue=task_queue, options=options,
+        owner=validate.name(session.owner, f"{field}.owner", required=False),
+        request_id=validate.name(session.request_id, f"{field}.request_id", required=False),
+        recreated=session.recreated, placed_at=placed_at, expire_at=expire_at,
     )
 
 
@@ -49,7 +89,7 @@ async def serve_worker(engine: Engine, requests: AsyncIterator[worker_pb2.Worker
         return
     if first.WhichOneof("message") != "register":
         raise InvalidArgumentError("register", "the first message on the stream must be register")
-    conn = engine.connect_worker(registration(first.register, default_host))
+    conn = engine.connect_worker(registration(first.register, default_host), held_records(engine, first.register))
     first = None  # not kept for the life of the stream (its protobuf arena is per-worker memory)
     reader = asyncio.create_task(_read(engine, conn, requests))
     try:

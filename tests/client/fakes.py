@@ -100,19 +100,22 @@ class FakeStub:
         self._executed = asyncio.Event()
 
     async def CreateSession(
-        self, request: session_service_pb2.CreateSessionRequest, timeout: float | None = None, metadata: Any = None
+        self, request: session_service_pb2.CreateSessionRequest, timeout: float | None = None, metadata: Any = None,
+        wait_for_ready: bool | None = None,
     ) -> session_service_pb2.CreateSessionResponse:
         self.created.append((request, timeout))
         return session_service_pb2.CreateSessionResponse(session=session_msg(f"s-{len(self.created)}"))
 
     async def RecreateSession(
-        self, request: session_service_pb2.RecreateSessionRequest, timeout: float | None = None, metadata: Any = None
+        self, request: session_service_pb2.RecreateSessionRequest, timeout: float | None = None, metadata: Any = None,
+        wait_for_ready: bool | None = None,
     ) -> session_service_pb2.RecreateSessionResponse:
         self.recreated.append(request)
         return session_service_pb2.RecreateSessionResponse(session=session_msg(f"r-{len(self.recreated)}"))
 
     async def CompleteSession(
-        self, request: session_service_pb2.CompleteSessionRequest, timeout: float | None = None, metadata: Any = None
+        self, request: session_service_pb2.CompleteSessionRequest, timeout: float | None = None, metadata: Any = None,
+        wait_for_ready: bool | None = None,
     ) -> session_service_pb2.CompleteSessionResponse:
         self.completed.append(request.session_id)
         if self.complete_error is not None:
@@ -131,7 +134,8 @@ class FakeStub:
         return watch
 
     def ExecuteActivity(
-        self, request: session_service_pb2.ExecuteActivityRequest, timeout: float | None = None, metadata: Any = None
+        self, request: session_service_pb2.ExecuteActivityRequest, timeout: float | None = None, metadata: Any = None,
+        wait_for_ready: bool | None = None,
     ) -> FakeUnaryCall:
         call = FakeUnaryCall()
         self.executions.append((request, call))

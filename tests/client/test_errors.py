@@ -155,9 +155,9 @@ def test_auth_codes_map_without_error_info(code: grpc.StatusCode, cls: type[Sess
 
 
 def test_unknown_reason_keeps_reason_and_metadata() -> None:
-    error = _from_rpc_error(rpc_error(Code.UNAVAILABLE, reason="RECOVERING", metadata={"retry_after": "1"}))
+    error = _from_rpc_error(rpc_error(Code.UNAVAILABLE, reason="FUTURE_REASON", metadata={"retry_after": "1"}))
     assert type(error) is RPCError
-    assert error.reason == "RECOVERING"
+    assert error.reason == "FUTURE_REASON"
     assert error.metadata == {"retry_after": "1"}
 
 

@@ -26,6 +26,7 @@ EXPECTED = [
     "PayloadConverter",
     "PermissionDeniedError",
     "RPCError",
+    "RecoveringError",
     "RetryPolicy",
     "ServerShuttingDownError",
     "Session",
@@ -45,8 +46,11 @@ EXPECTED = [
     "TooManyWaitersError",
     "UnauthenticatedError",
     "WorkerBackloggedError",
+    "WorkerDetachedError",
+    "WorkerIdInUseError",
     "WorkerInfo",
     "WorkerRef",
+    "WorkerReplacedError",
     "WorkerUnavailableError",
     "__version__",
     "activity",
@@ -100,7 +104,7 @@ def test_every_error_shares_the_one_root() -> None:
         for n in EXPECTED
         if inspect.isclass(getattr(sessiond_client, n)) and issubclass(getattr(sessiond_client, n), Exception)
     ]
-    assert len(errors) == 24
+    assert len(errors) == 28
     assert all(issubclass(e, sessiond_client.SessiondError) for e in errors)
 
 

@@ -36,6 +36,9 @@ SAMPLES: list[core.SessionError] = [
     core.MessageTooLargeError("the activity task", 17_000_000, 16_777_216, session_id="s-1"),
     core.WorkerBackloggedError("w-1", "s-1", 33_000_000, 33_554_432),
     core.TooManyWaitersError("q", 1000, "on task queue 'q'"),
+    core.WorkerDetachedError("s-1"),
+    core.RecoveringError("not known yet; retry", metadata={"session_id": "s-1"}),
+    core.WorkerIdInUseError("q", "w-1", 29.5),
 ]
 
 
@@ -77,3 +80,9 @@ def test_failure_causes_survive_the_trip() -> None:
     assert (aborted.cause, aborted.in_flight) == (sessiond_client.FailureCause.WORKER_LOST, True)
     for cause in CoreCause:
         assert sessiond_client.FailureCause[cause.name].value == cause.value
+
+
+def test_worker_id_in_use_tells_the_library_how_long_to_retry() -> None:
+    mapped = as_client_error(core.WorkerIdInUseError("q", "w-1", 29.5))
+    assert isinstance(mapped, sessiond_client.WorkerIdInUseError)
+    assert mapped.code is grpc.StatusCode.ALREADY_EXISTS and mapped.stale_after == 29.5

@@ -275,7 +275,7 @@ async def test_the_watch_treats_an_unknown_session_as_gone(client_and_stub: tupl
     stub.watch_error = aio_error(grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND")
     async with client.create_session("q") as session:
         failure = await asyncio.wait_for(session.wait_failed(), 5)
-        assert failure is not None and failure.cause is FailureCause.UNSPECIFIED
+        assert failure is not None and failure.cause is FailureCause.SESSION_LOST
     assert stub.completed == []  # nothing to complete
 
 

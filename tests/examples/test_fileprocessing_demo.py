@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_demo_runs_all_three_scenarios_and_exits_zero() -> None:
+def test_demo_runs_all_four_scenarios_and_exits_zero() -> None:
     env = {**os.environ, "GRPC_VERBOSITY": "ERROR"}
     done = subprocess.run(
         [sys.executable, "-m", "examples.fileprocessing"], cwd=ROOT, env=env,
@@ -26,4 +26,7 @@ def test_demo_runs_all_three_scenarios_and_exits_zero() -> None:
     assert "SessionFailedError after" in out and "cause=WORKER_LOST" in out
     # Scenario 3: recreate lands on the same worker.
     assert "run 2 landed on run 1's worker and found its file: True" in out
+    # Scenario 4: the restarted worker process got its session back and continued from its disk.
+    assert "its files are here, continuing" in out
+    assert "one session, two worker processes, the file found on disk: True" in out
     assert out.rstrip().endswith("demo OK")

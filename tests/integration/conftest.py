@@ -204,6 +204,9 @@ async def make_server() -> AsyncIterator[ServerFactory]:
     running: list[Sessiond] = []
 
     async def make(**config: Any) -> Sessiond:
+        # No recovery window unless a test asks for one: a fresh server here is not a restart, and
+        # unknown ids should answer NOT_FOUND at once.
+        config.setdefault("recovery_window", timedelta(0))
         server, port = await create_server(ServerConfig(listen="127.0.0.1:0", **config))
         await server.start()
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")

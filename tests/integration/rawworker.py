@@ -58,7 +58,8 @@ class RawWorker:
 
     def __init__(self, target: str, task_queue: str, *, worker_id: str = "", capacity: int = 1,
                  host_name: str = "", identity: str = "", emit: Emit | None = None,
-                 metadata: tuple[tuple[str, str], ...] = (), read: bool = True,
+                 metadata: tuple[tuple[str, str], ...] = (), instance_id: str = "",
+                 held: list[session_pb2.Session] | None = None, held_from: str = "", read: bool = True,
                  heartbeat_every: float | None = None) -> None:
         self.target = target
         self.task_queue = task_queue
@@ -68,6 +69,13 @@ class RawWorker:
         self.identity = identity or f"{os.getpid()}@rawworker"
         self._emit = emit
         self._metadata = metadata
+        self.instance_id = instance_id
+        # The sessions as the server sent them, to report when registering again (held_sessions).
+        self.records: dict[str, session_pb2.Session] = {s.session_id: s for s in held or ()}
+        self.held_from = held_from
+        self.reattached: list[str] = []
+        self.replaced = ""
+        self.restarting = False
         # What the worker saw, in order; tests read these.
         self.events: list[dict[str, Any]] = []
         self.worker_id = ""
@@ -108,7 +116,8 @@ class RawWorker:
         stub = session_service_pb2_grpc.SessionServiceStub(self._channel)
         self._outbox.put_nowait(worker_pb2.WorkerHeartbeatRequest(register=worker_pb2.RegisterWorker(
             task_queue=self.task_queue, worker_id=self.requested_worker_id, identity=self.identity,
-            host_name=self.host_name, max_concurrent_sessions=self.capacity,
+            host_name=self.host_name, max_concurrent_sessions=self.capacity, instance_id=self.instance_id,
+            held_sessions=list(self.records.values()), held_from_incarnation=self.held_from,
         )))
         self._call = stub.WorkerHeartbeat(self._requests(), metadata=self._metadata or None)
         self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._heartbeat())]
@@ -120,6 +129,12 @@ class RawWorker:
     async def goodbye(self, *, drain: bool) -> None:
         """Say goodbye: with ``drain`` keep the open sessions, without it the server fails them."""
         self._send(worker_pb2.WorkerHeartbeatRequest(goodbye=worker_pb2.Goodbye(drain=drain)))
+
+    def decline(self, session_id: str) -> None:
+        """Give back a session got back at registration (it then fails WORKER_LOST)."""
+        self.held.discard(session_id)
+        self.records.pop(session_id, None)
+        self._send(worker_pb2.WorkerHeartbeatRequest(decline_session=worker_pb2.DeclineSession(session_id=session_id)))
 
     def pause(self) -> None:
         """Stop heartbeating (a hung worker: the stream stays open, nothing is sent)."""
@@ -208,11 +223,24 @@ class RawWorker:
         kind = message.WhichOneof("message")
         if kind == "registered":
             self.worker_id = message.registered.worker_id
-            self.max_message_size = getattr(message.registered, "max_message_size", 0)
+            self.max_message_size = message.registered.max_message_size
+            back = list(message.registered.reattached_sessions)
+            self.reattached = [s.session_id for s in back]
+            # Exactly what Registered lists is held from now on.
+            self.held = set(self.reattached)
+            self.records = {s.session_id: s for s in back}
             self.registered.set()
-            self._note("registered", worker_id=self.worker_id, incarnation=self.incarnation, interval=interval)
+            self._note("registered", worker_id=self.worker_id, incarnation=self.incarnation, interval=interval,
+                       reattached=self.reattached)
+        elif kind == "worker_replaced":
+            self.replaced = message.worker_replaced.message
+            self._note("worker_replaced", message=self.replaced)
+        elif kind == "server_restarting":
+            self.restarting = True
+            self._note("server_restarting")
         elif kind == "session_started":
             sid = message.session_started.session.session_id
+            self.records[sid] = message.session_started.session
             self.held.add(sid)
             self.started.append(sid)
             self.max_held = max(self.max_held, len(self.held))
@@ -220,6 +248,7 @@ class RawWorker:
         elif kind == "session_ended":
             ended = message.session_ended
             self.held.discard(ended.session_id)
+            self.records.pop(ended.session_id, None)
             state = session_pb2.SessionState.Name(ended.state)
             cause = session_pb2.FailureCause.Name(ended.failure.cause)
             self.ended[ended.session_id] = {"state": state, "cause": cause}

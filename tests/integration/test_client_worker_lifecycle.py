@@ -7,9 +7,11 @@ import asyncio
 import contextvars
 import json
 import signal
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 from sessiond_client import (
     FailureCause,
     NoCapacityError,
@@ -22,7 +24,7 @@ from sessiond_client import (
 
 from sessiond.config import ServerConfig
 from sessiond.server import create_server
-from tests.integration.conftest import Sessiond, StartWorker
+from tests.integration.conftest import ServerFactory, Sessiond, StartWorker
 from tests.integration.workers.support import poll, workers_of
 
 pytestmark = pytest.mark.asyncio
@@ -36,6 +38,12 @@ async def enter_elsewhere(session_context: SessionContext) -> str:
             return session.info.worker.worker_id
 
     return await asyncio.get_running_loop().create_task(enter(), context=contextvars.Context())
+
+
+@pytest_asyncio.fixture
+async def sessiond(make_server: ServerFactory) -> Sessiond:
+    """The default server, with the default recovery window (the restart test needs it)."""
+    return await make_server(recovery_window=timedelta(seconds=30))
 
 
 async def test_killing_the_worker_fails_the_in_flight_activity_with_worker_lost(
@@ -79,35 +87,34 @@ async def test_completing_the_session_sets_a_sync_activitys_cancel_flag(
     assert seen == {"cancelled": True, "reason": "SESSION_COMPLETED"}
 
 
-async def test_the_worker_reconnects_after_a_server_restart(
+async def test_the_worker_reconnects_after_a_server_restart_and_the_session_survives_it(
     sessiond: Sessiond, client: SessionClient, start_worker: StartWorker
 ) -> None:
     worker = await start_worker(worker_id="stable-worker")
-    async with client.create_session(QUEUE, creation_timeout=10) as before:
-        await client.get_session_info(before.id)
-        first_incarnation = client.server_incarnation
-        await sessiond.server.stop(0)
-        restarted, port = await create_server(ServerConfig(listen=f"127.0.0.1:{sessiond.port}"))
-        assert port == sessiond.port
-        await restarted.start()
-        try:
-            # The old session died with the old server: the watch learns that it is gone.
-            failure = await asyncio.wait_for(before.wait_failed(), 15)
-            assert failure is not None and before.failed
-
+    restarted = None
+    try:
+        async with client.create_session(QUEUE, creation_timeout=10) as before:
+            await client.get_session_info(before.id)
+            first_incarnation = client.server_incarnation
+            await sessiond.server.stop(0)  # the graceful stop: workers are told the server restarts
+            restarted, port = await create_server(ServerConfig(listen=f"127.0.0.1:{sessiond.port}"))
+            assert port == sessiond.port
+            await restarted.start()
             found = await poll(
                 lambda: _registered(client, worker.worker_id), within=20, what="worker back on the new server"
             )
-            assert found.task_queue == QUEUE
+            assert found.task_queue == QUEUE and found.open_sessions == 1
             assert worker.process.returncode is None
-            # The same client (same channel) works against the new server and the worker takes sessions again.
-            worker_id = await enter_elsewhere(client.create_session(QUEUE, creation_timeout=10))
-            assert worker_id == "stable-worker"
-            async with client.recreate_session(before.recreate_token, creation_timeout=10) as again:
-                assert await again.execute_activity("echo", "after restart") == "after restart"
-                await client.get_session_info(again.id)
-                assert client.server_incarnation not in (None, first_incarnation)
-        finally:
+            # The worker reported the session and the new server adopted it: same id, same worker, and
+            # the caller's handle (its watch rode through the restart) keeps working.
+            info = await client.get_session_info(before.id)
+            assert info.state is SessionState.OPEN and info.worker.worker_id == "stable-worker"
+            assert client.server_incarnation not in (None, first_incarnation)
+            assert await before.execute_activity("echo", "after restart") == "after restart"
+            assert not before.failed
+        assert (await client.get_session_info(before.id)).state is SessionState.CLOSED
+    finally:
+        if restarted is not None:
             await restarted.stop(0)
 
 

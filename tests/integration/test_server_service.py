@@ -12,7 +12,6 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from sessiond_client.api.v1 import session_service_pb2
 
 from tests.integration.conftest import (
-    FAILED,
     OPEN,
     QUEUE,
     ServerFactory,
@@ -75,9 +74,11 @@ async def test_shutdown_reports_not_serving_ends_worker_streams_and_finishes_bef
     watch.cancel()
     await eventually(lambda: worker.stream_done.is_set(), message="the worker's stream ended")
     assert worker.stream_error is None  # ended by the server with OK, not cut
-    # Session watches end too (with the session's terminal state), so they do not hold the grace.
-    assert (await asyncio.wait_for(session_watch.read(), 5)).session.state == FAILED
-    assert await asyncio.wait_for(session_watch.read(), 5) is grpc.aio.EOF
+    # A stop is a restart: the worker was told so (it keeps its sessions for the next server) ...
+    assert worker.restarting and worker.held == {session.session_id}
+    # ... and session watches end at once with a retryable UNAVAILABLE, not with a failure, so they
+    # neither hold the grace nor tell the caller its session died.
+    await rpc_error(session_watch.read(), grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
     await asyncio.wait_for(stopping, 10)
     assert loop.time() - started < 10, "stop waited for the grace period: a stream was left open"
 

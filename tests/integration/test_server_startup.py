@@ -188,8 +188,8 @@ async def test_every_duration_default_in_help_is_accepted_back() -> None:
     text = " ".join(out.decode().split())
     defaults = re.findall(r"--([a-z-]+) [A-Z_]+ .*?default ([^\]]+)\]", text)
     durations = {flag: value for flag, value in defaults if flag.endswith(("timeout", "retention", "interval",
-                                                                            "grace"))}
-    assert len(durations) == 7, durations
+                                                                            "grace", "window"))}
+    assert len(durations) == 10, durations
 
     from sessiond.config import ServerConfig, parse_field
 

@@ -46,7 +46,8 @@ def metrics() -> Iterator[tuple[SessionMetrics, int]]:
 
 @pytest_asyncio.fixture
 async def sessiond(metrics: tuple[SessionMetrics, int]) -> AsyncIterator[Sessiond]:
-    server, grpc_port = await create_server(ServerConfig(listen="127.0.0.1:0"), metrics=metrics[0])
+    server, grpc_port = await create_server(ServerConfig(listen="127.0.0.1:0", recovery_window=timedelta(0)),
+                                            metrics=metrics[0])
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}")
     yield Sessiond(server, grpc_port, channel, session_service_pb2_grpc.SessionServiceStub(channel))

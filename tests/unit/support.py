@@ -36,10 +36,17 @@ def new_table(*, retention: float = 600.0, max_heartbeat_interval: float = 10.0)
     return SessionTable(retention=retention, max_heartbeat_interval=max_heartbeat_interval, new_id=counting_ids())
 
 
-def registration(worker_id: str, sessions: int = 1, *, task_queue: str = QUEUE) -> WorkerRegistration:
-    """What worker ``worker_id`` declares when it connects with room for ``sessions`` sessions."""
+def registration(worker_id: str, sessions: int = 1, *, task_queue: str = QUEUE,
+                 instance: str | None = None) -> WorkerRegistration:
+    """What worker ``worker_id`` declares when it connects with room for ``sessions`` sessions.
+
+    By default every registration of one worker id comes from the same process (``instance``), so
+    a re-registration replaces the earlier stream at once; pass another instance to model a second
+    process with that worker id.
+    """
     return WorkerRegistration(task_queue=task_queue, worker_id=worker_id, identity=f"{worker_id}@host",
-                              host_name=f"{worker_id}-host", capacity=ResourceVector.sessions(sessions))
+                              host_name=f"{worker_id}-host", capacity=ResourceVector.sessions(sessions),
+                              instance_id=f"{worker_id}-process" if instance is None else instance)
 
 
 def connect(table: SessionTable, worker_id: str, sessions: int = 1, *, now: float = 0.0,
@@ -48,9 +55,11 @@ def connect(table: SessionTable, worker_id: str, sessions: int = 1, *, now: floa
     return table.connect_worker(now, registration(worker_id, sessions, task_queue=task_queue))
 
 
-def options(*, creation: float = 60.0, execution: float = 24 * 3600.0, heartbeat: float = 20.0) -> SessionOptions:
+def options(*, creation: float = 60.0, execution: float = 24 * 3600.0, heartbeat: float = 20.0,
+            caller: float = 0.0, reattach: float = 0.0) -> SessionOptions:
     """Session options with short names."""
-    return SessionOptions(creation_timeout=creation, execution_timeout=execution, heartbeat_timeout=heartbeat)
+    return SessionOptions(creation_timeout=creation, execution_timeout=execution, heartbeat_timeout=heartbeat,
+                          caller_timeout=caller, reattach_timeout=reattach)
 
 
 def create_placed(table: SessionTable, now: float = 0.0, opts: SessionOptions | None = None, *,

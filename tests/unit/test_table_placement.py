@@ -327,6 +327,7 @@ def test_recreate_with_a_token_made_before_the_session_closed_still_works_after(
 def test_an_invalid_token_is_rejected_and_takes_no_slot_and_does_not_wait(token: bytes) -> None:
     table = new_table()
     worker = connect(table, "a", 1)
+    table.take_events()
     with pytest.raises(InvalidRecreateTokenError):
         table.recreate(0.0, token, options(), owner="alice", request_id="r1")
     assert len(worker.sessions) == 0

@@ -1,8 +1,10 @@
 """Random operation sequences against the session table, checking its invariants after every step.
 
 A hypothesis state machine drives connect / create / recreate / complete / heartbeat / time /
-disconnect / goodbye / activities / cancel over three workers with 1-3 slots and a manual clock,
-and keeps its own model of what the events said, so each step checks the table against it.
+disconnect / goodbye / activities / cancel, and the ways sessions outlive processes (callers that
+watch, call or vanish; workers that detach, reattach, decline, or register twice from two processes;
+server restarts rebuilt from the workers' reports), over three workers with 1-3 slots and a manual
+clock, and keeps its own model of what the events said, so each step checks the table against it.
 Each rule catches only the domain errors its call may raise, so any other exception (the
 table's internal ``IllegalTransitionError`` included) fails the test: it is unreachable from
 the public API.
@@ -10,6 +12,7 @@ the public API.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from hypothesis import settings
@@ -23,13 +26,34 @@ from sessiond.core.errors import (
     ExistingOpenSessionError,
     InvalidRecreateTokenError,
     NoCapacityError,
+    RecoveringError,
     SessionClosedError,
     SessionFailedError,
     SessionNotFoundError,
+    WorkerDetachedError,
+    WorkerIdInUseError,
     WorkerUnavailableError,
 )
-from sessiond.core.events import ActivityEnded, Event, SessionEnded, SessionPlaced, WaiterFailed
-from sessiond.core.model import Activity, Failure, Session, SessionOptions, SessionState, Waiter, WorkerKey
+from sessiond.core.events import (
+    ActivityEnded,
+    Event,
+    SessionDetached,
+    SessionEnded,
+    SessionPlaced,
+    WaiterFailed,
+    WorkerRegistered,
+)
+from sessiond.core.model import (
+    Activity,
+    Failure,
+    FailureCause,
+    Session,
+    SessionOptions,
+    SessionRecord,
+    SessionState,
+    Waiter,
+    WorkerKey,
+)
 from sessiond.core.resources import SESSIONS, ResourceVector
 from sessiond.core.table import SessionTable
 from sessiond.core.token import encode_token
@@ -47,6 +71,8 @@ options_strategy = st.builds(
     creation_timeout=st.sampled_from([0.0, 2.0, 8.0]),
     execution_timeout=st.sampled_from([5.0, 40.0]),
     heartbeat_timeout=st.sampled_from([3.0, 6.0, 15.0]),
+    caller_timeout=st.sampled_from([0.0, 0.0, 4.0]),
+    reattach_timeout=st.sampled_from([0.0, 5.0]),
 )
 
 Connection = tuple[WorkerKey, int]
@@ -58,7 +84,18 @@ class SessionTableMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.now = 0.0
-        self.table = SessionTable(retention=RETENTION, max_heartbeat_interval=MAX_INTERVAL, new_id=counting_ids())
+        self.ids = counting_ids()  # shared by every incarnation: ids are unique across restarts, as UUIDs are
+        self.table = SessionTable(retention=RETENTION, max_heartbeat_interval=MAX_INTERVAL, new_id=self.ids)
+        self.detached: set[str] = set()
+        self.watches: list[Session] = []  # one entry per open WatchSession
+        # Server restarts: what each worker process still holds from the last incarnation, to report
+        # when it registers again, and every record ever reported (for the RECOVERING checks).
+        self.held: dict[str, list[SessionRecord]] = {}
+        self.records: dict[str, SessionRecord] = {}
+        self.adopted: set[str] = set()
+        self.instances: dict[str, str] = {}  # worker id -> the process that registered it last
+        self.processes = itertools.count(1)
+        self.registering: tuple[list[SessionRecord], set[str]] | None = None
         self.live: dict[str, Connection] = {}  # worker id -> its current connection
         self.fenced: list[Connection] = []  # replaced or disconnected connections
         self.sessions: dict[str, Session] = {}  # every session ever placed
@@ -92,9 +129,65 @@ class SessionTableMachine(RuleBasedStateMachine):
                 self._on_ended(event)
             elif isinstance(event, WaiterFailed):
                 self._on_waiter_failed(event)
-            else:
+            elif isinstance(event, ActivityEnded):
                 self._on_activity_ended(event)
+            elif isinstance(event, SessionDetached):
+                self._on_detached(event)
+            else:
+                assert self.registering is not None, "WorkerRegistered outside connect_worker"
+                self._on_registered(event, *self.registering)
+                self.registering = None
         return events
+
+    def _on_detached(self, event: SessionDetached) -> None:
+        session = event.session
+        # It may have ended in the same call too (reattached to a smaller worker, no room).
+        assert session.options.reattach_timeout > 0
+        # (A re-registration detaches the old stream's sessions and reattaches them in one call.)
+        assert session.detached_at in (self.now, None)
+        assert session.session_id not in self.detached
+        self.detached.add(session.session_id)
+
+    def _on_registered(self, event: WorkerRegistered, held: list[SessionRecord],
+                       was_detached: set[str]) -> None:
+        worker = event.worker
+        adopted = []
+        for session in event.reattached:
+            assert session.worker is worker and session.detached_at is None
+            if session.state is not SessionState.OPEN:
+                # Adopted past its expire_at: ended at once (its SessionEnded comes next in the batch).
+                assert session.failure is not None and session.failure.cause is FailureCause.EXECUTION_TIMEOUT
+                assert session.expire_at <= self.now and session.session_id not in self.sessions
+            else:
+                assert session.session_id in worker.sessions
+            if session.session_id in self.sessions:
+                assert session.session_id in was_detached, "a session that was not detached was reattached"
+                self.detached.discard(session.session_id)
+            else:
+                record = self.records[session.session_id]
+                assert (session.session_id, session.owner, session.request_id, session.options, session.expire_at,
+                        session.recreated) == (record.session_id, record.owner, record.request_id, record.options,
+                                               record.expire_at, record.recreated), "adoption changed the record"
+                self.sessions[session.session_id] = session
+                self.placed_total += 1
+                self.adopted.add(session.session_id)
+                adopted.append(session.session_id)
+        if self.now < self.table.recovering_until:
+            # Only the hard limit and the owner rule refuse a report (an owner that created a new
+            # session during the window keeps that one).
+            free = worker.capacity[SESSIONS] - (len(event.reattached) - len(adopted))
+            owners = self._owner_holders() - {self.records[sid].owner for sid in adopted}
+            expected = []
+            for record in held:
+                if free > 0 and not (record.owner and record.owner in owners):
+                    expected.append(record.session_id)
+                    free -= record.expire_at > self.now  # one adopted past its expiry is ended at once
+            assert adopted == expected, f"adopted {adopted}, expected {expected}"
+        else:
+            assert adopted == [], "a report was adopted after the recovery window"
+        for sid in was_detached - {s.session_id for s in event.reattached}:
+            # No room on the smaller worker: WORKER_LOST (its SessionEnded comes next in the batch).
+            assert self.sessions[sid].failure is not None
 
     def _on_placed(self, event: SessionPlaced) -> None:
         session = event.session
@@ -124,6 +217,11 @@ class SessionTableMachine(RuleBasedStateMachine):
         assert session.closed_at == self.now
         assert (session.failure is None) == (session.state is SessionState.CLOSED)
         assert event.epoch == session.worker.epoch
+        if session.failure is not None and session.failure.cause is FailureCause.CALLER_LOST:
+            timeout = session.options.caller_timeout
+            assert timeout > 0 and session.watchers == 0 and not session.activities
+            assert self.now >= session.caller_seen + timeout, "a caller was declared lost too early"
+        self.detached.discard(sid)
         self.ended.add(sid)
         self.ended_total += 1
         self.terminal[sid] = (session.state, session.failure, session.closed_at)
@@ -141,7 +239,12 @@ class SessionTableMachine(RuleBasedStateMachine):
         assert activity.activity_id in self.in_flight, "an activity ended twice or was never started"
         self.in_flight.discard(activity.activity_id)
         session = self.sessions[activity.session_id]
-        if isinstance(event.error, ActivityTimeoutError):
+        # The engine stamps the caller as seen when an activity's RPC returns.
+        self.table.caller_seen(self.now, session.session_id)
+        if isinstance(event.error, WorkerDetachedError):
+            # Detached now (or, on a re-registration, detached and reattached in the same call).
+            assert session.options.reattach_timeout > 0 and session.detached_at in (self.now, None)
+        elif isinstance(event.error, ActivityTimeoutError):
             assert self.now >= activity.deadline
             assert session.state is SessionState.OPEN
         else:
@@ -187,13 +290,85 @@ class SessionTableMachine(RuleBasedStateMachine):
         for worker_id, capacity in zip(WORKER_IDS, capacities, strict=False):
             self.connect(worker_id, capacity)
 
-    @rule(worker_id=st.sampled_from(WORKER_IDS), capacity=st.integers(1, 3))
-    def connect(self, worker_id: str, capacity: int) -> None:
-        worker = self.table.connect_worker(self.now, registration(worker_id, capacity))
+    @rule(worker_id=st.sampled_from(WORKER_IDS), capacity=st.integers(1, 3), same_process=st.booleans())
+    def connect(self, worker_id: str, capacity: int, same_process: bool = True) -> None:
+        held = self.held.pop(worker_id, [])
+        key = WorkerKey(QUEUE, worker_id)
+        current = self.table.worker(*self.live[worker_id]) if worker_id in self.live else None
+        was_detached = {sid for sid in self.detached if self.sessions[sid].worker.key == key}
+        if current is not None:
+            was_detached |= current.sessions  # replacing a live stream detaches its sessions first
+        instance = self.instances.get(worker_id, f"{worker_id}-process")
+        if not same_process:
+            instance = f"{worker_id}-process-{next(self.processes)}"
+        stale_at = None if current is None else max(current.last_seen, current.interval_since) + 3 * current.interval
+        try:
+            worker = self.table.connect_worker(self.now, registration(worker_id, capacity, instance=instance), held)
+        except WorkerIdInUseError as exc:
+            assert stale_at is not None and not same_process
+            assert self.now < stale_at and exc.stale_after == stale_at - self.now
+            assert self._drain() == [], "a refused registration changed something"
+            self.held[worker_id] = held
+            return
+        if stale_at is not None and not same_process:
+            assert self.now >= stale_at, "a live registration was displaced by another process"
+        self.instances[worker_id] = instance
         if worker_id in self.live:
             self.fenced.append(self.live[worker_id])
         self.live[worker_id] = (worker.key, worker.epoch)
+        self.registering = (held, was_detached)
+        events = self._drain()
+        registered = [e for e in events if isinstance(e, WorkerRegistered)]
+        assert len(registered) == 1 and registered[0].worker is worker
+        assert not any(isinstance(e, SessionPlaced) for e in events[:events.index(registered[0])]), \
+            "a placement on the new stream came before its registration"
+
+    @precondition(lambda self: self.live)
+    @rule(data=st.data())
+    def decline(self, data: st.DataObject) -> None:
+        worker = self.table.worker(*self.live[data.draw(st.sampled_from(sorted(self.live)))])
+        assert worker is not None
+        if not worker.sessions:
+            return
+        session = self.table.get(data.draw(st.sampled_from(sorted(worker.sessions))))
+        self.table.decline_session(self.now, worker.key, worker.epoch, session.session_id)
         self._drain()
+        assert session.failure is not None and session.failure.cause is FailureCause.WORKER_LOST
+
+    @rule(window=st.sampled_from([0.0, 10.0]))
+    def server_restarts(self, window: float) -> None:
+        """A new, empty table: the workers (not the server) still hold what was open on them."""
+        for worker_id, conn in self.live.items():
+            worker = self.table.worker(*conn)
+            if worker is None:
+                continue
+            records = [SessionRecord(s.session_id, s.task_queue, s.options, s.owner, s.request_id, s.recreated,
+                                     s.placed_at, s.expire_at)
+                       for s in sorted((self.table.get(sid) for sid in worker.sessions), key=lambda x: x.seq)]
+            self.held[worker_id] = records
+            self.records.update((r.session_id, r) for r in records)
+        self.table = SessionTable(retention=RETENTION, max_heartbeat_interval=MAX_INTERVAL, new_id=self.ids,
+                                  recovering_until=self.now + window)
+        self.live, self.fenced = {}, []
+        self.sessions, self.ended, self.terminal, self.detached = {}, set(), {}, set()
+        self.placed_total = self.ended_total = 0
+        self.waiters, self.cancelled, self.expired, self.served = {}, set(), set(), set()
+        self.activities, self.in_flight, self.watches = {}, set(), []
+
+    @precondition(lambda self: self.records)
+    @rule(data=st.data())
+    def caller_asks_about_a_reported_session(self, data: st.DataObject) -> None:
+        sid = data.draw(st.sampled_from(sorted(self.records)))
+        try:
+            session = self.table.lookup(self.now, sid)
+        except RecoveringError:
+            assert sid not in self.sessions and self.now < self.table.recovering_until
+        except SessionNotFoundError:
+            assert sid not in self.sessions or self.sessions[sid].closed_at is not None
+            assert self.now >= self.table.recovering_until
+        else:
+            assert self.sessions[sid] is session
+        assert self._drain() == []
 
     @precondition(lambda self: self.live or self.fenced)
     @rule(data=st.data(), everyone=st.booleans())
@@ -221,9 +396,17 @@ class SessionTableMachine(RuleBasedStateMachine):
         if how == "disconnect":
             del self.live[worker_id]
             self.fenced.append(conn)
+            worker = self.table.worker(*conn)
+            assert worker is not None
+            held = set(worker.sessions)
+            draining = worker.draining
             self.table.disconnect_worker(self.now, *conn)
             self._drain()
             assert self.table.worker(*conn) is None
+            for sid in held:
+                session = self.sessions[sid]
+                keeps = session.options.reattach_timeout > 0 and not draining
+                assert (sid in self.detached) == keeps and (session.state is SessionState.OPEN) == keeps
             return
         self.table.worker_goodbye(self.now, *conn, drain=how == "goodbye-drain")
         self._drain()
@@ -278,6 +461,7 @@ class SessionTableMachine(RuleBasedStateMachine):
             assert target is None
             assert self._drain() == []
             return
+
         except (NoCapacityError, WorkerUnavailableError):
             assert opts.creation_timeout == 0
             assert self._drain() == []
@@ -300,6 +484,28 @@ class SessionTableMachine(RuleBasedStateMachine):
             assert session.closed_at is not None and self.now >= session.closed_at + RETENTION
         self._drain()
         assert session.state is not SessionState.OPEN
+
+    @precondition(lambda self: self.sessions)
+    @rule(data=st.data(), how=st.sampled_from(["rpc", "watch", "unwatch"]))
+    def caller(self, data: st.DataObject, how: str) -> None:
+        if how == "unwatch":
+            if self.watches:
+                session = self.watches.pop(data.draw(st.integers(0, len(self.watches) - 1)))
+                self.table.watch_ended(self.now, session)
+            assert self._drain() == []
+            return
+        session = self.sessions[data.draw(st.sampled_from(sorted(self.sessions)))]
+        try:
+            if how == "rpc":
+                assert self.table.lookup(self.now, session.session_id) is session
+            else:
+                assert self.table.watch_started(self.now, session.session_id) is session
+                self.watches.append(session)
+        except SessionNotFoundError:
+            assert session.closed_at is not None and self.now >= session.closed_at + RETENTION
+        else:
+            assert session.caller_seen == self.now
+        assert self._drain() == []
 
     @precondition(lambda self: self.waiters)
     @rule(data=st.data())
@@ -328,6 +534,7 @@ class SessionTableMachine(RuleBasedStateMachine):
         else:
             assert session.state is SessionState.OPEN
             assert activity.worker is session.worker and activity.epoch == session.worker.epoch
+            assert activity.worker.connected == (session.detached_at is None)
             self.activities[activity.activity_id] = activity
             self.in_flight.add(activity.activity_id)
         assert self._drain() == []
@@ -346,6 +553,7 @@ class SessionTableMachine(RuleBasedStateMachine):
         if was_in_flight and (abandon or not fenced):
             assert result is activity
             self.in_flight.discard(activity.activity_id)
+            self.table.caller_seen(self.now, activity.session_id)
         else:
             assert result is None
         assert self._drain() == []
@@ -371,15 +579,31 @@ class SessionTableMachine(RuleBasedStateMachine):
             assert worker.interval == min([MAX_INTERVAL, *(t / 3.0 for t in timeouts)])
 
     @invariant()
-    def open_sessions_live_on_connected_workers_and_nothing_is_overdue(self) -> None:
+    def open_sessions_live_on_connected_workers_or_wait_detached_and_nothing_is_overdue(self) -> None:
         for sid, session in self.sessions.items():
             if session.state is not SessionState.OPEN:
                 continue
             worker = session.worker
-            assert worker.connected and self.table.worker(worker.key, worker.epoch) is worker
             assert sid in worker.sessions
             assert self.now < session.expire_at
-            assert self.now < max(worker.last_seen, session.placed_at) + session.options.heartbeat_timeout
+            if sid in self.detached:
+                assert session.detached_at is not None and not worker.connected
+                assert self.table.worker(worker.key, worker.epoch) is None
+                assert self.now < session.detached_at + session.options.reattach_timeout
+                continue
+            assert session.detached_at is None
+            assert worker.connected and self.table.worker(worker.key, worker.epoch) is worker
+            assert self.now < max(worker.last_seen, session.live_from) + session.options.heartbeat_timeout
+
+    @invariant()
+    def unattended_sessions_fail_no_later_than_their_caller_timeout(self) -> None:
+        for session in self.sessions.values():
+            timeout = session.options.caller_timeout
+            if session.state is SessionState.OPEN and timeout > 0 and not session.watchers \
+                    and not session.activities:
+                assert self.now < session.caller_seen + timeout
+        for session in self.sessions.values():
+            assert session.watchers == sum(1 for w in self.watches if w is session)
 
     @invariant()
     def terminal_states_never_change(self) -> None:

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sessiond_client import ApplicationError, SessionWorker, activity
+from sessiond_client import ApplicationError, SessiondError, SessionInfo, SessionWorker, activity
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -88,6 +88,8 @@ async def main() -> int:
     parser.add_argument("--max-sessions", type=int, default=1000)
     parser.add_argument("--worker-id", default=None)
     parser.add_argument("--grace", type=float, default=60.0)
+    parser.add_argument("--decline-reattached", action="store_true",
+                        help="give back every session got back at registration")
     args = parser.parse_args()
     log_dir = os.environ.get("CLIENT_WORKER_LOG_DIR")
     if log_dir:
@@ -104,6 +106,7 @@ async def main() -> int:
         max_concurrent_sessions=args.max_sessions,
         worker_id=args.worker_id,
         shutdown_grace=args.grace,
+        on_session_reattached=lambda info: on_reattached(info, keep=not args.decline_reattached),
     )
     runner = asyncio.create_task(worker.run(handle_signals=True))
     registered = asyncio.create_task(worker.wait_registered())
@@ -112,9 +115,19 @@ async def main() -> int:
         emit("registered", worker_id=registered.result(), pid=os.getpid())
     else:
         registered.cancel()
-    await runner
+    try:
+        await runner
+    except SessiondError as err:
+        emit("error", type=type(err).__name__, reason=err.reason, message=str(err))
+        return 2
     emit("stopped")
     return 0
+
+
+def on_reattached(info: SessionInfo, *, keep: bool) -> bool:
+    """Report every session got back at a registration (and keep it unless told otherwise)."""
+    emit("reattached", session_id=info.session_id, keep=keep)
+    return keep
 
 
 if __name__ == "__main__":

@@ -103,20 +103,23 @@ class ClientWorkerProcess:
 
 
 async def start_worker(
-    target: str, task_queue: str, *, max_sessions: int = 1000, worker_id: str | None = None, grace: float = 60.0
+    target: str, task_queue: str, *, max_sessions: int = 1000, worker_id: str | None = None, grace: float = 60.0,
+    decline_reattached: bool = False, wait: str = "registered",
 ) -> ClientWorkerProcess:
-    """Start a worker process and wait until it has registered."""
+    """Start a worker process and wait until it has printed ``wait`` (its registration, by default)."""
     env = {**os.environ, "GRPC_VERBOSITY": "ERROR", "PYTHONUNBUFFERED": "1"}
     argv = [str(WORKER_SCRIPT), "--target", target, "--task-queue", task_queue]
     argv += ["--max-sessions", str(max_sessions), "--grace", str(grace)]
     if worker_id:
         argv += ["--worker-id", worker_id]
+    if decline_reattached:
+        argv.append("--decline-reattached")
     process = await asyncio.create_subprocess_exec(
         sys.executable, *argv, stdout=asyncio.subprocess.PIPE, env=env, cwd=REPO_ROOT
     )
     worker = ClientWorkerProcess(process)
     try:
-        await worker.wait_event("registered")
+        await worker.wait_event(wait)
     except BaseException:
         await worker.reap()
         raise

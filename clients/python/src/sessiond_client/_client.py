@@ -6,6 +6,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
 
@@ -15,7 +16,13 @@ import grpc.aio
 from sessiond_client import _tracing
 from sessiond_client._connection import ConnectionConfig, Metadata
 from sessiond_client._converter import DefaultPayloadConverter, PayloadConverter
-from sessiond_client._errors import RPCError, ServerShuttingDownError, SessiondError, _from_rpc_error
+from sessiond_client._errors import (
+    RecoveringError,
+    RPCError,
+    ServerShuttingDownError,
+    SessiondError,
+    _from_rpc_error,
+)
 from sessiond_client._limits import DEFAULT_MAX_MESSAGE_SIZE
 from sessiond_client._retry import Backoff
 from sessiond_client._session import SessionContext
@@ -45,6 +52,8 @@ _SERVER_DEFAULT_CREATION_TIMEOUT = 60.0
 # idempotent calls (reads, CompleteSession, Create/Recreate with their request_id).
 _UNARY_RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
 _UNARY_ATTEMPTS = 4
+# The Python client's default caller_timeout (SPEC §6.2): a crashed caller frees its slot within a minute.
+DEFAULT_CALLER_TIMEOUT = timedelta(seconds=60)
 
 
 class SessionClient:
@@ -75,6 +84,7 @@ class SessionClient:
         converter: PayloadConverter | None = None,
         channel_options: tuple[tuple[str, int | str], ...] = (),
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        recovery_window: Duration = 30.0,
     ) -> None:
         """Open a channel to ``target`` (``host:port``). Must be called inside a running event loop.
 
@@ -92,6 +102,10 @@ class SessionClient:
             max_message_size: The server's ``--max-message-size`` (bytes, default 16 MiB): an
                 activity input over it raises :class:`MessageTooLargeError` before it is sent,
                 and results up to it are received.
+            recovery_window: The server's ``--recovery-window``. While the server restarts, calls
+                wait for it and open sessions ride through; a session whose server stays
+                unreachable longer than this is reported FAILED with ``SERVER_UNREACHABLE``
+                (its worker has dropped it by then).
         """
         asyncio.get_running_loop()  # fail early and clearly outside a loop
         self._config = ConnectionConfig(
@@ -108,6 +122,7 @@ class SessionClient:
         if self._default_rpc_timeout <= 0:
             raise ValueError("default_rpc_timeout must be positive")
         self._converter = converter or DefaultPayloadConverter()
+        self._recovery_window = to_seconds(recovery_window)
         self._metadata: Metadata = self._config.call_metadata()
         self._channel = self._config.open_channel()
         self._stub = session_service_pb2_grpc.SessionServiceStub(self._channel)
@@ -129,6 +144,7 @@ class SessionClient:
         converter: PayloadConverter | None = None,
         channel_options: tuple[tuple[str, int | str], ...] = (),
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        recovery_window: Duration = 30.0,
         wait_ready: bool = True,
     ) -> Self:
         """Build a client (arguments as for the constructor) and, with ``wait_ready``, wait until
@@ -148,6 +164,7 @@ class SessionClient:
             converter=converter,
             channel_options=channel_options,
             max_message_size=max_message_size,
+            recovery_window=recovery_window,
         )
         if wait_ready:
             try:
@@ -208,6 +225,11 @@ class SessionClient:
         return self._default_rpc_timeout
 
     @property
+    def recovery_window(self) -> float:
+        """The server's recovery window in seconds (learned from :meth:`get_session_info`)."""
+        return self._recovery_window
+
+    @property
     def server_incarnation(self) -> str | None:
         """The server's incarnation id from the last :meth:`get_session_info` (changes at each server start)."""
         return self._server_incarnation
@@ -221,17 +243,25 @@ class SessionClient:
         heartbeat_timeout: Duration | None = None,
         owner: str | None = None,
         request_id: str | None = None,
+        caller_timeout: Duration | None = DEFAULT_CALLER_TIMEOUT,
+        reattach_timeout: Duration | None = None,
     ) -> SessionContext:
         """Open a session on a worker of ``task_queue``: an async context manager yielding a :class:`Session`.
 
         The session is completed when the block exits, also after an exception. ``None``
-        options take the server defaults (creation 60 s, execution 24 h, heartbeat 20 s).
+        options take the server defaults (creation 60 s, execution 24 h, heartbeat 20 s,
+        reattach 0).
 
         Args:
             task_queue: The queue whose workers may take the session.
             creation_timeout: How long to wait for a free slot; 0 = do not wait (``NoCapacityError``).
             execution_timeout: The session's maximum life.
             heartbeat_timeout: Worker silence after which the session fails.
+            caller_timeout: If this process vanishes (crash, partition), the session fails
+                ``CALLER_LOST`` and frees its slot this long after its last sign of life; the
+                session's watch keeps it attended meanwhile. Default 60 s; 0 = never.
+            reattach_timeout: How long the session survives its worker's process restarting (it
+                waits, detached, for a worker with the same worker_id). Default: the server's (0).
             owner: At most one OPEN session per owner (``ExistingOpenSessionError``).
             request_id: Idempotency key; defaults to a fresh UUID, so transport retries are safe.
 
@@ -239,7 +269,7 @@ class SessionClient:
             SessionAlreadyOpenError: An OPEN session is already in this context.
             CreationTimeoutError, NoCapacityError, ExistingOpenSessionError, InvalidArgumentError.
         """
-        options = _options(creation_timeout, execution_timeout, heartbeat_timeout)
+        options = _options(creation_timeout, execution_timeout, heartbeat_timeout, caller_timeout, reattach_timeout)
         request = session_service_pb2.CreateSessionRequest(
             task_queue=task_queue,
             options=options._to_proto(),
@@ -258,6 +288,8 @@ class SessionClient:
         heartbeat_timeout: Duration | None = None,
         owner: str | None = None,
         request_id: str | None = None,
+        caller_timeout: Duration | None = DEFAULT_CALLER_TIMEOUT,
+        reattach_timeout: Duration | None = None,
     ) -> SessionContext:
         """Open a new session (new id) on the worker ``recreate_token`` names; same contract as
         :meth:`create_session`.
@@ -266,7 +298,7 @@ class SessionClient:
             WorkerUnavailableError: That worker was not connected with a free slot in time.
             InvalidRecreateTokenError: The token is malformed or foreign.
         """
-        options = _options(creation_timeout, execution_timeout, heartbeat_timeout)
+        options = _options(creation_timeout, execution_timeout, heartbeat_timeout, caller_timeout, reattach_timeout)
         request = session_service_pb2.RecreateSessionRequest(
             recreate_token=recreate_token,
             options=options._to_proto(),
@@ -303,6 +335,8 @@ class SessionClient:
         )
         if response.server_incarnation:
             self._server_incarnation = response.server_incarnation
+        if response.HasField("recovery_window"):
+            self._recovery_window = response.recovery_window.ToTimedelta().total_seconds()
         return SessionInfo._from_proto(response.session)
 
     async def complete_session(self, session_id: str) -> SessionInfo:
@@ -418,10 +452,20 @@ class SessionClient:
                     request,
                     timeout=max(deadline - loop.time(), 0.001),
                     metadata=_tracing.with_trace_context(self._metadata),
+                    # A call made while the server restarts waits for it (within the deadline).
+                    wait_for_ready=True,
                 )
             except grpc.aio.AioRpcError as err:
                 mapped: SessiondError = _from_rpc_error(err)
                 transient = err.code() in _UNARY_RETRY_CODES and not mapped.reason
+                if isinstance(mapped, RecoveringError):
+                    # Not answered yet (the session's worker has not reported it): nothing happened,
+                    # so even a non-idempotent call may be repeated, until its deadline.
+                    delay = min(backoff.next_delay() + 0.05, 1.0)
+                    if loop.time() + delay < deadline:
+                        await asyncio.sleep(delay)
+                        continue
+                    raise mapped from err
                 if retry and attempt < _UNARY_ATTEMPTS and (transient or isinstance(mapped, ServerShuttingDownError)):
                     delay = backoff.next_delay()
                     if loop.time() + delay < deadline:
@@ -443,10 +487,19 @@ class SessionClient:
 
 
 def _options(
-    creation_timeout: Duration | None, execution_timeout: Duration | None, heartbeat_timeout: Duration | None
+    creation_timeout: Duration | None,
+    execution_timeout: Duration | None,
+    heartbeat_timeout: Duration | None,
+    caller_timeout: Duration | None,
+    reattach_timeout: Duration | None,
 ) -> SessionOptions:
+    def span(value: Duration | None) -> timedelta | None:
+        return None if value is None else to_timedelta(value)
+
     return SessionOptions(
-        creation_timeout=None if creation_timeout is None else to_timedelta(creation_timeout),
-        execution_timeout=None if execution_timeout is None else to_timedelta(execution_timeout),
-        heartbeat_timeout=None if heartbeat_timeout is None else to_timedelta(heartbeat_timeout),
+        creation_timeout=span(creation_timeout),
+        execution_timeout=span(execution_timeout),
+        heartbeat_timeout=span(heartbeat_timeout),
+        caller_timeout=span(caller_timeout),
+        reattach_timeout=span(reattach_timeout),
     )

@@ -230,6 +230,50 @@ class TooManyWaitersError(SessiondError):
     REASON = "TOO_MANY_WAITERS"
 
 
+class WorkerDetachedError(SessiondError):
+    """The session's worker went away while this activity ran (ABORTED). The outcome is unknown: the
+    activity may have run, partly or fully. The session stays OPEN, detached, and waits
+    ``reattach_timeout`` for its worker; retry the activity if it is idempotent."""
+
+    REASON = "WORKER_DETACHED"
+
+
+class RecoveringError(SessiondError):
+    """The server restarted and is rebuilding its table from reconnecting workers (UNAVAILABLE).
+
+    The library retries calls that met it within their deadline before raising it.
+    """
+
+    REASON = "RECOVERING"
+
+
+class WorkerIdInUseError(SessiondError):
+    """A live process is already registered with this worker_id (ALREADY_EXISTS).
+
+    :meth:`SessionWorker.run` retries as long as the live one could still turn out to be a hung
+    process about to go stale (``stale_after`` seconds), then raises this.
+    """
+
+    REASON = "WORKER_ID_IN_USE"
+
+    @property
+    def stale_after(self) -> float | None:
+        """Seconds for which the live registration stays live without being heard from."""
+        raw = self.metadata.get("stale_after_seconds")
+        try:
+            return None if raw is None else float(raw)
+        except ValueError:
+            return None
+
+
+class WorkerReplacedError(SessiondError):
+    """This worker's stream was replaced by a newer registration with the same worker_id (the
+    process was frozen or cut off for too long). :meth:`SessionWorker.run` raises it and does not
+    reconnect: another process now is this worker."""
+
+    REASON = "WORKER_REPLACED"
+
+
 class SessionAlreadyOpenError(SessiondError):
     """A session was created inside the context of another session that is still OPEN.
 
@@ -338,6 +382,10 @@ _REASONS: dict[str, type[SessiondError]] = {
         MessageTooLargeError,
         WorkerBackloggedError,
         TooManyWaitersError,
+        WorkerDetachedError,
+        RecoveringError,
+        WorkerIdInUseError,
+        WorkerReplacedError,
     )
 }
 

@@ -32,6 +32,7 @@ from sessiond_client._errors import (
     ActivityError,
     ActivityHeartbeatTimeoutError,
     MessageTooLargeError,
+    RecoveringError,
     ServerShuttingDownError,
     SessionAlreadyOpenError,
     SessionClosedError,
@@ -218,6 +219,11 @@ class Session:
                 limit; nothing was sent. (A result over it is an ``ActivityError`` of type
                 ``"ResultTooLarge"``.)
             WorkerBackloggedError: The worker has too much queued that it has not read yet.
+            WorkerDetachedError: The worker went away while the activity ran (outcome unknown);
+                the session stays OPEN and waits for the worker (``reattach_timeout``).
+            ServerShuttingDownError, RPCError (``UNAVAILABLE``): The server stopped or the connection
+                broke while the activity ran: the outcome is unknown (it may have run). A call made
+                while the server is down or restarting waits for it instead (within the timeout).
         """
         if isinstance(activity, str):
             activity_type, hint = activity, result_type
@@ -280,11 +286,28 @@ class Session:
 
     async def _execute(self, request: session_service_pb2.ExecuteActivityRequest,
                        timeout: float) -> session_service_pb2.ExecuteActivityResponse:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(timeout, 0.0) + self._client.default_rpc_timeout
+        backoff = Backoff(0.05, 1.0)
+        while True:
+            try:
+                return await self._execute_once(request, deadline)
+            except RecoveringError:
+                # A restarted server has not recovered the session yet: the task was never sent,
+                # so asking again is safe, until the deadline.
+                delay = backoff.next_delay() + 0.05
+                if loop.time() + delay >= deadline:
+                    raise
+                await asyncio.sleep(delay)
+
+    async def _execute_once(self, request: session_service_pb2.ExecuteActivityRequest,
+                            deadline: float) -> session_service_pb2.ExecuteActivityResponse:
         # The server answers ACTIVITY_TIMEOUT at start_to_close; the RPC deadline only backs that up.
         call = self._client.stub.ExecuteActivity(
             request,
-            timeout=max(timeout, 0.0) + self._client.default_rpc_timeout,
+            timeout=max(deadline - asyncio.get_running_loop().time(), 0.001),
             metadata=_tracing.with_trace_context(self._client._metadata),
+            wait_for_ready=True,
         )
         rpc = asyncio.ensure_future(_await_call(call))
         ended = asyncio.ensure_future(self._ended.wait())
@@ -414,37 +437,52 @@ class Session:
             await task
 
     async def _watch(self) -> None:
-        """Follow the session until it is terminal; resubscribe after transport failures."""
+        """Follow the session until it is terminal; resubscribe after transport failures and while
+        a restarted server recovers. The open watch is what keeps the session attended (its
+        ``caller_timeout``). If no server answers for longer than the recovery window, the session
+        is reported FAILED ``SERVER_UNREACHABLE``."""
         backoff = Backoff(0.1, 2.0)
         request = session_service_pb2.WatchSessionRequest(session_id=self.id)
+        loop = asyncio.get_running_loop()
+        unreachable_since: float | None = None
         while not self._ended.is_set():
             call = self._client.stub.WatchSession(request, metadata=self._client._metadata)
             try:
                 async for response in call:
                     self._apply(SessionInfo._from_proto(response.session))
                     backoff.reset()
+                    unreachable_since = None
             except grpc.aio.AioRpcError as err:
                 mapped = _from_rpc_error(err)
                 if isinstance(mapped, SessionNotFoundError):
-                    # The server no longer knows the session (retention passed, or it restarted and
-                    # lost its table): for the caller the session is gone.
-                    self._apply(
-                        _with_state(
-                            self._info,
-                            SessionState.FAILED,
-                            SessionFailure(FailureCause.UNSPECIFIED, "the server no longer knows this session"),
+                    # The server no longer knows the session: a restarted server whose recovery
+                    # window passed without the worker reporting it (or retention passed unwatched).
+                    self._lost(FailureCause.SESSION_LOST, "the server no longer knows this session")
+                    return
+                if isinstance(mapped, RecoveringError):
+                    unreachable_since = None  # a server answered; it is waiting for the session's worker
+                else:
+                    transient = err.code() in TRANSIENT_CODES and not mapped.reason
+                    if not (transient or isinstance(mapped, ServerShuttingDownError)):
+                        logger.warning("watch of session %s stopped: %s", self.id, mapped)
+                        return
+                    if unreachable_since is None:
+                        unreachable_since = loop.time()
+                    elif loop.time() - unreachable_since > self._client.recovery_window:
+                        self._lost(
+                            FailureCause.SERVER_UNREACHABLE,
+                            f"no server answered for {loop.time() - unreachable_since:.0f} s "
+                            f"(recovery window {self._client.recovery_window:g} s)",
                         )
-                    )
-                    return
-                transient = err.code() in TRANSIENT_CODES and not mapped.reason
-                if not (transient or isinstance(mapped, ServerShuttingDownError)):
-                    logger.warning("watch of session %s stopped: %s", self.id, mapped)
-                    return
+                        return
                 logger.debug("watch of session %s interrupted (%s); resubscribing", self.id, err.code().name)
             finally:
                 call.cancel()
             if not self._ended.is_set():
                 await asyncio.sleep(backoff.next_delay())
+
+    def _lost(self, cause: FailureCause, message: str) -> None:
+        self._apply(_with_state(self._info, SessionState.FAILED, SessionFailure(cause, message)))
 
     async def _finish(self, *, raise_errors: bool) -> None:
         """Complete the session (unless already terminal) and stop the watch."""

@@ -18,7 +18,7 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar, TypeVarTuple, overload
 
-from sessiond_client._client import SessionClient
+from sessiond_client._client import DEFAULT_CALLER_TIMEOUT, SessionClient
 from sessiond_client._converter import PayloadConverter
 from sessiond_client._errors import SessionAlreadyOpenError
 from sessiond_client._retry_policy import RetryPolicy
@@ -136,12 +136,15 @@ class SyncSessionClient:
         heartbeat_timeout: Duration | None = None,
         owner: str | None = None,
         request_id: str | None = None,
+        caller_timeout: Duration | None = DEFAULT_CALLER_TIMEOUT,
+        reattach_timeout: Duration | None = None,
     ) -> SyncSessionContext:
         """Open a session (arguments as :meth:`SessionClient.create_session`): a context manager
         yielding a :class:`SyncSession`, completed on exit."""
         return SyncSessionContext(self, self._client.create_session(
             task_queue, creation_timeout=creation_timeout, execution_timeout=execution_timeout,
-            heartbeat_timeout=heartbeat_timeout, owner=owner, request_id=request_id))
+            heartbeat_timeout=heartbeat_timeout, owner=owner, request_id=request_id,
+            caller_timeout=caller_timeout, reattach_timeout=reattach_timeout))
 
     def recreate_session(
         self,
@@ -152,11 +155,14 @@ class SyncSessionClient:
         heartbeat_timeout: Duration | None = None,
         owner: str | None = None,
         request_id: str | None = None,
+        caller_timeout: Duration | None = DEFAULT_CALLER_TIMEOUT,
+        reattach_timeout: Duration | None = None,
     ) -> SyncSessionContext:
         """A new session on the worker ``recreate_token`` names (as :meth:`SessionClient.recreate_session`)."""
         return SyncSessionContext(self, self._client.recreate_session(
             recreate_token, creation_timeout=creation_timeout, execution_timeout=execution_timeout,
-            heartbeat_timeout=heartbeat_timeout, owner=owner, request_id=request_id))
+            heartbeat_timeout=heartbeat_timeout, owner=owner, request_id=request_id,
+            caller_timeout=caller_timeout, reattach_timeout=reattach_timeout))
 
     def get_session_info(self, session_id: str) -> SessionInfo:
         """As :meth:`SessionClient.get_session_info`."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Literal
 
 from sessiond_client._time import duration_from_proto, duration_to_proto, timestamp_from_proto
 from sessiond_client.api.v1 import session_pb2
@@ -33,9 +34,9 @@ class SessionState(enum.IntEnum):
 class FailureCause(enum.IntEnum):
     """Why a session FAILED.
 
-    ``UNSPECIFIED`` is never a server verdict: the client uses it when a session vanished without
-    one (for example the server restarted and no longer knows the session), or when a newer server
-    sends a cause this library does not know yet.
+    ``UNSPECIFIED`` is never a server verdict: the client uses it when a newer server sends a cause
+    this library does not know yet. ``SERVER_UNREACHABLE`` and ``SESSION_LOST`` are never sent by
+    the server either: the library reports them when it cannot get a verdict (see each).
     """
 
     UNSPECIFIED = int(session_pb2.FAILURE_CAUSE_UNSPECIFIED)
@@ -48,6 +49,14 @@ class FailureCause(enum.IntEnum):
     """The session reached its ``execution_timeout``."""
     WORKER_SHUTDOWN = int(session_pb2.FAILURE_CAUSE_WORKER_SHUTDOWN)
     """The worker shut down without draining while the session was open."""
+    CALLER_LOST = int(session_pb2.FAILURE_CAUSE_CALLER_LOST)
+    """Nobody attended the session (no watch, no RPC) for its ``caller_timeout``."""
+    SERVER_UNREACHABLE = int(session_pb2.FAILURE_CAUSE_SERVER_UNREACHABLE)
+    """Client-side: no server answered for the session for longer than the recovery window (the
+    server is gone, not restarting); its worker has dropped the session by then."""
+    SESSION_LOST = int(session_pb2.FAILURE_CAUSE_SESSION_LOST)
+    """Client-side: the server no longer knows the session: it restarted and the session's worker did
+    not report it within the recovery window (or its retention passed while nobody watched)."""
 
     @classmethod
     def _from_wire(cls, value: int) -> FailureCause:
@@ -114,13 +123,26 @@ class SessionOptions:
     """The session's maximum life (server default 24 h)."""
     heartbeat_timeout: timedelta | None = None
     """Worker silence after which the session fails (server default 20 s)."""
+    caller_timeout: timedelta | None = None
+    """Unattended this long (no watch, no RPC), the session fails ``CALLER_LOST`` (0 = never)."""
+    reattach_timeout: timedelta | None = None
+    """How long the session survives its worker's stream ending, detached, waiting for the worker
+    to register again (0 = not at all: ``WORKER_LOST`` at once)."""
 
     @classmethod
     def _from_proto(cls, msg: session_pb2.SessionOptions) -> SessionOptions:
+        def get(
+            name: Literal["creation_timeout", "execution_timeout", "heartbeat_timeout", "caller_timeout",
+                          "reattach_timeout"],
+        ) -> timedelta | None:
+            return duration_from_proto(getattr(msg, name)) if msg.HasField(name) else None
+
         return cls(
-            creation_timeout=duration_from_proto(msg.creation_timeout) if msg.HasField("creation_timeout") else None,
-            execution_timeout=duration_from_proto(msg.execution_timeout) if msg.HasField("execution_timeout") else None,
-            heartbeat_timeout=duration_from_proto(msg.heartbeat_timeout) if msg.HasField("heartbeat_timeout") else None,
+            creation_timeout=get("creation_timeout"),
+            execution_timeout=get("execution_timeout"),
+            heartbeat_timeout=get("heartbeat_timeout"),
+            caller_timeout=get("caller_timeout"),
+            reattach_timeout=get("reattach_timeout"),
         )
 
     def _to_proto(self) -> session_pb2.SessionOptions:
@@ -131,6 +153,10 @@ class SessionOptions:
             out.execution_timeout.CopyFrom(duration_to_proto(self.execution_timeout))
         if self.heartbeat_timeout is not None:
             out.heartbeat_timeout.CopyFrom(duration_to_proto(self.heartbeat_timeout))
+        if self.caller_timeout is not None:
+            out.caller_timeout.CopyFrom(duration_to_proto(self.caller_timeout))
+        if self.reattach_timeout is not None:
+            out.reattach_timeout.CopyFrom(duration_to_proto(self.reattach_timeout))
         return out
 
 
@@ -160,6 +186,16 @@ class SessionInfo:
     """Why the session failed; set only when ``state`` is FAILED."""
     options: SessionOptions
     """The options the session runs with, server defaults filled in."""
+    detached_since: datetime | None = None
+    """Set while the session is detached: its worker's stream ended and the session (still OPEN,
+    slot kept) waits up to ``reattach_timeout`` for the worker to register again."""
+    request_id: str | None = None
+    """The idempotency key the session was placed with, if any."""
+
+    @property
+    def detached(self) -> bool:
+        """True while the session waits for its worker to come back."""
+        return self.detached_since is not None
 
     @property
     def host_name(self) -> str:
@@ -186,6 +222,8 @@ class SessionInfo:
             owner=msg.owner or None,
             failure=failure,
             options=SessionOptions._from_proto(msg.options),
+            detached_since=timestamp_from_proto(msg.detached_since) if msg.HasField("detached_since") else None,
+            request_id=msg.request_id or None,
         )
 
 

@@ -13,8 +13,13 @@ One ``WorkerHeartbeat`` stream per worker and task queue carries everything. The
   activity instead (the server's transport would end the whole stream for it);
 * fences: when it has heard nothing from the server for a session's heartbeat_timeout, it stops
   that session's activities until the server speaks again (see ``_fencing``);
-* on a broken stream drops every session (the server has failed them), cancels their activities
-  and reconnects with jittered exponential backoff;
+* on a broken stream cancels its running activities (their callers were told the outcome is
+  unknown) but keeps its sessions while it reconnects with jittered exponential backoff, for the
+  server's recovery window (or a session's longer ``reattach_timeout``); it reports them when it
+  registers again, and holds exactly what the server gives back (``Registered``), telling user
+  code through ``on_session_reattached``;
+* refuses to fight over its worker_id: a live registration of the same id by another process is
+  retried only while it may turn stale, and a stream replaced by another process is not resumed;
 * on shutdown says goodbye: with drain it keeps its open sessions until they complete or the grace
   period passes, then half-closes; the first SIGTERM/SIGINT drains, a second one stops at once.
 """
@@ -31,7 +36,8 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Callable, Iterable, Mapping
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -43,7 +49,7 @@ from sessiond_client import _tracing
 from sessiond_client._activity import ActivityInfo, _activity_name, _ActivityContext, _current
 from sessiond_client._connection import ConnectionConfig
 from sessiond_client._converter import DefaultPayloadConverter, PayloadConverter
-from sessiond_client._errors import ApplicationError, _from_rpc_error
+from sessiond_client._errors import ApplicationError, WorkerIdInUseError, WorkerReplacedError, _from_rpc_error
 from sessiond_client._fencing import SERVER_UNREACHABLE, SERVER_UNREACHABLE_FAILURE, SESSION_FENCED, Fence
 from sessiond_client._heartbeat import ActivityHeartbeats
 from sessiond_client._limits import RESULT_TOO_LARGE, UNANNOUNCED_MAX_MESSAGE_SIZE, oversize, payload_bytes
@@ -74,6 +80,10 @@ _GOODBYE_ACK_TIMEOUT = 10.0
 _ACTIVITY_UNWIND_TIMEOUT = 5.0
 # The fencing check wakes at least this often (seconds), to see sessions that arrived meanwhile.
 _FENCE_CHECK_MAX_DELAY = 1.0
+# Until a server announces its recovery window, hold sessions this long after a broken stream.
+_DEFAULT_RECOVERY_WINDOW = 30.0
+
+ReattachHook = Callable[[SessionInfo], "bool | Awaitable[bool]"]
 
 SESSION_NOT_HELD = "SessionNotHeld"
 ACTIVITY_NOT_REGISTERED = "ActivityNotRegistered"
@@ -135,6 +145,7 @@ class SessionWorker:
         reconnect_initial_delay: Duration = 0.1,
         reconnect_max_delay: Duration = 5.0,
         channel_options: tuple[tuple[str, int | str], ...] = (),
+        on_session_reattached: ReattachHook | None = None,
     ) -> None:
         """Configure the worker; nothing connects until :meth:`run`.
 
@@ -159,6 +170,12 @@ class SessionWorker:
             reconnect_initial_delay: First reconnect backoff bound.
             reconnect_max_delay: Cap of the reconnect backoff.
             channel_options: Extra grpc channel options.
+            on_session_reattached: Called with the :class:`SessionInfo` of every session this worker
+                gets back at a registration: after this process restarted with the same
+                ``worker_id`` (sessions created with a ``reattach_timeout``), after its stream broke,
+                or after the server restarted. Return ``False`` (or raise) to give the session back
+                (it then FAILS ``WORKER_LOST``), for example when its local state is gone. May be
+                an ``async`` function. Without it every session is kept.
         """
         if not task_queue:
             raise ValueError("task_queue must not be empty")
@@ -186,6 +203,16 @@ class SessionWorker:
         self._backoff = Backoff(to_seconds(reconnect_initial_delay), to_seconds(reconnect_max_delay))
 
         self._sessions: dict[str, SessionInfo] = {}
+        # The sessions as the server sent them: reported back verbatim when registering again.
+        self._records: dict[str, session_pb2.Session] = {}
+        # After a broken stream: until when each held session is kept while reconnecting.
+        self._hold_until: dict[str, float] = {}
+        self._recovery_window = _DEFAULT_RECOVERY_WINDOW
+        self._instance_id = str(uuid.uuid4())
+        self._on_reattached = on_session_reattached
+        self._offers: set[asyncio.Task[None]] = set()
+        self._replaced: str | None = None
+        self._in_use_until: float | None = None
         self._running: dict[str, _Running] = {}
         self._outbox: asyncio.Queue[worker_pb2.WorkerHeartbeatRequest | None] | None = None
         self._interval = _INITIAL_HEARTBEAT_INTERVAL
@@ -230,6 +257,11 @@ class SessionWorker:
         return frozenset(self._sessions)
 
     @property
+    def sessions(self) -> Mapping[str, SessionInfo]:
+        """The sessions this worker holds right now, by id (a copy)."""
+        return dict(self._sessions)
+
+    @property
     def server_incarnation(self) -> str | None:
         """The incarnation id of the server the worker last heard from."""
         return self._server_incarnation
@@ -248,6 +280,10 @@ class SessionWorker:
         Raises:
             UnauthenticatedError, PermissionDeniedError, InvalidArgumentError: The server rejected
                 the worker in a way no reconnect can fix.
+            WorkerIdInUseError: Another live process is registered with this ``worker_id`` and did
+                not turn stale within its staleness period.
+            WorkerReplacedError: Another process registered with this ``worker_id`` after this one
+                went silent (frozen, cut off); this process must not carry on as that worker.
         """
         if self._started:
             raise RuntimeError("SessionWorker.run() can be called only once")
@@ -267,15 +303,22 @@ class SessionWorker:
             while not self._shutdown_requested.is_set():
                 try:
                     await self._serve_stream(stub)
-                    if not self._shutdown_requested.is_set():
+                    if not self._shutdown_requested.is_set() and self._replaced is None:
                         logger.info("server ended the worker stream; reconnecting")
                 except grpc.aio.AioRpcError as err:
-                    if err.code() in _FATAL_CODES:
-                        raise _from_rpc_error(err) from err
-                    logger.warning("worker stream broke (%s: %s); reconnecting", err.code().name, err.details())
+                    mapped = _from_rpc_error(err)
+                    if isinstance(mapped, WorkerIdInUseError):
+                        if not self._may_retry_in_use(mapped):
+                            raise mapped from err
+                    elif err.code() in _FATAL_CODES:
+                        raise mapped from err
+                    else:
+                        logger.warning("worker stream broke (%s: %s); reconnecting", err.code().name, err.details())
                 finally:
-                    # The stream is gone, so the server has failed every session it gave us.
-                    self._drop_all_sessions("WORKER_LOST")
+                    self._stream_ended()
+                if self._replaced is not None:
+                    self._drop_all_sessions("WORKER_REPLACED")
+                    raise WorkerReplacedError(self._replaced)
                 if self._shutdown_requested.is_set():
                     break
                 delay = self._backoff.next_delay()
@@ -284,6 +327,8 @@ class SessionWorker:
                         await self._shutdown_requested.wait()
         finally:
             self.remove_signal_handlers()
+            for offer in list(self._offers):
+                offer.cancel()
             await self._unwind_activities()
             await channel.close(None)
             if owned_executor is not None:
@@ -335,6 +380,7 @@ class SessionWorker:
         self._outbox = outbox
         self._registered.clear()
         self._goodbye_acked.clear()
+        self._expire_held()
         self._fence = Fence(asyncio.get_running_loop().time())
         self._send(
             worker_pb2.WorkerHeartbeatRequest(
@@ -344,6 +390,9 @@ class SessionWorker:
                     identity=self._identity,
                     host_name=self._host_name,
                     max_concurrent_sessions=self._max_sessions,
+                    held_sessions=list(self._records.values()),
+                    held_from_incarnation=self._server_incarnation or "",
+                    instance_id=self._instance_id,
                 )
             )
         )
@@ -504,22 +553,25 @@ class SessionWorker:
             self._server_incarnation = message.server_incarnation
         kind = message.WhichOneof("message")
         if kind == "registered":
-            self._worker_id = message.registered.worker_id or self._worker_id
             self._max_message_size = message.registered.max_message_size or UNANNOUNCED_MAX_MESSAGE_SIZE
-            self._backoff.reset()
-            self._registered.set()
-            logger.info(
-                "worker %s registered on %s (task queue %r, heartbeat every %.3g s)",
-                self._worker_id,
-                self._connection.target,
-                self._task_queue,
-                self._interval,
-            )
+            self._on_registered(message.registered)
         elif kind == "session_started":
             info = SessionInfo._from_proto(message.session_started.session)
             self._sessions[info.session_id] = info
+            self._records[info.session_id] = message.session_started.session
             self._idle.clear()
             logger.debug("holding session %s", info.session_id)
+        elif kind == "server_restarting":
+            window = message.server_restarting.recovery_window
+            self._recovery_window = duration_from_proto(window).total_seconds()
+            logger.info(
+                "server is restarting; holding %d sessions for up to %.3g s while reconnecting",
+                len(self._sessions),
+                self._recovery_window,
+            )
+        elif kind == "worker_replaced":
+            self._replaced = message.worker_replaced.message or "replaced by a newer registration"
+            logger.error("worker %s was replaced by another process: %s", self._worker_id, self._replaced)
         elif kind == "session_ended":
             ended = message.session_ended
             reason = "SESSION_FAILED" if ended.state == int(SessionState.FAILED) else "SESSION_COMPLETED"
@@ -535,8 +587,108 @@ class SessionWorker:
             if running is not None and running.session_id == cancel.session_id:
                 running.cancel(cancel.reason or "CANCELLED")
 
+    def _on_registered(self, registered: worker_pb2.Registered) -> None:
+        self._worker_id = registered.worker_id or self._worker_id
+        if registered.HasField("recovery_window"):
+            self._recovery_window = duration_from_proto(registered.recovery_window).total_seconds()
+        self._backoff.reset()
+        self._in_use_until = None
+        # Exactly what the server gave back is held: anything else reported is gone.
+        back = {s.session_id: s for s in registered.reattached_sessions}
+        for session_id in [sid for sid in self._sessions if sid not in back]:
+            self._drop_session(session_id, "SESSION_LOST")
+        self._hold_until.clear()
+        for session_id, record in back.items():
+            self._sessions[session_id] = SessionInfo._from_proto(record)
+            self._records[session_id] = record
+        if back:
+            self._idle.clear()
+        self._registered.set()
+        logger.info(
+            "worker %s registered on %s (task queue %r, heartbeat every %.3g s, %d sessions back)",
+            self._worker_id,
+            self._connection.target,
+            self._task_queue,
+            self._interval,
+            len(back),
+        )
+        for session_id in back:
+            self._offer(self._sessions[session_id])
+
+    def _offer(self, info: SessionInfo) -> None:
+        """Ask the user's hook whether to keep a session this worker got back."""
+        hook = self._on_reattached
+        if hook is None:
+            return
+        try:
+            verdict = hook(info)
+        except Exception:
+            logger.exception("on_session_reattached raised for session %s; giving it back", info.session_id)
+            self._decline(info.session_id, "on_session_reattached raised")
+            return
+        if inspect.isawaitable(verdict):
+            task = asyncio.ensure_future(self._await_offer(info, verdict))
+            self._offers.add(task)
+            task.add_done_callback(self._offers.discard)
+        elif not verdict:
+            self._decline(info.session_id, "on_session_reattached declined it")
+
+    async def _await_offer(self, info: SessionInfo, verdict: Awaitable[bool]) -> None:
+        try:
+            keep = await verdict
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("on_session_reattached raised for session %s; giving it back", info.session_id)
+            keep = False
+        if not keep and info.session_id in self._sessions:
+            self._decline(info.session_id, "on_session_reattached declined it")
+
+    def _decline(self, session_id: str, reason: str) -> None:
+        self._drop_session(session_id, "DECLINED")
+        self._send(
+            worker_pb2.WorkerHeartbeatRequest(
+                decline_session=worker_pb2.DeclineSession(session_id=session_id, reason=reason)
+            )
+        )
+
+    def _stream_ended(self) -> None:
+        """The stream is gone. Activities stop (their callers were told the outcome is unknown), but
+        the sessions are kept while reconnecting: a server that stayed up may have them detached
+        (``reattach_timeout``), a restarted one adopts what is reported within its recovery window."""
+        for running in list(self._running.values()):
+            running.cancel("STREAM_BROKEN")
+        now = asyncio.get_running_loop().time()
+        for session_id, info in self._sessions.items():
+            if session_id not in self._hold_until:
+                reattach = info.options.reattach_timeout
+                keep = max(self._recovery_window, 0.0 if reattach is None else reattach.total_seconds())
+                self._hold_until[session_id] = now + keep
+
+    def _expire_held(self) -> None:
+        now = asyncio.get_running_loop().time()
+        for session_id in [sid for sid, until in self._hold_until.items() if until <= now]:
+            logger.warning("dropping session %s: no server took it back in time", session_id)
+            self._drop_session(session_id, "SERVER_UNREACHABLE")
+
+    def _may_retry_in_use(self, error: WorkerIdInUseError) -> bool:
+        """Retry a WORKER_ID_IN_USE refusal only while the live holder may still turn stale."""
+        now = asyncio.get_running_loop().time()
+        if self._in_use_until is None:
+            stale_after = error.stale_after
+            window = 3 * _INITIAL_HEARTBEAT_INTERVAL if stale_after is None else stale_after
+            self._in_use_until = now + window + 1.0
+            logger.warning(
+                "worker_id %s is in use by a live process; retrying for %.3g s in case it is a hung one",
+                self._worker_id,
+                window + 1.0,
+            )
+        return now < self._in_use_until
+
     def _drop_session(self, session_id: str, reason: str) -> None:
         self._fence.forget(session_id)
+        self._records.pop(session_id, None)
+        self._hold_until.pop(session_id, None)
         if self._sessions.pop(session_id, None) is not None:
             logger.debug("dropped session %s (%s)", session_id, reason)
         for running in list(self._running.values()):
@@ -547,6 +699,8 @@ class SessionWorker:
 
     def _drop_all_sessions(self, reason: str) -> None:
         self._sessions.clear()
+        self._records.clear()
+        self._hold_until.clear()
         for running in list(self._running.values()):
             running.cancel(reason)
         self._idle.set()

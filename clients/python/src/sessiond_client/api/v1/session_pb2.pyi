@@ -65,6 +65,18 @@ class _FailureCauseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FailureC
     """The session reached its execution_timeout."""
     FAILURE_CAUSE_WORKER_SHUTDOWN: _FailureCause.ValueType  # 4
     """The worker shut down (goodbye without drain) while the session was open."""
+    FAILURE_CAUSE_CALLER_LOST: _FailureCause.ValueType  # 5
+    """Nobody attended the session for longer than its caller_timeout: no WatchSession was open and
+    no RPC on it arrived (the caller crashed or was cut off).
+    """
+    FAILURE_CAUSE_SERVER_UNREACHABLE: _FailureCause.ValueType  # 6
+    """Never sent by the server. A client library reports it when no server answered for the
+    session for longer than the server's recovery window (the server is gone, not restarting).
+    """
+    FAILURE_CAUSE_SESSION_LOST: _FailureCause.ValueType  # 7
+    """Never sent by the server. A client library reports it when a restarted server no longer knows
+    the session: its worker did not report it within the recovery window.
+    """
 
 class FailureCause(_FailureCause, metaclass=_FailureCauseEnumTypeWrapper):
     """FailureCause says why a session FAILED."""
@@ -79,6 +91,18 @@ FAILURE_CAUSE_EXECUTION_TIMEOUT: FailureCause.ValueType  # 3
 """The session reached its execution_timeout."""
 FAILURE_CAUSE_WORKER_SHUTDOWN: FailureCause.ValueType  # 4
 """The worker shut down (goodbye without drain) while the session was open."""
+FAILURE_CAUSE_CALLER_LOST: FailureCause.ValueType  # 5
+"""Nobody attended the session for longer than its caller_timeout: no WatchSession was open and
+no RPC on it arrived (the caller crashed or was cut off).
+"""
+FAILURE_CAUSE_SERVER_UNREACHABLE: FailureCause.ValueType  # 6
+"""Never sent by the server. A client library reports it when no server answered for the
+session for longer than the server's recovery window (the server is gone, not restarting).
+"""
+FAILURE_CAUSE_SESSION_LOST: FailureCause.ValueType  # 7
+"""Never sent by the server. A client library reports it when a restarted server no longer knows
+the session: its worker did not report it within the recovery window.
+"""
 Global___FailureCause: _TypeAlias = FailureCause  # noqa: Y015
 
 @_typing.final
@@ -90,6 +114,8 @@ class SessionOptions(_message.Message):
     CREATION_TIMEOUT_FIELD_NUMBER: _builtins.int
     EXECUTION_TIMEOUT_FIELD_NUMBER: _builtins.int
     HEARTBEAT_TIMEOUT_FIELD_NUMBER: _builtins.int
+    REATTACH_TIMEOUT_FIELD_NUMBER: _builtins.int
+    CALLER_TIMEOUT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def creation_timeout(self) -> _duration_pb2.Duration:
         """How long Create/Recreate may wait for capacity (default 60 s). An explicit 0 means do not wait."""
@@ -102,16 +128,31 @@ class SessionOptions(_message.Message):
     def heartbeat_timeout(self) -> _duration_pb2.Duration:
         """Worker silence after which the session fails with HEARTBEAT_TIMEOUT (default 20 s)."""
 
+    @_builtins.property
+    def reattach_timeout(self) -> _duration_pb2.Duration:
+        """How long the session survives its worker's stream ending without a goodbye (default 0 = not
+        at all: it fails WORKER_LOST at once). Within it the session is OPEN and detached, keeps its
+        slot, and re-attaches when a worker with the same worker_id registers.
+        """
+
+    @_builtins.property
+    def caller_timeout(self) -> _duration_pb2.Duration:
+        """How long the session may go unattended (no WatchSession open, no RPC on it) before it fails
+        with CALLER_LOST and frees its slot (default 0 = never).
+        """
+
     def __init__(
         self,
         *,
         creation_timeout: _duration_pb2.Duration | None = ...,
         execution_timeout: _duration_pb2.Duration | None = ...,
         heartbeat_timeout: _duration_pb2.Duration | None = ...,
+        reattach_timeout: _duration_pb2.Duration | None = ...,
+        caller_timeout: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["creation_timeout", b"creation_timeout", "execution_timeout", b"execution_timeout", "heartbeat_timeout", b"heartbeat_timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["caller_timeout", b"caller_timeout", "creation_timeout", b"creation_timeout", "execution_timeout", b"execution_timeout", "heartbeat_timeout", b"heartbeat_timeout", "reattach_timeout", b"reattach_timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["creation_timeout", b"creation_timeout", "execution_timeout", b"execution_timeout", "heartbeat_timeout", b"heartbeat_timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller_timeout", b"caller_timeout", "creation_timeout", b"creation_timeout", "execution_timeout", b"execution_timeout", "heartbeat_timeout", b"heartbeat_timeout", "reattach_timeout", b"reattach_timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -190,6 +231,9 @@ class Session(_message.Message):
     OWNER_FIELD_NUMBER: _builtins.int
     FAILURE_FIELD_NUMBER: _builtins.int
     OPTIONS_FIELD_NUMBER: _builtins.int
+    DETACHED_SINCE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    RECREATED_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Unguessable UUID4 of the session."""
     task_queue: _builtins.str
@@ -200,6 +244,10 @@ class Session(_message.Message):
     """Opaque token for RecreateSession: places a new session on the same worker."""
     owner: _builtins.str
     """Caller-chosen owner key; at most one OPEN session per owner."""
+    request_id: _builtins.str
+    """The idempotency key the session was placed with (empty if none)."""
+    recreated: _builtins.bool
+    """True when the session was placed by RecreateSession (request ids are scoped per RPC)."""
     @_builtins.property
     def worker(self) -> Global___WorkerRef:
         """The worker that holds the session."""
@@ -224,6 +272,12 @@ class Session(_message.Message):
     def options(self) -> Global___SessionOptions:
         """The options the session was created with, defaults filled in."""
 
+    @_builtins.property
+    def detached_since(self) -> _timestamp_pb2.Timestamp:
+        """Set while the session is detached: its worker's stream ended and the session waits (OPEN, slot
+        kept) for the worker to register again within reattach_timeout.
+        """
+
     def __init__(
         self,
         *,
@@ -238,10 +292,13 @@ class Session(_message.Message):
         owner: _builtins.str = ...,
         failure: Global___Failure | None = ...,
         options: Global___SessionOptions | None = ...,
+        detached_since: _timestamp_pb2.Timestamp | None = ...,
+        request_id: _builtins.str = ...,
+        recreated: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time", "create_time", b"create_time", "expire_time", b"expire_time", "failure", b"failure", "options", b"options", "worker", b"worker"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time", "create_time", b"create_time", "detached_since", b"detached_since", "expire_time", b"expire_time", "failure", b"failure", "options", b"options", "worker", b"worker"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time", "create_time", b"create_time", "expire_time", b"expire_time", "failure", b"failure", "options", b"options", "owner", b"owner", "recreate_token", b"recreate_token", "session_id", b"session_id", "state", b"state", "task_queue", b"task_queue", "worker", b"worker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time", "create_time", b"create_time", "detached_since", b"detached_since", "expire_time", b"expire_time", "failure", b"failure", "options", b"options", "owner", b"owner", "recreate_token", b"recreate_token", "recreated", b"recreated", "request_id", b"request_id", "session_id", b"session_id", "state", b"state", "task_queue", b"task_queue", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -27,7 +27,7 @@ from sessiond_client.api.v1 import session_pb2 as sessiond_dot_v1_dot_session__p
 from sessiond_client.api.v1 import worker_pb2 as sessiond_dot_v1_dot_worker__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!sessiond/v1/session_service.proto\x12\x0bsessiond.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x19sessiond/v1/session.proto\x1a\x18sessiond/v1/worker.proto\"{\n\x14\x43reateSessionRequest\x12\x12\n\ntask_queue\x18\x01 \x01(\t\x12,\n\x07options\x18\x02 \x01(\x0b\x32\x1b.sessiond.v1.SessionOptions\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\">\n\x15\x43reateSessionResponse\x12%\n\x07session\x18\x01 \x01(\x0b\x32\x14.sessiond.v1.Session\"\x81\x01\n\x16RecreateSessionRequest\x12\x16\n\x0erecreate_token\x18\x01 \x01(\x0c\x12,\n\x07options\x18\x02 \x01(\x0b\x32\x1b.sessiond.v1.SessionOptions\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"@\n\x17RecreateSessionResponse\x12%\n\x07session\x18\x01 \x01(\x0b\x32\x14.sessiond.v1.Session\",\n\x16\x43ompleteSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"@\n\x17\x43ompleteSessionResponse\x12%\n\x07session\x18\x01 \x01(\x0b\x32\x14.sessiond.v1.Session\"+\n\x15GetSessionInfoRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"[\n\x16GetSessionInfoResponse\x12%\n\x07session\x18\x01 \x01(\x0b\x32\x14.sessiond.v1.Session\x12\x1a\n\x12server_incarnation\x18\x02 \x01(\t\"\x8e\x03\n\x16\x45xecuteActivityRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\ractivity_type\x18\x02 \x01(\t\x12#\n\x05input\x18\x03 \x01(\x0b\x32\x14.sessiond.v1.Payload\x12\x39\n\x16start_to_close_timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x41\n\x07headers\x18\x05 \x03(\x0b\x32\x30.sessiond.v1.ExecuteActivityRequest.HeadersEntry\x12\x34\n\x11heartbeat_timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\x05\x12/\n\x11heartbeat_details\x18\x08 \x01(\x0b\x32\x14.sessiond.v1.Payload\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe9\x01\n\x17\x45xecuteActivityResponse\x12&\n\x06result\x18\x01 \x01(\x0b\x32\x14.sessiond.v1.PayloadH\x00\x12/\n\x07\x66\x61ilure\x18\x02 \x01(\x0b\x32\x1c.sessiond.v1.ActivityFailureH\x00\x12\x39\n\x11heartbeat_timeout\x18\x03 \x01(\x0b\x32\x1c.sessiond.v1.ActivityFailureH\x00\x12/\n\x11heartbeat_details\x18\x05 \x01(\x0b\x32\x14.sessiond.v1.PayloadB\t\n\x07outcome\")\n\x13WatchSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"=\n\x14WatchSessionResponse\x12%\n\x07session\x18\x01 \x01(\x0b\x32\x14.sessiond.v1.Session\"\x89\x01\n\x13ListSessionsRequest\x12\x12\n\ntask_queue\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.sessiond.v1.SessionState\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"W\n\x14ListSessionsResponse\x12&\n\x08sessions\x18\x01 \x03(\x0b\x32\x14.sessiond.v1.Session\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"O\n\x12ListWorkersRequest\x12\x12\n\ntask_queue\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"X\n\x13ListWorkersResponse\x12(\n\x07workers\x18\x01 \x03(\x0b\x32\x17.sessiond.v1.WorkerInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xbd\x06\n\x0eSessionService\x12V\n\rCreateSession\x12!.sessiond.v1.CreateSessionRequest\x1a\".sessiond.v1.CreateSessionResponse\x12\\\n\x0fRecreateSession\x12#.sessiond.v1.RecreateSessionRequest\x1a$.sessiond.v1.RecreateSessionResponse\x12\\\n\x0f\x43ompleteSession\x12#.sessiond.v1.CompleteSessionRequest\x1a$.sessiond.v1.CompleteSessionResponse\x12Y\n\x0eGetSessionInfo\x12\".sessiond.v1.GetSessionInfoRequest\x1a#.sessiond.v1.GetSessionInfoResponse\x12`\n\x0fWorkerHeartbeat\x12#.sessiond.v1.WorkerHeartbeatRequest\x1a$.sessiond.v1.WorkerHeartbeatResponse(\x01\x30\x01\x12\\\n\x0f\x45xecuteActivity\x12#.sessiond.v1.ExecuteActivityRequest\x1a$.sessiond.v1.ExecuteActivityResponse\x12U\n\x0cWatchSession\x12 .sessiond.v1.WatchSessionRequest\x1a!.sessiond.v1.WatchSessionResponse0\x01\x12S\n\x0cListSessions\x12 .sessiond.v1.ListSessionsRequest\x1a!.sessiond.v1.ListSessionsResponse\x12P\n\x0bListWorkers\x12\x1f.sessiond.v1.ListWorkersRequest\x1a .sessiond.v1.ListWorkersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!sessiond/v1/session_service.proto\x12\x0bsessiond.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x19sessiond/v1/session.proto\x1a\x18sessiond/v1/worker.proto\"{\n\x14\x43reateSessionRequest\x12\x12\n\ntask_queue\x18\x01 \x01(\t\x12,\n\x07options\x18\x02 \x01(\x0b\x32\x1b.sessiond.v1.SessionOptions\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\">\n\x15\x43reateSessionResponse\x12%\n\x07session\x18\x01 \x01(\x0b\x32\x14.sessiond.v1.Session\"\x81\x01\n\x16RecreateSessionRequest\x12\x16\n\x0erecreate_token\x18\x01 \x01(\x0c\x12,\n\x07options\x18\x02 \x01(\x0b\x32\x1b.sessiond.v1.SessionOptions\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"@\n\x17RecreateSessionResponse\x12%\n\x07session\x18\x01 \x01(\x0b\x32\x14.sessiond.v1.Session\",\n\x16\x43ompleteSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"@\n\x17\x43ompleteSessionResponse\x12%\n\x07session\x18\x01 \x01(\x0b\x32\x14.sessiond.v1.Session\"+\n\x15GetSessionInfoRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x8f\x01\n\x16GetSessionInfoResponse\x12%\n\x07session\x18\x01 \x01(\x0b\x32\x14.sessiond.v1.Session\x12\x1a\n\x12server_incarnation\x18\x02 \x01(\t\x12\x32\n\x0frecovery_window\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x8e\x03\n\x16\x45xecuteActivityRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\ractivity_type\x18\x02 \x01(\t\x12#\n\x05input\x18\x03 \x01(\x0b\x32\x14.sessiond.v1.Payload\x12\x39\n\x16start_to_close_timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x41\n\x07headers\x18\x05 \x03(\x0b\x32\x30.sessiond.v1.ExecuteActivityRequest.HeadersEntry\x12\x34\n\x11heartbeat_timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\x05\x12/\n\x11heartbeat_details\x18\x08 \x01(\x0b\x32\x14.sessiond.v1.Payload\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe9\x01\n\x17\x45xecuteActivityResponse\x12&\n\x06result\x18\x01 \x01(\x0b\x32\x14.sessiond.v1.PayloadH\x00\x12/\n\x07\x66\x61ilure\x18\x02 \x01(\x0b\x32\x1c.sessiond.v1.ActivityFailureH\x00\x12\x39\n\x11heartbeat_timeout\x18\x03 \x01(\x0b\x32\x1c.sessiond.v1.ActivityFailureH\x00\x12/\n\x11heartbeat_details\x18\x05 \x01(\x0b\x32\x14.sessiond.v1.PayloadB\t\n\x07outcome\")\n\x13WatchSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"=\n\x14WatchSessionResponse\x12%\n\x07session\x18\x01 \x01(\x0b\x32\x14.sessiond.v1.Session\"\x89\x01\n\x13ListSessionsRequest\x12\x12\n\ntask_queue\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.sessiond.v1.SessionState\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"W\n\x14ListSessionsResponse\x12&\n\x08sessions\x18\x01 \x03(\x0b\x32\x14.sessiond.v1.Session\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"O\n\x12ListWorkersRequest\x12\x12\n\ntask_queue\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"X\n\x13ListWorkersResponse\x12(\n\x07workers\x18\x01 \x03(\x0b\x32\x17.sessiond.v1.WorkerInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xbd\x06\n\x0eSessionService\x12V\n\rCreateSession\x12!.sessiond.v1.CreateSessionRequest\x1a\".sessiond.v1.CreateSessionResponse\x12\\\n\x0fRecreateSession\x12#.sessiond.v1.RecreateSessionRequest\x1a$.sessiond.v1.RecreateSessionResponse\x12\\\n\x0f\x43ompleteSession\x12#.sessiond.v1.CompleteSessionRequest\x1a$.sessiond.v1.CompleteSessionResponse\x12Y\n\x0eGetSessionInfo\x12\".sessiond.v1.GetSessionInfoRequest\x1a#.sessiond.v1.GetSessionInfoResponse\x12`\n\x0fWorkerHeartbeat\x12#.sessiond.v1.WorkerHeartbeatRequest\x1a$.sessiond.v1.WorkerHeartbeatResponse(\x01\x30\x01\x12\\\n\x0f\x45xecuteActivity\x12#.sessiond.v1.ExecuteActivityRequest\x1a$.sessiond.v1.ExecuteActivityResponse\x12U\n\x0cWatchSession\x12 .sessiond.v1.WatchSessionRequest\x1a!.sessiond.v1.WatchSessionResponse0\x01\x12S\n\x0cListSessions\x12 .sessiond.v1.ListSessionsRequest\x1a!.sessiond.v1.ListSessionsResponse\x12P\n\x0bListWorkers\x12\x1f.sessiond.v1.ListWorkersRequest\x1a .sessiond.v1.ListWorkersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,26 +50,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COMPLETESESSIONRESPONSE']._serialized_end=632
   _globals['_GETSESSIONINFOREQUEST']._serialized_start=634
   _globals['_GETSESSIONINFOREQUEST']._serialized_end=677
-  _globals['_GETSESSIONINFORESPONSE']._serialized_start=679
-  _globals['_GETSESSIONINFORESPONSE']._serialized_end=770
-  _globals['_EXECUTEACTIVITYREQUEST']._serialized_start=773
-  _globals['_EXECUTEACTIVITYREQUEST']._serialized_end=1171
-  _globals['_EXECUTEACTIVITYREQUEST_HEADERSENTRY']._serialized_start=1125
-  _globals['_EXECUTEACTIVITYREQUEST_HEADERSENTRY']._serialized_end=1171
-  _globals['_EXECUTEACTIVITYRESPONSE']._serialized_start=1174
-  _globals['_EXECUTEACTIVITYRESPONSE']._serialized_end=1407
-  _globals['_WATCHSESSIONREQUEST']._serialized_start=1409
-  _globals['_WATCHSESSIONREQUEST']._serialized_end=1450
-  _globals['_WATCHSESSIONRESPONSE']._serialized_start=1452
-  _globals['_WATCHSESSIONRESPONSE']._serialized_end=1513
-  _globals['_LISTSESSIONSREQUEST']._serialized_start=1516
-  _globals['_LISTSESSIONSREQUEST']._serialized_end=1653
-  _globals['_LISTSESSIONSRESPONSE']._serialized_start=1655
-  _globals['_LISTSESSIONSRESPONSE']._serialized_end=1742
-  _globals['_LISTWORKERSREQUEST']._serialized_start=1744
-  _globals['_LISTWORKERSREQUEST']._serialized_end=1823
-  _globals['_LISTWORKERSRESPONSE']._serialized_start=1825
-  _globals['_LISTWORKERSRESPONSE']._serialized_end=1913
-  _globals['_SESSIONSERVICE']._serialized_start=1916
-  _globals['_SESSIONSERVICE']._serialized_end=2745
+  _globals['_GETSESSIONINFORESPONSE']._serialized_start=680
+  _globals['_GETSESSIONINFORESPONSE']._serialized_end=823
+  _globals['_EXECUTEACTIVITYREQUEST']._serialized_start=826
+  _globals['_EXECUTEACTIVITYREQUEST']._serialized_end=1224
+  _globals['_EXECUTEACTIVITYREQUEST_HEADERSENTRY']._serialized_start=1178
+  _globals['_EXECUTEACTIVITYREQUEST_HEADERSENTRY']._serialized_end=1224
+  _globals['_EXECUTEACTIVITYRESPONSE']._serialized_start=1227
+  _globals['_EXECUTEACTIVITYRESPONSE']._serialized_end=1460
+  _globals['_WATCHSESSIONREQUEST']._serialized_start=1462
+  _globals['_WATCHSESSIONREQUEST']._serialized_end=1503
+  _globals['_WATCHSESSIONRESPONSE']._serialized_start=1505
+  _globals['_WATCHSESSIONRESPONSE']._serialized_end=1566
+  _globals['_LISTSESSIONSREQUEST']._serialized_start=1569
+  _globals['_LISTSESSIONSREQUEST']._serialized_end=1706
+  _globals['_LISTSESSIONSRESPONSE']._serialized_start=1708
+  _globals['_LISTSESSIONSRESPONSE']._serialized_end=1795
+  _globals['_LISTWORKERSREQUEST']._serialized_start=1797
+  _globals['_LISTWORKERSREQUEST']._serialized_end=1876
+  _globals['_LISTWORKERSRESPONSE']._serialized_start=1878
+  _globals['_LISTWORKERSRESPONSE']._serialized_end=1966
+  _globals['_SESSIONSERVICE']._serialized_start=1969
+  _globals['_SESSIONSERVICE']._serialized_end=2798
 # @@protoc_insertion_point(module_scope)

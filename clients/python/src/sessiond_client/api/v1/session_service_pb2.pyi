@@ -216,21 +216,27 @@ class GetSessionInfoResponse(_message.Message):
 
     SESSION_FIELD_NUMBER: _builtins.int
     SERVER_INCARNATION_FIELD_NUMBER: _builtins.int
+    RECOVERY_WINDOW_FIELD_NUMBER: _builtins.int
     server_incarnation: _builtins.str
     """Id of this server process; it changes at each start."""
     @_builtins.property
     def session(self) -> _session_pb2.Session:
         """The session."""
 
+    @_builtins.property
+    def recovery_window(self) -> _duration_pb2.Duration:
+        """How long after its start this server adopts sessions that reconnecting workers report."""
+
     def __init__(
         self,
         *,
         session: _session_pb2.Session | None = ...,
         server_incarnation: _builtins.str = ...,
+        recovery_window: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recovery_window", b"recovery_window", "session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["server_incarnation", b"server_incarnation", "session", b"session"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recovery_window", b"recovery_window", "server_incarnation", b"server_incarnation", "session", b"session"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

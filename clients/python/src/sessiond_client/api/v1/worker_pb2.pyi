@@ -31,6 +31,9 @@ class RegisterWorker(_message.Message):
     IDENTITY_FIELD_NUMBER: _builtins.int
     HOST_NAME_FIELD_NUMBER: _builtins.int
     MAX_CONCURRENT_SESSIONS_FIELD_NUMBER: _builtins.int
+    HELD_SESSIONS_FIELD_NUMBER: _builtins.int
+    HELD_FROM_INCARNATION_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
     task_queue: _builtins.str
     """The task queue this stream serves (one stream per task queue)."""
     worker_id: _builtins.str
@@ -41,6 +44,20 @@ class RegisterWorker(_message.Message):
     """Host name shown to callers in SessionInfo."""
     max_concurrent_sessions: _builtins.int
     """Session limit of this worker (0 = the default, 1000). The limit is hard."""
+    held_from_incarnation: _builtins.str
+    """The incarnation of the server the held sessions came from (empty on a first registration)."""
+    instance_id: _builtins.str
+    """Unique per worker process (a UUID made at start). While the current registration of this
+    worker_id is live, only a registration from the same process may replace it (its earlier
+    stream is dead from the worker's side); another process gets ALREADY_EXISTS WORKER_ID_IN_USE.
+    """
+    @_builtins.property
+    def held_sessions(self) -> _containers.RepeatedCompositeFieldContainer[_session_pb2.Session]:
+        """The sessions this worker still holds from an earlier stream, each as the server last sent it
+        (SessionStarted, or Registered.reattached_sessions). A server that stayed up re-attaches the
+        detached ones; a restarted server adopts them during its recovery window.
+        """
+
     def __init__(
         self,
         *,
@@ -49,10 +66,13 @@ class RegisterWorker(_message.Message):
         identity: _builtins.str = ...,
         host_name: _builtins.str = ...,
         max_concurrent_sessions: _builtins.int = ...,
+        held_sessions: _abc.Iterable[_session_pb2.Session] | None = ...,
+        held_from_incarnation: _builtins.str = ...,
+        instance_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["host_name", b"host_name", "identity", b"identity", "max_concurrent_sessions", b"max_concurrent_sessions", "task_queue", b"task_queue", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["held_from_incarnation", b"held_from_incarnation", "held_sessions", b"held_sessions", "host_name", b"host_name", "identity", b"identity", "instance_id", b"instance_id", "max_concurrent_sessions", b"max_concurrent_sessions", "task_queue", b"task_queue", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -116,6 +136,34 @@ class ActivityResult(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
 
 Global___ActivityResult: _TypeAlias = ActivityResult  # noqa: Y015
+
+@_typing.final
+class DeclineSession(_message.Message):
+    """DeclineSession gives back a session the worker got in Registered.reattached_sessions but cannot
+    continue (its local state is gone, say). The session then FAILS with WORKER_LOST.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """The session to give back."""
+    reason: _builtins.str
+    """Why, for the logs."""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeclineSession: _TypeAlias = DeclineSession  # noqa: Y015
 
 @_typing.final
 class ActivityHeartbeat(_message.Message):
@@ -187,6 +235,7 @@ class WorkerHeartbeatRequest(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     ACTIVITY_RESULT_FIELD_NUMBER: _builtins.int
     GOODBYE_FIELD_NUMBER: _builtins.int
+    DECLINE_SESSION_FIELD_NUMBER: _builtins.int
     ACTIVITY_HEARTBEAT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def register(self) -> Global___RegisterWorker:
@@ -205,6 +254,10 @@ class WorkerHeartbeatRequest(_message.Message):
         """The worker is shutting down."""
 
     @_builtins.property
+    def decline_session(self) -> Global___DeclineSession:
+        """The worker gives back a session it got back at registration."""
+
+    @_builtins.property
     def activity_heartbeat(self) -> Global___ActivityHeartbeat:
         """A running activity is alive (and its latest progress details)."""
 
@@ -215,13 +268,14 @@ class WorkerHeartbeatRequest(_message.Message):
         heartbeat: Global___Heartbeat | None = ...,
         activity_result: Global___ActivityResult | None = ...,
         goodbye: Global___Goodbye | None = ...,
+        decline_session: Global___DeclineSession | None = ...,
         activity_heartbeat: Global___ActivityHeartbeat | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["activity_heartbeat", b"activity_heartbeat", "activity_result", b"activity_result", "goodbye", b"goodbye", "heartbeat", b"heartbeat", "message", b"message", "register", b"register"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["activity_heartbeat", b"activity_heartbeat", "activity_result", b"activity_result", "decline_session", b"decline_session", "goodbye", b"goodbye", "heartbeat", b"heartbeat", "message", b"message", "register", b"register"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_heartbeat", b"activity_heartbeat", "activity_result", b"activity_result", "goodbye", b"goodbye", "heartbeat", b"heartbeat", "message", b"message", "register", b"register"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_heartbeat", b"activity_heartbeat", "activity_result", b"activity_result", "decline_session", b"decline_session", "goodbye", b"goodbye", "heartbeat", b"heartbeat", "message", b"message", "register", b"register"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["register", "heartbeat", "activity_result", "goodbye", "activity_heartbeat"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["register", "heartbeat", "activity_result", "goodbye", "decline_session", "activity_heartbeat"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
@@ -235,6 +289,8 @@ class Registered(_message.Message):
 
     WORKER_ID_FIELD_NUMBER: _builtins.int
     MAX_MESSAGE_SIZE_FIELD_NUMBER: _builtins.int
+    RECOVERY_WINDOW_FIELD_NUMBER: _builtins.int
+    REATTACHED_SESSIONS_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     """The worker id in force (the one supplied, or the one assigned)."""
     max_message_size: _builtins.int
@@ -242,15 +298,30 @@ class Registered(_message.Message):
     never sends a bigger one: an activity result that would be is reported as an ActivityFailure
     of type "ResultTooLarge" instead. 0 = not announced (a server older than this field).
     """
+    @_builtins.property
+    def recovery_window(self) -> _duration_pb2.Duration:
+        """How long the worker should hold its sessions while it reconnects after its stream broke: a
+        restarted server adopts what workers report within this window after its start.
+        """
+
+    @_builtins.property
+    def reattached_sessions(self) -> _containers.RepeatedCompositeFieldContainer[_session_pb2.Session]:
+        """The sessions this worker holds from now on that it did not get in a SessionStarted on this
+        stream: detached sessions re-attached to it, or held sessions a restarted server adopted.
+        Any session the worker reported in held_sessions and that is not listed here is gone.
+        """
+
     def __init__(
         self,
         *,
         worker_id: _builtins.str = ...,
         max_message_size: _builtins.int = ...,
+        recovery_window: _duration_pb2.Duration | None = ...,
+        reattached_sessions: _abc.Iterable[_session_pb2.Session] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recovery_window", b"recovery_window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_message_size", b"max_message_size", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_message_size", b"max_message_size", "reattached_sessions", b"reattached_sessions", "recovery_window", b"recovery_window", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -481,6 +552,56 @@ class GoodbyeAck(_message.Message):
 Global___GoodbyeAck: _TypeAlias = GoodbyeAck  # noqa: Y015
 
 @_typing.final
+class WorkerReplaced(_message.Message):
+    """WorkerReplaced tells a stale stream that a newer registration with the same worker_id replaced it.
+    The stream ends after it; the worker must not reconnect (another process now is this worker).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    message: _builtins.str
+    """A human-readable explanation."""
+    def __init__(
+        self,
+        *,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkerReplaced: _TypeAlias = WorkerReplaced  # noqa: Y015
+
+@_typing.final
+class ServerRestarting(_message.Message):
+    """ServerRestarting tells the worker the server is stopping to restart. The worker keeps its
+    sessions and registers again (reporting them) within recovery_window.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECOVERY_WINDOW_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def recovery_window(self) -> _duration_pb2.Duration:
+        """How long the next server will wait for workers to report their sessions."""
+
+    def __init__(
+        self,
+        *,
+        recovery_window: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recovery_window", b"recovery_window"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recovery_window", b"recovery_window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServerRestarting: _TypeAlias = ServerRestarting  # noqa: Y015
+
+@_typing.final
 class WorkerHeartbeatResponse(_message.Message):
     """WorkerHeartbeatResponse is one message from the server to a worker."""
 
@@ -495,6 +616,8 @@ class WorkerHeartbeatResponse(_message.Message):
     CANCEL_ACTIVITY_FIELD_NUMBER: _builtins.int
     GOODBYE_ACK_FIELD_NUMBER: _builtins.int
     HEARTBEAT_ACK_FIELD_NUMBER: _builtins.int
+    WORKER_REPLACED_FIELD_NUMBER: _builtins.int
+    SERVER_RESTARTING_FIELD_NUMBER: _builtins.int
     server_incarnation: _builtins.str
     """Id of this server process; it changes at each start."""
     @_builtins.property
@@ -529,6 +652,14 @@ class WorkerHeartbeatResponse(_message.Message):
     def heartbeat_ack(self) -> Global___HeartbeatAck:
         """Answer to Heartbeat."""
 
+    @_builtins.property
+    def worker_replaced(self) -> Global___WorkerReplaced:
+        """This stream was replaced by a newer registration with the same worker_id; do not reconnect."""
+
+    @_builtins.property
+    def server_restarting(self) -> Global___ServerRestarting:
+        """The server is restarting: keep your sessions and register again."""
+
     def __init__(
         self,
         *,
@@ -541,12 +672,14 @@ class WorkerHeartbeatResponse(_message.Message):
         cancel_activity: Global___CancelActivity | None = ...,
         goodbye_ack: Global___GoodbyeAck | None = ...,
         heartbeat_ack: Global___HeartbeatAck | None = ...,
+        worker_replaced: Global___WorkerReplaced | None = ...,
+        server_restarting: Global___ServerRestarting | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["activity_task", b"activity_task", "cancel_activity", b"cancel_activity", "goodbye_ack", b"goodbye_ack", "heartbeat_ack", b"heartbeat_ack", "heartbeat_interval", b"heartbeat_interval", "message", b"message", "registered", b"registered", "session_ended", b"session_ended", "session_started", b"session_started"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["activity_task", b"activity_task", "cancel_activity", b"cancel_activity", "goodbye_ack", b"goodbye_ack", "heartbeat_ack", b"heartbeat_ack", "heartbeat_interval", b"heartbeat_interval", "message", b"message", "registered", b"registered", "server_restarting", b"server_restarting", "session_ended", b"session_ended", "session_started", b"session_started", "worker_replaced", b"worker_replaced"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_task", b"activity_task", "cancel_activity", b"cancel_activity", "goodbye_ack", b"goodbye_ack", "heartbeat_ack", b"heartbeat_ack", "heartbeat_interval", b"heartbeat_interval", "message", b"message", "registered", b"registered", "server_incarnation", b"server_incarnation", "session_ended", b"session_ended", "session_started", b"session_started"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_task", b"activity_task", "cancel_activity", b"cancel_activity", "goodbye_ack", b"goodbye_ack", "heartbeat_ack", b"heartbeat_ack", "heartbeat_interval", b"heartbeat_interval", "message", b"message", "registered", b"registered", "server_incarnation", b"server_incarnation", "server_restarting", b"server_restarting", "session_ended", b"session_ended", "session_started", b"session_started", "worker_replaced", b"worker_replaced"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["registered", "session_started", "session_ended", "activity_task", "cancel_activity", "goodbye_ack", "heartbeat_ack"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["registered", "session_started", "session_ended", "activity_task", "cancel_activity", "goodbye_ack", "heartbeat_ack", "worker_replaced", "server_restarting"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
