@@ -7,7 +7,8 @@ one activity) rather than grpc's RESOURCE_EXHAUSTED, which would end a worker's 
 
 Exact sizes cost a serialisation (``ByteSize()`` encodes the message: ~0.5 ms per MiB here), so the
 hot paths use an upper bound built from field lengths and fall back to the exact size only when
-the bound is over the limit.
+the bound is over the limit. (The libraries bound their own messages the same way, in
+``sessiond_client._limits``; the server keeps its copy so as not to depend on a library's internals.)
 """
 
 from __future__ import annotations

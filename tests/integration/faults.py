@@ -1,7 +1,7 @@
-"""Real faults for the integration tier: a sessiond server *process* (to SIGSTOP it and read its
-RSS from /proc) and a loopback TCP proxy that can stop forwarding (a network partition).
+"""Real faults for the integration tier: a sessiond server *process*, to SIGSTOP it and read its
+RSS from /proc. (The loopback TCP proxy that partitions a peer is ``tests.support.tcp_proxy``.)
 
-Both are driven from the test's event loop; nothing here sleeps to synchronise (callers poll with
+Driven from the test's event loop; nothing here sleeps to synchronise (callers poll with
 :func:`tests.integration.conftest.eventually`).
 """
 
@@ -92,71 +92,3 @@ class ServerProcess:
                 self.process.kill()
         _, err = await self.process.communicate()
         return err.decode(errors="replace")
-
-
-class TcpProxy:
-    """Forwards 127.0.0.1:``port`` to ``target``; :meth:`partition` stops forwarding both ways.
-
-    A partition keeps every TCP connection open and simply stops moving bytes (what a dropped
-    route or a stuck middlebox does): neither peer sees a reset, each sees silence.
-    """
-
-    def __init__(self, target: str) -> None:
-        host, port = target.rsplit(":", 1)
-        self._upstream = (host, int(port))
-        self._flowing = asyncio.Event()
-        self._flowing.set()
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: list[asyncio.StreamWriter] = []
-        self.port = 0
-
-    @property
-    def target(self) -> str:
-        """host:port to dial instead of the upstream."""
-        return f"127.0.0.1:{self.port}"
-
-    async def start(self) -> TcpProxy:
-        """Listen on a free port."""
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    def partition(self) -> None:
-        """Stop forwarding (connections stay open, bytes wait in the kernel buffers)."""
-        self._flowing.clear()
-
-    def heal(self) -> None:
-        """Forward again."""
-        self._flowing.set()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self._upstream)
-        self._writers += [writer, up_writer]
-        for source, sink in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(source, sink))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-            while True:
-                await self._flowing.wait()
-                data = await source.read(65536)
-                if not data:
-                    break
-                # Read before the partition began: hold it until the partition heals.
-                await self._flowing.wait()
-                sink.write(data)
-                await sink.drain()
-        sink.close()
-
-    async def stop(self) -> None:
-        """Close the listener and every forwarded connection."""
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for writer in self._writers:
-            writer.close()

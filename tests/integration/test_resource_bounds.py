@@ -31,8 +31,9 @@ from tests.integration.conftest import (
     options,
 )
 from tests.integration.faults import ENV as ENV_CHILD
-from tests.integration.faults import ServerProcess, TcpProxy
+from tests.integration.faults import ServerProcess
 from tests.integration.workers.support import worker_pool, workers_of
+from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.asyncio
 
@@ -236,7 +237,7 @@ async def test_a_partitioned_worker_stops_the_failed_sessions_activity_within_it
     try:
         async with worker_pool() as start, \
                 await SessionClient.connect(sessiond.target, default_rpc_timeout=30) as client:
-            await start(proxy.target, QUEUE)
+            await start(proxy.address, QUEUE)
             marker = tmp_path / "activity"
             async with client.create_session(QUEUE, heartbeat_timeout=timeout) as session:
                 running = asyncio.ensure_future(
@@ -244,7 +245,7 @@ async def test_a_partitioned_worker_stops_the_failed_sessions_activity_within_it
                 await eventually(lambda: Path(str(marker) + ".started").exists(), timeout=10)
                 loop = asyncio.get_running_loop()
 
-                proxy.partition()
+                proxy.blackhole()
                 cut = loop.time()
 
                 with pytest.raises(SessionFailedError):
@@ -259,5 +260,5 @@ async def test_a_partitioned_worker_stops_the_failed_sessions_activity_within_it
                 assert outcome["cancelled"] is True and outcome["reason"] == "SERVER_UNREACHABLE"
                 assert stopped_after <= timeout + 1.5
     finally:
-        proxy.heal()
-        await proxy.stop()
+        proxy.resume()
+        await proxy.close()
