@@ -205,6 +205,8 @@ async def _phase(channel: grpc.aio.Channel, mode: str, n: int, args: argparse.Na
         sessions = [(await stub.CreateSession(session_service_pb2.CreateSessionRequest(task_queue=args.task_queue)))
                     .session.session_id for _ in range(n)]
         payload = session_pb2.Payload(data=PAYLOAD)
+        if args.payload == "binary":  # what the library's converter makes of one bytes argument
+            payload.metadata["encoding"] = b"binary/plain"
 
         def runner(session_id: str) -> Op:
             request = session_service_pb2.ExecuteActivityRequest(session_id=session_id, activity_type="noop",
@@ -360,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--duration", type=float, default=4.0)
     run.add_argument("--server-pid", type=int, default=0)
     run.add_argument("--worker-pid", type=int, default=0)
+    run.add_argument("--payload", choices=("raw", "binary"), default="raw",
+                     help="activity input: raw bytes, or tagged binary/plain as SessionWorker expects")
     fill = sub.add_parser("fill", help="open COUNT sessions and leave them open")
     fill.add_argument("--count", type=int, required=True)
     fill.add_argument("--concurrency", type=int, default=64)

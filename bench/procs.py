@@ -25,12 +25,17 @@ class ChildError(RuntimeError):
     """A child process failed or did not answer in time."""
 
 
-def child_env() -> dict[str, str]:
-    """The environment of every child: quiet grpc core, unbuffered output, the repo importable."""
+def child_env(tree: Path | None = None) -> dict[str, str]:
+    """The environment of every child: quiet grpc core, unbuffered output, the repo importable.
+
+    With ``tree`` (another checkout of the repository, e.g. the commit before a change), that
+    tree's ``sessiond`` and ``sessiond_client`` are imported instead of this one's.
+    """
     env = dict(os.environ)
     env["GRPC_VERBOSITY"] = "ERROR"
     env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    first = [str(tree), str(tree / "clients" / "python" / "src")] if tree is not None else [str(REPO)]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (*first, env.get("PYTHONPATH", "")) if p)
     # Tracing stays off unless a scenario turns it on explicitly.
     env.pop("OTEL_TRACES_EXPORTER", None)
     env.pop("OTEL_METRICS_EXPORTER", None)
@@ -56,11 +61,13 @@ class Proc:
 
     registry: ClassVar[list[Proc]] = []
 
-    def __init__(self, name: str, argv: list[str], logs: Path) -> None:
+    def __init__(self, name: str, argv: list[str], logs: Path, tree: Path | None = None) -> None:
         self.name = name
         self.log_path = logs / f"{name}.log"
         self._log = open(self.log_path, "w")  # closed in stop()
-        self.popen = subprocess.Popen(argv, cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=self._log,
+        # ``python -m`` puts the working directory first on sys.path: run in the tree to import it.
+        self.popen = subprocess.Popen(argv, cwd=tree or REPO, env=child_env(tree), stdout=subprocess.PIPE,
+                                      stderr=self._log,
                                       stdin=subprocess.DEVNULL, text=True)
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self.seen: list[dict[str, Any]] = []

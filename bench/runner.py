@@ -33,16 +33,18 @@ from typing import Any
 
 from bench import report
 from bench.common import cpu_seconds, rss_kb
+from bench.activity import scenario_activity
 from bench.outlive import scenario_outlive
 from bench.procs import PY, REPO, ChildError, Proc, free_port, run_once, wait_port
 from bench.stats import percentile, ratio, spread
 from sessiond.ui import POLL_INTERVAL_MS
 
-SCENARIOS = ("core", "kill9", "frozen_worker", "scale", "tracing", "dashboard", "outlive")
+SCENARIOS = ("core", "activity", "kill9", "frozen_worker", "scale", "tracing", "dashboard", "outlive")
 # Scenarios that produce several rows of the table (one JSON entry each).
-MULTI_ROW = ("core", "outlive")
+MULTI_ROW = ("core", "activity", "outlive")
 # The JSON has one entry per row of the issue's table (core yields three of them).
-RESULT_KEYS = ("create_complete", "execute_activity_1", "execute_activity_64", "kill9", "frozen_worker", "scale",
+RESULT_KEYS = ("create_complete", "execute_activity_1", "execute_activity_64", "activity_floor", "library_worker",
+               "kill9", "frozen_worker", "scale",
                "tracing", "dashboard", "server_restart", "worker_restart", "caller_lost")
 
 
@@ -88,10 +90,14 @@ WORKER_STREAMS_PER_PROCESS = 1250
 class Ctx:
     """What every scenario needs: sizes, the log directory, and helpers to start the processes."""
 
-    def __init__(self, sizes: Sizes, logs: Path, verbose: bool = True) -> None:
+    def __init__(self, sizes: Sizes, logs: Path, verbose: bool = True, before: Path | None = None,
+                 loops: tuple[str, ...] = ()) -> None:
         self.s = sizes
         self.logs = logs
         self.verbose = verbose
+        # The activity scenario's extra variants: another checkout (before a change), other event loops.
+        self.before = before
+        self.loops = loops
         self._n = 0
 
     def name(self, what: str) -> str:
@@ -789,6 +795,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(SCENARIOS)}")
     parser.add_argument("--runs", type=int, default=0, help="override every scenario's number of repetitions")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--before", type=Path, default=None, metavar="DIR",
+                        help="activity scenario: also measure the sessiond of this checkout (e.g. `git archive "
+                             "<commit> | tar -x -C DIR`) in the same run, as the 'before' of a change")
+    parser.add_argument("--loops", default="", help="activity scenario: also measure with these event loops "
+                                                    "(comma-separated, e.g. uvloop)")
     parser.add_argument("--render", type=Path, default=None, metavar="RESULTS_JSON",
                         help="only re-render RESULTS.md (next to the JSON) from an earlier run, e.g. after editing "
                              "bench/notes.md")
@@ -814,13 +825,16 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
     _raise_nofile()
-    ctx = Ctx(sizes, logs, verbose=not args.quiet)
+    if args.before is not None and not (args.before / "sessiond" / "__init__.py").exists():
+        parser.error(f"--before {args.before}: not a checkout of sessiond")
+    ctx = Ctx(sizes, logs, verbose=not args.quiet, before=args.before.resolve() if args.before else None,
+              loops=tuple(x for x in args.loops.split(",") if x))
     results: dict[str, Any] = {"meta": _meta(args, sizes), "scenarios": {}}
     json_path = out_dir / "results.json"
     md_path = out_dir / "RESULTS.md"
     started = time.monotonic()
     runners: dict[str, Callable[[Ctx], Any]] = {
-        "core": scenario_core, "kill9": scenario_kill9, "frozen_worker": scenario_frozen, "scale": scenario_scale,
+        "core": scenario_core, "activity": scenario_activity, "kill9": scenario_kill9, "frozen_worker": scenario_frozen, "scale": scenario_scale,
         "tracing": scenario_tracing, "dashboard": scenario_dashboard, "outlive": scenario_outlive,
     }
     failed = []
