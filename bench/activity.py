@@ -175,7 +175,8 @@ def scenario_activity(ctx: Ctx) -> dict[str, dict[str, Any]]:
                 goal="≤ 1.2×" if goal_on else "— (comparison)", check=(lambda v: v <= 1.2) if goal_on else None,
                 details={"worker_us_1_in_flight": [x["worker_us_1"] for x in lib],
                          "raw_worker_us_1_in_flight": [x["raw"]["worker_us_1"] for x in rows],
-                         "server_us_per_activity": [x["server_us"] for x in lib], "errors": [x["errors"] for x in lib]}))
+                         "server_us_per_activity": [x["server_us"] for x in lib],
+                         "errors": [x["errors"] for x in lib]}))
             lib_cases.append(case(
                 f"{what} no-op, 64 in flight: throughput{tag}", value=[x["per_s"] for x in lib],
                 unit="activities/s", baseline=[x["raw"]["per_s"] for x in rows], baseline_unit="/s",

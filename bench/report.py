@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-ORDER = ("create_complete", "execute_activity_1", "execute_activity_64", "activity_floor", "library_worker", "kill9", "frozen_worker", "scale", "tracing",
+ORDER = ("create_complete", "execute_activity_1", "execute_activity_64", "activity_floor", "library_worker", "kill9",
+         "frozen_worker", "scale", "tracing",
          "dashboard", "server_restart", "worker_restart", "caller_lost")
 
 

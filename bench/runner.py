@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-from bench.common import cpu_seconds, rss_kb
 from bench.activity import scenario_activity
+from bench.common import cpu_seconds, rss_kb
 from bench.outlive import scenario_outlive
 from bench.procs import PY, REPO, ChildError, Proc, free_port, run_once, wait_port
 from bench.stats import percentile, ratio, spread
@@ -834,7 +834,8 @@ def main(argv: list[str] | None = None) -> int:
     md_path = out_dir / "RESULTS.md"
     started = time.monotonic()
     runners: dict[str, Callable[[Ctx], Any]] = {
-        "core": scenario_core, "activity": scenario_activity, "kill9": scenario_kill9, "frozen_worker": scenario_frozen, "scale": scenario_scale,
+        "core": scenario_core, "activity": scenario_activity, "kill9": scenario_kill9,
+        "frozen_worker": scenario_frozen, "scale": scenario_scale,
         "tracing": scenario_tracing, "dashboard": scenario_dashboard, "outlive": scenario_outlive,
     }
     failed = []
