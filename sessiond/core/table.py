@@ -90,6 +90,26 @@ def _uuid() -> str:
     return str(uuid.uuid4())
 
 
+class ActivityIds:
+    """Activity ids, cheaply: UUID4-shaped strings, a random prefix per table and a counter.
+
+    An activity id only has to be unique (the worker fences on it, and an outcome is matched to
+    the worker and stream that got the task), not unguessable like a session id; ``uuid4()`` costs
+    a ``getrandom`` call and a formatting per activity, this a counter and one f-string. The
+    prefix keeps the version and variant digits of a real UUID4, and is new for every table (so
+    for every server start: a task still running on a worker from before a restart keeps its id).
+    """
+
+    __slots__ = ("_count", "_prefix")
+
+    def __init__(self) -> None:
+        self._prefix = str(uuid.uuid4())[:24]  # "xxxxxxxx-xxxx-4xxx-yxxx-": 12 hex digits left
+        self._count = itertools.count()
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._count) & 0xFFFF_FFFF_FFFF:012x}"
+
+
 class SessionTable:
     """All sessions, workers and waiters of one sessiond process."""
 
@@ -98,7 +118,7 @@ class SessionTable:
         *,
         retention: float = 600.0,
         max_heartbeat_interval: float = 10.0,
-        new_id: Callable[[], str] = _uuid,
+        new_id: Callable[[], str] | None = None,
         max_waiters: int | None = None,
         max_waiters_per_queue: int | None = None,
         recovering_until: float = -math.inf,
@@ -108,7 +128,8 @@ class SessionTable:
         Args:
             retention: seconds a FAILED or CLOSED session stays readable.
             max_heartbeat_interval: the longest heartbeat interval a worker is given.
-            new_id: id factory for sessions, waiters and activities (UUID4 by default).
+            new_id: id factory for sessions, waiters and activities (default: UUID4 for sessions and
+                waiters, :class:`ActivityIds` for activities).
             max_waiters: most Creates/Recreates waiting at once, all queues together (None = no cap).
             max_waiters_per_queue: most waiting at once per task queue (None = no cap).
             recovering_until: the end of the recovery window of a restarted server: until then an
@@ -118,7 +139,8 @@ class SessionTable:
         self.retention = retention
         self.max_heartbeat_interval = max_heartbeat_interval
         self.recovering_until = recovering_until
-        self._new_id = new_id
+        self._new_id = new_id or _uuid
+        self._new_activity_id = new_id or ActivityIds()
         self.registry = WorkerRegistry()
         self._sessions: dict[str, Session] = {}
         self._seq = itertools.count(1)
@@ -773,7 +795,7 @@ class SessionTable:
             raise SessionFailedError(session_id, session.failure.cause)
         if session.state is SessionState.CLOSED:
             raise SessionClosedError(session_id)
-        activity = Activity(self._new_id(), session_id, session.worker, session.worker.epoch, now + timeout,
+        activity = Activity(self._new_activity_id(), session_id, session.worker, session.worker.epoch, now + timeout,
                             heartbeat_timeout=heartbeat_timeout, heartbeat_at=now)
         self._activities[activity.activity_id] = activity
         session.activities.add(activity.activity_id)
