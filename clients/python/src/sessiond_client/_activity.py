@@ -53,33 +53,53 @@ class ActivityInfo:
 
 
 class _ActivityContext:
-    """Per-execution state shared by the worker and the activity (possibly across threads)."""
+    """Per-execution state shared by the worker and the activity (possibly across threads).
 
-    __slots__ = ("_cancel_reason", "_cancelled", "heartbeat_sink", "info")
+    The cancellation flag is a plain bool; the ``threading.Event`` a sync activity can block on
+    (:func:`wait_for_cancelled`) is made only when one does: building an Event (a Condition and
+    its lock) for every activity was measurable on the activity path.
+    """
+
+    __slots__ = ("_cancel_reason", "_cancelled", "_event", "heartbeat_sink", "info")
 
     def __init__(self, info: ActivityInfo, heartbeat_sink: Callable[[Any], None] | None = None) -> None:
         self.info = info
-        self._cancelled = threading.Event()
+        self._cancelled = False
+        self._event: threading.Event | None = None
         self._cancel_reason: str | None = None
-        # Set by the worker: called from any thread with the details of one heartbeat.
         self.heartbeat_sink = heartbeat_sink
 
     def cancel(self, reason: str) -> None:
-        # The reason is written before the event is set, so a reader that sees the event sees it.
-        if not self._cancelled.is_set():
+        with _EVENTS:
+            if self._cancelled:
+                return
             self._cancel_reason = reason
-            self._cancelled.set()
+            self._cancelled = True
+            event = self._event
+        if event is not None:
+            event.set()
 
     @property
     def cancelled(self) -> bool:
-        return self._cancelled.is_set()
+        return self._cancelled
 
     @property
     def cancel_reason(self) -> str | None:
         return self._cancel_reason
 
     def wait(self, timeout: float | None) -> bool:
-        return self._cancelled.wait(timeout)
+        with _EVENTS:
+            # Under the lock: a cancel() either saw this event, or happened before and is seen here.
+            if self._event is None:
+                self._event = threading.Event()
+                if self._cancelled:
+                    self._event.set()
+            event = self._event
+        return event.wait(timeout)
+
+
+# Guards the creation of an activity's cancellation Event against a concurrent cancel().
+_EVENTS = threading.Lock()
 
 
 _current: ContextVar[_ActivityContext | None] = ContextVar("sessiond_activity", default=None)

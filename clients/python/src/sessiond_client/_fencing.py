@@ -14,6 +14,7 @@ Pure bookkeeping with time as an argument; :class:`~sessiond_client.SessionWorke
 from __future__ import annotations
 
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 
 from sessiond_client._types import SessionInfo
 
@@ -36,6 +37,9 @@ def heartbeat_timeout(session: SessionInfo) -> float:
     return _DEFAULT_HEARTBEAT_TIMEOUT if timeout is None else timeout.total_seconds()
 
 
+_NONE: frozenset[str] = frozenset()
+
+
 class Fence:
     """When the worker last heard from the server, and which held sessions are fenced."""
 
@@ -45,9 +49,11 @@ class Fence:
         self.last_heard = now
         self._fenced: set[str] = set()
 
-    def heard(self, now: float) -> set[str]:
+    def heard(self, now: float) -> AbstractSet[str]:
         """The server spoke: every held session is confirmed. Returns the ones that were fenced."""
         self.last_heard = now
+        if not self._fenced:  # the usual case (every message from the server lands here): no new set
+            return _NONE
         confirmed, self._fenced = self._fenced, set()
         return confirmed
 

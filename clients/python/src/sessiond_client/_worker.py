@@ -192,6 +192,8 @@ class SessionWorker:
         )
         self._task_queue = task_queue
         self._activities = _activity_table(activities)
+        # Decided once: inspecting a callable per task is measurable on the activity path.
+        self._async_activities = frozenset(name for name, fn in self._activities.items() if _is_async(fn))
         self._max_sessions = max_concurrent_sessions
         self._worker_id = worker_id or None
         self._host_name = host_name or socket.gethostname()
@@ -216,6 +218,9 @@ class SessionWorker:
         self._running: dict[str, _Running] = {}
         self._outbox: asyncio.Queue[worker_pb2.WorkerHeartbeatRequest | None] | None = None
         self._interval = _INITIAL_HEARTBEAT_INTERVAL
+        # The server's last heartbeat_interval as sent (seconds, nanos): every message carries it,
+        # and it is converted only when it changes.
+        self._interval_sent: tuple[int, int] | None = None
         self._interval_changed = asyncio.Event()
         self._last_send = 0.0
         # Fencing: when the server last spoke; and when we last sent a Heartbeat (its answer counts).
@@ -545,10 +550,14 @@ class SessionWorker:
         if self._fence.heard(asyncio.get_running_loop().time()):
             logger.info("worker %s hears sessiond again: its sessions are confirmed", self._worker_id)
         if message.HasField("heartbeat_interval"):
-            interval = duration_from_proto(message.heartbeat_interval).total_seconds()
-            if interval > 0 and interval != self._interval:
-                self._interval = interval
-                self._interval_changed.set()
+            sent = message.heartbeat_interval
+            raw = (sent.seconds, sent.nanos)
+            if raw != self._interval_sent:
+                self._interval_sent = raw
+                interval = duration_from_proto(sent).total_seconds()
+                if interval > 0 and interval != self._interval:
+                    self._interval = interval
+                    self._interval_changed.set()
         if message.server_incarnation:
             self._server_incarnation = message.server_incarnation
         kind = message.WhichOneof("message")
@@ -752,7 +761,7 @@ class SessionWorker:
                 activity_type=task.activity_type,
                 session=session,
                 start_to_close_timeout=None if timeout is None else duration_from_proto(timeout),
-                headers=dict(task.headers),
+                headers=dict(task.headers) if task.headers else {},
                 worker_id=self._worker_id or "",
                 attempt=task.attempt or 1,
                 heartbeat_timeout=heartbeat_timeout,
@@ -797,13 +806,14 @@ class SessionWorker:
                        heartbeats: ActivityHeartbeats) -> None:
         _current.set(context)
         # Started here so it is current in the executor thread too (the context is copied below).
+        # With tracing off, not even the span's context manager is built (it is per activity).
         with _tracing.activity_span(
             task.activity_type,
             task.headers,
             session_id=task.session_id,
             activity_id=task.activity_id,
             worker_id=self._worker_id or "",
-        ) as span:
+        ) if _tracing.enabled() else contextlib.nullcontext() as span:
             try:
                 await self._run_activity(task, fn, context, span, heartbeats)
             finally:
@@ -818,7 +828,7 @@ class SessionWorker:
                 args = self._converter.decode_args(task.input, activity_hints(fn).params)
             except Exception as exc:
                 raise ApplicationError(f"cannot decode input: {exc}", type=PAYLOAD_ERROR, non_retryable=True) from exc
-            if _is_async(fn):
+            if task.activity_type in self._async_activities:
                 value = await fn(*args)
             else:
                 assert self._executor is not None
@@ -860,7 +870,11 @@ class SessionWorker:
         failure: session_pb2.ActivityFailure | None = None,
     ) -> None:
         """Send an activity's outcome, or a ResultTooLarge failure if it is over the server's limit."""
-        outcome = worker_pb2.ActivityResult(activity_id=activity_id, session_id=session_id)
+        # Built in place: an ActivityResult passed to the request's constructor would be copied again.
+        message = worker_pb2.WorkerHeartbeatRequest()
+        outcome = message.activity_result
+        outcome.activity_id = activity_id
+        outcome.session_id = session_id
         if result is not None:
             outcome.result.CopyFrom(result)
             variable = payload_bytes(result)
@@ -868,7 +882,6 @@ class SessionWorker:
             assert failure is not None
             outcome.failure.CopyFrom(failure)
             variable = len(failure.type) + len(failure.message) + payload_bytes(failure.details)
-        message = worker_pb2.WorkerHeartbeatRequest(activity_result=outcome)
         limit = self._max_message_size
         size = oversize(message, variable + len(activity_id) + len(session_id), limit)
         if size:
