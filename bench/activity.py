@@ -86,9 +86,9 @@ def _sessiond_block(ctx: Ctx, label: str, tree: Path | None, loop: tuple[str, ..
         server.stop()
 
 
-def _echo_block(ctx: Ctx, r: int) -> dict[str, Any]:
-    ctx.say(f"activity rep {r + 1}/{ctx.s.core_reps}: echo Relay (the floor)")
-    with ctx.echo() as (server, target):
+def _echo_block(ctx: Ctx, r: int, loop: str = "asyncio") -> dict[str, Any]:
+    ctx.say(f"activity rep {r + 1}/{ctx.s.core_reps}: echo Relay (the floor), {loop}")
+    with ctx.echo(loop) as (server, target):
         workers = ctx.start_workers(target, 1, kind="echo-worker")
         try:
             return ctx.phases(target, ["relay:1", "relay:64", "unary:1", "unary:64"], server, workers[0])
@@ -104,7 +104,8 @@ def _us(phase: dict[str, Any], who: str) -> float | None:
 
 
 def _row(rep: dict[str, Any], label: str) -> dict[str, Any]:
-    echo, sd = rep["echo"], rep[label]
+    # A variant on another event loop is held to the floor on that loop.
+    echo, sd = rep.get(f"echo-{label}", rep["echo"]), rep[label]
     r1, r64 = echo["relay:1"], echo["relay:64"]
     row: dict[str, Any] = {
         "floor_p50_ms": r1["p50_ms"], "floor_per_s": r64["ops_per_s"], "floor_server_us": _us(r64, "server"),
@@ -128,12 +129,14 @@ def scenario_activity(ctx: Ctx) -> dict[str, dict[str, Any]]:
     reps: list[dict[str, Any]] = []
     for r in range(ctx.s.core_reps):
         rep: dict[str, Any] = {}
-        blocks: list[Any] = ["echo", *variants]
+        blocks: list[Any] = ["echo", *(f"echo-{x}" for x in ctx.loops if x != "asyncio"), *variants]
         if r % 2:
             blocks.reverse()
         for block in blocks:
             if block == "echo":
                 rep["echo"] = _echo_block(ctx, r)
+            elif isinstance(block, str):
+                rep[block] = _echo_block(ctx, r, block.removeprefix("echo-"))
             else:
                 label, tree, loop = block
                 rep[label] = _sessiond_block(ctx, label, tree, loop, r)
@@ -147,6 +150,19 @@ def scenario_activity(ctx: Ctx) -> dict[str, dict[str, Any]]:
         tag = "" if label == "after" else f" [{label}]"
         judged = label == "after"
         raw = [x["raw"] for x in rows]
+        if label not in ("before", "after"):  # another event loop: against asyncio, same run
+            after = [_row(rep, "after") for rep in reps]
+            floor_cases.append(case(
+                f"64 in flight, raw worker: {label} / asyncio", value=[x["raw"]["per_s"] for x in rows],
+                unit="activities/s", baseline=[x["raw"]["per_s"] for x in after], baseline_unit="/s",
+                baseline_what="sessiond on asyncio, same run",
+                ratios=[ratio(a["raw"]["per_s"], b["raw"]["per_s"]) for a, b in zip(rows, after, strict=True)],
+                goal="— (> 1: faster)", check=None,
+                details={"server_us_per_activity": [x["raw"]["server_us"] for x in rows],
+                         "server_us_per_activity_asyncio": [x["raw"]["server_us"] for x in after],
+                         "p50_1_in_flight_ms": [x["raw"]["p50_ms"] for x in rows],
+                         "p50_1_in_flight_ms_asyncio": [x["raw"]["p50_ms"] for x in after],
+                         "floor_per_s_asyncio": [x["floor_per_s"] for x in after]}))
         floor_cases.append(case(
             f"64 in flight, raw worker{tag}", value=[x["per_s"] for x in raw], unit="activities/s",
             baseline=[x["floor_per_s"] for x in rows], baseline_unit="/s", baseline_what="echo Relay, 64 in flight",

@@ -126,7 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     """Run the echo server until SIGTERM."""
     parser = argparse.ArgumentParser(prog="bench.echo_server", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
-    asyncio.run(_serve(parser.parse_args(argv).port))
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    args = parser.parse_args(argv)
+    if args.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(_serve(args.port))
+    else:
+        asyncio.run(_serve(args.port))
     return 0
 
 

@@ -70,9 +70,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefix", default=f"lib{os.getpid()}")
     parser.add_argument("--capacity", type=int, default=1)
     parser.add_argument("--noop", choices=("async", "sync"), default="async", help="the noop activity's kind")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio", help="the event loop")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
-    asyncio.run(run(args))
+    if args.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(run(args))
+    else:
+        asyncio.run(run(args))
     return 0
 
 

@@ -111,8 +111,9 @@ class Ctx:
     # ----------------------------------------------------------------- servers
 
     @contextlib.contextmanager
-    def echo(self) -> Iterator[tuple[Proc, str]]:
-        proc = Proc(self.name("echo-server"), [PY, "-m", "bench.echo_server", "--port", "0"], self.logs)
+    def echo(self, loop: str = "asyncio") -> Iterator[tuple[Proc, str]]:
+        proc = Proc(self.name("echo-server"), [PY, "-m", "bench.echo_server", "--port", "0", "--loop", loop],
+                    self.logs)
         try:
             ready = proc.wait_event("ready", 30)
             yield proc, f"127.0.0.1:{ready['port']}"

@@ -97,9 +97,16 @@ def _serve(args: argparse.Namespace) -> int:
         # Parsed and validated above; the replicated server itself is not built yet.
         print(f"sessiond: store {config.store_spec} is not implemented yet (use --store memory)", file=sys.stderr)
         return 2
+    from sessiond import event_loop
+
+    try:
+        event_loop.loop_factory(config.loop)  # uvloop asked for and not installed: one line, exit 2
+    except ValueError as exc:
+        print(f"sessiond: {exc}", file=sys.stderr)
+        return 2
     logs.configure(config.log_level, config.log_format)
     try:
-        asyncio.run(serve(config))
+        event_loop.run(serve(config), config.loop)
     except StartupError as exc:  # an address, a file, an exporter: one line, not a traceback
         print(f"sessiond: {exc}", file=sys.stderr)
         return 2

@@ -116,6 +116,10 @@ class ServerConfig:
             "help": "Freeze the start-up heap out of the garbage collector (shorter GC pauses with many streams)."
         },
     )
+    loop: str = field(
+        default="asyncio",
+        metadata={"help": "The event loop: asyncio, or uvloop (opt-in: pip install 'sessiond[uvloop]')."},
+    )
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR."})
     log_format: str = field(default="text", metadata={"help": "text or json."})
     metrics_listen: str | None = field(
@@ -180,6 +184,8 @@ class ServerConfig:
             raise ValueError("tls_cert and tls_key go together")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca needs tls_cert and tls_key")
+        if self.loop not in ("asyncio", "uvloop"):
+            raise ValueError("loop must be asyncio or uvloop")
         if self.log_format not in ("text", "json"):
             raise ValueError("log_format must be text or json")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

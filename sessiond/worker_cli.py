@@ -11,7 +11,6 @@ arguments), 2 for a usage error (an unimportable module, an attribute that is no
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import logging
 import os
@@ -56,6 +55,8 @@ def add_command(sub: Any) -> None:
                         help="seconds a draining worker waits for its open sessions [300]")
     worker.add_argument("--max-activity-threads", type=_positive, default=100,
                         help="threads for plain (sync) activity functions [100]")
+    worker.add_argument("--loop", default="asyncio", choices=["asyncio", "uvloop"],
+                        help="the event loop (uvloop is opt-in: pip install 'sessiond[uvloop]') [asyncio]")
     worker.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="log level [INFO]")
 
@@ -98,9 +99,10 @@ def run(args: argparse.Namespace) -> int:
     """Run the parsed ``worker`` command until it is shut down; returns the exit code."""
     from sessiond_client import SessiondError, SessionWorker
 
-    from sessiond import logs
+    from sessiond import event_loop, logs
 
     try:
+        event_loop.loop_factory(args.loop)
         activities = load_activities(args.spec)
         worker = SessionWorker(
             args.address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS, args.queue, activities,
@@ -115,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("sessiond_client").info(
         "serving %d activities on task queue %r", len(activities), args.queue)
     try:
-        asyncio.run(worker.run(handle_signals=True))
+        event_loop.run(worker.run(handle_signals=True), args.loop)
     except SessiondError as exc:
         print(f"sessiond worker: the server rejected the worker: {exc.reason or exc.code}: {exc}", file=sys.stderr)
         return 1
