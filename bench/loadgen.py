@@ -78,9 +78,14 @@ class Recorder:
 Op = Callable[[], Awaitable[tuple[float, ...]]]
 
 
-async def _lane(op: Op, rec: Recorder) -> None:
+async def _lane(op: Op, rec: Recorder, period: float = 0.0, offset: float = 0.0) -> None:
+    """Call ``op`` back to back, or (``period`` > 0) at most once per ``period`` seconds."""
     window = rec.window
+    due = time.perf_counter() + offset
     while True:
+        if period:
+            due += period
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
         started = time.perf_counter()
         if started >= window.end:
             return
@@ -114,11 +119,14 @@ async def _cpu_window(window: Window, pids: dict[str, int]) -> dict[str, float |
 
 
 async def _measure(name: str, lanes: list[Op], warmup: float, duration: float,
-                   pids: dict[str, int]) -> dict[str, Any]:
+                   pids: dict[str, int], rate: float = 0.0) -> dict[str, Any]:
+    """Run the lanes over the window; with ``rate``, offer at most ``rate`` calls/s in total (an open
+    schedule, spread over the lanes): CPU per call is then compared at the same throughput."""
     window = Window(warmup, duration)
     rec = Recorder(window)
     cpu_task = asyncio.create_task(_cpu_window(window, pids))
-    await asyncio.gather(*(_lane(op, rec) for op in lanes))
+    period = len(lanes) / rate if rate > 0 else 0.0
+    await asyncio.gather(*(_lane(op, rec, period, i * period / len(lanes)) for i, op in enumerate(lanes)))
     cpu = await cpu_task
     ops = len(rec.latencies)
     rate = ops / duration
@@ -144,7 +152,7 @@ def _seconds(value: float) -> duration_pb2.Duration:
 
 
 async def _phase(channel: grpc.aio.Channel, mode: str, n: int, args: argparse.Namespace,
-                 pids: dict[str, int]) -> dict[str, Any]:
+                 pids: dict[str, int], rate: float = 0.0) -> dict[str, Any]:
     stub = session_service_pb2_grpc.SessionServiceStub(channel)
     if mode == "unary":
         echo = channel.unary_unary(ECHO_UNARY)
@@ -170,7 +178,8 @@ async def _phase(channel: grpc.aio.Channel, mode: str, n: int, args: argparse.Na
             await relay(PAYLOAD)
             return ()
 
-        return await _measure(f"relay:{n}", [relayed] * n, args.warmup, args.duration, pids)
+        name = f"relay:{n}" + (f"@{rate:g}" if rate else "")
+        return await _measure(name, [relayed] * n, args.warmup, args.duration, pids, rate)
     if mode == "pingpong":
         calls = [channel.stream_stream(ECHO_STREAM)() for _ in range(n)]
 
@@ -218,7 +227,8 @@ async def _phase(channel: grpc.aio.Channel, mode: str, n: int, args: argparse.Na
             return execute
 
         try:
-            return await _measure(f"activity:{n}", [runner(s) for s in sessions], args.warmup, args.duration, pids)
+            name = f"activity:{n}" + (f"@{rate:g}" if rate else "")
+            return await _measure(name, [runner(s) for s in sessions], args.warmup, args.duration, pids, rate)
         finally:
             for session_id in sessions:
                 await stub.CompleteSession(session_service_pb2.CompleteSessionRequest(session_id=session_id))
@@ -238,7 +248,8 @@ async def _run(args: argparse.Namespace) -> None:
         phases = []
         for spec in args.phases.split(","):
             mode, _, n = spec.partition(":")
-            phases.append(await _phase(channel, mode, int(n or 1), args, pids))
+            n, _, rate = n.partition("@")  # activity:64@500 = 64 in flight, 500 offered per second
+            phases.append(await _phase(channel, mode, int(n or 1), args, pids, float(rate or 0)))
         emit("result", phases=phases)
 
 
@@ -357,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.loadgen", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="timed phases")
-    run.add_argument("--phases", required=True, help="comma-separated mode:in_flight (unary, pingpong, cc, activity)")
+    run.add_argument("--phases", required=True, help="comma-separated mode:in_flight[@rate] (unary, pingpong, cc, "
+                                                      "activity; @rate: an open schedule, relay and activity only)")
     run.add_argument("--warmup", type=float, default=1.0)
     run.add_argument("--duration", type=float, default=4.0)
     run.add_argument("--server-pid", type=int, default=0)
