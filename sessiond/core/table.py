@@ -1,9 +1,11 @@
-"""The session table: sessions, their lifecycle, placement, waiters, activities and expiry.
+"""The session table: sessions and their lifecycle, workers, activities and expiry.
 
 Pure: no I/O, no clock. Every method that depends on time takes ``now`` (monotonic seconds).
 Mutations append :mod:`~sessiond.core.events` to an outbox that the caller drains with
 :meth:`SessionTable.take_events`. Costs on the hot paths do not grow with the number of
-workers or sessions: create and complete are O(log n), a heartbeat is O(1).
+workers or sessions: create and complete are O(log n), a heartbeat is O(1). Where a new session
+may go is :mod:`~sessiond.core.placement`'s index; who waits for one, in what order, is
+:mod:`~sessiond.core.waiters`'.
 
 Liveness is lazy and grouped. A heartbeat only stamps ``worker.last_seen``. A worker's open
 sessions are grouped by heartbeat_timeout T; within a group, session s is due at
@@ -20,9 +22,7 @@ import bisect
 import itertools
 import math
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TypeVar
 
 from sessiond.core.deadlines import DeadlineQueue
 from sessiond.core.errors import (
@@ -69,8 +69,7 @@ from sessiond.core.model import (
 from sessiond.core.registry import WorkerRegistry
 from sessiond.core.resources import ResourceVector
 from sessiond.core.token import decode_token, encode_token
-
-K = TypeVar("K")
+from sessiond.core.waiters import WaiterQueues
 
 # A connected worker silent for this many heartbeat intervals takes no new sessions until it speaks.
 STALE_INTERVALS = 3.0
@@ -121,7 +120,6 @@ class SessionTable:
         self._by_seq: dict[int, Session] = {}
         self._session_deadlines: DeadlineQueue[str] = DeadlineQueue()
         self._liveness_deadlines: DeadlineQueue[tuple[WorkerKey, float]] = DeadlineQueue()
-        self._waiter_deadlines: DeadlineQueue[str] = DeadlineQueue()
         self._activity_deadlines: DeadlineQueue[str] = DeadlineQueue()
         self._worker_deadlines: DeadlineQueue[WorkerKey] = DeadlineQueue()
         # Caller liveness, one entry per OPEN session with a caller_timeout, re-armed lazily: an RPC
@@ -131,9 +129,7 @@ class SessionTable:
         self._reattach_deadlines: DeadlineQueue[str] = DeadlineQueue()
         # The last stream of a worker whose sessions are detached: it keeps their slots counted.
         self._detached: dict[WorkerKey, Worker] = {}
-        self._waiters: dict[str, Waiter] = {}
-        self._queue_waiters: dict[str, deque[Waiter]] = {}
-        self._worker_waiters: dict[WorkerKey, deque[Waiter]] = {}
+        self.waiting = WaiterQueues()
         self._owners: dict[str, Session | Waiter] = {}
         self._requests: dict[RequestKey, Session | Waiter] = {}
         self._activities: dict[str, Activity] = {}
@@ -149,8 +145,8 @@ class SessionTable:
     def next_deadline(self) -> float | None:
         """The earliest time at which :meth:`advance` has something to do, or None."""
         # Called after every mutation (the engine re-arms its timer): no temporary list.
-        best = self._session_deadlines.peek()
-        for queue in (self._liveness_deadlines, self._waiter_deadlines, self._activity_deadlines,
+        best = self.waiting.next_deadline()
+        for queue in (self._session_deadlines, self._liveness_deadlines, self._activity_deadlines,
                       self._worker_deadlines, self._caller_deadlines, self._reattach_deadlines):
             t = queue.peek()
             if t is not None and (best is None or t < best):
@@ -178,8 +174,8 @@ class SessionTable:
             self._end(now, self._sessions[sid], SessionState.FAILED, FailureCause.WORKER_LOST)
         for sid in self._caller_deadlines.pop_due(now):
             self._caller_due(now, self._sessions[sid])
-        for wid in self._waiter_deadlines.pop_due(now):
-            self._expire_waiter(self._waiters[wid])
+        for waiter in self.waiting.pop_due(now):
+            self._expire_waiter(waiter)
         for aid in self._activity_deadlines.pop_due(now):
             activity = self._activities.pop(aid)
             self._sessions[activity.session_id].activities.discard(aid)
@@ -464,15 +460,14 @@ class SessionTable:
         if earlier is not None:
             return earlier
         self._check_owner(owner)
-        if not _has_live(self._queue_waiters.get(task_queue)):
+        if not self.waiting.has_live_for_queue(task_queue):
             worker = self.registry.best(task_queue, ResourceVector.one_session())
             if worker is not None:
                 return self._place(now, worker, options, owner, request_id, None, request_key)
         wait = _wait(options, max_wait)
         if wait <= 0:
             raise NoCapacityError(f"no worker of task queue {task_queue!r} has a free slot")
-        queue = self._queue_waiters.setdefault(task_queue, deque())
-        return self._enqueue(now, queue, task_queue, None, options, owner, request_id, wait, request_key)
+        return self._enqueue(now, task_queue, None, options, owner, request_id, wait, request_key)
 
     def recreate(self, now: float, token: bytes, options: SessionOptions, *, owner: str = "",
                  request_id: str = "", max_wait: float | None = None) -> Session | Waiter:
@@ -484,7 +479,7 @@ class SessionTable:
             return earlier
         self._check_owner(owner)
         worker = self.registry.workers.get(key)
-        if worker is not None and worker.eligible and not _has_live(self._worker_waiters.get(key)) \
+        if worker is not None and worker.eligible and not self.waiting.has_live_for_worker(key) \
                 and worker.free.covers(ResourceVector.one_session()):
             return self._place(now, worker, options, owner, request_id, None, request_key, recreated=True)
         wait = _wait(options, max_wait)
@@ -493,12 +488,11 @@ class SessionTable:
                 raise NoCapacityError(f"worker {key.worker_id!r} has no free slot")
             state = "is not connected" if worker is None else "is not taking sessions (draining or silent)"
             raise WorkerUnavailableError(f"worker {key.worker_id!r} of task queue {key.task_queue!r} {state}")
-        queue = self._worker_waiters.setdefault(key, deque())
-        return self._enqueue(now, queue, key.task_queue, key, options, owner, request_id, wait, request_key)
+        return self._enqueue(now, key.task_queue, key, options, owner, request_id, wait, request_key)
 
     def cancel_waiter(self, waiter_id: str) -> None:
         """The caller gave up waiting: the waiter leaves the queue and will take no slot."""
-        waiter = self._waiters.get(waiter_id)
+        waiter = self.waiting.get(waiter_id)
         if waiter is not None:
             self._drop_waiter(waiter)
 
@@ -519,13 +513,11 @@ class SessionTable:
         if holder is not None:
             raise ExistingOpenSessionError(owner, holder.session_id if isinstance(holder, Session) else None)
 
-    def _enqueue(self, now: float, queue: deque[Waiter], task_queue: str, target: WorkerKey | None,
-                 options: SessionOptions, owner: str, request_id: str, wait: float, request_key: RequestKey) -> Waiter:
+    def _enqueue(self, now: float, task_queue: str, target: WorkerKey | None, options: SessionOptions, owner: str,
+                 request_id: str, wait: float, request_key: RequestKey) -> Waiter:
         waiter = Waiter(self._new_id(), task_queue, target, options, owner, request_id, now + wait,
                         request_key=request_key, since=now)
-        self._waiters[waiter.waiter_id] = waiter
-        queue.append(waiter)
-        self._waiter_deadlines.set(waiter.waiter_id, waiter.deadline)
+        self.waiting.add(waiter)
         if owner:
             self._owners[owner] = waiter
         if request_key:
@@ -545,15 +537,7 @@ class SessionTable:
         self._events.append(WaiterFailed(waiter.waiter_id, error))
 
     def _drop_waiter(self, waiter: Waiter) -> None:
-        waiter.done = True
-        # Trim done waiters off the front and drop an emptied queue: queue names and tokens come
-        # from callers, so per-name state must not outlive its waiters.
-        if waiter.target is not None:
-            _trim(self._worker_waiters, waiter.target)
-        else:
-            _trim(self._queue_waiters, waiter.task_queue)
-        del self._waiters[waiter.waiter_id]
-        self._waiter_deadlines.remove(waiter.waiter_id)
+        self.waiting.drop(waiter)
         if waiter.owner and self._owners.get(waiter.owner) is waiter:
             del self._owners[waiter.owner]
         if waiter.request_key and self._requests.get(waiter.request_key) is waiter:
@@ -664,7 +648,7 @@ class SessionTable:
     def _serve(self, now: float, worker: Worker) -> None:
         """Hand free capacity to waiters: first Recreates for this worker, then its task queue, FIFO."""
         demand = ResourceVector.one_session()
-        targeted = self._worker_waiters.get(worker.key)
+        targeted = self.waiting.for_worker(worker.key)
         # A waiter whose deadline has passed is failed, never placed, even when advance() has not
         # reached it yet (a slot freed in the same advance, or a call that arrives late).
         while targeted and worker.eligible and worker.free.covers(demand):
@@ -677,7 +661,7 @@ class SessionTable:
             self._drop_waiter(waiter)
             self._place(now, worker, waiter.options, waiter.owner, waiter.request_id, waiter.waiter_id,
                         waiter.request_key, recreated=True)
-        queue = self._queue_waiters.get(worker.key.task_queue)
+        queue = self.waiting.for_queue(worker.key.task_queue)
         while queue:
             if queue[0].done:
                 queue.popleft()
@@ -836,11 +820,11 @@ class SessionTable:
 
     def waiting_count(self) -> int:
         """Creates and Recreates waiting for a slot."""
-        return len(self._waiters)
+        return len(self.waiting)
 
     def waiters(self) -> list[Waiter]:
         """The Creates and Recreates waiting for a slot, oldest first (a copy; operator views)."""
-        return list(self._waiters.values())
+        return self.waiting.all()
 
 
 def _activity_timeout(now: float, activity: Activity) -> ActivityTimeoutError | ActivityHeartbeatTimeoutError:
@@ -862,14 +846,3 @@ def _request_key(request_id: str, *scope: str) -> RequestKey:
     """request_id scoped to what was asked: the same id on another request is another request."""
     return (*scope, request_id) if request_id else ()
 
-
-def _has_live(queue: deque[Waiter] | None) -> bool:
-    while queue and queue[0].done:
-        queue.popleft()
-    return bool(queue)
-
-
-def _trim(queues: dict[K, deque[Waiter]], name: K) -> None:
-    queue = queues.get(name)
-    if queue is not None and not _has_live(queue):
-        del queues[name]

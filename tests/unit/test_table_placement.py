@@ -668,4 +668,4 @@ def test_per_queue_and_per_worker_waiter_state_does_not_outlive_its_waiters() ->
         table.recreate(0.0, encode_token(WorkerKey("q", f"gone-{i}")), options(creation=1.0))
     table.advance(1.0)
     create_placed(table, 2.0)
-    assert table._queue_waiters == {} and table._worker_waiters == {}
+    assert table.waiting.queue_names == set() and table.waiting.worker_keys == set()
