@@ -7,6 +7,7 @@ The registry owns worker identity (keys, epochs); where a new session may go is 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 
 from sessiond.core.model import Worker, WorkerKey
 from sessiond.core.placement import CandidateIndex
@@ -24,11 +25,12 @@ class WorkerRegistry:
         self._epochs = itertools.count(1)
 
     def connect(self, key: WorkerKey, identity: str, host_name: str, capacity: ResourceVector,
-                now: float) -> Worker:
+                now: float, labels: Mapping[str, str] | None = None) -> Worker:
         """Add a worker; the caller has already dropped any previous connection with this key."""
         worker = Worker(key=key, epoch=next(self._epochs), identity=identity, host_name=host_name,
-                        capacity=capacity, connected_at=now, last_seen=now)
+                        capacity=capacity, connected_at=now, last_seen=now, labels=dict(labels or {}))
         self.workers[key] = worker
+        self.candidates.add(worker)
         self.touch(worker)
         return worker
 
@@ -36,13 +38,10 @@ class WorkerRegistry:
         """Forget a disconnected worker."""
         worker.connected = False
         self.touch(worker)
+        self.candidates.remove(worker)
         if self.workers.get(worker.key) is worker:
             del self.workers[worker.key]
 
     def touch(self, worker: Worker) -> None:
         """Record that the worker's free capacity or eligibility changed."""
-        self.candidates.touch(worker, len(self.workers))
-
-    def best(self, task_queue: str, demand: ResourceVector) -> Worker | None:
-        """The eligible worker of ``task_queue`` with the most free sessions that fits ``demand``."""
-        return self.candidates.best(task_queue, demand)
+        self.candidates.touch(worker)

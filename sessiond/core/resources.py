@@ -1,12 +1,13 @@
-"""A resource vector: named non-negative amounts, so per-resource limits need no rewrite.
+"""A resource vector: named non-negative amounts.
 
-Today every worker declares one resource, ``sessions`` (its ``max_concurrent_sessions``), and
-every session demands one of it. SPEC §6 adds more names (``gpu``, ``scratch_gb``).
+A worker declares its capacity per resource (``{"sessions": 4, "gpu": 2}``; ``sessions`` is its
+``max_concurrent_sessions``) and every session demands one ``sessions`` plus what it asks for
+(``{"gpu": 1}``). Names follow :func:`sessiond.core.selector.name_problem`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import ItemsView, Mapping
 
 SESSIONS = "sessions"
 
@@ -44,6 +45,13 @@ class ResourceVector:
             out[k] = out.get(k, 0) - v
         return ResourceVector(out)
 
+    def items(self) -> ItemsView[str, int]:
+        """The non-zero amounts (a read-only view)."""
+        return self._amounts.items()
+
+    def __len__(self) -> int:
+        return len(self._amounts)
+
     def as_dict(self) -> dict[str, int]:
         """The non-zero amounts by resource name (a copy)."""
         return dict(self._amounts)
@@ -60,6 +68,10 @@ class ResourceVector:
 
     def __repr__(self) -> str:
         return f"ResourceVector({self._amounts!r})"
+
+    def __str__(self) -> str:
+        """``gpu=1,sessions=1``: names sorted (messages and logs)."""
+        return ",".join(f"{k}={v}" for k, v in sorted(self._amounts.items())) or "nothing"
 
 
 _ONE_SESSION = ResourceVector({SESSIONS: 1})

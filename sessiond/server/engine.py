@@ -227,7 +227,7 @@ class Engine:
             # Placed in the same loop turn the caller was cancelled in: release the slot.
             self.table.complete(self.now(), future.result().session_id)
         else:
-            self.table.cancel_waiter(waiter_id)
+            self.table.cancel_waiter(self.now(), waiter_id)
             if self._waits.pop(waiter_id, None) is not None:
                 self.metrics.waiters(wait.task_queue, -1)
             if not future.done():
@@ -431,8 +431,8 @@ class Engine:
         its sessions and reports them to the next server within the recovery window."""
         self._stopping = True
         stopping = ShuttingDownError("the server is shutting down to restart; retry")
+        self.table.cancel_waiter(self.now(), *self._waits)
         for waiter_id, wait in list(self._waits.items()):
-            self.table.cancel_waiter(waiter_id)
             del self._waits[waiter_id]
             self.metrics.waiters(wait.task_queue, -1)
             if not wait.future.done():
