@@ -15,10 +15,11 @@ SESSIONS = "sessions"
 class ResourceVector:
     """Immutable mapping of resource name to amount; missing names are 0."""
 
-    __slots__ = ("_amounts",)
+    __slots__ = ("_amounts", "_hash")
 
     def __init__(self, amounts: Mapping[str, int] | None = None) -> None:
         self._amounts: dict[str, int] = {k: v for k, v in (amounts or {}).items() if v}
+        self._hash: int | None = None
 
     @classmethod
     def one_session(cls) -> ResourceVector:
@@ -64,7 +65,10 @@ class ResourceVector:
         return isinstance(other, ResourceVector) and self._amounts == other._amounts
 
     def __hash__(self) -> int:
-        return hash(frozenset(self._amounts.items()))
+        # Cached: vectors key dicts on hot paths (kinds of waiters, converted maps); they never change.
+        if self._hash is None:
+            self._hash = hash(frozenset(self._amounts.items()))
+        return self._hash
 
     def __repr__(self) -> str:
         return f"ResourceVector({self._amounts!r})"

@@ -10,6 +10,7 @@ loop, so nothing interleaves between a core call and its flush.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import math
 import uuid
@@ -37,13 +38,19 @@ from sessiond.core.model import (
     WorkerKey,
     WorkerRegistration,
 )
+from sessiond.core.resources import ResourceVector
+from sessiond.core.selector import EVERYTHING, Selector
 from sessiond.core.table import SessionTable
 from sessiond.core.token import decode_token
-from sessiond.server.convert import WallClock, duration, session_to_pb, worker_to_pb
+from sessiond.server.convert import WallClock, duration, resource_map, session_to_pb, waiting_to_pb, worker_to_pb
 from sessiond.telemetry import NoMetrics, SessionMetrics, tracing
 from sessiond.telemetry.failures import FailureLog, FailureRecord
 
 log = logging.getLogger("sessiond.engine")
+
+_ONE_SESSION = ResourceVector.one_session()
+# ListWorkers and the dashboard show at most this many kinds of waiting Creates.
+MAX_WAITING_SHOWN = 100
 
 
 class WorkerConnection:
@@ -53,11 +60,13 @@ class WorkerConnection:
     while an idle worker needs no buffer at all. One consumer (the stream handler) waits at a time.
     """
 
-    __slots__ = ("_pending", "_waiter", "closed", "epoch", "key")
+    __slots__ = ("_pending", "_waiter", "capacity", "closed", "epoch", "key")
 
-    def __init__(self, key: WorkerKey, epoch: int) -> None:
+    def __init__(self, key: WorkerKey, epoch: int, capacity: ResourceVector = _ONE_SESSION) -> None:
         self.key = key
         self.epoch = epoch
+        # What the worker declared (metrics count it while the stream lasts).
+        self.capacity = capacity
         self.closed = False
         # Created on the first message and dropped when drained (None = empty).
         self._pending: deque[worker_pb2.WorkerHeartbeatResponse | None] | None = None
@@ -153,6 +162,7 @@ class Engine:
         self._stopping = False
         # Recent failures by cause, for the operator dashboard (bounded).
         self.failures = FailureLog()
+        self.metrics.observe_unplaceable(self._unplaceable_threadsafe)
 
     def now(self) -> float:
         """Monotonic seconds: the loop's clock, the one the timer uses."""
@@ -166,15 +176,24 @@ class Engine:
         """A connected worker as the operator sees it."""
         return worker_to_pb(worker, self.clock)
 
+    def waiting_to_pb(self, task_queue: str = "") -> list[session_pb2.WaitingRequests]:
+        """The waiting Creates (of ``task_queue``, or all) by what they ask for, oldest first, at most
+        :data:`MAX_WAITING_SHOWN` kinds, each with why no worker could hold it if none could."""
+        kinds = self.table.waiting_kinds(task_queue)
+        kinds.sort(key=lambda k: k.oldest_since)
+        return [waiting_to_pb(kind, self.clock) for kind in kinds[:MAX_WAITING_SHOWN]]
+
     # ----------------------------------------------------------------- callers
 
     async def create_session(self, task_queue: str, options: SessionOptions, *, owner: str,
-                             request_id: str, max_wait: float | None = None) -> Session:
-        """Place a session, waiting up to ``options.creation_timeout`` (and ``max_wait``) for capacity."""
+                             request_id: str, max_wait: float | None = None,
+                             demand: ResourceVector = _ONE_SESSION, selector: Selector = EVERYTHING) -> Session:
+        """Place a session asking for ``demand`` on a worker matching ``selector``, waiting up to
+        ``options.creation_timeout`` (and ``max_wait``) for room."""
         started = self.now()
         try:
             result = self.table.create(started, task_queue, options, owner=owner, request_id=request_id,
-                                       max_wait=max_wait)
+                                       max_wait=max_wait, demand=demand, selector=selector)
         except SessionError as error:  # answered at once: NO_CAPACITY, EXISTING_OPEN_SESSION, ...
             self.metrics.creation_rejected(task_queue, error.reason)
             raise
@@ -182,12 +201,14 @@ class Engine:
         return await self._settle(result, started)
 
     async def recreate_session(self, token: bytes, options: SessionOptions, *, owner: str,
-                               request_id: str, max_wait: float | None = None) -> Session:
-        """Place a session on the token's worker, waiting up to ``options.creation_timeout`` (and ``max_wait``)."""
+                               request_id: str, max_wait: float | None = None,
+                               demand: ResourceVector = _ONE_SESSION) -> Session:
+        """Place a session asking for ``demand`` on the token's worker, waiting up to
+        ``options.creation_timeout`` (and ``max_wait``)."""
         started = self.now()
         try:
             result = self.table.recreate(started, token, options, owner=owner, request_id=request_id,
-                                         max_wait=max_wait)
+                                         max_wait=max_wait, demand=demand)
         except SessionError as error:
             self.metrics.creation_rejected(_token_queue(token), error.reason)
             raise
@@ -254,6 +275,7 @@ class Engine:
         activity's latest heartbeat details (as it does for a result or a failure).
         """
         activity = self.table.start_activity(self.now(), session_id, timeout, heartbeat_timeout)
+        session = self.table.get(session_id)
         conn = self._connection(activity.worker.key, activity.epoch)
         future: asyncio.Future[worker_pb2.ActivityResult] = self._loop.create_future()
         self._activities[activity.activity_id] = future
@@ -261,7 +283,7 @@ class Engine:
             activity_id=activity.activity_id, session_id=session_id, activity_type=activity_type,
             input=payload, start_to_close_timeout=duration(timeout), headers=headers,
             heartbeat_timeout=None if heartbeat_timeout is None else duration(heartbeat_timeout),
-            attempt=attempt, heartbeat_details=heartbeat_details,
+            attempt=attempt, heartbeat_details=heartbeat_details, resources=resource_map(session.demand),
         )
         if conn is not None:
             self._send(conn, activity.worker, activity_task=task)
@@ -360,15 +382,17 @@ class Engine:
             ))
             old.close()
             self.metrics.workers(worker.key.task_queue, -1)
+            self.metrics.resources_capacity(worker.key.task_queue, old.capacity.as_dict(), -1)
             log.warning("worker stream replaced", extra={"worker_id": worker.key.worker_id,
                                                          "task_queue": worker.key.task_queue})
         self.metrics.workers(worker.key.task_queue, +1)
-        self._connections[worker.key] = conn = WorkerConnection(worker.key, worker.epoch)
+        self.metrics.resources_capacity(worker.key.task_queue, worker.capacity.as_dict(), +1)
+        self._connections[worker.key] = conn = WorkerConnection(worker.key, worker.epoch, worker.capacity)
         # Registered goes first (the WorkerRegistered event leads the outbox): placements for
         # waiters follow it on the stream.
         self._flush()
         log.info("worker joined", extra={"worker_id": worker.key.worker_id, "task_queue": worker.key.task_queue,
-                                         "host_name": worker.host_name, "capacity": worker.capacity["sessions"],
+                                         "host_name": worker.host_name, "capacity": str(worker.capacity),
                                          "open_sessions": len(worker.sessions)})
         return conn
 
@@ -419,6 +443,7 @@ class Engine:
             goodbye = worker is not None and worker.draining
             self.table.disconnect_worker(self.now(), conn.key, conn.epoch)
             self.metrics.workers(conn.key.task_queue, -1)
+            self.metrics.resources_capacity(conn.key.task_queue, conn.capacity.as_dict(), -1)
             log.info("worker left" if goodbye else "worker lost",
                      extra={"worker_id": conn.key.worker_id, "task_queue": conn.key.task_queue})
             self._flush()
@@ -456,6 +481,37 @@ class Engine:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def unplaceable_by_queue(self) -> dict[str, int]:
+        """Waiting Creates no connected worker could ever hold, by task queue (on the loop's thread)."""
+        counts: dict[str, int] = {}
+        for kind in self.table.waiting_kinds():
+            if kind.unplaceable is not None:
+                counts[kind.task_queue] = counts.get(kind.task_queue, 0) + kind.count
+        return counts
+
+    def _unplaceable_threadsafe(self) -> dict[str, int]:
+        # Metric exporters collect on their own thread; the table belongs to the loop's thread.
+        if self._loop.is_closed():
+            return {}
+        try:
+            if asyncio.get_running_loop() is self._loop:
+                return self.unplaceable_by_queue()
+        except RuntimeError:  # no loop in this thread: the exporter's
+            pass
+        result: concurrent.futures.Future[dict[str, int]] = concurrent.futures.Future()
+
+        def compute() -> None:
+            try:
+                result.set_result(self.unplaceable_by_queue())
+            except Exception as exc:  # never leave the exporter waiting
+                result.set_exception(exc)
+
+        try:
+            self._loop.call_soon_threadsafe(compute)
+            return result.result(timeout=2.0)
+        except Exception:  # a stopped or busy loop: report nothing this time
+            return {}
 
     def _connection(self, key: WorkerKey, epoch: int) -> WorkerConnection | None:
         conn = self._connections.get(key)
@@ -506,6 +562,7 @@ class Engine:
             if conn is not None:
                 self._send(conn, session.worker, session_started=worker_pb2.SessionStarted(session=self.to_pb(session)))
             self.metrics.session_placed(session.task_queue)
+            self.metrics.resources_used(session.task_queue, resource_map(session.demand), +1)
             log.info("session placed", extra={"session_id": session.session_id, "task_queue": session.task_queue,
                                               "worker_id": session.worker.key.worker_id})
             if event.waiter_id is not None:
@@ -540,6 +597,7 @@ class Engine:
         adopted = {s.session_id for s in event.adopted}
         for session in event.adopted:
             self.metrics.session_placed(session.task_queue)
+            self.metrics.resources_used(session.task_queue, resource_map(session.demand), +1)
         for session in back:
             if conn is not None:
                 for aid in sorted(session.activities):
@@ -574,6 +632,7 @@ class Engine:
         self._notify(session)
         cause = session.failure.cause.name if session.failure is not None else None
         self.metrics.session_ended(session.task_queue, cause)
+        self.metrics.resources_used(session.task_queue, resource_map(session.demand), -1)
         if session.failure is not None:
             self.failures.record(FailureRecord(
                 session.closed_at if session.closed_at is not None else self.now(), session.session_id,
