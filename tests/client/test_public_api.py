@@ -43,6 +43,7 @@ EXPECTED = [
     "SessionWorker",
     "SessiondError",
     "UnauthenticatedError",
+    "WaitingRequests",
     "WorkerDetachedError",
     "WorkerIdInUseError",
     "WorkerInfo",

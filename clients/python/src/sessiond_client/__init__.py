@@ -44,6 +44,7 @@ from sessiond_client._types import (
     SessionInfo,
     SessionOptions,
     SessionState,
+    WaitingRequests,
     WorkerInfo,
     WorkerRef,
 )
@@ -86,6 +87,7 @@ __all__ = [
     "SessionWorker",
     "SessiondError",
     "UnauthenticatedError",
+    "WaitingRequests",
     "WorkerDetachedError",
     "WorkerIdInUseError",
     "WorkerInfo",
