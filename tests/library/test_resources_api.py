@@ -20,6 +20,8 @@ from sessiond_client import (
 from sessiond_client.sync import SyncSessionClient
 from sessiond_client.testing import ActivityEnvironment, SessiondEnvironment
 
+from tests.integration.conftest import eventually
+
 
 @activity.defn
 async def gpus() -> dict[str, object]:
@@ -66,11 +68,9 @@ async def test_a_request_no_worker_can_hold_waits_and_waiting_requests_say_why()
         waiting = asyncio.create_task(too_big())
         try:
             async def listed() -> list[WaitingRequests]:
-                while not (found := await env.client.waiting_requests(task_queue=env.task_queue)):
-                    await asyncio.sleep(0.01)
-                return found
+                return await env.client.waiting_requests(task_queue=env.task_queue)
 
-            (kind,) = await asyncio.wait_for(listed(), 10)
+            (kind,) = await eventually(listed, timeout=10, message="the create is listed as waiting")
             assert dict(kind.resources) == {"gpu": 2, "sessions": 1} and kind.count == 1
             assert kind.unplaceable_reason is not None and "gpu=2 (largest: 1)" in kind.unplaceable_reason
             # A worker that can hold it joins: the request is placed.
@@ -83,10 +83,10 @@ async def test_a_request_no_worker_can_hold_waits_and_waiting_requests_say_why()
 @pytest.mark.asyncio
 async def test_bad_resources_and_selectors_fail_with_the_field_named() -> None:
     async with SessiondEnvironment.start([gpus]) as env:
-        with pytest.raises(InvalidArgumentError, match="options.selector"):
+        with pytest.raises(InvalidArgumentError, match=r"options\.selector"):
             async with env.client.create_session(env.task_queue, selector="zone!=a"):
                 pass
-        with pytest.raises(InvalidArgumentError, match=r"options.resources\[sessions\]"):
+        with pytest.raises(InvalidArgumentError, match=r"options\.resources\[sessions\]"):
             async with env.client.create_session(env.task_queue, resources={"sessions": 2}):
                 pass
         with pytest.raises(ValueError, match="must not be negative"):
