@@ -175,6 +175,8 @@ class Worker:
     interval: float = 10.0
     # When ``interval`` took effect: the worker's silence is judged by it only from then on.
     interval_since: float = 0.0
+    _free: ResourceVector = field(default_factory=ResourceVector, repr=False)
+    _free_of: ResourceVector | None = field(default=None, repr=False)
 
     @property
     def eligible(self) -> bool:
@@ -183,8 +185,13 @@ class Worker:
 
     @property
     def free(self) -> ResourceVector:
-        """Capacity not yet used by open sessions."""
-        return self.capacity - self.used
+        """Capacity not yet used by open sessions (computed once per change of ``used``: vectors are
+        immutable, so a new ``used`` object is the only way it changes)."""
+        used = self.used
+        if self._free_of is not used:
+            self._free = self.capacity - used
+            self._free_of = used
+        return self._free
 
 
 @dataclass(slots=True, eq=False)

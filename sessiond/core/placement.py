@@ -103,7 +103,7 @@ class LabelGroup:
 class CandidateIndex:
     """Workers by (task queue, label set) and, within, heaps of the ones that may take a session."""
 
-    __slots__ = ("_by_queue", "_counted", "_group_of", "_groups", "_matches", "_seq", "_slot")
+    __slots__ = ("_by_queue", "_counted", "_extras", "_group_of", "_groups", "_matches", "_seq", "_slot")
 
     def __init__(self) -> None:
         self._groups: dict[tuple[str, Labels], LabelGroup] = {}
@@ -113,6 +113,8 @@ class CandidateIndex:
         self._slot: dict[Worker, _Partition] = {}
         self._counted: set[Worker] = set()
         self._seq = itertools.count()
+        # Capacity vector -> (its non-session amounts, their names), both sorted: a partition key's parts.
+        self._extras: dict[ResourceVector, tuple[tuple[tuple[str, int], ...], tuple[str, ...]]] = {}
 
     # ------------------------------------------------------------- membership
 
@@ -164,7 +166,7 @@ class CandidateIndex:
             free = worker.free
             free_sessions = free[SESSIONS]
             if free_sessions > 0:
-                key = _NO_EXTRA if len(worker.capacity) <= 1 else _part_key(worker.capacity, free)
+                key = _NO_EXTRA if len(worker.capacity) <= 1 else self._part_key(worker.capacity, free)
                 partition = group.partitions.get(key)
                 if partition is None:
                     partition = group.partitions[key] = _Partition(
@@ -186,6 +188,15 @@ class CandidateIndex:
             if len(heap) > 4 * partition.members + 64:
                 partition.heap = [e for e in heap if e[2] == e[3].version]
                 heapq.heapify(partition.heap)
+
+    def _part_key(self, capacity: ResourceVector, free: ResourceVector) -> _PartKey:
+        extras = self._extras.get(capacity)
+        if extras is None:
+            if len(self._extras) > 4096:  # capacities come from workers: keep the cache bounded
+                self._extras.clear()
+            amounts = tuple(sorted((k, v) for k, v in capacity.items() if k != SESSIONS))
+            extras = self._extras[capacity] = (amounts, tuple(k for k, _ in amounts))
+        return extras[0], tuple((name, free[name]) for name in extras[1])
 
     # ------------------------------------------------------------- queries
 
@@ -267,11 +278,6 @@ class CandidateIndex:
         if short:
             return f"no connected worker {where} has the capacity for " + ", ".join(short)
         return f"no single connected worker {where} has the capacity for all of {demand}"
-
-
-def _part_key(capacity: ResourceVector, free: ResourceVector) -> _PartKey:
-    return (tuple(sorted((k, v) for k, v in capacity.items() if k != SESSIONS)),
-            tuple(sorted((k, free[k]) for k, _ in capacity.items() if k != SESSIONS)))
 
 
 class _HeldBack:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 MAX_NAME_CHARS = 63
 MAX_SELECTOR_BYTES = 1024
@@ -92,6 +92,14 @@ class Selector:
     """A parsed selector: requirements sorted by key (so equal selectors compare and hash equal)."""
 
     requirements: tuple[Requirement, ...] = ()
+    # Selectors key dicts on the hot path (kinds of waiters, cached label-set matches): hash once.
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash(self.requirements))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         """True when ``labels`` satisfy every requirement (the empty selector matches everything)."""
