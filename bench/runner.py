@@ -34,8 +34,8 @@ from typing import Any
 from bench import report
 from bench.common import cpu_seconds, rss_kb
 from bench.outlive import scenario_outlive
-from bench.resources import scenario_resources
 from bench.procs import PY, REPO, ChildError, Proc, free_port, run_once, wait_port
+from bench.resources import scenario_resources
 from bench.stats import percentile, ratio, spread
 from sessiond.ui import POLL_INTERVAL_MS
 
@@ -153,8 +153,7 @@ class Ctx:
             argv = [PY, "-m", "bench.worker", "--target", target, "--kind", kind, "--task-queue", queue,
                     "--streams", str(n), "--capacity", str(capacity),
                     "--label-sets", str(label_sets), "--label-offset", str(streams - left)]
-            for resource in resources:
-                argv += ["--resource", resource]
+            argv += [arg for resource in resources for arg in ("--resource", resource)]
             left -= n
             if separate:
                 argv.append("--separate-channels")
