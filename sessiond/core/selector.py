@@ -60,6 +60,12 @@ def name_problem(value: str) -> str | None:
     return "must be letters, digits, '.', '_' or '-', beginning and ending with a letter or digit"
 
 
+def shown(value: str) -> str:
+    """``value`` quoted for an error message, cut to the longest a name may be (a peer's input is
+    never echoed in full: a message rides in a gRPC trailer of bounded size)."""
+    return repr(value) if len(value) <= MAX_NAME_CHARS else repr(value[:MAX_NAME_CHARS]) + "..."
+
+
 def labels_key(labels: Mapping[str, str]) -> Labels:
     """A label map in canonical (sorted, hashable) form."""
     return tuple(sorted(labels.items()))
@@ -189,7 +195,7 @@ class _Parser:
         value = match.group()
         problem = name_problem(value)
         if problem is not None:
-            raise SelectorError(f"{what} {value!r} at offset {self.pos} {problem}")
+            raise SelectorError(f"{what} {shown(value)} at offset {self.pos} {problem}")
         self.pos = match.end()
         return value
 
@@ -229,4 +235,5 @@ __all__ = [
     "labels_key",
     "name_problem",
     "parse_selector",
+    "shown",
 ]

@@ -20,7 +20,7 @@ from sessiond.core.errors import InvalidArgumentError, InvalidRecreateTokenError
 from sessiond.core.model import SessionOptions, SessionState, WorkerKey
 from sessiond.core.names import name_problem
 from sessiond.core.resources import SESSIONS, ResourceVector
-from sessiond.core.selector import EVERYTHING, Selector, SelectorError, parse_selector
+from sessiond.core.selector import EVERYTHING, Selector, SelectorError, parse_selector, shown
 from sessiond.core.selector import name_problem as label_problem
 
 MAX_TOKEN_BYTES = 4096
@@ -154,7 +154,7 @@ def _amounts(values: Mapping[str, int], field: str) -> dict[str, int]:
     for name in sorted(values):
         problem = label_problem(name)
         if problem is not None:
-            raise InvalidArgumentError(field, f"resource name {name!r} {problem}")
+            raise InvalidArgumentError(field, f"resource name {shown(name)} {problem}")
         amount = values[name]
         if amount < 0:
             raise InvalidArgumentError(f"{field}[{name}]", "must not be negative")
@@ -200,10 +200,10 @@ def labels(values: Mapping[str, str]) -> dict[str, str]:
     for key in sorted(values):
         problem = label_problem(key)
         if problem is not None:
-            raise InvalidArgumentError("register.labels", f"label key {key!r} {problem}")
+            raise InvalidArgumentError("register.labels", f"label key {shown(key)} {problem}")
         problem = label_problem(values[key])
         if problem is not None:
-            raise InvalidArgumentError(f"register.labels[{key}]", f"value {values[key]!r} {problem}")
+            raise InvalidArgumentError(f"register.labels[{key}]", f"value {shown(values[key])} {problem}")
     return dict(values)
 
 

@@ -295,3 +295,13 @@ async def test_pages_of_sessions_and_workers_follow_their_tokens(sessiond: Sessi
     assert [s.session_id for s in rest] == [s.session_id for s in created]
     assert [w.worker_id for w in [*workers.workers, *more.workers]] == ["w0", "w1", "w2"]
     assert more.next_page_token == ""
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("request_", [
+    pytest.param(_create(resources={"x" * 70_000: 1}), id="resource-name"),
+    pytest.param(_create(selector="x" * 70_000), id="selector"),
+])
+async def test_a_huge_name_is_refused_without_echoing_it(sessiond: Sessiond, request_: Message) -> None:
+    error, _ = await rpc_error(sessiond.stub.CreateSession(request_, timeout=10), INVALID, "INVALID_ARGUMENT")
+    assert len(error.details() or "") < 300

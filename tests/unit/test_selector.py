@@ -145,3 +145,9 @@ def test_a_selector_printed_canonically_parses_back_and_matches_the_same(
     assert again == selector
     expected = all(k in labels and (v is None or labels[k] in v) for k, v in wanted.items())
     assert again.matches(labels) is expected
+
+
+def test_errors_never_echo_a_long_input_in_full() -> None:
+    with pytest.raises(SelectorError) as caught:
+        parse_selector("x" * 1000)
+    assert len(str(caught.value)) < 200
