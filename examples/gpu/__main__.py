@@ -18,24 +18,18 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
 
 from sessiond_client import CreationTimeoutError, Session, SessionClient
+
+from examples.common import connect, free_port, until
 
 ROOT = Path(__file__).resolve().parents[2]
 QUEUE = "gpu"
 WORKERS = {"box-a": ("gpu=2", "zone=a"), "box-b": ("gpu=1", "zone=b")}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Processes:
@@ -74,27 +68,6 @@ class Processes:
                     proc.wait()
 
 
-async def _until(what: str, check: Any, timeout: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-async def _connect(target: str) -> SessionClient:
-    async def up() -> bool:
-        try:
-            client = await SessionClient.connect(target, default_rpc_timeout=1.0)
-        except Exception:
-            return False
-        await client.close()
-        return True
-
-    await _until("sessiond to start", up)
-    return await SessionClient.connect(target)
-
-
 async def _open(client: SessionClient, stack: AsyncExitStack, gpus: int) -> Session:
     return await stack.enter_async_context(client.create_session(QUEUE, resources={"gpu": gpus},
                                                                  creation_timeout=30))
@@ -107,7 +80,7 @@ async def run_demo(client: SessionClient) -> bool:
     async def registered() -> bool:
         return len([w async for w in client.list_workers(task_queue=QUEUE)]) == len(WORKERS)
 
-    await _until("both workers", registered)
+    await until("both workers", registered)
     for worker in [w async for w in client.list_workers(task_queue=QUEUE)]:
         labels = ",".join(f"{k}={v}" for k, v in worker.labels.items())
         print(f"worker {worker.worker_id}: {worker.capacities['gpu']} gpu, labels {labels}")
@@ -136,7 +109,7 @@ async def run_demo(client: SessionClient) -> bool:
         async def waiting() -> bool:
             return bool(await client.waiting_requests(task_queue=QUEUE))
 
-        await _until("the 2-GPU request to wait", waiting)
+        await until("the 2-GPU request to wait", waiting)
         (kind,) = await client.waiting_requests(task_queue=QUEUE)
         why = kind.unplaceable_reason or "a worker can hold it once 2 GPUs are free"
         print(f"    it waits: {kind.count} request for gpu={kind.resources['gpu']} ({why})")
@@ -157,7 +130,7 @@ async def run_demo(client: SessionClient) -> bool:
             pass
 
     attempt = asyncio.create_task(impossible())
-    await _until("the zone-b request to wait", waiting)
+    await until("the zone-b request to wait", waiting)
     (kind,) = await client.waiting_requests(task_queue=QUEUE)
     print(f"    while it waits, the server says: {kind.unplaceable_reason}")
     ok &= kind.unplaceable_reason is not None and "largest: 1" in kind.unplaceable_reason
@@ -171,7 +144,7 @@ async def run_demo(client: SessionClient) -> bool:
 
 
 async def _main(procs: Processes) -> bool:
-    client = await _connect(procs.target)
+    client = await connect(procs.target)
     procs.start_workers()
     try:
         return await run_demo(client)
@@ -180,7 +153,7 @@ async def _main(procs: Processes) -> bool:
 
 
 def main() -> int:
-    target = f"127.0.0.1:{_free_port()}"
+    target = f"127.0.0.1:{free_port()}"
     procs = Processes(target)
     procs.start_server()
     try:
