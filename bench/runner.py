@@ -81,7 +81,7 @@ class Sizes:
 FULL = Sizes(core_reps=4, warmup=1.0, duration=3.0, kill_runs=3, kills=20, echo_kills=10, frozen_runs=3, frozen=8,
              heartbeat_timeout=1.0, scale_runs=3, levels=(10, 1000, 10_000), sessions=100_000, probe_warmup=1.0,
              probe_duration=3.0, idle_seconds=2.0, tracing_runs=3, tracing_in_flight=64, dashboard_runs=6,
-             outlive_runs=3, outlive_sessions=1000, caller_timeout=5.0, resource_runs=2, resource_workers=1000,
+             outlive_runs=3, outlive_sessions=1000, caller_timeout=5.0, resource_runs=3, resource_workers=1000,
              resource_reps=4, probe_ops=5000)
 SMOKE = Sizes(core_reps=1, warmup=0.2, duration=0.5, kill_runs=1, kills=3, echo_kills=2, frozen_runs=1, frozen=2,
               heartbeat_timeout=0.5, scale_runs=1, levels=(10, 40, 80), sessions=400, probe_warmup=0.2,
