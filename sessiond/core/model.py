@@ -166,6 +166,8 @@ class Worker:
     connected: bool = True
     draining: bool = False
     suspect: bool = False
+    # Its stream is not taking what is queued for it (over the backlog bound): no new sessions.
+    backlogged: bool = False
     # Bumped whenever free capacity or eligibility changes; stale placement entries carry old versions.
     version: int = 0
     # Liveness groups: heartbeat_timeout -> its open sessions, oldest placement first. A silent
@@ -181,7 +183,7 @@ class Worker:
     @property
     def eligible(self) -> bool:
         """True when placement may put a new session here."""
-        return self.connected and not self.draining and not self.suspect
+        return self.connected and not self.draining and not self.suspect and not self.backlogged
 
     @property
     def free(self) -> ResourceVector:

@@ -28,7 +28,7 @@ Kind = tuple[ResourceVector, Selector]
 class WaiterQueues:
     """Every live waiter by id, in FIFO order per (task queue, kind) for Creates, per worker for Recreates."""
 
-    __slots__ = ("_arrivals", "_by_queue", "_by_worker", "_deadlines", "_holders", "_waiters")
+    __slots__ = ("_arrivals", "_by_queue", "_by_worker", "_deadlines", "_holders", "_per_queue", "_waiters")
 
     def __init__(self) -> None:
         self._waiters: dict[str, Waiter] = {}
@@ -39,6 +39,8 @@ class WaiterQueues:
         self._holders: dict[str, list[Waiter]] = {}
         self._deadlines: DeadlineQueue[str] = DeadlineQueue()
         self._arrivals = itertools.count(1)
+        # task queue -> live waiters on it, Creates and Recreates (for the per-queue cap).
+        self._per_queue: dict[str, int] = {}
 
     def arrival(self) -> int:
         """The arrival number of a new request (Creates placed at once take one too)."""
@@ -47,6 +49,7 @@ class WaiterQueues:
     def add(self, waiter: Waiter) -> None:
         """Append a new waiter to the back of its queue; it gives up at ``waiter.deadline``."""
         self._waiters[waiter.waiter_id] = waiter
+        self._per_queue[waiter.task_queue] = self._per_queue.get(waiter.task_queue, 0) + 1
         if waiter.target is not None:
             self._by_worker.setdefault(waiter.target, deque()).append(waiter)
         else:
@@ -73,6 +76,11 @@ class WaiterQueues:
                         del self._by_queue[waiter.task_queue]
         del self._waiters[waiter.waiter_id]
         self._deadlines.remove(waiter.waiter_id)
+        left = self._per_queue[waiter.task_queue] - 1
+        if left:
+            self._per_queue[waiter.task_queue] = left
+        else:
+            del self._per_queue[waiter.task_queue]
         if not waiter.holding:
             return False
         holders = self._holders[waiter.task_queue]
@@ -90,6 +98,10 @@ class WaiterQueues:
     def get(self, waiter_id: str) -> Waiter | None:
         """The live waiter with this id, or None."""
         return self._waiters.get(waiter_id)
+
+    def count(self, task_queue: str) -> int:
+        """How many Creates and Recreates wait on ``task_queue``."""
+        return self._per_queue.get(task_queue, 0)
 
     def has_any(self, task_queue: str) -> bool:
         """True when a Create waits on ``task_queue``."""
@@ -141,7 +153,7 @@ class WaiterQueues:
     @property
     def queue_names(self) -> set[str]:
         """Task queues with per-queue state (for tests: none without live waiters)."""
-        return set(self._by_queue) | set(self._holders)
+        return set(self._by_queue) | set(self._holders) | set(self._per_queue)
 
     @property
     def worker_keys(self) -> set[WorkerKey]:

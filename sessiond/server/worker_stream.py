@@ -19,7 +19,8 @@ from sessiond_client.api.v1 import session_pb2, worker_pb2
 from sessiond.core.errors import InvalidArgumentError, MalformedRequestError
 from sessiond.core.model import SessionRecord, SessionState, WorkerRegistration
 from sessiond.server import validate
-from sessiond.server.engine import Engine, WorkerConnection
+from sessiond.server.engine import Engine
+from sessiond.server.worker_connection import WorkerConnection
 
 log = logging.getLogger("sessiond.worker_stream")
 
@@ -98,6 +99,8 @@ async def serve_worker(engine: Engine, requests: AsyncIterator[worker_pb2.Worker
     try:
         while (message := await conn.next()) is not None:
             yield message
+            if conn.backlogged:
+                engine.worker_drained(conn)
         if reader.done() and (malformed := reader.result()) is not None:
             raise malformed
     finally:

@@ -21,6 +21,7 @@ EXPECTED = [
     "InvalidArgumentError",
     "InvalidRecreateTokenError",
     "MalformedRequestError",
+    "MessageTooLargeError",
     "NoCapacityError",
     "PayloadConverter",
     "PermissionDeniedError",
@@ -42,8 +43,10 @@ EXPECTED = [
     "SessionState",
     "SessionWorker",
     "SessiondError",
+    "TooManyWaitersError",
     "UnauthenticatedError",
     "WaitingRequests",
+    "WorkerBackloggedError",
     "WorkerDetachedError",
     "WorkerIdInUseError",
     "WorkerInfo",
@@ -102,7 +105,7 @@ def test_every_error_shares_the_one_root() -> None:
         for n in EXPECTED
         if inspect.isclass(getattr(sessiond_client, n)) and issubclass(getattr(sessiond_client, n), Exception)
     ]
-    assert len(errors) == 25
+    assert len(errors) == 28
     assert all(issubclass(e, sessiond_client.SessiondError) for e in errors)
 
 

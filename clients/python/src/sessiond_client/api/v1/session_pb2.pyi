@@ -530,6 +530,7 @@ class WorkerInfo(_message.Message):
     DRAINING_FIELD_NUMBER: _builtins.int
     CONNECT_TIME_FIELD_NUMBER: _builtins.int
     LAST_HEARTBEAT_TIME_FIELD_NUMBER: _builtins.int
+    OUTBOUND_BACKLOG_BYTES_FIELD_NUMBER: _builtins.int
     CAPACITIES_FIELD_NUMBER: _builtins.int
     USED_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
@@ -547,6 +548,10 @@ class WorkerInfo(_message.Message):
     """Sessions currently OPEN on the worker."""
     draining: _builtins.bool
     """True once the worker said goodbye with drain: it takes no new sessions."""
+    outbound_backlog_bytes: _builtins.int
+    """Bytes of messages queued for the worker and not yet taken by its stream
+    (bounded by --max-worker-backlog; a worker that does not read shows here).
+    """
     @_builtins.property
     def connect_time(self) -> _timestamp_pb2.Timestamp:
         """When the worker registered."""
@@ -579,13 +584,14 @@ class WorkerInfo(_message.Message):
         draining: _builtins.bool = ...,
         connect_time: _timestamp_pb2.Timestamp | None = ...,
         last_heartbeat_time: _timestamp_pb2.Timestamp | None = ...,
+        outbound_backlog_bytes: _builtins.int = ...,
         capacities: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         used: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["connect_time", b"connect_time", "last_heartbeat_time", b"last_heartbeat_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacities", b"capacities", "connect_time", b"connect_time", "draining", b"draining", "host_name", b"host_name", "identity", b"identity", "labels", b"labels", "last_heartbeat_time", b"last_heartbeat_time", "max_concurrent_sessions", b"max_concurrent_sessions", "open_sessions", b"open_sessions", "task_queue", b"task_queue", "used", b"used", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacities", b"capacities", "connect_time", b"connect_time", "draining", b"draining", "host_name", b"host_name", "identity", b"identity", "labels", b"labels", "last_heartbeat_time", b"last_heartbeat_time", "max_concurrent_sessions", b"max_concurrent_sessions", "open_sessions", b"open_sessions", "outbound_backlog_bytes", b"outbound_backlog_bytes", "task_queue", b"task_queue", "used", b"used", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
