@@ -1,6 +1,6 @@
 """Placement: which worker a new session goes to, and which waiting request goes next.
 
-**Candidates.** Only live (connected, not suspect), non-draining workers of the task queue whose
+**Candidates.** Only live (connected, not suspect), non-draining, not backlogged workers of the task queue whose
 labels match the request's selector and whose free capacity covers every requested amount.
 
 **Most free.** Among the candidates, the one that keeps the largest share of what the request
