@@ -34,17 +34,29 @@ class ResourceVector:
     def __getitem__(self, name: str) -> int:
         return self._amounts.get(name, 0)
 
+    @classmethod
+    def _of(cls, amounts: dict[str, int]) -> ResourceVector:
+        # Hot path (every placement and release): ``amounts`` is fresh and has no zero amounts.
+        vector = cls.__new__(cls)
+        vector._amounts = amounts
+        vector._hash = None
+        return vector
+
     def __add__(self, other: ResourceVector) -> ResourceVector:
-        out = dict(self._amounts)
-        for k, v in other._amounts.items():
-            out[k] = out.get(k, 0) + v
-        return ResourceVector(out)
+        return self._combine(other, 1)
 
     def __sub__(self, other: ResourceVector) -> ResourceVector:
+        return self._combine(other, -1)
+
+    def _combine(self, other: ResourceVector, sign: int) -> ResourceVector:
         out = dict(self._amounts)
         for k, v in other._amounts.items():
-            out[k] = out.get(k, 0) - v
-        return ResourceVector(out)
+            amount = out.get(k, 0) + sign * v
+            if amount:
+                out[k] = amount
+            else:
+                out.pop(k, None)
+        return ResourceVector._of(out)
 
     def items(self) -> ItemsView[str, int]:
         """The non-zero amounts (a read-only view)."""
