@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 ORDER = ("create_complete", "execute_activity_1", "execute_activity_64", "activity_floor", "library_worker", "kill9",
-         "frozen_worker", "scale", "tracing",
-         "dashboard", "server_restart", "worker_restart", "caller_lost")
+         "frozen_worker", "scale", "tracing", "dashboard", "server_restart", "worker_restart", "caller_lost",
+         "resources")
 
 
 def num(value: float | None) -> str:
