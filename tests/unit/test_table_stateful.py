@@ -56,11 +56,10 @@ from sessiond.core.model import (
 )
 from sessiond.core.resources import SESSIONS, ResourceVector
 from sessiond.core.table import SessionTable
-from sessiond.core.token import encode_token
-from tests.unit.support import QUEUE, counting_ids, registration
+from tests.unit.support import QUEUE, SIGNER, counting_ids, registration, token_for
 
 WORKER_IDS = ("w1", "w2", "w3")
-TOKENS = (*(encode_token(WorkerKey(QUEUE, w)) for w in WORKER_IDS), b"junk", b"sdrt\x01\x00\x00\x00\x00{}")
+TOKENS = (*(token_for(WorkerKey(QUEUE, w)) for w in WORKER_IDS), b"junk", b"sdrt\x01\x00\x00\x00\x00{}")
 OWNERS = ("", "", "alice", "bob")
 REQUEST_IDS = ("", "", "r1", "r2")
 RETENTION = 20.0
@@ -85,7 +84,8 @@ class SessionTableMachine(RuleBasedStateMachine):
         super().__init__()
         self.now = 0.0
         self.ids = counting_ids()  # shared by every incarnation: ids are unique across restarts, as UUIDs are
-        self.table = SessionTable(retention=RETENTION, max_heartbeat_interval=MAX_INTERVAL, new_id=self.ids)
+        self.table = SessionTable(retention=RETENTION, max_heartbeat_interval=MAX_INTERVAL, new_id=self.ids,
+                                  signer=SIGNER)
         self.detached: set[str] = set()
         self.watches: list[Session] = []  # one entry per open WatchSession
         # Server restarts: what each worker process still holds from the last incarnation, to report
@@ -348,6 +348,7 @@ class SessionTableMachine(RuleBasedStateMachine):
             self.held[worker_id] = records
             self.records.update((r.session_id, r) for r in records)
         self.table = SessionTable(retention=RETENTION, max_heartbeat_interval=MAX_INTERVAL, new_id=self.ids,
+                                  signer=SIGNER,
                                   recovering_until=self.now + window)
         self.live, self.fenced = {}, []
         self.sessions, self.ended, self.terminal, self.detached = {}, set(), {}, set()
@@ -454,7 +455,7 @@ class SessionTableMachine(RuleBasedStateMachine):
           request_id=st.sampled_from(REQUEST_IDS))
     def recreate(self, token: bytes, opts: SessionOptions, owner: str, request_id: str) -> None:
         holders = self._owner_holders()
-        target = next((WorkerKey(QUEUE, w) for w in WORKER_IDS if encode_token(WorkerKey(QUEUE, w)) == token), None)
+        target = next((WorkerKey(QUEUE, w) for w in WORKER_IDS if token_for(WorkerKey(QUEUE, w)) == token), None)
         try:
             result = self.table.recreate(self.now, token, opts, owner=owner, request_id=request_id)
         except InvalidRecreateTokenError:
