@@ -130,11 +130,11 @@ class Signer:
 
     # ----------------------------------------------------------------- session records
 
-    def record_signature(self, parts: Iterable[str | int]) -> bytes:
+    def record_signature(self, parts: Iterable[str | int | bytes]) -> bytes:
         """The signature of a session record given as its fields (see :func:`canonical`)."""
         return hmac.digest(self.keys.current, _RECORD_DOMAIN + canonical(parts), hashlib.sha256)
 
-    def record_valid(self, parts: Iterable[str | int], signature: bytes, now: float) -> bool:
+    def record_valid(self, parts: Iterable[str | int | bytes], signature: bytes, now: float) -> bool:
         """True when ``signature`` is this server's (or its previous key's) signature of the record."""
         if len(signature) != _MAC_BYTES:
             return False
@@ -143,12 +143,14 @@ class Signer:
                    for key in self._verifying(now))
 
 
-def canonical(parts: Iterable[str | int]) -> bytes:
-    """An unambiguous byte encoding of a sequence of strings and integers (length-prefixed):
-    no two different sequences encode alike, whatever characters the strings hold."""
+def canonical(parts: Iterable[str | int | bytes]) -> bytes:
+    """An unambiguous byte encoding of a sequence of strings, integers and byte strings (typed and
+    length-prefixed): no two different sequences encode alike, whatever they hold."""
     out = bytearray()
     for part in parts:
-        if isinstance(part, int):
+        if isinstance(part, bytes):
+            data = b"b" + part
+        elif isinstance(part, int):
             data = b"i" + str(part).encode()
         else:
             data = b"s" + part.encode("utf-8", "surrogatepass")

@@ -13,9 +13,9 @@ from datetime import timedelta
 from google.protobuf import duration_pb2, timestamp_pb2
 from sessiond_client.api.v1 import session_pb2
 
-from sessiond.core.model import Session, SessionOptions, Worker, WorkerKey
+from sessiond.core.model import Session, SessionOptions, Worker
 from sessiond.core.resources import SESSIONS
-from sessiond.core.token import encode_token
+from sessiond.core.token import Signer
 
 
 class WallClock:
@@ -57,12 +57,6 @@ def duration(seconds: float) -> duration_pb2.Duration:
     return duration_pb2.Duration(seconds=whole, nanos=nanos)
 
 
-@functools.lru_cache(maxsize=65536)
-def recreate_token(key: WorkerKey) -> bytes:
-    """The recreate token of a worker (cached: it never changes)."""
-    return encode_token(key)
-
-
 def options_to_pb(options: SessionOptions) -> session_pb2.SessionOptions:
     """Resolved options as a message (every field set)."""
     out = session_pb2.SessionOptions()
@@ -88,19 +82,20 @@ def _worker_ref(worker_id: str, identity: str, host_name: str) -> session_pb2.Wo
     return session_pb2.WorkerRef(worker_id=worker_id, identity=identity, host_name=host_name)
 
 
-def session_to_pb(session: Session, clock: WallClock) -> session_pb2.Session:
-    """A session as the wire shows it."""
+def session_to_pb(session: Session, clock: WallClock, signer: Signer) -> session_pb2.Session:
+    """A session as the wire shows it (``signer`` makes its recreate token)."""
     worker = session.worker
     out = session_pb2.Session(
         session_id=session.session_id,
         task_queue=session.task_queue,
         state=int(session.state),  # type: ignore[arg-type]  # IntEnum values mirror the proto enum
         worker=_worker_ref(worker.key.worker_id, worker.identity, worker.host_name),
-        recreate_token=recreate_token(worker.key),
+        recreate_token=signer.token(worker.key, worker.principal),
         owner=session.owner,
         options=_options_template(session.options),
         request_id=session.request_id,
         recreated=session.recreated,
+        principal=session.principal,
     )
     clock.fill(out.create_time, session.placed_at)
     if session.detached_at is not None:
@@ -126,4 +121,21 @@ def worker_to_pb(worker: Worker, clock: WallClock) -> session_pb2.WorkerInfo:
         draining=worker.draining,
         connect_time=clock.timestamp(worker.connected_at),
         last_heartbeat_time=clock.timestamp(worker.last_seen),
+        principal=worker.principal,
+    )
+
+
+def record_parts(session: session_pb2.Session, worker_principal: str) -> tuple[str | int | bytes, ...]:
+    """The fields of a session record that its signature covers, as they are on the wire.
+
+    Everything a restarted server adopts from a worker's report: ids, the principal and owner keys,
+    the options (deterministically serialized: new option fields are covered without a line here)
+    and times; plus the principal of the worker that holds it (not in the message: the report must
+    come from a worker registered by that principal).
+    """
+    return (
+        session.session_id, session.task_queue, session.worker.worker_id, worker_principal, session.principal,
+        session.owner, session.request_id, int(session.recreated),
+        session.options.SerializeToString(deterministic=True),
+        session.create_time.seconds, session.create_time.nanos, session.expire_time.seconds, session.expire_time.nanos,
     )

@@ -6,6 +6,11 @@ request. Here every method is registered *without* a deserializer — its handle
 and parses them in :func:`add_service`'s wrappers: an undecodable request is INVALID_ARGUMENT
 ``MALFORMED_REQUEST`` and at most one WARNING per 10 s, never a traceback. The handlers are built
 from the service descriptor, so a new RPC is covered without a line here.
+
+The same wrappers run the authentication guard first (:meth:`sessiond.server.auth.Authenticator.guard`),
+before a byte of the request is parsed: not a gRPC interceptor, because an interceptor cannot see
+the TLS peer's certificate (``HandlerCallDetails`` has no auth context) and costs a handler lookup
+per call.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 
-from sessiond.core.errors import MalformedRequestError
+from sessiond.core.errors import MalformedRequestError, SessionError
 from sessiond.logs import RateLimitedWarning
 from sessiond.server.errors import abort_with, to_status
 
@@ -29,6 +34,7 @@ log = logging.getLogger("sessiond.server")
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Decode = Callable[[bytes, Context], Message]
+Guard = Callable[[Context], None]
 
 
 def undecodable_warning() -> RateLimitedWarning:
@@ -38,13 +44,17 @@ def undecodable_warning() -> RateLimitedWarning:
 
 
 def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescriptor,
-                undecodable: RateLimitedWarning) -> None:
+                undecodable: RateLimitedWarning, guards: Callable[[str], Guard | None] | None = None) -> None:
     """Register ``servicer``'s implementation of ``service``; every request is parsed here.
 
     Each method named in the descriptor must exist on ``servicer``; a server-streaming one must
     be an async generator function (OpenTelemetry's aio interceptor breaks read()/write() handlers).
+    ``guards`` gives each method path its authentication guard (None: no check), run before decoding.
     """
-    handlers = {method.name: _handler(method, getattr(servicer, method.name), undecodable)
+    def guard(method: MethodDescriptor) -> Guard | None:
+        return None if guards is None else guards(f"/{service.full_name}/{method.name}")
+
+    handlers = {method.name: _handler(method, getattr(servicer, method.name), undecodable, guard(method))
                 for method in service.methods}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
     # Registered methods take grpc's fast path (no generic-handler lookup per call).
@@ -69,7 +79,7 @@ def _decoder(method: MethodDescriptor, undecodable: RateLimitedWarning) -> Decod
     return decode
 
 
-async def _abort_malformed(context: Context, error: MalformedRequestError) -> NoReturn:
+async def _abort(context: Context, error: SessionError) -> NoReturn:
     await abort_with(context, to_status(error))
     raise AssertionError("unreachable: abort raises")
 
@@ -80,8 +90,8 @@ async def _decoded(raw_requests: AsyncIterator[bytes], decode: Decode, context: 
         yield decode(raw, context)
 
 
-def _handler(method: MethodDescriptor, behavior: Any,
-             undecodable: RateLimitedWarning) -> grpc.RpcMethodHandler[Any, Any]:
+def _handler(method: MethodDescriptor, behavior: Any, undecodable: RateLimitedWarning,
+             guard: Guard | None = None) -> grpc.RpcMethodHandler[Any, Any]:
     decode = _decoder(method, undecodable)
     serialize = message_factory.GetMessageClass(method.output_type).SerializeToString
     if method.server_streaming and not inspect.isasyncgenfunction(behavior):
@@ -91,21 +101,31 @@ def _handler(method: MethodDescriptor, behavior: Any,
 
     if method.client_streaming:
         async def stream_request(raw_requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[Any]:
+            if guard is not None:
+                try:
+                    guard(context)  # authentication, before a byte is parsed
+                except SessionError as refused:
+                    await _abort(context, refused)
             try:
                 async with aclosing(behavior(_decoded(raw_requests, decode, context), context)) as responses:
                     async for response in responses:
                         yield response
             except MalformedRequestError as error:  # raised to the behaviour as it read its requests
-                await _abort_malformed(context, error)
+                await _abort(context, error)
 
         return grpc.stream_stream_rpc_method_handler(stream_request, response_serializer=serialize)
 
     if method.server_streaming:
         async def unary_stream(raw: bytes, context: Context) -> AsyncIterator[Any]:
+            if guard is not None:
+                try:
+                    guard(context)  # authentication, before a byte is parsed
+                except SessionError as refused:
+                    await _abort(context, refused)
             try:
                 request = decode(raw, context)
             except MalformedRequestError as error:
-                await _abort_malformed(context, error)
+                await _abort(context, error)
             async with aclosing(behavior(request, context)) as responses:
                 async for response in responses:
                     yield response
@@ -113,10 +133,15 @@ def _handler(method: MethodDescriptor, behavior: Any,
         return grpc.unary_stream_rpc_method_handler(unary_stream, response_serializer=serialize)
 
     async def unary_unary(raw: bytes, context: Context) -> Any:
+        if guard is not None:
+            try:
+                guard(context)  # authentication, before a byte is parsed
+            except SessionError as refused:
+                await _abort(context, refused)
         try:
             request = decode(raw, context)
         except MalformedRequestError as error:
-            await _abort_malformed(context, error)
+            await _abort(context, error)
         return await behavior(request, context)
 
     return grpc.unary_unary_rpc_method_handler(unary_unary, response_serializer=serialize)

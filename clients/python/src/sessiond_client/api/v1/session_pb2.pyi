@@ -234,6 +234,8 @@ class Session(_message.Message):
     DETACHED_SINCE_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     RECREATED_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
+    RECORD_SIGNATURE_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Unguessable UUID4 of the session."""
     task_queue: _builtins.str
@@ -248,6 +250,15 @@ class Session(_message.Message):
     """The idempotency key the session was placed with (empty if none)."""
     recreated: _builtins.bool
     """True when the session was placed by RecreateSession (request ids are scoped per RPC)."""
+    principal: _builtins.str
+    """The principal that created the session (empty when the server has no authentication): only it
+    and operators see the session; owner keys and request ids are scoped by it.
+    """
+    record_signature: _builtins.bytes
+    """Set only on sessions sent to their worker (SessionStarted, Registered.reattached_sessions): the
+    server's HMAC-SHA256 over the session record. The worker reports the session back unchanged in
+    RegisterWorker.held_sessions, and a restarted server adopts it only if the signature verifies.
+    """
     @_builtins.property
     def worker(self) -> Global___WorkerRef:
         """The worker that holds the session."""
@@ -295,10 +306,12 @@ class Session(_message.Message):
         detached_since: _timestamp_pb2.Timestamp | None = ...,
         request_id: _builtins.str = ...,
         recreated: _builtins.bool = ...,
+        principal: _builtins.str = ...,
+        record_signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time", "create_time", b"create_time", "detached_since", b"detached_since", "expire_time", b"expire_time", "failure", b"failure", "options", b"options", "worker", b"worker"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time", "create_time", b"create_time", "detached_since", b"detached_since", "expire_time", b"expire_time", "failure", b"failure", "options", b"options", "owner", b"owner", "recreate_token", b"recreate_token", "recreated", b"recreated", "request_id", b"request_id", "session_id", b"session_id", "state", b"state", "task_queue", b"task_queue", "worker", b"worker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time", "create_time", b"create_time", "detached_since", b"detached_since", "expire_time", b"expire_time", "failure", b"failure", "options", b"options", "owner", b"owner", "principal", b"principal", "record_signature", b"record_signature", "recreate_token", b"recreate_token", "recreated", b"recreated", "request_id", b"request_id", "session_id", b"session_id", "state", b"state", "task_queue", b"task_queue", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -403,6 +416,7 @@ class WorkerInfo(_message.Message):
     DRAINING_FIELD_NUMBER: _builtins.int
     CONNECT_TIME_FIELD_NUMBER: _builtins.int
     LAST_HEARTBEAT_TIME_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     """The worker's id."""
     task_queue: _builtins.str
@@ -417,6 +431,10 @@ class WorkerInfo(_message.Message):
     """Sessions currently OPEN on the worker."""
     draining: _builtins.bool
     """True once the worker said goodbye with drain: it takes no new sessions."""
+    principal: _builtins.str
+    """The principal that registered the worker (empty when the server has no authentication); the
+    worker_id is bound to it.
+    """
     @_builtins.property
     def connect_time(self) -> _timestamp_pb2.Timestamp:
         """When the worker registered."""
@@ -437,10 +455,11 @@ class WorkerInfo(_message.Message):
         draining: _builtins.bool = ...,
         connect_time: _timestamp_pb2.Timestamp | None = ...,
         last_heartbeat_time: _timestamp_pb2.Timestamp | None = ...,
+        principal: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["connect_time", b"connect_time", "last_heartbeat_time", b"last_heartbeat_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["connect_time", b"connect_time", "draining", b"draining", "host_name", b"host_name", "identity", b"identity", "last_heartbeat_time", b"last_heartbeat_time", "max_concurrent_sessions", b"max_concurrent_sessions", "open_sessions", b"open_sessions", "task_queue", b"task_queue", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connect_time", b"connect_time", "draining", b"draining", "host_name", b"host_name", "identity", b"identity", "last_heartbeat_time", b"last_heartbeat_time", "max_concurrent_sessions", b"max_concurrent_sessions", "open_sessions", b"open_sessions", "principal", b"principal", "task_queue", b"task_queue", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

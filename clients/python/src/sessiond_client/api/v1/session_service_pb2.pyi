@@ -427,6 +427,7 @@ class ListSessionsRequest(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
     task_queue: _builtins.str
     """Only sessions of this task queue (empty = all)."""
     owner: _builtins.str
@@ -437,6 +438,10 @@ class ListSessionsRequest(_message.Message):
     """At most this many results (0 = 100; at most 1000)."""
     page_token: _builtins.str
     """A next_page_token from a previous call, or empty for the first page."""
+    principal: _builtins.str
+    """Only sessions of this principal (empty = all the caller may see: its own, or every principal's
+    for an operator).
+    """
     def __init__(
         self,
         *,
@@ -445,10 +450,11 @@ class ListSessionsRequest(_message.Message):
         state: _session_pb2.SessionState.ValueType = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        principal: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "page_size", b"page_size", "page_token", b"page_token", "state", b"state", "task_queue", b"task_queue"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "page_size", b"page_size", "page_token", b"page_token", "principal", b"principal", "state", b"state", "task_queue", b"task_queue"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
