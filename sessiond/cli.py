@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve_flags(serve)
     health = sub.add_parser("health", help="check a server's grpc.health.v1 status (exit 0 when SERVING)",
                             description="Call grpc.health.v1.Health/Check; exit 0 when SERVING, 1 otherwise.")
-    health.add_argument("--address", default="127.0.0.1:50051", help="host:port of the server [127.0.0.1:50051]")
+    ops.add_connection_flags(health, token_env=None)
     health.add_argument("--service", default="", help="service name to check ['' = the whole server]")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait [3]")
     ops.add_commands(sub)
@@ -106,16 +106,24 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _health(address: str, service: str, wait: float) -> bool:
+def _health(args: argparse.Namespace) -> bool:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    async with grpc.aio.insecure_channel(address) as channel:
+    try:
+        opened, _, metadata = ops.connect(args)
+    except ops.CommandError as exc:
+        print(f"sessiond: {exc}", file=sys.stderr)
+        return False
+    with opened as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
-            reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=wait)
-        except grpc.aio.AioRpcError as exc:
-            print(f"unhealthy: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout,
+                               metadata=metadata)
+        except grpc.RpcError as exc:
+            code = exc.code().name if isinstance(exc, grpc.Call) else "UNKNOWN"
+            details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+            print(f"unhealthy: {code}: {details}", file=sys.stderr)
             return False
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     print(status)
@@ -129,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv.insert(0, "serve")
     args = build_parser().parse_args(argv)
     if args.command == "health":
-        return 0 if asyncio.run(_health(args.address, args.service, args.timeout)) else 1
+        return 0 if _health(args) else 1
     if args.command in ("sessions", "workers"):
         return ops.run(args)
     if args.command == "worker":

@@ -191,6 +191,9 @@ class SessionInfo:
     slot kept) waits up to ``reattach_timeout`` for the worker to register again."""
     request_id: str | None = None
     """The idempotency key the session was placed with, if any."""
+    principal: str | None = None
+    """The principal that created the session (None when the server has no authentication): only
+    it and operators see the session."""
 
     @property
     def detached(self) -> bool:
@@ -224,6 +227,7 @@ class SessionInfo:
             options=SessionOptions._from_proto(msg.options),
             detached_since=timestamp_from_proto(msg.detached_since) if msg.HasField("detached_since") else None,
             request_id=msg.request_id or None,
+            principal=msg.principal or None,
         )
 
 
@@ -249,6 +253,8 @@ class WorkerInfo:
     """When the worker registered (aware, UTC)."""
     last_heartbeat_time: datetime | None
     """When the server last heard from the worker (aware, UTC)."""
+    principal: str | None = None
+    """The principal that registered the worker (None when the server has no authentication)."""
 
     @classmethod
     def _from_proto(cls, msg: session_pb2.WorkerInfo) -> WorkerInfo:
@@ -264,4 +270,5 @@ class WorkerInfo:
             last_heartbeat_time=(
                 timestamp_from_proto(msg.last_heartbeat_time) if msg.HasField("last_heartbeat_time") else None
             ),
+            principal=msg.principal or None,
         )
