@@ -18,7 +18,15 @@ from datetime import timedelta
 from typing import Any, NoReturn
 
 from sessiond import ops, worker_cli
-from sessiond.config import DURATION_FORMS, ENV_PREFIX, ServerConfig, config_from_env, format_duration, parse_field
+from sessiond.config import (
+    DURATION_FORMS,
+    ENV_PREFIX,
+    SECRET_FIELDS,
+    ServerConfig,
+    config_from_env,
+    format_duration,
+    parse_field,
+)
 from sessiond.store.spec import MemoryStoreSpec
 
 
@@ -98,8 +106,13 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"sessiond: store {config.store_spec} is not implemented yet (use --store memory)", file=sys.stderr)
         return 2
     logs.configure(config.log_level, config.log_format)
+    # Flags are in /proc/PID/cmdline and `ps` output: readable by every local user.
+    visible = [f"--{flag} was given on the command line, where every local user can read it; use --{flag}-file or "
+               f"{ENV_PREFIX}{name.upper()} instead"
+               for name in sorted(SECRET_FIELDS) if getattr(args, name, None) is not None
+               for flag in (name.replace("_", "-"),)]
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, warnings=visible))
     except StartupError as exc:  # an address, a file, an exporter: one line, not a traceback
         print(f"sessiond: {exc}", file=sys.stderr)
         return 2

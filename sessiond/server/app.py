@@ -10,6 +10,7 @@ import asyncio
 import gc
 import logging
 import signal
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -160,9 +161,10 @@ async def create_server(config: ServerConfig | None = None, *,
     return SessiondServer(server, engine, health_servicer, config, dashboard, auth), port
 
 
-async def serve(config: ServerConfig) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully.
+async def serve(config: ServerConfig, *, warnings: Sequence[str] = ()) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully; SIGHUP reloads the credential files.
 
+    ``warnings`` are logged with the security WARNINGs once the server could be built.
     Raises :class:`StartupError` (one line, for the operator) when it cannot start as configured.
     """
     if config.metrics_listen:
@@ -173,7 +175,7 @@ async def serve(config: ServerConfig) -> None:
     except (ValueError, OSError) as exc:  # an unknown exporter in OTEL_*, an unusable metrics address
         raise StartupError(str(exc)) from None
     server, port = await create_server(config, metrics=metrics)
-    for warning in security_warnings(config, server.auth):
+    for warning in (*security_warnings(config, server.auth), *warnings):
         log.warning("%s", warning)
     try:
         await server.start()

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextvars
 import enum
 import hashlib
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,10 +137,12 @@ def _lines(path: Path, setting: str) -> Iterable[tuple[str, list[str]]]:
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise CredentialsError(f"{setting} {path}: {reason}") from None
-    for number, line in enumerate(text.splitlines(), 1):
-        fields = line.split("#", 1)[0].split()
-        if fields:
-            yield f"{setting} {path}:{number}", fields
+    # Lines end at \n only, fields are separated by spaces and tabs only: any other control or
+    # separator character stays inside its field, where the name rules refuse it.
+    for number, line in enumerate(text.split("\n"), 1):
+        content = line.split("#", 1)[0].strip(" \t\r")
+        if content:
+            yield f"{setting} {path}:{number}", re.split(r"[ \t]+", content)
 
 
 def parse_tokens_file(path: Path) -> dict[bytes, Principal]:
