@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -32,6 +33,7 @@ from tests.integration.conftest import (
     eventually,
 )
 from tests.integration.rawworker import RawWorker
+from tests.support.pki import make_pki
 
 
 @dataclass
@@ -323,6 +325,39 @@ async def test_address_and_caller_token_come_from_flags_or_the_environment(
     assert wrong.code == 1 and "UNAUTHENTICATED" in wrong.err
     assert (flag.code, flag.json()) == (0, [])
     assert (env.code, env.json()) == (0, [])
+
+
+@pytest.mark.asyncio
+async def test_the_ops_commands_and_health_speak_mtls_with_a_token_file(
+        make_server: ServerFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pki = make_pki(tmp_path)
+    (tmp_path / "tokens").write_text("ops-token ops operator\nteam-a-token team-a caller\n")
+    (tmp_path / "ops.token").write_text("ops-token\n")
+    (tmp_path / "team-a.token").write_text("team-a-token\n")
+    server = await make_server(tls_cert=pki / "server.pem", tls_key=pki / "server.key", tls_client_ca=pki / "ca.pem",
+                               tokens_file=tmp_path / "tokens")
+    monkeypatch.setenv("SESSIOND_ADDRESS", server.target)
+    monkeypatch.delenv("SESSIOND_CALLER_TOKEN", raising=False)
+    tls = ("--tls-ca", str(pki / "ca.pem"), "--tls-cert", str(pki / "client.pem"), "--tls-key", str(pki / "client.key"))
+
+    as_ops = await cli("workers", "list", "--json", "--token-file", str(tmp_path / "ops.token"), *tls)
+    assert (as_ops.code, as_ops.json()) == (0, []), as_ops.err
+    as_team = await cli("sessions", "list", "--json", "--token-file", str(tmp_path / "team-a.token"), *tls)
+    assert (as_team.code, as_team.json()) == (0, [])
+    no_certificate = await cli("workers", "list", "--token-file", str(tmp_path / "ops.token"),
+                               "--tls-ca", str(pki / "ca.pem"), "--timeout", "5")
+    assert no_certificate.code == 1 and "UNAVAILABLE" in no_certificate.err
+    no_token = await cli("workers", "list", *tls)
+    assert no_token.code == 1 and "UNAUTHENTICATED" in no_token.err
+    half = await cli("workers", "list", "--tls-cert", str(pki / "client.pem"))
+    assert half.code == 1 and "--tls-cert and --tls-key go together" in half.err
+    missing = await cli("workers", "list", "--token-file", str(tmp_path / "nope"), *tls)
+    assert missing.code == 1 and "--token-file" in missing.err
+
+    healthy = await cli("health", *tls)  # the address from SESSIOND_ADDRESS, no token needed
+    assert healthy.code == 0 and healthy.out.strip() == "SERVING", healthy.err
+    plaintext = await cli("health", "--timeout", "2")
+    assert plaintext.code == 1 and "unhealthy" in plaintext.err
 
 
 @pytest.mark.asyncio
