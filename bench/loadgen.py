@@ -190,12 +190,14 @@ async def _phase(channel: grpc.aio.Channel, mode: str, n: int, args: argparse.Na
     if mode == "cc":
         create = session_service_pb2.CreateSessionRequest(task_queue=args.task_queue)
 
+        metadata = (("authorization", f"Bearer {args.token}"),) if args.token else None
+
         async def pair() -> tuple[float, ...]:
             t0 = time.perf_counter()
-            created = await stub.CreateSession(create)
+            created = await stub.CreateSession(create, metadata=metadata)
             t1 = time.perf_counter()
             complete = session_service_pb2.CompleteSessionRequest(session_id=created.session.session_id)
-            await stub.CompleteSession(complete)
+            await stub.CompleteSession(complete, metadata=metadata)
             return (t1 - t0,)
 
         result = await _measure(f"cc:{n}", [pair] * n, args.warmup, args.duration, pids)
@@ -360,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--duration", type=float, default=4.0)
     run.add_argument("--server-pid", type=int, default=0)
     run.add_argument("--worker-pid", type=int, default=0)
+    run.add_argument("--token", default="", help="bearer token sent with each cc call (the auth scenario)")
     fill = sub.add_parser("fill", help="open COUNT sessions and leave them open")
     fill.add_argument("--count", type=int, required=True)
     fill.add_argument("--concurrency", type=int, default=64)

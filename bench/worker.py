@@ -130,7 +130,8 @@ class WorkerProcess:
                 stream.outbox.put_nowait(worker_pb2.WorkerHeartbeatRequest(register=worker_pb2.RegisterWorker(
                     task_queue=self.args.task_queue, worker_id=worker_id, identity=f"{os.getpid()}@bench",
                     host_name="bench", max_concurrent_sessions=self.args.capacity)))
-                stream.call = stub.WorkerHeartbeat(stream.requests())
+                metadata = (("authorization", f"Bearer {self.args.token}"),) if self.args.token else None
+                stream.call = stub.WorkerHeartbeat(stream.requests(), metadata=metadata)
             elif self.kind == "echo-worker":
                 stream.outbox.put_nowait(b"H")
                 stream.call = stream.channel.stream_stream(ECHO_WORK)(stream.requests())
@@ -215,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-prefix", default=f"w{os.getpid()}")
     parser.add_argument("--streams", type=int, default=1)
     parser.add_argument("--capacity", type=int, default=1000, help="max_concurrent_sessions of each worker")
+    parser.add_argument("--token", default="", help="bearer token of the worker streams (sessiond kind)")
     parser.add_argument("--batch", type=int, default=500, help="streams opened at once (at most 500)")
     parser.add_argument("--separate-channels", action="store_true", help="one channel (TCP connection) per stream")
     args = parser.parse_args(argv)
