@@ -146,13 +146,14 @@ class Signer:
 def canonical(parts: Iterable[str | int | bytes]) -> bytes:
     """An unambiguous byte encoding of a sequence of strings, integers and byte strings (typed and
     length-prefixed): no two different sequences encode alike, whatever they hold."""
-    out = bytearray()
+    chunks = []
     for part in parts:
         if isinstance(part, bytes):
             data = b"b" + part
-        elif isinstance(part, int):
-            data = b"i" + str(part).encode()
-        else:
+        elif isinstance(part, str):
             data = b"s" + part.encode("utf-8", "surrogatepass")
-        out += len(data).to_bytes(4, "big") + data
-    return bytes(out)
+        else:
+            data = b"i%d" % part
+        chunks.append(len(data).to_bytes(4, "big"))
+        chunks.append(data)
+    return b"".join(chunks)
