@@ -20,6 +20,7 @@ MAX_PENDING_REQUESTS = 2**31 - 1  # a C int inside grpc core
 _NUMBER = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
 _DURATION_PART = re.compile(rf"({_NUMBER})(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+MAX_MESSAGE_SIZE = 1024 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,28 @@ class ServerConfig:
         default=100_000,
         metadata={"help": "grpc core's queue of not-yet-handled RPCs; the default (1000) sheds reconnect storms."},
     )
+    max_message_size: int = field(
+        default=16 * 1024 * 1024,
+        metadata={
+            "help": "Largest message (bytes) accepted or sent, callers and workers alike; announced to workers. "
+            "A bigger activity input is refused (MESSAGE_TOO_LARGE), a bigger result fails that activity "
+            "(ResultTooLarge)."
+        },
+    )
+    max_worker_backlog: int = field(
+        default=32 * 1024 * 1024,
+        metadata={
+            "help": "Bytes queued for one worker that its stream has not taken yet; past it, ExecuteActivity "
+            "on that worker is refused (WORKER_BACKLOGGED)."
+        },
+    )
+    max_waiters: int = field(
+        default=10_000,
+        metadata={"help": "Creates/Recreates waiting for capacity at once, all task queues (TOO_MANY_WAITERS)."},
+    )
+    max_waiters_per_queue: int = field(
+        default=1_000, metadata={"help": "Creates/Recreates waiting for capacity at once, per task queue."}
+    )
     gc_freeze: bool = field(
         default=True,
         metadata={
@@ -230,6 +253,12 @@ class ServerConfig:
         has_previous = self.previous_token_key is not None or self.previous_token_key_file is not None
         if has_previous and self.token_key is None and self.token_key_file is None:
             raise ValueError("a previous token key needs the current one (token_key_file or token_key)")
+        for name in ("max_message_size", "max_worker_backlog", "max_waiters", "max_waiters_per_queue"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive")
+        if self.max_message_size > MAX_MESSAGE_SIZE:
+            # grpc's transport cap is twice the limit and is a 32-bit signed int.
+            raise ValueError(f"max_message_size must be at most {MAX_MESSAGE_SIZE} bytes (1 GiB)")
         if self.ui_listen is not None:
             split_host_port(self.ui_listen, "ui_listen")
         self._validate_store()

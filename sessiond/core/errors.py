@@ -128,6 +128,49 @@ class ActivityAbortedError(SessionError):
         self.cause = cause
 
 
+class MessageTooLargeError(SessionError):
+    """A message would exceed ``max_message_size`` (an activity input, say); nothing was sent."""
+
+    reason = "MESSAGE_TOO_LARGE"
+
+    def __init__(self, what: str, size: int, limit: int, *, session_id: str = "") -> None:
+        meta = {"size": str(size), "limit": str(limit)}
+        if session_id:
+            meta["session_id"] = session_id
+        super().__init__(f"{what} is {size} bytes, over the server's max_message_size of {limit} bytes",
+                         metadata=meta)
+        self.size = size
+        self.limit = limit
+
+
+class WorkerBackloggedError(SessionError):
+    """The session's worker has ``max_worker_backlog`` bytes queued already (it reads too slowly)."""
+
+    reason = "WORKER_BACKLOGGED"
+
+    def __init__(self, worker_id: str, session_id: str, queued: int, limit: int) -> None:
+        super().__init__(
+            f"worker {worker_id!r} has {queued} bytes queued, at its max_worker_backlog of {limit}; retry later",
+            metadata={"worker_id": worker_id, "session_id": session_id, "queued_bytes": str(queued),
+                      "limit": str(limit)},
+        )
+        self.worker_id = worker_id
+
+
+class TooManyWaitersError(SessionError):
+    """A Create/Recreate would wait, but the global or the task queue's cap of waiters is reached."""
+
+    reason = "TOO_MANY_WAITERS"
+
+    def __init__(self, task_queue: str, limit: int, scope: str) -> None:
+        super().__init__(
+            f"{limit} creates are already waiting {scope}; retry later or raise the cap",
+            metadata={"task_queue": task_queue, "limit": str(limit)},
+        )
+        self.task_queue = task_queue
+        self.limit = limit
+
+
 class ActivityTimeoutError(SessionError):
     """The activity did not finish within its ``start_to_close_timeout``."""
 

@@ -185,6 +185,8 @@ class Worker:
     suspect: bool = False
     # The principal that registered this stream (the worker_id is bound to it).
     principal: str = ""
+    # Its stream is not taking what is queued for it (over the backlog bound): no new sessions.
+    backlogged: bool = False
     # Bumped whenever free capacity or eligibility changes; stale placement entries carry old versions.
     version: int = 0
     # Liveness groups: heartbeat_timeout -> its open sessions, oldest placement first. A silent
@@ -198,7 +200,7 @@ class Worker:
     @property
     def eligible(self) -> bool:
         """True when placement may put a new session here."""
-        return self.connected and not self.draining and not self.suspect
+        return self.connected and not self.draining and not self.suspect and not self.backlogged
 
     @property
     def free(self) -> ResourceVector:

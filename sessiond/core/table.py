@@ -40,6 +40,7 @@ from sessiond.core.errors import (
     SessionClosedError,
     SessionFailedError,
     SessionNotFoundError,
+    TooManyWaitersError,
     WorkerDetachedError,
     WorkerIdInUseError,
     WorkerUnavailableError,
@@ -70,6 +71,7 @@ from sessiond.core.model import (
     WorkerKey,
     WorkerRegistration,
 )
+from sessiond.core.pauses import PauseLedger
 from sessiond.core.registry import WorkerRegistry
 from sessiond.core.resources import ResourceVector
 from sessiond.core.token import Signer
@@ -101,6 +103,8 @@ class SessionTable:
         retention: float = 600.0,
         max_heartbeat_interval: float = 10.0,
         new_id: Callable[[], str] = _uuid,
+        max_waiters: int | None = None,
+        max_waiters_per_queue: int | None = None,
         recovering_until: float = -math.inf,
         signer: Signer | None = None,
     ) -> None:
@@ -110,6 +114,8 @@ class SessionTable:
             retention: seconds a FAILED or CLOSED session stays readable.
             max_heartbeat_interval: the longest heartbeat interval a worker is given.
             new_id: id factory for sessions, waiters and activities (UUID4 by default).
+            max_waiters: most Creates/Recreates waiting at once, all queues together (None = no cap).
+            max_waiters_per_queue: most waiting at once per task queue (None = no cap).
             recovering_until: the end of the recovery window of a restarted server: until then an
                 unknown session id may still be reported by its worker (RECOVERING, not NOT_FOUND),
                 and sessions that registering workers report are adopted.
@@ -148,6 +154,11 @@ class SessionTable:
         self._requests: dict[RequestKey, Session | Waiter] = {}
         self._activities: dict[str, Activity] = {}
         self._events: list[Event] = []
+        self.max_waiters = max_waiters
+        self.max_waiters_per_queue = max_waiters_per_queue
+        self._waiting_per_queue: dict[str, int] = {}
+        # The server's own pauses: liveness does not count them as worker silence.
+        self.pauses = PauseLedger()
 
     # ----------------------------------------------------------------- outbox and time
 
@@ -167,13 +178,21 @@ class SessionTable:
                 best = t
         return best
 
+    def server_paused(self, start: float, end: float) -> None:
+        """The server observed nothing from ``start`` to ``end`` (its own stall; measured by the
+        caller). Liveness credits that span to every worker: a worker fails HEARTBEAT_TIMEOUT only
+        after ``heartbeat_timeout`` of silence the server could have observed, so what it sent
+        during the pause is read before it is judged. Caller deadlines do not move."""
+        self.pauses.add(start, end)
+
     def advance(self, now: float) -> None:
         """Apply every deadline that is due at ``now`` (exactly at the deadline counts as due)."""
         # Staleness first: a session failing below frees a slot, and a worker that has been silent
         # for STALE_INTERVALS intervals by now must already be suspect so the slot is not handed out.
         for key in self._worker_deadlines.pop_due(now):
             worker = self.registry.workers[key]
-            stale_at = max(worker.last_seen, worker.interval_since) + STALE_INTERVALS * worker.interval
+            since = max(worker.last_seen, worker.interval_since)
+            stale_at = since + STALE_INTERVALS * worker.interval + self.pauses.since(since)
             if now >= stale_at:
                 worker.suspect = True
                 self.registry.touch(worker)
@@ -205,8 +224,11 @@ class SessionTable:
         """Fail the sessions of one liveness group whose worker has been silent for ``timeout``."""
         group = worker.liveness[timeout]
         for session in list(group.values()):
-            if max(worker.last_seen, session.live_from) + timeout > now:
-                break  # group order: every later session is due later still
+            anchor = max(worker.last_seen, session.live_from)
+            # Group order: every later session is due later still (a later anchor is credited
+            # less pause, but never by more than it is later).
+            if anchor + timeout + self.pauses.since(anchor) > now:
+                break
             self._end(now, session, SessionState.FAILED, FailureCause.HEARTBEAT_TIMEOUT)
         self._arm_liveness(worker, timeout)
 
@@ -214,7 +236,8 @@ class SessionTable:
         group = worker.liveness.get(timeout)
         if group:
             oldest = next(iter(group.values()))
-            self._liveness_deadlines.set((worker.key, timeout), max(worker.last_seen, oldest.live_from) + timeout)
+            anchor = max(worker.last_seen, oldest.live_from)
+            self._liveness_deadlines.set((worker.key, timeout), anchor + timeout + self.pauses.since(anchor))
 
     def _caller_due(self, now: float, session: Session) -> None:
         """Fail a session nobody attended for its caller_timeout (a watch or an activity attends)."""
@@ -223,8 +246,9 @@ class SessionTable:
         timeout = session.options.caller_timeout
         if session.watchers or session.activities:
             self._caller_deadlines.set(session.session_id, now + timeout)
-        elif session.caller_seen + timeout > now:
-            self._caller_deadlines.set(session.session_id, session.caller_seen + timeout)
+        elif (due := session.caller_seen + timeout + self.pauses.since(session.caller_seen)) > now:
+            # The server's own pauses are not the caller's silence either.
+            self._caller_deadlines.set(session.session_id, due)
         else:
             self._end(now, session, SessionState.FAILED, FailureCause.CALLER_LOST)
 
@@ -246,7 +270,8 @@ class SessionTable:
         self._bindings.check(now, key, reg.principal)  # another principal's worker_id: PERMISSION_DENIED
         old = self.registry.workers.get(key)
         if old is not None:
-            stale_at = max(old.last_seen, old.interval_since) + STALE_INTERVALS * old.interval
+            since = max(old.last_seen, old.interval_since)
+            stale_at = since + STALE_INTERVALS * old.interval + self.pauses.since(since)
             if now < stale_at and not (reg.instance_id and reg.instance_id == old.instance_id):
                 raise WorkerIdInUseError(key.task_queue, key.worker_id, stale_at - now)
             self._release_worker(now, old)
@@ -369,6 +394,18 @@ class SessionTable:
             self._worker_deadlines.set(key, now + STALE_INTERVALS * worker.interval)
             self._serve(now, worker)
         return worker
+
+    def worker_backlogged(self, now: float, key: WorkerKey, epoch: int, backlogged: bool) -> None:
+        """The worker's stream stopped (or resumed) taking what is queued for it. A backlogged
+        worker takes no new sessions, so nothing more piles up for a worker that does not read;
+        once it drains, waiters may be placed on it again."""
+        worker = self.worker(key, epoch)
+        if worker is None or worker.backlogged == backlogged:
+            return
+        worker.backlogged = backlogged
+        self.registry.touch(worker)
+        if not backlogged:
+            self._serve(now, worker)
 
     def worker_goodbye(self, now: float, key: WorkerKey, epoch: int, *, drain: bool) -> None:
         """The worker is shutting down: no new sessions; without drain its open sessions fail now."""
@@ -525,7 +562,7 @@ class SessionTable:
         if wait <= 0:
             if worker is not None and worker.eligible:
                 raise NoCapacityError(f"worker {key.worker_id!r} has no free slot")
-            state = "is not connected" if worker is None else "is not taking sessions (draining or silent)"
+            state = "is not connected" if worker is None else "is not taking sessions (draining, silent or backlogged)"
             raise WorkerUnavailableError(f"worker {key.worker_id!r} of task queue {key.task_queue!r} {state}")
         queue = self._worker_waiters.setdefault(key, deque())
         return self._enqueue(now, queue, key.task_queue, key, options, owner, request_id, wait, request_key,
@@ -557,6 +594,12 @@ class SessionTable:
     def _enqueue(self, now: float, queue: deque[Waiter], task_queue: str, target: WorkerKey | None,
                  options: SessionOptions, owner: str, request_id: str, wait: float, request_key: RequestKey,
                  *, principal: str = "", target_principal: str = "") -> Waiter:
+        waiting = self._waiting_per_queue.get(task_queue, 0)
+        if self.max_waiters is not None and len(self._waiters) >= self.max_waiters:
+            raise TooManyWaitersError(task_queue, self.max_waiters, "in all task queues")
+        if self.max_waiters_per_queue is not None and waiting >= self.max_waiters_per_queue:
+            raise TooManyWaitersError(task_queue, self.max_waiters_per_queue, f"on task queue {task_queue!r}")
+        self._waiting_per_queue[task_queue] = waiting + 1
         waiter = Waiter(self._new_id(), task_queue, target, options, owner, request_id, now + wait,
                         request_key=request_key, since=now, principal=principal, target_principal=target_principal)
         self._waiters[waiter.waiter_id] = waiter
@@ -590,6 +633,11 @@ class SessionTable:
             _trim(self._queue_waiters, waiter.task_queue)
         del self._waiters[waiter.waiter_id]
         self._waiter_deadlines.remove(waiter.waiter_id)
+        left = self._waiting_per_queue[waiter.task_queue] - 1
+        if left:
+            self._waiting_per_queue[waiter.task_queue] = left
+        else:
+            del self._waiting_per_queue[waiter.task_queue]
         if waiter.owner and self._owners.get((waiter.principal, waiter.owner)) is waiter:
             del self._owners[(waiter.principal, waiter.owner)]
         if waiter.request_key and self._requests.get(waiter.request_key) is waiter:

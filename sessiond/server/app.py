@@ -24,6 +24,7 @@ from sessiond.server import decoding
 from sessiond.server.auth import Authenticator, CredentialsError
 from sessiond.server.engine import Engine
 from sessiond.server.health import HealthServicer
+from sessiond.server.limits import transport_cap
 from sessiond.server.servicer import SessionServicer
 from sessiond.server.startup import (
     StartupError,
@@ -61,6 +62,12 @@ def _grpc_options(config: ServerConfig) -> list[tuple[str, Any]]:
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
+        # The transport cap is twice --max-message-size: a message over the limit but under the cap
+        # (from a peer that did not check) still arrives, and gets a precise answer
+        # (MESSAGE_TOO_LARGE, or a ResultTooLarge failure of that one activity) instead of grpc's
+        # RESOURCE_EXHAUSTED that would end a worker's whole stream.
+        ("grpc.max_receive_message_length", transport_cap(config.max_message_size)),
+        ("grpc.max_send_message_length", transport_cap(config.max_message_size)),
     ]
 
 

@@ -2,15 +2,21 @@
 
 Left to itself, gRPC parses each request with the method's ``FromString`` and, when that fails
 (corrupt wire bytes, invalid UTF-8 in a string field), answers UNKNOWN and logs a traceback per
-request. Here every method is registered *without* a deserializer — its handler receives raw bytes —
-and parses them in :func:`add_service`'s wrappers: an undecodable request is INVALID_ARGUMENT
-``MALFORMED_REQUEST`` and at most one WARNING per 10 s, never a traceback. The handlers are built
-from the service descriptor, so a new RPC is covered without a line here.
+request. Here every method's deserializer never raises: bytes that do not parse become an
+:class:`_Undecodable` marker, which :func:`add_service`'s wrappers answer with INVALID_ARGUMENT
+``MALFORMED_REQUEST`` and at most one WARNING per 10 s, never a traceback. (Parsing in grpc's
+deserializer, not in the handler, also means the wire bytes are not kept: grpc holds the handler's
+argument for the whole call, and an activity input would otherwise stay in memory twice while
+its ExecuteActivity waits.) The handlers are built from the service descriptor, so a new RPC is
+covered without a line here.
 
-The same wrappers run the authentication guard first (:meth:`sessiond.server.auth.Authenticator.guard`),
-before a byte of the request is parsed: not a gRPC interceptor, because an interceptor cannot see
-the TLS peer's certificate (``HandlerCallDetails`` has no auth context) and costs a handler lookup
-per call.
+The same wrappers run the authentication guard (:meth:`sessiond.server.auth.Authenticator.guard`)
+before the request is looked at: an unauthenticated caller is answered UNAUTHENTICATED whatever its
+body held, and its bytes are never checked or logged. (A unary request has been parsed by then —
+grpc runs the deserializer before the handler, and the bytes had been received anyway — but a
+stream's messages are parsed only as the behaviour reads them, after the guard.) Not a gRPC
+interceptor, because an interceptor cannot see the TLS peer's certificate (``HandlerCallDetails`` has
+no auth context) and costs a handler lookup per call.
 """
 
 from __future__ import annotations
@@ -33,7 +39,19 @@ from sessiond.server.errors import abort_with, to_status
 log = logging.getLogger("sessiond.server")
 
 Context = grpc.aio.ServicerContext[Any, Any]
-Decode = Callable[[bytes, Context], Message]
+
+
+class _Undecodable:
+    """What the deserializer returns for bytes that do not parse: why (the handler answers)."""
+
+    __slots__ = ("why",)
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+
+Parse = Callable[[bytes], "Message | _Undecodable"]
+Check = Callable[["Message | _Undecodable", Context], Message]
 Guard = Callable[[Context], None]
 
 
@@ -49,7 +67,8 @@ def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescr
 
     Each method named in the descriptor must exist on ``servicer``; a server-streaming one must
     be an async generator function (OpenTelemetry's aio interceptor breaks read()/write() handlers).
-    ``guards`` gives each method path its authentication guard (None: no check), run before decoding.
+    ``guards`` gives each method path its authentication guard (None: no check), run before the
+    request is checked.
     """
     def guard(method: MethodDescriptor) -> Guard | None:
         return None if guards is None else guards(f"/{service.full_name}/{method.name}")
@@ -61,22 +80,31 @@ def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescr
     server.add_registered_method_handlers(service.full_name, handlers)  # type: ignore[attr-defined]
 
 
-def _decoder(method: MethodDescriptor, undecodable: RateLimitedWarning) -> Decode:
+def _parser(method: MethodDescriptor) -> Parse:
     request_type = message_factory.GetMessageClass(method.input_type)
-    type_name = method.input_type.full_name
-    path = f"/{method.containing_service.full_name}/{method.name}"
 
-    def decode(raw: bytes, context: Context) -> Message:
+    def parse(raw: bytes) -> Message | _Undecodable:
         try:
             return request_type.FromString(raw)
         except Exception as exc:  # whatever the parser raises, the bytes came from the peer: not our bug
             # upb says "Error parsing message with type 'T': <why>"; keep the why.
-            why = str(exc).rpartition("': ")[2] or type(exc).__name__
-            undecodable.warn(f"on {path} from {context.peer()}: {why}")
-            raise MalformedRequestError(f"request is not a valid {type_name}: {why}",
-                                        metadata={"message_type": type_name}) from None
+            return _Undecodable(str(exc).rpartition("': ")[2] or type(exc).__name__)
 
-    return decode
+    return parse
+
+
+def _checker(method: MethodDescriptor, undecodable: RateLimitedWarning) -> Check:
+    type_name = method.input_type.full_name
+    path = f"/{method.containing_service.full_name}/{method.name}"
+
+    def check(request: Message | _Undecodable, context: Context) -> Message:
+        if isinstance(request, _Undecodable):
+            undecodable.warn(f"on {path} from {context.peer()}: {request.why}")
+            raise MalformedRequestError(f"request is not a valid {type_name}: {request.why}",
+                                        metadata={"message_type": type_name})
+        return request
+
+    return check
 
 
 async def _abort(context: Context, error: SessionError) -> NoReturn:
@@ -84,15 +112,26 @@ async def _abort(context: Context, error: SessionError) -> NoReturn:
     raise AssertionError("unreachable: abort raises")
 
 
-async def _decoded(raw_requests: AsyncIterator[bytes], decode: Decode, context: Context) -> AsyncIterator[Message]:
-    """A client stream, parsed: an undecodable message raises MalformedRequestError to its reader."""
-    async for raw in raw_requests:
-        yield decode(raw, context)
+async def _authenticate(guard: Guard | None, context: Context) -> None:
+    """Run the guard; a refusal ends the call with its status."""
+    if guard is not None:
+        try:
+            guard(context)
+        except SessionError as refused:
+            await _abort(context, refused)
+
+
+async def _decoded(requests: AsyncIterator[Message | _Undecodable], check: Check,
+                   context: Context) -> AsyncIterator[Message]:
+    """A client stream, checked: an undecodable message raises MalformedRequestError to its reader."""
+    async for request in requests:
+        yield check(request, context)
 
 
 def _handler(method: MethodDescriptor, behavior: Any, undecodable: RateLimitedWarning,
              guard: Guard | None = None) -> grpc.RpcMethodHandler[Any, Any]:
-    decode = _decoder(method, undecodable)
+    parse = _parser(method)
+    check = _checker(method, undecodable)
     serialize = message_factory.GetMessageClass(method.output_type).SerializeToString
     if method.server_streaming and not inspect.isasyncgenfunction(behavior):
         raise TypeError(f"{method.full_name}: a server-streaming handler must be an async generator function")
@@ -100,48 +139,40 @@ def _handler(method: MethodDescriptor, behavior: Any, undecodable: RateLimitedWa
         raise TypeError(f"{method.full_name}: client-streaming unary methods are not supported (none is served)")
 
     if method.client_streaming:
-        async def stream_request(raw_requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[Any]:
-            if guard is not None:
-                try:
-                    guard(context)  # authentication, before a byte is parsed
-                except SessionError as refused:
-                    await _abort(context, refused)
+        async def stream_request(requests: AsyncIterator[Message | _Undecodable],
+                                 context: Context) -> AsyncIterator[Any]:
+            await _authenticate(guard, context)  # before a message of the stream is parsed
             try:
-                async with aclosing(behavior(_decoded(raw_requests, decode, context), context)) as responses:
+                async with aclosing(behavior(_decoded(requests, check, context), context)) as responses:
                     async for response in responses:
                         yield response
             except MalformedRequestError as error:  # raised to the behaviour as it read its requests
                 await _abort(context, error)
 
-        return grpc.stream_stream_rpc_method_handler(stream_request, response_serializer=serialize)
+        return grpc.stream_stream_rpc_method_handler(stream_request, request_deserializer=parse,
+                                                     response_serializer=serialize)
 
     if method.server_streaming:
-        async def unary_stream(raw: bytes, context: Context) -> AsyncIterator[Any]:
-            if guard is not None:
-                try:
-                    guard(context)  # authentication, before a byte is parsed
-                except SessionError as refused:
-                    await _abort(context, refused)
+        async def unary_stream(parsed: Message | _Undecodable, context: Context) -> AsyncIterator[Any]:
+            await _authenticate(guard, context)  # before the request is checked
             try:
-                request = decode(raw, context)
+                request = check(parsed, context)
             except MalformedRequestError as error:
                 await _abort(context, error)
             async with aclosing(behavior(request, context)) as responses:
                 async for response in responses:
                     yield response
 
-        return grpc.unary_stream_rpc_method_handler(unary_stream, response_serializer=serialize)
+        return grpc.unary_stream_rpc_method_handler(unary_stream, request_deserializer=parse,
+                                                    response_serializer=serialize)
 
-    async def unary_unary(raw: bytes, context: Context) -> Any:
-        if guard is not None:
-            try:
-                guard(context)  # authentication, before a byte is parsed
-            except SessionError as refused:
-                await _abort(context, refused)
+    async def unary_unary(parsed: Message | _Undecodable, context: Context) -> Any:
+        await _authenticate(guard, context)  # before the request is checked
         try:
-            request = decode(raw, context)
+            request = check(parsed, context)
         except MalformedRequestError as error:
             await _abort(context, error)
         return await behavior(request, context)
 
-    return grpc.unary_unary_rpc_method_handler(unary_unary, response_serializer=serialize)
+    return grpc.unary_unary_rpc_method_handler(unary_unary, request_deserializer=parse,
+                                               response_serializer=serialize)

@@ -5,6 +5,12 @@ monotonic clock, calls the core, then *flushes*: drains the core's events and pu
 them (stream messages to workers, results to waiting RPCs, states to watchers), and re-arms
 a single ``loop.call_at`` timer at the core's next deadline. Everything runs on one event
 loop, so nothing interleaves between a core call and its flush.
+
+The engine also notices its own stalls. While workers are connected it looks at the clock at
+least every ``_TICK`` seconds; a gap longer than ``_STALL`` between two looks means the loop did not
+run (SIGSTOP, a GC pause, CPU starvation), and the first look after it reports the gap to the core
+as a server pause *before* anything is judged. Liveness then credits the pause to every worker, so
+the messages workers sent meanwhile are read before their silence is measured (SPEC §6.1).
 """
 
 from __future__ import annotations
@@ -13,7 +19,6 @@ import asyncio
 import logging
 import math
 import uuid
-from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -23,8 +28,10 @@ from sessiond.config import ServerConfig
 from sessiond.core import events as ev
 from sessiond.core.errors import (
     ActivityHeartbeatTimeoutError,
+    MessageTooLargeError,
     SessionError,
     ShuttingDownError,
+    WorkerBackloggedError,
 )
 from sessiond.core.model import (
     ANYONE,
@@ -42,61 +49,20 @@ from sessiond.core.model import (
 from sessiond.core.table import SessionTable
 from sessiond.core.token import Signer
 from sessiond.server.convert import WallClock, duration, record_parts, session_to_pb, worker_to_pb
+from sessiond.server.limits import payload_bytes, result_bytes, task_bytes, too_large_result
+from sessiond.server.worker_connection import WorkerConnection
 from sessiond.telemetry import NoMetrics, SessionMetrics, tracing
 from sessiond.telemetry.failures import FailureLog, FailureRecord
 
 log = logging.getLogger("sessiond.engine")
 
-
-class WorkerConnection:
-    """The outbound side of one worker stream: messages the stream handler drains, in order.
-
-    Not an ``asyncio.Queue``: that is four deques and an Event (about 3 KB) per connected worker,
-    while an idle worker needs no buffer at all. One consumer (the stream handler) waits at a time.
-    """
-
-    __slots__ = ("_pending", "_waiter", "closed", "epoch", "key")
-
-    def __init__(self, key: WorkerKey, epoch: int) -> None:
-        self.key = key
-        self.epoch = epoch
-        self.closed = False
-        # Created on the first message and dropped when drained (None = empty).
-        self._pending: deque[worker_pb2.WorkerHeartbeatResponse | None] | None = None
-        self._waiter: asyncio.Future[None] | None = None
-
-    def put(self, message: worker_pb2.WorkerHeartbeatResponse) -> None:
-        """Queue a message for the worker (dropped once the connection is closed)."""
-        if not self.closed:
-            self._push(message)
-
-    def close(self) -> None:
-        """End the stream after the messages already queued."""
-        if not self.closed:
-            self.closed = True
-            self._push(None)
-
-    def _push(self, item: worker_pb2.WorkerHeartbeatResponse | None) -> None:
-        if self._pending is None:
-            self._pending = deque()
-        self._pending.append(item)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def next(self) -> worker_pb2.WorkerHeartbeatResponse | None:
-        """The next message to send, or None when the stream should end."""
-        while not self._pending:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        pending = self._pending
-        item = pending.popleft()
-        if not pending:
-            self._pending = None
-        return item
+# While workers are connected the engine looks at the clock at least this often (seconds)...
+_TICK = 0.1
+# ... so a longer gap between two looks is a stall of the server itself, credited to the workers.
+_STALL = 0.25
+# A stall this long is also worth a WARNING (one per stall).
+_STALL_WARNING = 1.0
+_HEARTBEAT_ACK = worker_pb2.HeartbeatAck()
 
 
 @dataclass(eq=False)
@@ -153,6 +119,8 @@ class Engine:
             max_heartbeat_interval=config.max_heartbeat_interval.total_seconds(),
             recovering_until=self._loop.time() + self.recovery_window,
             signer=self.signer,
+            max_waiters=config.max_waiters,
+            max_waiters_per_queue=config.max_waiters_per_queue,
         )
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
@@ -163,15 +131,39 @@ class Engine:
         self._held_tasks: dict[str, worker_pb2.ActivityTask] = {}
         # The latest heartbeat details of activities in flight that sent some (bounded by them).
         self._heartbeat_details: dict[str, session_pb2.Payload] = {}
-        self._watches: dict[str, list[_Watcher]] = {}
+        # Watchers by session, in a dict (insertion-ordered) so one leaves in O(1).
+        self._watches: dict[str, dict[_Watcher, None]] = {}
         # Set by begin_shutdown: a stop is a restart, so nothing that ends now fails a session.
         self._stopping = False
         # Recent failures by cause, for the operator dashboard (bounded).
         self.failures = FailureLog()
+        self._max_message_size = config.max_message_size
+        self._max_backlog = config.max_worker_backlog
+        # When the engine last looked at the clock, and the tick that keeps it looking.
+        self._alive_at = self._loop.time()
+        self._ticker: asyncio.TimerHandle | None = None
 
     def now(self) -> float:
-        """Monotonic seconds: the loop's clock, the one the timer uses."""
-        return self._loop.time()
+        """Monotonic seconds: the loop's clock, the one the timer uses.
+
+        Every engine entry point reads it first, so a stall of the loop is reported to the core
+        (as a server pause) before the call that follows it judges anything.
+        """
+        now = self._loop.time()
+        if now - self._alive_at > _STALL and self._ticker is not None:
+            self._stalled(self._alive_at, now)
+        self._alive_at = now
+        return now
+
+    def _stalled(self, since: float, now: float) -> None:
+        self.table.server_paused(since, now)
+        if now - since >= _STALL_WARNING:
+            log.warning("sessiond's event loop stalled for %.1f s (SIGSTOP, GC pause or CPU starvation?); "
+                        "workers are not blamed for that silence", now - since)
+
+    def _tick(self) -> None:
+        self.now()
+        self._ticker = self._loop.call_later(_TICK, self._tick) if self._connections else None
 
     def to_pb(self, session: Session) -> session_pb2.Session:
         """A session as the wire shows it."""
@@ -184,8 +176,12 @@ class Engine:
         return out
 
     def worker_to_pb(self, worker: Worker) -> session_pb2.WorkerInfo:
-        """A connected worker as the operator sees it."""
-        return worker_to_pb(worker, self.clock)
+        """A connected worker as the operator sees it (with the bytes queued for it)."""
+        info = worker_to_pb(worker, self.clock)
+        conn = self._connection(worker.key, worker.epoch)
+        if conn is not None:
+            info.outbound_backlog_bytes = conn.queued_bytes
+        return info
 
     # ----------------------------------------------------------------- callers
 
@@ -272,25 +268,41 @@ class Engine:
                                viewer: Viewer = ANYONE) -> session_service_pb2.ExecuteActivityResponse:
         """Send an activity to the session's worker and wait for its outcome.
 
+        Refused before anything is sent when the task would exceed ``max_message_size``
+        (MESSAGE_TOO_LARGE) or the worker's queue is at ``max_worker_backlog`` (WORKER_BACKLOGGED).
         A heartbeat timeout is an outcome, not an error: the response says so in-band, with the
         activity's latest heartbeat details (as it does for a result or a failure).
         """
         activity = self.table.start_activity(self.now(), session_id, timeout, heartbeat_timeout, viewer)
         conn = self._connection(activity.worker.key, activity.epoch)
-        future: asyncio.Future[worker_pb2.ActivityResult] = self._loop.create_future()
-        self._activities[activity.activity_id] = future
         task = worker_pb2.ActivityTask(
             activity_id=activity.activity_id, session_id=session_id, activity_type=activity_type,
             input=payload, start_to_close_timeout=duration(timeout), headers=headers,
             heartbeat_timeout=None if heartbeat_timeout is None else duration(heartbeat_timeout),
             attempt=attempt, heartbeat_details=heartbeat_details,
         )
+        message = self._message(activity.worker, activity_task=task)
+        size = task_bytes(payload, headers, activity_type, session_id, heartbeat_details)
+        if size > self._max_message_size:
+            size = message.ByteSize()  # exact, only near the limit (it encodes the message)
+            if size > self._max_message_size:
+                self.table.abandon_activity(activity.activity_id)
+                raise MessageTooLargeError("the activity task (its input, headers and ids)", size,
+                                           self._max_message_size, session_id=session_id)
+        if conn is not None and not conn.has_room(size, self._max_backlog):
+            self.table.abandon_activity(activity.activity_id)
+            self._backlogged(conn)
+            raise WorkerBackloggedError(conn.key.worker_id, session_id, conn.queued_bytes, self._max_backlog)
+        future: asyncio.Future[worker_pb2.ActivityResult] = self._loop.create_future()
+        self._activities[activity.activity_id] = future
         if conn is not None:
-            self._send(conn, activity.worker, activity_task=task)
+            conn.put_task(activity.activity_id, message, size)
         else:
             # The session is detached: the task goes out when its worker reattaches (or never, if
             # the activity's timeout or the session's end comes first).
             self._held_tasks[activity.activity_id] = task
+        # Not kept in this frame while waiting: a traceback of a failed call would hold them.
+        del message, task, conn
         self._flush()
         started = self.now()
         outcome = "cancelled"
@@ -341,7 +353,7 @@ class Engine:
             # Register before the first yield: sending it awaits, and a change meanwhile must still
             # reach this watcher (else the stream could end without its terminal state).
             watcher = _Watcher()
-            self._watches.setdefault(session_id, []).append(watcher)
+            self._watches.setdefault(session_id, {})[watcher] = None
             try:
                 yield current
                 while True:
@@ -356,9 +368,10 @@ class Engine:
                     if snapshot.state != session_pb2.SESSION_STATE_OPEN:
                         return
             finally:
+                # Always (a cancelled watch included): a watch that goes away leaves no state.
                 watchers = self._watches.get(session_id)
-                if watchers is not None and watcher in watchers:
-                    watchers.remove(watcher)
+                if watchers is not None:
+                    watchers.pop(watcher, None)
                     if not watchers:
                         del self._watches[session_id]
         finally:
@@ -386,6 +399,9 @@ class Engine:
                                                          "task_queue": worker.key.task_queue})
         self.metrics.workers(worker.key.task_queue, +1)
         self._connections[worker.key] = conn = WorkerConnection(worker.key, worker.epoch)
+        if self._ticker is None:
+            self._alive_at = self._loop.time()
+            self._ticker = self._loop.call_later(_TICK, self._tick)
         # Registered goes first (the WorkerRegistered event leads the outbox): placements for
         # waiters follow it on the stream.
         self._flush()
@@ -406,11 +422,15 @@ class Engine:
             activity = self.table.finish_activity(conn.key, conn.epoch, result.activity_id, result.session_id)
             future = self._activities.pop(result.activity_id, None) if activity is not None else None
             if future is not None and not future.done():
-                future.set_result(result)
+                future.set_result(self._fit_result(conn, result, request))
+        elif kind == "heartbeat" and not conn.ack_queued:
+            conn.put_ack(self._message(worker, heartbeat_ack=_HEARTBEAT_ACK))
         elif kind == "activity_heartbeat":
             beat = request.activity_heartbeat
             if self.table.activity_heartbeat(now, conn.key, conn.epoch, beat.activity_id, beat.session_id) \
-                    is not None and beat.HasField("details"):
+                    is not None and beat.HasField("details") \
+                    and payload_bytes(beat.details) <= self._max_message_size // 2:
+                # Kept only up to half the limit: the response carries them next to the result.
                 self._heartbeat_details[beat.activity_id] = beat.details
         elif kind == "goodbye":
             drain = request.goodbye.drain
@@ -430,9 +450,41 @@ class Engine:
         self._flush()
         return True
 
+    def _fit_result(self, conn: WorkerConnection, result: worker_pb2.ActivityResult,
+                    request: worker_pb2.WorkerHeartbeatRequest) -> worker_pb2.ActivityResult:
+        """The result, or a ResultTooLarge failure if it is over the limit (from a worker that did
+        not check the limit it was given: the library never sends one)."""
+        if result_bytes(result) <= self._max_message_size:
+            return result
+        size = request.ByteSize()
+        if size <= self._max_message_size:
+            return result
+        log.warning("worker %s sent a %d-byte result, over max_message_size %d; failing that activity",
+                    conn.key.worker_id, size, self._max_message_size)
+        return too_large_result(result, size, self._max_message_size)
+
+    def _backlogged(self, conn: WorkerConnection) -> None:
+        """The worker's stream is not taking what is queued: it gets no new sessions meanwhile, so
+        nothing more (SessionStarted, tasks) piles up for a worker that does not read."""
+        if not conn.backlogged:
+            conn.backlogged = True
+            self.table.worker_backlogged(self.now(), conn.key, conn.epoch, True)
+            log.warning("worker %s is not reading its stream (%d bytes queued, max_worker_backlog %d): "
+                        "no new sessions or activities for it until it drains",
+                        conn.key.worker_id, conn.queued_bytes, self._max_backlog)
+
+    def worker_drained(self, conn: WorkerConnection) -> None:
+        """Called by the stream handler while ``conn.backlogged``, after each message the stream
+        took: once half the bound is free, the worker takes sessions again."""
+        if conn.backlogged and conn.queued_bytes <= self._max_backlog // 2:
+            conn.backlogged = False
+            self.table.worker_backlogged(self.now(), conn.key, conn.epoch, False)
+            log.info("worker %s reads its stream again", conn.key.worker_id)
+            self._flush()
+
     def disconnect_worker(self, conn: WorkerConnection) -> None:
-        """The worker's stream ended."""
-        conn.close()
+        """The worker's stream ended: nothing queued for it is kept."""
+        conn.discard()
         if self._connections.get(conn.key) is conn:
             del self._connections[conn.key]
             if self._stopping:
@@ -474,24 +526,33 @@ class Engine:
         self._flush()
 
     def stop(self) -> None:
-        """Stop the timer (after the gRPC server stopped)."""
+        """Stop the timers (after the gRPC server stopped)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
 
     def _connection(self, key: WorkerKey, epoch: int) -> WorkerConnection | None:
         conn = self._connections.get(key)
         return conn if conn is not None and conn.epoch == epoch else None
 
-    def _send(self, conn: WorkerConnection, worker: Worker, **message: object) -> None:
-        conn.put(worker_pb2.WorkerHeartbeatResponse(
+    def _message(self, worker: Worker, **message: object) -> worker_pb2.WorkerHeartbeatResponse:
+        return worker_pb2.WorkerHeartbeatResponse(
             server_incarnation=self.incarnation, heartbeat_interval=duration(worker.interval),
             **message,  # type: ignore[arg-type]
-        ))
+        )
+
+    def _send(self, conn: WorkerConnection, worker: Worker, **message: object) -> None:
+        conn.put(self._message(worker, **message))
+        if conn.queued_bytes > self._max_backlog:
+            self._backlogged(conn)
 
     def _cancel_on_worker(self, activity: Activity, reason: str) -> None:
         conn = self._connection(activity.worker.key, activity.epoch)
-        if conn is not None:
+        # A task still queued leaves the queue at once and is never sent: nothing to cancel.
+        if conn is not None and not conn.drop_task(activity.activity_id):
             self._send(conn, activity.worker, cancel_activity=worker_pb2.CancelActivity(
                 activity_id=activity.activity_id, session_id=activity.session_id, reason=reason))
 
@@ -559,7 +620,7 @@ class Engine:
         if conn is not None:
             self._send(conn, worker, registered=worker_pb2.Registered(
                 worker_id=worker.key.worker_id, recovery_window=duration(self.recovery_window),
-                reattached_sessions=[self.to_worker_pb(s) for s in back]))
+                reattached_sessions=[self.to_worker_pb(s) for s in back], max_message_size=self._max_message_size))
         adopted = {s.session_id for s in event.adopted}
         for session in event.adopted:
             self.metrics.session_placed(session.task_queue)
@@ -568,7 +629,9 @@ class Engine:
                 for aid in sorted(session.activities):
                     task = self._held_tasks.pop(aid, None)
                     if task is not None:
-                        self._send(conn, worker, activity_task=task)
+                        held = task.heartbeat_details if task.HasField("heartbeat_details") else None
+                        conn.put_task(aid, self._message(worker, activity_task=task),
+                                      task_bytes(task.input, task.headers, task.activity_type, task.session_id, held))
             if session.session_id not in adopted:
                 self._notify(session)
             log.info("session adopted" if session.session_id in adopted else "session reattached",

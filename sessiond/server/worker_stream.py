@@ -21,7 +21,8 @@ from sessiond.core.model import SessionRecord, SessionState, WorkerRegistration
 from sessiond.core.resources import ResourceVector
 from sessiond.server import auth, validate
 from sessiond.server.convert import record_parts
-from sessiond.server.engine import Engine, WorkerConnection
+from sessiond.server.engine import Engine
+from sessiond.server.worker_connection import WorkerConnection
 
 log = logging.getLogger("sessiond.worker_stream")
 
@@ -107,6 +108,8 @@ async def serve_worker(engine: Engine, requests: AsyncIterator[worker_pb2.Worker
     try:
         while (message := await conn.next()) is not None:
             yield message
+            if conn.backlogged:
+                engine.worker_drained(conn)
         if reader.done() and (malformed := reader.result()) is not None:
             raise malformed
     finally:

@@ -21,6 +21,7 @@ EXPECTED = [
     "InvalidArgumentError",
     "InvalidRecreateTokenError",
     "MalformedRequestError",
+    "MessageTooLargeError",
     "NoCapacityError",
     "PayloadConverter",
     "PermissionDeniedError",
@@ -42,7 +43,9 @@ EXPECTED = [
     "SessionState",
     "SessionWorker",
     "SessiondError",
+    "TooManyWaitersError",
     "UnauthenticatedError",
+    "WorkerBackloggedError",
     "WorkerDetachedError",
     "WorkerIdInUseError",
     "WorkerInfo",
@@ -101,7 +104,7 @@ def test_every_error_shares_the_one_root() -> None:
         for n in EXPECTED
         if inspect.isclass(getattr(sessiond_client, n)) and issubclass(getattr(sessiond_client, n), Exception)
     ]
-    assert len(errors) == 25
+    assert len(errors) == 28
     assert all(issubclass(e, sessiond_client.SessiondError) for e in errors)
 
 

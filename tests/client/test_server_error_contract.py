@@ -33,6 +33,9 @@ SAMPLES: list[core.SessionError] = [
     core.UnauthenticatedError("no token"),
     core.PermissionDeniedError("wrong role"),
     core.ShuttingDownError("the server is shutting down; retry"),
+    core.MessageTooLargeError("the activity task", 17_000_000, 16_777_216, session_id="s-1"),
+    core.WorkerBackloggedError("w-1", "s-1", 33_000_000, 33_554_432),
+    core.TooManyWaitersError("q", 1000, "on task queue 'q'"),
     core.WorkerDetachedError("s-1"),
     core.RecoveringError("not known yet; retry", metadata={"session_id": "s-1"}),
     core.WorkerIdInUseError("q", "w-1", 29.5),
@@ -60,6 +63,12 @@ def test_server_errors_map_to_specific_client_errors(error: core.SessionError) -
     assert mapped.code is STATUS_CODES[type(error)]
     assert mapped.message == error.message
     assert mapped.metadata == error.metadata
+
+
+def test_message_too_large_carries_size_and_limit() -> None:
+    mapped = as_client_error(core.MessageTooLargeError("the activity task", 17_000_000, 16_777_216))
+    assert isinstance(mapped, sessiond_client.MessageTooLargeError)
+    assert (mapped.size, mapped.limit, mapped.code) == (17_000_000, 16_777_216, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
 def test_failure_causes_survive_the_trip() -> None:

@@ -13,6 +13,7 @@ import pytest
 import pytest_asyncio
 from google.protobuf import duration_pb2
 from sessiond_client import ApplicationError, DefaultPayloadConverter, SessionState, SessionWorker, activity
+from sessiond_client._fencing import Fence
 from sessiond_client._worker import _activity_table, _is_async
 from sessiond_client.api.v1 import session_pb2, worker_pb2
 
@@ -59,6 +60,7 @@ async def wired() -> AsyncIterator[tuple[SessionWorker, Outbox]]:
     executor = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="test-activity")
     worker._outbox = outbox
     worker._executor = executor
+    worker._fence = Fence(asyncio.get_running_loop().time())  # as a stream start does
     yield worker, outbox
     await worker._unwind_activities()
     executor.shutdown(wait=True)

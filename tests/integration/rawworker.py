@@ -18,8 +18,10 @@ in the caller's loop. As a separate OS process (so a test can SIGKILL or SIGSTOP
     python -m tests.integration.rawworker --target 127.0.0.1:PORT --task-queue q --worker-id w1 --capacity 1
 
 prints one JSON object per line for every event (``registered``, ``session_started``, ...) and reads
-commands from stdin, one per line: ``goodbye``, ``goodbye drain``, ``close``, ``pause``, ``resume``.
-It exits when its stream ends.
+commands from stdin, one per line: ``goodbye``, ``goodbye drain``, ``close``, ``pause``, ``resume``,
+``stop reading``, ``read``. With ``--no-read`` it stops reading its stream right after ``Registered``
+(a worker that heartbeats, every ``--heartbeat-every`` seconds, but never reads). It exits when its
+stream ends.
 """
 
 from __future__ import annotations
@@ -57,8 +59,8 @@ class RawWorker:
     def __init__(self, target: str, task_queue: str, *, worker_id: str = "", capacity: int = 1,
                  host_name: str = "", identity: str = "", emit: Emit | None = None,
                  metadata: tuple[tuple[str, str], ...] = (), instance_id: str = "",
-                 held: list[session_pb2.Session] | None = None, held_from: str = "",
-                 credentials: grpc.ChannelCredentials | None = None) -> None:
+                 held: list[session_pb2.Session] | None = None, held_from: str = "", read: bool = True,
+                 heartbeat_every: float | None = None, credentials: grpc.ChannelCredentials | None = None) -> None:
         self.target = target
         self._credentials = credentials
         self.task_queue = task_queue
@@ -90,6 +92,13 @@ class RawWorker:
         self.rejected: list[str] = []
         self.heartbeats_sent = 0
         self.heartbeating = True
+        # A fixed heartbeat period (else the server's interval); a worker that does not read
+        # never learns a shorter interval.
+        self.heartbeat_every = heartbeat_every
+        self.max_message_size = 0
+        self._reading = asyncio.Event()
+        if read:
+            self._reading.set()
         self.registered = asyncio.Event()
         self.stream_done = asyncio.Event()
         self.stream_error: grpc.StatusCode | None = None
@@ -138,6 +147,14 @@ class RawWorker:
         self.heartbeating = True
         self._interval_changed.set()  # wake the heartbeat loop instead of waiting out an interval
 
+    def stop_reading(self) -> None:
+        """Stop reading the stream (messages pile up in the server; heartbeats still go out)."""
+        self._reading.clear()
+
+    def start_reading(self) -> None:
+        """Read the stream again."""
+        self._reading.set()
+
     def close(self) -> None:
         """Half-close the request stream (after a goodbye: a clean exit; without one: worker lost)."""
         self._outbox.put_nowait(None)
@@ -180,7 +197,14 @@ class RawWorker:
 
     async def _read(self) -> None:
         try:
-            async for message in self._call:
+            while True:
+                if self.registered.is_set():
+                    await self._reading.wait()
+                message = await self._call.read()
+                if message is grpc.aio.EOF:
+                    break
+                if self.registered.is_set():
+                    await self._reading.wait()  # a message read just before stop_reading() waits too
                 self._on_message(message)
         except grpc.aio.AioRpcError as exc:
             self.stream_error = exc.code()
@@ -201,6 +225,7 @@ class RawWorker:
         kind = message.WhichOneof("message")
         if kind == "registered":
             self.worker_id = message.registered.worker_id
+            self.max_message_size = message.registered.max_message_size
             back = list(message.registered.reattached_sessions)
             self.reattached = [s.session_id for s in back]
             # Exactly what Registered lists is held from now on.
@@ -280,6 +305,11 @@ class RawWorker:
                 self._result(task, result=json_payload(seconds))
             elif kind == "record":
                 self._result(task, result=json_payload(self.worker_id))
+            elif kind == "blob":
+                # A raw result of N bytes: a worker that does not check the announced size limit.
+                size = int(from_payload(task.input))
+                self._result(task, result=session_pb2.Payload(metadata={"encoding": b"binary/plain"},
+                                                              data=b"x" * size))
             else:
                 self._result(task, failure=session_pb2.ActivityFailure(
                     type="ActivityNotRegistered", message=f"no activity {kind!r}", non_retryable=True))
@@ -299,6 +329,12 @@ class RawWorker:
         await self.registered.wait()
         while not self.stream_done.is_set():
             assert self.interval is not None
+            if self.heartbeat_every is not None:
+                await asyncio.sleep(self.heartbeat_every)
+                if self.heartbeating and not self.stream_done.is_set():
+                    self._send(worker_pb2.WorkerHeartbeatRequest(heartbeat=worker_pb2.Heartbeat()))
+                    self.heartbeats_sent += 1
+                continue
             # Wake early when the server shortens the interval (a session with a small
             # heartbeat_timeout arrived): the old, longer wait would let that session expire.
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation racing its timeout.
@@ -336,12 +372,17 @@ async def _commands(worker: RawWorker) -> None:
             worker.pause()
         elif line == "resume":
             worker.resume()
+        elif line == "stop reading":
+            worker.stop_reading()
+        elif line == "read":
+            worker.start_reading()
         _print({"event": "command", "command": line})
 
 
 async def _main(args: argparse.Namespace) -> int:
     worker = RawWorker(args.target, args.task_queue, worker_id=args.worker_id, capacity=args.capacity,
-                       host_name=args.host_name, emit=_print)
+                       host_name=args.host_name, emit=_print, read=not args.no_read,
+                       heartbeat_every=args.heartbeat_every)
     await worker.start(wait=False)
     commands = asyncio.create_task(_commands(worker))
     await worker.stream_done.wait()
@@ -358,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-id", default="", help="stable worker id (empty: the server assigns one)")
     parser.add_argument("--capacity", type=int, default=1, help="max_concurrent_sessions")
     parser.add_argument("--host-name", default="", help="host name to declare (empty: the server's)")
+    parser.add_argument("--no-read", action="store_true", help="stop reading the stream after Registered")
+    parser.add_argument("--heartbeat-every", type=float, default=None,
+                        help="heartbeat at this fixed period (seconds) instead of the server's interval")
     return asyncio.run(_main(parser.parse_args(argv)))
 
 

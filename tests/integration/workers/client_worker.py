@@ -61,6 +61,11 @@ def wait_cancelled(marker: str, limit: float = 60.0) -> str:
     return "done"
 
 
+async def blob(size: int) -> bytes:
+    """A raw result of ``size`` bytes (to cross the server's message-size limit)."""
+    return b"x" * size
+
+
 def whoami() -> dict[str, Any]:
     """What activity.info() shows, from a thread."""
     info = activity.info()
@@ -97,7 +102,7 @@ async def main() -> int:
     worker = SessionWorker(
         args.target,
         args.task_queue,
-        [echo_activity, reverse_bytes, fail, crash, sleep, wait_cancelled, whoami],
+        [echo_activity, reverse_bytes, fail, crash, sleep, wait_cancelled, whoami, blob],
         max_concurrent_sessions=args.max_sessions,
         worker_id=args.worker_id,
         shutdown_grace=args.grace,

@@ -24,6 +24,7 @@ from sessiond_client._errors import (
     SessiondError,
     _from_rpc_error,
 )
+from sessiond_client._limits import DEFAULT_MAX_MESSAGE_SIZE
 from sessiond_client._retry import Backoff
 from sessiond_client._session import SessionContext
 from sessiond_client._time import Duration, to_seconds, to_timedelta
@@ -84,6 +85,7 @@ class SessionClient:
         default_rpc_timeout: Duration = 30.0,
         converter: PayloadConverter | None = None,
         channel_options: tuple[tuple[str, int | str], ...] = (),
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         recovery_window: Duration = 30.0,
     ) -> None:
         """Open a channel to ``target`` (``host:port``). Must be called inside a running event loop.
@@ -101,6 +103,9 @@ class SessionClient:
                 (Create/Recreate wait ``creation_timeout``, ExecuteActivity ``start_to_close_timeout``).
             converter: Payload converter for activity arguments and results (default: JSON + raw bytes).
             channel_options: Extra grpc channel options.
+            max_message_size: The server's ``--max-message-size`` (bytes, default 16 MiB): an
+                activity input over it raises :class:`MessageTooLargeError` before it is sent,
+                and results up to it are received.
             recovery_window: The server's ``--recovery-window``. While the server restarts, calls
                 wait for it and open sessions ride through; a session whose server stays
                 unreachable longer than this is reported FAILED with ``SERVER_UNREACHABLE``
@@ -116,6 +121,7 @@ class SessionClient:
             auth_token=auth_token,
             auth_token_file=auth_token_file,
             channel_options=channel_options,
+            max_message_size=max_message_size,
         )
         self._default_rpc_timeout = to_seconds(default_rpc_timeout)
         if self._default_rpc_timeout <= 0:
@@ -143,6 +149,7 @@ class SessionClient:
         default_rpc_timeout: Duration = 30.0,
         converter: PayloadConverter | None = None,
         channel_options: tuple[tuple[str, int | str], ...] = (),
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         recovery_window: Duration = 30.0,
         wait_ready: bool = True,
     ) -> Self:
@@ -163,6 +170,7 @@ class SessionClient:
             default_rpc_timeout=default_rpc_timeout,
             converter=converter,
             channel_options=channel_options,
+            max_message_size=max_message_size,
             recovery_window=recovery_window,
         )
         if wait_ready:
@@ -211,6 +219,12 @@ class SessionClient:
     def converter(self) -> PayloadConverter:
         """The payload converter for activity arguments and results."""
         return self._converter
+
+    @property
+    def max_message_size(self) -> int:
+        """The message-size limit this client checks activity inputs against, in bytes."""
+        assert self._config.max_message_size is not None
+        return self._config.max_message_size
 
     @property
     def default_rpc_timeout(self) -> float:

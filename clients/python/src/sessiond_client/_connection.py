@@ -16,11 +16,7 @@ import grpc.aio
 
 Metadata = tuple[tuple[str, str], ...]
 
-# Large enough for any sane payload while still bounding a runaway message.
-_DEFAULT_OPTIONS: tuple[tuple[str, int | str], ...] = (
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-)
+_GRPC_INT_MAX = 2**31 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +33,10 @@ class ConnectionConfig:
     # A file whose first line is the bearer token: read when metadata is made (each worker stream,
     # each client), so a rotated file is picked up without restarting the process.
     auth_token_file: str | os.PathLike[str] | None = None
+    # The message-size limit the library checks itself (bytes); the channel's grpc limits are set
+    # to twice it, as the server's are, so the library's own check always speaks first. None: no
+    # grpc limit (the worker, which checks against the limit its server announces).
+    max_message_size: int | None = None
 
     def __post_init__(self) -> None:
         if not self.target:
@@ -47,6 +47,8 @@ class ConnectionConfig:
             raise ValueError("give auth_token or auth_token_file, not both")
         if self.auth_token_file is not None:
             self.token()  # a missing or empty file is a mistake to report now, not at the first call
+        if self.max_message_size is not None and self.max_message_size < 1:
+            raise ValueError("max_message_size must be positive")
 
     @property
     def uses_tls(self) -> bool:
@@ -82,7 +84,9 @@ class ConnectionConfig:
 
     def open_channel(self, extra_options: Sequence[tuple[str, int | str]] = ()) -> grpc.aio.Channel:
         """Open a channel in the running loop."""
-        options = [*_DEFAULT_OPTIONS, *self.channel_options, *extra_options]
+        cap = -1 if self.max_message_size is None else min(2 * self.max_message_size, _GRPC_INT_MAX)
+        limits = [("grpc.max_receive_message_length", cap), ("grpc.max_send_message_length", cap)]
+        options = [*limits, *self.channel_options, *extra_options]
         if self.uses_tls:
             credentials = grpc.ssl_channel_credentials(
                 root_certificates=self.root_certificates,

@@ -192,6 +192,44 @@ class ServerShuttingDownError(SessiondError):
     REASON = "SHUTTING_DOWN"
 
 
+class MessageTooLargeError(SessiondError):
+    """An activity input over the message-size limit (the server's ``--max-message-size``, or the
+    client's ``max_message_size`` checked before sending). Nothing reached the worker; the session
+    is unaffected. ``size`` and ``limit`` are in bytes.
+
+    A *result* over the limit is not this error: that activity fails with an :class:`ActivityError`
+    of type ``"ResultTooLarge"``.
+    """
+
+    REASON = "MESSAGE_TOO_LARGE"
+
+    @property
+    def size(self) -> int | None:
+        """The size of the refused message, in bytes."""
+        return _int(self.metadata.get("size"))
+
+    @property
+    def limit(self) -> int | None:
+        """The limit it exceeded, in bytes."""
+        return _int(self.metadata.get("limit"))
+
+
+class WorkerBackloggedError(SessiondError):
+    """The session's worker has ``--max-worker-backlog`` bytes queued that it has not read yet.
+
+    Nothing was sent and the session is unaffected; retry later (the worker is slow or stuck).
+    """
+
+    REASON = "WORKER_BACKLOGGED"
+
+
+class TooManyWaitersError(SessiondError):
+    """The create would have to wait for capacity, but the server's cap of waiting creates (in all,
+    or on this task queue: ``metadata["limit"]``) is reached. No slot was taken; retry later."""
+
+    REASON = "TOO_MANY_WAITERS"
+
+
 class WorkerDetachedError(SessiondError):
     """The session's worker went away while this activity ran (ABORTED). The outcome is unknown: the
     activity may have run, partly or fully. The session stays OPEN, detached, and waits
@@ -341,12 +379,22 @@ _REASONS: dict[str, type[SessiondError]] = {
         UnauthenticatedError,
         PermissionDeniedError,
         ServerShuttingDownError,
+        MessageTooLargeError,
+        WorkerBackloggedError,
+        TooManyWaitersError,
         WorkerDetachedError,
         RecoveringError,
         WorkerIdInUseError,
         WorkerReplacedError,
     )
 }
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return None if value is None else int(value)
+    except ValueError:
+        return None
 
 # Without ErrorInfo (an auth interceptor, a proxy), these codes still have an obvious class.
 _CODES: dict[grpc.StatusCode, type[SessiondError]] = {

@@ -31,6 +31,7 @@ from sessiond_client._converter import PayloadConverter
 from sessiond_client._errors import (
     ActivityError,
     ActivityHeartbeatTimeoutError,
+    MessageTooLargeError,
     RecoveringError,
     ServerShuttingDownError,
     SessionAlreadyOpenError,
@@ -41,6 +42,7 @@ from sessiond_client._errors import (
     SessionNotFoundError,
     _from_rpc_error,
 )
+from sessiond_client._limits import map_bytes, oversize, payload_bytes
 from sessiond_client._retry import TRANSIENT_CODES, Backoff
 from sessiond_client._retry_policy import RetryPolicy
 from sessiond_client._time import Duration, duration_to_proto, to_seconds
@@ -213,6 +215,10 @@ class Session:
             SessionClosedError: The session was already completed.
             SessionCompletedError: The session was completed while the activity ran.
             ActivityTimeoutError: ``start_to_close_timeout`` passed.
+            MessageTooLargeError: The input is over the client's (or the server's) message-size
+                limit; nothing was sent. (A result over it is an ``ActivityError`` of type
+                ``"ResultTooLarge"``.)
+            WorkerBackloggedError: The worker has too much queued that it has not read yet.
             WorkerDetachedError: The worker went away while the activity ran (outcome unknown);
                 the session stays OPEN and waits for the worker (``reattach_timeout``).
             ServerShuttingDownError, RPCError (``UNAVAILABLE``): The server stopped or the connection
@@ -256,6 +262,7 @@ class Session:
         self, request: session_service_pb2.ExecuteActivityRequest, activity_type: str, timeout: float, hint: Any,
         attempt: int,
     ) -> Any:
+        self._check_size(request)  # per attempt: a retry carries the last heartbeat details
         with _tracing.client_span(
             "ExecuteActivity", session_id=self.id, activity_type=activity_type, worker_id=self._info.worker.worker_id
         ) as span:
@@ -337,6 +344,19 @@ class Session:
         return self._info
 
     # -- internals -------------------------------------------------------------------------------
+
+    def _check_size(self, request: session_service_pb2.ExecuteActivityRequest) -> None:
+        limit = self._client.max_message_size
+        variable = payload_bytes(request.input) + map_bytes(request.headers) + len(request.activity_type) + len(self.id)
+        if request.HasField("heartbeat_details"):
+            variable += payload_bytes(request.heartbeat_details)
+        size = oversize(request, variable, limit)
+        if size:
+            raise MessageTooLargeError(
+                f"the activity input is {size} bytes encoded, over the max_message_size of {limit} bytes",
+                code=grpc.StatusCode.RESOURCE_EXHAUSTED,
+                metadata={"size": str(size), "limit": str(limit), "session_id": self.id},
+            )
 
     def _outcome(self, activity_type: str, response: session_service_pb2.ExecuteActivityResponse, hint: Any = None,
                  attempt: int = 1) -> Any:

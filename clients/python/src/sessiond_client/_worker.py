@@ -8,7 +8,11 @@ One ``WorkerHeartbeat`` stream per worker and task queue carries everything. The
 * holds the sessions the server starts on it and rejects work for any other (fencing);
 * runs activities: ``async def`` ones as tasks on the loop, plain functions in a thread pool; all of
   them can read :func:`sessiond_client.activity.info` and learn of cancellation;
-* reports every result at once through a single writer (grpc allows one write at a time);
+* reports every result at once through a single writer (grpc allows one write at a time), and a
+  result over the message-size limit its server announced as a ``ResultTooLarge`` failure of that
+  activity instead (the server's transport would end the whole stream for it);
+* fences: when it has heard nothing from the server for a session's heartbeat_timeout, it stops
+  that session's activities until the server speaks again (see ``_fencing``);
 * on a broken stream cancels its running activities (their callers were told the outcome is
   unknown) but keeps its sessions while it reconnects with jittered exponential backoff, for the
   server's recovery window (or a session's longer ``reattach_timeout``); it reports them when it
@@ -46,7 +50,9 @@ from sessiond_client._activity import ActivityInfo, _activity_name, _ActivityCon
 from sessiond_client._connection import ConnectionConfig
 from sessiond_client._converter import DefaultPayloadConverter, PayloadConverter
 from sessiond_client._errors import ApplicationError, WorkerIdInUseError, WorkerReplacedError, _from_rpc_error
+from sessiond_client._fencing import SERVER_UNREACHABLE, SERVER_UNREACHABLE_FAILURE, SESSION_FENCED, Fence
 from sessiond_client._heartbeat import ActivityHeartbeats
+from sessiond_client._limits import RESULT_TOO_LARGE, UNANNOUNCED_MAX_MESSAGE_SIZE, oversize, payload_bytes
 from sessiond_client._retry import Backoff
 from sessiond_client._time import Duration, duration_from_proto, to_seconds
 from sessiond_client._typehints import activity_hints
@@ -72,6 +78,8 @@ _HALF_CLOSE_TIMEOUT = 10.0
 _GOODBYE_ACK_TIMEOUT = 10.0
 # How long run() waits, at exit, for cancelled activity tasks to unwind.
 _ACTIVITY_UNWIND_TIMEOUT = 5.0
+# The fencing check wakes at least this often (seconds), to see sessions that arrived meanwhile.
+_FENCE_CHECK_MAX_DELAY = 1.0
 # Until a server announces its recovery window, hold sessions this long after a broken stream.
 _DEFAULT_RECOVERY_WINDOW = 30.0
 
@@ -214,6 +222,10 @@ class SessionWorker:
         self._interval = _INITIAL_HEARTBEAT_INTERVAL
         self._interval_changed = asyncio.Event()
         self._last_send = 0.0
+        # Fencing: when the server last spoke; and when we last sent a Heartbeat (its answer counts).
+        self._fence = Fence(0.0)
+        self._last_ping = 0.0
+        self._max_message_size = UNANNOUNCED_MAX_MESSAGE_SIZE
         self._server_incarnation: str | None = None
         self._idle = asyncio.Event()
         self._idle.set()
@@ -373,6 +385,7 @@ class SessionWorker:
         self._registered.clear()
         self._goodbye_acked.clear()
         self._expire_held()
+        self._fence = Fence(asyncio.get_running_loop().time())
         self._send(
             worker_pb2.WorkerHeartbeatRequest(
                 register=worker_pb2.RegisterWorker(
@@ -391,6 +404,7 @@ class SessionWorker:
             asyncio.create_task(self._write_loop(call, outbox), name="sessiond-worker-writer"),
             asyncio.create_task(self._heartbeat_loop(), name="sessiond-worker-heartbeat"),
             asyncio.create_task(self._goodbye_loop(call), name="sessiond-worker-goodbye"),
+            asyncio.create_task(self._fence_loop(), name="sessiond-worker-fence"),
         ]
         try:
             while True:
@@ -433,8 +447,13 @@ class SessionWorker:
     async def _heartbeat_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while self._outbox is not None:
-            delay = self._last_send + self._interval - loop.time()
+            # Due after an interval of silence (any message counts as a heartbeat), or after an
+            # interval without a word from the server: its HeartbeatAck keeps our sessions
+            # confirmed (fencing) even while we only send results.
+            due = min(self._last_send, max(self._fence.last_heard, self._last_ping)) + self._interval
+            delay = due - loop.time()
             if delay <= 0:
+                self._last_ping = loop.time()
                 self._send(worker_pb2.WorkerHeartbeatRequest(heartbeat=worker_pb2.Heartbeat()))
                 continue
             # Woken early when the server changes the interval (a shorter one must apply at once).
@@ -490,6 +509,31 @@ class SessionWorker:
         logger.warning("server did not end the worker stream after goodbye; closing it")
         call.cancel()
 
+    async def _fence_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._outbox is not None:
+            now = loop.time()
+            for session_id in self._fence.due(now, self._sessions):
+                self._fence_session(session_id, now - self._fence.last_heard)
+            due = self._fence.next_due(self._sessions)
+            delay = _FENCE_CHECK_MAX_DELAY if due is None else min(max(due - now, 0.0), _FENCE_CHECK_MAX_DELAY)
+            await asyncio.sleep(delay)
+
+    def _fence_session(self, session_id: str, silent: float) -> None:
+        """Stop the session's activities: the server may have failed it, and its caller may run the
+        work elsewhere. Each stopped activity is reported failed, should the server read it."""
+        stopped = [(activity_id, running) for activity_id, running in self._running.items()
+                   if running.session_id == session_id]
+        logger.warning("worker %s heard nothing from sessiond for %.1f s: fencing session %s (%d activities stopped)",
+                       self._worker_id, silent, session_id, len(stopped))
+        for activity_id, running in stopped:
+            running.cancel(SERVER_UNREACHABLE)
+            self._send_outcome(activity_id, session_id, failure=session_pb2.ActivityFailure(
+                type=SERVER_UNREACHABLE_FAILURE,
+                message=f"the worker heard nothing from sessiond for {silent:.1f} s (the session's "
+                "heartbeat_timeout) and stopped the activity",
+            ))
+
     def _send(self, message: worker_pb2.WorkerHeartbeatRequest) -> None:
         self._last_send = asyncio.get_running_loop().time()
         if self._outbox is None:
@@ -500,6 +544,10 @@ class SessionWorker:
     # -- server messages ------------------------------------------------------------------------
 
     def _on_message(self, message: worker_pb2.WorkerHeartbeatResponse) -> None:
+        # Any message confirms every session still held (the stream is ordered: a session the
+        # server failed was dropped by an earlier SessionEnded).
+        if self._fence.heard(asyncio.get_running_loop().time()):
+            logger.info("worker %s hears sessiond again: its sessions are confirmed", self._worker_id)
         if message.HasField("heartbeat_interval"):
             interval = duration_from_proto(message.heartbeat_interval).total_seconds()
             if interval > 0 and interval != self._interval:
@@ -509,6 +557,7 @@ class SessionWorker:
             self._server_incarnation = message.server_incarnation
         kind = message.WhichOneof("message")
         if kind == "registered":
+            self._max_message_size = message.registered.max_message_size or UNANNOUNCED_MAX_MESSAGE_SIZE
             self._on_registered(message.registered)
         elif kind == "session_started":
             info = SessionInfo._from_proto(message.session_started.session)
@@ -641,6 +690,7 @@ class SessionWorker:
         return now < self._in_use_until
 
     def _drop_session(self, session_id: str, reason: str) -> None:
+        self._fence.forget(session_id)
         self._records.pop(session_id, None)
         self._hold_until.pop(session_id, None)
         if self._sessions.pop(session_id, None) is not None:
@@ -673,6 +723,11 @@ class SessionWorker:
                     non_retryable=True,
                 ),
             )
+            return
+        if self._fence.is_fenced(task.session_id):
+            # Not confirmed by the server since its silence fenced the session.
+            self._report_failure(task, session_pb2.ActivityFailure(
+                type=SESSION_FENCED, message=f"session {task.session_id} is fenced: the server has not confirmed it"))
             return
         fn = self._activities.get(task.activity_type)
         if fn is None:
@@ -733,6 +788,11 @@ class SessionWorker:
             return None
 
     def _send_heartbeat(self, activity_id: str, session_id: str, details: session_pb2.Payload | None) -> None:
+        if details is not None and payload_bytes(details) > self._max_message_size // 2:
+            # The caller's response carries the latest details next to the result: both must fit.
+            logger.warning("activity %s: heartbeat details over half the server's max_message_size (%d bytes); "
+                           "sending the heartbeat without them", activity_id, self._max_message_size)
+            details = None
         self._send(worker_pb2.WorkerHeartbeatRequest(
             activity_heartbeat=worker_pb2.ActivityHeartbeat(activity_id=activity_id, session_id=session_id,
                                                             details=details)))
@@ -790,22 +850,40 @@ class SessionWorker:
         if context.cancelled:
             return  # finished after cancellation (e.g. a sync activity that ignored the flag)
         heartbeats.throttle.flush()
-        self._send(
-            worker_pb2.WorkerHeartbeatRequest(
-                activity_result=worker_pb2.ActivityResult(
-                    activity_id=task.activity_id, session_id=task.session_id, result=payload
-                )
-            )
-        )
+        self._send_outcome(task.activity_id, task.session_id, result=payload)
 
     def _report_failure(self, task: worker_pb2.ActivityTask, failure: session_pb2.ActivityFailure) -> None:
-        self._send(
-            worker_pb2.WorkerHeartbeatRequest(
-                activity_result=worker_pb2.ActivityResult(
-                    activity_id=task.activity_id, session_id=task.session_id, failure=failure
-                )
-            )
-        )
+        self._send_outcome(task.activity_id, task.session_id, failure=failure)
+
+    def _send_outcome(
+        self,
+        activity_id: str,
+        session_id: str,
+        *,
+        result: session_pb2.Payload | None = None,
+        failure: session_pb2.ActivityFailure | None = None,
+    ) -> None:
+        """Send an activity's outcome, or a ResultTooLarge failure if it is over the server's limit."""
+        outcome = worker_pb2.ActivityResult(activity_id=activity_id, session_id=session_id)
+        if result is not None:
+            outcome.result.CopyFrom(result)
+            variable = payload_bytes(result)
+        else:
+            assert failure is not None
+            outcome.failure.CopyFrom(failure)
+            variable = len(failure.type) + len(failure.message) + payload_bytes(failure.details)
+        message = worker_pb2.WorkerHeartbeatRequest(activity_result=outcome)
+        limit = self._max_message_size
+        size = oversize(message, variable + len(activity_id) + len(session_id), limit)
+        if size:
+            what = (f"result is {len(result.data)} bytes ({size} encoded)" if result is not None
+                    else f"failure ({failure.type if failure else ''}) is {size} bytes encoded")
+            text = f"the activity's {what}, over the server's max_message_size of {limit} bytes"
+            logger.warning("activity %s: %s; reporting %s instead", activity_id, text, RESULT_TOO_LARGE)
+            message = worker_pb2.WorkerHeartbeatRequest(activity_result=worker_pb2.ActivityResult(
+                activity_id=activity_id, session_id=session_id,
+                failure=session_pb2.ActivityFailure(type=RESULT_TOO_LARGE, message=text, non_retryable=True)))
+        self._send(message)
 
     def _failure_from(self, exc: Exception) -> session_pb2.ActivityFailure:
         if isinstance(exc, ApplicationError):

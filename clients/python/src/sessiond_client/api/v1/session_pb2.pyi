@@ -416,6 +416,7 @@ class WorkerInfo(_message.Message):
     DRAINING_FIELD_NUMBER: _builtins.int
     CONNECT_TIME_FIELD_NUMBER: _builtins.int
     LAST_HEARTBEAT_TIME_FIELD_NUMBER: _builtins.int
+    OUTBOUND_BACKLOG_BYTES_FIELD_NUMBER: _builtins.int
     PRINCIPAL_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     """The worker's id."""
@@ -431,6 +432,10 @@ class WorkerInfo(_message.Message):
     """Sessions currently OPEN on the worker."""
     draining: _builtins.bool
     """True once the worker said goodbye with drain: it takes no new sessions."""
+    outbound_backlog_bytes: _builtins.int
+    """Bytes of messages queued for the worker and not yet taken by its stream
+    (bounded by --max-worker-backlog; a worker that does not read shows here).
+    """
     principal: _builtins.str
     """The principal that registered the worker (empty when the server has no authentication); the
     worker_id is bound to it.
@@ -455,11 +460,12 @@ class WorkerInfo(_message.Message):
         draining: _builtins.bool = ...,
         connect_time: _timestamp_pb2.Timestamp | None = ...,
         last_heartbeat_time: _timestamp_pb2.Timestamp | None = ...,
+        outbound_backlog_bytes: _builtins.int = ...,
         principal: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["connect_time", b"connect_time", "last_heartbeat_time", b"last_heartbeat_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["connect_time", b"connect_time", "draining", b"draining", "host_name", b"host_name", "identity", b"identity", "last_heartbeat_time", b"last_heartbeat_time", "max_concurrent_sessions", b"max_concurrent_sessions", "open_sessions", b"open_sessions", "principal", b"principal", "task_queue", b"task_queue", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connect_time", b"connect_time", "draining", b"draining", "host_name", b"host_name", "identity", b"identity", "last_heartbeat_time", b"last_heartbeat_time", "max_concurrent_sessions", b"max_concurrent_sessions", "open_sessions", b"open_sessions", "outbound_backlog_bytes", b"outbound_backlog_bytes", "principal", b"principal", "task_queue", b"task_queue", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

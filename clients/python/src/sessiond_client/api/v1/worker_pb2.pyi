@@ -80,7 +80,9 @@ Global___RegisterWorker: _TypeAlias = RegisterWorker  # noqa: Y015
 
 @_typing.final
 class Heartbeat(_message.Message):
-    """Heartbeat tells the server the worker is alive. Every worker message counts as one."""
+    """Heartbeat tells the server the worker is alive. Every worker message counts as one.
+    The server answers each Heartbeat with a HeartbeatAck, so the worker knows the server hears it.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -286,10 +288,16 @@ class Registered(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     WORKER_ID_FIELD_NUMBER: _builtins.int
+    MAX_MESSAGE_SIZE_FIELD_NUMBER: _builtins.int
     RECOVERY_WINDOW_FIELD_NUMBER: _builtins.int
     REATTACHED_SESSIONS_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     """The worker id in force (the one supplied, or the one assigned)."""
+    max_message_size: _builtins.int
+    """The largest message, in bytes, the server accepts or sends (--max-message-size). A worker
+    never sends a bigger one: an activity result that would be is reported as an ActivityFailure
+    of type "ResultTooLarge" instead. 0 = not announced (a server older than this field).
+    """
     @_builtins.property
     def recovery_window(self) -> _duration_pb2.Duration:
         """How long the worker should hold its sessions while it reconnects after its stream broke: a
@@ -307,16 +315,37 @@ class Registered(_message.Message):
         self,
         *,
         worker_id: _builtins.str = ...,
+        max_message_size: _builtins.int = ...,
         recovery_window: _duration_pb2.Duration | None = ...,
         reattached_sessions: _abc.Iterable[_session_pb2.Session] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["recovery_window", b"recovery_window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reattached_sessions", b"reattached_sessions", "recovery_window", b"recovery_window", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_message_size", b"max_message_size", "reattached_sessions", b"reattached_sessions", "recovery_window", b"recovery_window", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Registered: _TypeAlias = Registered  # noqa: Y015
+
+@_typing.final
+class HeartbeatAck(_message.Message):
+    """HeartbeatAck answers a Heartbeat. Like every server message it tells the worker that the server
+    still hears it and holds its sessions: a worker that hears nothing for a session's
+    heartbeat_timeout stops that session's activities (worker-side fencing).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeartbeatAck: _TypeAlias = HeartbeatAck  # noqa: Y015
 
 @_typing.final
 class SessionStarted(_message.Message):
@@ -586,6 +615,7 @@ class WorkerHeartbeatResponse(_message.Message):
     ACTIVITY_TASK_FIELD_NUMBER: _builtins.int
     CANCEL_ACTIVITY_FIELD_NUMBER: _builtins.int
     GOODBYE_ACK_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_ACK_FIELD_NUMBER: _builtins.int
     WORKER_REPLACED_FIELD_NUMBER: _builtins.int
     SERVER_RESTARTING_FIELD_NUMBER: _builtins.int
     server_incarnation: _builtins.str
@@ -619,6 +649,10 @@ class WorkerHeartbeatResponse(_message.Message):
         """Answer to Goodbye."""
 
     @_builtins.property
+    def heartbeat_ack(self) -> Global___HeartbeatAck:
+        """Answer to Heartbeat."""
+
+    @_builtins.property
     def worker_replaced(self) -> Global___WorkerReplaced:
         """This stream was replaced by a newer registration with the same worker_id; do not reconnect."""
 
@@ -637,14 +671,15 @@ class WorkerHeartbeatResponse(_message.Message):
         activity_task: Global___ActivityTask | None = ...,
         cancel_activity: Global___CancelActivity | None = ...,
         goodbye_ack: Global___GoodbyeAck | None = ...,
+        heartbeat_ack: Global___HeartbeatAck | None = ...,
         worker_replaced: Global___WorkerReplaced | None = ...,
         server_restarting: Global___ServerRestarting | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["activity_task", b"activity_task", "cancel_activity", b"cancel_activity", "goodbye_ack", b"goodbye_ack", "heartbeat_interval", b"heartbeat_interval", "message", b"message", "registered", b"registered", "server_restarting", b"server_restarting", "session_ended", b"session_ended", "session_started", b"session_started", "worker_replaced", b"worker_replaced"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["activity_task", b"activity_task", "cancel_activity", b"cancel_activity", "goodbye_ack", b"goodbye_ack", "heartbeat_ack", b"heartbeat_ack", "heartbeat_interval", b"heartbeat_interval", "message", b"message", "registered", b"registered", "server_restarting", b"server_restarting", "session_ended", b"session_ended", "session_started", b"session_started", "worker_replaced", b"worker_replaced"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_task", b"activity_task", "cancel_activity", b"cancel_activity", "goodbye_ack", b"goodbye_ack", "heartbeat_interval", b"heartbeat_interval", "message", b"message", "registered", b"registered", "server_incarnation", b"server_incarnation", "server_restarting", b"server_restarting", "session_ended", b"session_ended", "session_started", b"session_started", "worker_replaced", b"worker_replaced"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_task", b"activity_task", "cancel_activity", b"cancel_activity", "goodbye_ack", b"goodbye_ack", "heartbeat_ack", b"heartbeat_ack", "heartbeat_interval", b"heartbeat_interval", "message", b"message", "registered", b"registered", "server_incarnation", b"server_incarnation", "server_restarting", b"server_restarting", "session_ended", b"session_ended", "session_started", b"session_started", "worker_replaced", b"worker_replaced"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["registered", "session_started", "session_ended", "activity_task", "cancel_activity", "goodbye_ack", "worker_replaced", "server_restarting"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["registered", "session_started", "session_ended", "activity_task", "cancel_activity", "goodbye_ack", "heartbeat_ack", "worker_replaced", "server_restarting"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
