@@ -147,6 +147,8 @@ def add_commands(sub: Any) -> None:
         description="List sessions (oldest first), following every page.")
     listing.add_argument("--task-queue", default="", help="only sessions of this task queue")
     listing.add_argument("--owner", default="", help="only sessions of this owner")
+    listing.add_argument("--principal", default="",
+                         help="only sessions of this principal (an operator sees every principal's)")
     listing.add_argument("--state", choices=sorted(_STATES), default=None, help="only sessions in this state")
     get = sessions_sub.add_parser("get", parents=[common], help="show one session",
                                   description="Show one session (GetSessionInfo).")
@@ -209,7 +211,7 @@ def _dispatch(args: argparse.Namespace, stub: session_service_pb2_grpc.SessionSe
             _print_session(session, incarnation, now, out)
     elif args.command == "sessions":
         request = session_service_pb2.ListSessionsRequest(
-            task_queue=args.task_queue, owner=args.owner,
+            task_queue=args.task_queue, owner=args.owner, principal=args.principal,
             state=_STATES[args.state] if args.state else session_pb2.SESSION_STATE_UNSPECIFIED)
 
         def session_page(request: session_service_pb2.ListSessionsRequest,
@@ -383,6 +385,7 @@ def _print_session(session: session_pb2.Session, incarnation: str, now: float, o
         ("Identity", session.worker.identity or "-"),
         ("Host", session.worker.host_name or "-"),
         ("Owner", session.owner or "-"),
+        ("Principal", session.principal or "-"),
         ("Created", f"{_iso(session.create_time)} ({_age(session.create_time, now)} ago)"),
         ("Expires", _iso(session.expire_time)),
         ("Closed", _iso(session.close_time)),

@@ -46,16 +46,15 @@ def held_records(engine: Engine, message: worker_pb2.RegisterWorker, principal: 
 
     A malformed report is skipped (logged): the worker does not get it back, and the rest of the
     registration stands. With ``engine.verify_reports``, so is a report whose record does not carry
-    this server's signature for this worker: a worker cannot make up a session, or claim one for
-    another principal or owner.
+    this server's signature for this worker (its worker_id and principal): a worker cannot make up a
+    session, claim one for another principal or owner, or take over another worker's.
     """
     records = []
     refused: list[str] = []
     for index, session in enumerate(message.held_sessions):
         try:
             field = f"register.held_sessions[{index}]"
-            if engine.verify_reports and not engine.signer.record_valid(
-                    record_parts(session, principal), session.record_signature, engine.now()):
+            if engine.verify_reports and not _signed_for(engine, session, message.worker_id, principal):
                 raise InvalidArgumentError(f"{field}.record_signature",
                                            "is not this server's signature of the session for this worker")
             records.append(_record(engine, session, message.task_queue, field))
@@ -66,6 +65,12 @@ def held_records(engine: Engine, message: worker_pb2.RegisterWorker, principal: 
         log.warning("worker %s reported %d sessions it cannot get back (first: %s)", message.worker_id,
                     len(refused), refused[0])
     return records
+
+
+def _signed_for(engine: Engine, session: session_pb2.Session, worker_id: str, principal: str) -> bool:
+    """The report carries this server's signature of the session, held by this worker_id of this principal."""
+    return session.worker.worker_id == worker_id and engine.signer.record_valid(
+        record_parts(session, principal), session.record_signature, engine.now())
 
 
 def _record(engine: Engine, session: session_pb2.Session, task_queue: str, field: str) -> SessionRecord:

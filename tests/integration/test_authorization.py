@@ -491,6 +491,11 @@ async def test_a_restarted_server_adopts_only_the_session_records_it_signed(pki:
                                 held_from="old", instance_id="thief").start()
         assert thief.reattached == []
         await thief.stop()
+        # Nor does another worker of A's own principal: the record names w1.
+        sibling = await RawWorker(target, QUEUE, worker_id="w2", capacity=4, metadata=worker_a, held=[genuine],
+                                  held_from="old", instance_id="sibling").start()
+        assert sibling.reattached == []
+        await sibling.stop()
         await eventually(lambda: not second.engine.table.registry.workers)
         back = await RawWorker(target, QUEUE, worker_id="w1", capacity=4, metadata=worker_a, held=held,
                                held_from="old", instance_id="real").start()
