@@ -33,7 +33,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -48,6 +48,7 @@ REFLECTION_PREFIX = "/grpc.reflection."
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
 Context = grpc.aio.ServicerContext[Any, Any]
+K = TypeVar("K")
 
 
 class Role(enum.Enum):
@@ -145,45 +146,55 @@ def _lines(path: Path, setting: str) -> Iterable[tuple[str, list[str]]]:
             yield f"{setting} {path}:{number}", re.split(r"[ \t]+", content)
 
 
+def _table(path: Path, setting: str, form: str, entry: Callable[[list[str], str], tuple[K, Principal]],
+           named: Callable[[K], str], empty: str) -> dict[K, Principal]:
+    """A credential file of one ``form`` per line, as key -> principal (``entry`` reads a line's
+    fields); a key listed twice, a line of the wrong shape or no entry at all is an error."""
+    out: dict[K, Principal] = {}
+    width = len(form.split())
+    for where, fields in _lines(path, setting):
+        if len(fields) != width:
+            raise CredentialsError(f"{where}: expected {form!r}, got {len(fields)} fields")
+        key, principal = entry(fields, where)
+        if key in out:
+            raise CredentialsError(f"{where}: {named(key)} is listed twice")
+        out[key] = principal
+    if not out:
+        raise CredentialsError(f"{setting} {path}: {empty}")
+    return out
+
+
+def _token_entry(fields: list[str], where: str) -> tuple[bytes, Principal]:
+    token, name, roles = fields
+    if token.lower().startswith("sha256:"):
+        try:
+            digest = bytes.fromhex(token[7:])
+        except ValueError:
+            digest = b""
+        if len(digest) != 32:
+            raise CredentialsError(f"{where}: sha256: must be followed by 64 hex digits")
+    elif valid_token(token):
+        digest = _digest(token)
+    else:
+        raise CredentialsError(f"{where}: a token must be visible ASCII without spaces")
+    return digest, Principal(_principal_name(name, where), _roles(roles, where))
+
+
+def _identity_entry(fields: list[str], where: str) -> tuple[str, Principal]:
+    identity, roles = fields
+    return identity, Principal(_principal_name(identity, where), _roles(roles, where))
+
+
 def parse_tokens_file(path: Path) -> dict[bytes, Principal]:
     """The ``--tokens-file`` table: token digest -> principal. Raises :class:`CredentialsError`."""
-    out: dict[bytes, Principal] = {}
-    for where, fields in _lines(path, "tokens_file"):
-        if len(fields) != 3:
-            raise CredentialsError(f"{where}: expected 'TOKEN PRINCIPAL ROLE[,ROLE...]', got {len(fields)} fields")
-        token, name, roles = fields
-        if token.lower().startswith("sha256:"):
-            try:
-                digest = bytes.fromhex(token[7:])
-            except ValueError:
-                digest = b""
-            if len(digest) != 32:
-                raise CredentialsError(f"{where}: sha256: must be followed by 64 hex digits")
-        elif valid_token(token):
-            digest = _digest(token)
-        else:
-            raise CredentialsError(f"{where}: a token must be visible ASCII without spaces")
-        if digest in out:
-            raise CredentialsError(f"{where}: this token is listed twice")
-        out[digest] = Principal(_principal_name(name, where), _roles(roles, where))
-    if not out:
-        raise CredentialsError(f"tokens_file {path}: holds no tokens")
-    return out
+    return _table(path, "tokens_file", "TOKEN PRINCIPAL ROLE[,ROLE...]", _token_entry, lambda _: "this token",
+                  "holds no tokens")
 
 
 def parse_roles_file(path: Path) -> dict[str, Principal]:
     """The ``--tls-client-roles`` table: certificate identity -> principal (named by the identity)."""
-    out: dict[str, Principal] = {}
-    for where, fields in _lines(path, "tls_client_roles"):
-        if len(fields) != 2:
-            raise CredentialsError(f"{where}: expected 'IDENTITY ROLE[,ROLE...]', got {len(fields)} fields")
-        identity, roles = fields
-        if identity in out:
-            raise CredentialsError(f"{where}: {identity!r} is listed twice")
-        out[identity] = Principal(_principal_name(identity, where), _roles(roles, where))
-    if not out:
-        raise CredentialsError(f"tls_client_roles {path}: lists no identities")
-    return out
+    return _table(path, "tls_client_roles", "IDENTITY ROLE[,ROLE...]", _identity_entry, repr,
+                  "lists no identities")
 
 
 def read_secret(path: Path, setting: str) -> str:
