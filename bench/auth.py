@@ -28,6 +28,11 @@ CALLER_TOKEN = "bench-caller-token"
 WORKER_TOKEN = "bench-worker-token"
 
 
+def _bearer(token: str) -> tuple[str, ...]:
+    """Load-generator arguments that send ``token`` with every call (none for "")."""
+    return ("--token", token) if token else ()
+
+
 def guard_us_per_call(tokens_file: Path, token: str) -> float:
     """CPU µs of one authentication guard call (bearer token against ``tokens_file``), best of 7."""
     from sessiond.config import ServerConfig
@@ -68,13 +73,13 @@ def scenario_auth(ctx: Ctx) -> dict[str, Any]:
         try:
             ctx.say("auth: warming both servers up (not measured)")
             for variant, (server, target, token) in servers.items():
-                ctx.phases(target, ["cc:64"], server, workers[variant][0], token=token)
+                ctx.phases(target, ["cc:64"], server, workers[variant][0], extra=_bearer(token))
             for r in range(ctx.s.auth_runs):
                 pair: dict[str, Any] = {}
                 for variant in (("off", "on") if r % 2 == 0 else ("on", "off")):
                     ctx.say(f"auth pair {r + 1}/{ctx.s.auth_runs}: auth {variant}")
                     server, target, token = servers[variant]
-                    phase = ctx.phases(target, ["cc:64"], server, workers[variant][0], token=token)["cc:64"]
+                    phase = ctx.phases(target, ["cc:64"], server, workers[variant][0], extra=_bearer(token))["cc:64"]
                     pair[variant] = {"pairs_per_s": phase["ops_per_s"],
                                      "server_us_per_pair": phase.get("server_us_per_op"),
                                      "p50_ms": phase["p50_ms"], "p99_ms": phase["p99_ms"],

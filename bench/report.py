@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 ORDER = ("create_complete", "execute_activity_1", "execute_activity_64", "kill9", "frozen_worker", "scale", "tracing",
-         "dashboard", "server_restart", "worker_restart", "caller_lost", "auth")
+         "dashboard", "server_restart", "worker_restart", "caller_lost", "resources", "auth")
 
 
 def num(value: float | None) -> str:

@@ -13,8 +13,8 @@ from datetime import timedelta
 from google.protobuf import duration_pb2, timestamp_pb2
 from sessiond_client.api.v1 import session_pb2
 
-from sessiond.core.model import Session, SessionOptions, Worker
-from sessiond.core.resources import SESSIONS
+from sessiond.core.model import Session, SessionOptions, WaitingKind, Worker
+from sessiond.core.resources import SESSIONS, ResourceVector
 from sessiond.core.token import Signer
 
 
@@ -82,8 +82,15 @@ def _worker_ref(worker_id: str, identity: str, host_name: str) -> session_pb2.Wo
     return session_pb2.WorkerRef(worker_id=worker_id, identity=identity, host_name=host_name)
 
 
+@functools.lru_cache(maxsize=1024)
+def resource_map(vector: ResourceVector) -> dict[str, int]:
+    """A resource vector as a proto map's value (cached: sessions share a few vectors; never mutated)."""
+    return vector.as_dict()
+
+
 def session_to_pb(session: Session, clock: WallClock, signer: Signer) -> session_pb2.Session:
-    """A session as the wire shows it (``signer`` makes its recreate token)."""
+    """A session as the wire shows it (``signer`` makes its recreate token): ``resources`` is what it
+    holds (``sessions: 1`` included); ``options.resources`` and ``options.selector`` are what it asked for."""
     worker = session.worker
     out = session_pb2.Session(
         session_id=session.session_id,
@@ -96,7 +103,12 @@ def session_to_pb(session: Session, clock: WallClock, signer: Signer) -> session
         request_id=session.request_id,
         recreated=session.recreated,
         principal=session.principal,
+        resources=resource_map(session.demand),
     )
+    if len(session.demand) > 1:
+        out.options.resources.update((k, v) for k, v in session.demand.items() if k != SESSIONS)
+    if session.selector:
+        out.options.selector = str(session.selector)
     clock.fill(out.create_time, session.placed_at)
     if session.detached_at is not None:
         clock.fill(out.detached_since, session.detached_at)
@@ -121,7 +133,19 @@ def worker_to_pb(worker: Worker, clock: WallClock) -> session_pb2.WorkerInfo:
         draining=worker.draining,
         connect_time=clock.timestamp(worker.connected_at),
         last_heartbeat_time=clock.timestamp(worker.last_seen),
+        capacities=resource_map(worker.capacity),
+        used=worker.used.as_dict(),
+        labels=worker.labels,
         principal=worker.principal,
+    )
+
+
+def waiting_to_pb(kind: WaitingKind, clock: WallClock) -> session_pb2.WaitingRequests:
+    """Waiting Creates of one kind, as ListWorkers shows them."""
+    return session_pb2.WaitingRequests(
+        task_queue=kind.task_queue, resources=resource_map(kind.demand), selector=str(kind.selector),
+        count=kind.count, oldest_since=clock.timestamp(kind.oldest_since),
+        unplaceable_reason=kind.unplaceable or "",
     )
 
 
@@ -129,13 +153,15 @@ def record_parts(session: session_pb2.Session, worker_principal: str) -> tuple[s
     """The fields of a session record that its signature covers, as they are on the wire.
 
     Everything a restarted server adopts from a worker's report: ids, the principal and owner keys,
-    the options (deterministically serialized: new option fields are covered without a line here)
-    and times; plus the principal of the worker that holds it (not in the message: the report must
-    come from a worker registered by that principal).
+    the options (deterministically serialized: new option fields are covered without a line here),
+    what it holds on its worker, and times; plus the principal of the worker that holds it (not in
+    the message: the report must come from a worker registered by that principal).
     """
+    held = sorted(session.resources.items())
     return (
         session.session_id, session.task_queue, session.worker.worker_id, worker_principal, session.principal,
         session.owner, session.request_id, int(session.recreated),
         session.options.SerializeToString(deterministic=True),
         session.create_time.seconds, session.create_time.nanos, session.expire_time.seconds, session.expire_time.nanos,
+        len(held), *(part for amount in held for part in amount),
     )

@@ -54,6 +54,8 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
             task_queue, options, max_wait=_max_wait(context),
             owner=validate.name(request.owner, "owner", required=False),
             request_id=validate.name(request.request_id, "request_id", required=False),
+            demand=validate.demand(request.options.resources),
+            selector=validate.selector(request.options.selector),
             principal=auth.current().name,
         )
         _annotate(session.session_id, session.task_queue, session.worker.key.worker_id)
@@ -64,10 +66,12 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
                               context: Context) -> session_service_pb2.RecreateSessionResponse:
         token = validate.token(request.recreate_token)
         options = validate.options(request.options, request.HasField("options"), self.engine.config)
+        validate.no_selector(request.options.selector)
         session = await self.engine.recreate_session(
             token, options, max_wait=_max_wait(context),
             owner=validate.name(request.owner, "owner", required=False),
             request_id=validate.name(request.request_id, "request_id", required=False),
+            demand=validate.demand(request.options.resources),
             principal=auth.current().name,
         )
         _annotate(session.session_id, session.task_queue, session.worker.key.worker_id)
@@ -119,6 +123,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
     async def ListSessions(self, request: session_service_pb2.ListSessionsRequest,
                            context: Context) -> session_service_pb2.ListSessionsResponse:
         size, after = validate.page(request.page_size, request.page_token)
+        resource = validate.resource_filter(request.resource)
         viewer = auth.current().viewer
         principal = validate.name(request.principal, "principal", required=False) or None
         if not viewer.sees_all:
@@ -129,6 +134,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
             task_queue=validate.name(request.task_queue, "task_queue", required=False),
             owner=validate.name(request.owner, "owner", required=False),
             state=validate.state_filter(request.state), after_seq=after, limit=size, principal=principal,
+            where=(lambda s: s.demand[resource] > 0) if resource else None,
         )
         return session_service_pb2.ListSessionsResponse(
             sessions=[self.engine.to_pb(s) for s in page], next_page_token="" if more is None else str(more))
@@ -137,10 +143,11 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
     async def ListWorkers(self, request: session_service_pb2.ListWorkersRequest,
                           context: Context) -> session_service_pb2.ListWorkersResponse:
         size, after = validate.worker_page(request.page_size, request.page_token)
-        page, more = self.engine.table.workers(
-            task_queue=validate.name(request.task_queue, "task_queue", required=False), after=after, limit=size)
+        task_queue = validate.name(request.task_queue, "task_queue", required=False)
+        page, more = self.engine.table.workers(task_queue=task_queue, after=after, limit=size)
         return session_service_pb2.ListWorkersResponse(
-            workers=[self.engine.worker_to_pb(w) for w in page], next_page_token=validate.worker_token(more))
+            workers=[self.engine.worker_to_pb(w) for w in page], next_page_token=validate.worker_token(more),
+            waiting=self.engine.waiting_to_pb(task_queue) if after is None else ())
 
     @rpc_stream
     def WorkerHeartbeat(self, request_iterator: AsyncIterator[worker_pb2.WorkerHeartbeatRequest],

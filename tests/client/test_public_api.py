@@ -45,6 +45,7 @@ EXPECTED = [
     "SessiondError",
     "TooManyWaitersError",
     "UnauthenticatedError",
+    "WaitingRequests",
     "WorkerBackloggedError",
     "WorkerDetachedError",
     "WorkerIdInUseError",

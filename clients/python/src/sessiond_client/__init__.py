@@ -47,6 +47,7 @@ from sessiond_client._types import (
     SessionInfo,
     SessionOptions,
     SessionState,
+    WaitingRequests,
     WorkerInfo,
     WorkerRef,
 )
@@ -91,6 +92,7 @@ __all__ = [
     "SessiondError",
     "TooManyWaitersError",
     "UnauthenticatedError",
+    "WaitingRequests",
     "WorkerBackloggedError",
     "WorkerDetachedError",
     "WorkerIdInUseError",
