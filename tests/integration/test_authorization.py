@@ -510,6 +510,39 @@ async def test_a_restarted_server_adopts_only_the_session_records_it_signed(pki:
         await second.stop(0)
 
 
+async def test_a_report_that_changes_what_its_session_holds_is_not_adopted(pki: Path) -> None:
+    """The signature covers the resources a session holds: a worker cannot report a GPU session as a
+    sessions-only one (freeing the GPU for someone else) after a restart."""
+    config = ServerConfig(listen="127.0.0.1:0", tokens_file=pki / "tokens", token_key_file=pki / "key")
+    worker_a = (("authorization", f"Bearer {TOKENS['worker']}"),)
+    a = (("authorization", f"Bearer {TOKENS['caller_a']}"),)
+    first, target = await _start(replace(config, recovery_window=timedelta(0)))
+    w1 = await RawWorker(target, QUEUE, worker_id="w1", capacity=4, capacities={"gpu": 2}, metadata=worker_a).start()
+    asks = options(creation=5)
+    asks.resources["gpu"] = 1
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = session_service_pb2_grpc.SessionServiceStub(channel)
+        created = [(await stub.CreateSession(session_service_pb2.CreateSessionRequest(
+            task_queue=QUEUE, options=asks), metadata=a)).session for _ in range(2)]
+    await eventually(lambda: len(w1.records) == 2)
+    genuine, altered = (w1.records[s.session_id] for s in created)
+    assert dict(altered.resources) == {"sessions": 1, "gpu": 1}
+    del altered.resources["gpu"]
+    await w1.stop()
+    await first.stop(0)
+
+    second, target = await _start(replace(config, recovery_window=timedelta(seconds=30)))
+    try:
+        back = await RawWorker(target, QUEUE, worker_id="w1", capacity=4, capacities={"gpu": 2}, metadata=worker_a,
+                               held=[genuine, altered], held_from="old", instance_id="back").start()
+        assert back.reattached == [genuine.session_id]
+        used = second.engine.table.registry.workers[WorkerKey(QUEUE, "w1")].used
+        assert (used["sessions"], used["gpu"]) == (1, 1)
+        await back.stop()
+    finally:
+        await second.stop(0)
+
+
 async def test_session_records_handed_to_workers_are_signed_and_callers_see_no_signature(
         tokens_over_tls: Setup) -> None:
     setup = tokens_over_tls
