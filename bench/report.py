@@ -7,7 +7,7 @@ from typing import Any
 
 ORDER = ("create_complete", "execute_activity_1", "execute_activity_64", "activity_floor", "library_worker", "kill9",
          "frozen_worker", "scale", "tracing", "dashboard", "server_restart", "worker_restart", "caller_lost",
-         "resources")
+         "resources", "auth")
 
 
 def num(value: float | None) -> str:

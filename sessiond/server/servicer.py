@@ -1,4 +1,8 @@
-"""The sessiond.v1.SessionService servicer: validate, convert, call the engine, convert back."""
+"""The sessiond.v1.SessionService servicer: validate, convert, call the engine, convert back.
+
+Every method runs as the principal the authentication guard found (:func:`sessiond.server.auth.current`):
+sessions are created for it, and it sees what its :class:`~sessiond.core.model.Viewer` lets it see.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from typing import Any
 import grpc
 from sessiond_client.api.v1 import session_service_pb2, session_service_pb2_grpc, worker_pb2
 
-from sessiond.server import validate
+from sessiond.server import auth, validate
 from sessiond.server.engine import Engine
 from sessiond.server.errors import rpc, rpc_stream
 from sessiond.server.worker_stream import serve_worker
@@ -52,6 +56,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
             request_id=validate.name(request.request_id, "request_id", required=False),
             demand=validate.demand(request.options.resources),
             selector=validate.selector(request.options.selector),
+            principal=auth.current().name,
         )
         _annotate(session.session_id, session.task_queue, session.worker.key.worker_id)
         return session_service_pb2.CreateSessionResponse(session=self.engine.to_pb(session))
@@ -67,6 +72,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
             owner=validate.name(request.owner, "owner", required=False),
             request_id=validate.name(request.request_id, "request_id", required=False),
             demand=validate.demand(request.options.resources),
+            principal=auth.current().name,
         )
         _annotate(session.session_id, session.task_queue, session.worker.key.worker_id)
         return session_service_pb2.RecreateSessionResponse(session=self.engine.to_pb(session))
@@ -74,14 +80,16 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
     @rpc
     async def CompleteSession(self, request: session_service_pb2.CompleteSessionRequest,
                               context: Context) -> session_service_pb2.CompleteSessionResponse:
-        session = self.engine.complete_session(validate.name(request.session_id, "session_id", required=True))
+        session = self.engine.complete_session(validate.name(request.session_id, "session_id", required=True),
+                                               auth.current().viewer)
         _annotate(session.session_id, session.task_queue, session.worker.key.worker_id)
         return session_service_pb2.CompleteSessionResponse(session=self.engine.to_pb(session))
 
     @rpc
     async def GetSessionInfo(self, request: session_service_pb2.GetSessionInfoRequest,
                              context: Context) -> session_service_pb2.GetSessionInfoResponse:
-        session = self.engine.get_session(validate.name(request.session_id, "session_id", required=True))
+        session = self.engine.get_session(validate.name(request.session_id, "session_id", required=True),
+                                          auth.current().viewer)
         return session_service_pb2.GetSessionInfoResponse(
             session=self.engine.to_pb(session), server_incarnation=self.engine.incarnation)
 
@@ -104,13 +112,13 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         return await self.engine.execute_activity(
             session_id, activity_type, request.input, timeout, headers, heartbeat_timeout=heartbeat_timeout,
             attempt=attempt, heartbeat_details=request.heartbeat_details if request.HasField("heartbeat_details")
-            else None)
+            else None, viewer=auth.current().viewer)
 
     @rpc_stream
     async def WatchSession(self, request: session_service_pb2.WatchSessionRequest,
                            context: Context) -> AsyncIterator[session_service_pb2.WatchSessionResponse]:
         session_id = validate.name(request.session_id, "session_id", required=True)
-        async for session in self.engine.watch_session(session_id):
+        async for session in self.engine.watch_session(session_id, auth.current().viewer):
             yield session_service_pb2.WatchSessionResponse(session=session)
 
     @rpc
@@ -118,10 +126,16 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
                            context: Context) -> session_service_pb2.ListSessionsResponse:
         size, after = validate.page(request.page_size, request.page_token)
         resource = validate.resource_filter(request.resource)
+        viewer = auth.current().viewer
+        principal = validate.name(request.principal, "principal", required=False) or None
+        if not viewer.sees_all:
+            if principal not in (None, viewer.principal):
+                return session_service_pb2.ListSessionsResponse()  # another principal's: none it may see
+            principal = viewer.principal
         page, more = self.engine.table.sessions(
             task_queue=validate.name(request.task_queue, "task_queue", required=False),
             owner=validate.name(request.owner, "owner", required=False),
-            state=validate.state_filter(request.state), after_seq=after, limit=size,
+            state=validate.state_filter(request.state), after_seq=after, limit=size, principal=principal,
             where=(lambda s: s.demand[resource] > 0) if resource else None,
         )
         return session_service_pb2.ListSessionsResponse(
