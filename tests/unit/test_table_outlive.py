@@ -341,7 +341,7 @@ def test_a_slot_freed_by_an_expired_report_goes_to_the_next_report_not_to_a_wait
     expiring = create_placed(old, 0.0, options(execution=5.0))
     keeps = create_placed(old, 0.0, options(execution=100.0))
     table = _restarted(30.0, 0.0)
-    waiter = create_waiting(table, 1.0)
+    create_waiting(table, 1.0)
     worker = table.connect_worker(5.0, registration("w", 1), [_record(expiring), _record(keeps)])
     events = table.take_events()
     registered = of_type(events, WorkerRegistered)[0]
