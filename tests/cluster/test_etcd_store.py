@@ -109,6 +109,9 @@ async def test_a_takeover_fences_the_old_owner_out(make_store: MakeStore) -> Non
     assert stale.outcome is Outcome.FENCE_LOST
     assert b.fence_of(W1) == fence_b
     assert (await b.read_session("s1")) is not None
+    # Ending a session that was never placed durably writes nothing (no stray record, no owner freed).
+    [never] = await b.commit([EndSession("never-placed", W1, b"closed")])
+    assert never.outcome is Outcome.COMMITTED and (await b.read_session("never-placed")) is None
     rworkers = await b.client.get_prefix(b.keys.prefix + b"rworkers/", keys_only=True)
     assert [kv.key for kv in rworkers.kvs] == [b.keys.replica_worker(b.replica_id, W1)]
 

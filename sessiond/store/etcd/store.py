@@ -66,7 +66,7 @@ from sessiond.store.etcd.api import v3_subset_pb2 as pb
 from sessiond.store.etcd.client import EtcdClient
 from sessiond.store.etcd.errors import EtcdCompactedError, EtcdError, EtcdUnavailableError
 from sessiond.store.etcd.lease import Lease
-from sessiond.store.etcd.ops import created_at, delete_op, get_op, modified_at, prefix_end, put_op
+from sessiond.store.etcd.ops import compare, created_at, delete_op, get_op, modified_at, prefix_end, put_op
 from sessiond.store.etcd.watch import PUT
 from sessiond.store.records import store_pb2
 
@@ -390,6 +390,9 @@ class EtcdStore:
                 compares.append(created_at(keys.request(op.request_id), 0))
                 success.append(put_op(keys.request(op.request_id), sid))
             return compares, success
+        # Only a session whose placement is durable is ended: a placement refused after the core
+        # reserved it (and the session ended locally meanwhile) leaves nothing to end.
+        compares.append(compare(keys.session(op.session_id), "version", ">", 0))
         bucket = self._bucket_lease()
         success = [put_op(keys.session(op.session_id), entry, lease=bucket),
                    delete_op(keys.slot(op.worker, op.session_id))]
@@ -444,6 +447,8 @@ class EtcdStore:
                 return CommitResult(Outcome.OWNER_TAKEN, revision, held.value.decode())
             if op.request_id and (done := found.get(self.keys.request(op.request_id))) is not None:
                 return CommitResult(Outcome.REQUEST_DONE, revision, done.value.decode())
+        if isinstance(op, EndSession) and self.keys.session(op.session_id) not in found:
+            return CommitResult(Outcome.COMMITTED, revision)  # never placed durably: nothing to end
         return CommitResult(Outcome.UNKNOWN, revision)
 
     def _answer(self, items: list[tuple[_Pending, int]], result: CommitResult) -> None:
