@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -473,6 +474,47 @@ class SessionTableMachine(RuleBasedStateMachine):
         assert target is not None
         events = self._drain()
         self._check_new_result(result, events, opts, owner, request_id, holders, target)
+
+    @rule(opts=options_strategy, owner=st.sampled_from(OWNERS), request_id=st.sampled_from(REQUEST_IDS),
+          ended_first=st.booleans())
+    def store_refuses_a_placement(self, opts: SessionOptions, owner: str, request_id: str,
+                                  ended_first: bool) -> None:
+        """Reserve -> commit -> publish with the commit refused (SPEC §6.5): a create whose
+        placement the store does not make durable, possibly ended locally before the answer."""
+        before = set(self.sessions)
+        holders = self._owner_holders()
+        try:
+            result = self.table.create(self.now, QUEUE, opts, owner=owner, request_id=request_id)
+        except (NoCapacityError, ExistingOpenSessionError):
+            assert self._drain() == []
+            return
+        self._check_new_result(result, self._drain(), opts, owner, request_id, holders, None)
+        if not isinstance(result, Session) or result.session_id in before:
+            return  # it waits (or was a retry): nothing new to refuse
+        session = result
+        sid = session.session_id
+        if ended_first:
+            self.table.complete(self.now, sid)
+            self._drain()
+        worker = session.worker
+        used = worker.used[SESSIONS] - (session.state is SessionState.OPEN)
+        assert self.table.abort_placement(self.now, sid) is session
+        # It never existed: the model forgets it, and its slot, owner and request id are free.
+        del self.sessions[sid]
+        self.placed_total -= 1
+        if sid in self.ended:
+            self.ended.discard(sid)
+            self.terminal.pop(sid, None)
+            self.ended_total -= 1
+        with pytest.raises(SessionNotFoundError):
+            self.table.get(sid)
+        assert sid not in worker.sessions
+        served = self._drain()  # the freed slot went to the oldest fitting waiter, if any
+        assert all(isinstance(e, SessionPlaced) and e.session.session_id != sid for e in served)
+        assert worker.used[SESSIONS] == used + sum(e.session.worker is worker for e in served
+                                                   if isinstance(e, SessionPlaced))
+        if owner and not any(isinstance(e, SessionPlaced) and e.session.owner == owner for e in served):
+            assert owner not in self._owner_holders()
 
     @precondition(lambda self: self.sessions)
     @rule(data=st.data())
