@@ -48,6 +48,7 @@ STATUS_CODES: dict[type[e.SessionError], grpc.StatusCode] = {
     e.TooManyWaitersError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     e.WorkerDetachedError: grpc.StatusCode.ABORTED,
     e.RecoveringError: grpc.StatusCode.UNAVAILABLE,
+    e.OwnerUnavailableError: grpc.StatusCode.UNAVAILABLE,
     e.WorkerIdInUseError: grpc.StatusCode.ALREADY_EXISTS,
 }
 
