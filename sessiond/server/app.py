@@ -25,6 +25,7 @@ from sessiond.server.health import HealthServicer
 from sessiond.server.limits import transport_cap
 from sessiond.server.servicer import SessionServicer
 from sessiond.server.startup import StartupError, check_listen, server_credentials
+from sessiond.store.spec import EtcdStoreSpec
 from sessiond.telemetry import SessionMetrics, configure_metrics, configure_tracing
 
 if TYPE_CHECKING:
@@ -75,7 +76,15 @@ class SessiondServer:
         self._stopped = False
 
     async def start(self) -> None:
-        """Start serving (and the dashboard, when configured) and report SERVING."""
+        """Start serving (and the dashboard, when configured) and report SERVING. A replica first
+        registers in its store (its lease and address) and fills its mirrors."""
+        cluster = self.engine.cluster
+        if cluster is not None:
+            try:
+                await cluster.store.start()
+            except Exception as error:
+                await cluster.store.client.close()
+                raise StartupError(f"store: could not register this replica: {error}") from None
         await self.grpc_server.start()
         if self.dashboard is not None:
             try:
@@ -98,6 +107,9 @@ class SessiondServer:
         self.engine.begin_shutdown()
         await self.grpc_server.stop(self.config.shutdown_grace.total_seconds() if grace is None else grace)
         self.engine.stop()
+        if self.engine.cluster is not None:
+            await self.engine.cluster.close()
+            await self.engine.cluster.store.close()  # deregisters the replica (its lease is revoked)
 
     async def wait_for_termination(self) -> None:
         """Wait until the server has stopped."""
@@ -114,7 +126,8 @@ async def create_server(config: ServerConfig | None = None, *,
     config = config or ServerConfig()
     credentials = server_credentials(config)
     check_listen(config.listen, "listen")
-    engine = Engine(config, metrics)
+    replicated = isinstance(config.store_spec, EtcdStoreSpec)
+    engine = Engine(config, metrics, replicated=replicated)
     chain: list[Any] = list(interceptors or [])
     if config.worker_token or config.caller_token:
         chain.insert(0, TokenAuthInterceptor(worker_token=config.worker_token, caller_token=config.caller_token))
@@ -133,6 +146,15 @@ async def create_server(config: ServerConfig | None = None, *,
             port = server.add_secure_port(config.listen, credentials)
     except RuntimeError as exc:  # grpc's "Failed to bind": the probe above passed, so a race or an odd address
         raise StartupError(f"listen {config.listen}: gRPC could not bind it ({exc})") from None
+    if replicated:
+        from sessiond.server.cluster import Cluster, open_store  # the etcd store: only replicas import it
+
+        address = config.advertise or f"{config.listen.rpartition(':')[0]}:{port}"
+        try:
+            engine.cluster = Cluster(engine, await open_store(config, address))
+        except StartupError:
+            await server.stop(0)
+            raise
     dashboard = None
     if config.ui_listen is not None:
         from sessiond.ui.http import Dashboard  # aiohttp is imported only when the dashboard is on
@@ -171,7 +193,12 @@ async def serve(config: ServerConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     waiter = asyncio.create_task(server.wait_for_termination())
     stopper = asyncio.create_task(stop.wait())
-    await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    watched: set[asyncio.Task[Any]] = {waiter, stopper}
+    fenced = None
+    if server.engine.cluster is not None:
+        fenced = asyncio.create_task(server.engine.cluster.fenced.wait())
+        watched.add(fenced)
+    await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
     log.info("sessiond shutting down")
     await server.stop()
     stopper.cancel()
@@ -181,3 +208,8 @@ async def serve(config: ServerConfig) -> None:
     if tracer_provider is not None:
         tracer_provider.shutdown()  # type: ignore[attr-defined]
     log.info("sessiond stopped")
+    if fenced is not None:
+        if fenced.done():
+            raise StartupError("this replica lost its etcd lease and fenced itself; start it again "
+                               "(a new incarnation) once etcd is reachable")
+        fenced.cancel()

@@ -301,6 +301,10 @@ class EtcdStore:
         """A live replica's address per the mirror."""
         return self._replicas.get(replica_id)
 
+    def worker_owners(self) -> list[tuple[WorkerKey, str]]:
+        """Every worker known to the cluster and the replica owning it, per the mirror."""
+        return [(worker, owner) for worker, (owner, _) in self._workers.items()]
+
     def replicas(self) -> dict[str, str]:
         """Every live replica (id -> address) per the mirror."""
         return dict(self._replicas)

@@ -1,0 +1,424 @@
+"""One replica of a replicated sessiond (SPEC §6.5, distributed.md §3): the engine's side of the etcd store.
+
+* **Reserve -> commit -> publish.** The core still decides synchronously (it reserves the slot);
+  :meth:`Cluster.submit` makes the decisions of one engine step durable in the store and only then
+  publishes them (SessionStarted to the worker, the caller's answer, watchers, metrics). Steps are
+  published in the order they were taken. A placement the store refuses is aborted in the core
+  (its slot goes to the next waiter) and its caller gets the store's reason.
+* **Ownership.** A worker belongs to the replica holding its stream: on registration the replica
+  claims the worker key (a fenced Txn), reads the sessions recorded on it at a revision after the
+  claim, adopts those the worker still holds (same ids) and fails the others WORKER_LOST.
+* **Fence lost.** When another replica takes a worker over, this one closes the worker's old stream
+  and forgets what it ends (its ends are refused by the fence: the sessions live on elsewhere).
+* **Self-fencing.** When the store fences itself (lease renewals stopped), the replica ends every
+  worker stream (the workers hold their sessions and register at another replica) and stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+from urllib.parse import quote
+
+import grpc
+from google.protobuf.message import Message
+from google.rpc import status_pb2
+from sessiond_client.api.v1 import session_pb2
+
+from sessiond.core import events as ev
+from sessiond.core.errors import ExistingOpenSessionError, OwnerUnavailableError, SessionNotFoundError
+from sessiond.core.model import Session, WorkerKey
+from sessiond.server.errors import PlacedElsewhereError
+from sessiond.store.base import (
+    ClaimWorker,
+    CommitResult,
+    EndSession,
+    Outcome,
+    PlaceSession,
+    StoredSession,
+    StoreOp,
+)
+from sessiond.store.etcd.errors import EtcdError
+
+if TYPE_CHECKING:
+    from sessiond.config import ServerConfig
+    from sessiond.core.model import SessionRecord
+    from sessiond.server.engine import Engine
+    from sessiond.store.etcd.store import EtcdStore
+
+__all__ = ["Cluster", "request_key_name"]
+
+log = logging.getLogger("sessiond.cluster")
+
+CLAIM_ATTEMPTS = 3
+SERVICE = "sessiond.v1.SessionService"
+FORWARDED = "sessiond-forwarded-by"
+"""Metadata on a call one replica forwards to another: the receiver never forwards it again."""
+_PASSED_ON = ("authorization", "traceparent", "tracestate")
+
+R = TypeVar("R", bound=Message)
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
+
+
+def _has_reason(error: grpc.aio.AioRpcError) -> bool:
+    """Whether the status carries sessiond's ErrorInfo (a real answer, not a transport failure)."""
+    pairs = cast("Sequence[tuple[str, str | bytes]]", error.trailing_metadata() or ())
+    for key, value in pairs:
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            with contextlib.suppress(Exception):
+                return bool(status_pb2.Status.FromString(value).details)
+    return False
+
+
+def request_key_name(task_queue: str, worker_id: str, request_id: str, recreated: bool) -> str | None:
+    """The store's name of a request id in its scope (the core's: create per task queue, recreate
+    per worker), or None without a request id."""
+    if not request_id:
+        return None
+    scope = ("recreate", task_queue, worker_id) if recreated else ("create", task_queue)
+    return "/".join(quote(part, safe="") for part in (*scope, request_id))
+
+
+def _key(worker: WorkerKey) -> tuple[str, str]:
+    return worker.task_queue, worker.worker_id
+
+
+class Cluster:
+    """The replica's glue between the engine and its :class:`~sessiond.store.etcd.store.EtcdStore`."""
+
+    def __init__(self, engine: Engine, store: EtcdStore) -> None:
+        self.engine = engine
+        self.store = store
+        self._loop = asyncio.get_running_loop()
+        self._tail: asyncio.Task[None] | None = None
+        self._placements: dict[str, asyncio.Future[None]] = {}
+        self.fenced = asyncio.Event()
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._next_target = 0
+        store.on_worker_lost.append(self._worker_lost)
+        store.on_fenced.append(self._fenced)
+
+    # ----------------------------------------------------------------- reserve -> commit -> publish
+
+    def submit(self, events: Sequence[ev.Event]) -> None:
+        """Commit what one engine step decided, then publish its events in order."""
+        ops: list[StoreOp] = []
+        for event in events:
+            if isinstance(event, ev.SessionPlaced):
+                session = event.session
+                ops.append(PlaceSession(session.session_id, _key(session.worker.key), self._record(session),
+                                        session.owner or None, self._request_name(session)))
+                self._placements[session.session_id] = self._loop.create_future()
+            elif isinstance(event, ev.SessionEnded):
+                session = event.session
+                ops.append(EndSession(session.session_id, _key(session.worker.key), self._record(session),
+                                      session.owner or None, self._request_name(session)))
+        if not ops and self._tail is None:
+            for event in events:
+                self.engine._publish(event)
+            return
+        task = self._loop.create_task(self._commit_then_publish(self._tail, list(events), ops))
+        self._tail = task
+        task.add_done_callback(self._step_done)
+
+    def _step_done(self, task: asyncio.Task[None]) -> None:
+        if self._tail is task:
+            self._tail = None
+        if not task.cancelled() and task.exception() is not None:
+            log.error("publishing a committed step failed", exc_info=task.exception())
+
+    async def placed(self, session_id: str) -> None:
+        """Wait until the placement of ``session_id`` is durable (raises the store's refusal)."""
+        future = self._placements.get(session_id)
+        if future is not None:
+            await asyncio.shield(future)
+
+    async def settled(self) -> None:
+        """Wait until every step submitted so far is committed and published."""
+        tail = self._tail
+        if tail is not None:
+            await asyncio.wait({tail})
+
+    async def _commit_then_publish(self, previous: asyncio.Task[None] | None, events: list[ev.Event],
+                                   ops: list[StoreOp]) -> None:
+        try:
+            results = await self.store.commit(ops) if ops else []
+        except EtcdError as error:
+            log.warning("store commit failed: %s", error)
+            results = [CommitResult(Outcome.UNKNOWN)] * len(ops)
+        if previous is not None:
+            await asyncio.wait({previous})  # publish in the order the steps were taken
+        outcome = iter(results)
+        for event in events:
+            if isinstance(event, ev.SessionPlaced):
+                await self._publish_placed(event, next(outcome))
+            elif isinstance(event, ev.SessionEnded):
+                result = next(outcome)
+                if event.session.session_id not in self.engine.table._sessions:
+                    continue  # its placement was refused: nothing to tell anyone
+                if result.outcome is Outcome.FENCE_LOST:
+                    # Another replica owns the worker: the session lives on there. Forget it here.
+                    self.engine.table.abort_placement(self.engine.now(), event.session.session_id)
+                    continue
+                self.engine._publish(event)
+            else:
+                self.engine._publish(event)
+        self.engine._flush()  # what an abort freed may have placed a waiter
+
+    async def _publish_placed(self, event: ev.SessionPlaced, result: CommitResult) -> None:
+        session = event.session
+        sid = session.session_id
+        future = self._placements.pop(sid, None)
+        outcome = result.outcome
+        if outcome is Outcome.UNKNOWN:
+            with contextlib.suppress(EtcdError):
+                stored = await self.store.read_session(sid)
+                if stored is not None:
+                    outcome = Outcome.COMMITTED
+        if outcome is Outcome.COMMITTED:
+            if sid in self.engine.table._sessions:
+                self.engine._publish(event)
+            if future is not None and not future.done():
+                future.set_result(None)
+            return
+        error: Exception
+        if outcome is Outcome.OWNER_TAKEN:
+            error = ExistingOpenSessionError(session.owner, result.existing_session_id)
+        elif outcome is Outcome.REQUEST_DONE and result.existing_session_id:
+            error = PlacedElsewhereError(result.existing_session_id)
+        else:
+            error = OwnerUnavailableError(
+                f"worker {session.worker.key.worker_id!r} is moving to another replica (or the store did not "
+                "answer); retry", metadata={"worker_id": session.worker.key.worker_id})
+        log.info("placement refused by the store", extra={"session_id": sid, "outcome": outcome.value})
+        self.engine.table.abort_placement(self.engine.now(), sid)
+        if future is not None and not future.done():
+            future.set_exception(error)
+            future.exception()  # retrieved here: a caller that gave up must not leave it unobserved
+        if event.waiter_id is not None:
+            self.engine._waiter_refused(event.waiter_id, error)
+
+    def _record(self, session: Session) -> bytes:
+        return self.engine.to_pb(session).SerializeToString()
+
+    @staticmethod
+    def _request_name(session: Session) -> str | None:
+        return request_key_name(session.task_queue, session.worker.key.worker_id, session.request_id,
+                                session.recreated)
+
+    # ----------------------------------------------------------------- ownership
+
+    async def take_over(self, key: WorkerKey, held: list[SessionRecord]) -> list[SessionRecord]:
+        """Make this replica the worker's owner before its registration is handled; return the held
+        sessions to adopt (those the store records as OPEN on it). Sessions the store has OPEN on the
+        worker that it no longer holds are failed WORKER_LOST.
+
+        Raises:
+            OwnerUnavailableError: the store cannot be reached, or this replica is fenced.
+        """
+        worker = _key(key)
+        try:
+            for _ in range(CLAIM_ATTEMPTS):
+                if self.fenced.is_set():
+                    break
+                snapshot = await self.store.load_worker_sessions(worker)
+                if self.store.fence_of(worker) != snapshot.fence_revision or snapshot.fence_revision == 0:
+                    [claimed] = await self.store.commit([ClaimWorker(worker, b"", snapshot.fence_revision)])
+                    if claimed.outcome is not Outcome.COMMITTED:
+                        continue  # another replica claimed it in between: read again
+                    snapshot = await self.store.load_worker_sessions(worker)  # at a revision after the claim
+                return await self._reconcile(key, snapshot.sessions, held)
+        except EtcdError as error:
+            raise OwnerUnavailableError(f"the session store is unreachable ({error}); retry") from None
+        raise OwnerUnavailableError("this replica could not take the worker over; retry another replica")
+
+    async def _reconcile(self, key: WorkerKey, stored: Sequence[StoredSession], held: list[SessionRecord]
+                         ) -> list[SessionRecord]:
+        recorded = {s.session_id: s for s in stored}
+        known = self.engine.table._sessions
+        adopt = [r for r in held if r.session_id in recorded and r.session_id not in known]
+        kept = {r.session_id for r in held}
+        lost: list[StoreOp] = []
+        for sid, entry in recorded.items():
+            if sid in kept or sid in known:
+                continue
+            record = session_pb2.Session.FromString(entry.record)
+            record.state = session_pb2.SESSION_STATE_FAILED
+            record.failure.cause = session_pb2.FAILURE_CAUSE_WORKER_LOST
+            record.failure.message = "the worker no longer holds the session (its replica failed over)"
+            record.close_time.FromSeconds(int(time.time()))
+            lost.append(EndSession(sid, entry.worker, record.SerializeToString(), record.owner or None,
+                                   request_key_name(record.task_queue, record.worker.worker_id, record.request_id,
+                                                    record.recreated)))
+        if lost:
+            await self.store.commit(lost)
+        if adopt:
+            log.info("adopting sessions of worker %s from the store", key.worker_id,
+                     extra={"worker_id": key.worker_id, "sessions": len(adopt)})
+        return adopt
+
+    def _worker_lost(self, worker: tuple[str, str]) -> None:
+        conn = self.engine._connections.get(WorkerKey(*worker))
+        if conn is not None:
+            log.warning("worker %s is owned by another replica now; closing its stream here", worker[1])
+            conn.close()
+
+    def _fenced(self, reason: str) -> None:
+        log.error("replica fenced itself (%s): ending every worker stream; workers move to another replica",
+                  reason)
+        self.fenced.set()
+        self.engine.begin_shutdown()
+
+    # ----------------------------------------------------------------- forwarding and remote reads
+
+    async def forward(self, method: str, request: Message, context: Context, session_id: str,
+                      response_type: type[R]) -> R | session_pb2.Session:
+        """Serve a session-scoped call for a session this replica does not hold: forward it to the
+        replica owning the session's worker, with the caller's credentials and remaining deadline.
+        Returns that replica's answer, or the stored session when no replica holds it and the stored
+        version answers the call (GetSessionInfo; CompleteSession of a terminal session).
+
+        Raises:
+            SessionNotFoundError: the store has no such session.
+            OwnerUnavailableError: the owner cannot be reached, or the worker is moving (retry).
+        """
+        found = await self.read(session_id)
+        if found is None:
+            raise SessionNotFoundError(session_id)
+        session, _ = found
+        terminal = session.state != session_pb2.SESSION_STATE_OPEN
+        address = self.owner_address(session)
+        forwarded = any(k == FORWARDED for k, _ in context.invocation_metadata() or ())
+        if address is None or forwarded:
+            if method == "GetSessionInfo" or (terminal and method == "CompleteSession"):
+                return session
+            raise OwnerUnavailableError(
+                f"session {session_id!r}: its worker is not connected to any replica now (moving?); retry",
+                metadata={"session_id": session_id})
+        return await self.call(address, method, request, context, response_type)
+
+    async def call(self, address: str, method: str, request: Message, context: Context,
+                   response_type: type[R]) -> R:
+        """Call ``method`` of another replica's SessionService on the caller's behalf."""
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = grpc.aio.insecure_channel(address)
+        stub = channel.unary_unary(f"/{SERVICE}/{method}", request_serializer=_serialize,
+                                   response_deserializer=response_type.FromString)
+        metadata = [(k, v) for k, v in context.invocation_metadata() or ()
+                    if k in _PASSED_ON and isinstance(v, str)]
+        metadata.append((FORWARDED, self.store.replica_id))
+        try:
+            return cast("R", await stub(request, timeout=context.time_remaining(), metadata=metadata))
+        except grpc.aio.AioRpcError as error:
+            if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) \
+                    and not _has_reason(error):
+                raise OwnerUnavailableError(
+                    f"the replica owning the session ({address}) did not answer: {error.details()}; retry "
+                    "(an activity's outcome is unknown)") from None
+            trailing = cast("Sequence[tuple[str, str | bytes]]", error.trailing_metadata() or ())
+            await context.abort(error.code(), error.details() or "", trailing)
+            raise  # abort raises; this line satisfies the type checker
+
+    async def watch_remote(self, session_id: str) -> AsyncIterator[session_pb2.Session]:
+        """WatchSession of a session another replica holds: the stored version, then every change
+        from the store's watch (no gap, no duplicate), ending after its terminal state."""
+        found = await self.read(session_id)
+        if found is None:
+            raise SessionNotFoundError(session_id)
+        session, revision = found
+        yield session
+        if session.state != session_pb2.SESSION_STATE_OPEN:
+            return
+        try:
+            async for stored in self.store.watch_session(session_id, revision):
+                session = session_pb2.Session.FromString(stored.record)
+                yield session
+                if session.state != session_pb2.SESSION_STATE_OPEN:
+                    return
+        except EtcdError as error:
+            raise OwnerUnavailableError(f"the session store is unreachable ({error}); resubscribe") from None
+
+    async def close(self) -> None:
+        """Close the channels to other replicas."""
+        for channel in self._channels.values():
+            await channel.close(None)
+        self._channels.clear()
+
+    async def read(self, session_id: str) -> tuple[session_pb2.Session, int] | None:
+        """A session as the store has it (any replica's), and the revision of that version."""
+        try:
+            stored = await self.store.read_session(session_id)
+        except EtcdError as error:
+            raise OwnerUnavailableError(f"the session store is unreachable ({error}); retry") from None
+        if stored is None:
+            return None
+        return session_pb2.Session.FromString(stored.record), stored.revision
+
+    def owner_address(self, session: session_pb2.Session) -> str | None:
+        """The address of the live replica owning the session's worker (None: none, or this one)."""
+        owner = self.store.owner_of((session.task_queue, session.worker.worker_id))
+        if owner is None or owner == self.store.replica_id:
+            return None
+        return self.store.replica_address(owner)
+
+    def create_target(self, task_queue: str, context: Context) -> str | None:
+        """Where a create goes when this replica has no worker of ``task_queue`` connected: a live
+        replica that owns one (the least recently chosen), or None to handle it here (wait, or
+        NO_CAPACITY). A forwarded create is always handled where it arrived."""
+        if any(key.task_queue == task_queue for key in self.engine._connections):
+            return None
+        if any(k == FORWARDED for k, _ in context.invocation_metadata() or ()):
+            return None
+        owners = sorted({owner for (queue, _), owner in self.store.worker_owners()
+                         if queue == task_queue and owner != self.store.replica_id})
+        addresses = [a for a in (self.store.replica_address(o) for o in owners) if a is not None]
+        if not addresses:
+            return None
+        self._next_target = (self._next_target + 1) % len(addresses)
+        return addresses[self._next_target]
+
+
+async def open_store(config: ServerConfig, address: str) -> EtcdStore:
+    """Connect to the etcd cluster of ``config.store`` with its TLS and user settings; the store is
+    not started yet (that registers the replica).
+
+    Raises:
+        StartupError: a file cannot be read, or etcd cannot be reached or refuses the user.
+    """
+    from sessiond.server.startup import StartupError
+    from sessiond.store.etcd import EtcdAuth, EtcdClient, EtcdTLS
+    from sessiond.store.etcd.store import EtcdStore
+    from sessiond.store.spec import EtcdStoreSpec
+
+    spec = config.store_spec
+    assert isinstance(spec, EtcdStoreSpec)
+    try:
+        tls = None
+        if config.etcd_tls_ca is not None:
+            tls = EtcdTLS(config.etcd_tls_ca.read_bytes(),
+                          config.etcd_tls_cert.read_bytes() if config.etcd_tls_cert else None,
+                          config.etcd_tls_key.read_bytes() if config.etcd_tls_key else None)
+        auth = None
+        if config.etcd_user is not None:
+            password = config.etcd_password
+            if config.etcd_password_file is not None:
+                lines = config.etcd_password_file.read_text().splitlines()
+                password = lines[0] if lines else ""
+            auth = EtcdAuth(config.etcd_user, password or "")
+    except OSError as error:
+        raise StartupError(f"etcd settings: {error}") from None
+    try:
+        client = await EtcdClient.connect(spec.endpoints, tls=tls, auth=auth, timeout=5.0)
+    except EtcdError as error:
+        raise StartupError(f"store {spec}: {error}") from None
+    return EtcdStore(client, spec.key_prefix, address, lease_ttl=spec.lease_ttl,
+                     retention=config.retention.total_seconds())
