@@ -24,11 +24,13 @@ FAILOVER_WINDOW = 8
 
 
 class Replicas:
-    """``count`` replicas of one sessiond cluster (a fresh cluster name) over ``etcd``."""
+    """``count`` replicas of one sessiond cluster over ``etcd`` (a fresh cluster name unless ``name``;
+    ``endpoints`` replaces etcd's, e.g. by proxies in front of them)."""
 
-    def __init__(self, etcd: EtcdCluster, count: int = 3, *extra: str) -> None:
-        self.name = f"t{uuid.uuid4().hex[:10]}"
-        self.store = (f"etcd://{','.join(etcd.endpoints)}/{self.name}"
+    def __init__(self, etcd: EtcdCluster, count: int = 3, *extra: str, name: str | None = None,
+                 endpoints: list[str] | None = None) -> None:
+        self.name = name or f"t{uuid.uuid4().hex[:10]}"
+        self.store = (f"etcd://{','.join(endpoints or etcd.endpoints)}/{self.name}"
                       f"?lease_ttl={LEASE_TTL}&failover_window={FAILOVER_WINDOW}")
         self.servers = [ServerProcess("--store", self.store, "--log-level", "WARNING", *extra) for _ in range(count)]
         self.keys = Keys(f"/sessiond/{self.name}/".encode())

@@ -1,0 +1,119 @@
+"""Faults under replicas (distributed.md §3.10): an etcd leader killed during creates, and a replica
+cut off from etcd that fences itself while its worker moves to another replica with its sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections.abc import Callable
+
+import grpc
+import pytest
+
+from sessiond.store.etcd import EtcdClient
+from sessiond.testing.etcd_cluster import EtcdCluster
+from tests.cluster.conftest import eventually
+from tests.cluster.replicas import FAILOVER_WINDOW, LEASE_TTL, Replicas, replicas
+from tests.cluster.test_replicas import OPEN, QUEUE, Caller, wait_owned
+from tests.integration.workers.support import worker_pool
+from tests.support.tcp_proxy import TcpProxy
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_creates_stall_through_an_etcd_leader_kill_and_then_succeed(
+        make_cluster: Callable[..., EtcdCluster]) -> None:
+    etcd_cluster = make_cluster()
+    async with await EtcdClient.connect(etcd_cluster.endpoints) as etcd, \
+            replicas(etcd_cluster, 1) as group, worker_pool() as start:
+        worker = await start(group.targets[0], QUEUE, max_sessions=2, worker_id="steady")
+        await wait_owned(group, etcd, worker, group.targets[0])
+        caller = Caller(group.targets[0])
+        outcomes: list[str] = []
+        succeeded: list[float] = []
+        stop = asyncio.Event()
+
+        async def churn() -> None:
+            while not stop.is_set():
+                try:
+                    session = await caller.create(creation=20)
+                    await caller.complete(session.session_id)
+                    outcomes.append("ok")
+                    succeeded.append(time.monotonic())
+                except grpc.aio.AioRpcError as error:
+                    # Only a caller's own deadline (or a retryable UNAVAILABLE) may end a call.
+                    assert error.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE), error
+                    outcomes.append(error.code().name)
+
+        tasks = [asyncio.create_task(churn()) for _ in range(2)]
+        try:
+            await eventually(lambda: outcomes.count("ok") >= 20, timeout=30, message="creates flow")
+            leader = await etcd_cluster.leader()
+            killed_at = time.monotonic()
+            etcd_cluster.kill(leader)
+            before = outcomes.count("ok")
+            await eventually(lambda: outcomes.count("ok") >= before + 20, timeout=30,
+                             message="creates succeed again after the leader kill")
+            # The longest gap between two successful create+complete rounds around the kill.
+            around = [t for t in succeeded if t > killed_at - 5]
+            stall = max(b - a for a, b in itertools.pairwise(around))
+            print(f"\nleader kill -9: longest gap between successful creates {stall * 1000:.0f} ms")
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await caller.close()
+        assert group.servers[0].process is not None and group.servers[0].process.returncode is None
+        open_now = await group.open_sessions(etcd)
+        assert all(len(ids) <= 2 for ids in open_now.values()), open_now
+
+
+async def test_a_replica_cut_off_from_etcd_fences_itself_and_its_worker_moves_with_its_sessions(
+        etcd_cluster: EtcdCluster) -> None:
+    proxies = [await TcpProxy(endpoint).start() for endpoint in etcd_cluster.endpoints]
+    cut_off = Replicas(etcd_cluster, 1, endpoints=[p.address for p in proxies])
+    try:
+        async with await EtcdClient.connect(etcd_cluster.endpoints) as etcd:
+            await cut_off.start()
+            others = await Replicas(etcd_cluster, 2, name=cut_off.name).start()
+            try:
+                targets = [*cut_off.targets, *others.targets]
+                async with worker_pool() as start:
+                    worker = await start(",".join(targets), QUEUE, max_sessions=2, worker_id="mover")
+                    await wait_owned(cut_off, etcd, worker, cut_off.targets[0])
+                    caller = Caller(others.targets[0])
+                    try:
+                        ids = [(await caller.create()).session_id for _ in range(2)]
+                        cut_at = time.monotonic()
+                        for proxy in proxies:
+                            proxy.blackhole()
+                        process = cut_off.servers[0].process
+                        assert process is not None
+                        await asyncio.wait_for(process.wait(), LEASE_TTL + 5)
+                        fenced_in = time.monotonic() - cut_at
+                        await eventually(lambda: _owned_elsewhere(cut_off, etcd, worker.worker_id, others.targets),
+                                         timeout=FAILOVER_WINDOW, message="the worker moved to a live replica")
+                        moved_in = time.monotonic() - cut_at
+                        print(f"\ncut off from etcd: fenced itself after {fenced_in * 1000:.0f} ms "
+                              f"(lease TTL {LEASE_TTL} s); worker adopted elsewhere after {moved_in * 1000:.0f} ms")
+                        assert fenced_in < LEASE_TTL  # before etcd could expire its lease
+                        for sid in ids:
+                            assert (await caller.get(sid)).state == OPEN
+                            assert await caller.execute(sid, "echo", sid) == sid
+                        stderr = await cut_off.servers[0].stop()
+                        assert "fenced itself" in stderr, stderr
+                    finally:
+                        await caller.close()
+            finally:
+                await others.stop()
+    finally:
+        for proxy in proxies:
+            proxy.resume()
+            with contextlib.suppress(Exception):
+                await proxy.close()
+        await cut_off.stop()
+
+
+async def _owned_elsewhere(group: Replicas, etcd: EtcdClient, worker_id: str, targets: list[str]) -> bool:
+    return await group.owner(etcd, QUEUE, worker_id) in targets
