@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import quote
@@ -55,6 +56,8 @@ __all__ = ["Cluster", "request_key_name"]
 log = logging.getLogger("sessiond.cluster")
 
 CLAIM_ATTEMPTS = 3
+WHERE_CACHE = 100_000
+"""Sessions whose worker a replica remembers for forwarding (each ≈ 200 bytes)."""
 SERVICE = "sessiond.v1.SessionService"
 FORWARDED = "sessiond-forwarded-by"
 """Metadata on a call one replica forwards to another: the receiver never forwards it again."""
@@ -103,6 +106,7 @@ class Cluster:
         self.fenced = asyncio.Event()
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._next_target = 0
+        self._where: OrderedDict[str, tuple[str, str]] = OrderedDict()
         store.on_worker_lost.append(self._worker_lost)
         store.on_fenced.append(self._fenced)
 
@@ -290,13 +294,19 @@ class Cluster:
             SessionNotFoundError: the store has no such session.
             OwnerUnavailableError: the owner cannot be reached, or the worker is moving (retry).
         """
+        forwarded = any(k == FORWARDED for k, _ in context.invocation_metadata() or ())
+        worker = self._where.get(session_id)
+        if worker is not None and not forwarded:
+            address = self._address_of(worker)
+            if address is not None:  # a session never changes worker: no store read on this path
+                return await self.call(address, method, request, context, response_type)
         found = await self.read(session_id)
         if found is None:
             raise SessionNotFoundError(session_id)
         session, _ = found
+        self._remember(session_id, (session.task_queue, session.worker.worker_id))
         terminal = session.state != session_pb2.SESSION_STATE_OPEN
         address = self.owner_address(session)
-        forwarded = any(k == FORWARDED for k, _ in context.invocation_metadata() or ())
         if address is None or forwarded:
             if method == "GetSessionInfo" or (terminal and method == "CompleteSession"):
                 return session
@@ -365,10 +375,20 @@ class Cluster:
 
     def owner_address(self, session: session_pb2.Session) -> str | None:
         """The address of the live replica owning the session's worker (None: none, or this one)."""
-        owner = self.store.owner_of((session.task_queue, session.worker.worker_id))
+        return self._address_of((session.task_queue, session.worker.worker_id))
+
+    def _address_of(self, worker: tuple[str, str]) -> str | None:
+        owner = self.store.owner_of(worker)
         if owner is None or owner == self.store.replica_id:
             return None
         return self.store.replica_address(owner)
+
+    def _remember(self, session_id: str, worker: tuple[str, str]) -> None:
+        """Which worker a session is on (bounded, least recently used out first)."""
+        self._where[session_id] = worker
+        self._where.move_to_end(session_id)
+        if len(self._where) > WHERE_CACHE:
+            self._where.popitem(last=False)
 
     def create_target(self, task_queue: str, context: Context) -> str | None:
         """Where a create goes when this replica has no worker of ``task_queue`` connected: a live

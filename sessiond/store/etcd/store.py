@@ -589,15 +589,32 @@ class EtcdStore:
         try:
             while True:
                 remaining = lease.deadline - SELF_FENCE_MARGIN - loop.time()
-                if remaining <= 0:
+                if remaining <= 0 and not await self._lease_confirmed(lease):
                     self._fence("lease renewals stopped: fencing before it can expire")
                     return
+                remaining = max(lease.deadline - SELF_FENCE_MARGIN - loop.time(), 0.01)
                 await asyncio.wait({lost}, timeout=remaining)
                 if lost.done():
                     self._fence(lost.result())
                     return
         finally:
             lost.cancel()
+
+    async def _lease_confirmed(self, lease: Lease) -> bool:
+        """Ask etcd directly, within part of the margin, whether the lease still lives: after a
+        stall of this process the keepalive answers may be unread, and fencing would be needless.
+        etcd never expires a lease before the TTL it reports has run from its answer, so the send
+        time plus that TTL is a safe new deadline."""
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
+        try:
+            reply = await self.client.lease_time_to_live(lease.id, timeout=SELF_FENCE_MARGIN / 2)
+        except EtcdError:
+            return False
+        if reply.ttl <= 0 or loop.time() - sent >= SELF_FENCE_MARGIN / 2:
+            return False
+        lease.deadline = max(lease.deadline, sent + reply.ttl)
+        return lease.deadline - SELF_FENCE_MARGIN > loop.time()
 
     def _fence(self, reason: str) -> None:
         if self.fenced.is_set():
