@@ -31,8 +31,9 @@ from google.rpc import status_pb2
 from sessiond_client.api.v1 import session_pb2
 
 from sessiond.core import events as ev
-from sessiond.core.errors import ExistingOpenSessionError, OwnerUnavailableError, SessionNotFoundError
+from sessiond.core.errors import ExistingOpenSessionError, OwnerUnavailableError, SessionError, SessionNotFoundError
 from sessiond.core.model import Session, WorkerKey
+from sessiond.core.token import decode_token
 from sessiond.server.errors import PlacedElsewhereError
 from sessiond.store.base import (
     ClaimWorker,
@@ -389,6 +390,17 @@ class Cluster:
         self._where.move_to_end(session_id)
         if len(self._where) > WHERE_CACHE:
             self._where.popitem(last=False)
+
+    def recreate_target(self, token: bytes, context: Context) -> str | None:
+        """Where a recreate goes: the live replica owning the token's worker when that is not this
+        one (None: handle it here, including a worker connected nowhere, which it waits for)."""
+        try:
+            worker = decode_token(token)
+        except SessionError:
+            return None
+        if worker in self.engine._connections or any(k == FORWARDED for k, _ in context.invocation_metadata() or ()):
+            return None
+        return self._address_of((worker.task_queue, worker.worker_id))
 
     def create_target(self, task_queue: str, context: Context) -> str | None:
         """Where a create goes when this replica has no worker of ``task_queue`` connected: a live

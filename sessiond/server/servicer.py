@@ -69,6 +69,12 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
                               context: Context) -> session_service_pb2.RecreateSessionResponse:
         token = validate.token(request.recreate_token)
         options = validate.options(request.options, request.HasField("options"), self.engine.config)
+        cluster = self.engine.cluster
+        if cluster is not None:
+            elsewhere = cluster.recreate_target(token, context)
+            if elsewhere is not None:  # the token's worker is connected to another replica
+                return await cluster.call(elsewhere, "RecreateSession", request, context,
+                                          session_service_pb2.RecreateSessionResponse)
         try:
             session = await self.engine.recreate_session(
                 token, options, max_wait=_max_wait(context),

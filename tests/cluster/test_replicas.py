@@ -189,6 +189,10 @@ async def test_session_calls_work_on_any_replica(etcd_cluster: EtcdCluster, etcd
             assert updates == [OPEN, CLOSED]
             assert (await watcher.get(sid)).state == CLOSED
             assert (await remote.complete(sid)).state == CLOSED  # a no-op on a terminal session
+            again = await watcher.stub.RecreateSession(session_service_pb2.RecreateSessionRequest(
+                recreate_token=session.recreate_token), timeout=20)
+            assert again.session.worker.worker_id == "any" and again.session.session_id != sid
+            assert (await remote.get(again.session.session_id)).state == OPEN
             with pytest.raises(grpc.aio.AioRpcError) as unknown:
                 await remote.get("no-such-session")
             assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
