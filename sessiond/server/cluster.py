@@ -335,7 +335,8 @@ class Cluster:
                 raise OwnerUnavailableError(
                     f"the replica owning the session ({address}) did not answer: {error.details()}; retry "
                     "(an activity's outcome is unknown)") from None
-            trailing = cast("Sequence[tuple[str, str | bytes]]", error.trailing_metadata() or ())
+            # grpc wants a plain tuple of pairs here (an aio Metadata is refused).
+            trailing = tuple(cast("Sequence[tuple[str, str | bytes]]", error.trailing_metadata() or ()))
             await context.abort(error.code(), error.details() or "", trailing)
             raise  # abort raises; this line satisfies the type checker
 
@@ -402,11 +403,37 @@ class Cluster:
             return None
         return self._address_of((worker.task_queue, worker.worker_id))
 
+    async def wait_for_worker(self, task_queue: str, context: Context, wait: float) -> str | None:
+        """No replica has a worker of ``task_queue`` yet: wait up to ``wait`` seconds for one to
+        register anywhere. Returns the address of the replica that got it (None: this replica, or
+        none in time: the create is then handled here, where it waits for the rest of its time)."""
+        if wait <= 0 or any(k == FORWARDED for k, _ in context.invocation_metadata() or ()):
+            return None
+        deadline = self._loop.time() + wait
+        while not self._has_local(task_queue):
+            target = self.create_target(task_queue, context)
+            if target is not None:
+                return target
+            remaining = deadline - self._loop.time()
+            if remaining <= 0:
+                return None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.store.workers_changed(), remaining)
+        return None
+
+    def knows_queue(self, task_queue: str) -> bool:
+        """Whether any replica (this one included) has a worker of ``task_queue``."""
+        return self._has_local(task_queue) or any(
+            queue == task_queue for (queue, _), _owner in self.store.worker_owners())
+
+    def _has_local(self, task_queue: str) -> bool:
+        return any(key.task_queue == task_queue for key in self.engine._connections)
+
     def create_target(self, task_queue: str, context: Context) -> str | None:
         """Where a create goes when this replica has no worker of ``task_queue`` connected: a live
         replica that owns one (the least recently chosen), or None to handle it here (wait, or
         NO_CAPACITY). A forwarded create is always handled where it arrived."""
-        if any(key.task_queue == task_queue for key in self.engine._connections):
+        if self._has_local(task_queue):
             return None
         if any(k == FORWARDED for k, _ in context.invocation_metadata() or ()):
             return None

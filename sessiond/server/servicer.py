@@ -50,6 +50,11 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         cluster = self.engine.cluster
         if cluster is not None:
             elsewhere = cluster.create_target(task_queue, context)
+            if elsewhere is None and not cluster.knows_queue(task_queue):
+                wait = options.creation_timeout
+                capped = _max_wait(context)
+                elsewhere = await cluster.wait_for_worker(task_queue, context,
+                                                          wait if capped is None else min(wait, capped))
             if elsewhere is not None:  # no worker of the queue here: a replica that has some places it
                 return await cluster.call(elsewhere, "CreateSession", request, context,
                                           session_service_pb2.CreateSessionResponse)

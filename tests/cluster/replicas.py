@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import uuid
 from collections.abc import AsyncIterator
 
@@ -32,7 +33,10 @@ class Replicas:
         self.name = name or f"t{uuid.uuid4().hex[:10]}"
         self.store = (f"etcd://{','.join(endpoints or etcd.endpoints)}/{self.name}"
                       f"?lease_ttl={LEASE_TTL}&failover_window={FAILOVER_WINDOW}")
-        self.servers = [ServerProcess("--store", self.store, "--log-level", "WARNING", *extra) for _ in range(count)]
+        # REPLICA_LOG_LEVEL=INFO shows what each replica did when a test fails (short tests only:
+        # stderr is read at the end, and a full pipe would block the replica).
+        level = os.environ.get("REPLICA_LOG_LEVEL", "WARNING")
+        self.servers = [ServerProcess("--store", self.store, "--log-level", level, *extra) for _ in range(count)]
         self.keys = Keys(f"/sessiond/{self.name}/".encode())
 
     @property

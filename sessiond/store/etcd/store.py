@@ -183,6 +183,7 @@ class EtcdStore:
         self._fences: dict[WorkerKey, int] = {}
         self._workers: dict[WorkerKey, tuple[str, int]] = {}  # mirror: worker -> (owner, mod revision)
         self._replicas: dict[str, str] = {}  # mirror: replica id -> address
+        self._workers_changed = asyncio.Event()
         self._pending: deque[_Pending] = deque()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -556,7 +557,13 @@ class EtcdStore:
                 log.warning("etcd store: mirror of %s interrupted: %s", prefix.decode(errors="replace"), error)
                 await asyncio.sleep(0.2)
 
+    async def workers_changed(self) -> None:
+        """Wait until the worker mirror changes."""
+        await self._workers_changed.wait()
+
     def _on_worker_events(self, events: Sequence[pb.Event]) -> None:
+        changed, self._workers_changed = self._workers_changed, asyncio.Event()
+        changed.set()
         for event in events:
             worker = self.keys.parse_worker(event.kv.key)
             if event.type == PUT:
