@@ -9,13 +9,11 @@ import asyncio
 import json
 import signal
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-import pytest_asyncio
 from google.protobuf import duration_pb2
 from sessiond_client.api.v1 import session_pb2, session_service_pb2, session_service_pb2_grpc
 
@@ -70,15 +68,6 @@ class Caller:
 
     async def close(self) -> None:
         await self.channel.close(None)
-
-
-@pytest_asyncio.fixture
-async def etcd(etcd_cluster: EtcdCluster) -> AsyncIterator[EtcdClient]:
-    client = await EtcdClient.connect(etcd_cluster.endpoints)
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 async def wait_owned(group: Replicas, etcd: EtcdClient, worker: ClientWorkerProcess, address: str) -> None:
