@@ -96,7 +96,7 @@ class SessionTableMachine(RuleBasedStateMachine):
         self.adopted: set[str] = set()
         self.instances: dict[str, str] = {}  # worker id -> the process that registered it last
         self.processes = itertools.count(1)
-        self.registering: tuple[list[SessionRecord], set[str]] | None = None
+        self.registering: tuple[list[SessionRecord], set[str], bool] | None = None
         self.live: dict[str, Connection] = {}  # worker id -> its current connection
         self.fenced: list[Connection] = []  # replaced or disconnected connections
         self.sessions: dict[str, Session] = {}  # every session ever placed
@@ -150,7 +150,7 @@ class SessionTableMachine(RuleBasedStateMachine):
         self.detached.add(session.session_id)
 
     def _on_registered(self, event: WorkerRegistered, held: list[SessionRecord],
-                       was_detached: set[str]) -> None:
+                       was_detached: set[str], vetted: bool) -> None:
         worker = event.worker
         adopted = []
         for session in event.reattached:
@@ -173,7 +173,7 @@ class SessionTableMachine(RuleBasedStateMachine):
                 self.placed_total += 1
                 self.adopted.add(session.session_id)
                 adopted.append(session.session_id)
-        if self.now < self.table.recovering_until:
+        if vetted or self.now < self.table.recovering_until:
             # Only the hard limit and the owner rule refuse a report (an owner that created a new
             # session during the window keeps that one).
             free = worker.capacity[SESSIONS] - (len(event.reattached) - len(adopted))
@@ -291,8 +291,11 @@ class SessionTableMachine(RuleBasedStateMachine):
         for worker_id, capacity in zip(WORKER_IDS, capacities, strict=False):
             self.connect(worker_id, capacity)
 
-    @rule(worker_id=st.sampled_from(WORKER_IDS), capacity=st.integers(1, 3), same_process=st.booleans())
-    def connect(self, worker_id: str, capacity: int, same_process: bool = True) -> None:
+    @rule(worker_id=st.sampled_from(WORKER_IDS), capacity=st.integers(1, 3), same_process=st.booleans(),
+          vetted=st.booleans())
+    def connect(self, worker_id: str, capacity: int, same_process: bool = True, vetted: bool = False) -> None:
+        """A worker (re)registers. ``vetted``: a replica taking the worker over passes the held
+        sessions its store records as OPEN and adopts them outside any recovery window (SPEC §6.5)."""
         held = self.held.pop(worker_id, [])
         key = WorkerKey(QUEUE, worker_id)
         current = self.table.worker(*self.live[worker_id]) if worker_id in self.live else None
@@ -304,7 +307,8 @@ class SessionTableMachine(RuleBasedStateMachine):
             instance = f"{worker_id}-process-{next(self.processes)}"
         stale_at = None if current is None else max(current.last_seen, current.interval_since) + 3 * current.interval
         try:
-            worker = self.table.connect_worker(self.now, registration(worker_id, capacity, instance=instance), held)
+            worker = self.table.connect_worker(self.now, registration(worker_id, capacity, instance=instance), held,
+                                               adopt_held=vetted)
         except WorkerIdInUseError as exc:
             assert stale_at is not None and not same_process
             assert self.now < stale_at and exc.stale_after == stale_at - self.now
@@ -317,7 +321,7 @@ class SessionTableMachine(RuleBasedStateMachine):
         if worker_id in self.live:
             self.fenced.append(self.live[worker_id])
         self.live[worker_id] = (worker.key, worker.epoch)
-        self.registering = (held, was_detached)
+        self.registering = (held, was_detached, vetted)
         events = self._drain()
         registered = [e for e in events if isinstance(e, WorkerRegistered)]
         assert len(registered) == 1 and registered[0].worker is worker
