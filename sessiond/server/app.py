@@ -81,7 +81,7 @@ class SessiondServer:
         cluster = self.engine.cluster
         if cluster is not None:
             try:
-                await cluster.store.start()
+                await cluster.start()
             except Exception as error:
                 await cluster.store.client.close()
                 raise StartupError(f"store: could not register this replica: {error}") from None

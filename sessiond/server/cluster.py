@@ -95,6 +95,18 @@ def _key(worker: WorkerKey) -> tuple[str, str]:
     return worker.task_queue, worker.worker_id
 
 
+def _worker_lost(stored: StoredSession, why: str) -> EndSession:
+    """The end of a stored OPEN session whose worker is gone: FAILED WORKER_LOST, now."""
+    record = session_pb2.Session.FromString(stored.record)
+    record.state = session_pb2.SESSION_STATE_FAILED
+    record.failure.cause = session_pb2.FAILURE_CAUSE_WORKER_LOST
+    record.failure.message = why
+    record.close_time.FromNanoseconds(time.time_ns())
+    return EndSession(stored.session_id, stored.worker, record.SerializeToString(), record.owner or None,
+                      request_key_name(record.task_queue, record.worker.worker_id, record.request_id,
+                                       record.recreated))
+
+
 class Cluster:
     """The replica's glue between the engine and its :class:`~sessiond.store.etcd.store.EtcdStore`."""
 
@@ -108,6 +120,7 @@ class Cluster:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._next_target = 0
         self._where: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._janitor: asyncio.Task[None] | None = None
         store.on_worker_lost.append(self._worker_lost)
         store.on_fenced.append(self._fenced)
 
@@ -251,24 +264,48 @@ class Cluster:
         known = self.engine.table._sessions
         adopt = [r for r in held if r.session_id in recorded and r.session_id not in known]
         kept = {r.session_id for r in held}
-        lost: list[StoreOp] = []
-        for sid, entry in recorded.items():
-            if sid in kept or sid in known:
-                continue
-            record = session_pb2.Session.FromString(entry.record)
-            record.state = session_pb2.SESSION_STATE_FAILED
-            record.failure.cause = session_pb2.FAILURE_CAUSE_WORKER_LOST
-            record.failure.message = "the worker no longer holds the session (its replica failed over)"
-            record.close_time.FromSeconds(int(time.time()))
-            lost.append(EndSession(sid, entry.worker, record.SerializeToString(), record.owner or None,
-                                   request_key_name(record.task_queue, record.worker.worker_id, record.request_id,
-                                                    record.recreated)))
+        lost: list[StoreOp] = [
+            _worker_lost(entry, "the worker no longer holds the session (its replica failed over)")
+            for sid, entry in recorded.items() if sid not in kept and sid not in known]
         if lost:
             await self.store.commit(lost)
         if adopt:
             log.info("adopting sessions of worker %s from the store", key.worker_id,
                      extra={"worker_id": key.worker_id, "sessions": len(adopt)})
         return adopt
+
+    # ----------------------------------------------------------------- the janitor
+
+    async def start(self) -> None:
+        """Register the replica in the store, then run the janitor."""
+        await self.store.start()
+        self._janitor = asyncio.create_task(self._janitor_loop(), name="sessiond-janitor")
+
+    async def _janitor_loop(self) -> None:
+        """Fail the sessions of workers whose replica died and that did not come back within the
+        failover window (distributed.md §3.5). Every replica runs it; the fenced Txn lets one win."""
+        window = self.engine.recovery_window
+        period = max(0.5, min(5.0, window / 4))
+        while True:
+            await asyncio.sleep(period)
+            if self.fenced.is_set():
+                return
+            try:
+                for replica_id, worker in await self.store.orphaned_workers(window):
+                    await self._release_orphan(replica_id, worker)
+            except EtcdError as error:
+                log.warning("janitor: %s", error)
+
+    async def _release_orphan(self, replica_id: str, worker: tuple[str, str]) -> None:
+        if self.store.owner_of(worker) not in (replica_id, None):
+            return  # taken over meanwhile
+        snapshot = await self.store.load_worker_sessions(worker)
+        ends = [_worker_lost(s, "its worker did not come back within the failover window after its replica died")
+                for s in snapshot.sessions]
+        if await self.store.release_orphan(replica_id, worker, snapshot.fence_revision, ends):
+            log.warning("janitor: worker %s of dead replica %s did not come back; %d session(s) failed "
+                        "WORKER_LOST", worker[1], replica_id, len(ends),
+                        extra={"worker_id": worker[1], "task_queue": worker[0]})
 
     def _worker_lost(self, worker: tuple[str, str]) -> None:
         conn = self.engine._connections.get(WorkerKey(*worker))
@@ -300,7 +337,13 @@ class Cluster:
         if worker is not None and not forwarded:
             address = self._address_of(worker)
             if address is not None:  # a session never changes worker: no store read on this path
-                return await self.call(address, method, request, context, response_type)
+                try:
+                    return await self.call(address, method, request, context, response_type)
+                except OwnerUnavailableError:
+                    if method != "GetSessionInfo":
+                        raise
+                    # The owner is unreachable (dead, its lease not expired yet): the store answers.
+                    worker = None
         found = await self.read(session_id)
         if found is None:
             raise SessionNotFoundError(session_id)
@@ -314,7 +357,12 @@ class Cluster:
             raise OwnerUnavailableError(
                 f"session {session_id!r}: its worker is not connected to any replica now (moving?); retry",
                 metadata={"session_id": session_id})
-        return await self.call(address, method, request, context, response_type)
+        try:
+            return await self.call(address, method, request, context, response_type)
+        except OwnerUnavailableError:
+            if method == "GetSessionInfo":
+                return session  # as stored: the owner is unreachable
+            raise
 
     async def call(self, address: str, method: str, request: Message, context: Context,
                    response_type: type[R]) -> R:
@@ -360,7 +408,11 @@ class Cluster:
             raise OwnerUnavailableError(f"the session store is unreachable ({error}); resubscribe") from None
 
     async def close(self) -> None:
-        """Close the channels to other replicas."""
+        """Stop the janitor; close the channels to other replicas."""
+        if self._janitor is not None:
+            self._janitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._janitor
         for channel in self._channels.values():
             await channel.close(None)
         self._channels.clear()

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import signal
 import time
 from collections.abc import Callable
 
 import grpc
 import pytest
+from sessiond_client.api.v1 import session_pb2
 
 from sessiond.store.etcd import EtcdClient
 from sessiond.testing.etcd_cluster import EtcdCluster
@@ -21,6 +23,9 @@ from tests.integration.workers.support import worker_pool
 from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.asyncio
+
+FAILED = session_pb2.SESSION_STATE_FAILED
+WORKER_LOST = session_pb2.FAILURE_CAUSE_WORKER_LOST
 
 
 async def test_creates_stall_through_an_etcd_leader_kill_and_then_succeed(
@@ -117,3 +122,32 @@ async def test_a_replica_cut_off_from_etcd_fences_itself_and_its_worker_moves_wi
 
 async def _owned_elsewhere(group: Replicas, etcd: EtcdClient, worker_id: str, targets: list[str]) -> bool:
     return await group.owner(etcd, QUEUE, worker_id) in targets
+
+
+async def test_the_janitor_fails_the_sessions_of_a_worker_that_died_with_its_replica(
+        etcd_cluster: EtcdCluster) -> None:
+    async with await EtcdClient.connect(etcd_cluster.endpoints) as etcd, replicas(etcd_cluster, 2) as group, \
+            worker_pool() as start:
+        doomed, survivor = group.targets
+        worker = await start(doomed, QUEUE, max_sessions=2, worker_id="gone")
+        await wait_owned(group, etcd, worker, doomed)
+        caller = Caller(survivor)
+        try:
+            ids = [(await caller.create()).session_id for _ in range(2)]
+            killed_at = time.monotonic()
+            worker.signal(signal.SIGKILL)
+            group.server_at(doomed).signal(signal.SIGKILL)
+
+            async def all_failed() -> bool:
+                states = [await caller.get(sid) for sid in ids]
+                return all(s.state == FAILED and s.failure.cause == WORKER_LOST for s in states)
+
+            # The dead replica's lease expires (TTL), then the failover window passes, then the janitor acts.
+            await eventually(all_failed, timeout=LEASE_TTL + FAILOVER_WINDOW + 15, interval=0.2,
+                             message="the sessions failed WORKER_LOST")
+            print(f"\nreplica and worker killed: sessions FAILED after {time.monotonic() - killed_at:.1f} s "
+                  f"(lease TTL {LEASE_TTL} s + failover window {FAILOVER_WINDOW} s)")
+            assert (QUEUE, "gone") not in await group.open_sessions(etcd)
+            assert await group.owner(etcd, QUEUE, "gone") is None
+        finally:
+            await caller.close()

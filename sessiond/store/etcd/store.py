@@ -188,6 +188,7 @@ class EtcdStore:
         self._workers: dict[WorkerKey, tuple[str, int]] = {}  # mirror: worker -> (owner, mod revision)
         self._replicas: dict[str, str] = {}  # mirror: replica id -> address
         self._workers_changed = asyncio.Event()
+        self._gone_since: dict[str, float] = {}  # replicas seen gone by the janitor, since when (loop time)
         self._pending: deque[_Pending] = deque()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -402,14 +403,21 @@ class EtcdStore:
         # Only a session whose placement is durable is ended: a placement refused after the core
         # reserved it (and the session ended locally meanwhile) leaves nothing to end.
         compares.append(compare(keys.session(op.session_id), "version", ">", 0))
-        bucket = self._bucket_lease()
+        return compares, self._end_ops(op, self._bucket_lease())
+
+    def _end_ops(self, op: EndSession, bucket: int) -> list[pb.RequestOp]:
+        """The writes that end a session: its terminal record and request key on the retention
+        bucket, its slot and owner key deleted."""
+        keys = self.keys
+        entry = store_pb2.SessionEntry(task_queue=op.worker[0], worker_id=op.worker[1], record=op.record,
+                                       writer_replica=self.replica_id).SerializeToString()
         success = [put_op(keys.session(op.session_id), entry, lease=bucket),
                    delete_op(keys.slot(op.worker, op.session_id))]
         if op.owner:
             success.append(delete_op(keys.owner(op.owner)))
         if op.request_id:
-            success.append(put_op(keys.request(op.request_id), sid, lease=bucket))
-        return compares, success
+            success.append(put_op(keys.request(op.request_id), op.session_id.encode(), lease=bucket))
+        return success
 
     async def _send(self, txn: _Txn) -> None:
         failure: list[pb.RequestOp] = []
@@ -587,6 +595,49 @@ class EtcdStore:
             else:
                 rid = unquote(event.kv.key[len(self.keys.replicas):].decode())
                 self._replicas.pop(rid, None)
+
+    # ------------------------------------------------------------------ orphans (the janitor's reads and write)
+
+    async def orphaned_workers(self, gone_for: float) -> list[tuple[str, WorkerKey]]:
+        """Workers still recorded as owned by a replica that has been gone (no ``replicas/`` key,
+        per the mirror) for at least ``gone_for`` seconds: (dead replica id, worker)."""
+        now = asyncio.get_running_loop().time()
+        prefix = self.prefix_of("rworkers/")
+        reply = await self.client.get_prefix(prefix, keys_only=True)
+        out = []
+        for kv in reply.kvs:
+            rid, _, rest = kv.key[len(prefix):].decode().partition("/")
+            rid = unquote(rid)
+            if rid in self._replicas:
+                self._gone_since.pop(rid, None)
+                continue
+            since = self._gone_since.setdefault(rid, now)
+            if now - since >= gone_for:
+                queue, _, worker = rest.partition("/")
+                out.append((rid, (unquote(queue), unquote(worker))))
+        return out
+
+    async def release_orphan(self, replica_id: str, worker: WorkerKey, seen_revision: int,
+                             ends: Sequence[EndSession]) -> bool:
+        """In one Txn, if nobody took ``worker`` over since ``seen_revision``: store the terminal
+        records of its open sessions, free their slots and owner keys, and delete the worker's
+        ownership keys. False when the worker moved meanwhile (nothing written)."""
+        await self._refresh_bucket(len(ends))
+        bucket = self._bucket_lease()
+        success: list[pb.RequestOp] = [delete_op(self.keys.worker(worker)),
+                                       delete_op(self.keys.replica_worker(replica_id, worker))]
+        for op in ends:
+            success += self._end_ops(op, bucket)
+        try:
+            reply = await self.client.txn([modified_at(self.keys.worker(worker), seen_revision)], success,
+                                          timeout=TXN_TIMEOUT)
+        except EtcdUnavailableError:
+            return False
+        return bool(reply.succeeded)
+
+    def prefix_of(self, name: str) -> bytes:
+        """A key prefix under this cluster's."""
+        return self.keys.prefix + name.encode()
 
     def _lose(self, worker: WorkerKey) -> None:
         self._fences.pop(worker, None)
