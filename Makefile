@@ -21,7 +21,8 @@ PYTEST_FLAGS ?= -q -p no:cacheprovider
 .NOTPARALLEL:
 
 .PHONY: help bootstrap .venv node_modules require-node deps-browser deps-etcd test test-py test-cluster lint lint-py \
-        lint-proto lint-docker typecheck gen gen-check docs dist serve demo demo-cluster bench fuzz clean distclean
+        lint-proto lint-docker typecheck gen gen-check docs dist serve demo demo-gpu demo-cluster bench fuzz clean \
+        distclean
 
 help:
 	@echo "make serve      run sessiond on 127.0.0.1:50051 (bootstraps .venv on first use)"
@@ -36,6 +37,7 @@ help:
 	@echo "make deps-etcd  install etcd for the cluster tests (apt, as root) or say what to install"
 	@echo "make gen        regenerate the gRPC stubs from protos/ (scripts/gen_protos.py)"
 	@echo "make demo       run the examples/ file-processing demo"
+	@echo "make demo-gpu   run the examples/ GPU demo (workers with 2 and 1 gpu; sessions ask for some)"
 	@echo "make bench      run the benchmark"
 	@echo "make fuzz       10,000 hostile wire requests against a real server (make test runs a few hundred)"
 	@echo "make clean      remove caches and build output (keeps .venv and node_modules)"
@@ -144,6 +146,9 @@ demo: $(PY_STAMP)
 demo-cluster: export GRPC_VERBOSITY ?= ERROR
 demo-cluster: deps-etcd $(PY_STAMP)
 	$(PY) -m examples.replicas
+
+demo-gpu: $(PY_STAMP)
+	$(PY) -m examples.gpu
 
 bench: $(PY_STAMP)
 	$(PY) -m bench

@@ -189,6 +189,9 @@ async def _phase(channel: grpc.aio.Channel, mode: str, n: int, args: argparse.Na
                 call.cancel()
     if mode == "cc":
         create = session_service_pb2.CreateSessionRequest(task_queue=args.task_queue)
+        if args.resource or args.selector:
+            create.options.resources.update({k: int(v) for k, v in (r.split("=", 1) for r in args.resource)})
+            create.options.selector = args.selector
 
         async def pair() -> tuple[float, ...]:
             t0 = time.perf_counter()
@@ -360,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--duration", type=float, default=4.0)
     run.add_argument("--server-pid", type=int, default=0)
     run.add_argument("--worker-pid", type=int, default=0)
+    run.add_argument("--resource", action="append", default=[], metavar="NAME=N",
+                     help="cc: what each CreateSession asks for besides its session (repeatable)")
+    run.add_argument("--selector", default="", help="cc: the label selector of each CreateSession")
     fill = sub.add_parser("fill", help="open COUNT sessions and leave them open")
     fill.add_argument("--count", type=int, required=True)
     fill.add_argument("--concurrency", type=int, default=64)

@@ -36,16 +36,17 @@ from bench.common import cpu_seconds, rss_kb
 from bench.outlive import scenario_outlive
 from bench.procs import PY, REPO, ChildError, Proc, free_port, run_once, wait_port
 from bench.replicas import scenario_replicas
+from bench.resources import scenario_resources
 from bench.stats import percentile, ratio, spread
 from sessiond.ui import POLL_INTERVAL_MS
 
-SCENARIOS = ("core", "kill9", "frozen_worker", "scale", "tracing", "dashboard", "outlive", "replicas")
+SCENARIOS = ("core", "kill9", "frozen_worker", "scale", "tracing", "dashboard", "outlive", "resources", "replicas")
 # Scenarios that produce several rows of the table (one JSON entry each).
 MULTI_ROW = ("core", "outlive", "replicas")
 # The JSON has one entry per row of the issue's table (core yields three of them).
 RESULT_KEYS = ("create_complete", "execute_activity_1", "execute_activity_64", "kill9", "frozen_worker", "scale",
-               "tracing", "dashboard", "server_restart", "worker_restart", "caller_lost", "replicas_create_complete",
-               "replicas_forwarded", "replicas_failover")
+               "tracing", "dashboard", "server_restart", "worker_restart", "caller_lost", "resources",
+               "replicas_create_complete", "replicas_forwarded", "replicas_failover")
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,10 @@ class Sizes:
     outlive_runs: int
     outlive_sessions: int
     caller_timeout: float
+    resource_runs: int
+    resource_workers: int
+    resource_reps: int
+    probe_ops: int
     replica_reps: int
     failover_trials: int
 
@@ -80,11 +85,14 @@ class Sizes:
 FULL = Sizes(core_reps=4, warmup=1.0, duration=3.0, kill_runs=3, kills=20, echo_kills=10, frozen_runs=3, frozen=8,
              heartbeat_timeout=1.0, scale_runs=3, levels=(10, 1000, 10_000), sessions=100_000, probe_warmup=1.0,
              probe_duration=3.0, idle_seconds=2.0, tracing_runs=3, tracing_in_flight=64, dashboard_runs=6,
-             outlive_runs=3, outlive_sessions=1000, caller_timeout=5.0, replica_reps=3, failover_trials=10)
+             outlive_runs=3, outlive_sessions=1000, caller_timeout=5.0, resource_runs=3, resource_workers=1000,
+             resource_reps=4, probe_ops=5000, replica_reps=3,
+             failover_trials=10)
 SMOKE = Sizes(core_reps=1, warmup=0.2, duration=0.5, kill_runs=1, kills=3, echo_kills=2, frozen_runs=1, frozen=2,
               heartbeat_timeout=0.5, scale_runs=1, levels=(10, 40, 80), sessions=400, probe_warmup=0.2,
               probe_duration=0.5, idle_seconds=0.3, tracing_runs=1, tracing_in_flight=16, dashboard_runs=1,
-              outlive_runs=1, outlive_sessions=20, caller_timeout=1.0, replica_reps=1, failover_trials=1)
+              outlive_runs=1, outlive_sessions=20, caller_timeout=1.0, resource_runs=1, resource_workers=40,
+              resource_reps=2, probe_ops=200, replica_reps=1, failover_trials=1)
 
 WORKER_STREAMS_PER_PROCESS = 1250
 
@@ -140,15 +148,18 @@ class Ctx:
 
     def start_workers(self, target: str, streams: int, *, kind: str = "sessiond", queue: str = "bench",
                       capacity: int = 1000, separate: bool = True, per_process: int = WORKER_STREAMS_PER_PROCESS,
-                      wait: bool = True) -> list[Proc]:
-        """Start ``streams`` worker (or echo holder) streams over as many processes as needed."""
+                      wait: bool = True, resources: tuple[str, ...] = (), label_sets: int = 0) -> list[Proc]:
+        """Start ``streams`` worker (or echo holder) streams over as many processes as needed, each
+        declaring ``resources`` (``NAME=N``) besides sessions and one of ``label_sets`` label sets."""
         procs = []
         left = streams
         while left > 0:
             n = min(left, per_process)
-            left -= n
             argv = [PY, "-m", "bench.worker", "--target", target, "--kind", kind, "--task-queue", queue,
-                    "--streams", str(n), "--capacity", str(capacity)]
+                    "--streams", str(n), "--capacity", str(capacity),
+                    "--label-sets", str(label_sets), "--label-offset", str(streams - left)]
+            argv += [arg for resource in resources for arg in ("--resource", resource)]
+            left -= n
             if separate:
                 argv.append("--separate-channels")
             procs.append(Proc(self.name(f"{kind}-workers"), argv, self.logs))
@@ -173,12 +184,13 @@ class Ctx:
         return run_once(self.name(f"loadgen-{what}"), [PY, "-m", "bench.loadgen", *args], self.logs, timeout)
 
     def phases(self, target: str, phases: list[str], server: Proc, worker: Proc | None = None,
-               warmup: float | None = None, duration: float | None = None, queue: str = "bench") -> dict[str, Any]:
+               warmup: float | None = None, duration: float | None = None, queue: str = "bench",
+               extra: tuple[str, ...] = ()) -> dict[str, Any]:
         """Run timed phases in one fresh load-generator process; returns {phase name: result}."""
         warmup = self.s.warmup if warmup is None else warmup
         duration = self.s.duration if duration is None else duration
         args = ["run", "--target", target, "--phases", ",".join(phases), "--warmup", str(warmup),
-                "--duration", str(duration), "--server-pid", str(server.pid), "--task-queue", queue]
+                "--duration", str(duration), "--server-pid", str(server.pid), "--task-queue", queue, *extra]
         if worker is not None:
             args += ["--worker-pid", str(worker.pid)]
         result = self.loadgen(phases[0].split(":")[0], args, timeout=60 + len(phases) * (warmup + duration) * 3)
@@ -808,7 +820,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs:
         sizes = replace(sizes, core_reps=args.runs, kill_runs=args.runs, frozen_runs=args.runs,
                         scale_runs=args.runs, tracing_runs=args.runs, dashboard_runs=args.runs,
-                        outlive_runs=args.runs, replica_reps=args.runs, failover_trials=max(args.runs, 10))
+                        outlive_runs=args.runs, resource_runs=args.runs, replica_reps=args.runs,
+                        failover_trials=max(args.runs, 10))
     out_dir = args.out or (REPO / "bench" / "out" / "smoke" if args.smoke else REPO / "bench")
     out_dir.mkdir(parents=True, exist_ok=True)
     logs = (out_dir / "logs") if args.out else (REPO / "bench" / "out" / ("smoke-logs" if args.smoke else "logs"))
@@ -826,7 +839,7 @@ def main(argv: list[str] | None = None) -> int:
     runners: dict[str, Callable[[Ctx], Any]] = {
         "core": scenario_core, "kill9": scenario_kill9, "frozen_worker": scenario_frozen, "scale": scenario_scale,
         "tracing": scenario_tracing, "dashboard": scenario_dashboard, "outlive": scenario_outlive,
-        "replicas": scenario_replicas,
+        "resources": scenario_resources, "replicas": scenario_replicas,
     }
     failed = []
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -111,6 +111,14 @@ class WorkerProcess:
         self.shared: grpc.aio.Channel | None = None
         self.retries = 0
         self.activities = 0
+        self.capacities = {k: int(v) for k, v in (r.split("=", 1) for r in args.resource)}
+
+    def labels(self, index: int) -> dict[str, str]:
+        """Stream ``index``'s labels: one of ``--label-sets`` label sets, round robin (none by default)."""
+        if not self.args.label_sets:
+            return {}
+        which = (self.args.label_offset + index) % self.args.label_sets
+        return {"zone": f"z{which}", "gpu_model": ("h100", "a100")[which % 2]}
 
     def _channel(self) -> grpc.aio.Channel:
         if not self.args.separate_channels:
@@ -129,7 +137,8 @@ class WorkerProcess:
                 worker_id = f"{self.args.worker_prefix}-{stream.index}"
                 stream.outbox.put_nowait(worker_pb2.WorkerHeartbeatRequest(register=worker_pb2.RegisterWorker(
                     task_queue=self.args.task_queue, worker_id=worker_id, identity=f"{os.getpid()}@bench",
-                    host_name="bench", max_concurrent_sessions=self.args.capacity)))
+                    host_name="bench", max_concurrent_sessions=self.args.capacity,
+                    capacities=self.capacities, labels=self.labels(stream.index))))
                 stream.call = stub.WorkerHeartbeat(stream.requests())
             elif self.kind == "echo-worker":
                 stream.outbox.put_nowait(b"H")
@@ -215,6 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-prefix", default=f"w{os.getpid()}")
     parser.add_argument("--streams", type=int, default=1)
     parser.add_argument("--capacity", type=int, default=1000, help="max_concurrent_sessions of each worker")
+    parser.add_argument("--resource", action="append", default=[], metavar="NAME=N",
+                        help="a capacity each worker declares besides sessions (repeatable)")
+    parser.add_argument("--label-sets", type=int, default=0,
+                        help="give the streams this many distinct label sets, round robin (zone=zN, gpu_model)")
+    parser.add_argument("--label-offset", type=int, default=0, help="where this process starts in the round robin")
     parser.add_argument("--batch", type=int, default=500, help="streams opened at once (at most 500)")
     parser.add_argument("--separate-channels", action="store_true", help="one channel (TCP connection) per stream")
     args = parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""Operator commands: ``sessiond sessions list|get|complete`` and ``sessiond workers list``.
+"""Operator commands: ``sessiond sessions list|get|complete`` and ``sessiond workers list|waiting``.
 
 They talk to a running server over the public ``sessiond.v1`` API (``ListSessions``,
 ``GetSessionInfo``, ``CompleteSession``, ``ListWorkers``), follow ``next_page_token`` until the last page (or
@@ -23,6 +23,8 @@ import grpc
 from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import Message
 from sessiond_client.api.v1 import session_pb2, session_service_pb2, session_service_pb2_grpc
+
+from sessiond.core.selector import Selector, SelectorError, parse_selector
 
 __all__ = ["DEFAULT_ADDRESS", "add_commands", "run"]
 
@@ -58,6 +60,13 @@ def _positive(raw: str) -> int:
     return value
 
 
+def _selector(raw: str) -> Selector:
+    try:
+        return parse_selector(raw)
+    except SelectorError as exc:
+        raise argparse.ArgumentTypeError(f"selector {exc}") from None
+
+
 def _connection_flags() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--address", default=None,
@@ -90,6 +99,7 @@ def add_commands(sub: Any) -> None:
     listing.add_argument("--task-queue", default="", help="only sessions of this task queue")
     listing.add_argument("--owner", default="", help="only sessions of this owner")
     listing.add_argument("--state", choices=sorted(_STATES), default=None, help="only sessions in this state")
+    listing.add_argument("--resource", default="", metavar="NAME", help="only sessions holding this resource (gpu)")
     get = sessions_sub.add_parser("get", parents=[common], help="show one session",
                                   description="Show one session (GetSessionInfo).")
     get.add_argument("session_id", metavar="ID", help="the session id")
@@ -101,10 +111,18 @@ def add_commands(sub: Any) -> None:
 
     workers = sub.add_parser("workers", help="list connected workers of a running server",
                              description="Read the workers connected to a running sessiond server.")
-    workers_sub = workers.add_subparsers(dest="action", required=True, metavar="{list}")
+    workers_sub = workers.add_subparsers(dest="action", required=True, metavar="{list,waiting}")
     wlist = workers_sub.add_parser("list", parents=[common, paging], help="list connected workers",
-                                   description="List connected workers, following every page.")
+                                   description="List connected workers with their capacities, what they hold and "
+                                               "their labels, following every page.")
     wlist.add_argument("--task-queue", default="", help="only workers of this task queue")
+    wlist.add_argument("--selector", type=_selector, default=None, metavar="SELECTOR",
+                       help="only workers whose labels match, e.g. 'zone=a, gpu_model in (h100,a100), ssd'")
+    waiting = workers_sub.add_parser(
+        "waiting", parents=[common], help="list waiting creates and why they cannot be placed",
+        description="List the creates waiting for a worker, grouped by what they ask for, with why no "
+                    "connected worker could ever hold them (when none could).")
+    waiting.add_argument("--task-queue", default="", help="only creates waiting on this task queue")
 
 
 # ---- running -----------------------------------------------------------------------------------
@@ -152,7 +170,7 @@ def _dispatch(args: argparse.Namespace, stub: session_service_pb2_grpc.SessionSe
             _print_session(session, incarnation, now, out)
     elif args.command == "sessions":
         request = session_service_pb2.ListSessionsRequest(
-            task_queue=args.task_queue, owner=args.owner,
+            task_queue=args.task_queue, owner=args.owner, resource=args.resource,
             state=_STATES[args.state] if args.state else session_pb2.SESSION_STATE_UNSPECIFIED)
 
         def session_page(request: session_service_pb2.ListSessionsRequest,
@@ -165,19 +183,37 @@ def _dispatch(args: argparse.Namespace, stub: session_service_pb2_grpc.SessionSe
             _print_json([_to_dict(s) for s in sessions], out)
         else:
             _print_table(_SESSION_COLUMNS, [_session_row(s, now) for s in sessions], "sessions", out, err)
+    elif args.action == "waiting":
+        first: session_service_pb2.ListWorkersResponse = call(
+            stub.ListWorkers, session_service_pb2.ListWorkersRequest(task_queue=args.task_queue, page_size=1))
+        if args.json:
+            _print_json([_to_dict(w) for w in first.waiting], out)
+        else:
+            _print_table(_WAITING_COLUMNS, [_waiting_row(w, now) for w in first.waiting], "waiting creates", out,
+                         err)
     else:
         wrequest = session_service_pb2.ListWorkersRequest(task_queue=args.task_queue)
+        waiting: list[session_pb2.WaitingRequests] = []
 
         def worker_page(request: session_service_pb2.ListWorkersRequest,
                         ) -> tuple[Sequence[session_pb2.WorkerInfo], str]:
             page: session_service_pb2.ListWorkersResponse = call(stub.ListWorkers, request)
+            waiting.extend(page.waiting)
             return page.workers, page.next_page_token
 
-        workers = list(_pages(wrequest, worker_page, args.page_size, args.limit))
+        # A selector filters here, on every page; without one --limit stops the paging early.
+        workers = list(_pages(wrequest, worker_page, args.page_size, args.limit if args.selector is None else None))
+        if args.selector is not None:
+            workers = [w for w in workers if args.selector.matches(w.labels)][:args.limit]
         if args.json:
             _print_json([_to_dict(w) for w in workers], out)
         else:
             _print_table(_WORKER_COLUMNS, [_worker_row(w, now) for w in workers], "workers", out, err)
+        stuck = sum(w.count for w in waiting if w.unplaceable_reason)
+        if stuck:
+            # On stderr, like "No workers found.": the table stays rows only.
+            err.write(f"{stuck} waiting create{'s' if stuck != 1 else ''} cannot be placed on any connected "
+                      "worker: see 'sessiond workers waiting'.\n")
 
 
 R = TypeVar("R", session_service_pb2.ListSessionsRequest, session_service_pb2.ListWorkersRequest)
@@ -282,9 +318,27 @@ def _seconds(duration: Any) -> str:
     return f"{duration.seconds + duration.nanos / 1e9:g}s"
 
 
-_SESSION_COLUMNS = ("SESSION ID", "TASK QUEUE", "STATE", "WORKER", "HOST", "OWNER", "AGE", "FAILURE")
+_SESSION_COLUMNS = ("SESSION ID", "TASK QUEUE", "STATE", "WORKER", "HOST", "OWNER", "AGE", "FAILURE",
+                    "RESOURCES")
 _WORKER_COLUMNS = ("WORKER ID", "TASK QUEUE", "IDENTITY", "HOST", "SESSIONS", "DRAINING", "CONNECTED",
-                   "LAST HEARTBEAT")
+                   "LAST HEARTBEAT", "RESOURCES", "LABELS")
+_WAITING_COLUMNS = ("TASK QUEUE", "WAITING", "OLDEST", "ASKS FOR", "SELECTOR", "WHY IT CANNOT BE PLACED")
+
+
+def _amounts(amounts: Any, *, skip_sessions: bool = True) -> str:
+    """``gpu=1,scratch_gb=200`` (``sessions`` left out unless asked for), or ``-``."""
+    items = sorted((k, v) for k, v in amounts.items() if not (skip_sessions and k == "sessions"))
+    return ",".join(f"{k}={v}" for k, v in items) or "-"
+
+
+def _usage(worker: session_pb2.WorkerInfo) -> str:
+    """``gpu 1/2, scratch_gb 0/500``: used/capacity of each resource besides sessions, or ``-``."""
+    names = sorted(n for n in worker.capacities if n != "sessions")
+    return ", ".join(f"{n} {worker.used.get(n, 0)}/{worker.capacities[n]}" for n in names) or "-"
+
+
+def _labels(labels: Any) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "-"
 
 
 def _session_row(session: session_pb2.Session, now: float) -> tuple[str, ...]:
@@ -292,6 +346,7 @@ def _session_row(session: session_pb2.Session, now: float) -> tuple[str, ...]:
         session.session_id, session.task_queue, _state(session.state), session.worker.worker_id or "-",
         session.worker.host_name or "-", session.owner or "-", _age(session.create_time, now),
         _cause(session.failure.cause) if session.HasField("failure") else "-",
+        _amounts(session.resources),
     )
 
 
@@ -300,6 +355,14 @@ def _worker_row(worker: session_pb2.WorkerInfo, now: float) -> tuple[str, ...]:
         worker.worker_id, worker.task_queue, worker.identity or "-", worker.host_name or "-",
         f"{worker.open_sessions}/{worker.max_concurrent_sessions}", "yes" if worker.draining else "no",
         _age(worker.connect_time, now) + " ago", _age(worker.last_heartbeat_time, now) + " ago",
+        _usage(worker), _labels(worker.labels),
+    )
+
+
+def _waiting_row(waiting: session_pb2.WaitingRequests, now: float) -> tuple[str, ...]:
+    return (
+        waiting.task_queue, str(waiting.count), _age(waiting.oldest_since, now), _amounts(waiting.resources),
+        waiting.selector or "-", waiting.unplaceable_reason or "- (waits for room)",
     )
 
 
@@ -330,6 +393,8 @@ def _print_session(session: session_pb2.Session, incarnation: str, now: float, o
         ("Expires", _iso(session.expire_time)),
         ("Closed", _iso(session.close_time)),
         ("Failure", failure),
+        ("Resources", _amounts(session.resources, skip_sessions=False)),
+        ("Selector", session.options.selector or "-"),
         ("Creation timeout", _seconds(session.options.creation_timeout)),
         ("Execution timeout", _seconds(session.options.execution_timeout)),
         ("Heartbeat timeout", _seconds(session.options.heartbeat_timeout)),

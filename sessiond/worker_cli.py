@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from sessiond.core.selector import name_problem
 from sessiond.ops import _positive
 
 __all__ = ["add_command", "load_activities", "run"]
@@ -35,6 +36,37 @@ class UsageError(Exception):
     """A problem with what the command was told (exit 2)."""
 
 
+def _pair(raw: str, what: str) -> tuple[str, str]:
+    name, sep, value = raw.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {raw!r}")
+    problem = name_problem(name)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{name!r} {problem}")
+    return name, value
+
+
+def _capacity(raw: str) -> tuple[str, int]:
+    """``NAME=N``: a resource the worker can hold N of."""
+    name, value = _pair(raw, "NAME=N (for example gpu=2)")
+    try:
+        amount = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{name}: expected a whole number, got {value!r}") from None
+    if amount < 0:
+        raise argparse.ArgumentTypeError(f"{name}: must not be negative, got {amount}")
+    return name, amount
+
+
+def _label(raw: str) -> tuple[str, str]:
+    """``KEY=VALUE``: a label selectors match."""
+    key, value = _pair(raw, "KEY=VALUE (for example zone=a)")
+    problem = name_problem(value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{key}: value {value!r} {problem}")
+    return key, value
+
+
 def add_command(sub: Any) -> None:
     """Add the ``worker`` command to the ``sessiond`` subparsers ``sub``."""
     worker = sub.add_parser(
@@ -45,6 +77,10 @@ def add_command(sub: Any) -> None:
     worker.add_argument("--queue", required=True, help="the task queue to serve")
     worker.add_argument("--max-sessions", type=_positive, default=1000,
                         help="hard limit of sessions held at once [1000]")
+    worker.add_argument("--capacity", type=_capacity, action="append", default=[], metavar="NAME=N",
+                        help="a resource the worker can hold N of, a hard limit, e.g. gpu=2 (repeatable)")
+    worker.add_argument("--label", type=_label, action="append", default=[], metavar="KEY=VALUE",
+                        help="a label session selectors match, e.g. zone=a (repeatable)")
     worker.add_argument("--address", default=None,
                         help=f"host:port of sessiond [env {ADDRESS_ENV}; default {DEFAULT_ADDRESS}]")
     worker.add_argument("--worker-id", default=None, help="stable worker id (recreate tokens survive restarts)")
@@ -107,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
             max_concurrent_sessions=args.max_sessions, worker_id=args.worker_id, identity=args.identity,
             auth_token=args.token or os.environ.get(TOKEN_ENV) or None, tls=args.tls,
             root_certificates=args.tls_ca.read_bytes() if args.tls_ca else None,
-            shutdown_grace=args.shutdown_grace, max_activity_threads=args.max_activity_threads)
+            shutdown_grace=args.shutdown_grace, max_activity_threads=args.max_activity_threads,
+            capacities=dict(args.capacity), labels=dict(args.label))
     except (UsageError, ValueError, TypeError, OSError) as exc:
         print(f"sessiond worker: {exc}", file=sys.stderr)
         return 2

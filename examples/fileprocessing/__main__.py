@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from typing import Any
 
 from sessiond_client import SessionClient, SessionFailedError
 
+from examples.common import connect, free_port, until
 from examples.fileprocessing.workflow import (
     TASK_QUEUE,
     continue_on_same_worker,
@@ -42,12 +42,6 @@ from examples.fileprocessing.workflow import (
 
 ROOT = Path(__file__).resolve().parents[2]
 TEXT = ("Worker sessions pin a chain of activities to one worker process.\n" * 50).encode()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
@@ -125,27 +119,6 @@ class Processes:
                 proc.wait()
 
 
-async def _until(what: str, check: Any, timeout: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-async def _connect(target: str) -> SessionClient:
-    async def up() -> bool:
-        try:
-            client = await SessionClient.connect(target, default_rpc_timeout=1.0)
-        except Exception:
-            return False
-        await client.close()
-        return True
-
-    await _until("sessiond to start", up)
-    return await SessionClient.connect(target)
-
-
 async def _workers(client: SessionClient) -> list[str]:
     return [w.identity async for w in client.list_workers(task_queue=TASK_QUEUE)]
 
@@ -158,11 +131,11 @@ def _step(label: str, result: dict[str, Any]) -> None:
 async def run_demo(procs: Processes, files: str) -> bool:
     """The three scenarios; True when all behaved as expected."""
     ok = True
-    client = await _connect(procs.target)
+    client = await connect(procs.target)
     try:
         for name in ("worker-A", "worker-B"):
             procs.start_worker(name)
-        await _until("two workers", lambda: _has_workers(client, 2))
+        await until("two workers", lambda: _has_workers(client, 2))
         print(f"sessiond at {procs.target}; workers on queue {TASK_QUEUE!r}: {sorted(await _workers(client))}\n")
 
         print("1. download -> process -> upload in one session")
@@ -192,7 +165,7 @@ async def run_demo(procs: Processes, files: str) -> bool:
                 print(f"    SessionFailedError after {took:.0f} ms: cause={error.cause.name}: {error}")
                 ok &= error.cause.name == "WORKER_LOST"
         procs.start_worker("worker-C")
-        await _until("the replacement worker", lambda: _has_workers(client, 2))
+        await until("the replacement worker", lambda: _has_workers(client, 2))
         print()
 
         print("3. continue-as-new: recreate the session on the same worker from its token")
@@ -220,7 +193,7 @@ async def _restart_scenario(procs: Processes, client: SessionClient, files: str)
     with tempfile.TemporaryDirectory(prefix="worker-R-") as scratch:
         restartable = ("--worker-id", "worker-R", "--scratch", scratch)
         procs.start_worker("worker-R", *restartable)
-        await _until("worker-R", lambda: _has_workers(client, 1))
+        await until("worker-R", lambda: _has_workers(client, 1))
 
         async def restart(name: str) -> None:
             print(f"    kill -9 {name} after the download; starting it again (same worker id and scratch)")
@@ -240,7 +213,7 @@ async def _has_workers(client: SessionClient, n: int) -> bool:
 
 
 def main() -> int:
-    target = f"127.0.0.1:{_free_port()}"
+    target = f"127.0.0.1:{free_port()}"
     procs = Processes(target)
     procs.start_server()
     try:

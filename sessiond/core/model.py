@@ -7,9 +7,11 @@ them into wall-clock timestamps.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from sessiond.core.resources import ResourceVector
+from sessiond.core.selector import EVERYTHING, Selector
 
 # request_id scoped to what was asked, e.g. ("create", task_queue, request_id); () = no request_id.
 # A tuple, never a joined string: no choice of names can make two different requests collide.
@@ -83,6 +85,8 @@ class WorkerRegistration:
     # Unique per worker process: a registration from the same process replaces its own earlier
     # stream at once (that stream is dead from the worker's side), even while it still looks live.
     instance_id: str = ""
+    # What selectors match (SPEC §6.3): label key -> value.
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +106,9 @@ class SessionRecord:
     recreated: bool
     placed_at: float
     expire_at: float
+    # What the session holds on its worker (``sessions: 1`` included), and the selector it was placed with.
+    demand: ResourceVector = field(default_factory=ResourceVector.one_session)
+    selector: Selector = EVERYTHING
 
 
 @dataclass(slots=True, eq=False)
@@ -120,7 +127,10 @@ class Session:
     state: SessionState = SessionState.OPEN
     closed_at: float | None = None
     failure: Failure | None = None
-    demand: ResourceVector = field(default_factory=lambda: ResourceVector.one_session())
+    # What the session holds on its worker, ``sessions: 1`` included (released when it ends).
+    demand: ResourceVector = field(default_factory=ResourceVector.one_session)
+    # The label selector it was placed with (recorded for views and adoption; the empty one for Recreates).
+    selector: Selector = EVERYTHING
     activities: set[str] = field(default_factory=set)
     # request_id scoped to the request it came with (the key of the idempotency index).
     request_key: RequestKey = ()
@@ -150,6 +160,7 @@ class Worker:
     connected_at: float
     last_seen: float
     instance_id: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
     used: ResourceVector = field(default_factory=ResourceVector)
     sessions: set[str] = field(default_factory=set)
     connected: bool = True
@@ -166,6 +177,8 @@ class Worker:
     interval: float = 10.0
     # When ``interval`` took effect: the worker's silence is judged by it only from then on.
     interval_since: float = 0.0
+    _free: ResourceVector = field(default_factory=ResourceVector, repr=False)
+    _free_of: ResourceVector | None = field(default=None, repr=False)
 
     @property
     def eligible(self) -> bool:
@@ -174,8 +187,13 @@ class Worker:
 
     @property
     def free(self) -> ResourceVector:
-        """Capacity not yet used by open sessions."""
-        return self.capacity - self.used
+        """Capacity not yet used by open sessions (computed once per change of ``used``: vectors are
+        immutable, so a new ``used`` object is the only way it changes)."""
+        used = self.used
+        if self._free_of is not used:
+            self._free = self.capacity - used
+            self._free_of = used
+        return self._free
 
 
 @dataclass(slots=True, eq=False)
@@ -214,3 +232,26 @@ class Waiter:
     request_key: RequestKey = ()
     # When it started waiting (operator views show the age of the oldest waiter per queue).
     since: float = 0.0
+    # What it asks for (``sessions: 1`` included) and on which workers (Creates only).
+    demand: ResourceVector = field(default_factory=ResourceVector.one_session)
+    selector: Selector = EVERYTHING
+    # Arrival order across the task queue (the fairness policy compares waiters by it).
+    seq: int = 0
+    # How often a later request took what this one needs while it was the oldest of its kind, and
+    # whether that reached the limit: then it holds the workers it could use (see core.placement).
+    skipped: int = 0
+    holding: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingKind:
+    """The Creates of one task queue that wait for the same thing (operator views)."""
+
+    task_queue: str
+    demand: ResourceVector
+    selector: Selector
+    count: int
+    # When the oldest of them started waiting.
+    oldest_since: float
+    # Why no connected worker could ever hold such a request (None: one could, once enough is free).
+    unplaceable: str | None

@@ -1,12 +1,13 @@
-"""A resource vector: named non-negative amounts, so per-resource limits need no rewrite.
+"""A resource vector: named non-negative amounts.
 
-Today every worker declares one resource, ``sessions`` (its ``max_concurrent_sessions``), and
-every session demands one of it. SPEC §6 adds more names (``gpu``, ``scratch_gb``).
+A worker declares its capacity per resource (``{"sessions": 4, "gpu": 2}``; ``sessions`` is its
+``max_concurrent_sessions``) and every session demands one ``sessions`` plus what it asks for
+(``{"gpu": 1}``). Names follow :func:`sessiond.core.selector.name_problem`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import ItemsView, Mapping
 
 SESSIONS = "sessions"
 
@@ -14,10 +15,11 @@ SESSIONS = "sessions"
 class ResourceVector:
     """Immutable mapping of resource name to amount; missing names are 0."""
 
-    __slots__ = ("_amounts",)
+    __slots__ = ("_amounts", "_hash")
 
     def __init__(self, amounts: Mapping[str, int] | None = None) -> None:
         self._amounts: dict[str, int] = {k: v for k, v in (amounts or {}).items() if v}
+        self._hash: int | None = None
 
     @classmethod
     def one_session(cls) -> ResourceVector:
@@ -32,17 +34,36 @@ class ResourceVector:
     def __getitem__(self, name: str) -> int:
         return self._amounts.get(name, 0)
 
+    @classmethod
+    def _of(cls, amounts: dict[str, int]) -> ResourceVector:
+        # Hot path (every placement and release): ``amounts`` is fresh and has no zero amounts.
+        vector = cls.__new__(cls)
+        vector._amounts = amounts
+        vector._hash = None
+        return vector
+
     def __add__(self, other: ResourceVector) -> ResourceVector:
-        out = dict(self._amounts)
-        for k, v in other._amounts.items():
-            out[k] = out.get(k, 0) + v
-        return ResourceVector(out)
+        return self._combine(other, 1)
 
     def __sub__(self, other: ResourceVector) -> ResourceVector:
+        return self._combine(other, -1)
+
+    def _combine(self, other: ResourceVector, sign: int) -> ResourceVector:
         out = dict(self._amounts)
         for k, v in other._amounts.items():
-            out[k] = out.get(k, 0) - v
-        return ResourceVector(out)
+            amount = out.get(k, 0) + sign * v
+            if amount:
+                out[k] = amount
+            else:
+                out.pop(k, None)
+        return ResourceVector._of(out)
+
+    def items(self) -> ItemsView[str, int]:
+        """The non-zero amounts (a read-only view)."""
+        return self._amounts.items()
+
+    def __len__(self) -> int:
+        return len(self._amounts)
 
     def as_dict(self) -> dict[str, int]:
         """The non-zero amounts by resource name (a copy)."""
@@ -56,10 +77,17 @@ class ResourceVector:
         return isinstance(other, ResourceVector) and self._amounts == other._amounts
 
     def __hash__(self) -> int:
-        return hash(frozenset(self._amounts.items()))
+        # Cached: vectors key dicts on hot paths (kinds of waiters, converted maps); they never change.
+        if self._hash is None:
+            self._hash = hash(frozenset(self._amounts.items()))
+        return self._hash
 
     def __repr__(self) -> str:
         return f"ResourceVector({self._amounts!r})"
+
+    def __str__(self) -> str:
+        """``gpu=1,sessions=1``: names sorted (messages and logs)."""
+        return ",".join(f"{k}={v}" for k, v in sorted(self._amounts.items())) or "nothing"
 
 
 _ONE_SESSION = ResourceVector({SESSIONS: 1})

@@ -1,9 +1,11 @@
-"""The session table: sessions, their lifecycle, placement, waiters, activities and expiry.
+"""The session table: sessions and their lifecycle, workers, activities and expiry.
 
 Pure: no I/O, no clock. Every method that depends on time takes ``now`` (monotonic seconds).
 Mutations append :mod:`~sessiond.core.events` to an outbox that the caller drains with
 :meth:`SessionTable.take_events`. Costs on the hot paths do not grow with the number of
-workers or sessions: create and complete are O(log n), a heartbeat is O(1).
+workers or sessions: create and complete are O(log n), a heartbeat is O(1). Where a new session
+may go is :mod:`~sessiond.core.placement`'s index; who waits for one, in what order, is
+:mod:`~sessiond.core.waiters`'.
 
 Liveness is lazy and grouped. A heartbeat only stamps ``worker.last_seen``. A worker's open
 sessions are grouped by heartbeat_timeout T; within a group, session s is due at
@@ -20,9 +22,7 @@ import bisect
 import itertools
 import math
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TypeVar
 
 from sessiond.core.deadlines import DeadlineQueue
 from sessiond.core.errors import (
@@ -36,6 +36,7 @@ from sessiond.core.errors import (
     NoCapacityError,
     RecoveringError,
     SessionClosedError,
+    SessionError,
     SessionFailedError,
     SessionNotFoundError,
     TooManyWaitersError,
@@ -63,16 +64,18 @@ from sessiond.core.model import (
     SessionRecord,
     SessionState,
     Waiter,
+    WaitingKind,
     Worker,
     WorkerKey,
     WorkerRegistration,
 )
 from sessiond.core.pauses import PauseLedger
+from sessiond.core.placement import MAX_SKIPS, Placer
 from sessiond.core.registry import WorkerRegistry
 from sessiond.core.resources import ResourceVector
+from sessiond.core.selector import EVERYTHING, Selector
 from sessiond.core.token import decode_token, encode_token
-
-K = TypeVar("K")
+from sessiond.core.waiters import WaiterQueues
 
 # A connected worker silent for this many heartbeat intervals takes no new sessions until it speaks.
 STALE_INTERVALS = 3.0
@@ -84,6 +87,9 @@ _FAILURE_TEXT = {
     FailureCause.WORKER_SHUTDOWN: "the worker shut down while the session was open",
     FailureCause.CALLER_LOST: "no caller attended the session (no watch, no RPC) within caller_timeout",
 }
+
+
+_ONE_SESSION = ResourceVector.one_session()
 
 
 def _uuid() -> str:
@@ -102,6 +108,7 @@ class SessionTable:
         max_waiters: int | None = None,
         max_waiters_per_queue: int | None = None,
         recovering_until: float = -math.inf,
+        max_skips: int = MAX_SKIPS,
     ) -> None:
         """Create an empty table.
 
@@ -114,6 +121,8 @@ class SessionTable:
             recovering_until: the end of the recovery window of a restarted server: until then an
                 unknown session id may still be reported by its worker (RECOVERING, not NOT_FOUND),
                 and sessions that registering workers report are adopted.
+            max_skips: how often a waiting Create may be passed by later ones before it holds
+                the workers it could use (see :mod:`sessiond.core.placement`).
         """
         self.retention = retention
         self.max_heartbeat_interval = max_heartbeat_interval
@@ -127,7 +136,6 @@ class SessionTable:
         self._by_seq: dict[int, Session] = {}
         self._session_deadlines: DeadlineQueue[str] = DeadlineQueue()
         self._liveness_deadlines: DeadlineQueue[tuple[WorkerKey, float]] = DeadlineQueue()
-        self._waiter_deadlines: DeadlineQueue[str] = DeadlineQueue()
         self._activity_deadlines: DeadlineQueue[str] = DeadlineQueue()
         self._worker_deadlines: DeadlineQueue[WorkerKey] = DeadlineQueue()
         # Caller liveness, one entry per OPEN session with a caller_timeout, re-armed lazily: an RPC
@@ -137,16 +145,16 @@ class SessionTable:
         self._reattach_deadlines: DeadlineQueue[str] = DeadlineQueue()
         # The last stream of a worker whose sessions are detached: it keeps their slots counted.
         self._detached: dict[WorkerKey, Worker] = {}
-        self._waiters: dict[str, Waiter] = {}
-        self._queue_waiters: dict[str, deque[Waiter]] = {}
-        self._worker_waiters: dict[WorkerKey, deque[Waiter]] = {}
+        self.waiting = WaiterQueues()
+        self.placer = Placer(self.registry.candidates, self.waiting, max_skips=max_skips)
+        # Task queues whose holding waiter left: serve all their waiting Creates again.
+        self._released: set[str] = set()
         self._owners: dict[str, Session | Waiter] = {}
         self._requests: dict[RequestKey, Session | Waiter] = {}
         self._activities: dict[str, Activity] = {}
         self._events: list[Event] = []
         self.max_waiters = max_waiters
         self.max_waiters_per_queue = max_waiters_per_queue
-        self._waiting_per_queue: dict[str, int] = {}
         # The server's own pauses: liveness does not count them as worker silence.
         self.pauses = PauseLedger()
 
@@ -160,8 +168,8 @@ class SessionTable:
     def next_deadline(self) -> float | None:
         """The earliest time at which :meth:`advance` has something to do, or None."""
         # Called after every mutation (the engine re-arms its timer): no temporary list.
-        best = self._session_deadlines.peek()
-        for queue in (self._liveness_deadlines, self._waiter_deadlines, self._activity_deadlines,
+        best = self.waiting.next_deadline()
+        for queue in (self._session_deadlines, self._liveness_deadlines, self._activity_deadlines,
                       self._worker_deadlines, self._caller_deadlines, self._reattach_deadlines):
             t = queue.peek()
             if t is not None and (best is None or t < best):
@@ -197,8 +205,9 @@ class SessionTable:
             self._end(now, self._sessions[sid], SessionState.FAILED, FailureCause.WORKER_LOST)
         for sid in self._caller_deadlines.pop_due(now):
             self._caller_due(now, self._sessions[sid])
-        for wid in self._waiter_deadlines.pop_due(now):
-            self._expire_waiter(self._waiters[wid])
+        for waiter in self.waiting.pop_due(now):
+            self._expire_waiter(waiter)
+        self._serve_released(now)
         for aid in self._activity_deadlines.pop_due(now):
             activity = self._activities.pop(aid)
             self._sessions[activity.session_id].activities.discard(aid)
@@ -267,7 +276,7 @@ class SessionTable:
             if now < stale_at and not (reg.instance_id and reg.instance_id == old.instance_id):
                 raise WorkerIdInUseError(key.task_queue, key.worker_id, stale_at - now)
             self._release_worker(now, old)
-        worker = self.registry.connect(key, reg.identity, reg.host_name, reg.capacity, now)
+        worker = self.registry.connect(key, reg.identity, reg.host_name, reg.capacity, now, reg.labels)
         worker.instance_id = reg.instance_id
         worker.interval = self.max_heartbeat_interval
         worker.interval_since = now
@@ -334,9 +343,10 @@ class SessionTable:
             raise AdoptionRefusedError(f"session {record.session_id} is known already")
         if record.task_queue != key.task_queue:
             raise AdoptionRefusedError(f"session {record.session_id} is of another task queue")
-        demand = ResourceVector.one_session()
+        demand = record.demand
         if not worker.free.covers(demand):
-            raise AdoptionRefusedError(f"worker {key.worker_id} has no free slot for session {record.session_id}")
+            raise AdoptionRefusedError(f"worker {key.worker_id} has no room for session {record.session_id} "
+                                       f"({demand})")
         if record.owner and record.owner in self._owners:
             raise AdoptionRefusedError(f"owner {record.owner!r} already holds an open session or waits for one")
         if record.recreated:
@@ -348,7 +358,8 @@ class SessionTable:
         session = Session(
             session_id=record.session_id, seq=next(self._seq), task_queue=key.task_queue, worker=worker,
             options=record.options, owner=record.owner, request_id=record.request_id, placed_at=record.placed_at,
-            expire_at=record.expire_at, demand=demand, request_key=request_key, recreated=record.recreated,
+            expire_at=record.expire_at, demand=demand, selector=record.selector, request_key=request_key,
+            recreated=record.recreated,
         )
         self._install(now, worker, session)
         self._update_interval(now, worker)
@@ -491,8 +502,11 @@ class SessionTable:
         session.caller_seen = now
 
     def create(self, now: float, task_queue: str, options: SessionOptions, *, owner: str = "",
-               request_id: str = "", max_wait: float | None = None) -> Session | Waiter:
-        """Place a session on the most-free worker of ``task_queue``, or enqueue a waiter (FIFO).
+               request_id: str = "", max_wait: float | None = None,
+               demand: ResourceVector = _ONE_SESSION, selector: Selector = EVERYTHING,
+               ) -> Session | Waiter:
+        """Place a session on the most free worker of ``task_queue`` that matches ``selector`` and has
+        ``demand`` free, or enqueue a waiter (see :mod:`sessiond.core.placement` for the policy).
 
         Returns the session when placed at once, else a :class:`Waiter` whose outcome comes later
         as :class:`SessionPlaced` or :class:`WaiterFailed`. A retry with the same ``request_id``
@@ -504,19 +518,23 @@ class SessionTable:
         if earlier is not None:
             return earlier
         self._check_owner(owner)
-        if not _has_live(self._queue_waiters.get(task_queue)):
-            worker = self.registry.best(task_queue, ResourceVector.one_session())
+        seq = self.waiting.arrival()
+        # FIFO per kind: a request queues behind an earlier one that asks for the same thing.
+        if not self.waiting.has_kind(task_queue, demand, selector):
+            worker = self.placer.choose(task_queue, demand, selector, seq)
             if worker is not None:
-                return self._place(now, worker, options, owner, request_id, None, request_key)
+                return self._place(now, worker, options, owner, request_id, None, request_key, demand=demand,
+                                   selector=selector, seq=seq)
         wait = _wait(options, max_wait)
         if wait <= 0:
-            raise NoCapacityError(f"no worker of task queue {task_queue!r} has a free slot")
-        queue = self._queue_waiters.setdefault(task_queue, deque())
-        return self._enqueue(now, queue, task_queue, None, options, owner, request_id, wait, request_key)
+            raise NoCapacityError(self.placer.no_room(task_queue, demand, selector, "has"))
+        return self._enqueue(now, task_queue, None, options, owner, request_id, wait, request_key, demand=demand,
+                             selector=selector, seq=seq)
 
     def recreate(self, now: float, token: bytes, options: SessionOptions, *, owner: str = "",
-                 request_id: str = "", max_wait: float | None = None) -> Session | Waiter:
-        """Place a new session on the worker ``token`` names, or wait for it to have room."""
+                 request_id: str = "", max_wait: float | None = None,
+                 demand: ResourceVector = _ONE_SESSION) -> Session | Waiter:
+        """Place a new session asking for ``demand`` on the worker ``token`` names, or wait for it to have room."""
         key = decode_token(token)
         request_key = _request_key(request_id, "recreate", key.task_queue, key.worker_id)
         earlier = self._requests.get(request_key) if request_key else None
@@ -524,23 +542,33 @@ class SessionTable:
             return earlier
         self._check_owner(owner)
         worker = self.registry.workers.get(key)
-        if worker is not None and worker.eligible and not _has_live(self._worker_waiters.get(key)) \
-                and worker.free.covers(ResourceVector.one_session()):
-            return self._place(now, worker, options, owner, request_id, None, request_key, recreated=True)
+        if worker is not None and worker.eligible and worker.free.covers(demand):
+            # FIFO per worker: behind earlier Recreates, except those this worker could never hold.
+            ahead = self.waiting.for_worker(key)
+            if not ahead or not any(not w.done and worker.capacity.covers(w.demand) for w in ahead):
+                return self._place(now, worker, options, owner, request_id, None, request_key, recreated=True,
+                                   demand=demand)
         wait = _wait(options, max_wait)
         if wait <= 0:
             if worker is not None and worker.eligible:
-                raise NoCapacityError(f"worker {key.worker_id!r} has no free slot")
+                capacity = "" if worker.capacity.covers(demand) else f" (its capacity: {worker.capacity})"
+                raise NoCapacityError(f"worker {key.worker_id!r} has no room for {demand}{capacity}")
             state = "is not connected" if worker is None else "is not taking sessions (draining, silent or backlogged)"
             raise WorkerUnavailableError(f"worker {key.worker_id!r} of task queue {key.task_queue!r} {state}")
-        queue = self._worker_waiters.setdefault(key, deque())
-        return self._enqueue(now, queue, key.task_queue, key, options, owner, request_id, wait, request_key)
+        return self._enqueue(now, key.task_queue, key, options, owner, request_id, wait, request_key, demand=demand,
+                             selector=EVERYTHING, seq=self.waiting.arrival())
 
-    def cancel_waiter(self, waiter_id: str) -> None:
-        """The caller gave up waiting: the waiter leaves the queue and will take no slot."""
-        waiter = self._waiters.get(waiter_id)
-        if waiter is not None:
-            self._drop_waiter(waiter)
+    def cancel_waiter(self, now: float, *waiter_ids: str) -> None:
+        """The callers gave up waiting: the waiters leave their queues and will take no slot.
+
+        Several at once leave together before anything else is placed (a holding one leaving may
+        let the others' workers take the rest: none of the cancelled is among them).
+        """
+        for waiter_id in waiter_ids:
+            waiter = self.waiting.get(waiter_id)
+            if waiter is not None:
+                self._drop_waiter(waiter)
+        self._serve_released(now)
 
     def complete(self, now: float, session_id: str) -> Session:
         """Close an OPEN session and free its slot; a no-op on FAILED and CLOSED sessions."""
@@ -591,19 +619,16 @@ class SessionTable:
         if holder is not None:
             raise ExistingOpenSessionError(owner, holder.session_id if isinstance(holder, Session) else None)
 
-    def _enqueue(self, now: float, queue: deque[Waiter], task_queue: str, target: WorkerKey | None,
-                 options: SessionOptions, owner: str, request_id: str, wait: float, request_key: RequestKey) -> Waiter:
-        waiting = self._waiting_per_queue.get(task_queue, 0)
-        if self.max_waiters is not None and len(self._waiters) >= self.max_waiters:
+    def _enqueue(self, now: float, task_queue: str, target: WorkerKey | None, options: SessionOptions, owner: str,
+                 request_id: str, wait: float, request_key: RequestKey, *, demand: ResourceVector,
+                 selector: Selector, seq: int) -> Waiter:
+        if self.max_waiters is not None and len(self.waiting) >= self.max_waiters:
             raise TooManyWaitersError(task_queue, self.max_waiters, "in all task queues")
-        if self.max_waiters_per_queue is not None and waiting >= self.max_waiters_per_queue:
+        if self.max_waiters_per_queue is not None and self.waiting.count(task_queue) >= self.max_waiters_per_queue:
             raise TooManyWaitersError(task_queue, self.max_waiters_per_queue, f"on task queue {task_queue!r}")
-        self._waiting_per_queue[task_queue] = waiting + 1
         waiter = Waiter(self._new_id(), task_queue, target, options, owner, request_id, now + wait,
-                        request_key=request_key, since=now)
-        self._waiters[waiter.waiter_id] = waiter
-        queue.append(waiter)
-        self._waiter_deadlines.set(waiter.waiter_id, waiter.deadline)
+                        request_key=request_key, since=now, demand=demand, selector=selector, seq=seq)
+        self.waiting.add(waiter)
         if owner:
             self._owners[owner] = waiter
         if request_key:
@@ -612,52 +637,51 @@ class SessionTable:
 
     def _expire_waiter(self, waiter: Waiter) -> None:
         self._drop_waiter(waiter)
-        error = (
-            WorkerUnavailableError(
+        if waiter.target is not None:
+            error: SessionError = WorkerUnavailableError(
                 f"worker {waiter.target.worker_id!r} of task queue {waiter.target.task_queue!r} "
-                "had no free slot (or was not connected) within creation_timeout"
-            ) if waiter.target is not None else CreationTimeoutError(
-                f"no worker of task queue {waiter.task_queue!r} had a free slot within creation_timeout"
-            )
-        )
+                f"had no room for {waiter.demand} (or was not connected) within creation_timeout"
+                if waiter.demand != _ONE_SESSION else
+                f"worker {waiter.target.worker_id!r} of task queue {waiter.target.task_queue!r} "
+                "had no free slot (or was not connected) within creation_timeout")
+        else:
+            error = CreationTimeoutError(self.placer.no_room(waiter.task_queue, waiter.demand, waiter.selector, "had",
+                                                       " within creation_timeout"))
         self._events.append(WaiterFailed(waiter.waiter_id, error))
 
     def _drop_waiter(self, waiter: Waiter) -> None:
-        waiter.done = True
-        # Trim done waiters off the front and drop an emptied queue: queue names and tokens come
-        # from callers, so per-name state must not outlive its waiters.
-        if waiter.target is not None:
-            _trim(self._worker_waiters, waiter.target)
-        else:
-            _trim(self._queue_waiters, waiter.task_queue)
-        del self._waiters[waiter.waiter_id]
-        self._waiter_deadlines.remove(waiter.waiter_id)
-        left = self._waiting_per_queue[waiter.task_queue] - 1
-        if left:
-            self._waiting_per_queue[waiter.task_queue] = left
-        else:
-            del self._waiting_per_queue[waiter.task_queue]
+        if self.waiting.drop(waiter):
+            self._released.add(waiter.task_queue)
         if waiter.owner and self._owners.get(waiter.owner) is waiter:
             del self._owners[waiter.owner]
         if waiter.request_key and self._requests.get(waiter.request_key) is waiter:
             del self._requests[waiter.request_key]
 
     def _place(self, now: float, worker: Worker, options: SessionOptions, owner: str, request_id: str,
-               waiter_id: str | None, request_key: RequestKey, *, recreated: bool = False) -> Session:
-        demand = ResourceVector.one_session()
+               waiter_id: str | None, request_key: RequestKey, *, recreated: bool = False,
+               demand: ResourceVector = _ONE_SESSION, selector: Selector = EVERYTHING,
+               seq: int = 0) -> Session:
         # The hard limit: callers found room, and nothing ran in between (the core is synchronous).
         if not worker.free.covers(demand):
-            raise IllegalTransitionError(f"worker {worker.key.worker_id} is full")
+            raise IllegalTransitionError(f"worker {worker.key.worker_id} has no room for {demand}")
+        if not recreated:
+            self.placer.placing(worker.key.task_queue, seq, worker, demand)
         session = Session(
             session_id=self._new_id(), seq=next(self._seq), task_queue=worker.key.task_queue,
             worker=worker, options=options, owner=owner, request_id=request_id, placed_at=now,
-            expire_at=now + options.execution_timeout, demand=demand, request_key=request_key,
+            expire_at=now + options.execution_timeout, demand=demand, selector=selector, request_key=request_key,
             recreated=recreated,
         )
         self._install(now, worker, session)
         self._events.append(SessionPlaced(session, waiter_id))
         self._update_interval(now, worker)
         return session
+
+    def _place_waiter(self, now: float, worker: Worker, waiter: Waiter) -> None:
+        self._drop_waiter(waiter)
+        self._place(now, worker, waiter.options, waiter.owner, waiter.request_id, waiter.waiter_id,
+                    waiter.request_key, recreated=waiter.target is not None, demand=waiter.demand,
+                    selector=waiter.selector, seq=waiter.seq)
 
     def _install(self, now: float, worker: Worker, session: Session) -> None:
         """Enter a new OPEN session into every index: placement and adoption both end here."""
@@ -745,36 +769,31 @@ class SessionTable:
             del self._requests[session.request_key]
 
     def _serve(self, now: float, worker: Worker) -> None:
-        """Hand free capacity to waiters: first Recreates for this worker, then its task queue, FIFO."""
-        demand = ResourceVector.one_session()
-        targeted = self._worker_waiters.get(worker.key)
-        # A waiter whose deadline has passed is failed, never placed, even when advance() has not
-        # reached it yet (a slot freed in the same advance, or a call that arrives late).
-        while targeted and worker.eligible and worker.free.covers(demand):
-            waiter = targeted.popleft()
-            if waiter.done:
-                continue
-            if waiter.deadline <= now:
+        """Hand what ``worker`` has free to waiters: first the Recreates for it, then its task queue's
+        Creates (the policy is :class:`~sessiond.core.placement.Placer`'s).
+
+        A waiter whose deadline has passed is failed, never placed, even when advance() has not
+        reached it yet (a slot freed in the same advance, or a call that arrives late).
+        """
+        for waiter, target in self.placer.next_recreates(now, worker):
+            if target is None:
                 self._expire_waiter(waiter)
-                continue
-            self._drop_waiter(waiter)
-            self._place(now, worker, waiter.options, waiter.owner, waiter.request_id, waiter.waiter_id,
-                        waiter.request_key, recreated=True)
-        queue = self._queue_waiters.get(worker.key.task_queue)
-        while queue:
-            if queue[0].done:
-                queue.popleft()
-                continue
-            if queue[0].deadline <= now:
-                self._expire_waiter(queue.popleft())
-                continue
-            best = self.registry.best(worker.key.task_queue, demand)
-            if best is None:
-                break
-            waiter = queue.popleft()
-            self._drop_waiter(waiter)
-            self._place(now, best, waiter.options, waiter.owner, waiter.request_id, waiter.waiter_id,
-                        waiter.request_key)
+            else:
+                self._place_waiter(now, target, waiter)
+        self._serve_creates(now, worker.key.task_queue, worker)
+        self._serve_released(now)
+
+    def _serve_creates(self, now: float, task_queue: str, changed: Worker | None) -> None:
+        for waiter, target in self.placer.next_creates(now, task_queue, changed):
+            if target is None:
+                self._expire_waiter(waiter)
+            else:
+                self._place_waiter(now, target, waiter)
+
+    def _serve_released(self, now: float) -> None:
+        """A holding waiter left: the workers it held back may take the other waiting Creates."""
+        while self._released:
+            self._serve_creates(now, self._released.pop(), None)
 
     def _update_interval(self, now: float, worker: Worker) -> None:
         # The new interval reaches the worker on the next message it gets (every message carries
@@ -919,11 +938,16 @@ class SessionTable:
 
     def waiting_count(self) -> int:
         """Creates and Recreates waiting for a slot."""
-        return len(self._waiters)
+        return len(self.waiting)
+
+    def waiting_kinds(self, task_queue: str = "") -> list[WaitingKind]:
+        """The waiting Creates grouped by what they ask for, with why no worker could ever hold a kind
+        (see :meth:`~sessiond.core.placement.Placer.waiting_kinds`). Operator path."""
+        return self.placer.waiting_kinds(task_queue)
 
     def waiters(self) -> list[Waiter]:
         """The Creates and Recreates waiting for a slot, oldest first (a copy; operator views)."""
-        return list(self._waiters.values())
+        return self.waiting.all()
 
 
 def _activity_timeout(now: float, activity: Activity) -> ActivityTimeoutError | ActivityHeartbeatTimeoutError:
@@ -945,14 +969,3 @@ def _request_key(request_id: str, *scope: str) -> RequestKey:
     """request_id scoped to what was asked: the same id on another request is another request."""
     return (*scope, request_id) if request_id else ()
 
-
-def _has_live(queue: deque[Waiter] | None) -> bool:
-    while queue and queue[0].done:
-        queue.popleft()
-    return bool(queue)
-
-
-def _trim(queues: dict[K, deque[Waiter]], name: K) -> None:
-    queue = queues.get(name)
-    if queue is not None and not _has_live(queue):
-        del queues[name]

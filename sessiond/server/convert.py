@@ -13,8 +13,8 @@ from datetime import timedelta
 from google.protobuf import duration_pb2, timestamp_pb2
 from sessiond_client.api.v1 import session_pb2
 
-from sessiond.core.model import Session, SessionOptions, Worker, WorkerKey
-from sessiond.core.resources import SESSIONS
+from sessiond.core.model import Session, SessionOptions, WaitingKind, Worker, WorkerKey
+from sessiond.core.resources import SESSIONS, ResourceVector
 from sessiond.core.token import encode_token
 
 
@@ -88,8 +88,15 @@ def _worker_ref(worker_id: str, identity: str, host_name: str) -> session_pb2.Wo
     return session_pb2.WorkerRef(worker_id=worker_id, identity=identity, host_name=host_name)
 
 
+@functools.lru_cache(maxsize=1024)
+def resource_map(vector: ResourceVector) -> dict[str, int]:
+    """A resource vector as a proto map's value (cached: sessions share a few vectors; never mutated)."""
+    return vector.as_dict()
+
+
 def session_to_pb(session: Session, clock: WallClock) -> session_pb2.Session:
-    """A session as the wire shows it."""
+    """A session as the wire shows it: ``resources`` is what it holds (``sessions: 1`` included);
+    ``options.resources`` and ``options.selector`` are what it asked for."""
     worker = session.worker
     out = session_pb2.Session(
         session_id=session.session_id,
@@ -101,7 +108,12 @@ def session_to_pb(session: Session, clock: WallClock) -> session_pb2.Session:
         options=_options_template(session.options),
         request_id=session.request_id,
         recreated=session.recreated,
+        resources=resource_map(session.demand),
     )
+    if len(session.demand) > 1:
+        out.options.resources.update((k, v) for k, v in session.demand.items() if k != SESSIONS)
+    if session.selector:
+        out.options.selector = str(session.selector)
     clock.fill(out.create_time, session.placed_at)
     if session.detached_at is not None:
         clock.fill(out.detached_since, session.detached_at)
@@ -126,4 +138,16 @@ def worker_to_pb(worker: Worker, clock: WallClock) -> session_pb2.WorkerInfo:
         draining=worker.draining,
         connect_time=clock.timestamp(worker.connected_at),
         last_heartbeat_time=clock.timestamp(worker.last_seen),
+        capacities=resource_map(worker.capacity),
+        used=worker.used.as_dict(),
+        labels=worker.labels,
+    )
+
+
+def waiting_to_pb(kind: WaitingKind, clock: WallClock) -> session_pb2.WaitingRequests:
+    """Waiting Creates of one kind, as ListWorkers shows them."""
+    return session_pb2.WaitingRequests(
+        task_queue=kind.task_queue, resources=resource_map(kind.demand), selector=str(kind.selector),
+        count=kind.count, oldest_since=clock.timestamp(kind.oldest_since),
+        unplaceable_reason=kind.unplaceable or "",
     )

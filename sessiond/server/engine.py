@@ -16,6 +16,7 @@ the messages workers sent meanwhile are read before their silence is measured (S
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import math
 import uuid
@@ -46,9 +47,11 @@ from sessiond.core.model import (
     WorkerKey,
     WorkerRegistration,
 )
+from sessiond.core.resources import ResourceVector
+from sessiond.core.selector import EVERYTHING, Selector
 from sessiond.core.table import SessionTable
 from sessiond.core.token import decode_token
-from sessiond.server.convert import WallClock, duration, session_to_pb, worker_to_pb
+from sessiond.server.convert import WallClock, duration, resource_map, session_to_pb, waiting_to_pb, worker_to_pb
 from sessiond.server.limits import payload_bytes, result_bytes, task_bytes, too_large_result
 from sessiond.server.worker_connection import WorkerConnection
 from sessiond.store.spec import EtcdStoreSpec
@@ -60,6 +63,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sessiond.engine")
 
+_ONE_SESSION = ResourceVector.one_session()
+# ListWorkers and the dashboard show at most this many kinds of waiting Creates.
+MAX_WAITING_SHOWN = 100
 # While workers are connected the engine looks at the clock at least this often (seconds)...
 _TICK = 0.1
 # ... so a longer gap between two looks is a stall of the server itself, credited to the workers.
@@ -135,6 +141,7 @@ class Engine:
         self._stopping = False
         # Recent failures by cause, for the operator dashboard (bounded).
         self.failures = FailureLog()
+        self.metrics.observe_unplaceable(self._unplaceable_threadsafe)
         self._max_message_size = config.max_message_size
         self._max_backlog = config.max_worker_backlog
         # When the engine last looked at the clock, and the tick that keeps it looking.
@@ -175,15 +182,24 @@ class Engine:
             info.outbound_backlog_bytes = conn.queued_bytes
         return info
 
+    def waiting_to_pb(self, task_queue: str = "") -> list[session_pb2.WaitingRequests]:
+        """The waiting Creates (of ``task_queue``, or all) by what they ask for, oldest first, at most
+        :data:`MAX_WAITING_SHOWN` kinds, each with why no worker could hold it if none could."""
+        kinds = self.table.waiting_kinds(task_queue)
+        kinds.sort(key=lambda k: k.oldest_since)
+        return [waiting_to_pb(kind, self.clock) for kind in kinds[:MAX_WAITING_SHOWN]]
+
     # ----------------------------------------------------------------- callers
 
     async def create_session(self, task_queue: str, options: SessionOptions, *, owner: str,
-                             request_id: str, max_wait: float | None = None) -> Session:
-        """Place a session, waiting up to ``options.creation_timeout`` (and ``max_wait``) for capacity."""
+                             request_id: str, max_wait: float | None = None,
+                             demand: ResourceVector = _ONE_SESSION, selector: Selector = EVERYTHING) -> Session:
+        """Place a session asking for ``demand`` on a worker matching ``selector``, waiting up to
+        ``options.creation_timeout`` (and ``max_wait``) for room."""
         started = self.now()
         try:
             result = self.table.create(started, task_queue, options, owner=owner, request_id=request_id,
-                                       max_wait=max_wait)
+                                       max_wait=max_wait, demand=demand, selector=selector)
         except SessionError as error:  # answered at once: NO_CAPACITY, EXISTING_OPEN_SESSION, ...
             self.metrics.creation_rejected(task_queue, error.reason)
             raise
@@ -193,12 +209,14 @@ class Engine:
         return await self._settle(result, started)
 
     async def recreate_session(self, token: bytes, options: SessionOptions, *, owner: str,
-                               request_id: str, max_wait: float | None = None) -> Session:
-        """Place a session on the token's worker, waiting up to ``options.creation_timeout`` (and ``max_wait``)."""
+                               request_id: str, max_wait: float | None = None,
+                               demand: ResourceVector = _ONE_SESSION) -> Session:
+        """Place a session asking for ``demand`` on the token's worker, waiting up to
+        ``options.creation_timeout`` (and ``max_wait``)."""
         started = self.now()
         try:
             result = self.table.recreate(started, token, options, owner=owner, request_id=request_id,
-                                         max_wait=max_wait)
+                                         max_wait=max_wait, demand=demand)
         except SessionError as error:
             self.metrics.creation_rejected(_token_queue(token), error.reason)
             raise
@@ -240,7 +258,7 @@ class Engine:
             # Placed in the same loop turn the caller was cancelled in: release the slot.
             self.table.complete(self.now(), future.result().session_id)
         else:
-            self.table.cancel_waiter(waiter_id)
+            self.table.cancel_waiter(self.now(), waiter_id)
             if self._waits.pop(waiter_id, None) is not None:
                 self.metrics.waiters(wait.task_queue, -1)
             if not future.done():
@@ -277,12 +295,13 @@ class Engine:
         activity's latest heartbeat details (as it does for a result or a failure).
         """
         activity = self.table.start_activity(self.now(), session_id, timeout, heartbeat_timeout)
+        session = self.table.get(session_id)
         conn = self._connection(activity.worker.key, activity.epoch)
         task = worker_pb2.ActivityTask(
             activity_id=activity.activity_id, session_id=session_id, activity_type=activity_type,
             input=payload, start_to_close_timeout=duration(timeout), headers=headers,
             heartbeat_timeout=None if heartbeat_timeout is None else duration(heartbeat_timeout),
-            attempt=attempt, heartbeat_details=heartbeat_details,
+            attempt=attempt, heartbeat_details=heartbeat_details, resources=resource_map(session.demand),
         )
         message = self._message(activity.worker, activity_task=task)
         size = task_bytes(payload, headers, activity_type, session_id, heartbeat_details)
@@ -398,10 +417,12 @@ class Engine:
             ))
             old.close()
             self.metrics.workers(worker.key.task_queue, -1)
+            self.metrics.resources_capacity(worker.key.task_queue, old.capacity.as_dict(), -1)
             log.warning("worker stream replaced", extra={"worker_id": worker.key.worker_id,
                                                          "task_queue": worker.key.task_queue})
         self.metrics.workers(worker.key.task_queue, +1)
-        self._connections[worker.key] = conn = WorkerConnection(worker.key, worker.epoch)
+        self.metrics.resources_capacity(worker.key.task_queue, worker.capacity.as_dict(), +1)
+        self._connections[worker.key] = conn = WorkerConnection(worker.key, worker.epoch, worker.capacity)
         if self._ticker is None:
             self._alive_at = self._loop.time()
             self._ticker = self._loop.call_later(_TICK, self._tick)
@@ -409,7 +430,7 @@ class Engine:
         # waiters follow it on the stream.
         self._flush()
         log.info("worker joined", extra={"worker_id": worker.key.worker_id, "task_queue": worker.key.task_queue,
-                                         "host_name": worker.host_name, "capacity": worker.capacity["sessions"],
+                                         "host_name": worker.host_name, "capacity": str(worker.capacity),
                                          "open_sessions": len(worker.sessions)})
         return conn
 
@@ -496,6 +517,7 @@ class Engine:
             goodbye = worker is not None and worker.draining
             self.table.disconnect_worker(self.now(), conn.key, conn.epoch)
             self.metrics.workers(conn.key.task_queue, -1)
+            self.metrics.resources_capacity(conn.key.task_queue, conn.capacity.as_dict(), -1)
             log.info("worker left" if goodbye else "worker lost",
                      extra={"worker_id": conn.key.worker_id, "task_queue": conn.key.task_queue})
             self._flush()
@@ -508,8 +530,8 @@ class Engine:
         its sessions and reports them to the next server within the recovery window."""
         self._stopping = True
         stopping = ShuttingDownError("the server is shutting down to restart; retry")
+        self.table.cancel_waiter(self.now(), *self._waits)
         for waiter_id, wait in list(self._waits.items()):
-            self.table.cancel_waiter(waiter_id)
             del self._waits[waiter_id]
             self.metrics.waiters(wait.task_queue, -1)
             if not wait.future.done():
@@ -536,6 +558,37 @@ class Engine:
         if self._ticker is not None:
             self._ticker.cancel()
             self._ticker = None
+
+    def unplaceable_by_queue(self) -> dict[str, int]:
+        """Waiting Creates no connected worker could ever hold, by task queue (on the loop's thread)."""
+        counts: dict[str, int] = {}
+        for kind in self.table.waiting_kinds():
+            if kind.unplaceable is not None:
+                counts[kind.task_queue] = counts.get(kind.task_queue, 0) + kind.count
+        return counts
+
+    def _unplaceable_threadsafe(self) -> dict[str, int]:
+        # Metric exporters collect on their own thread; the table belongs to the loop's thread.
+        if self._loop.is_closed():
+            return {}
+        try:
+            if asyncio.get_running_loop() is self._loop:
+                return self.unplaceable_by_queue()
+        except RuntimeError:  # no loop in this thread: the exporter's
+            pass
+        result: concurrent.futures.Future[dict[str, int]] = concurrent.futures.Future()
+
+        def compute() -> None:
+            try:
+                result.set_result(self.unplaceable_by_queue())
+            except Exception as exc:  # never leave the exporter waiting
+                result.set_exception(exc)
+
+        try:
+            self._loop.call_soon_threadsafe(compute)
+            return result.result(timeout=2.0)
+        except Exception:  # a stopped or busy loop: report nothing this time
+            return {}
 
     def _connection(self, key: WorkerKey, epoch: int) -> WorkerConnection | None:
         conn = self._connections.get(key)
@@ -597,6 +650,7 @@ class Engine:
             if conn is not None:
                 self._send(conn, session.worker, session_started=worker_pb2.SessionStarted(session=self.to_pb(session)))
             self.metrics.session_placed(session.task_queue)
+            self.metrics.resources_used(session.task_queue, resource_map(session.demand), +1)
             log.info("session placed", extra={"session_id": session.session_id, "task_queue": session.task_queue,
                                               "worker_id": session.worker.key.worker_id})
             if event.waiter_id is not None:
@@ -639,6 +693,7 @@ class Engine:
         adopted = {s.session_id for s in event.adopted}
         for session in event.adopted:
             self.metrics.session_placed(session.task_queue)
+            self.metrics.resources_used(session.task_queue, resource_map(session.demand), +1)
         for session in back:
             if conn is not None:
                 for aid in sorted(session.activities):
@@ -675,6 +730,7 @@ class Engine:
         self._notify(session)
         cause = session.failure.cause.name if session.failure is not None else None
         self.metrics.session_ended(session.task_queue, cause)
+        self.metrics.resources_used(session.task_queue, resource_map(session.demand), -1)
         if session.failure is not None:
             self.failures.record(FailureRecord(
                 session.closed_at if session.closed_at is not None else self.now(), session.session_id,

@@ -47,6 +47,8 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
                             context: Context) -> session_service_pb2.CreateSessionResponse:
         task_queue = validate.name(request.task_queue, "task_queue", required=True)
         options = validate.options(request.options, request.HasField("options"), self.engine.config)
+        demand = validate.demand(request.options.resources)
+        selector = validate.selector(request.options.selector)
         cluster = self.engine.cluster
         if cluster is not None:
             elsewhere = cluster.create_target(task_queue, context)
@@ -63,6 +65,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
                 task_queue, options, max_wait=_max_wait(context),
                 owner=validate.name(request.owner, "owner", required=False),
                 request_id=validate.name(request.request_id, "request_id", required=False),
+                demand=demand, selector=selector,
             )
         except PlacedElsewhereError as elsewhere_placed:
             return session_service_pb2.CreateSessionResponse(session=await self._stored(elsewhere_placed.session_id))
@@ -74,6 +77,8 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
                               context: Context) -> session_service_pb2.RecreateSessionResponse:
         token = validate.token(request.recreate_token)
         options = validate.options(request.options, request.HasField("options"), self.engine.config)
+        validate.no_selector(request.options.selector)
+        demand = validate.demand(request.options.resources)
         cluster = self.engine.cluster
         if cluster is not None:
             elsewhere = cluster.recreate_target(token, context)
@@ -85,6 +90,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
                 token, options, max_wait=_max_wait(context),
                 owner=validate.name(request.owner, "owner", required=False),
                 request_id=validate.name(request.request_id, "request_id", required=False),
+                demand=demand,
             )
         except PlacedElsewhereError as elsewhere_placed:
             return session_service_pb2.RecreateSessionResponse(
@@ -170,10 +176,12 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
     async def ListSessions(self, request: session_service_pb2.ListSessionsRequest,
                            context: Context) -> session_service_pb2.ListSessionsResponse:
         size, after = validate.page(request.page_size, request.page_token)
+        resource = validate.resource_filter(request.resource)
         page, more = self.engine.table.sessions(
             task_queue=validate.name(request.task_queue, "task_queue", required=False),
             owner=validate.name(request.owner, "owner", required=False),
             state=validate.state_filter(request.state), after_seq=after, limit=size,
+            where=(lambda s: s.demand[resource] > 0) if resource else None,
         )
         return session_service_pb2.ListSessionsResponse(
             sessions=[self.engine.to_pb(s) for s in page], next_page_token="" if more is None else str(more))
@@ -182,10 +190,11 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
     async def ListWorkers(self, request: session_service_pb2.ListWorkersRequest,
                           context: Context) -> session_service_pb2.ListWorkersResponse:
         size, after = validate.worker_page(request.page_size, request.page_token)
-        page, more = self.engine.table.workers(
-            task_queue=validate.name(request.task_queue, "task_queue", required=False), after=after, limit=size)
+        task_queue = validate.name(request.task_queue, "task_queue", required=False)
+        page, more = self.engine.table.workers(task_queue=task_queue, after=after, limit=size)
         return session_service_pb2.ListWorkersResponse(
-            workers=[self.engine.worker_to_pb(w) for w in page], next_page_token=validate.worker_token(more))
+            workers=[self.engine.worker_to_pb(w) for w in page], next_page_token=validate.worker_token(more),
+            waiting=self.engine.waiting_to_pb(task_queue) if after is None else ())
 
     async def _stored(self, session_id: str) -> session_pb2.Session:
         """A session another replica placed (a create's request id used there first)."""

@@ -10,6 +10,7 @@ import base64
 import binascii
 import functools
 import json
+from collections.abc import Mapping
 
 from google.protobuf import duration_pb2
 from sessiond_client.api.v1 import session_pb2
@@ -18,6 +19,9 @@ from sessiond.config import ServerConfig
 from sessiond.core.errors import InvalidArgumentError, InvalidRecreateTokenError
 from sessiond.core.model import SessionOptions, SessionState, WorkerKey
 from sessiond.core.names import name_problem
+from sessiond.core.resources import SESSIONS, ResourceVector
+from sessiond.core.selector import EVERYTHING, Selector, SelectorError, parse_selector, shown
+from sessiond.core.selector import name_problem as label_problem
 
 MAX_TOKEN_BYTES = 4096
 MAX_DURATION = 366 * 24 * 3600.0
@@ -25,6 +29,10 @@ MIN_HEARTBEAT_TIMEOUT = 0.1
 MAX_SESSIONS_PER_WORKER = 1_000_000
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+# Resources and labels (SPEC §6.3): bounds on what a worker declares and a session asks for.
+MAX_AMOUNT = 10**12
+MAX_RESOURCES = 32
+MAX_LABELS = 32
 
 
 def name(value: str, field: str, *, required: bool) -> str:
@@ -130,13 +138,98 @@ def attempt(value: int) -> int:
     return value
 
 
-def capacity(value: int) -> int:
+def capacity(value: int, field: str = "register.max_concurrent_sessions") -> int:
     """A worker's max_concurrent_sessions (0 = the default of 1000)."""
     if value < 0:
-        raise InvalidArgumentError("register.max_concurrent_sessions", "must not be negative")
+        raise InvalidArgumentError(field, "must not be negative")
     if value > MAX_SESSIONS_PER_WORKER:
-        raise InvalidArgumentError("register.max_concurrent_sessions", f"must be at most {MAX_SESSIONS_PER_WORKER}")
+        raise InvalidArgumentError(field, f"must be at most {MAX_SESSIONS_PER_WORKER}")
     return value or 1000
+
+
+def _amounts(values: Mapping[str, int], field: str) -> dict[str, int]:
+    """Resource amounts by name: names by the naming rule, amounts 0..MAX_AMOUNT, at most MAX_RESOURCES."""
+    if len(values) > MAX_RESOURCES:
+        raise InvalidArgumentError(field, f"has more than {MAX_RESOURCES} resources")
+    for name in sorted(values):
+        problem = label_problem(name)
+        if problem is not None:
+            raise InvalidArgumentError(field, f"resource name {shown(name)} {problem}")
+        amount = values[name]
+        if amount < 0:
+            raise InvalidArgumentError(f"{field}[{name}]", "must not be negative")
+        if amount > MAX_AMOUNT:
+            raise InvalidArgumentError(f"{field}[{name}]", f"must be at most {MAX_AMOUNT}")
+    return dict(values)
+
+
+def capacities(values: Mapping[str, int], max_sessions: int) -> ResourceVector:
+    """What a worker can hold: ``register.capacities`` with ``sessions`` from either field (equal
+    when both are given; 0 or missing = the other, else the default of 1000)."""
+    amounts = _amounts(values, "register.capacities")
+    declared = amounts.get(SESSIONS, 0)
+    if declared:
+        capacity(declared, f"register.capacities[{SESSIONS}]")
+        if max_sessions and max_sessions != declared:
+            raise InvalidArgumentError(f"register.capacities[{SESSIONS}]",
+                                       f"is {declared} but max_concurrent_sessions is {max_sessions}: "
+                                       "give one, or both equal")
+    amounts[SESSIONS] = capacity(declared or max_sessions)
+    return ResourceVector(amounts)
+
+
+def demand(values: Mapping[str, int], field: str = "options.resources") -> ResourceVector:
+    """What a session asks for: its resources plus ``sessions: 1`` (which may be given, as 1)."""
+    amounts = _amounts(values, field)
+    if amounts.get(SESSIONS, 1) != 1:
+        raise InvalidArgumentError(f"{field}[{SESSIONS}]", "a session always takes exactly 1 (omit it or give 1)")
+    amounts[SESSIONS] = 1
+    return _interned_demand(tuple(sorted(amounts.items())))
+
+
+@functools.lru_cache(maxsize=1024)
+def _interned_demand(items: tuple[tuple[str, int], ...]) -> ResourceVector:
+    # Most sessions ask for one of a few vectors; each open session keeps its own reference.
+    return ResourceVector(dict(items))
+
+
+def labels(values: Mapping[str, str]) -> dict[str, str]:
+    """A worker's labels: keys and values by the naming rule, at most MAX_LABELS."""
+    if len(values) > MAX_LABELS:
+        raise InvalidArgumentError("register.labels", f"has more than {MAX_LABELS} labels")
+    for key in sorted(values):
+        problem = label_problem(key)
+        if problem is not None:
+            raise InvalidArgumentError("register.labels", f"label key {shown(key)} {problem}")
+        problem = label_problem(values[key])
+        if problem is not None:
+            raise InvalidArgumentError(f"register.labels[{key}]", f"value {shown(values[key])} {problem}")
+    return dict(values)
+
+
+def selector(text: str, field: str = "options.selector") -> Selector:
+    """A label selector (see :mod:`sessiond.core.selector` for the grammar)."""
+    if not text:
+        return EVERYTHING
+    try:
+        return parse_selector(text)
+    except SelectorError as exc:
+        raise InvalidArgumentError(field, str(exc)) from None
+
+
+def no_selector(text: str) -> None:
+    """A Recreate's selector: it goes to its token's worker, so there is nothing to select."""
+    if text:
+        raise InvalidArgumentError("options.selector", "a Recreate goes to its token's worker: leave it empty")
+
+
+def resource_filter(value: str) -> str:
+    """A ListSessions ``resource`` filter: empty (all) or a resource name."""
+    if value:
+        problem = label_problem(value)
+        if problem is not None:
+            raise InvalidArgumentError("resource", problem)
+    return value
 
 
 def worker_page(size: int, token_value: str) -> tuple[int, WorkerKey | None]:

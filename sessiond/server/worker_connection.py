@@ -15,12 +15,14 @@ from collections import deque
 from sessiond_client.api.v1 import worker_pb2
 
 from sessiond.core.model import WorkerKey
+from sessiond.core.resources import ResourceVector
 
 # What a control message (session started/ended, cancel, acks) counts for in the backlog: an upper
 # bound of its size, so that no serialisation is needed to count it.
 CONTROL_MESSAGE_BYTES = 512
 
 _ACK = "ack"
+_ONE_SESSION = ResourceVector.one_session()
 
 
 class _Entry:
@@ -41,12 +43,14 @@ class WorkerConnection:
     while an idle worker needs no buffer at all. One consumer (the stream handler) waits at a time.
     """
 
-    __slots__ = ("_pending", "_tasks", "_waiter", "ack_queued", "backlogged", "closed", "epoch", "key",
+    __slots__ = ("_pending", "_tasks", "_waiter", "ack_queued", "backlogged", "capacity", "closed", "epoch", "key",
                  "queued_bytes")
 
-    def __init__(self, key: WorkerKey, epoch: int) -> None:
+    def __init__(self, key: WorkerKey, epoch: int, capacity: ResourceVector = _ONE_SESSION) -> None:
         self.key = key
         self.epoch = epoch
+        # What the worker declared (metrics count it while the stream lasts).
+        self.capacity = capacity
         self.closed = False
         self.queued_bytes = 0
         # Over the byte bound: the worker takes no new sessions until the stream drains.

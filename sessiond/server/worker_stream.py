@@ -18,7 +18,6 @@ from sessiond_client.api.v1 import session_pb2, worker_pb2
 
 from sessiond.core.errors import InvalidArgumentError, MalformedRequestError
 from sessiond.core.model import SessionRecord, SessionState, WorkerKey, WorkerRegistration
-from sessiond.core.resources import ResourceVector
 from sessiond.server import validate
 from sessiond.server.engine import Engine
 from sessiond.server.worker_connection import WorkerConnection
@@ -33,8 +32,9 @@ def registration(message: worker_pb2.RegisterWorker, default_host: str) -> Worke
         worker_id=validate.name(message.worker_id, "register.worker_id", required=False) or str(uuid.uuid4()),
         identity=validate.name(message.identity, "register.identity", required=False),
         host_name=validate.name(message.host_name, "register.host_name", required=False) or default_host,
-        capacity=ResourceVector.sessions(validate.capacity(message.max_concurrent_sessions)),
+        capacity=validate.capacities(message.capacities, message.max_concurrent_sessions),
         instance_id=validate.name(message.instance_id, "register.instance_id", required=False),
+        labels=validate.labels(message.labels),
     )
 
 
@@ -69,11 +69,15 @@ def _record(engine: Engine, session: session_pb2.Session, task_queue: str, field
     placed_at = clock.monotonic(session.create_time) if session.HasField("create_time") else now
     expire_at = clock.monotonic(session.expire_time) if session.HasField("expire_time") \
         else placed_at + options.execution_timeout
+    # What it holds: the granted vector it was given (an older record: what its options asked for).
+    held = session.resources or session.options.resources
     return SessionRecord(
         session_id=session_id, task_queue=task_queue, options=options,
         owner=validate.name(session.owner, f"{field}.owner", required=False),
         request_id=validate.name(session.request_id, f"{field}.request_id", required=False),
         recreated=session.recreated, placed_at=placed_at, expire_at=expire_at,
+        demand=validate.demand(held, f"{field}.resources"),
+        selector=validate.selector(session.options.selector, f"{field}.options.selector"),
     )
 
 

@@ -3,8 +3,9 @@
 The engine calls a :class:`SessionMetrics`; when no exporter is configured it gets
 :class:`NoMetrics`, whose methods do nothing.
 
-Label values that callers choose (task queue, activity type) are bounded: the first
-``label_limit`` distinct values of each label are kept, later ones are reported as ``_other``.
+Label values that callers or workers choose (task queue, activity type, resource name) are
+bounded: the first ``label_limit`` distinct values of each label are kept, later ones are reported
+as ``_other``.
 Without the bound, a caller making up names would create series without end (30 made-up activity
 names made 570 series). RPC metrics follow the OpenTelemetry semantic conventions
 (``rpc.server.duration`` in milliseconds, with ``rpc.method`` and ``rpc.grpc.status_code``).
@@ -13,11 +14,11 @@ names made 570 series). RPC metrics follow the OpenTelemetry semantic convention
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 import grpc
-from opentelemetry.metrics import Meter
+from opentelemetry.metrics import CallbackOptions, Meter, Observation, UpDownCounter
 
 from sessiond.telemetry.otlp import otlp_protocol
 
@@ -68,6 +69,9 @@ class SessionMetrics(Protocol):
     def activity_done(self, activity_type: str, seconds: float, outcome: str) -> None: ...
     def creation_rejected(self, task_queue: str, reason: str) -> None: ...
     def rpc_done(self, method: str, code: grpc.StatusCode, seconds: float) -> None: ...
+    def resources_capacity(self, task_queue: str, amounts: Mapping[str, int], sign: int) -> None: ...
+    def resources_used(self, task_queue: str, amounts: Mapping[str, int], sign: int) -> None: ...
+    def observe_unplaceable(self, source: Callable[[], Mapping[str, int]]) -> None: ...
 
     @property
     def enabled(self) -> bool: ...
@@ -85,6 +89,15 @@ class NoMetrics:
         """No-op."""
 
     def rpc_done(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
+        """No-op."""
+
+    def resources_capacity(self, task_queue: str, amounts: Mapping[str, int], sign: int) -> None:
+        """No-op."""
+
+    def resources_used(self, task_queue: str, amounts: Mapping[str, int], sign: int) -> None:
+        """No-op."""
+
+    def observe_unplaceable(self, source: Callable[[], Mapping[str, int]]) -> None:
         """No-op."""
 
     def session_placed(self, task_queue: str) -> None:
@@ -110,8 +123,11 @@ class Metrics:
     """The instruments: open sessions, waiters, workers, placements, failures, latencies."""
 
     def __init__(self, meter: Meter, *, label_limit: int = DEFAULT_LABEL_LIMIT) -> None:
+        self._meter = meter
         self._queue = BoundedValues(label_limit)
         self._activity_type = BoundedValues(label_limit)
+        self._resource = BoundedValues(label_limit)
+        self._unplaceable_seen: set[str] = set()
         self._rpc_attributes: dict[tuple[str, grpc.StatusCode], dict[str, str | int]] = {}
         self._open = meter.create_up_down_counter(
             "sessiond.sessions.open", unit="{session}", description="Sessions currently OPEN")
@@ -136,6 +152,12 @@ class Metrics:
         self._rpc_duration = meter.create_histogram(
             "rpc.server.duration", unit="ms", description="Duration of unary RPCs, by method and status code",
             explicit_bucket_boundaries_advisory=_RPC_MS_BUCKETS)
+        self._capacity = meter.create_up_down_counter(
+            "sessiond.resource.capacity", unit="{amount}",
+            description="What connected workers can hold, by task queue and resource (sessions = slots)")
+        self._used = meter.create_up_down_counter(
+            "sessiond.resource.used", unit="{amount}",
+            description="What open sessions hold, by task queue and resource (detached sessions keep theirs)")
 
     @property
     def enabled(self) -> bool:
@@ -154,6 +176,37 @@ class Metrics:
                 "rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method,
                 "rpc.grpc.status_code": code.value[0]}
         self._rpc_duration.record(seconds * 1000.0, attributes)
+
+    def resources_capacity(self, task_queue: str, amounts: Mapping[str, int], sign: int) -> None:
+        """A worker joined (+1) or left (-1) with these capacities."""
+        self._add_amounts(self._capacity, task_queue, amounts, sign)
+
+    def resources_used(self, task_queue: str, amounts: Mapping[str, int], sign: int) -> None:
+        """A session started (+1) or stopped (-1) holding these amounts."""
+        self._add_amounts(self._used, task_queue, amounts, sign)
+
+    def _add_amounts(self, counter: UpDownCounter, task_queue: str, amounts: Mapping[str, int], sign: int) -> None:
+        queue = self._queue(task_queue)
+        for name, amount in amounts.items():
+            counter.add(sign * amount, {"task_queue": queue, "resource": self._resource(name)})
+
+    def observe_unplaceable(self, source: Callable[[], Mapping[str, int]]) -> None:
+        """Report ``source()`` — waiting Creates no connected worker could ever hold, by task queue —
+        at each collection, as the gauge ``sessiond.sessions.waiting.unplaceable``. ``source`` is
+        called from the exporter's thread."""
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            counts: dict[str, int] = {}
+            for queue, count in source().items():
+                label = self._queue(queue)
+                counts[label] = counts.get(label, 0) + count
+            # A queue that had some reports 0 afterwards, rather than vanishing (bounded by the label limit).
+            self._unplaceable_seen.update(counts)
+            return [Observation(counts.get(q, 0), {"task_queue": q}) for q in sorted(self._unplaceable_seen)]
+
+        self._meter.create_observable_gauge(
+            "sessiond.sessions.waiting.unplaceable", callbacks=[observe], unit="{request}",
+            description="Waiting Creates that no connected worker could ever hold (labels or capacity): "
+                        "they wait for such a worker to join")
 
     def session_placed(self, task_queue: str) -> None:
         """A session was placed."""

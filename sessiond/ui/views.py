@@ -3,8 +3,8 @@
 No HTTP here: functions take core objects (or the engine) and return what the endpoints send,
 so the shapes are tested without a server. Times are RFC 3339 strings (wall clock, for people
 and log searches) next to ages in seconds (from the engine's monotonic clock, for sorting and
-"stuck since" questions). Amounts are maps of resource name to integer (today only
-``sessions``; SPEC §6.3 adds more), so per-resource capacities need no new shape.
+"stuck since" questions). Amounts are maps of resource name to integer (``sessions`` and what
+workers declare, e.g. ``gpu``).
 
 Nothing here scans every session: a session page looks at a bounded number of sessions
 (:data:`MAX_SCAN`), and the overview walks workers and waiters (not sessions) in chunks,
@@ -24,6 +24,7 @@ from typing import Any
 
 from sessiond.core.model import FailureCause, Session, SessionState, Waiter, Worker
 from sessiond.core.resources import ResourceVector
+from sessiond.core.selector import Selector
 from sessiond.server.convert import WallClock
 from sessiond.server.engine import Engine
 from sessiond.telemetry.failures import FailureRecord
@@ -40,6 +41,8 @@ CHUNK = 1_000
 MAX_QUEUES = 500
 # Overview: latest failures listed.
 RECENT_FAILURES = 20
+# Overview: kinds of waiting creates listed per queue (``waiting_unplaceable`` counts them all).
+WAITING_KINDS_SHOWN = 20
 
 
 @functools.lru_cache(maxsize=8)
@@ -100,6 +103,7 @@ def session_json(session: Session, now: float, clock: WallClock) -> JSON:
             "creation_timeout_s": session.options.creation_timeout,
             "execution_timeout_s": session.options.execution_timeout,
             "heartbeat_timeout_s": session.options.heartbeat_timeout,
+            "selector": str(session.selector),
         },
     }
 
@@ -123,8 +127,7 @@ def worker_json(worker: Worker, now: float, clock: WallClock) -> JSON:
         "task_queue": worker.key.task_queue,
         "identity": worker.identity,
         "host_name": worker.host_name,
-        # Issue 11 adds labels; an empty map until then.
-        "labels": dict(getattr(worker, "labels", None) or {}),
+        "labels": dict(worker.labels),
         "state": worker_state(worker),
         "draining": worker.draining,
         "capacity": amounts(worker.capacity),
@@ -225,6 +228,8 @@ class _Queue:
         self.capacity: dict[str, int] = {}
         self.used: dict[str, int] = {}
         self.available: dict[str, int] = {}
+        # Waiting creates by what they ask for: [count, oldest since].
+        self.kinds: dict[tuple[ResourceVector, Selector], list[float]] = {}
 
     def add_worker(self, worker: Worker) -> None:
         self.workers += 1
@@ -244,10 +249,21 @@ class _Queue:
         self.waiting += 1
         if waiter.target is not None:
             self.waiting_recreates += 1
+        else:
+            kind = self.kinds.setdefault((waiter.demand, waiter.selector), [0, waiter.since])
+            kind[0] += 1
+            kind[1] = min(kind[1], waiter.since)
         if self.oldest_wait_since is None or waiter.since < self.oldest_wait_since:
             self.oldest_wait_since = waiter.since
 
-    def json(self, name: str, now: float) -> JSON:
+    def json(self, name: str, now: float, why: Callable[[str, ResourceVector, Selector], str | None]) -> JSON:
+        kinds = []
+        unplaceable = 0
+        for (demand, selector), (count, since) in sorted(self.kinds.items(), key=lambda item: item[1][1]):
+            reason = why(name, demand, selector)
+            unplaceable += int(count) if reason is not None else 0
+            kinds.append({"resources": amounts(demand), "selector": str(selector), "count": int(count),
+                          "oldest_wait_age_s": round(now - since, 3), "unplaceable_reason": reason})
         return {
             "task_queue": name,
             "workers": self.workers,
@@ -261,6 +277,10 @@ class _Queue:
             "waiting": self.waiting,
             "waiting_recreates": self.waiting_recreates,
             "oldest_wait_s": None if self.oldest_wait_since is None else round(now - self.oldest_wait_since, 3),
+            # Waiting creates no connected worker could ever hold (labels, capacity), and the kinds
+            # of waiting creates, oldest first, each with why it cannot be placed when it cannot.
+            "waiting_unplaceable": unplaceable,
+            "waiting_requests": kinds[:WAITING_KINDS_SHOWN],
         }
 
 
@@ -300,7 +320,8 @@ async def overview(engine: Engine, server: JSON) -> JSON:
             "waiting": sum(q.waiting for q in queues.values()),
             "task_queues": len(names),
         },
-        "queues": [queues[name].json(name, now) for name in names[:MAX_QUEUES]],
+        "queues": [queues[name].json(name, now, engine.table.registry.candidates.why_unplaceable)
+                   for name in names[:MAX_QUEUES]],
         "queues_total": len(names),
         "failures": failures_json(engine, now, RECENT_FAILURES),
     }

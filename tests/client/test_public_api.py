@@ -46,6 +46,7 @@ EXPECTED = [
     "SessiondError",
     "TooManyWaitersError",
     "UnauthenticatedError",
+    "WaitingRequests",
     "WorkerBackloggedError",
     "WorkerDetachedError",
     "WorkerIdInUseError",

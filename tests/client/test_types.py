@@ -150,3 +150,30 @@ def test_durations_accept_timedelta_or_seconds(value: timedelta | float, expecte
 def test_durations_reject_other_types(bad: object) -> None:
     with pytest.raises(TypeError):
         to_timedelta(bad)  # type: ignore[arg-type]
+
+
+def test_resources_selectors_capacities_and_labels_come_through_read_only() -> None:
+    msg = full_session()
+    msg.resources.update({"sessions": 1, "gpu": 2})
+    msg.options.resources.update({"gpu": 2})
+    msg.options.selector = "zone=a"
+    info = SessionInfo._from_proto(msg)
+    assert dict(info.resources) == {"gpu": 2, "sessions": 1}
+    assert (dict(info.options.resources), info.options.selector) == ({"gpu": 2}, "zone=a")
+    with pytest.raises(TypeError):
+        info.resources["gpu"] = 3  # type: ignore[index]
+    # A server without resources: the session holds its one slot.
+    assert dict(SessionInfo._from_proto(full_session()).resources) == {"sessions": 1}
+    worker = WorkerInfo._from_proto(session_pb2.WorkerInfo(
+        worker_id="w", capacities={"sessions": 4, "gpu": 2}, used={"sessions": 1, "gpu": 2}, labels={"zone": "a"}))
+    assert (dict(worker.capacities), dict(worker.used), dict(worker.labels)) == (
+        {"gpu": 2, "sessions": 4}, {"gpu": 2, "sessions": 1}, {"zone": "a"})
+    assert dict(worker.free) == {"gpu": 0, "sessions": 3}
+
+
+def test_resources_and_selector_go_on_the_wire_only_when_asked_for() -> None:
+    plain = SessionOptions()._to_proto()
+    assert len(plain.resources) == 0 and plain.selector == ""
+    asked = SessionOptions(resources={"gpu": 1}, selector="zone=a")._to_proto()
+    assert dict(asked.resources) == {"gpu": 1} and asked.selector == "zone=a"
+    assert SessionOptions._from_proto(asked) == SessionOptions(resources={"gpu": 1}, selector="zone=a")

@@ -90,7 +90,11 @@ _CONTROL = ["\x00", "\n", "\r", "\t", "\x1b[31m", "\x1b[2K\r", "\x7f", "\x85", "
 _ODD = ["\u00b2", "\u2460", "\u0661", "\u202e", "\ufeff", "\u200b", "\U0001f600", "\u00e9", "\uffff", "\U0010ffff"]
 _STRINGS = ["", "fuzz", FUZZ_QUEUE, "q", "default", "q" * 256, "q" * 257, "\u00e9" * 128, "\u00e9" * 129,
             "x" * 65_536, "-1", "0", "9" * 20, "9" * 21, "18446744073709551615", "null", "{}", "[]", "%s%n",
-            "../../etc/passwd", "' OR 1=1 --", "Bearer x"]
+            "../../etc/passwd", "' OR 1=1 --", "Bearer x",
+            # Resource names, labels and selectors (SPEC §6.3): valid ones, and near misses.
+            "gpu", "sessions", "zone", "a", "zone=a", "zone in (a,b)", "zone in ()", "zone in (a,", "zone!=a",
+            "!zone", "zone==a", "zone=a,zone=b", "zone=a," * 40, "k" * 63, "k" * 64, "in in (in)",
+            "(" * 500, ",".join(f"k{i}" for i in range(40)), "zone in (" + ",".join("v" * 5 for _ in range(40)) + ")"]
 _EVIL_JSON = [b"[" * 5_000, b'{"q":' * 3_000, b"1" * 5_000, b"1e999", b"NaN", b'"\\ud800"', b'{"q": null, "w": 1}',
               b'{"q": "fuzz", "w": "\\u0000"}', b'{"q": "' + b"x" * 300 + b'", "w": "w"}', b"\xff\xfe", b"[]",
               b'["fuzz"]', b'["fuzz", "w", "x"]', b'{"q": "fuzz", "w": "w"}', b'{"q": "a\\nb", "w": "w"}']
@@ -300,12 +304,17 @@ def valid_examples(descriptor: Descriptor, seeds: Seeds) -> list[bytes]:
     token = seeds.recreate_tokens[0] if seeds.recreate_tokens else b""
     options = session_pb2.SessionOptions()
     options.creation_timeout.FromSeconds(0)
+    asks = session_pb2.SessionOptions(resources={"gpu": 1, "scratch_gb": 10}, selector="zone in (a,b), ssd")
+    asks.creation_timeout.FromSeconds(0)
     messages: dict[str, list[Message]] = {
         "sessiond.v1.CreateSessionRequest": [
             session_service_pb2.CreateSessionRequest(task_queue=FUZZ_QUEUE, options=options, owner="o", request_id="r"),
-            session_service_pb2.CreateSessionRequest(task_queue=FUZZ_QUEUE)],
+            session_service_pb2.CreateSessionRequest(task_queue=FUZZ_QUEUE),
+            session_service_pb2.CreateSessionRequest(task_queue=FUZZ_QUEUE, options=asks)],
         "sessiond.v1.RecreateSessionRequest": [
-            session_service_pb2.RecreateSessionRequest(recreate_token=token, options=options, request_id="r")],
+            session_service_pb2.RecreateSessionRequest(recreate_token=token, options=options, request_id="r"),
+            session_service_pb2.RecreateSessionRequest(recreate_token=token, options=session_pb2.SessionOptions(
+                resources={"gpu": 1}, creation_timeout=options.creation_timeout))],
         "sessiond.v1.CompleteSessionRequest": [session_service_pb2.CompleteSessionRequest(session_id=session_id)],
         "sessiond.v1.GetSessionInfoRequest": [session_service_pb2.GetSessionInfoRequest(session_id=session_id)],
         "sessiond.v1.ExecuteActivityRequest": [session_service_pb2.ExecuteActivityRequest(
@@ -313,12 +322,15 @@ def valid_examples(descriptor: Descriptor, seeds: Seeds) -> list[bytes]:
             input=session_pb2.Payload(metadata={"encoding": b"json/plain"}, data=b'"hi"'))],
         "sessiond.v1.WatchSessionRequest": [session_service_pb2.WatchSessionRequest(session_id=session_id)],
         "sessiond.v1.ListSessionsRequest": [session_service_pb2.ListSessionsRequest(
-            task_queue=FUZZ_QUEUE, state=session_pb2.SESSION_STATE_OPEN, page_size=2,
+            task_queue=FUZZ_QUEUE, state=session_pb2.SESSION_STATE_OPEN, page_size=2, resource="gpu",
             page_token=seeds.page_tokens[0] if seeds.page_tokens else "")],
         "sessiond.v1.ListWorkersRequest": [session_service_pb2.ListWorkersRequest(task_queue=FUZZ_QUEUE, page_size=1)],
         "sessiond.v1.WorkerHeartbeatRequest": [
             worker_pb2.WorkerHeartbeatRequest(register=worker_pb2.RegisterWorker(
                 task_queue=FUZZ_QUEUE, worker_id="fz", identity="i", host_name="h", max_concurrent_sessions=3)),
+            worker_pb2.WorkerHeartbeatRequest(register=worker_pb2.RegisterWorker(
+                task_queue=FUZZ_QUEUE, worker_id="fz-gpu", max_concurrent_sessions=3,
+                capacities={"gpu": 2, "sessions": 3}, labels={"zone": "a", "ssd": "yes"})),
             worker_pb2.WorkerHeartbeatRequest(heartbeat=worker_pb2.Heartbeat()),
             worker_pb2.WorkerHeartbeatRequest(activity_result=worker_pb2.ActivityResult(
                 activity_id=seeds.activity_ids[0] if seeds.activity_ids else "a", session_id=session_id)),

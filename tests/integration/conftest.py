@@ -318,11 +318,14 @@ async def spawn_worker(sessiond: Sessiond) -> AsyncIterator[ProcessFactory]:
     env = {**os.environ, "GRPC_VERBOSITY": "ERROR", "PYTHONUNBUFFERED": "1"}
 
     async def spawn(worker_id: str, *, task_queue: str = QUEUE, capacity: int = 1,
-                    host_name: str = "") -> WorkerProcess:
+                    host_name: str = "", capacities: dict[str, int] | None = None,
+                    labels: dict[str, str] | None = None) -> WorkerProcess:
+        extra = [arg for name, amount in (capacities or {}).items() for arg in ("--resource", f"{name}={amount}")]
+        extra += [arg for key, value in (labels or {}).items() for arg in ("--label", f"{key}={value}")]
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tests.integration.rawworker", "--target", sessiond.target,
             "--task-queue", task_queue, "--worker-id", worker_id, "--capacity", str(capacity),
-            "--host-name", host_name,
+            "--host-name", host_name, *extra,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env, cwd=REPO_ROOT,
         )
         worker = WorkerProcess(process)

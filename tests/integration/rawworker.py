@@ -60,11 +60,14 @@ class RawWorker:
                  host_name: str = "", identity: str = "", emit: Emit | None = None,
                  metadata: tuple[tuple[str, str], ...] = (), instance_id: str = "",
                  held: list[session_pb2.Session] | None = None, held_from: str = "", read: bool = True,
-                 heartbeat_every: float | None = None) -> None:
+                 heartbeat_every: float | None = None,
+                 capacities: dict[str, int] | None = None, labels: dict[str, str] | None = None) -> None:
         self.target = target
         self.task_queue = task_queue
         self.requested_worker_id = worker_id
         self.capacity = capacity
+        self.capacities = dict(capacities or {})
+        self.labels = dict(labels or {})
         self.host_name = host_name
         self.identity = identity or f"{os.getpid()}@rawworker"
         self._emit = emit
@@ -118,6 +121,7 @@ class RawWorker:
             task_queue=self.task_queue, worker_id=self.requested_worker_id, identity=self.identity,
             host_name=self.host_name, max_concurrent_sessions=self.capacity, instance_id=self.instance_id,
             held_sessions=list(self.records.values()), held_from_incarnation=self.held_from,
+            capacities=self.capacities, labels=self.labels,
         )))
         self._call = stub.WorkerHeartbeat(self._requests(), metadata=self._metadata or None)
         self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._heartbeat())]
@@ -282,7 +286,8 @@ class RawWorker:
                 non_retryable=True))
             return
         self.ran.append({"activity_id": task.activity_id, "session_id": task.session_id,
-                         "activity_type": task.activity_type, "headers": dict(task.headers)})
+                         "activity_type": task.activity_type, "headers": dict(task.headers),
+                         "resources": dict(task.resources)})
         self._note("activity_started", activity_id=task.activity_id, session_id=task.session_id,
                    activity_type=task.activity_type)
         runner = asyncio.create_task(self._run(task))
@@ -303,6 +308,8 @@ class RawWorker:
                 self._result(task, result=json_payload(seconds))
             elif kind == "record":
                 self._result(task, result=json_payload(self.worker_id))
+            elif kind == "resources":
+                self._result(task, result=json_payload(dict(task.resources)))
             elif kind == "blob":
                 # A raw result of N bytes: a worker that does not check the announced size limit.
                 size = int(from_payload(task.input))
@@ -380,7 +387,9 @@ async def _commands(worker: RawWorker) -> None:
 async def _main(args: argparse.Namespace) -> int:
     worker = RawWorker(args.target, args.task_queue, worker_id=args.worker_id, capacity=args.capacity,
                        host_name=args.host_name, emit=_print, read=not args.no_read,
-                       heartbeat_every=args.heartbeat_every)
+                       heartbeat_every=args.heartbeat_every,
+                       capacities={k: int(v) for k, v in (p.split("=", 1) for p in args.resource)},
+                       labels=dict(p.split("=", 1) for p in args.label))
     await worker.start(wait=False)
     commands = asyncio.create_task(_commands(worker))
     await worker.stream_done.wait()
@@ -397,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-id", default="", help="stable worker id (empty: the server assigns one)")
     parser.add_argument("--capacity", type=int, default=1, help="max_concurrent_sessions")
     parser.add_argument("--host-name", default="", help="host name to declare (empty: the server's)")
+    parser.add_argument("--resource", action="append", default=[], metavar="NAME=N", help="a capacity (repeatable)")
+    parser.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="a label (repeatable)")
     parser.add_argument("--no-read", action="store_true", help="stop reading the stream after Registered")
     parser.add_argument("--heartbeat-every", type=float, default=None,
                         help="heartbeat at this fixed period (seconds) instead of the server's interval")

@@ -121,9 +121,9 @@ def _columns(header: str, line: str, names: Sequence[str]) -> dict[str, str]:
     return cells
 
 
-SESSION_COLUMNS = ("SESSION ID", "TASK QUEUE", "STATE", "WORKER", "HOST", "OWNER", "AGE", "FAILURE")
+SESSION_COLUMNS = ("SESSION ID", "TASK QUEUE", "STATE", "WORKER", "HOST", "OWNER", "AGE", "FAILURE", "RESOURCES")
 WORKER_COLUMNS = ("WORKER ID", "TASK QUEUE", "IDENTITY", "HOST", "SESSIONS", "DRAINING", "CONNECTED",
-                  "LAST HEARTBEAT")
+                  "LAST HEARTBEAT", "RESOURCES", "LABELS")
 
 
 # --------------------------------------------------------------------- sessions list
@@ -373,3 +373,66 @@ def test_ages_are_printed_compactly_at_each_unit_boundary() -> None:
              int(timedelta(days=1).total_seconds()) + 3600: "1d01h"}
     assert {delta: _age(stamp, now + delta) for delta in cases} == cases
     assert _age(timestamp_pb2.Timestamp(), now) == "-"
+
+
+# --------------------------------------------------------------------- resources and selectors
+
+
+@pytest.mark.asyncio
+async def test_workers_list_shows_resources_and_labels_and_filters_by_selector(
+        sessiond: Sessiond, make_worker: WorkerFactory) -> None:
+    await make_worker("g1", task_queue="ops-g", capacity=4, capacities={"gpu": 2, "scratch_gb": 500},
+                      labels={"zone": "a", "gpu_model": "h100"})
+    await make_worker("g2", task_queue="ops-g", capacity=4, capacities={"gpu": 1}, labels={"zone": "b"})
+    held = await sessiond.create("ops-g", options=session_pb2.SessionOptions(
+        resources={"gpu": 2, "scratch_gb": 100}, selector="zone=a"))
+
+    table = await cli("workers", "list", "--address", sessiond.target)
+    in_a = await cli("workers", "list", "--address", sessiond.target, "--selector", "zone in (a), gpu_model", "--json")
+    bad = io.StringIO()
+    with pytest.raises(SystemExit) as caught, contextlib.redirect_stderr(bad):
+        main(["workers", "list", "--address", sessiond.target, "--selector", "zone!=a"])
+
+    assert table.code == in_a.code == 0, (table.err, in_a.err)
+    header, *lines = table.out.splitlines()
+    rows = {r["WORKER ID"]: r for r in (_columns(header, line, WORKER_COLUMNS) for line in lines)}
+    assert (rows["g1"]["RESOURCES"], rows["g1"]["LABELS"], rows["g1"]["SESSIONS"]) == (
+        "gpu 2/2, scratch_gb 100/500", "gpu_model=h100,zone=a", "1/4")
+    assert (rows["g2"]["RESOURCES"], rows["g2"]["LABELS"]) == ("gpu 0/1", "zone=b")
+    (only,) = in_a.json()  # type: ignore[misc]
+    assert only["worker_id"] == "g1" and only["used"] == {"sessions": "1", "gpu": "2", "scratch_gb": "100"}
+    assert caught.value.code == 2
+    assert "selector expected '=', 'in (...)', ',' or the end at offset 4" in bad.getvalue()
+
+    sessions = await cli("sessions", "list", "--address", sessiond.target, "--resource", "gpu")
+    header, *lines = sessions.out.splitlines()
+    (row,) = [_columns(header, line, SESSION_COLUMNS) for line in lines]
+    assert row["SESSION ID"] == held.session_id and row["RESOURCES"] == "gpu=2,scratch_gb=100"
+    shown = await cli("sessions", "get", held.session_id, "--address", sessiond.target)
+    assert "Resources:" in shown.out and "gpu=2,scratch_gb=100,sessions=1" in shown.out
+    assert "zone=a" in shown.out
+
+
+@pytest.mark.asyncio
+async def test_workers_waiting_says_why_a_create_cannot_be_placed(sessiond: Sessiond,
+                                                                  make_worker: WorkerFactory) -> None:
+    await make_worker("g1", task_queue="ops-w", capacity=4, capacities={"gpu": 1}, labels={"zone": "a"})
+    stuck = asyncio.create_task(sessiond.create("ops-w", options=session_pb2.SessionOptions(
+        resources={"gpu": 4})))
+    try:
+        await eventually(lambda: sessiond.waiting == 1 or None)
+        table = await cli("workers", "waiting", "--address", sessiond.target)
+        as_json = await cli("workers", "waiting", "--address", sessiond.target, "--json")
+        listing = await cli("workers", "list", "--address", sessiond.target)
+    finally:
+        stuck.cancel()
+    header, *lines = table.out.splitlines()
+    names = ("TASK QUEUE", "WAITING", "OLDEST", "ASKS FOR", "SELECTOR", "WHY IT CANNOT BE PLACED")
+    (row,) = [_columns(header, line, names) for line in lines]
+    assert (row["TASK QUEUE"], row["WAITING"], row["ASKS FOR"], row["SELECTOR"]) == ("ops-w", "1", "gpu=4", "-")
+    assert row["WHY IT CANNOT BE PLACED"] == \
+        "no connected worker of task queue 'ops-w' has the capacity for gpu=4 (largest: 1)"
+    (kind,) = as_json.json()  # type: ignore[misc]
+    assert kind["unplaceable_reason"] == row["WHY IT CANNOT BE PLACED"]
+    assert "1 waiting create cannot be placed on any connected worker" in listing.err
+    assert "cannot be placed" not in listing.out

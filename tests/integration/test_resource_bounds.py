@@ -129,13 +129,14 @@ async def test_a_worker_that_never_reads_keeps_server_rss_bounded_under_1_mib_ac
                 await wave
                 peaks.append(max(peak, server.rss_kb()))
 
-            # The stated bound: 256 MiB over the idle server. It covers the backlog (8 MiB) and the
+            # The stated bound: 320 MiB over the idle server. It covers the backlog (8 MiB) and the
             # requests in flight (30 MiB) with their copies (grpc's buffer, the decoded message, the
-            # task), what grpc holds for the stream (~4 MiB) and the allocator's slack; unbounded,
-            # the server grew by ~2 MiB per activity (673 MiB here). And it does not grow with the
-            # number of activities: the last five waves peak no higher than the first five.
+            # task), what grpc holds for the stream (~4 MiB) and the allocator's slack, which grows
+            # when the box is loaded (measured 170-200 MiB on a quiet box, up to 275 MiB at load
+            # average 8-15); unbounded, the server grew by ~2 MiB per activity (673 MiB here). The
+            # trend check below is the sharper one: the last five waves peak no higher than the first five.
             growth_mib = (max(peaks) - baseline) / 1024
-            assert growth_mib < 256, f"server RSS grew by {growth_mib:.0f} MiB ({outcomes})"
+            assert growth_mib < 320, f"server RSS grew by {growth_mib:.0f} MiB ({outcomes})"
             trend_mib = (max(peaks[5:]) - max(peaks[:5])) / 1024
             assert trend_mib < 32, f"server RSS still grows: +{trend_mib:.0f} MiB over the last 5 waves"
             # Nothing ran (the worker reads nothing): every activity was refused or timed out.

@@ -43,6 +43,10 @@ def _register(**fields: Any) -> worker_pb2.WorkerHeartbeatRequest:
     return worker_pb2.WorkerHeartbeatRequest(register=worker_pb2.RegisterWorker(**{"task_queue": "q", **fields}))
 
 
+def _create(**option_fields: Any) -> svc.CreateSessionRequest:
+    return svc.CreateSessionRequest(task_queue="q", options=session_pb2.SessionOptions(**option_fields))
+
+
 def _activity(**fields: Any) -> svc.ExecuteActivityRequest:
     return svc.ExecuteActivityRequest(**{"session_id": UNKNOWN_ID, "activity_type": "echo", **fields})
 
@@ -87,7 +91,27 @@ CASES: dict[str, Case] = {
     "create-c1-owner": Case("CreateSession", svc.CreateSessionRequest(task_queue="q", owner="a\x85b"), "owner"),
     "create-line-separator-owner": Case("CreateSession", svc.CreateSessionRequest(task_queue="q", owner="a\u2028b"),
                                         "owner"),
+    # CreateSession: resources and selectors (SPEC §6.3)
+    "create-negative-resource": Case("CreateSession", _create(resources={"gpu": -1}), "options.resources[gpu]"),
+    "create-huge-resource": Case("CreateSession", _create(resources={"gpu": 10**12 + 1}), "options.resources[gpu]"),
+    "create-bad-resource-name": Case("CreateSession", _create(resources={"gpu/0": 1}), "options.resources"),
+    "create-empty-resource-name": Case("CreateSession", _create(resources={"": 1}), "options.resources"),
+    "create-nul-resource-name": Case("CreateSession", _create(resources={NUL: 1}), "options.resources"),
+    "create-two-sessions": Case("CreateSession", _create(resources={"sessions": 2}), "options.resources[sessions]"),
+    "create-too-many-resources": Case("CreateSession", _create(resources={f"r{i}": 1 for i in range(33)}),
+                                      "options.resources"),
+    "create-not-equal-selector": Case("CreateSession", _create(selector="zone!=a"), "options.selector"),
+    "create-unclosed-selector": Case("CreateSession", _create(selector="zone in (a,b"), "options.selector"),
+    "create-duplicate-key-selector": Case("CreateSession", _create(selector="zone=a,zone=b"), "options.selector"),
+    "create-newline-selector": Case("CreateSession", _create(selector=NEWLINE), "options.selector"),
+    "create-long-selector": Case("CreateSession", _create(selector="k" * 1025), "options.selector"),
     # RecreateSession
+    "recreate-with-selector": Case(
+        "RecreateSession", svc.RecreateSessionRequest(recreate_token=TOKEN, options=session_pb2.SessionOptions(
+            selector="zone=a")), "options.selector"),
+    "recreate-negative-resource": Case(
+        "RecreateSession", svc.RecreateSessionRequest(recreate_token=TOKEN, options=session_pb2.SessionOptions(
+            resources={"gpu": -2})), "options.resources[gpu]"),
     "recreate-empty-token": Case("RecreateSession", svc.RecreateSessionRequest(), "recreate_token",
                                  reason="INVALID_RECREATE_TOKEN"),
     "recreate-oversized-token": Case("RecreateSession", svc.RecreateSessionRequest(recreate_token=b"t" * 5000),
@@ -153,6 +177,7 @@ CASES: dict[str, Case] = {
     "list-sessions-unknown-state": Case("ListSessions", svc.ListSessionsRequest(state=99), "state"),  # type: ignore[arg-type]
     "list-sessions-long-task-queue": Case("ListSessions", svc.ListSessionsRequest(task_queue=LONG), "task_queue"),
     "list-sessions-long-owner": Case("ListSessions", svc.ListSessionsRequest(owner=LONG), "owner"),
+    "list-sessions-bad-resource": Case("ListSessions", svc.ListSessionsRequest(resource="gpu 0"), "resource"),
     # ListWorkers
     "list-workers-bad-page-token": Case("ListWorkers", svc.ListWorkersRequest(page_token="next"), "page_token"),
     "list-workers-negative-page-size": Case("ListWorkers", svc.ListWorkersRequest(page_size=-5), "page_size"),
@@ -184,6 +209,28 @@ CASES: dict[str, Case] = {
     "stream-register-nul-host-name": Case("WorkerHeartbeat", _register(host_name=NUL), "register.host_name"),
     "stream-register-negative-capacity": Case("WorkerHeartbeat", _register(max_concurrent_sessions=-1),
                                               "register.max_concurrent_sessions"),
+    "stream-register-negative-resource": Case("WorkerHeartbeat", _register(capacities={"gpu": -1}),
+                                              "register.capacities[gpu]"),
+    "stream-register-huge-resource": Case("WorkerHeartbeat", _register(capacities={"scratch_gb": 10**13}),
+                                          "register.capacities[scratch_gb]"),
+    "stream-register-bad-resource-name": Case("WorkerHeartbeat", _register(capacities={"gpu,ssd": 1}),
+                                              "register.capacities"),
+    "stream-register-sessions-disagree": Case("WorkerHeartbeat", _register(max_concurrent_sessions=2,
+                                                                           capacities={"sessions": 3}),
+                                              "register.capacities[sessions]"),
+    "stream-register-huge-sessions": Case("WorkerHeartbeat", _register(capacities={"sessions": 2_000_000}),
+                                          "register.capacities[sessions]"),
+    "stream-register-too-many-resources": Case("WorkerHeartbeat", _register(capacities={
+        f"r{i}": 1 for i in range(33)}), "register.capacities"),
+    "stream-register-bad-label-key": Case("WorkerHeartbeat", _register(labels={"zone a": "x"}), "register.labels"),
+    "stream-register-bad-label-value": Case("WorkerHeartbeat", _register(labels={"zone": "a=b"}),
+                                            "register.labels[zone]"),
+    "stream-register-empty-label-value": Case("WorkerHeartbeat", _register(labels={"zone": ""}),
+                                              "register.labels[zone]"),
+    "stream-register-newline-label-value": Case("WorkerHeartbeat", _register(labels={"zone": NEWLINE}),
+                                                "register.labels[zone]"),
+    "stream-register-too-many-labels": Case("WorkerHeartbeat", _register(labels={f"k{i}": "v" for i in range(33)}),
+                                            "register.labels"),
 }
 
 
@@ -248,3 +295,13 @@ async def test_pages_of_sessions_and_workers_follow_their_tokens(sessiond: Sessi
     assert [s.session_id for s in rest] == [s.session_id for s in created]
     assert [w.worker_id for w in [*workers.workers, *more.workers]] == ["w0", "w1", "w2"]
     assert more.next_page_token == ""
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("request_", [
+    pytest.param(_create(resources={"x" * 70_000: 1}), id="resource-name"),
+    pytest.param(_create(selector="x" * 70_000), id="selector"),
+])
+async def test_a_huge_name_is_refused_without_echoing_it(sessiond: Sessiond, request_: Message) -> None:
+    error, _ = await rpc_error(sessiond.stub.CreateSession(request_, timeout=10), INVALID, "INVALID_ARGUMENT")
+    assert len(error.details() or "") < 300

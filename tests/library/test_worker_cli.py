@@ -114,3 +114,38 @@ async def test_a_bad_module_attr_is_one_line_and_exit_code_2(spec: str, message:
     assert out == b""
     lines = err.decode().splitlines()
     assert len(lines) == 1 and lines[0].startswith("sessiond worker: ") and message in lines[0], lines
+
+
+@pytest.mark.asyncio
+async def test_the_cli_worker_declares_capacities_and_labels(processes: list[asyncio.subprocess.Process]) -> None:
+    server, port = await _server()
+    try:
+        process = await _spawn(SPEC, "--queue", QUEUE, "--address", f"127.0.0.1:{port}", "--capacity", "gpu=2",
+                               "--capacity", "scratch_gb=500", "--label", "zone=a", "--label", "gpu_model=h100")
+        processes.append(process)
+        await eventually(lambda: _workers(server), timeout=30, message="the CLI worker registered")
+        (worker,) = server.engine.table.workers(task_queue=QUEUE)[0]
+        assert worker.capacity.as_dict() == {"sessions": 1000, "gpu": 2, "scratch_gb": 500}
+        assert dict(worker.labels) == {"zone": "a", "gpu_model": "h100"}
+        async with await SessionClient.connect(f"127.0.0.1:{port}") as client:
+            async with client.create_session(QUEUE, resources={"gpu": 2}, selector="gpu_model in (h100,a100)",
+                                             creation_timeout=5) as session:
+                assert await session.execute_activity("pid") == process.pid
+    finally:
+        await server.stop(0)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("flag", "message"), [
+    (("--capacity", "gpu"), "expected NAME=N"),
+    (("--capacity", "gpu=-1"), "must not be negative"),
+    (("--capacity", "gpu=two"), "expected a whole number"),
+    (("--capacity", "g pu=1"), "must be letters, digits"),
+    (("--label", "zone"), "expected KEY=VALUE"),
+    (("--label", "zone=a b"), "must be letters, digits"),
+])
+async def test_bad_capacity_or_label_flags_are_usage_errors(flag: tuple[str, str], message: str) -> None:
+    process = await _spawn(SPEC, "--queue", QUEUE, "--address", "127.0.0.1:1", *flag)
+    _, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 2
+    assert message in err.decode()

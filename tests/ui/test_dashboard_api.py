@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from sessiond_client.api.v1 import session_pb2
 
 from sessiond.ui import http as ui_http
 from tests.integration.conftest import QUEUE, Sessiond, eventually, options
@@ -66,7 +67,7 @@ async def test_overview_shows_each_task_queue_with_capacity_used_and_available_p
     assert queue == {
         "task_queue": QUEUE, "workers": 2, "ready_workers": 2, "draining_workers": 0, "silent_workers": 0,
         "open_sessions": 1, "capacity": {"sessions": 5}, "used": {"sessions": 1}, "available": {"sessions": 4},
-        "waiting": 0, "waiting_recreates": 0, "oldest_wait_s": None,
+        "waiting": 0, "waiting_recreates": 0, "oldest_wait_s": None, "waiting_unplaceable": 0, "waiting_requests": [],
     }
     overview = await dash.get("/api/v1/overview")
     assert overview["totals"] == {"workers": 2, "open_sessions": 1, "waiting": 0, "task_queues": 1}
@@ -113,6 +114,36 @@ async def test_waiting_creates_are_shown_per_queue_with_the_age_of_the_oldest(
             await waiting
     # A caller that gives up leaves nothing behind on the page either.
     await eventually(lambda: _gone(dash, "nobody-serves-this"))
+
+
+async def test_a_waiting_create_no_worker_could_hold_is_shown_with_why(
+        sessiond: Sessiond, dash: Dash, make_worker: Any) -> None:
+    await make_worker("w1", capacity=2, capacities={"gpu": 1}, labels={"zone": "a"})
+    holder = await sessiond.create(options=session_pb2.SessionOptions(resources={"gpu": 1}))
+    fits_later = asyncio.create_task(sessiond.create(options=session_pb2.SessionOptions(resources={"gpu": 1})))
+    never = asyncio.create_task(sessiond.create(options=session_pb2.SessionOptions(
+        resources={"gpu": 1}, selector="zone=b")))
+    try:
+        queue = await eventually(lambda: _queue_with(dash, QUEUE, waiting=2))
+        assert queue["waiting_unplaceable"] == 1
+        assert [(k["resources"], k["selector"], k["count"], k["unplaceable_reason"])
+                for k in queue["waiting_requests"]] == [
+            ({"gpu": 1, "sessions": 1}, "", 1, None),
+            ({"gpu": 1, "sessions": 1}, "zone=b",
+             1, f"no connected worker of task queue {QUEUE!r} matches the selector 'zone=b'"),
+        ]
+        workers = await dash.get("/api/v1/workers")
+        assert workers["workers"][0]["labels"] == {"zone": "a"}
+        assert workers["workers"][0]["capacity"] == {"sessions": 2, "gpu": 1}
+        assert workers["workers"][0]["used"] == {"sessions": 1, "gpu": 1}
+        sessions = await dash.get("/api/v1/sessions")
+        assert sessions["sessions"][0]["resources"] == {"sessions": 1, "gpu": 1}
+    finally:
+        for task in (fits_later, never):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+    await sessiond.complete(holder.session_id)
 
 
 async def _older(dash: Dash, name: str, than: float) -> dict[str, Any] | None:

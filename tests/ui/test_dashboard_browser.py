@@ -12,6 +12,8 @@ Without Chromium the tests are skipped with what to install; under ``CI=true`` t
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from sessiond_client.api.v1 import session_pb2
 
 from tests.integration.conftest import QUEUE, Sessiond, eventually
 from tests.ui.browser import Browser, require_browser
@@ -162,3 +165,23 @@ async def test_the_page_is_readable_in_a_narrow_window(
         "return getComputedStyle(document.querySelector('#sessions tbody td'), '::before').content")
     assert labels == '"Session"', "narrow rows label each value"
     await browser.screenshot(tmp_path / "dashboard-narrow.png")
+
+
+async def test_gpu_capacities_labels_and_a_create_no_worker_could_hold_are_shown(
+        sessiond: Sessiond, spawn_worker: Any, browser: Browser, tmp_path: Path) -> None:
+    await spawn_worker("gpu-box-1", capacity=4, capacities={"gpu": 2}, labels={"zone": "a"})
+    held = await sessiond.create(options=session_pb2.SessionOptions(resources={"gpu": 1}))
+    stuck = asyncio.create_task(sessiond.create(options=session_pb2.SessionOptions(resources={"gpu": 4})))
+    try:
+        await browser.open(dashboard_url(sessiond) + "/")
+        row = await _shown(browser, "workers", Worker="gpu-box-1", Capacity="gpu 1 / 2")
+        assert "zone=a" in row["Worker"] and "sessions 1 / 4" in row["Capacity"]
+        queue = await _shown(browser, "queues", **{"Task queue": QUEUE, "Cannot be placed": "1 waiting"})
+        assert "gpu 4" in queue["Cannot be placed"] and "(largest: 2)" in queue["Cannot be placed"]
+        await browser.screenshot(tmp_path / "dashboard-unplaceable.png")
+        assert await browser.console_errors() == []
+    finally:
+        stuck.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await stuck
+    await sessiond.complete(held.session_id)

@@ -12,7 +12,8 @@ from typing import TypeVar
 
 from sessiond.core.events import ActivityEnded, Event, SessionEnded, SessionPlaced, WaiterFailed
 from sessiond.core.model import Session, SessionOptions, SessionState, Waiter, Worker, WorkerRegistration
-from sessiond.core.resources import ResourceVector
+from sessiond.core.resources import SESSIONS, ResourceVector
+from sessiond.core.selector import Selector, parse_selector
 from sessiond.core.table import SessionTable
 
 QUEUE = "q"
@@ -31,28 +32,45 @@ def counting_ids(prefix: str = "id") -> Callable[[], str]:
     return lambda: f"{prefix}-{next(counter)}"
 
 
-def new_table(*, retention: float = 600.0, max_heartbeat_interval: float = 10.0) -> SessionTable:
+def new_table(*, retention: float = 600.0, max_heartbeat_interval: float = 10.0, max_skips: int = 8) -> SessionTable:
     """A table with deterministic ids."""
-    return SessionTable(retention=retention, max_heartbeat_interval=max_heartbeat_interval, new_id=counting_ids())
+    return SessionTable(retention=retention, max_heartbeat_interval=max_heartbeat_interval, new_id=counting_ids(),
+                        max_skips=max_skips)
 
 
-def registration(worker_id: str, sessions: int = 1, *, task_queue: str = QUEUE,
-                 instance: str | None = None) -> WorkerRegistration:
-    """What worker ``worker_id`` declares when it connects with room for ``sessions`` sessions.
+def registration(worker_id: str, sessions: int = 1, *, task_queue: str = QUEUE, instance: str | None = None,
+                 resources: dict[str, int] | None = None, labels: dict[str, str] | None = None,
+                 ) -> WorkerRegistration:
+    """What worker ``worker_id`` declares when it connects with room for ``sessions`` sessions (and
+    ``resources`` besides, e.g. ``{"gpu": 2}``) and ``labels``.
 
     By default every registration of one worker id comes from the same process (``instance``), so
     a re-registration replaces the earlier stream at once; pass another instance to model a second
     process with that worker id.
     """
     return WorkerRegistration(task_queue=task_queue, worker_id=worker_id, identity=f"{worker_id}@host",
-                              host_name=f"{worker_id}-host", capacity=ResourceVector.sessions(sessions),
-                              instance_id=f"{worker_id}-process" if instance is None else instance)
+                              host_name=f"{worker_id}-host",
+                              capacity=ResourceVector({**(resources or {}), SESSIONS: sessions}),
+                              instance_id=f"{worker_id}-process" if instance is None else instance,
+                              labels=dict(labels or {}))
 
 
 def connect(table: SessionTable, worker_id: str, sessions: int = 1, *, now: float = 0.0,
-            task_queue: str = QUEUE) -> Worker:
+            task_queue: str = QUEUE, resources: dict[str, int] | None = None,
+            labels: dict[str, str] | None = None) -> Worker:
     """Connect a worker and return it."""
-    return table.connect_worker(now, registration(worker_id, sessions, task_queue=task_queue))
+    return table.connect_worker(now, registration(worker_id, sessions, task_queue=task_queue, resources=resources,
+                                                  labels=labels))
+
+
+def demand(**amounts: int) -> ResourceVector:
+    """What a session asks for: ``sessions: 1`` and ``amounts``."""
+    return ResourceVector({SESSIONS: 1, **amounts})
+
+
+def selector(text: str) -> Selector:
+    """A parsed selector."""
+    return parse_selector(text)
 
 
 def options(*, creation: float = 60.0, execution: float = 24 * 3600.0, heartbeat: float = 20.0,
@@ -63,17 +81,21 @@ def options(*, creation: float = 60.0, execution: float = 24 * 3600.0, heartbeat
 
 
 def create_placed(table: SessionTable, now: float = 0.0, opts: SessionOptions | None = None, *,
-                  task_queue: str = QUEUE, owner: str = "", request_id: str = "") -> Session:
-    """Create a session that must be placed at once."""
-    result = table.create(now, task_queue, opts or options(), owner=owner, request_id=request_id)
+                  task_queue: str = QUEUE, owner: str = "", request_id: str = "",
+                  asks: ResourceVector | None = None, where: str = "") -> Session:
+    """Create a session that must be placed at once (asking for ``asks`` on workers matching ``where``)."""
+    result = table.create(now, task_queue, opts or options(), owner=owner, request_id=request_id,
+                          demand=asks or ResourceVector.one_session(), selector=parse_selector(where))
     assert isinstance(result, Session), f"expected a placed session, got {result!r}"
     return result
 
 
 def create_waiting(table: SessionTable, now: float = 0.0, opts: SessionOptions | None = None, *,
-                   task_queue: str = QUEUE, owner: str = "", request_id: str = "") -> Waiter:
-    """Create a session that must wait for capacity."""
-    result = table.create(now, task_queue, opts or options(), owner=owner, request_id=request_id)
+                   task_queue: str = QUEUE, owner: str = "", request_id: str = "",
+                   asks: ResourceVector | None = None, where: str = "") -> Waiter:
+    """Create a session that must wait for capacity (asking for ``asks`` on workers matching ``where``)."""
+    result = table.create(now, task_queue, opts or options(), owner=owner, request_id=request_id,
+                          demand=asks or ResourceVector.one_session(), selector=parse_selector(where))
     assert isinstance(result, Waiter), f"expected a waiter, got {result!r}"
     return result
 

@@ -48,7 +48,7 @@ def test_waiters_are_listed_oldest_first_with_the_time_they_started_waiting() ->
     assert [(w.waiter_id, w.since, w.task_queue) for w in table.waiters()] == [
         (first.waiter_id, 1.0, QUEUE), (second.waiter_id, 2.5, "other")]
 
-    table.cancel_waiter(first.waiter_id)
+    table.cancel_waiter(3.0, first.waiter_id)
     assert [w.waiter_id for w in table.waiters()] == [second.waiter_id]
 
 

@@ -244,7 +244,7 @@ def test_a_cancelled_waiter_takes_no_slot_and_the_next_waiter_gets_it() -> None:
     first = create_placed(table)
     cancelled = create_waiting(table, 1.0)
     patient = create_waiting(table, 2.0)
-    table.cancel_waiter(cancelled.waiter_id)
+    table.cancel_waiter(2.5, cancelled.waiter_id)
     assert table.waiting_count() == 1
     table.take_events()
     table.complete(3.0, first.session_id)
@@ -258,9 +258,9 @@ def test_a_cancelled_waiter_takes_no_slot_and_the_next_waiter_gets_it() -> None:
 def test_cancelling_an_unknown_or_finished_waiter_is_harmless() -> None:
     table = new_table()
     waiter = create_waiting(table)
-    table.cancel_waiter(waiter.waiter_id)
-    table.cancel_waiter(waiter.waiter_id)
-    table.cancel_waiter("nobody")
+    table.cancel_waiter(0.5, waiter.waiter_id)
+    table.cancel_waiter(0.5, waiter.waiter_id)
+    table.cancel_waiter(0.5, "nobody")
     assert table.waiting_count() == 0
     connect(table, "w", 1, now=1.0)
     assert of_type(table.take_events(), SessionPlaced) == []
@@ -271,7 +271,7 @@ def test_after_cancelling_the_only_waiter_a_new_create_is_placed_at_once() -> No
     connect(table, "w", 1)
     first = create_placed(table)
     waiter = create_waiting(table, 1.0)
-    table.cancel_waiter(waiter.waiter_id)
+    table.cancel_waiter(1.5, waiter.waiter_id)
     table.complete(2.0, first.session_id)
     create_placed(table, 3.0)
 
@@ -571,7 +571,7 @@ def test_an_owner_may_create_again_once_its_waiter_ended(end: str) -> None:
     table, _ = _full_table()
     waiter = create_waiting(table, 1.0, options(creation=5.0), owner="alice")
     if end == "cancel":
-        table.cancel_waiter(waiter.waiter_id)
+        table.cancel_waiter(2.0, waiter.waiter_id)
     else:
         table.advance(6.0)
     create_waiting(table, 7.0, owner="alice")
@@ -668,4 +668,4 @@ def test_per_queue_and_per_worker_waiter_state_does_not_outlive_its_waiters() ->
         table.recreate(0.0, encode_token(WorkerKey("q", f"gone-{i}")), options(creation=1.0))
     table.advance(1.0)
     create_placed(table, 2.0)
-    assert table._queue_waiters == {} and table._worker_waiters == {}
+    assert table.waiting.queue_names == set() and table.waiting.worker_keys == set()

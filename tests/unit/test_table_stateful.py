@@ -3,8 +3,10 @@
 A hypothesis state machine drives connect / create / recreate / complete / heartbeat / time /
 disconnect / goodbye / activities / cancel, and the ways sessions outlive processes (callers that
 watch, call or vanish; workers that detach, reattach, decline, or register twice from two processes;
-server restarts rebuilt from the workers' reports), over three workers with 1-3 slots and a manual
-clock, and keeps its own model of what the events said, so each step checks the table against it.
+server restarts rebuilt from the workers' reports), over three workers with 1-3 slots, 0-2 GPUs and
+a zone label, requests that ask for 0-2 GPUs with a selector, and a manual clock, and keeps its own
+model of what the events said, so each step checks the table against it: used ≤ capacity in every
+resource, and a waiter waits only while the fairness policy says it must.
 Each rule catches only the domain errors its call may raise, so any other exception (the
 table's internal ``IllegalTransitionError`` included) fails the test: it is unreachable from
 the public API.
@@ -55,7 +57,9 @@ from sessiond.core.model import (
     Waiter,
     WorkerKey,
 )
+from sessiond.core.placement import compatible, takes_from
 from sessiond.core.resources import SESSIONS, ResourceVector
+from sessiond.core.selector import Selector, parse_selector
 from sessiond.core.table import SessionTable
 from sessiond.core.token import encode_token
 from tests.unit.support import QUEUE, counting_ids, registration
@@ -66,6 +70,10 @@ OWNERS = ("", "", "alice", "bob")
 REQUEST_IDS = ("", "", "r1", "r2")
 RETENTION = 20.0
 MAX_INTERVAL = 4.0
+MAX_SKIPS = 2
+ASKS = (ResourceVector.one_session(), ResourceVector.one_session(), ResourceVector({SESSIONS: 1, "gpu": 1}),
+        ResourceVector({SESSIONS: 1, "gpu": 2}))
+SELECTORS = tuple(parse_selector(t) for t in ("", "", "zone=a", "zone=b", "zone in (a,b)", "zone", "rack"))
 
 options_strategy = st.builds(
     SessionOptions,
@@ -86,7 +94,8 @@ class SessionTableMachine(RuleBasedStateMachine):
         super().__init__()
         self.now = 0.0
         self.ids = counting_ids()  # shared by every incarnation: ids are unique across restarts, as UUIDs are
-        self.table = SessionTable(retention=RETENTION, max_heartbeat_interval=MAX_INTERVAL, new_id=self.ids)
+        self.table = SessionTable(retention=RETENTION, max_heartbeat_interval=MAX_INTERVAL, new_id=self.ids,
+                                  max_skips=MAX_SKIPS)
         self.detached: set[str] = set()
         self.watches: list[Session] = []  # one entry per open WatchSession
         # Server restarts: what each worker process still holds from the last incarnation, to report
@@ -167,8 +176,9 @@ class SessionTableMachine(RuleBasedStateMachine):
             else:
                 record = self.records[session.session_id]
                 assert (session.session_id, session.owner, session.request_id, session.options, session.expire_at,
-                        session.recreated) == (record.session_id, record.owner, record.request_id, record.options,
-                                               record.expire_at, record.recreated), "adoption changed the record"
+                        session.recreated, session.demand, session.selector) == (
+                    record.session_id, record.owner, record.request_id, record.options, record.expire_at,
+                    record.recreated, record.demand, record.selector), "adoption changed the record"
                 self.sessions[session.session_id] = session
                 self.placed_total += 1
                 self.adopted.add(session.session_id)
@@ -176,13 +186,17 @@ class SessionTableMachine(RuleBasedStateMachine):
         if vetted or self.now < self.table.recovering_until:
             # Only the hard limit and the owner rule refuse a report (an owner that created a new
             # session during the window keeps that one).
-            free = worker.capacity[SESSIONS] - (len(event.reattached) - len(adopted))
+            free = worker.capacity
+            for session in event.reattached:
+                if session.session_id not in adopted:
+                    free = free - session.demand
             owners = self._owner_holders() - {self.records[sid].owner for sid in adopted}
             expected = []
             for record in held:
-                if free > 0 and not (record.owner and record.owner in owners):
+                if free.covers(record.demand) and not (record.owner and record.owner in owners):
                     expected.append(record.session_id)
-                    free -= record.expire_at > self.now  # one adopted past its expiry is ended at once
+                    if record.expire_at > self.now:  # one adopted past its expiry is ended at once
+                        free = free - record.demand
             assert adopted == expected, f"adopted {adopted}, expected {expected}"
         else:
             assert adopted == [], "a report was adopted after the recovery window"
@@ -205,6 +219,8 @@ class SessionTableMachine(RuleBasedStateMachine):
         assert self.now < waiter.deadline, "a waiter was placed at or after its creation deadline"
         assert (session.owner, session.request_id, session.options) == (waiter.owner, waiter.request_id,
                                                                         waiter.options)
+        assert (session.demand, session.selector) == (waiter.demand, waiter.selector)
+        assert waiter.selector.matches(session.worker.labels), "placed on a worker its selector does not match"
         if waiter.target is not None:
             assert session.worker.key == waiter.target, "a recreate landed on another worker"
         self.served.add(event.waiter_id)
@@ -258,7 +274,8 @@ class SessionTableMachine(RuleBasedStateMachine):
                 assert (event.error.reason, event.error.cause) == ("SESSION_COMPLETED", None)
 
     def _check_new_result(self, result: Session | Waiter, events: list[Event], opts: SessionOptions, owner: str,
-                          request_id: str, holders: set[str], target: WorkerKey | None) -> None:
+                          request_id: str, holders: set[str], target: WorkerKey | None, asks: ResourceVector,
+                          where: Selector) -> None:
         if isinstance(result, Session) and self.sessions.get(result.session_id) is result \
                 and not any(isinstance(e, SessionPlaced) and e.session is result for e in events):
             # A retry with a known request id: the same session, and nothing happened.
@@ -275,6 +292,7 @@ class SessionTableMachine(RuleBasedStateMachine):
             placed = [e for e in events if isinstance(e, SessionPlaced)]
             assert len(placed) == 1 and placed[0].session is result and placed[0].waiter_id is None
             assert (result.owner, result.request_id, result.options) == (owner, request_id, opts)
+            assert (result.demand, result.selector) == (asks, where) and where.matches(result.worker.labels)
             if target is not None:
                 assert result.worker.key == target
         else:
@@ -282,18 +300,21 @@ class SessionTableMachine(RuleBasedStateMachine):
             assert opts.creation_timeout > 0
             assert result.deadline == self.now + opts.creation_timeout
             assert result.target == target
+            assert (result.demand, result.selector) == (asks, where)
             self.waiters[result.waiter_id] = result
 
     # ------------------------------------------------------------- workers
 
-    @initialize(capacities=st.lists(st.integers(1, 3), min_size=1, max_size=len(WORKER_IDS)))
-    def workers_connect(self, capacities: list[int]) -> None:
-        for worker_id, capacity in zip(WORKER_IDS, capacities, strict=False):
-            self.connect(worker_id, capacity)
+    @initialize(capacities=st.lists(st.tuples(st.integers(1, 3), st.integers(0, 2), st.sampled_from("ab")),
+                                    min_size=1, max_size=len(WORKER_IDS)))
+    def workers_connect(self, capacities: list[tuple[int, int, str]]) -> None:
+        for worker_id, (capacity, gpus, zone) in zip(WORKER_IDS, capacities, strict=False):
+            self.connect(worker_id, capacity, gpus=gpus, zone=zone)
 
     @rule(worker_id=st.sampled_from(WORKER_IDS), capacity=st.integers(1, 3), same_process=st.booleans(),
-          vetted=st.booleans())
-    def connect(self, worker_id: str, capacity: int, same_process: bool = True, vetted: bool = False) -> None:
+          gpus=st.integers(0, 2), zone=st.sampled_from("ab"), vetted=st.booleans())
+    def connect(self, worker_id: str, capacity: int, same_process: bool = True, gpus: int = 0,
+                zone: str = "a", vetted: bool = False) -> None:
         """A worker (re)registers. ``vetted``: a replica taking the worker over passes the held
         sessions its store records as OPEN and adopts them outside any recovery window (SPEC §6.5)."""
         held = self.held.pop(worker_id, [])
@@ -307,8 +328,9 @@ class SessionTableMachine(RuleBasedStateMachine):
             instance = f"{worker_id}-process-{next(self.processes)}"
         stale_at = None if current is None else max(current.last_seen, current.interval_since) + 3 * current.interval
         try:
-            worker = self.table.connect_worker(self.now, registration(worker_id, capacity, instance=instance), held,
-                                               adopt_held=vetted)
+            worker = self.table.connect_worker(self.now, registration(
+                worker_id, capacity, instance=instance, resources={"gpu": gpus}, labels={"zone": zone}), held,
+                adopt_held=vetted)
         except WorkerIdInUseError as exc:
             assert stale_at is not None and not same_process
             assert self.now < stale_at and exc.stale_after == stale_at - self.now
@@ -348,12 +370,12 @@ class SessionTableMachine(RuleBasedStateMachine):
             if worker is None:
                 continue
             records = [SessionRecord(s.session_id, s.task_queue, s.options, s.owner, s.request_id, s.recreated,
-                                     s.placed_at, s.expire_at)
+                                     s.placed_at, s.expire_at, s.demand, s.selector)
                        for s in sorted((self.table.get(sid) for sid in worker.sessions), key=lambda x: x.seq)]
             self.held[worker_id] = records
             self.records.update((r.session_id, r) for r in records)
         self.table = SessionTable(retention=RETENTION, max_heartbeat_interval=MAX_INTERVAL, new_id=self.ids,
-                                  recovering_until=self.now + window)
+                                  recovering_until=self.now + window, max_skips=MAX_SKIPS)
         self.live, self.fenced = {}, []
         self.sessions, self.ended, self.terminal, self.detached = {}, set(), {}, set()
         self.placed_total = self.ended_total = 0
@@ -434,16 +456,22 @@ class SessionTableMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------- sessions
 
-    @rule(requests=st.lists(st.tuples(options_strategy, st.sampled_from(OWNERS), st.sampled_from(REQUEST_IDS)),
-                            min_size=1, max_size=3))
-    def create(self, requests: list[tuple[SessionOptions, str, str]]) -> None:
-        for opts, owner, request_id in requests:
-            self._create_one(opts, owner, request_id)
+    @rule(requests=st.lists(st.tuples(options_strategy, st.sampled_from(OWNERS), st.sampled_from(REQUEST_IDS),
+                                      st.sampled_from(ASKS), st.sampled_from(SELECTORS)), min_size=1, max_size=3))
+    def create(self, requests: list[tuple[SessionOptions, str, str, ResourceVector, Selector]]) -> None:
+        for opts, owner, request_id, asks, where in requests:
+            self._create_one(opts, owner, request_id, asks, where)
 
-    def _create_one(self, opts: SessionOptions, owner: str, request_id: str) -> None:
+    def _create_one(self, opts: SessionOptions, owner: str, request_id: str, asks: ResourceVector,
+                    where: Selector) -> None:
         holders = self._owner_holders()
+        earlier = self.table._requests.get(("create", QUEUE, request_id)) if request_id else None
+        if earlier is not None:
+            # A retry: the same request (an id names one request, whatever else the retry says).
+            asks, where = earlier.demand, earlier.selector
         try:
-            result = self.table.create(self.now, QUEUE, opts, owner=owner, request_id=request_id)
+            result = self.table.create(self.now, QUEUE, opts, owner=owner, request_id=request_id, demand=asks,
+                                       selector=where)
         except NoCapacityError:
             assert opts.creation_timeout == 0
             assert self._drain() == []
@@ -453,15 +481,19 @@ class SessionTableMachine(RuleBasedStateMachine):
             assert self._drain() == []
             return
         events = self._drain()
-        self._check_new_result(result, events, opts, owner, request_id, holders, None)
+        self._check_new_result(result, events, opts, owner, request_id, holders, None, asks, where)
 
     @rule(token=st.sampled_from(TOKENS), opts=options_strategy, owner=st.sampled_from(OWNERS),
-          request_id=st.sampled_from(REQUEST_IDS))
-    def recreate(self, token: bytes, opts: SessionOptions, owner: str, request_id: str) -> None:
+          request_id=st.sampled_from(REQUEST_IDS), asks=st.sampled_from(ASKS))
+    def recreate(self, token: bytes, opts: SessionOptions, owner: str, request_id: str, asks: ResourceVector) -> None:
         holders = self._owner_holders()
         target = next((WorkerKey(QUEUE, w) for w in WORKER_IDS if encode_token(WorkerKey(QUEUE, w)) == token), None)
+        earlier = self.table._requests.get(("recreate", QUEUE, target.worker_id, request_id)) \
+            if request_id and target else None
+        if earlier is not None:
+            asks = earlier.demand
         try:
-            result = self.table.recreate(self.now, token, opts, owner=owner, request_id=request_id)
+            result = self.table.recreate(self.now, token, opts, owner=owner, request_id=request_id, demand=asks)
         except InvalidRecreateTokenError:
             assert target is None
             assert self._drain() == []
@@ -477,22 +509,27 @@ class SessionTableMachine(RuleBasedStateMachine):
             return
         assert target is not None
         events = self._drain()
-        self._check_new_result(result, events, opts, owner, request_id, holders, target)
+        self._check_new_result(result, events, opts, owner, request_id, holders, target, asks, Selector())
 
     @rule(opts=options_strategy, owner=st.sampled_from(OWNERS), request_id=st.sampled_from(REQUEST_IDS),
-          ended_first=st.booleans())
-    def store_refuses_a_placement(self, opts: SessionOptions, owner: str, request_id: str,
+          asks=st.sampled_from(ASKS), ended_first=st.booleans())
+    def store_refuses_a_placement(self, opts: SessionOptions, owner: str, request_id: str, asks: ResourceVector,
                                   ended_first: bool) -> None:
         """Reserve -> commit -> publish with the commit refused (SPEC §6.5): a create whose
         placement the store does not make durable, possibly ended locally before the answer."""
         before = set(self.sessions)
         holders = self._owner_holders()
+        where = Selector()
+        earlier = self.table._requests.get(("create", QUEUE, request_id)) if request_id else None
+        if earlier is not None:
+            asks, where = earlier.demand, earlier.selector
         try:
-            result = self.table.create(self.now, QUEUE, opts, owner=owner, request_id=request_id)
+            result = self.table.create(self.now, QUEUE, opts, owner=owner, request_id=request_id, demand=asks,
+                                       selector=where)
         except (NoCapacityError, ExistingOpenSessionError):
             assert self._drain() == []
             return
-        self._check_new_result(result, self._drain(), opts, owner, request_id, holders, None)
+        self._check_new_result(result, self._drain(), opts, owner, request_id, holders, None, asks, where)
         if not isinstance(result, Session) or result.session_id in before:
             return  # it waits (or was a retry): nothing new to refuse
         session = result
@@ -558,7 +595,7 @@ class SessionTableMachine(RuleBasedStateMachine):
     def cancel_waiter(self, data: st.DataObject) -> None:
         waiter_id = data.draw(st.sampled_from(sorted(self.waiters)))
         was_live = waiter_id not in self.cancelled | self.expired | self.served
-        self.table.cancel_waiter(waiter_id)
+        self.table.cancel_waiter(self.now, waiter_id)
         if was_live:
             self.cancelled.add(waiter_id)
         assert self._drain() == []
@@ -607,8 +644,12 @@ class SessionTableMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------- invariants
 
     @invariant()
-    def capacity_is_a_hard_limit_and_usage_matches_open_sessions(self) -> None:
-        for worker in self.table.workers(limit=10**6)[0]:
+    def capacity_is_a_hard_limit_in_every_resource_and_usage_matches_open_sessions(self) -> None:
+        # Connected workers, and the last streams of workers whose sessions wait detached.
+        workers = {id(w): w for w in self.table.workers(limit=10**6)[0]}
+        workers.update((id(s.worker), s.worker) for s in self.sessions.values() if s.state is SessionState.OPEN)
+        for worker in workers.values():
+            assert worker.capacity.covers(worker.used), f"{worker.key.worker_id}: {worker.used} > {worker.capacity}"
             assert len(worker.sessions) <= worker.capacity[SESSIONS]
             demand = ResourceVector()
             for sid in worker.sessions:
@@ -671,17 +712,32 @@ class SessionTableMachine(RuleBasedStateMachine):
         assert len(held) == len(set(held))
 
     @invariant()
-    def waiters_wait_only_while_no_fitting_worker_is_free(self) -> None:
-        live = self._live_waiters()
+    def waiters_wait_only_while_the_policy_says_they_must(self) -> None:
+        """A Create waits while an older one of its kind waits, or while every worker it fits on is
+        held for an older holding Create it would skip; a Recreate while its worker has no room or
+        an older Recreate it could hold waits for it. Skips stay within the limit."""
+        live = sorted(self._live_waiters(), key=lambda w: w.seq)
         assert self.table.waiting_count() == len(live)
-        for waiter in live:
+        workers = self.table.workers(limit=10**6)[0]
+        for index, waiter in enumerate(live):
             assert not waiter.done
             assert self.now < waiter.deadline
-            if waiter.target is None:
-                fitting = self.table.workers(task_queue=waiter.task_queue, limit=10**6)[0]
-            else:
-                fitting = [w for w in self.table.workers(limit=10**6)[0] if w.key == waiter.target]
-            assert not any(w.eligible and w.free[SESSIONS] > 0 for w in fitting)
+            earlier = live[:index]
+            assert waiter.skipped <= MAX_SKIPS and waiter.holding == (waiter.skipped >= MAX_SKIPS)
+            if waiter.target is not None:
+                worker = next((w for w in workers if w.key == waiter.target), None)
+                if worker is not None and worker.eligible and worker.free.covers(waiter.demand):
+                    assert any(w.target == waiter.target and worker.capacity.covers(w.demand) for w in earlier), \
+                        "a recreate waits while its worker has room"
+                continue
+            if any(w.target is None and (w.demand, w.selector) == (waiter.demand, waiter.selector) for w in earlier):
+                continue  # FIFO per kind: the oldest of the kind is checked
+            holders = [w for w in earlier if w.target is None and w.holding]
+            for worker in workers:
+                if worker.key.task_queue == waiter.task_queue and worker.eligible \
+                        and waiter.selector.matches(worker.labels) and worker.free.covers(waiter.demand):
+                    assert any(compatible(worker, h.demand, h.selector) and takes_from(waiter.demand, worker, h.demand)
+                               for h in holders), f"{waiter.waiter_id} waits while {worker.key.worker_id} fits it"
 
     @invariant()
     def activities_in_flight_belong_to_open_sessions(self) -> None:

@@ -59,7 +59,7 @@ def test_a_waiter_that_leaves_gives_its_place_back(leave: str) -> None:
     table = _table(max_waiters=1, per_queue=1)
     waiter = create_waiting(table, 0.0, options(creation=5.0))
     if leave == "cancel":
-        table.cancel_waiter(waiter.waiter_id)
+        table.cancel_waiter(0.0, waiter.waiter_id)
     elif leave == "expire":
         table.advance(5.0)
     else:
@@ -69,7 +69,7 @@ def test_a_waiter_that_leaves_gives_its_place_back(leave: str) -> None:
     table.create(6.0, "q" if leave != "placed" else "other", options())
     assert table.waiting_count() == 1
     # No per-queue counter outlives its waiters (queue names come from callers).
-    assert set(table._waiting_per_queue) == {"q" if leave != "placed" else "other"}
+    assert table.waiting.queue_names == {"q" if leave != "placed" else "other"}
 
 
 def test_a_create_that_does_not_wait_is_never_refused_for_the_cap() -> None:

@@ -282,6 +282,7 @@
       ["Available", "num", amountText(q.available)],
       ["Waiting creates", "num wait", waitText(q)],
       ["Open sessions", "num", String(q.open_sessions)],
+      ["Cannot be placed", "", unplaceable(q)],
     ], (q) => ({ wait: waitText(q) }));
     $("queues-empty").hidden = o.queues.length > 0;
     const more = $("queues-more");
@@ -289,6 +290,20 @@
     more.textContent = `Showing ${o.queues.length} of ${o.queues_total} task queues.`;
 
     renderFailures(failures);
+  }
+
+  // Waiting creates no connected worker could ever hold (labels, capacity): they wait for such a
+  // worker to join, and this says why, per kind of request.
+  function unplaceable(q) {
+    const kinds = (q.waiting_requests || []).filter((k) => k.unplaceable_reason);
+    if (!kinds.length) return el("span", { class: "muted", text: "–" });
+    const box = el("div", { class: "unplaceable" });
+    for (const k of kinds) {
+      const asks = amountText(k.resources) + (k.selector ? ` where ${k.selector}` : "");
+      box.append(el("div", null, el("span", { class: "badge w-full", text: `${k.count} waiting` }), ` ${asks}`,
+        el("span", { class: "sub", text: k.unplaceable_reason })));
+    }
+    return box;
   }
 
   function waitText(q) {

@@ -48,6 +48,7 @@ from sessiond_client._types import (
     SessionInfo,
     SessionOptions,
     SessionState,
+    WaitingRequests,
     WorkerInfo,
     WorkerRef,
 )
@@ -93,6 +94,7 @@ __all__ = [
     "SessiondError",
     "TooManyWaitersError",
     "UnauthenticatedError",
+    "WaitingRequests",
     "WorkerBackloggedError",
     "WorkerDetachedError",
     "WorkerIdInUseError",

@@ -11,8 +11,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
+from types import MappingProxyType
 from typing import Any, TypeVar, overload
 
 from sessiond_client._types import SessionInfo
@@ -45,6 +46,9 @@ class ActivityInfo:
     heartbeat_details: Any = None
     """The latest details the previous attempt passed to :func:`heartbeat` (None on a first attempt),
     so a retry can resume where it stopped."""
+    resources: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({"sessions": 1}))
+    """What the session holds on this worker, by resource: ``{"sessions": 1}`` and every amount it
+    asked for, e.g. ``{"gpu": 2, "sessions": 1}`` — the GPUs that are this activity's to use."""
 
     @property
     def session_id(self) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
@@ -28,7 +28,7 @@ from sessiond_client._limits import DEFAULT_MAX_MESSAGE_SIZE
 from sessiond_client._retry import Backoff
 from sessiond_client._session import SessionContext
 from sessiond_client._time import Duration, to_seconds, to_timedelta
-from sessiond_client._types import SessionInfo, SessionOptions, SessionState, WorkerInfo
+from sessiond_client._types import SessionInfo, SessionOptions, SessionState, WaitingRequests, WorkerInfo
 from sessiond_client.api.v1 import session_pb2, session_service_pb2, session_service_pb2_grpc
 
 logger = logging.getLogger("sessiond_client")
@@ -246,6 +246,8 @@ class SessionClient:
         request_id: str | None = None,
         caller_timeout: Duration | None = DEFAULT_CALLER_TIMEOUT,
         reattach_timeout: Duration | None = None,
+        resources: Mapping[str, int] | None = None,
+        selector: str | None = None,
     ) -> SessionContext:
         """Open a session on a worker of ``task_queue``: an async context manager yielding a :class:`Session`.
 
@@ -265,12 +267,19 @@ class SessionClient:
                 waits, detached, for a worker with the same worker_id). Default: the server's (0).
             owner: At most one OPEN session per owner (``ExistingOpenSessionError``).
             request_id: Idempotency key; defaults to a fresh UUID, so transport retries are safe.
+            resources: What the session needs besides its slot, e.g. ``{"gpu": 1}``: it goes only to
+                a worker with every amount free and holds them until it ends (the activity reads
+                them in ``activity.info().resources``). Every amount is a hard limit.
+            selector: Which workers may take it, by label: ``"zone=a"``, ``"gpu_model in
+                (h100,a100)"``, ``"ssd"`` (the label exists), comma-separated for "and".
 
         Raises (on entering):
             SessionAlreadyOpenError: An OPEN session is already in this context.
-            CreationTimeoutError, NoCapacityError, ExistingOpenSessionError, InvalidArgumentError.
+            CreationTimeoutError, NoCapacityError, ExistingOpenSessionError, InvalidArgumentError
+            (a malformed selector or resource names the field).
         """
-        options = _options(creation_timeout, execution_timeout, heartbeat_timeout, caller_timeout, reattach_timeout)
+        options = _options(creation_timeout, execution_timeout, heartbeat_timeout, caller_timeout, reattach_timeout,
+                           resources, selector)
         request = session_service_pb2.CreateSessionRequest(
             task_queue=task_queue,
             options=options._to_proto(),
@@ -291,15 +300,18 @@ class SessionClient:
         request_id: str | None = None,
         caller_timeout: Duration | None = DEFAULT_CALLER_TIMEOUT,
         reattach_timeout: Duration | None = None,
+        resources: Mapping[str, int] | None = None,
     ) -> SessionContext:
         """Open a new session (new id) on the worker ``recreate_token`` names; same contract as
-        :meth:`create_session`.
+        :meth:`create_session`. ``resources`` are the new session's own (not the first one's); there
+        is no selector: the worker is the token's.
 
         Raises (on entering):
             WorkerUnavailableError: That worker was not connected with a free slot in time.
             InvalidRecreateTokenError: The token is malformed or foreign.
         """
-        options = _options(creation_timeout, execution_timeout, heartbeat_timeout, caller_timeout, reattach_timeout)
+        options = _options(creation_timeout, execution_timeout, heartbeat_timeout, caller_timeout, reattach_timeout,
+                           resources, None)
         request = session_service_pb2.RecreateSessionRequest(
             recreate_token=recreate_token,
             options=options._to_proto(),
@@ -354,6 +366,7 @@ class SessionClient:
         owner: str | None = None,
         state: SessionState | None = None,
         page_size: int = 0,
+        resource: str | None = None,
     ) -> AsyncIterator[SessionInfo]:
         """Iterate over sessions (oldest first), fetching pages as needed.
 
@@ -362,6 +375,7 @@ class SessionClient:
             owner: Only this owner's sessions.
             state: Only sessions in this state.
             page_size: Sessions per page (0 = server default).
+            resource: Only sessions that hold some of this resource (``"gpu"``).
         """
         token = ""
         while True:
@@ -371,6 +385,7 @@ class SessionClient:
                 state=int(state) if state is not None else 0,  # type: ignore[arg-type]  # IntEnum is the wire value
                 page_size=page_size,
                 page_token=token,
+                resource=resource or "",
             )
             response = await self._unary(self._stub.ListSessions, request, retry=True)
             for session in response.sessions:
@@ -397,6 +412,14 @@ class SessionClient:
             token = response.next_page_token
             if not token:
                 return
+
+    async def waiting_requests(self, *, task_queue: str | None = None) -> list[WaitingRequests]:
+        """The waiting creates (of ``task_queue``, or all), grouped by what they ask for, oldest
+        first, each saying why it cannot be placed when no connected worker could ever hold it
+        (the first page of ``ListWorkers``; at most 100 groups)."""
+        request = session_service_pb2.ListWorkersRequest(task_queue=task_queue or "", page_size=1)
+        response = await self._unary(self._stub.ListWorkers, request, retry=True)
+        return [WaitingRequests._from_proto(w) for w in response.waiting]
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -494,6 +517,8 @@ def _options(
     heartbeat_timeout: Duration | None,
     caller_timeout: Duration | None,
     reattach_timeout: Duration | None,
+    resources: Mapping[str, int] | None,
+    selector: str | None,
 ) -> SessionOptions:
     def span(value: Duration | None) -> timedelta | None:
         return None if value is None else to_timedelta(value)
@@ -504,4 +529,21 @@ def _options(
         heartbeat_timeout=span(heartbeat_timeout),
         caller_timeout=span(caller_timeout),
         reattach_timeout=span(reattach_timeout),
+        resources=_resources(resources),
+        selector=selector or "",
     )
+
+
+def _resources(values: Mapping[str, int] | None) -> Mapping[str, int]:
+    """Check amounts here (whole numbers, not negative) so a typo fails before the call; names and
+    limits are the server's to judge (it names the field)."""
+    if not values:
+        return {}
+    for name, amount in values.items():
+        if not isinstance(name, str):
+            raise TypeError(f"resource names must be strings, got {name!r}")
+        if isinstance(amount, bool) or not isinstance(amount, int):
+            raise TypeError(f"resources[{name!r}] must be an int, got {amount!r}")
+        if amount < 0:
+            raise ValueError(f"resources[{name!r}] must not be negative, got {amount}")
+    return dict(values)

@@ -24,7 +24,7 @@ from sessiond_client._errors import SessionAlreadyOpenError
 from sessiond_client._retry_policy import RetryPolicy
 from sessiond_client._session import Session, SessionContext
 from sessiond_client._time import Duration
-from sessiond_client._types import SessionFailure, SessionInfo, SessionState, WorkerInfo
+from sessiond_client._types import SessionFailure, SessionInfo, SessionState, WaitingRequests, WorkerInfo
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -138,13 +138,16 @@ class SyncSessionClient:
         request_id: str | None = None,
         caller_timeout: Duration | None = DEFAULT_CALLER_TIMEOUT,
         reattach_timeout: Duration | None = None,
+        resources: Mapping[str, int] | None = None,
+        selector: str | None = None,
     ) -> SyncSessionContext:
         """Open a session (arguments as :meth:`SessionClient.create_session`): a context manager
         yielding a :class:`SyncSession`, completed on exit."""
         return SyncSessionContext(self, self._client.create_session(
             task_queue, creation_timeout=creation_timeout, execution_timeout=execution_timeout,
             heartbeat_timeout=heartbeat_timeout, owner=owner, request_id=request_id,
-            caller_timeout=caller_timeout, reattach_timeout=reattach_timeout))
+            caller_timeout=caller_timeout, reattach_timeout=reattach_timeout, resources=resources,
+            selector=selector))
 
     def recreate_session(
         self,
@@ -157,12 +160,13 @@ class SyncSessionClient:
         request_id: str | None = None,
         caller_timeout: Duration | None = DEFAULT_CALLER_TIMEOUT,
         reattach_timeout: Duration | None = None,
+        resources: Mapping[str, int] | None = None,
     ) -> SyncSessionContext:
         """A new session on the worker ``recreate_token`` names (as :meth:`SessionClient.recreate_session`)."""
         return SyncSessionContext(self, self._client.recreate_session(
             recreate_token, creation_timeout=creation_timeout, execution_timeout=execution_timeout,
             heartbeat_timeout=heartbeat_timeout, owner=owner, request_id=request_id,
-            caller_timeout=caller_timeout, reattach_timeout=reattach_timeout))
+            caller_timeout=caller_timeout, reattach_timeout=reattach_timeout, resources=resources))
 
     def get_session_info(self, session_id: str) -> SessionInfo:
         """As :meth:`SessionClient.get_session_info`."""
@@ -173,14 +177,19 @@ class SyncSessionClient:
         return self._loop.run(self._client.complete_session(session_id))
 
     def list_sessions(self, *, task_queue: str | None = None, owner: str | None = None,
-                      state: SessionState | None = None, page_size: int = 0) -> Iterator[SessionInfo]:
+                      state: SessionState | None = None, page_size: int = 0,
+                      resource: str | None = None) -> Iterator[SessionInfo]:
         """As :meth:`SessionClient.list_sessions`: pages are fetched as the iteration needs them."""
         return self._iterate(self._client.list_sessions(task_queue=task_queue, owner=owner, state=state,
-                                                        page_size=page_size))
+                                                        page_size=page_size, resource=resource))
 
     def list_workers(self, *, task_queue: str | None = None, page_size: int = 0) -> Iterator[WorkerInfo]:
         """As :meth:`SessionClient.list_workers`."""
         return self._iterate(self._client.list_workers(task_queue=task_queue, page_size=page_size))
+
+    def waiting_requests(self, *, task_queue: str | None = None) -> list[WaitingRequests]:
+        """As :meth:`SessionClient.waiting_requests`."""
+        return self._loop.run(self._client.waiting_requests(task_queue=task_queue))
 
     def _iterate(self, items: AsyncIterator[T]) -> Iterator[T]:
         async def step() -> tuple[bool, T | None]:

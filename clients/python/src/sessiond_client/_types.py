@@ -7,8 +7,10 @@ mirror the proto enums value for value, so ``int(SessionState.OPEN)`` is the wir
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from types import MappingProxyType
 from typing import Literal
 
 from sessiond_client._time import duration_from_proto, duration_to_proto, timestamp_from_proto
@@ -113,9 +115,25 @@ class SessionFailure:
         return cls(cause=FailureCause._from_wire(msg.cause), message=msg.message)
 
 
+def _amounts(values: Mapping[str, int]) -> Mapping[str, int]:
+    """A read-only copy of a resource map (``{"gpu": 1}``), names sorted."""
+    return MappingProxyType({k: int(values[k]) for k in sorted(values)})
+
+
+def _labels(values: Mapping[str, str]) -> Mapping[str, str]:
+    """A read-only copy of a label map, keys sorted."""
+    return MappingProxyType({k: values[k] for k in sorted(values)})
+
+
+_EMPTY_AMOUNTS: Mapping[str, int] = MappingProxyType({})
+_EMPTY_LABELS: Mapping[str, str] = MappingProxyType({})
+_ONE_SESSION: Mapping[str, int] = MappingProxyType({"sessions": 1})
+
+
 @dataclass(frozen=True, slots=True)
 class SessionOptions:
-    """Per-session limits. ``None`` means "the server default" when creating a session."""
+    """Per-session limits and placement constraints. ``None`` means "the server default" when
+    creating a session."""
 
     creation_timeout: timedelta | None = None
     """How long Create/Recreate may wait for capacity (server default 60 s; 0 = do not wait)."""
@@ -128,6 +146,12 @@ class SessionOptions:
     reattach_timeout: timedelta | None = None
     """How long the session survives its worker's stream ending, detached, waiting for the worker
     to register again (0 = not at all: ``WORKER_LOST`` at once)."""
+    resources: Mapping[str, int] = field(default_factory=lambda: _EMPTY_AMOUNTS)
+    """What the session asks for besides its session slot, e.g. ``{"gpu": 1}``: it goes only to a
+    worker with every amount free, and holds them until it ends."""
+    selector: str = ""
+    """Which workers may take it, by their labels, e.g. ``"zone=a, gpu_model in (h100,a100), ssd"``
+    (empty: any). The server echoes it in canonical form."""
 
     @classmethod
     def _from_proto(cls, msg: session_pb2.SessionOptions) -> SessionOptions:
@@ -143,10 +167,12 @@ class SessionOptions:
             heartbeat_timeout=get("heartbeat_timeout"),
             caller_timeout=get("caller_timeout"),
             reattach_timeout=get("reattach_timeout"),
+            resources=_amounts(msg.resources) if msg.resources else _EMPTY_AMOUNTS,
+            selector=msg.selector,
         )
 
     def _to_proto(self) -> session_pb2.SessionOptions:
-        out = session_pb2.SessionOptions()
+        out = session_pb2.SessionOptions(resources=dict(self.resources), selector=self.selector)
         if self.creation_timeout is not None:
             out.creation_timeout.CopyFrom(duration_to_proto(self.creation_timeout))
         if self.execution_timeout is not None:
@@ -191,6 +217,9 @@ class SessionInfo:
     slot kept) waits up to ``reattach_timeout`` for the worker to register again."""
     request_id: str | None = None
     """The idempotency key the session was placed with, if any."""
+    resources: Mapping[str, int] = field(default_factory=lambda: _ONE_SESSION)
+    """What the session holds on its worker: ``{"sessions": 1}`` and every amount it asked for
+    (``{"gpu": 1, "sessions": 1}``), released when it ends."""
 
     @property
     def detached(self) -> bool:
@@ -224,6 +253,7 @@ class SessionInfo:
             options=SessionOptions._from_proto(msg.options),
             detached_since=timestamp_from_proto(msg.detached_since) if msg.HasField("detached_since") else None,
             request_id=msg.request_id or None,
+            resources=_amounts(msg.resources) if msg.resources else _ONE_SESSION,
         )
 
 
@@ -249,6 +279,17 @@ class WorkerInfo:
     """When the worker registered (aware, UTC)."""
     last_heartbeat_time: datetime | None
     """When the server last heard from the worker (aware, UTC)."""
+    capacities: Mapping[str, int] = field(default_factory=lambda: _EMPTY_AMOUNTS)
+    """What the worker can hold, by resource (``sessions`` = ``max_concurrent_sessions``)."""
+    used: Mapping[str, int] = field(default_factory=lambda: _EMPTY_AMOUNTS)
+    """What its open sessions hold now, by resource."""
+    labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY_LABELS)
+    """The worker's labels, which session selectors match."""
+
+    @property
+    def free(self) -> Mapping[str, int]:
+        """Capacity not used, by resource."""
+        return MappingProxyType({k: v - self.used.get(k, 0) for k, v in self.capacities.items()})
 
     @classmethod
     def _from_proto(cls, msg: session_pb2.WorkerInfo) -> WorkerInfo:
@@ -264,4 +305,38 @@ class WorkerInfo:
             last_heartbeat_time=(
                 timestamp_from_proto(msg.last_heartbeat_time) if msg.HasField("last_heartbeat_time") else None
             ),
+            capacities=_amounts(msg.capacities),
+            used=_amounts(msg.used),
+            labels=_labels(msg.labels),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingRequests:
+    """The waiting creates of one task queue that ask for the same thing (from ``ListWorkers``)."""
+
+    task_queue: str
+    """The task queue they wait on."""
+    resources: Mapping[str, int]
+    """What each asks for (``sessions`` included)."""
+    selector: str
+    """Their selector, in canonical form ("" = any worker)."""
+    count: int
+    """How many wait."""
+    oldest_since: datetime | None
+    """When the oldest of them started waiting (aware, UTC)."""
+    unplaceable_reason: str | None
+    """Why no connected worker could ever hold such a request (no label match, too little
+    capacity), or ``None`` when one could once enough is free. They wait either way: a worker that
+    can hold them may join."""
+
+    @classmethod
+    def _from_proto(cls, msg: session_pb2.WaitingRequests) -> WaitingRequests:
+        return cls(
+            task_queue=msg.task_queue,
+            resources=_amounts(msg.resources),
+            selector=msg.selector,
+            count=msg.count,
+            oldest_since=timestamp_from_proto(msg.oldest_since) if msg.HasField("oldest_since") else None,
+            unplaceable_reason=msg.unplaceable_reason or None,
         )

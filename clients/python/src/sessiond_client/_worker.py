@@ -39,6 +39,7 @@ import socket
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import timedelta
+from types import MappingProxyType
 from typing import Any
 
 import grpc
@@ -72,6 +73,8 @@ _FATAL_CODES = frozenset(
 )
 # Until the server names an interval (in its first message), heartbeat at the protocol's maximum.
 _INITIAL_HEARTBEAT_INTERVAL = 10.0
+# The server's default session limit (SPEC §2.3), also this library's.
+_DEFAULT_MAX_SESSIONS = 1000
 # After our half-close the server ends the stream; if it does not, stop waiting after this long.
 _HALF_CLOSE_TIMEOUT = 10.0
 # How long to wait for the server's GoodbyeAck before trusting our own view of held sessions.
@@ -129,7 +132,7 @@ class SessionWorker:
         task_queue: str,
         activities: Mapping[str, Callable[..., Any]] | Iterable[Callable[..., Any]],
         *,
-        max_concurrent_sessions: int = 1000,
+        max_concurrent_sessions: int = _DEFAULT_MAX_SESSIONS,
         worker_id: str | None = None,
         identity: str | None = None,
         host_name: str | None = None,
@@ -146,6 +149,8 @@ class SessionWorker:
         reconnect_max_delay: Duration = 5.0,
         channel_options: tuple[tuple[str, int | str], ...] = (),
         on_session_reattached: ReattachHook | None = None,
+        capacities: Mapping[str, int] | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> None:
         """Configure the worker; nothing connects until :meth:`run`.
 
@@ -176,11 +181,28 @@ class SessionWorker:
                 or after the server restarted. Return ``False`` (or raise) to give the session back
                 (it then FAILS ``WORKER_LOST``), for example when its local state is gone. May be
                 an ``async`` function. Without it every session is kept.
+            capacities: What the worker can hold at once besides sessions, e.g. ``{"gpu": 2}``;
+                every amount is a hard limit the server enforces. A ``"sessions"`` entry is the
+                session limit (instead of ``max_concurrent_sessions``).
+            labels: Labels that session selectors match, e.g. ``{"zone": "a"}``.
         """
         if not task_queue:
             raise ValueError("task_queue must not be empty")
+        capacities = dict(capacities or {})
+        for name, amount in capacities.items():
+            if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
+                raise ValueError(f"capacities[{name!r}] must be a non-negative int, got {amount!r}")
+        if "sessions" in capacities:
+            sessions = capacities.pop("sessions")
+            if max_concurrent_sessions not in (sessions, _DEFAULT_MAX_SESSIONS):
+                raise ValueError(f"capacities['sessions'] ({sessions}) and max_concurrent_sessions "
+                                 f"({max_concurrent_sessions}) disagree: give one")
+            max_concurrent_sessions = sessions
         if max_concurrent_sessions < 1:
             raise ValueError("max_concurrent_sessions must be at least 1")
+        for key, value in (labels or {}).items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise TypeError(f"labels must map strings to strings, got {key!r}: {value!r}")
         self._connection = ConnectionConfig(
             target=target,
             tls=tls,
@@ -193,6 +215,8 @@ class SessionWorker:
         self._task_queue = task_queue
         self._activities = _activity_table(activities)
         self._max_sessions = max_concurrent_sessions
+        self._capacities = capacities
+        self._labels = dict(labels or {})
         self._worker_id = worker_id or None
         self._host_name = host_name or socket.gethostname()
         self._identity = identity or f"{os.getpid()}@{self._host_name}"
@@ -250,6 +274,16 @@ class SessionWorker:
     def identity(self) -> str:
         """The identity this worker declares."""
         return self._identity
+
+    @property
+    def capacities(self) -> Mapping[str, int]:
+        """What this worker declares it can hold, by resource (``sessions`` included)."""
+        return {**self._capacities, "sessions": self._max_sessions}
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        """The labels this worker declares."""
+        return dict(self._labels)
 
     @property
     def held_sessions(self) -> frozenset[str]:
@@ -390,6 +424,8 @@ class SessionWorker:
                     identity=self._identity,
                     host_name=self._host_name,
                     max_concurrent_sessions=self._max_sessions,
+                    capacities=self._capacities,
+                    labels=self._labels,
                     held_sessions=list(self._records.values()),
                     held_from_incarnation=self._server_incarnation or "",
                     instance_id=self._instance_id,
@@ -757,6 +793,7 @@ class SessionWorker:
                 attempt=task.attempt or 1,
                 heartbeat_timeout=heartbeat_timeout,
                 heartbeat_details=self._previous_details(task),
+                resources=MappingProxyType(dict(task.resources)) if task.resources else session.resources,
             ),
             heartbeats,
         )

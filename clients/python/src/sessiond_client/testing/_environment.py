@@ -58,6 +58,8 @@ class SessiondEnvironment:
         workers: int = 1,
         max_concurrent_sessions: int = 1000,
         converter: PayloadConverter | None = None,
+        capacities: Mapping[str, int] | None = None,
+        labels: Mapping[str, str] | None = None,
         **server_options: Any,
     ) -> AsyncIterator[SessiondEnvironment]:
         """Start a server on a free loopback port, ``workers`` workers running ``activities``, and a client.
@@ -69,6 +71,9 @@ class SessiondEnvironment:
             workers: How many workers to start on it.
             max_concurrent_sessions: Each worker's session limit.
             converter: Payload converter of the client and the workers.
+            capacities: Each worker's resources besides sessions, e.g. ``{"gpu": 2}``.
+            labels: Each worker's labels, e.g. ``{"zone": "a"}`` (give workers different ones with
+                :meth:`start_worker`).
             **server_options: ``sessiond.config.ServerConfig`` fields, for example
                 ``heartbeat_timeout=timedelta(seconds=1)`` or ``creation_timeout=timedelta(seconds=2)``.
 
@@ -93,7 +98,8 @@ class SessiondEnvironment:
             if activities is not None:
                 activity_list = activities if isinstance(activities, Mapping) else list(activities)
                 for _ in range(workers):
-                    await env.start_worker(activity_list, max_concurrent_sessions=max_concurrent_sessions)
+                    await env.start_worker(activity_list, max_concurrent_sessions=max_concurrent_sessions,
+                                           capacities=capacities, labels=labels)
             yield env
         finally:
             if env is not None:

@@ -111,11 +111,39 @@ class SessionOptions(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class ResourcesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     CREATION_TIMEOUT_FIELD_NUMBER: _builtins.int
     EXECUTION_TIMEOUT_FIELD_NUMBER: _builtins.int
     HEARTBEAT_TIMEOUT_FIELD_NUMBER: _builtins.int
     REATTACH_TIMEOUT_FIELD_NUMBER: _builtins.int
+    RESOURCES_FIELD_NUMBER: _builtins.int
     CALLER_TIMEOUT_FIELD_NUMBER: _builtins.int
+    SELECTOR_FIELD_NUMBER: _builtins.int
+    selector: _builtins.str
+    """Which workers may take the session, by their labels: comma-separated requirements that must
+    all hold, each "key=value", "key in (v1,v2)" or "key" (the label exists); empty = any worker.
+    For example "zone=a, gpu_model in (h100,a100), ssd". Echoed in canonical form (sorted, no
+    spaces). Create only: a Recreate goes to its token's worker and must leave it empty.
+    """
     @_builtins.property
     def creation_timeout(self) -> _duration_pb2.Duration:
         """How long Create/Recreate may wait for capacity (default 60 s). An explicit 0 means do not wait."""
@@ -136,6 +164,15 @@ class SessionOptions(_message.Message):
         """
 
     @_builtins.property
+    def resources(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """What the session asks for besides its one session slot, by resource name, for example
+        {"gpu": 1, "scratch_gb": 200}: it is placed only on a worker with every amount free, and holds
+        them until it ends. "sessions" may be omitted or 1. Names: 1-63 of [A-Za-z0-9._-], beginning
+        and ending with a letter or digit; amounts 0 to 10^12 (0 = not asked). Ignored by Recreate's
+        worker choice (it goes to its token's worker), but held there the same way.
+        """
+
+    @_builtins.property
     def caller_timeout(self) -> _duration_pb2.Duration:
         """How long the session may go unattended (no WatchSession open, no RPC on it) before it fails
         with CALLER_LOST and frees its slot (default 0 = never).
@@ -148,11 +185,13 @@ class SessionOptions(_message.Message):
         execution_timeout: _duration_pb2.Duration | None = ...,
         heartbeat_timeout: _duration_pb2.Duration | None = ...,
         reattach_timeout: _duration_pb2.Duration | None = ...,
+        resources: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         caller_timeout: _duration_pb2.Duration | None = ...,
+        selector: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["caller_timeout", b"caller_timeout", "creation_timeout", b"creation_timeout", "execution_timeout", b"execution_timeout", "heartbeat_timeout", b"heartbeat_timeout", "reattach_timeout", b"reattach_timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller_timeout", b"caller_timeout", "creation_timeout", b"creation_timeout", "execution_timeout", b"execution_timeout", "heartbeat_timeout", b"heartbeat_timeout", "reattach_timeout", b"reattach_timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller_timeout", b"caller_timeout", "creation_timeout", b"creation_timeout", "execution_timeout", b"execution_timeout", "heartbeat_timeout", b"heartbeat_timeout", "reattach_timeout", b"reattach_timeout", "resources", b"resources", "selector", b"selector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -220,6 +259,26 @@ class Session(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class ResourcesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     SESSION_ID_FIELD_NUMBER: _builtins.int
     TASK_QUEUE_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
@@ -234,6 +293,7 @@ class Session(_message.Message):
     DETACHED_SINCE_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     RECREATED_FIELD_NUMBER: _builtins.int
+    RESOURCES_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Unguessable UUID4 of the session."""
     task_queue: _builtins.str
@@ -278,6 +338,12 @@ class Session(_message.Message):
         kept) for the worker to register again within reattach_timeout.
         """
 
+    @_builtins.property
+    def resources(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """What the session holds on its worker, by resource name: "sessions": 1 and every amount it
+        asked for (options.resources). Released when the session ends.
+        """
+
     def __init__(
         self,
         *,
@@ -295,10 +361,11 @@ class Session(_message.Message):
         detached_since: _timestamp_pb2.Timestamp | None = ...,
         request_id: _builtins.str = ...,
         recreated: _builtins.bool = ...,
+        resources: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time", "create_time", b"create_time", "detached_since", b"detached_since", "expire_time", b"expire_time", "failure", b"failure", "options", b"options", "worker", b"worker"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time", "create_time", b"create_time", "detached_since", b"detached_since", "expire_time", b"expire_time", "failure", b"failure", "options", b"options", "owner", b"owner", "recreate_token", b"recreate_token", "recreated", b"recreated", "request_id", b"request_id", "session_id", b"session_id", "state", b"state", "task_queue", b"task_queue", "worker", b"worker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time", "create_time", b"create_time", "detached_since", b"detached_since", "expire_time", b"expire_time", "failure", b"failure", "options", b"options", "owner", b"owner", "recreate_token", b"recreate_token", "recreated", b"recreated", "request_id", b"request_id", "resources", b"resources", "session_id", b"session_id", "state", b"state", "task_queue", b"task_queue", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -394,6 +461,66 @@ class WorkerInfo(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class CapacitiesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class UsedEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     WORKER_ID_FIELD_NUMBER: _builtins.int
     TASK_QUEUE_FIELD_NUMBER: _builtins.int
     IDENTITY_FIELD_NUMBER: _builtins.int
@@ -404,6 +531,9 @@ class WorkerInfo(_message.Message):
     CONNECT_TIME_FIELD_NUMBER: _builtins.int
     LAST_HEARTBEAT_TIME_FIELD_NUMBER: _builtins.int
     OUTBOUND_BACKLOG_BYTES_FIELD_NUMBER: _builtins.int
+    CAPACITIES_FIELD_NUMBER: _builtins.int
+    USED_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     """The worker's id."""
     task_queue: _builtins.str
@@ -430,6 +560,18 @@ class WorkerInfo(_message.Message):
     def last_heartbeat_time(self) -> _timestamp_pb2.Timestamp:
         """When the server last heard from the worker."""
 
+    @_builtins.property
+    def capacities(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """What the worker declared it can hold, by resource name ("sessions" = max_concurrent_sessions)."""
+
+    @_builtins.property
+    def used(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """What its open sessions hold now, by resource name (zero amounts omitted)."""
+
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The worker's labels, which session selectors match."""
+
     def __init__(
         self,
         *,
@@ -443,11 +585,83 @@ class WorkerInfo(_message.Message):
         connect_time: _timestamp_pb2.Timestamp | None = ...,
         last_heartbeat_time: _timestamp_pb2.Timestamp | None = ...,
         outbound_backlog_bytes: _builtins.int = ...,
+        capacities: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        used: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["connect_time", b"connect_time", "last_heartbeat_time", b"last_heartbeat_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["connect_time", b"connect_time", "draining", b"draining", "host_name", b"host_name", "identity", b"identity", "last_heartbeat_time", b"last_heartbeat_time", "max_concurrent_sessions", b"max_concurrent_sessions", "open_sessions", b"open_sessions", "outbound_backlog_bytes", b"outbound_backlog_bytes", "task_queue", b"task_queue", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacities", b"capacities", "connect_time", b"connect_time", "draining", b"draining", "host_name", b"host_name", "identity", b"identity", "labels", b"labels", "last_heartbeat_time", b"last_heartbeat_time", "max_concurrent_sessions", b"max_concurrent_sessions", "open_sessions", b"open_sessions", "outbound_backlog_bytes", b"outbound_backlog_bytes", "task_queue", b"task_queue", "used", b"used", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WorkerInfo: _TypeAlias = WorkerInfo  # noqa: Y015
+
+@_typing.final
+class WaitingRequests(_message.Message):
+    """WaitingRequests summarises the waiting Creates of one task queue that ask for the same thing."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ResourcesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    TASK_QUEUE_FIELD_NUMBER: _builtins.int
+    RESOURCES_FIELD_NUMBER: _builtins.int
+    SELECTOR_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    OLDEST_SINCE_FIELD_NUMBER: _builtins.int
+    UNPLACEABLE_REASON_FIELD_NUMBER: _builtins.int
+    task_queue: _builtins.str
+    """The task queue they wait on."""
+    selector: _builtins.str
+    """The selector they were made with, in canonical form (empty = any worker)."""
+    count: _builtins.int
+    """How many wait."""
+    unplaceable_reason: _builtins.str
+    """Empty while some connected worker could hold such a request once enough of it is free;
+    otherwise why none can (no worker of the queue, no label match, too little capacity). Such a
+    request still waits: a worker that can hold it may join within its creation_timeout.
+    """
+    @_builtins.property
+    def resources(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """What each asks for, by resource name ("sessions": 1 included)."""
+
+    @_builtins.property
+    def oldest_since(self) -> _timestamp_pb2.Timestamp:
+        """When the oldest of them started waiting."""
+
+    def __init__(
+        self,
+        *,
+        task_queue: _builtins.str = ...,
+        resources: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        selector: _builtins.str = ...,
+        count: _builtins.int = ...,
+        oldest_since: _timestamp_pb2.Timestamp | None = ...,
+        unplaceable_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["oldest_since", b"oldest_since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "oldest_since", b"oldest_since", "resources", b"resources", "selector", b"selector", "task_queue", b"task_queue", "unplaceable_reason", b"unplaceable_reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WaitingRequests: _TypeAlias = WaitingRequests  # noqa: Y015

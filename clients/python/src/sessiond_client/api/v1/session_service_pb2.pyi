@@ -427,6 +427,7 @@ class ListSessionsRequest(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    RESOURCE_FIELD_NUMBER: _builtins.int
     task_queue: _builtins.str
     """Only sessions of this task queue (empty = all)."""
     owner: _builtins.str
@@ -437,6 +438,8 @@ class ListSessionsRequest(_message.Message):
     """At most this many results (0 = 100; at most 1000)."""
     page_token: _builtins.str
     """A next_page_token from a previous call, or empty for the first page."""
+    resource: _builtins.str
+    """Only sessions that hold some amount of this resource, for example "gpu" (empty = all)."""
     def __init__(
         self,
         *,
@@ -445,10 +448,11 @@ class ListSessionsRequest(_message.Message):
         state: _session_pb2.SessionState.ValueType = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        resource: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "page_size", b"page_size", "page_token", b"page_token", "state", b"state", "task_queue", b"task_queue"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "page_size", b"page_size", "page_token", b"page_token", "resource", b"resource", "state", b"state", "task_queue", b"task_queue"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -520,21 +524,30 @@ class ListWorkersResponse(_message.Message):
 
     WORKERS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    WAITING_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Pass to the next call to get the next page; empty on the last page."""
     @_builtins.property
     def workers(self) -> _containers.RepeatedCompositeFieldContainer[_session_pb2.WorkerInfo]:
         """The workers on this page."""
 
+    @_builtins.property
+    def waiting(self) -> _containers.RepeatedCompositeFieldContainer[_session_pb2.WaitingRequests]:
+        """On the first page only (no page_token): the waiting Creates of the listed task queues,
+        grouped by what they ask for, each saying why it cannot be placed when no connected worker
+        could ever hold it. At most 100 groups, oldest first.
+        """
+
     def __init__(
         self,
         *,
         workers: _abc.Iterable[_session_pb2.WorkerInfo] | None = ...,
         next_page_token: _builtins.str = ...,
+        waiting: _abc.Iterable[_session_pb2.WaitingRequests] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "waiting", b"waiting", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,49 +26,61 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from sessiond_client.api.v1 import session_pb2 as sessiond_dot_v1_dot_session__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18sessiond/v1/worker.proto\x12\x0bsessiond.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x19sessiond/v1/session.proto\"\xe4\x01\n\x0eRegisterWorker\x12\x12\n\ntask_queue\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x10\n\x08identity\x18\x03 \x01(\t\x12\x11\n\thost_name\x18\x04 \x01(\t\x12\x1f\n\x17max_concurrent_sessions\x18\x05 \x01(\x05\x12+\n\rheld_sessions\x18\x07 \x03(\x0b\x32\x14.sessiond.v1.Session\x12\x1d\n\x15held_from_incarnation\x18\n \x01(\t\x12\x13\n\x0binstance_id\x18\x0b \x01(\tJ\x04\x08\x06\x10\x07\"\x11\n\tHeartbeatJ\x04\x08\x01\x10\x02\"\x9d\x01\n\x0e\x41\x63tivityResult\x12\x13\n\x0b\x61\x63tivity_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12&\n\x06result\x18\x03 \x01(\x0b\x32\x14.sessiond.v1.PayloadH\x00\x12/\n\x07\x66\x61ilure\x18\x04 \x01(\x0b\x32\x1c.sessiond.v1.ActivityFailureH\x00\x42\t\n\x07outcome\"4\n\x0e\x44\x65\x63lineSession\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"c\n\x11\x41\x63tivityHeartbeat\x12\x13\n\x0b\x61\x63tivity_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12%\n\x07\x64\x65tails\x18\x03 \x01(\x0b\x32\x14.sessiond.v1.Payload\"\x18\n\x07Goodbye\x12\r\n\x05\x64rain\x18\x01 \x01(\x08\"\xd8\x02\n\x16WorkerHeartbeatRequest\x12/\n\x08register\x18\x01 \x01(\x0b\x32\x1b.sessiond.v1.RegisterWorkerH\x00\x12+\n\theartbeat\x18\x02 \x01(\x0b\x32\x16.sessiond.v1.HeartbeatH\x00\x12\x36\n\x0f\x61\x63tivity_result\x18\x03 \x01(\x0b\x32\x1b.sessiond.v1.ActivityResultH\x00\x12\'\n\x07goodbye\x18\x04 \x01(\x0b\x32\x14.sessiond.v1.GoodbyeH\x00\x12\x36\n\x0f\x64\x65\x63line_session\x18\x05 \x01(\x0b\x32\x1b.sessiond.v1.DeclineSessionH\x00\x12<\n\x12\x61\x63tivity_heartbeat\x18\x07 \x01(\x0b\x32\x1e.sessiond.v1.ActivityHeartbeatH\x00\x42\t\n\x07message\"\xa0\x01\n\nRegistered\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x18\n\x10max_message_size\x18\x02 \x01(\x03\x12\x32\n\x0frecovery_window\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x13reattached_sessions\x18\x06 \x03(\x0b\x32\x14.sessiond.v1.Session\"\x0e\n\x0cHeartbeatAck\"7\n\x0eSessionStarted\x12%\n\x07session\x18\x01 \x01(\x0b\x32\x14.sessiond.v1.Session\"s\n\x0cSessionEnded\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12(\n\x05state\x18\x02 \x01(\x0e\x32\x19.sessiond.v1.SessionState\x12%\n\x07\x66\x61ilure\x18\x03 \x01(\x0b\x32\x14.sessiond.v1.Failure\"\x8f\x03\n\x0c\x41\x63tivityTask\x12\x13\n\x0b\x61\x63tivity_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x15\n\ractivity_type\x18\x03 \x01(\t\x12#\n\x05input\x18\x04 \x01(\x0b\x32\x14.sessiond.v1.Payload\x12\x39\n\x16start_to_close_timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x37\n\x07headers\x18\x06 \x03(\x0b\x32&.sessiond.v1.ActivityTask.HeadersEntry\x12\x34\n\x11heartbeat_timeout\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07\x61ttempt\x18\n \x01(\x05\x12/\n\x11heartbeat_details\x18\x0b \x01(\x0b\x32\x14.sessiond.v1.Payload\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"I\n\x0e\x43\x61ncelActivity\x12\x13\n\x0b\x61\x63tivity_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"0\n\nGoodbyeAck\x12\r\n\x05\x64rain\x18\x01 \x01(\x08\x12\x13\n\x0bsession_ids\x18\x02 \x03(\t\"!\n\x0eWorkerReplaced\x12\x0f\n\x07message\x18\x01 \x01(\t\"F\n\x10ServerRestarting\x12\x32\n\x0frecovery_window\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xd6\x04\n\x17WorkerHeartbeatResponse\x12\x1a\n\x12server_incarnation\x18\x01 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\nregistered\x18\x03 \x01(\x0b\x32\x17.sessiond.v1.RegisteredH\x00\x12\x36\n\x0fsession_started\x18\x04 \x01(\x0b\x32\x1b.sessiond.v1.SessionStartedH\x00\x12\x32\n\rsession_ended\x18\x05 \x01(\x0b\x32\x19.sessiond.v1.SessionEndedH\x00\x12\x32\n\ractivity_task\x18\x06 \x01(\x0b\x32\x19.sessiond.v1.ActivityTaskH\x00\x12\x36\n\x0f\x63\x61ncel_activity\x18\x07 \x01(\x0b\x32\x1b.sessiond.v1.CancelActivityH\x00\x12.\n\x0bgoodbye_ack\x18\x08 \x01(\x0b\x32\x17.sessiond.v1.GoodbyeAckH\x00\x12\x32\n\rheartbeat_ack\x18\t \x01(\x0b\x32\x19.sessiond.v1.HeartbeatAckH\x00\x12\x36\n\x0fworker_replaced\x18\x0b \x01(\x0b\x32\x1b.sessiond.v1.WorkerReplacedH\x00\x12:\n\x11server_restarting\x18\x0c \x01(\x0b\x32\x1d.sessiond.v1.ServerRestartingH\x00\x42\t\n\x07messageb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18sessiond/v1/worker.proto\x12\x0bsessiond.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x19sessiond/v1/session.proto\"\xba\x03\n\x0eRegisterWorker\x12\x12\n\ntask_queue\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x10\n\x08identity\x18\x03 \x01(\t\x12\x11\n\thost_name\x18\x04 \x01(\t\x12\x1f\n\x17max_concurrent_sessions\x18\x05 \x01(\x05\x12?\n\ncapacities\x18\x06 \x03(\x0b\x32+.sessiond.v1.RegisterWorker.CapacitiesEntry\x12+\n\rheld_sessions\x18\x07 \x03(\x0b\x32\x14.sessiond.v1.Session\x12\x1d\n\x15held_from_incarnation\x18\n \x01(\t\x12\x13\n\x0binstance_id\x18\x0b \x01(\t\x12\x37\n\x06labels\x18\x0f \x03(\x0b\x32\'.sessiond.v1.RegisterWorker.LabelsEntry\x1a\x31\n\x0f\x43\x61pacitiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x11\n\tHeartbeatJ\x04\x08\x01\x10\x02\"\x9d\x01\n\x0e\x41\x63tivityResult\x12\x13\n\x0b\x61\x63tivity_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12&\n\x06result\x18\x03 \x01(\x0b\x32\x14.sessiond.v1.PayloadH\x00\x12/\n\x07\x66\x61ilure\x18\x04 \x01(\x0b\x32\x1c.sessiond.v1.ActivityFailureH\x00\x42\t\n\x07outcome\"4\n\x0e\x44\x65\x63lineSession\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"c\n\x11\x41\x63tivityHeartbeat\x12\x13\n\x0b\x61\x63tivity_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12%\n\x07\x64\x65tails\x18\x03 \x01(\x0b\x32\x14.sessiond.v1.Payload\"\x18\n\x07Goodbye\x12\r\n\x05\x64rain\x18\x01 \x01(\x08\"\xd8\x02\n\x16WorkerHeartbeatRequest\x12/\n\x08register\x18\x01 \x01(\x0b\x32\x1b.sessiond.v1.RegisterWorkerH\x00\x12+\n\theartbeat\x18\x02 \x01(\x0b\x32\x16.sessiond.v1.HeartbeatH\x00\x12\x36\n\x0f\x61\x63tivity_result\x18\x03 \x01(\x0b\x32\x1b.sessiond.v1.ActivityResultH\x00\x12\'\n\x07goodbye\x18\x04 \x01(\x0b\x32\x14.sessiond.v1.GoodbyeH\x00\x12\x36\n\x0f\x64\x65\x63line_session\x18\x05 \x01(\x0b\x32\x1b.sessiond.v1.DeclineSessionH\x00\x12<\n\x12\x61\x63tivity_heartbeat\x18\x07 \x01(\x0b\x32\x1e.sessiond.v1.ActivityHeartbeatH\x00\x42\t\n\x07message\"\xa0\x01\n\nRegistered\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x18\n\x10max_message_size\x18\x02 \x01(\x03\x12\x32\n\x0frecovery_window\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x13reattached_sessions\x18\x06 \x03(\x0b\x32\x14.sessiond.v1.Session\"\x0e\n\x0cHeartbeatAck\"7\n\x0eSessionStarted\x12%\n\x07session\x18\x01 \x01(\x0b\x32\x14.sessiond.v1.Session\"s\n\x0cSessionEnded\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12(\n\x05state\x18\x02 \x01(\x0e\x32\x19.sessiond.v1.SessionState\x12%\n\x07\x66\x61ilure\x18\x03 \x01(\x0b\x32\x14.sessiond.v1.Failure\"\xfe\x03\n\x0c\x41\x63tivityTask\x12\x13\n\x0b\x61\x63tivity_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x15\n\ractivity_type\x18\x03 \x01(\t\x12#\n\x05input\x18\x04 \x01(\x0b\x32\x14.sessiond.v1.Payload\x12\x39\n\x16start_to_close_timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x37\n\x07headers\x18\x06 \x03(\x0b\x32&.sessiond.v1.ActivityTask.HeadersEntry\x12\x34\n\x11heartbeat_timeout\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07\x61ttempt\x18\n \x01(\x05\x12/\n\x11heartbeat_details\x18\x0b \x01(\x0b\x32\x14.sessiond.v1.Payload\x12;\n\tresources\x18\r \x03(\x0b\x32(.sessiond.v1.ActivityTask.ResourcesEntry\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x30\n\x0eResourcesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"I\n\x0e\x43\x61ncelActivity\x12\x13\n\x0b\x61\x63tivity_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"0\n\nGoodbyeAck\x12\r\n\x05\x64rain\x18\x01 \x01(\x08\x12\x13\n\x0bsession_ids\x18\x02 \x03(\t\"!\n\x0eWorkerReplaced\x12\x0f\n\x07message\x18\x01 \x01(\t\"F\n\x10ServerRestarting\x12\x32\n\x0frecovery_window\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xd6\x04\n\x17WorkerHeartbeatResponse\x12\x1a\n\x12server_incarnation\x18\x01 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\nregistered\x18\x03 \x01(\x0b\x32\x17.sessiond.v1.RegisteredH\x00\x12\x36\n\x0fsession_started\x18\x04 \x01(\x0b\x32\x1b.sessiond.v1.SessionStartedH\x00\x12\x32\n\rsession_ended\x18\x05 \x01(\x0b\x32\x19.sessiond.v1.SessionEndedH\x00\x12\x32\n\ractivity_task\x18\x06 \x01(\x0b\x32\x19.sessiond.v1.ActivityTaskH\x00\x12\x36\n\x0f\x63\x61ncel_activity\x18\x07 \x01(\x0b\x32\x1b.sessiond.v1.CancelActivityH\x00\x12.\n\x0bgoodbye_ack\x18\x08 \x01(\x0b\x32\x17.sessiond.v1.GoodbyeAckH\x00\x12\x32\n\rheartbeat_ack\x18\t \x01(\x0b\x32\x19.sessiond.v1.HeartbeatAckH\x00\x12\x36\n\x0fworker_replaced\x18\x0b \x01(\x0b\x32\x1b.sessiond.v1.WorkerReplacedH\x00\x12:\n\x11server_restarting\x18\x0c \x01(\x0b\x32\x1d.sessiond.v1.ServerRestartingH\x00\x42\t\n\x07messageb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sessiond_client.api.v1.worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_REGISTERWORKER_CAPACITIESENTRY']._loaded_options = None
+  _globals['_REGISTERWORKER_CAPACITIESENTRY']._serialized_options = b'8\001'
+  _globals['_REGISTERWORKER_LABELSENTRY']._loaded_options = None
+  _globals['_REGISTERWORKER_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_ACTIVITYTASK_HEADERSENTRY']._loaded_options = None
   _globals['_ACTIVITYTASK_HEADERSENTRY']._serialized_options = b'8\001'
+  _globals['_ACTIVITYTASK_RESOURCESENTRY']._loaded_options = None
+  _globals['_ACTIVITYTASK_RESOURCESENTRY']._serialized_options = b'8\001'
   _globals['_REGISTERWORKER']._serialized_start=101
-  _globals['_REGISTERWORKER']._serialized_end=329
-  _globals['_HEARTBEAT']._serialized_start=331
-  _globals['_HEARTBEAT']._serialized_end=348
-  _globals['_ACTIVITYRESULT']._serialized_start=351
-  _globals['_ACTIVITYRESULT']._serialized_end=508
-  _globals['_DECLINESESSION']._serialized_start=510
-  _globals['_DECLINESESSION']._serialized_end=562
-  _globals['_ACTIVITYHEARTBEAT']._serialized_start=564
-  _globals['_ACTIVITYHEARTBEAT']._serialized_end=663
-  _globals['_GOODBYE']._serialized_start=665
-  _globals['_GOODBYE']._serialized_end=689
-  _globals['_WORKERHEARTBEATREQUEST']._serialized_start=692
-  _globals['_WORKERHEARTBEATREQUEST']._serialized_end=1036
-  _globals['_REGISTERED']._serialized_start=1039
-  _globals['_REGISTERED']._serialized_end=1199
-  _globals['_HEARTBEATACK']._serialized_start=1201
-  _globals['_HEARTBEATACK']._serialized_end=1215
-  _globals['_SESSIONSTARTED']._serialized_start=1217
-  _globals['_SESSIONSTARTED']._serialized_end=1272
-  _globals['_SESSIONENDED']._serialized_start=1274
-  _globals['_SESSIONENDED']._serialized_end=1389
-  _globals['_ACTIVITYTASK']._serialized_start=1392
-  _globals['_ACTIVITYTASK']._serialized_end=1791
-  _globals['_ACTIVITYTASK_HEADERSENTRY']._serialized_start=1745
-  _globals['_ACTIVITYTASK_HEADERSENTRY']._serialized_end=1791
-  _globals['_CANCELACTIVITY']._serialized_start=1793
-  _globals['_CANCELACTIVITY']._serialized_end=1866
-  _globals['_GOODBYEACK']._serialized_start=1868
-  _globals['_GOODBYEACK']._serialized_end=1916
-  _globals['_WORKERREPLACED']._serialized_start=1918
-  _globals['_WORKERREPLACED']._serialized_end=1951
-  _globals['_SERVERRESTARTING']._serialized_start=1953
-  _globals['_SERVERRESTARTING']._serialized_end=2023
-  _globals['_WORKERHEARTBEATRESPONSE']._serialized_start=2026
-  _globals['_WORKERHEARTBEATRESPONSE']._serialized_end=2624
+  _globals['_REGISTERWORKER']._serialized_end=543
+  _globals['_REGISTERWORKER_CAPACITIESENTRY']._serialized_start=447
+  _globals['_REGISTERWORKER_CAPACITIESENTRY']._serialized_end=496
+  _globals['_REGISTERWORKER_LABELSENTRY']._serialized_start=498
+  _globals['_REGISTERWORKER_LABELSENTRY']._serialized_end=543
+  _globals['_HEARTBEAT']._serialized_start=545
+  _globals['_HEARTBEAT']._serialized_end=562
+  _globals['_ACTIVITYRESULT']._serialized_start=565
+  _globals['_ACTIVITYRESULT']._serialized_end=722
+  _globals['_DECLINESESSION']._serialized_start=724
+  _globals['_DECLINESESSION']._serialized_end=776
+  _globals['_ACTIVITYHEARTBEAT']._serialized_start=778
+  _globals['_ACTIVITYHEARTBEAT']._serialized_end=877
+  _globals['_GOODBYE']._serialized_start=879
+  _globals['_GOODBYE']._serialized_end=903
+  _globals['_WORKERHEARTBEATREQUEST']._serialized_start=906
+  _globals['_WORKERHEARTBEATREQUEST']._serialized_end=1250
+  _globals['_REGISTERED']._serialized_start=1253
+  _globals['_REGISTERED']._serialized_end=1413
+  _globals['_HEARTBEATACK']._serialized_start=1415
+  _globals['_HEARTBEATACK']._serialized_end=1429
+  _globals['_SESSIONSTARTED']._serialized_start=1431
+  _globals['_SESSIONSTARTED']._serialized_end=1486
+  _globals['_SESSIONENDED']._serialized_start=1488
+  _globals['_SESSIONENDED']._serialized_end=1603
+  _globals['_ACTIVITYTASK']._serialized_start=1606
+  _globals['_ACTIVITYTASK']._serialized_end=2116
+  _globals['_ACTIVITYTASK_HEADERSENTRY']._serialized_start=2020
+  _globals['_ACTIVITYTASK_HEADERSENTRY']._serialized_end=2066
+  _globals['_ACTIVITYTASK_RESOURCESENTRY']._serialized_start=2068
+  _globals['_ACTIVITYTASK_RESOURCESENTRY']._serialized_end=2116
+  _globals['_CANCELACTIVITY']._serialized_start=2118
+  _globals['_CANCELACTIVITY']._serialized_end=2191
+  _globals['_GOODBYEACK']._serialized_start=2193
+  _globals['_GOODBYEACK']._serialized_end=2241
+  _globals['_WORKERREPLACED']._serialized_start=2243
+  _globals['_WORKERREPLACED']._serialized_end=2276
+  _globals['_SERVERRESTARTING']._serialized_start=2278
+  _globals['_SERVERRESTARTING']._serialized_end=2348
+  _globals['_WORKERHEARTBEATRESPONSE']._serialized_start=2351
+  _globals['_WORKERHEARTBEATRESPONSE']._serialized_end=2949
 # @@protoc_insertion_point(module_scope)

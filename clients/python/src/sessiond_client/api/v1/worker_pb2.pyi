@@ -26,14 +26,56 @@ class RegisterWorker(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class CapacitiesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     TASK_QUEUE_FIELD_NUMBER: _builtins.int
     WORKER_ID_FIELD_NUMBER: _builtins.int
     IDENTITY_FIELD_NUMBER: _builtins.int
     HOST_NAME_FIELD_NUMBER: _builtins.int
     MAX_CONCURRENT_SESSIONS_FIELD_NUMBER: _builtins.int
+    CAPACITIES_FIELD_NUMBER: _builtins.int
     HELD_SESSIONS_FIELD_NUMBER: _builtins.int
     HELD_FROM_INCARNATION_FIELD_NUMBER: _builtins.int
     INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
     task_queue: _builtins.str
     """The task queue this stream serves (one stream per task queue)."""
     worker_id: _builtins.str
@@ -52,10 +94,24 @@ class RegisterWorker(_message.Message):
     stream is dead from the worker's side); another process gets ALREADY_EXISTS WORKER_ID_IN_USE.
     """
     @_builtins.property
+    def capacities(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """What the worker can hold at once, by resource name, for example {"gpu": 2, "scratch_gb": 500}.
+        Every amount is a hard limit. "sessions" is max_concurrent_sessions (give either, or both
+        equal). Names: 1-63 of [A-Za-z0-9._-], beginning and ending with a letter or digit; amounts 0
+        to 10^12; at most 32 resources.
+        """
+
+    @_builtins.property
     def held_sessions(self) -> _containers.RepeatedCompositeFieldContainer[_session_pb2.Session]:
         """The sessions this worker still holds from an earlier stream, each as the server last sent it
         (SessionStarted, or Registered.reattached_sessions). A server that stayed up re-attaches the
         detached ones; a restarted server adopts them during its recovery window.
+        """
+
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Labels that session selectors match, for example {"zone": "a", "gpu_model": "h100"}. Keys and
+        values follow the resource naming rule; at most 32 labels.
         """
 
     def __init__(
@@ -66,13 +122,15 @@ class RegisterWorker(_message.Message):
         identity: _builtins.str = ...,
         host_name: _builtins.str = ...,
         max_concurrent_sessions: _builtins.int = ...,
+        capacities: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         held_sessions: _abc.Iterable[_session_pb2.Session] | None = ...,
         held_from_incarnation: _builtins.str = ...,
         instance_id: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["held_from_incarnation", b"held_from_incarnation", "held_sessions", b"held_sessions", "host_name", b"host_name", "identity", b"identity", "instance_id", b"instance_id", "max_concurrent_sessions", b"max_concurrent_sessions", "task_queue", b"task_queue", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacities", b"capacities", "held_from_incarnation", b"held_from_incarnation", "held_sessions", b"held_sessions", "host_name", b"host_name", "identity", b"identity", "instance_id", b"instance_id", "labels", b"labels", "max_concurrent_sessions", b"max_concurrent_sessions", "task_queue", b"task_queue", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -429,6 +487,26 @@ class ActivityTask(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class ResourcesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ACTIVITY_ID_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
     ACTIVITY_TYPE_FIELD_NUMBER: _builtins.int
@@ -438,6 +516,7 @@ class ActivityTask(_message.Message):
     HEARTBEAT_TIMEOUT_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     HEARTBEAT_DETAILS_FIELD_NUMBER: _builtins.int
+    RESOURCES_FIELD_NUMBER: _builtins.int
     activity_id: _builtins.str
     """Unique id of this activity execution."""
     session_id: _builtins.str
@@ -468,6 +547,12 @@ class ActivityTask(_message.Message):
     def heartbeat_details(self) -> _session_pb2.Payload:
         """The latest heartbeat details of the previous attempt, so a retry can resume (unset: none)."""
 
+    @_builtins.property
+    def resources(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """What the session holds on this worker, by resource name ("sessions": 1 and what it asked
+        for), so the activity knows, say, how many GPUs are its own.
+        """
+
     def __init__(
         self,
         *,
@@ -480,10 +565,11 @@ class ActivityTask(_message.Message):
         heartbeat_timeout: _duration_pb2.Duration | None = ...,
         attempt: _builtins.int = ...,
         heartbeat_details: _session_pb2.Payload | None = ...,
+        resources: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_details", b"heartbeat_details", "heartbeat_timeout", b"heartbeat_timeout", "input", b"input", "start_to_close_timeout", b"start_to_close_timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_id", b"activity_id", "activity_type", b"activity_type", "attempt", b"attempt", "headers", b"headers", "heartbeat_details", b"heartbeat_details", "heartbeat_timeout", b"heartbeat_timeout", "input", b"input", "session_id", b"session_id", "start_to_close_timeout", b"start_to_close_timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_id", b"activity_id", "activity_type", b"activity_type", "attempt", b"attempt", "headers", b"headers", "heartbeat_details", b"heartbeat_details", "heartbeat_timeout", b"heartbeat_timeout", "input", b"input", "resources", b"resources", "session_id", b"session_id", "start_to_close_timeout", b"start_to_close_timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
