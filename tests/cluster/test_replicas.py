@@ -238,3 +238,33 @@ async def test_the_death_of_the_owner_replica_loses_no_session_whose_worker_live
 async def _moved(group: Replicas, etcd: EtcdClient, worker_id: str, dead: str) -> bool:
     address = await group.owner(etcd, QUEUE, worker_id)
     return address is not None and address != dead
+
+
+async def test_a_killed_worker_fails_its_session_for_a_watcher_on_another_replica(
+        etcd_cluster: EtcdCluster, etcd: EtcdClient) -> None:
+    async with replicas(etcd_cluster, 2) as group, worker_pool() as start:
+        owner, other = group.targets
+        worker = await start(owner, QUEUE, max_sessions=1, worker_id="mortal")
+        await wait_owned(group, etcd, worker, owner)
+        caller = Caller(other)
+        try:
+            sid = (await caller.create()).session_id
+            updates: list[session_pb2.Session] = []
+
+            async def watch() -> None:
+                call = caller.stub.WatchSession(session_service_pb2.WatchSessionRequest(session_id=sid), timeout=30)
+                async for reply in call:
+                    updates.append(reply.session)
+
+            watching = asyncio.create_task(watch())
+            await eventually(lambda: len(updates) == 1, message="remote watch started")
+            killed_at = time.monotonic()
+            worker.signal(signal.SIGKILL)
+            await asyncio.wait_for(watching, 20)
+            seen_in = (time.monotonic() - killed_at) * 1000
+            print(f"\nworker kill -9 -> FAILED seen on another replica after {seen_in:.0f} ms")
+            assert [u.state for u in updates] == [OPEN, session_pb2.SESSION_STATE_FAILED]
+            assert updates[-1].failure.cause == session_pb2.FAILURE_CAUSE_WORKER_LOST
+            assert await group.open_sessions(etcd) == {}
+        finally:
+            await caller.close()
