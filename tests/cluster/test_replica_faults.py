@@ -15,6 +15,7 @@ import pytest
 from sessiond_client.api.v1 import session_pb2
 
 from sessiond.store.etcd import EtcdClient
+from sessiond.store.records import store_pb2
 from sessiond.testing.etcd_cluster import EtcdCluster
 from tests.cluster.conftest import eventually
 from tests.cluster.replicas import FAILOVER_WINDOW, LEASE_TTL, Replicas, replicas
@@ -151,3 +152,36 @@ async def test_the_janitor_fails_the_sessions_of_a_worker_that_died_with_its_rep
             assert await group.owner(etcd, QUEUE, "gone") is None
         finally:
             await caller.close()
+
+
+async def test_a_replica_frozen_past_its_lease_fences_itself_when_it_resumes(etcd_cluster: EtcdCluster) -> None:
+    async with await EtcdClient.connect(etcd_cluster.endpoints) as etcd, replicas(etcd_cluster, 2) as group, \
+            worker_pool() as start:
+        worker = await start(group.all_targets, QUEUE, max_sessions=2, worker_id="patient")
+        owner = await eventually(lambda: group.owner(etcd, QUEUE, worker.worker_id), timeout=20,
+                                 message="the worker is owned by a replica")
+        other = next(t for t in group.targets if t != owner)
+        caller = Caller(other)
+        try:
+            ids = [(await caller.create()).session_id for _ in range(2)]
+            frozen = group.server_at(owner)
+            frozen.signal(signal.SIGSTOP)
+            # etcd expires the frozen replica's lease (nothing renews it): its record goes away.
+            await eventually(lambda: _replica_gone(group, etcd, owner), timeout=LEASE_TTL + 5, interval=0.2,
+                             message="the frozen replica's lease expired")
+            frozen.signal(signal.SIGCONT)
+            assert frozen.process is not None
+            await asyncio.wait_for(frozen.process.wait(), 10)  # it fenced itself and stopped
+            await eventually(lambda: _owned_elsewhere(group, etcd, worker.worker_id, [other]),
+                             timeout=FAILOVER_WINDOW, message="the worker moved to the live replica")
+            for sid in ids:
+                assert (await caller.get(sid)).state == OPEN
+                assert await caller.execute(sid, "echo", sid) == sid
+            assert "fenced itself" in await frozen.stop()
+        finally:
+            await caller.close()
+
+
+async def _replica_gone(group: Replicas, etcd: EtcdClient, address: str) -> bool:
+    reply = await etcd.get_prefix(group.keys.replicas)
+    return all(store_pb2.ReplicaRecord.FromString(kv.value).address != address for kv in reply.kvs)
