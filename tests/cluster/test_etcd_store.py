@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -165,7 +166,7 @@ async def test_concurrent_commits_are_grouped_and_a_refused_one_spoils_none_of_t
     txns_before = store.txns
     ended = await store.commit(ops)
     assert all(r.outcome is Outcome.COMMITTED for r in ended)
-    assert store.txns - txns_before <= 4
+    assert store.txns - txns_before <= 6  # two full Txns of ends; the re-placement waits for them
     assert [s.session_id for s in (await store.load_worker_sessions(W1)).sessions] == ["held"]
     assert (await store.read_session("again")) == StoredSession("again", W1, b"closed", ended[-1].revision)
 
@@ -217,3 +218,37 @@ async def test_a_replica_cut_off_from_etcd_fences_itself_before_its_lease_can_ex
         for proxy in proxies:
             proxy.resume()
             await proxy.close()
+
+
+async def test_pipelined_txns_never_let_a_placement_overtake_an_end_on_its_worker(make_store: MakeStore) -> None:
+    store = await make_store()
+    await claim(store, W1)
+    assert (await store.commit([PlaceSession("s0", W1, b"open")]))[0].outcome is Outcome.COMMITTED
+    # Watch the writer: which Txns are in flight (ending or placing on W1) when another is sent.
+    real_txn = store.client.txn
+    in_flight: list[str] = []
+    overtaken: list[str] = []
+
+    async def txn(compare: Any, success: Any = (), failure: Any = (), **kwargs: Any) -> Any:
+        slot_puts = [o for o in success if o.HasField("request_put") and b"/wsess/" in o.request_put.key]
+        slot_deletes = [o for o in success if o.HasField("request_delete_range")
+                        and b"/wsess/" in o.request_delete_range.key]
+        kind = "end" if slot_deletes else "place" if slot_puts else "other"
+        if kind == "place" and "end" in in_flight:
+            overtaken.append("a placement was sent while an end on its worker was in flight")
+        in_flight.append(kind)
+        try:
+            return await real_txn(compare, success, failure, **kwargs)
+        finally:
+            in_flight.remove(kind)
+
+    store.client.txn = txn  # type: ignore[method-assign]
+    # A capacity-1 worker churning: each end, then (while it is in flight) the placement reusing its slot.
+    for i in range(30):
+        ending = asyncio.create_task(store.commit([EndSession(f"s{i}", W1, b"closed")]))
+        await eventually(lambda ending=ending: "end" in in_flight or ending.done(), message="the end is sent")
+        placing = store.commit([PlaceSession(f"s{i + 1}", W1, b"open")])
+        done = await asyncio.gather(ending, placing)
+        assert [r[0].outcome for r in done] == [Outcome.COMMITTED, Outcome.COMMITTED]
+    assert overtaken == []
+    assert [s.session_id for s in (await store.load_worker_sessions(W1)).sessions] == ["s30"]

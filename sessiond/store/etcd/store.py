@@ -27,8 +27,9 @@ replicas.
 
 **Group commit**: :meth:`EtcdStore.commit` queues the batch for the one writer task, which packs
 the operations of every waiting caller into as few Txns as possible (compares deduplicated, no key
-written twice in one Txn, at most :data:`MAX_TXN_OPS` operations) and sends the next Txn when the
-previous one answered: an idle replica pays one round trip, a busy one batches. A packed Txn whose
+written twice in one Txn, at most :data:`MAX_TXN_OPS` operations) and keeps up to
+:data:`MAX_IN_FLIGHT` Txns in flight on disjoint keys (a placement on a worker also waits for the
+ends on it in flight): an idle replica pays one round trip, a busy one batches and pipelines. A packed Txn whose
 compares fail is retried one operation at a time, in order (a definite "not applied" is safe to
 retry; an unknown outcome never is: it is reported as :attr:`Outcome.UNKNOWN`).
 
@@ -79,6 +80,8 @@ log = logging.getLogger("sessiond.store.etcd")
 
 MAX_TXN_OPS = 120
 """Operations (compares, puts, deletes) per Txn; etcd's default ``--max-txn-ops`` is 128."""
+MAX_IN_FLIGHT = 4
+"""Txns the writer keeps in flight at once (on disjoint keys)."""
 BUCKET_SECONDS = 10.0
 BUCKET_KEYS = 500
 TXN_TIMEOUT = 2.0
@@ -190,6 +193,9 @@ class EtcdStore:
         self._workers_changed = asyncio.Event()
         self._gone_since: dict[str, float] = {}  # replicas seen gone by the janitor, since when (loop time)
         self._pending: deque[_Pending] = deque()
+        self._queue: deque[tuple[_Pending, int]] = deque()
+        # Txns in flight: the keys each writes, and the workers it ends sessions on.
+        self._inflight: dict[asyncio.Task[None], tuple[set[bytes], set[WorkerKey]]] = {}
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._bucket: tuple[int, float, int] | None = None  # (lease id, granted at, keys on it)
@@ -216,9 +222,9 @@ class EtcdStore:
 
     async def close(self) -> None:
         """Stop the writer and the mirrors, revoke the lease (deregistering the replica), close the client."""
-        for task in self._tasks:
+        for task in [*self._tasks, *self._inflight]:
             task.cancel()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._inflight]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._fail_pending(EtcdError("etcd store closed"))
@@ -325,42 +331,84 @@ class EtcdStore:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            work: list[tuple[_Pending, int]] = []
             while self._pending:
                 pending = self._pending.popleft()
-                work.extend((pending, i) for i in range(len(pending.ops)))
+                self._queue.extend((pending, i) for i in range(len(pending.ops)))
             try:
-                await self._run(work)
+                await self._dispatch()
             except Exception as error:  # a bug must not kill the writer silently
                 log.exception("etcd store writer failed")
-                for pending, _ in work:
+                while self._queue:
+                    pending, _ = self._queue.popleft()
                     if not pending.future.done():
                         pending.future.set_exception(error)
 
-    async def _run(self, work: list[tuple[_Pending, int]]) -> None:
-        ends = sum(isinstance(p.ops[i], EndSession) for p, i in work)
+    async def _dispatch(self) -> None:
+        """Send Txns from the head of the queue, up to :data:`MAX_IN_FLIGHT` at once. A Txn never
+        shares a key with one in flight, and a placement on a worker waits for the ends on it in
+        flight (so the slot count of a worker never exceeds its capacity at any revision); a claim
+        waits for everything in flight and goes alone."""
+        ends = sum(isinstance(p.ops[i], EndSession) for p, i in self._queue)
         if ends:
             await self._refresh_bucket(ends)
-        index = 0
-        while index < len(work):
+        while self._queue and len(self._inflight) < MAX_IN_FLIGHT:
+            pending, i = self._queue[0]
+            op = pending.ops[i]
+            if isinstance(op, ClaimWorker):
+                if self._inflight:
+                    return  # woken again when they are done
+                self._queue.popleft()
+                pending.results[i] = await self._claim(op)
+                self._settle(pending)
+                continue
             txn = _Txn()
-            while index < len(work):
-                pending, i = work[index]
+            while self._queue:
+                pending, i = self._queue[0]
                 op = pending.ops[i]
-                if isinstance(op, ClaimWorker):
-                    if not txn.items:
-                        pending.results[i] = await self._claim(op)
-                        self._settle(pending)
-                        index += 1
+                if isinstance(op, ClaimWorker) or self._blocked(op):
                     break
                 if not self._pack(txn, pending, i, op):
                     if not txn.items:
-                        index += 1  # nothing to write (fence lost): already answered
+                        self._queue.popleft()  # nothing to write (fence lost): already answered
                         continue
                     break
-                index += 1
-            if txn.items:
-                await self._send(txn)
+                self._queue.popleft()
+            if not txn.items:
+                return  # the head waits for a Txn in flight
+            task = asyncio.create_task(self._send_guarded(txn), name="etcd-store-txn")
+            self._inflight[task] = (set(txn.written),
+                                    {pending.ops[i].worker for pending, i in txn.items
+                                     if isinstance(pending.ops[i], EndSession)})
+            task.add_done_callback(self._txn_done)
+
+    def _blocked(self, op: PlaceSession | EndSession) -> bool:
+        """Whether ``op`` must wait for a Txn in flight (a shared key, or a placement behind an end
+        on the same worker)."""
+        keys = self.keys
+        touched = [keys.session(op.session_id), keys.slot(op.worker, op.session_id)]
+        if op.owner:
+            touched.append(keys.owner(op.owner))
+        if op.request_id:
+            touched.append(keys.request(op.request_id))
+        for written, ends_on in self._inflight.values():
+            if any(k in written for k in touched):
+                return True
+            if isinstance(op, PlaceSession) and op.worker in ends_on:
+                return True
+        return False
+
+    def _txn_done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.pop(task, None)
+        self._wake.set()
+
+    async def _send_guarded(self, txn: _Txn) -> None:
+        try:
+            await self._send(txn)
+        except Exception as error:  # a bug: its callers get it, the writer goes on
+            log.exception("etcd store: sending a Txn failed")
+            for pending, _ in txn.items:
+                if not pending.future.done():
+                    pending.future.set_exception(error)
 
     def _pack(self, txn: _Txn, pending: _Pending, i: int, op: PlaceSession | EndSession) -> bool:
         """Add ``op`` to ``txn``; False when it does not fit (or it was answered without a write)."""
@@ -478,8 +526,10 @@ class EtcdStore:
             pending.future.set_result([r for r in pending.results if r is not None])
 
     def _fail_pending(self, error: Exception) -> None:
-        while self._pending:
-            pending = self._pending.popleft()
+        waiting = [*self._pending, *(pending for pending, _ in self._queue)]
+        self._pending.clear()
+        self._queue.clear()
+        for pending in waiting:
             if not pending.future.done():
                 pending.future.set_exception(error)
 
