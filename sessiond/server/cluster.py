@@ -32,7 +32,7 @@ from sessiond_client.api.v1 import session_pb2
 
 from sessiond.core import events as ev
 from sessiond.core.errors import ExistingOpenSessionError, OwnerUnavailableError, SessionError, SessionNotFoundError
-from sessiond.core.model import Session, WorkerKey
+from sessiond.core.model import Session, WorkerKey, WorkerRegistration
 from sessiond.core.token import decode_token
 from sessiond.server.errors import PlacedElsewhereError
 from sessiond.store.base import (
@@ -234,7 +234,7 @@ class Cluster:
 
     # ----------------------------------------------------------------- ownership
 
-    async def take_over(self, key: WorkerKey, held: list[SessionRecord]) -> list[SessionRecord]:
+    async def take_over(self, reg: WorkerRegistration, held: list[SessionRecord]) -> list[SessionRecord]:
         """Make this replica the worker's owner before its registration is handled; return the held
         sessions to adopt (those the store records as OPEN on it). Sessions the store has OPEN on the
         worker that it no longer holds are failed WORKER_LOST.
@@ -242,14 +242,19 @@ class Cluster:
         Raises:
             OwnerUnavailableError: the store cannot be reached, or this replica is fenced.
         """
+        key = WorkerKey(reg.task_queue, reg.worker_id)
         worker = _key(key)
+        record = session_pb2.WorkerInfo(worker_id=reg.worker_id, task_queue=reg.task_queue, identity=reg.identity,
+                                        host_name=reg.host_name)
+        record.connect_time.FromNanoseconds(time.time_ns())
         try:
             for _ in range(CLAIM_ATTEMPTS):
                 if self.fenced.is_set():
                     break
                 snapshot = await self.store.load_worker_sessions(worker)
                 if self.store.fence_of(worker) != snapshot.fence_revision or snapshot.fence_revision == 0:
-                    [claimed] = await self.store.commit([ClaimWorker(worker, b"", snapshot.fence_revision)])
+                    [claimed] = await self.store.commit([ClaimWorker(worker, record.SerializeToString(),
+                                                                     snapshot.fence_revision)])
                     if claimed.outcome is not Outcome.COMMITTED:
                         continue  # another replica claimed it in between: read again
                     snapshot = await self.store.load_worker_sessions(worker)  # at a revision after the claim

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from sessiond_client.api.v1 import session_pb2, worker_pb2
 
 from sessiond.core.errors import InvalidArgumentError, MalformedRequestError
-from sessiond.core.model import SessionRecord, SessionState, WorkerKey, WorkerRegistration
+from sessiond.core.model import SessionRecord, SessionState, WorkerRegistration
 from sessiond.server import validate
 from sessiond.server.engine import Engine
 from sessiond.server.worker_connection import WorkerConnection
@@ -97,7 +97,7 @@ async def serve_worker(engine: Engine, requests: AsyncIterator[worker_pb2.Worker
     if engine.cluster is not None:
         # A replica owns the worker before it registers: claimed in the store (fenced), and the
         # sessions recorded on it adopted when the worker still holds them (SPEC §6.5).
-        held = await engine.cluster.take_over(WorkerKey(reg.task_queue, reg.worker_id), held)
+        held = await engine.cluster.take_over(reg, held)
     conn = engine.connect_worker(reg, held, adopt_held=engine.cluster is not None)
     first = None  # not kept for the life of the stream (its protobuf arena is per-worker memory)
     reader = asyncio.create_task(_read(engine, conn, requests))
