@@ -193,12 +193,14 @@ async def _phase(channel: grpc.aio.Channel, mode: str, n: int, args: argparse.Na
             create.options.resources.update({k: int(v) for k, v in (r.split("=", 1) for r in args.resource)})
             create.options.selector = args.selector
 
+        metadata = (("authorization", f"Bearer {args.token}"),) if args.token else None
+
         async def pair() -> tuple[float, ...]:
             t0 = time.perf_counter()
-            created = await stub.CreateSession(create)
+            created = await stub.CreateSession(create, metadata=metadata)
             t1 = time.perf_counter()
             complete = session_service_pb2.CompleteSessionRequest(session_id=created.session.session_id)
-            await stub.CompleteSession(complete)
+            await stub.CompleteSession(complete, metadata=metadata)
             return (t1 - t0,)
 
         result = await _measure(f"cc:{n}", [pair] * n, args.warmup, args.duration, pids)
@@ -363,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--duration", type=float, default=4.0)
     run.add_argument("--server-pid", type=int, default=0)
     run.add_argument("--worker-pid", type=int, default=0)
+    run.add_argument("--token", default="", help="bearer token sent with each cc call (the auth scenario)")
     run.add_argument("--resource", action="append", default=[], metavar="NAME=N",
                      help="cc: what each CreateSession asks for besides its session (repeatable)")
     run.add_argument("--selector", default="", help="cc: the label selector of each CreateSession")

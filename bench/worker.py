@@ -139,7 +139,8 @@ class WorkerProcess:
                     task_queue=self.args.task_queue, worker_id=worker_id, identity=f"{os.getpid()}@bench",
                     host_name="bench", max_concurrent_sessions=self.args.capacity,
                     capacities=self.capacities, labels=self.labels(stream.index))))
-                stream.call = stub.WorkerHeartbeat(stream.requests())
+                metadata = (("authorization", f"Bearer {self.args.token}"),) if self.args.token else None
+                stream.call = stub.WorkerHeartbeat(stream.requests(), metadata=metadata)
             elif self.kind == "echo-worker":
                 stream.outbox.put_nowait(b"H")
                 stream.call = stream.channel.stream_stream(ECHO_WORK)(stream.requests())
@@ -224,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-prefix", default=f"w{os.getpid()}")
     parser.add_argument("--streams", type=int, default=1)
     parser.add_argument("--capacity", type=int, default=1000, help="max_concurrent_sessions of each worker")
+    parser.add_argument("--token", default="", help="bearer token of the worker streams (sessiond kind)")
     parser.add_argument("--resource", action="append", default=[], metavar="NAME=N",
                         help="a capacity each worker declares besides sessions (repeatable)")
     parser.add_argument("--label-sets", type=int, default=0,

@@ -18,7 +18,15 @@ from datetime import timedelta
 from typing import Any, NoReturn
 
 from sessiond import ops, worker_cli
-from sessiond.config import DURATION_FORMS, ENV_PREFIX, ServerConfig, config_from_env, format_duration, parse_field
+from sessiond.config import (
+    DURATION_FORMS,
+    ENV_PREFIX,
+    SECRET_FIELDS,
+    ServerConfig,
+    config_from_env,
+    format_duration,
+    parse_field,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -74,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve_flags(serve)
     health = sub.add_parser("health", help="check a server's grpc.health.v1 status (exit 0 when SERVING)",
                             description="Call grpc.health.v1.Health/Check; exit 0 when SERVING, 1 otherwise.")
-    health.add_argument("--address", default="127.0.0.1:50051", help="host:port of the server [127.0.0.1:50051]")
+    ops.add_connection_flags(health, token_env=None)
     health.add_argument("--service", default="", help="service name to check ['' = the whole server]")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait [3]")
     ops.add_commands(sub)
@@ -93,24 +101,37 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"sessiond: {exc}", file=sys.stderr)
         return 2
     logs.configure(config.log_level, config.log_format)
+    # Flags are in /proc/PID/cmdline and `ps` output: readable by every local user.
+    visible = [f"--{flag} was given on the command line, where every local user can read it; use --{flag}-file or "
+               f"{ENV_PREFIX}{name.upper()} instead"
+               for name in sorted(SECRET_FIELDS) if getattr(args, name, None) is not None
+               for flag in (name.replace("_", "-"),)]
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, warnings=visible))
     except StartupError as exc:  # an address, a file, an exporter: one line, not a traceback
         print(f"sessiond: {exc}", file=sys.stderr)
         return 2
     return 0
 
 
-async def _health(address: str, service: str, wait: float) -> bool:
+def _health(args: argparse.Namespace) -> bool:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    async with grpc.aio.insecure_channel(address) as channel:
+    try:
+        opened, _, metadata = ops.connect(args)
+    except ops.CommandError as exc:
+        print(f"sessiond: {exc}", file=sys.stderr)
+        return False
+    with opened as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
-            reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=wait)
-        except grpc.aio.AioRpcError as exc:
-            print(f"unhealthy: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout,
+                               metadata=metadata)
+        except grpc.RpcError as exc:
+            code = exc.code().name if isinstance(exc, grpc.Call) else "UNKNOWN"
+            details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+            print(f"unhealthy: {code}: {details}", file=sys.stderr)
             return False
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     print(status)
@@ -124,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv.insert(0, "serve")
     args = build_parser().parse_args(argv)
     if args.command == "health":
-        return 0 if asyncio.run(_health(args.address, args.service, args.timeout)) else 1
+        return 0 if _health(args) else 1
     if args.command in ("sessions", "workers"):
         return ops.run(args)
     if args.command == "worker":

@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from sessiond.core.token import MIN_KEY_BYTES
 from sessiond.store.spec import EtcdStoreSpec, StoreSpec, parse_host_port, parse_store
 
 ENV_PREFIX = "SESSIOND_"
@@ -41,12 +42,57 @@ class ServerConfig:
     tls_client_ca: Path | None = field(
         default=None, metadata={"help": "PEM CA bundle: require client certificates signed by it (mTLS)."}
     )
+    tls_client_roles: Path | None = field(
+        default=None,
+        metadata={"help": "File of client-certificate identities and their roles, one 'IDENTITY ROLE[,ROLE...]' per "
+                          "line (IDENTITY: a SAN, else the CN; roles worker, caller, operator); re-read on SIGHUP. "
+                          "Needs tls_client_ca."},
+    )
     worker_token: str | None = field(
-        default=None, metadata={"help": "Bearer token a worker must present on WorkerHeartbeat (unset = no check)."}
+        default=None,
+        metadata={"help": "Bearer token of the principal 'worker' (role worker); prefer worker_token_file or the "
+                          "environment (flags show in ps)."},
+    )
+    worker_token_file: Path | None = field(
+        default=None, metadata={"help": "File whose first line is the worker token (re-read on SIGHUP)."}
     )
     caller_token: str | None = field(
         default=None,
-        metadata={"help": "Bearer token a caller must present on every other sessiond RPC (unset = no check)."},
+        metadata={"help": "Bearer token of the principal 'caller' (roles caller and operator); prefer "
+                          "caller_token_file or the environment (flags show in ps)."},
+    )
+    caller_token_file: Path | None = field(
+        default=None, metadata={"help": "File whose first line is the caller token (re-read on SIGHUP)."}
+    )
+    tokens_file: Path | None = field(
+        default=None,
+        metadata={"help": "File of bearer tokens, one 'TOKEN PRINCIPAL ROLE[,ROLE...]' per line (roles worker, "
+                          "caller, operator; TOKEN may be sha256:HEX); re-read on SIGHUP."},
+    )
+    token_key: str | None = field(
+        default=None,
+        metadata={"help": "Key (at least 32 bytes) that signs recreate tokens and session records; prefer "
+                          "token_key_file or the environment. Unset: a random key per process (tokens and "
+                          "verified session reports do not survive a restart)."},
+    )
+    token_key_file: Path | None = field(
+        default=None, metadata={"help": "File holding the token key (surrounding whitespace is ignored)."}
+    )
+    previous_token_key: str | None = field(
+        default=None,
+        metadata={"help": "The key before the last rotation: it still verifies (never signs) for "
+                          "previous_token_key_period after start; prefer previous_token_key_file."},
+    )
+    previous_token_key_file: Path | None = field(
+        default=None, metadata={"help": "File holding the previous token key."}
+    )
+    previous_token_key_period: timedelta = field(
+        default=timedelta(hours=24),
+        metadata={"help": "How long after start the previous token key is still accepted."},
+    )
+    reflection: str = field(
+        default="caller",
+        metadata={"help": "Server reflection: off, caller (needs the caller or operator role) or open."},
     )
     creation_timeout: timedelta = field(
         default=timedelta(seconds=60), metadata={"help": "Default creation_timeout of a session."}
@@ -170,6 +216,7 @@ class ServerConfig:
             "caller_timeout",
             "reattach_timeout",
             "recovery_window",
+            "previous_token_key_period",
         ):
             if getattr(self, name) < timedelta(0):
                 raise ValueError(f"{name} must not be negative")
@@ -190,8 +237,22 @@ class ServerConfig:
             token = getattr(self, name)
             # A bearer token travels in an HTTP/2 header: visible ASCII, no spaces. Anything else
             # (an empty value from an unset shell variable, a pasted newline) could never match.
-            if token is not None and not (token.isascii() and token.isprintable() and token and " " not in token):
+            if token is not None and not valid_token(token):
                 raise ValueError(f"{name} must be non-empty visible ASCII without spaces")
+        for secret in ("worker_token", "caller_token", "token_key", "previous_token_key"):
+            if getattr(self, secret) is not None and getattr(self, secret + "_file") is not None:
+                raise ValueError(f"give {secret} or {secret}_file, not both")
+        for name in ("token_key", "previous_token_key"):
+            key = getattr(self, name)
+            if key is not None and len(key.strip().encode()) < MIN_KEY_BYTES:
+                raise ValueError(f"{name} must be at least {MIN_KEY_BYTES} bytes (e.g. openssl rand -base64 48)")
+        if self.tls_client_roles is not None and self.tls_client_ca is None:
+            raise ValueError("tls_client_roles needs tls_client_ca (client certificates are only asked for with it)")
+        if self.reflection not in ("off", "caller", "open"):
+            raise ValueError("reflection must be off, caller or open")
+        has_previous = self.previous_token_key is not None or self.previous_token_key_file is not None
+        if has_previous and self.token_key is None and self.token_key_file is None:
+            raise ValueError("a previous token key needs the current one (token_key_file or token_key)")
         for name in ("max_message_size", "max_worker_backlog", "max_waiters", "max_waiters_per_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
@@ -248,6 +309,17 @@ class ServerConfig:
     def with_overrides(self, **overrides: Any) -> ServerConfig:
         """A copy with the given fields replaced (None values are ignored)."""
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def valid_token(token: str) -> bool:
+    """A bearer token sessiond can match: non-empty visible ASCII without spaces."""
+    return bool(token) and token.isascii() and token.isprintable() and " " not in token
+
+
+# Settings that are secrets: set but empty in the environment is a mistake (an unset shell variable
+# expanded to nothing), never "off".
+SECRET_FIELDS = frozenset({"worker_token", "caller_token", "token_key", "previous_token_key", "peer_token",
+                           "etcd_password"})
 
 
 def parse_duration(text: str) -> timedelta:
@@ -318,6 +390,8 @@ def config_from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in fields(ServerConfig):
         raw = env.get(ENV_PREFIX + f.name.upper())
+        if raw == "" and f.name in SECRET_FIELDS:
+            raise ValueError(f"{ENV_PREFIX}{f.name.upper()} is set but empty (unset it, or give a value)")
         if raw is not None and raw != "":
             try:
                 out[f.name] = parse_field(f.name, raw)

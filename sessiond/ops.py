@@ -6,7 +6,9 @@ They talk to a running server over the public ``sessiond.v1`` API (``ListSession
 code, ``ErrorInfo`` reason and message on stderr and exits 1.
 
 The address comes from ``--address``, else ``SESSIOND_ADDRESS``, else ``127.0.0.1:50051``; a bearer
-token from ``--token``, else ``SESSIOND_CALLER_TOKEN`` (the same variable ``serve`` reads).
+token from ``--token-file`` or ``--token``, else ``SESSIOND_CALLER_TOKEN`` (the same variable
+``serve`` reads). ``--tls-ca`` (or ``--tls``) connects with TLS, ``--tls-cert``/``--tls-key`` add a
+client certificate (mTLS). ``sessiond health`` takes the same connection flags.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 import grpc
@@ -26,7 +29,7 @@ from sessiond_client.api.v1 import session_pb2, session_service_pb2, session_ser
 
 from sessiond.core.selector import Selector, SelectorError, parse_selector
 
-__all__ = ["DEFAULT_ADDRESS", "add_commands", "run"]
+__all__ = ["DEFAULT_ADDRESS", "add_commands", "add_connection_flags", "connect", "run"]
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 ADDRESS_ENV = "SESSIOND_ADDRESS"
@@ -60,6 +63,62 @@ def _positive(raw: str) -> int:
     return value
 
 
+def add_connection_flags(parser: argparse.ArgumentParser, *, token_env: str | None = TOKEN_ENV) -> None:
+    """``--address``, ``--token``/``--token-file`` and the TLS flags: how to reach a server."""
+    parser.add_argument("--address", default=None,
+                        help=f"host:port of the server [env {ADDRESS_ENV}; default {DEFAULT_ADDRESS}]")
+    env = f" [env {token_env}]" if token_env else ""
+    parser.add_argument("--token", default=None,
+                        help=f"bearer token, sent as 'authorization: Bearer'; prefer --token-file (flags show in "
+                             f"ps){env}")
+    parser.add_argument("--token-file", type=Path, default=None, help="file whose first line is the bearer token")
+    parser.add_argument("--tls", action="store_true", help="connect with TLS, trusting the system's CAs")
+    parser.add_argument("--tls-ca", type=Path, default=None, help="PEM CA bundle: connect with TLS, trusting it")
+    parser.add_argument("--tls-cert", type=Path, default=None,
+                        help="PEM client certificate (mTLS; with --tls-key)")
+    parser.add_argument("--tls-key", type=Path, default=None, help="PEM private key of --tls-cert")
+    parser.set_defaults(token_env=token_env)
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise CommandError(f"{what} {path}: {exc.strerror or exc}") from None
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if args.token is not None and args.token_file is not None:
+        raise CommandError("give --token or --token-file, not both")
+    if args.token_file is not None:
+        lines = _read(args.token_file, "--token-file").decode("utf-8", "replace").splitlines()
+        token = lines[0].strip() if lines else ""
+        if not token:
+            raise CommandError(f"--token-file {args.token_file}: the first line is empty")
+        return token
+    env = getattr(args, "token_env", None)
+    return args.token or (os.environ.get(env) if env else None) or None
+
+
+def connect(args: argparse.Namespace) -> tuple[grpc.Channel, str, tuple[tuple[str, str], ...] | None]:
+    """A channel to the server the connection flags name, its address, and the call metadata.
+
+    Raises:
+        CommandError: a flag that cannot be used (a missing file, a certificate without its key).
+    """
+    address = args.address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
+    token = _token(args)
+    metadata = (("authorization", f"Bearer {token}"),) if token else None
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise CommandError("--tls-cert and --tls-key go together")
+    if not (args.tls or args.tls_ca or args.tls_cert):
+        return grpc.insecure_channel(address), address, metadata
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=_read(args.tls_ca, "--tls-ca") if args.tls_ca else None,
+        private_key=_read(args.tls_key, "--tls-key") if args.tls_key else None,
+        certificate_chain=_read(args.tls_cert, "--tls-cert") if args.tls_cert else None,
+    )
+    return grpc.secure_channel(address, credentials), address, metadata
 def _selector(raw: str) -> Selector:
     try:
         return parse_selector(raw)
@@ -69,10 +128,7 @@ def _selector(raw: str) -> Selector:
 
 def _connection_flags() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--address", default=None,
-                        help=f"host:port of the server [env {ADDRESS_ENV}; default {DEFAULT_ADDRESS}]")
-    common.add_argument("--token", default=None,
-                        help=f"caller bearer token, sent as 'authorization: Bearer' [env {TOKEN_ENV}]")
+    add_connection_flags(common)
     common.add_argument("--timeout", type=float, default=10.0, help="seconds each RPC may take [10]")
     common.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return common
@@ -98,6 +154,8 @@ def add_commands(sub: Any) -> None:
         description="List sessions (oldest first), following every page.")
     listing.add_argument("--task-queue", default="", help="only sessions of this task queue")
     listing.add_argument("--owner", default="", help="only sessions of this owner")
+    listing.add_argument("--principal", default="",
+                         help="only sessions of this principal (an operator sees every principal's)")
     listing.add_argument("--state", choices=sorted(_STATES), default=None, help="only sessions in this state")
     listing.add_argument("--resource", default="", metavar="NAME", help="only sessions holding this resource (gpu)")
     get = sessions_sub.add_parser("get", parents=[common], help="show one session",
@@ -133,10 +191,9 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
     address = args.address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
-    token = args.token or os.environ.get(TOKEN_ENV) or None
-    metadata = (("authorization", f"Bearer {token}"),) if token else None
     try:
-        with grpc.insecure_channel(address) as channel:
+        opened, address, metadata = connect(args)
+        with opened as channel:
             stub = session_service_pb2_grpc.SessionServiceStub(channel)
 
             def call(method: Callable[..., T], request: Message) -> T:
@@ -170,7 +227,7 @@ def _dispatch(args: argparse.Namespace, stub: session_service_pb2_grpc.SessionSe
             _print_session(session, incarnation, now, out)
     elif args.command == "sessions":
         request = session_service_pb2.ListSessionsRequest(
-            task_queue=args.task_queue, owner=args.owner, resource=args.resource,
+            task_queue=args.task_queue, owner=args.owner, principal=args.principal, resource=args.resource,
             state=_STATES[args.state] if args.state else session_pb2.SESSION_STATE_UNSPECIFIED)
 
         def session_page(request: session_service_pb2.ListSessionsRequest,
@@ -389,6 +446,7 @@ def _print_session(session: session_pb2.Session, incarnation: str, now: float, o
         ("Identity", session.worker.identity or "-"),
         ("Host", session.worker.host_name or "-"),
         ("Owner", session.owner or "-"),
+        ("Principal", session.principal or "-"),
         ("Created", f"{_iso(session.create_time)} ({_age(session.create_time, now)} ago)"),
         ("Expires", _iso(session.expire_time)),
         ("Closed", _iso(session.close_time)),

@@ -85,9 +85,14 @@ def add_command(sub: Any) -> None:
                         help=f"host:port of sessiond [env {ADDRESS_ENV}; default {DEFAULT_ADDRESS}]")
     worker.add_argument("--worker-id", default=None, help="stable worker id (recreate tokens survive restarts)")
     worker.add_argument("--identity", default=None, help="free-form identity [pid@host]")
-    worker.add_argument("--token", default=None, help=f"worker bearer token [env {TOKEN_ENV}]")
+    worker.add_argument("--token", default=None,
+                        help=f"worker bearer token; prefer --token-file (flags show in ps) [env {TOKEN_ENV}]")
+    worker.add_argument("--token-file", type=Path, default=None,
+                        help="file whose first line is the worker bearer token (re-read at every reconnect)")
     worker.add_argument("--tls-ca", type=Path, default=None, help="PEM CA bundle: connect with TLS, trusting it")
     worker.add_argument("--tls", action="store_true", help="connect with TLS (system trust store)")
+    worker.add_argument("--tls-cert", type=Path, default=None, help="PEM client certificate (mTLS; with --tls-key)")
+    worker.add_argument("--tls-key", type=Path, default=None, help="PEM private key of --tls-cert")
     worker.add_argument("--shutdown-grace", type=float, default=300.0,
                         help="seconds a draining worker waits for its open sessions [300]")
     worker.add_argument("--max-activity-threads", type=_positive, default=100,
@@ -137,12 +142,17 @@ def run(args: argparse.Namespace) -> int:
     from sessiond import logs
 
     try:
+        if args.token is not None and args.token_file is not None:
+            raise UsageError("give --token or --token-file, not both")
         activities = load_activities(args.spec)
         worker = SessionWorker(
             args.address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS, args.queue, activities,
             max_concurrent_sessions=args.max_sessions, worker_id=args.worker_id, identity=args.identity,
-            auth_token=args.token or os.environ.get(TOKEN_ENV) or None, tls=args.tls,
+            auth_token=None if args.token_file else args.token or os.environ.get(TOKEN_ENV) or None,
+            auth_token_file=args.token_file, tls=args.tls,
             root_certificates=args.tls_ca.read_bytes() if args.tls_ca else None,
+            private_key=args.tls_key.read_bytes() if args.tls_key else None,
+            certificate_chain=args.tls_cert.read_bytes() if args.tls_cert else None,
             shutdown_grace=args.shutdown_grace, max_activity_threads=args.max_activity_threads,
             capacities=dict(args.capacity), labels=dict(args.label))
     except (UsageError, ValueError, TypeError, OSError) as exc:

@@ -85,6 +85,9 @@ class WorkerRegistration:
     # Unique per worker process: a registration from the same process replaces its own earlier
     # stream at once (that stream is dead from the worker's side), even while it still looks live.
     instance_id: str = ""
+    # The authenticated principal registering it ("" when authentication is off): a worker_id is
+    # bound to the first principal that registers it.
+    principal: str = ""
     # What selectors match (SPEC §6.3): label key -> value.
     labels: Mapping[str, str] = field(default_factory=dict)
 
@@ -109,6 +112,28 @@ class SessionRecord:
     # What the session holds on its worker (``sessions: 1`` included), and the selector it was placed with.
     demand: ResourceVector = field(default_factory=ResourceVector.one_session)
     selector: Selector = EVERYTHING
+    # The principal the session belongs to (its creator; "" when authentication is off).
+    principal: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Viewer:
+    """Who asks about sessions: a principal, and whether it sees every principal's (operator).
+
+    Plain data for the core's authorization decisions; how a request became a principal is the
+    transport layer's business.
+    """
+
+    principal: str = ""
+    sees_all: bool = False
+
+    def may_see(self, session: Session) -> bool:
+        """True when this viewer may know that ``session`` exists."""
+        return self.sees_all or session.principal == self.principal
+
+
+# Authentication off: everything belongs to the one anonymous principal, who sees it all.
+ANYONE = Viewer("", sees_all=True)
 
 
 @dataclass(slots=True, eq=False)
@@ -146,6 +171,9 @@ class Session:
     watchers: int = 0
     # Activities started in this session so far (operator views: a session that ran none for hours is stuck).
     activity_count: int = 0
+    # The principal that created it: only it (and an operator) may see it; owner keys and request
+    # ids are scoped by it.
+    principal: str = ""
 
 
 @dataclass(slots=True, eq=False)
@@ -166,6 +194,8 @@ class Worker:
     connected: bool = True
     draining: bool = False
     suspect: bool = False
+    # The principal that registered this stream (the worker_id is bound to it).
+    principal: str = ""
     # Its stream is not taking what is queued for it (over the backlog bound): no new sessions.
     backlogged: bool = False
     # Bumped whenever free capacity or eligibility changes; stale placement entries carry old versions.
@@ -232,6 +262,10 @@ class Waiter:
     request_key: RequestKey = ()
     # When it started waiting (operator views show the age of the oldest waiter per queue).
     since: float = 0.0
+    # The principal the session will belong to.
+    principal: str = ""
+    # For Recreate: the principal the target worker must be registered by (the token says).
+    target_principal: str = ""
     # What it asks for (``sessions: 1`` included) and on which workers (Creates only).
     demand: ResourceVector = field(default_factory=ResourceVector.one_session)
     selector: Selector = EVERYTHING

@@ -24,6 +24,7 @@ import math
 import uuid
 from collections.abc import Callable, Iterable
 
+from sessiond.core.bindings import WorkerBindings
 from sessiond.core.deadlines import DeadlineQueue
 from sessiond.core.errors import (
     ActivityAbortedError,
@@ -34,6 +35,7 @@ from sessiond.core.errors import (
     ExistingOpenSessionError,
     IllegalTransitionError,
     NoCapacityError,
+    PermissionDeniedError,
     RecoveringError,
     SessionClosedError,
     SessionError,
@@ -54,6 +56,7 @@ from sessiond.core.events import (
     WorkerRegistered,
 )
 from sessiond.core.model import (
+    ANYONE,
     TRANSITIONS,
     Activity,
     Failure,
@@ -63,6 +66,7 @@ from sessiond.core.model import (
     SessionOptions,
     SessionRecord,
     SessionState,
+    Viewer,
     Waiter,
     WaitingKind,
     Worker,
@@ -74,7 +78,7 @@ from sessiond.core.placement import MAX_SKIPS, Placer
 from sessiond.core.registry import WorkerRegistry
 from sessiond.core.resources import ResourceVector
 from sessiond.core.selector import EVERYTHING, Selector
-from sessiond.core.token import decode_token, encode_token
+from sessiond.core.token import Signer
 from sessiond.core.waiters import WaiterQueues
 
 # A connected worker silent for this many heartbeat intervals takes no new sessions until it speaks.
@@ -108,6 +112,7 @@ class SessionTable:
         max_waiters: int | None = None,
         max_waiters_per_queue: int | None = None,
         recovering_until: float = -math.inf,
+        signer: Signer | None = None,
         max_skips: int = MAX_SKIPS,
     ) -> None:
         """Create an empty table.
@@ -121,6 +126,7 @@ class SessionTable:
             recovering_until: the end of the recovery window of a restarted server: until then an
                 unknown session id may still be reported by its worker (RECOVERING, not NOT_FOUND),
                 and sessions that registering workers report are adopted.
+            signer: signs and checks recreate tokens (default: a random key of this table's own).
             max_skips: how often a waiting Create may be passed by later ones before it holds
                 the workers it could use (see :mod:`sessiond.core.placement`).
         """
@@ -129,6 +135,9 @@ class SessionTable:
         self.recovering_until = recovering_until
         self._new_id = new_id
         self.registry = WorkerRegistry()
+        self.signer = signer or Signer()
+        # worker key -> the principal that registered it (kept for `retention` after it went away).
+        self._bindings = WorkerBindings(grace=retention)
         self._sessions: dict[str, Session] = {}
         self._seq = itertools.count(1)
         # Listing order: seqs ascending (append-only; forgotten ones are skipped and compacted away).
@@ -149,7 +158,8 @@ class SessionTable:
         self.placer = Placer(self.registry.candidates, self.waiting, max_skips=max_skips)
         # Task queues whose holding waiter left: serve all their waiting Creates again.
         self._released: set[str] = set()
-        self._owners: dict[str, Session | Waiter] = {}
+        # (principal, owner) -> its OPEN session or waiting create: owner keys are per principal.
+        self._owners: dict[tuple[str, str], Session | Waiter] = {}
         self._requests: dict[RequestKey, Session | Waiter] = {}
         self._activities: dict[str, Activity] = {}
         self._events: list[Event] = []
@@ -269,6 +279,7 @@ class SessionTable:
         passes only the held sessions its store records as OPEN on that worker (SPEC §6.5).
         """
         key = WorkerKey(reg.task_queue, reg.worker_id)
+        self._bindings.check(now, key, reg.principal)  # another principal's worker_id: PERMISSION_DENIED
         old = self.registry.workers.get(key)
         if old is not None:
             since = max(old.last_seen, old.interval_since)
@@ -278,6 +289,8 @@ class SessionTable:
             self._release_worker(now, old)
         worker = self.registry.connect(key, reg.identity, reg.host_name, reg.capacity, now, reg.labels)
         worker.instance_id = reg.instance_id
+        worker.principal = reg.principal
+        self._bindings.bind(key, reg.principal)
         worker.interval = self.max_heartbeat_interval
         worker.interval_since = now
         self._worker_deadlines.set(key, now + STALE_INTERVALS * worker.interval)
@@ -347,19 +360,19 @@ class SessionTable:
         if not worker.free.covers(demand):
             raise AdoptionRefusedError(f"worker {key.worker_id} has no room for session {record.session_id} "
                                        f"({demand})")
-        if record.owner and record.owner in self._owners:
+        if record.owner and (record.principal, record.owner) in self._owners:
             raise AdoptionRefusedError(f"owner {record.owner!r} already holds an open session or waits for one")
         if record.recreated:
-            request_key = _request_key(record.request_id, "recreate", key.task_queue, key.worker_id)
+            request_key = _request_key(record.request_id, record.principal, "recreate", key.task_queue, key.worker_id)
         else:
-            request_key = _request_key(record.request_id, "create", key.task_queue)
+            request_key = _request_key(record.request_id, record.principal, "create", key.task_queue)
         if request_key in self._requests:
             request_key = ()
         session = Session(
             session_id=record.session_id, seq=next(self._seq), task_queue=key.task_queue, worker=worker,
             options=record.options, owner=record.owner, request_id=record.request_id, placed_at=record.placed_at,
             expire_at=record.expire_at, demand=demand, selector=record.selector, request_key=request_key,
-            recreated=record.recreated,
+            recreated=record.recreated, principal=record.principal,
         )
         self._install(now, worker, session)
         self._update_interval(now, worker)
@@ -443,6 +456,12 @@ class SessionTable:
         self._worker_deadlines.remove(worker.key)
         if worker.sessions:
             self._detached[worker.key] = worker
+        self._unbind_if_gone(now, worker.key)
+
+    def _unbind_if_gone(self, now: float, key: WorkerKey) -> None:
+        """Start the binding's grace period once neither a stream nor detached sessions hold ``key``."""
+        if key not in self.registry.workers and key not in self._detached:
+            self._bindings.release(now, key)
 
     def _detach(self, now: float, session: Session) -> None:
         self._leave_liveness(session)
@@ -465,14 +484,17 @@ class SessionTable:
             raise SessionNotFoundError(session_id)
         return session
 
-    def lookup(self, now: float, session_id: str) -> Session:
+    def lookup(self, now: float, session_id: str, viewer: Viewer = ANYONE) -> Session:
         """The session a caller asks about, which also attends it (caller liveness).
 
         Raises:
             RecoveringError: unknown id during the recovery window (its worker may still report it).
-            SessionNotFoundError: unknown id after it.
+            SessionNotFoundError: unknown id after it, or a session ``viewer`` may not see (another
+                principal's: its existence is not revealed).
         """
         session = self._sessions.get(session_id)
+        if session is not None and not viewer.may_see(session):
+            session = None
         if session is None:
             if now < self.recovering_until:
                 raise RecoveringError(
@@ -490,9 +512,9 @@ class SessionTable:
         if session is not None:
             session.caller_seen = now
 
-    def watch_started(self, now: float, session_id: str) -> Session:
+    def watch_started(self, now: float, session_id: str, viewer: Viewer = ANYONE) -> Session:
         """A WatchSession opened on the session: it is attended while the watch lasts."""
-        session = self.lookup(now, session_id)
+        session = self.lookup(now, session_id, viewer)
         session.watchers += 1
         return session
 
@@ -503,7 +525,7 @@ class SessionTable:
 
     def create(self, now: float, task_queue: str, options: SessionOptions, *, owner: str = "",
                request_id: str = "", max_wait: float | None = None,
-               demand: ResourceVector = _ONE_SESSION, selector: Selector = EVERYTHING,
+               demand: ResourceVector = _ONE_SESSION, selector: Selector = EVERYTHING, principal: str = "",
                ) -> Session | Waiter:
         """Place a session on the most free worker of ``task_queue`` that matches ``selector`` and has
         ``demand`` free, or enqueue a waiter (see :mod:`sessiond.core.placement` for the policy).
@@ -511,43 +533,52 @@ class SessionTable:
         Returns the session when placed at once, else a :class:`Waiter` whose outcome comes later
         as :class:`SessionPlaced` or :class:`WaiterFailed`. A retry with the same ``request_id``
         returns the same session or waiter. ``max_wait`` caps the wait below ``creation_timeout``
-        (the caller's RPC deadline) without changing the options the session records.
+        (the caller's RPC deadline) without changing the options the session records. The session
+        belongs to ``principal``; owner keys and request ids are that principal's own.
         """
-        request_key = _request_key(request_id, "create", task_queue)
+        request_key = _request_key(request_id, principal, "create", task_queue)
         earlier = self._requests.get(request_key) if request_key else None
         if earlier is not None:
             return earlier
-        self._check_owner(owner)
+        self._check_owner(principal, owner)
         seq = self.waiting.arrival()
         # FIFO per kind: a request queues behind an earlier one that asks for the same thing.
         if not self.waiting.has_kind(task_queue, demand, selector):
             worker = self.placer.choose(task_queue, demand, selector, seq)
             if worker is not None:
                 return self._place(now, worker, options, owner, request_id, None, request_key, demand=demand,
-                                   selector=selector, seq=seq)
+                                   selector=selector, seq=seq, principal=principal)
         wait = _wait(options, max_wait)
         if wait <= 0:
             raise NoCapacityError(self.placer.no_room(task_queue, demand, selector, "has"))
         return self._enqueue(now, task_queue, None, options, owner, request_id, wait, request_key, demand=demand,
-                             selector=selector, seq=seq)
+                             selector=selector, seq=seq, principal=principal)
 
     def recreate(self, now: float, token: bytes, options: SessionOptions, *, owner: str = "",
                  request_id: str = "", max_wait: float | None = None,
-                 demand: ResourceVector = _ONE_SESSION) -> Session | Waiter:
-        """Place a new session asking for ``demand`` on the worker ``token`` names, or wait for it to have room."""
-        key = decode_token(token)
-        request_key = _request_key(request_id, "recreate", key.task_queue, key.worker_id)
+                 demand: ResourceVector = _ONE_SESSION, principal: str = "") -> Session | Waiter:
+        """Place a new session asking for ``demand`` on the worker ``token`` names, or wait for it to have room.
+
+        The token must be signed by this table's signer; it names a worker and the principal that
+        worker registered as: a worker with the same id registered by another principal is not it.
+        The new session belongs to ``principal`` (the recreating caller).
+        """
+        target = self.signer.target(token, now)
+        key = target.worker
+        request_key = _request_key(request_id, principal, "recreate", key.task_queue, key.worker_id)
         earlier = self._requests.get(request_key) if request_key else None
         if earlier is not None:
             return earlier
-        self._check_owner(owner)
+        self._check_owner(principal, owner)
         worker = self.registry.workers.get(key)
+        if worker is not None and worker.principal != target.principal:
+            worker = None  # the id is someone else's now: wait for the token's worker
         if worker is not None and worker.eligible and worker.free.covers(demand):
             # FIFO per worker: behind earlier Recreates, except those this worker could never hold.
             ahead = self.waiting.for_worker(key)
             if not ahead or not any(not w.done and worker.capacity.covers(w.demand) for w in ahead):
                 return self._place(now, worker, options, owner, request_id, None, request_key, recreated=True,
-                                   demand=demand)
+                                   demand=demand, principal=principal)
         wait = _wait(options, max_wait)
         if wait <= 0:
             if worker is not None and worker.eligible:
@@ -556,7 +587,8 @@ class SessionTable:
             state = "is not connected" if worker is None else "is not taking sessions (draining, silent or backlogged)"
             raise WorkerUnavailableError(f"worker {key.worker_id!r} of task queue {key.task_queue!r} {state}")
         return self._enqueue(now, key.task_queue, key, options, owner, request_id, wait, request_key, demand=demand,
-                             selector=EVERYTHING, seq=self.waiting.arrival())
+                             selector=EVERYTHING, seq=self.waiting.arrival(), principal=principal,
+                             target_principal=target.principal)
 
     def cancel_waiter(self, now: float, *waiter_ids: str) -> None:
         """The callers gave up waiting: the waiters leave their queues and will take no slot.
@@ -570,9 +602,9 @@ class SessionTable:
                 self._drop_waiter(waiter)
         self._serve_released(now)
 
-    def complete(self, now: float, session_id: str) -> Session:
+    def complete(self, now: float, session_id: str, viewer: Viewer = ANYONE) -> Session:
         """Close an OPEN session and free its slot; a no-op on FAILED and CLOSED sessions."""
-        session = self.lookup(now, session_id)
+        session = self.lookup(now, session_id, viewer)
         if session.state is SessionState.OPEN:
             self._end(now, session, SessionState.CLOSED, None)
         return session
@@ -599,8 +631,8 @@ class SessionTable:
                 self._activity_deadlines.remove(aid)
                 self._activities.pop(aid, None)
             session.activities.clear()
-        if session.owner and self._owners.get(session.owner) is session:
-            del self._owners[session.owner]
+        if session.owner and self._owners.get((session.principal, session.owner)) is session:
+            del self._owners[(session.principal, session.owner)]
         self._session_deadlines.remove(session_id)
         self._forget(session)
         if worker.connected and self.registry.workers.get(worker.key) is worker:
@@ -609,28 +641,29 @@ class SessionTable:
             self._serve(now, worker)
         return session
 
-    def _check_owner(self, owner: str) -> None:
+    def _check_owner(self, principal: str, owner: str) -> None:
         # During a recovery window the owner's earlier session may not be reported yet; creates are
         # not held up for it (that would stall every owner for the whole window after any start):
         # if it is reported later, the owner's newer session wins and the report is refused.
         if not owner:
             return
-        holder = self._owners.get(owner)
+        holder = self._owners.get((principal, owner))
         if holder is not None:
             raise ExistingOpenSessionError(owner, holder.session_id if isinstance(holder, Session) else None)
 
     def _enqueue(self, now: float, task_queue: str, target: WorkerKey | None, options: SessionOptions, owner: str,
                  request_id: str, wait: float, request_key: RequestKey, *, demand: ResourceVector,
-                 selector: Selector, seq: int) -> Waiter:
+                 selector: Selector, seq: int, principal: str, target_principal: str = "") -> Waiter:
         if self.max_waiters is not None and len(self.waiting) >= self.max_waiters:
             raise TooManyWaitersError(task_queue, self.max_waiters, "in all task queues")
         if self.max_waiters_per_queue is not None and self.waiting.count(task_queue) >= self.max_waiters_per_queue:
             raise TooManyWaitersError(task_queue, self.max_waiters_per_queue, f"on task queue {task_queue!r}")
         waiter = Waiter(self._new_id(), task_queue, target, options, owner, request_id, now + wait,
-                        request_key=request_key, since=now, demand=demand, selector=selector, seq=seq)
+                        request_key=request_key, since=now, demand=demand, selector=selector, seq=seq,
+                        principal=principal, target_principal=target_principal)
         self.waiting.add(waiter)
         if owner:
-            self._owners[owner] = waiter
+            self._owners[(principal, owner)] = waiter
         if request_key:
             self._requests[request_key] = waiter
         return waiter
@@ -652,15 +685,15 @@ class SessionTable:
     def _drop_waiter(self, waiter: Waiter) -> None:
         if self.waiting.drop(waiter):
             self._released.add(waiter.task_queue)
-        if waiter.owner and self._owners.get(waiter.owner) is waiter:
-            del self._owners[waiter.owner]
+        if waiter.owner and self._owners.get((waiter.principal, waiter.owner)) is waiter:
+            del self._owners[(waiter.principal, waiter.owner)]
         if waiter.request_key and self._requests.get(waiter.request_key) is waiter:
             del self._requests[waiter.request_key]
 
     def _place(self, now: float, worker: Worker, options: SessionOptions, owner: str, request_id: str,
                waiter_id: str | None, request_key: RequestKey, *, recreated: bool = False,
                demand: ResourceVector = _ONE_SESSION, selector: Selector = EVERYTHING,
-               seq: int = 0) -> Session:
+               seq: int = 0, principal: str = "") -> Session:
         # The hard limit: callers found room, and nothing ran in between (the core is synchronous).
         if not worker.free.covers(demand):
             raise IllegalTransitionError(f"worker {worker.key.worker_id} has no room for {demand}")
@@ -670,7 +703,7 @@ class SessionTable:
             session_id=self._new_id(), seq=next(self._seq), task_queue=worker.key.task_queue,
             worker=worker, options=options, owner=owner, request_id=request_id, placed_at=now,
             expire_at=now + options.execution_timeout, demand=demand, selector=selector, request_key=request_key,
-            recreated=recreated,
+            recreated=recreated, principal=principal,
         )
         self._install(now, worker, session)
         self._events.append(SessionPlaced(session, waiter_id))
@@ -681,7 +714,7 @@ class SessionTable:
         self._drop_waiter(waiter)
         self._place(now, worker, waiter.options, waiter.owner, waiter.request_id, waiter.waiter_id,
                     waiter.request_key, recreated=waiter.target is not None, demand=waiter.demand,
-                    selector=waiter.selector, seq=waiter.seq)
+                    selector=waiter.selector, seq=waiter.seq, principal=waiter.principal)
 
     def _install(self, now: float, worker: Worker, session: Session) -> None:
         """Enter a new OPEN session into every index: placement and adoption both end here."""
@@ -691,7 +724,7 @@ class SessionTable:
         self._by_seq[session.seq] = session
         self._link(now, worker, session)
         if session.owner:
-            self._owners[session.owner] = session
+            self._owners[(session.principal, session.owner)] = session
         if session.request_key:
             self._requests[session.request_key] = session
         self._session_deadlines.set(sid, session.expire_at)
@@ -745,8 +778,8 @@ class SessionTable:
         if session.detached_at is not None:
             self._reattach_deadlines.remove(session.session_id)
         self._caller_deadlines.remove(session.session_id)
-        if session.owner and self._owners.get(session.owner) is session:
-            del self._owners[session.owner]
+        if session.owner and self._owners.get((session.principal, session.owner)) is session:
+            del self._owners[(session.principal, session.owner)]
         reason = "SESSION_FAILED" if state is SessionState.FAILED else "SESSION_COMPLETED"
         for aid in sorted(session.activities):
             activity = self._activities.pop(aid)
@@ -755,6 +788,8 @@ class SessionTable:
         session.activities.clear()
         self._session_deadlines.set(session.session_id, now + self.retention)
         self._events.append(SessionEnded(session, worker.epoch))
+        if not worker.connected:
+            self._unbind_if_gone(now, worker.key)
         if worker.connected:
             self.registry.touch(worker)
             self._update_interval(now, worker)
@@ -778,6 +813,10 @@ class SessionTable:
         for waiter, target in self.placer.next_recreates(now, worker):
             if target is None:
                 self._expire_waiter(waiter)
+            elif waiter.target_principal != worker.principal:
+                # Its token names this id under another principal: not this worker. It and the
+                # Recreates behind it wait on (rare: the id changed hands after its binding lapsed).
+                break
             else:
                 self._place_waiter(now, target, waiter)
         self._serve_creates(now, worker.key.task_queue, worker)
@@ -814,14 +853,18 @@ class SessionTable:
     # ----------------------------------------------------------------- activities
 
     def start_activity(self, now: float, session_id: str, timeout: float,
-                       heartbeat_timeout: float | None = None) -> Activity:
+                       heartbeat_timeout: float | None = None, viewer: Viewer = ANYONE) -> Activity:
         """Record an activity in flight in an OPEN session; it times out at ``now + timeout``, or
         earlier when ``heartbeat_timeout`` passes without an :meth:`activity_heartbeat`.
 
         In a detached session the activity waits for the worker to reattach (its ``worker`` is not
         connected until then), bounded by the same timeout.
         """
-        session = self.lookup(now, session_id)
+        session = self.lookup(now, session_id, viewer)
+        if session.principal != viewer.principal:
+            # An operator sees and completes every session, but runs work only in its own.
+            raise PermissionDeniedError(f"session {session_id} belongs to another principal: only it runs "
+                                        "activities there", metadata={"session_id": session_id})
         if session.state is SessionState.FAILED:
             assert session.failure is not None
             raise SessionFailedError(session_id, session.failure.cause)
@@ -878,14 +921,16 @@ class SessionTable:
 
     def recreate_token(self, session: Session) -> bytes:
         """The token that recreates sessions on ``session``'s worker."""
-        return encode_token(session.worker.key)
+        return self.signer.token(session.worker.key, session.worker.principal)
 
     def sessions(self, *, task_queue: str = "", owner: str = "", state: SessionState | None = None,
                  after_seq: int = 0, limit: int = 100, max_scan: int = 10_000,
-                 where: Callable[[Session], bool] | None = None) -> tuple[list[Session], int | None]:
+                 where: Callable[[Session], bool] | None = None,
+                 principal: str | None = None) -> tuple[list[Session], int | None]:
         """One page of sessions (oldest first) matching the filters, with ``seq > after_seq``.
 
-        ``where`` is an extra filter (operator views: failure cause, worker), applied after the others.
+        ``principal`` keeps only that principal's sessions (None: every principal's, an operator's
+        view). ``where`` is an extra filter (operator views: failure cause, worker), applied after the others.
 
         Finds its start by bisection and looks at no more than ``max_scan`` sessions, so one call
         never blocks the loop for long. Returns the page and the seq to continue after, or None
@@ -899,6 +944,7 @@ class SessionTable:
             if session is None:
                 continue
             if (task_queue and session.task_queue != task_queue) or (owner and session.owner != owner) \
+                    or (principal is not None and session.principal != principal) \
                     or (state is not None and session.state is not state) \
                     or (where is not None and not where(session)):
                 continue

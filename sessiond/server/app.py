@@ -10,6 +10,7 @@ import asyncio
 import gc
 import logging
 import signal
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -18,13 +19,21 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from sessiond_client.api.v1 import session_service_pb2
 
 from sessiond.config import ServerConfig
+from sessiond.core.token import Signer
 from sessiond.server import decoding
-from sessiond.server.auth import TokenAuthInterceptor
+from sessiond.server.auth import Authenticator, CredentialsError
 from sessiond.server.engine import Engine
 from sessiond.server.health import HealthServicer
 from sessiond.server.limits import transport_cap
 from sessiond.server.servicer import SessionServicer
-from sessiond.server.startup import StartupError, check_listen, server_credentials
+from sessiond.server.startup import (
+    StartupError,
+    authenticator,
+    check_listen,
+    security_warnings,
+    server_credentials,
+    token_keys,
+)
 from sessiond.store.spec import EtcdStoreSpec
 from sessiond.telemetry import SessionMetrics, configure_metrics, configure_tracing
 
@@ -67,13 +76,27 @@ class SessiondServer:
     """A bound sessiond server: ``start()``, ``stop()``, ``wait_for_termination()``."""
 
     def __init__(self, server: grpc.aio.Server, engine: Engine, health_servicer: HealthServicer,
-                 config: ServerConfig, dashboard: Dashboard | None = None) -> None:
+                 config: ServerConfig, dashboard: Dashboard | None = None,
+                 auth: Authenticator | None = None) -> None:
         self.grpc_server = server
         self.engine = engine
         self.health = health_servicer
         self.config = config
         self.dashboard = dashboard
+        self.auth = auth or Authenticator(config)
         self._stopped = False
+
+    def reload_credentials(self) -> bool:
+        """Re-read the credential files (SIGHUP). A bad file keeps the credentials in force and logs
+        one ERROR line; streams and calls in progress are not touched either way."""
+        try:
+            credentials = self.auth.reload()
+        except CredentialsError as exc:
+            log.error("credentials not reloaded, the previous ones stay in force: %s", exc)
+            return False
+        log.info("credentials reloaded: %d tokens, %d certificate identities",
+                 len(credentials.tokens), len(credentials.certificates))
+        return True
 
     async def start(self) -> None:
         """Start serving (and the dashboard, when configured) and report SERVING. A replica first
@@ -126,19 +149,23 @@ async def create_server(config: ServerConfig | None = None, *,
     config = config or ServerConfig()
     credentials = server_credentials(config)
     check_listen(config.listen, "listen")
+    auth = authenticator(config)
+    loop = asyncio.get_running_loop()
+    keys = token_keys(config, loop.time())
     replicated = isinstance(config.store_spec, EtcdStoreSpec)
-    engine = Engine(config, metrics, replicated=replicated)
-    chain: list[Any] = list(interceptors or [])
-    if config.worker_token or config.caller_token:
-        chain.insert(0, TokenAuthInterceptor(worker_token=config.worker_token, caller_token=config.caller_token))
-    server = grpc.aio.server(interceptors=chain, options=_grpc_options(config))
-    # Every service through the one decoding path: no request is parsed by grpc itself.
+    engine = Engine(config, metrics, signer=Signer(keys), verify_reports=auth.enabled, replicated=replicated)
+    server = grpc.aio.server(interceptors=list(interceptors or []), options=_grpc_options(config))
+    # Every service through the one decoding path: no request is parsed by grpc itself, and the
+    # authentication guard runs in it before any request is.
     undecodable = decoding.undecodable_warning()
-    decoding.add_service(server, SessionServicer(engine), SERVICE, undecodable)
+    decoding.add_service(server, SessionServicer(engine), SERVICE, undecodable, auth.guard)
     health_servicer = HealthServicer()
-    decoding.add_service(server, health_servicer, HEALTH, undecodable)
-    decoding.add_service(server, reflection.aio.ReflectionServicer(  # type: ignore[attr-defined]  # stubs lack .aio
-        [SERVICE_NAME, HEALTH.full_name, reflection.SERVICE_NAME]), REFLECTION, undecodable)
+    decoding.add_service(server, health_servicer, HEALTH, undecodable, auth.guard)
+    services = [SERVICE_NAME, HEALTH.full_name]
+    if config.reflection != "off":
+        services.append(reflection.SERVICE_NAME)
+        decoding.add_service(server, reflection.aio.ReflectionServicer(  # type: ignore[attr-defined]  # stubs lack .aio
+            services), REFLECTION, undecodable, auth.guard)
     try:
         if credentials is None:
             port = server.add_insecure_port(config.listen)
@@ -159,13 +186,14 @@ async def create_server(config: ServerConfig | None = None, *,
     if config.ui_listen is not None:
         from sessiond.ui.http import Dashboard  # aiohttp is imported only when the dashboard is on
 
-        dashboard = Dashboard(engine, config, grpc_port=port)
-    return SessiondServer(server, engine, health_servicer, config, dashboard), port
+        dashboard = Dashboard(engine, config, grpc_port=port, auth=auth)
+    return SessiondServer(server, engine, health_servicer, config, dashboard, auth), port
 
 
-async def serve(config: ServerConfig) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully.
+async def serve(config: ServerConfig, *, warnings: Sequence[str] = ()) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully; SIGHUP reloads the credential files.
 
+    ``warnings`` are logged with the security WARNINGs once the server could be built.
     Raises :class:`StartupError` (one line, for the operator) when it cannot start as configured.
     """
     if config.metrics_listen:
@@ -176,6 +204,8 @@ async def serve(config: ServerConfig) -> None:
     except (ValueError, OSError) as exc:  # an unknown exporter in OTEL_*, an unusable metrics address
         raise StartupError(str(exc)) from None
     server, port = await create_server(config, metrics=metrics)
+    for warning in (*security_warnings(config, server.auth), *warnings):
+        log.warning("%s", warning)
     try:
         await server.start()
     except OSError as exc:  # the dashboard's address (it says which): one line for the operator
@@ -191,6 +221,7 @@ async def serve(config: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, server.reload_credentials)
     waiter = asyncio.create_task(server.wait_for_termination())
     stopper = asyncio.create_task(stop.wait())
     watched: set[asyncio.Task[Any]] = {waiter, stopper}

@@ -1,79 +1,372 @@
-"""Bearer-token roles: workers present the worker token, callers the caller token.
+"""Authentication: who is calling (a principal with roles), decided in one place.
 
-Health and reflection stay open (load balancers and grpcurl must reach them).
+Credentials, all optional and combinable:
+
+- ``--tokens-file``: one bearer token per line, ``TOKEN PRINCIPAL ROLE[,ROLE...]`` (``#`` starts a
+  comment; ``TOKEN`` may be written ``sha256:<64 hex digits>``, the SHA-256 of the token, so the file
+  need not hold the secret itself);
+- ``--tls-client-roles`` (with mTLS): one client-certificate identity per line,
+  ``IDENTITY ROLE[,ROLE...]``; a certificate's principal is the first of its subject alternative
+  names listed there, else its common name if listed;
+- the simple pair: ``--caller-token`` (principal ``caller``, roles caller and operator: one tenant,
+  who also operates) and ``--worker-token`` (principal ``worker``, role worker), each also from a file.
+
+Roles: ``worker`` (the WorkerHeartbeat stream), ``caller`` (sessions of its own), ``operator``
+(sees and completes every session, the dashboard). A bearer token wins over the connection's
+certificate; a request with neither is anonymous. A role that no credential grants at start is
+*unprotected*: anonymous requests get it (as with no credentials at all), and ``serve`` logs a
+WARNING. Which roles are protected is fixed at start; SIGHUP re-reads the files (:meth:`reload`)
+and changes who holds which role, never whether a role needs a credential.
+
+The check runs before a request is decoded (:meth:`Authenticator.guard`, called by
+:mod:`sessiond.server.decoding` for every method). The principal reaches the servicer through a
+context variable (:func:`current`); what a principal may see is decided where the data is (the
+core's :class:`~sessiond.core.model.Viewer`), not here.
 """
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+import contextvars
+import enum
+import hashlib
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
 
-from sessiond.core.errors import PermissionDeniedError, SessionError, UnauthenticatedError
-from sessiond.server.errors import abort_with, to_status
+from sessiond.config import ServerConfig, valid_token
+from sessiond.core.errors import PermissionDeniedError, UnauthenticatedError
+from sessiond.core.model import Viewer
+from sessiond.core.names import name_problem
 
 SERVICE_PREFIX = "/sessiond.v1.SessionService/"
 WORKER_METHOD = SERVICE_PREFIX + "WorkerHeartbeat"
+REFLECTION_PREFIX = "/grpc.reflection."
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+
+Context = grpc.aio.ServicerContext[Any, Any]
+K = TypeVar("K")
 
 
-if TYPE_CHECKING:
-    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
-    _Handler = grpc.RpcMethodHandler[Any, Any]
-else:
-    _Interceptor = grpc.aio.ServerInterceptor
-    _Handler = grpc.RpcMethodHandler
+class Role(enum.Enum):
+    """What a principal may do."""
+
+    WORKER = "worker"
+    CALLER = "caller"
+    OPERATOR = "operator"
 
 
-def _bearer(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
+ALL_ROLES = frozenset(Role)
+CALLER_SIDE = frozenset({Role.CALLER, Role.OPERATOR})
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated name and its roles. The anonymous principal's name is ``""``."""
+
+    name: str
+    roles: frozenset[Role] = field(default_factory=frozenset)
+
+    @property
+    def viewer(self) -> Viewer:
+        """What the core needs to know to decide which sessions this principal may see."""
+        return Viewer(self.name, sees_all=Role.OPERATOR in self.roles)
+
+    def describe(self) -> str:
+        """For messages: ``principal 'team-a' (caller)``."""
+        roles = ",".join(sorted(r.value for r in self.roles)) or "no roles"
+        return f"principal {self.name!r} ({roles})" if self.name else f"an anonymous request ({roles})"
+
+
+# No credential configured anywhere: everything is open, as sessiond always was without tokens.
+OPEN = Principal("", ALL_ROLES)
+_CURRENT: contextvars.ContextVar[Principal] = contextvars.ContextVar("sessiond_principal", default=OPEN)
+
+
+def current() -> Principal:
+    """The principal of the RPC being served (set by :meth:`Authenticator.guard`)."""
+    return _CURRENT.get()
+
+
+class CredentialsError(Exception):
+    """A credential file or setting cannot be used; the message says which and why, in one line."""
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """One immutable snapshot of every credential; a reload builds a new one and swaps it in."""
+
+    tokens: Mapping[bytes, Principal]  # SHA-256 of the token -> principal
+    certificates: Mapping[str, Principal]  # certificate identity -> principal
+
+    def granted(self) -> frozenset[Role]:
+        """Every role some credential grants."""
+        roles: set[Role] = set()
+        for principal in (*self.tokens.values(), *self.certificates.values()):
+            roles |= principal.roles
+        return frozenset(roles)
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def _roles(text: str, where: str) -> frozenset[Role]:
+    roles = set()
+    for part in text.split(","):
+        try:
+            roles.add(Role(part.strip().lower()))
+        except ValueError:
+            raise CredentialsError(f"{where}: unknown role {part.strip()!r} (worker, caller, operator)") from None
+    return frozenset(roles)
+
+
+def _principal_name(name: str, where: str) -> str:
+    problem = name_problem(name)
+    if problem is not None:
+        raise CredentialsError(f"{where}: the principal {problem}")
+    return name
+
+
+def _lines(path: Path, setting: str) -> Iterable[tuple[str, list[str]]]:
+    """(``file:line``, fields) of each non-blank, non-comment line of a credential file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise CredentialsError(f"{setting} {path}: {reason}") from None
+    # Lines end at \n only, fields are separated by spaces and tabs only: any other control or
+    # separator character stays inside its field, where the name rules refuse it.
+    for number, line in enumerate(text.split("\n"), 1):
+        content = line.split("#", 1)[0].strip(" \t\r")
+        if content:
+            yield f"{setting} {path}:{number}", re.split(r"[ \t]+", content)
+
+
+def _table(path: Path, setting: str, form: str, entry: Callable[[list[str], str], tuple[K, Principal]],
+           named: Callable[[K], str], empty: str) -> dict[K, Principal]:
+    """A credential file of one ``form`` per line, as key -> principal (``entry`` reads a line's
+    fields); a key listed twice, a line of the wrong shape or no entry at all is an error."""
+    out: dict[K, Principal] = {}
+    width = len(form.split())
+    for where, fields in _lines(path, setting):
+        if len(fields) != width:
+            raise CredentialsError(f"{where}: expected {form!r}, got {len(fields)} fields")
+        key, principal = entry(fields, where)
+        if key in out:
+            raise CredentialsError(f"{where}: {named(key)} is listed twice")
+        out[key] = principal
+    if not out:
+        raise CredentialsError(f"{setting} {path}: {empty}")
+    return out
+
+
+def _token_entry(fields: list[str], where: str) -> tuple[bytes, Principal]:
+    token, name, roles = fields
+    if token.lower().startswith("sha256:"):
+        try:
+            digest = bytes.fromhex(token[7:])
+        except ValueError:
+            digest = b""
+        if len(digest) != 32:
+            raise CredentialsError(f"{where}: sha256: must be followed by 64 hex digits")
+    elif valid_token(token):
+        digest = _digest(token)
+    else:
+        raise CredentialsError(f"{where}: a token must be visible ASCII without spaces")
+    return digest, Principal(_principal_name(name, where), _roles(roles, where))
+
+
+def _identity_entry(fields: list[str], where: str) -> tuple[str, Principal]:
+    identity, roles = fields
+    return identity, Principal(_principal_name(identity, where), _roles(roles, where))
+
+
+def parse_tokens_file(path: Path) -> dict[bytes, Principal]:
+    """The ``--tokens-file`` table: token digest -> principal. Raises :class:`CredentialsError`."""
+    return _table(path, "tokens_file", "TOKEN PRINCIPAL ROLE[,ROLE...]", _token_entry, lambda _: "this token",
+                  "holds no tokens")
+
+
+def parse_roles_file(path: Path) -> dict[str, Principal]:
+    """The ``--tls-client-roles`` table: certificate identity -> principal (named by the identity)."""
+    return _table(path, "tls_client_roles", "IDENTITY ROLE[,ROLE...]", _identity_entry, repr,
+                  "lists no identities")
+
+
+def read_secret(path: Path, setting: str) -> str:
+    """The first line of a secret file, stripped; a missing, unreadable or empty one is an error."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise CredentialsError(f"{setting} {path}: {reason}") from None
+    value = lines[0].strip() if lines else ""
+    if not value:
+        raise CredentialsError(f"{setting} {path}: the first line is empty")
+    return value
+
+
+def load_credentials(config: ServerConfig) -> Credentials:
+    """Read every configured credential. Raises :class:`CredentialsError` (one line)."""
+    tokens: dict[bytes, Principal] = {}
+    simple = (("worker", config.worker_token, config.worker_token_file, frozenset({Role.WORKER})),
+              ("caller", config.caller_token, config.caller_token_file, CALLER_SIDE))
+    for name, value, path, roles in simple:
+        if path is not None:
+            value = read_secret(path, f"{name}_token_file")
+            if not valid_token(value):
+                raise CredentialsError(f"{name}_token_file {path}: a token must be visible ASCII without spaces")
+        if value is not None:
+            if _digest(value) in tokens:
+                raise CredentialsError("worker_token and caller_token must differ")
+            tokens[_digest(value)] = Principal(name, roles)
+    if config.tokens_file is not None:
+        for digest, principal in parse_tokens_file(config.tokens_file).items():
+            if digest in tokens:
+                raise CredentialsError(f"tokens_file {config.tokens_file}: holds the worker or caller token too")
+            tokens[digest] = principal
+    certificates = {} if config.tls_client_roles is None else parse_roles_file(config.tls_client_roles)
+    return Credentials(tokens, certificates)
+
+
+def _bearer(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
+    """The bearer token of ``authorization`` metadata ("" when the header is there but not a bearer token)."""
     for key, value in metadata or ():
-        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
-            return value[len("Bearer "):]
+        if key == "authorization":
+            if not isinstance(value, str):
+                return ""
+            scheme, _, credential = value.partition(" ")
+            return credential.strip() if scheme.lower() == "bearer" else ""
     return None
 
 
-class TokenAuthInterceptor(_Interceptor):
-    """Checks ``authorization: Bearer <token>`` on sessiond RPCs against the role's token."""
-
-    def __init__(self, *, worker_token: str | None, caller_token: str | None) -> None:
-        self._worker = worker_token
-        self._caller = caller_token
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> _Handler:
-        method = handler_call_details.method
-        if not method.startswith(SERVICE_PREFIX):
-            return await continuation(handler_call_details)
-        want, other = (self._worker, self._caller) if method == WORKER_METHOD else (self._caller, self._worker)
-        if want is None:
-            return await continuation(handler_call_details)
-        got = _bearer(handler_call_details.invocation_metadata)
-        if got is not None and hmac.compare_digest(got.encode(), want.encode()):
-            return await continuation(handler_call_details)
-        if got is not None and other is not None and hmac.compare_digest(got.encode(), other.encode()):
-            error: SessionError = PermissionDeniedError(f"this token's role may not call {method}")
-        else:
-            error = UnauthenticatedError("missing or invalid bearer token")
-        return _deny(error, streaming_request=method == WORKER_METHOD,
-                     streaming_response=method in (WORKER_METHOD, SERVICE_PREFIX + "WatchSession"))
+def certificate_identities(auth_context: Mapping[str, Iterable[bytes]]) -> list[str]:
+    """A TLS peer's identities, in the order they name a principal: SANs, then the common name."""
+    out = []
+    for prop in ("x509_subject_alternative_name", "x509_common_name"):
+        for value in auth_context.get(prop, ()):
+            out.append(value.decode("utf-8", "replace"))
+    return out
 
 
-def _deny(error: SessionError, *, streaming_request: bool, streaming_response: bool) -> _Handler:
-    status = to_status(error)
+class Authenticator:
+    """Turns a request's credentials into a :class:`Principal`, and checks the method's roles."""
 
-    async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await abort_with(context, status)
+    def __init__(self, config: ServerConfig, credentials: Credentials | None = None) -> None:
+        """Args:
+            config: where the credentials are, and the reflection mode.
+            credentials: already loaded (default: load them now; raises :class:`CredentialsError`).
+        """
+        self._config = config
+        self._credentials = credentials if credentials is not None else load_credentials(config)
+        granted = self._credentials.granted()
+        # Fixed at start (see the module docstring): the roles anonymous requests get. The caller
+        # side is protected as a whole: a token file with callers but no operator must not leave
+        # "list and complete everything" open to anyone.
+        anonymous = set()
+        if Role.WORKER not in granted:
+            anonymous.add(Role.WORKER)
+        if not granted & CALLER_SIDE:
+            anonymous |= CALLER_SIDE
+        self.anonymous = Principal("", frozenset(anonymous))
+        self.enabled = bool(granted)
 
-    async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await abort_with(context, status)
-        yield  # pragma: no cover - makes this an async generator
+    @property
+    def credentials(self) -> Credentials:
+        """The snapshot in force."""
+        return self._credentials
 
-    if streaming_request and streaming_response:
-        return grpc.stream_stream_rpc_method_handler(stream)
-    if streaming_response:
-        return grpc.unary_stream_rpc_method_handler(stream)
-    return grpc.unary_unary_rpc_method_handler(unary)
+    @property
+    def unprotected(self) -> frozenset[Role]:
+        """The roles any request gets without a credential."""
+        return self.anonymous.roles
+
+    def reload(self) -> Credentials:
+        """Re-read the credential files and swap them in (streams and calls in progress keep going).
+
+        Raises :class:`CredentialsError` and keeps the credentials in force when a file is bad.
+        """
+        self._credentials = load_credentials(self._config)
+        return self._credentials
+
+    # ----------------------------------------------------------------- deciding
+
+    def authenticate(self, bearer: str | None, auth_context: Callable[[], Mapping[str, Iterable[bytes]]] | None,
+                     ) -> Principal | None:
+        """The principal of a request: its bearer token's, else its certificate's, else anonymous.
+
+        None when a bearer token was presented and is not known (never anonymous then).
+        """
+        credentials = self._credentials
+        if bearer is not None:
+            return credentials.tokens.get(_digest(bearer)) if bearer else None
+        if credentials.certificates and auth_context is not None:
+            for identity in certificate_identities(auth_context()):
+                principal = credentials.certificates.get(identity)
+                if principal is not None:
+                    return principal
+        return self.anonymous
+
+    def check(self, method: str, roles: frozenset[Role], principal: Principal | None) -> Principal:
+        """``principal`` if it holds one of ``roles``; else UNAUTHENTICATED (no or unknown
+        credential) or PERMISSION_DENIED (a known principal without the role)."""
+        if principal is not None and principal.roles & roles:
+            return principal
+        if principal is None:
+            raise UnauthenticatedError("invalid bearer token")
+        if not principal.name:
+            wanted = " or ".join(sorted(r.value for r in roles))
+            raise UnauthenticatedError(f"{method.rsplit('/', 1)[-1]} needs credentials of the {wanted} role "
+                                       "(a bearer token, or a client certificate sessiond maps to roles)")
+        raise PermissionDeniedError(f"{principal.describe()} may not call {method}")
+
+    def roles_for(self, method: str) -> frozenset[Role] | None:
+        """The roles that may call ``method`` (None: anyone, no credential looked at)."""
+        if method.startswith(HEALTH_PREFIX):
+            return None
+        if method.startswith(REFLECTION_PREFIX):
+            return None if self._config.reflection == "open" else CALLER_SIDE
+        if method == WORKER_METHOD:
+            return frozenset({Role.WORKER})
+        return CALLER_SIDE
+
+    def guard(self, method: str) -> Callable[[Context], None] | None:
+        """The check to run before each request of ``method`` is decoded (None: nothing to check).
+
+        It raises UNAUTHENTICATED/PERMISSION_DENIED, or records the principal for :func:`current`.
+        """
+        roles = self.roles_for(method)
+        if roles is None or not self.enabled:
+            return None
+        check, authenticate, set_current = self.check, self.authenticate, _CURRENT.set
+
+        def guard(context: Context) -> None:
+            principal = authenticate(_bearer(context.invocation_metadata()), context.auth_context)
+            set_current(check(method, roles, principal))
+
+        return guard
+
+    def from_bearer(self, header: str | None) -> Principal | None:
+        """The principal of an HTTP ``Authorization`` header (the dashboard): anonymous without one,
+        None for a header that is not a known bearer token."""
+        if header is None:
+            return self.anonymous
+        return self.authenticate(_bearer((("authorization", header),)), None)
+
+
+__all__ = [
+    "OPEN",
+    "Authenticator",
+    "Credentials",
+    "CredentialsError",
+    "Principal",
+    "Role",
+    "current",
+    "load_credentials",
+    "parse_roles_file",
+    "parse_tokens_file",
+]

@@ -32,8 +32,9 @@ from sessiond_client.api.v1 import session_pb2
 
 from sessiond.core import events as ev
 from sessiond.core.errors import ExistingOpenSessionError, OwnerUnavailableError, SessionError, SessionNotFoundError
-from sessiond.core.model import Session, WorkerKey, WorkerRegistration
-from sessiond.core.token import decode_token
+from sessiond.core.model import Session, Viewer, WorkerKey, WorkerRegistration
+from sessiond.core.token import TokenKeys
+from sessiond.server import auth
 from sessiond.server.errors import PlacedElsewhereError
 from sessiond.store.base import (
     ClaimWorker,
@@ -82,13 +83,25 @@ def _has_reason(error: grpc.aio.AioRpcError) -> bool:
     return False
 
 
-def request_key_name(task_queue: str, worker_id: str, request_id: str, recreated: bool) -> str | None:
-    """The store's name of a request id in its scope (the core's: create per task queue, recreate
-    per worker), or None without a request id."""
+def request_key_name(task_queue: str, worker_id: str, request_id: str, recreated: bool,
+                     principal: str = "") -> str | None:
+    """The store's name of a request id in its scope (the core's: per principal, then create per
+    task queue or recreate per worker), or None without a request id."""
     if not request_id:
         return None
     scope = ("recreate", task_queue, worker_id) if recreated else ("create", task_queue)
-    return "/".join(quote(part, safe="") for part in (*scope, request_id))
+    return "/".join(quote(part, safe="") for part in (principal, *scope, request_id))
+
+
+def owner_key_name(principal: str, owner: str) -> str | None:
+    """The store's name of an owner (one OPEN session per owner of a principal), or None."""
+    if not owner:
+        return None
+    return f"{quote(principal, safe='')}/{quote(owner, safe='')}"
+
+
+def _visible(session: session_pb2.Session, viewer: Viewer) -> bool:
+    return viewer.sees_all or session.principal == viewer.principal
 
 
 def _key(worker: WorkerKey) -> tuple[str, str]:
@@ -102,9 +115,10 @@ def _worker_lost(stored: StoredSession, why: str) -> EndSession:
     record.failure.cause = session_pb2.FAILURE_CAUSE_WORKER_LOST
     record.failure.message = why
     record.close_time.FromNanoseconds(time.time_ns())
-    return EndSession(stored.session_id, stored.worker, record.SerializeToString(), record.owner or None,
+    return EndSession(stored.session_id, stored.worker, record.SerializeToString(),
+                      owner_key_name(record.principal, record.owner),
                       request_key_name(record.task_queue, record.worker.worker_id, record.request_id,
-                                       record.recreated))
+                                       record.recreated, record.principal))
 
 
 class Cluster:
@@ -133,12 +147,12 @@ class Cluster:
             if isinstance(event, ev.SessionPlaced):
                 session = event.session
                 ops.append(PlaceSession(session.session_id, _key(session.worker.key), self._record(session),
-                                        session.owner or None, self._request_name(session)))
+                                        owner_key_name(session.principal, session.owner), self._request_name(session)))
                 self._placements[session.session_id] = self._loop.create_future()
             elif isinstance(event, ev.SessionEnded):
                 session = event.session
                 ops.append(EndSession(session.session_id, _key(session.worker.key), self._record(session),
-                                      session.owner or None, self._request_name(session)))
+                                      owner_key_name(session.principal, session.owner), self._request_name(session)))
         if not ops and self._tail is None:
             for event in events:
                 self.engine._publish(event)
@@ -230,7 +244,7 @@ class Cluster:
     @staticmethod
     def _request_name(session: Session) -> str | None:
         return request_key_name(session.task_queue, session.worker.key.worker_id, session.request_id,
-                                session.recreated)
+                                session.recreated, session.principal)
 
     # ----------------------------------------------------------------- ownership
 
@@ -282,8 +296,13 @@ class Cluster:
     # ----------------------------------------------------------------- the janitor
 
     async def start(self) -> None:
-        """Register the replica in the store, then run the janitor."""
+        """Register the replica in the store (and, unless a token key is configured, take the
+        cluster's signing key from it: a recreate token or a worker's session report signed by one
+        replica must verify at every other), then run the janitor."""
         await self.store.start()
+        config = self.engine.config
+        if config.token_key is None and config.token_key_file is None:
+            self.engine.signer.use(TokenKeys(await self.store.cluster_secret("token_key")))
         self._janitor = asyncio.create_task(self._janitor_loop(), name="sessiond-janitor")
 
     async def _janitor_loop(self) -> None:
@@ -356,6 +375,8 @@ class Cluster:
         self._remember(session_id, (session.task_queue, session.worker.worker_id))
         terminal = session.state != session_pb2.SESSION_STATE_OPEN
         address = self.owner_address(session)
+        if not _visible(session, auth.current().viewer):
+            raise SessionNotFoundError(session_id)
         if address is None or forwarded:
             if method == "GetSessionInfo" or (terminal and method == "CompleteSession"):
                 return session
@@ -393,13 +414,15 @@ class Cluster:
             await context.abort(error.code(), error.details() or "", trailing)
             raise  # abort raises; this line satisfies the type checker
 
-    async def watch_remote(self, session_id: str) -> AsyncIterator[session_pb2.Session]:
+    async def watch_remote(self, session_id: str, viewer: Viewer) -> AsyncIterator[session_pb2.Session]:
         """WatchSession of a session another replica holds: the stored version, then every change
         from the store's watch (no gap, no duplicate), ending after its terminal state."""
         found = await self.read(session_id)
         if found is None:
             raise SessionNotFoundError(session_id)
         session, revision = found
+        if not _visible(session, viewer):
+            raise SessionNotFoundError(session_id)
         yield session
         if session.state != session_pb2.SESSION_STATE_OPEN:
             return
@@ -453,7 +476,7 @@ class Cluster:
         """Where a recreate goes: the live replica owning the token's worker when that is not this
         one (None: handle it here, including a worker connected nowhere, which it waits for)."""
         try:
-            worker = decode_token(token)
+            worker = self.engine.signer.target(token, self.engine.now()).worker
         except SessionError:
             return None
         if worker in self.engine._connections or any(k == FORWARDED for k, _ in context.invocation_metadata() or ()):

@@ -13,9 +13,9 @@ from datetime import timedelta
 from google.protobuf import duration_pb2, timestamp_pb2
 from sessiond_client.api.v1 import session_pb2
 
-from sessiond.core.model import Session, SessionOptions, WaitingKind, Worker, WorkerKey
+from sessiond.core.model import Session, SessionOptions, WaitingKind, Worker
 from sessiond.core.resources import SESSIONS, ResourceVector
-from sessiond.core.token import encode_token
+from sessiond.core.token import Signer
 
 
 class WallClock:
@@ -57,12 +57,6 @@ def duration(seconds: float) -> duration_pb2.Duration:
     return duration_pb2.Duration(seconds=whole, nanos=nanos)
 
 
-@functools.lru_cache(maxsize=65536)
-def recreate_token(key: WorkerKey) -> bytes:
-    """The recreate token of a worker (cached: it never changes)."""
-    return encode_token(key)
-
-
 def options_to_pb(options: SessionOptions) -> session_pb2.SessionOptions:
     """Resolved options as a message (every field set)."""
     out = session_pb2.SessionOptions()
@@ -94,20 +88,21 @@ def resource_map(vector: ResourceVector) -> dict[str, int]:
     return vector.as_dict()
 
 
-def session_to_pb(session: Session, clock: WallClock) -> session_pb2.Session:
-    """A session as the wire shows it: ``resources`` is what it holds (``sessions: 1`` included);
-    ``options.resources`` and ``options.selector`` are what it asked for."""
+def session_to_pb(session: Session, clock: WallClock, signer: Signer) -> session_pb2.Session:
+    """A session as the wire shows it (``signer`` makes its recreate token): ``resources`` is what it
+    holds (``sessions: 1`` included); ``options.resources`` and ``options.selector`` are what it asked for."""
     worker = session.worker
     out = session_pb2.Session(
         session_id=session.session_id,
         task_queue=session.task_queue,
         state=int(session.state),  # type: ignore[arg-type]  # IntEnum values mirror the proto enum
         worker=_worker_ref(worker.key.worker_id, worker.identity, worker.host_name),
-        recreate_token=recreate_token(worker.key),
+        recreate_token=signer.token(worker.key, worker.principal),
         owner=session.owner,
         options=_options_template(session.options),
         request_id=session.request_id,
         recreated=session.recreated,
+        principal=session.principal,
         resources=resource_map(session.demand),
     )
     if len(session.demand) > 1:
@@ -141,6 +136,7 @@ def worker_to_pb(worker: Worker, clock: WallClock) -> session_pb2.WorkerInfo:
         capacities=resource_map(worker.capacity),
         used=worker.used.as_dict(),
         labels=worker.labels,
+        principal=worker.principal,
     )
 
 
@@ -150,4 +146,22 @@ def waiting_to_pb(kind: WaitingKind, clock: WallClock) -> session_pb2.WaitingReq
         task_queue=kind.task_queue, resources=resource_map(kind.demand), selector=str(kind.selector),
         count=kind.count, oldest_since=clock.timestamp(kind.oldest_since),
         unplaceable_reason=kind.unplaceable or "",
+    )
+
+
+def record_parts(session: session_pb2.Session, worker_principal: str) -> tuple[str | int | bytes, ...]:
+    """The fields of a session record that its signature covers, as they are on the wire.
+
+    Everything a restarted server adopts from a worker's report: ids, the principal and owner keys,
+    the options (deterministically serialized: new option fields are covered without a line here),
+    what it holds on its worker, and times; plus the principal of the worker that holds it (not in
+    the message: the report must come from a worker registered by that principal).
+    """
+    held = sorted(session.resources.items())
+    return (
+        session.session_id, session.task_queue, session.worker.worker_id, worker_principal, session.principal,
+        session.owner, session.request_id, int(session.recreated),
+        session.options.SerializeToString(deterministic=True),
+        session.create_time.seconds, session.create_time.nanos, session.expire_time.seconds, session.expire_time.nanos,
+        len(held), *(part for amount in held for part in amount),
     )

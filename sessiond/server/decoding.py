@@ -9,6 +9,14 @@ deserializer, not in the handler, also means the wire bytes are not kept: grpc h
 argument for the whole call, and an activity input would otherwise stay in memory twice while
 its ExecuteActivity waits.) The handlers are built from the service descriptor, so a new RPC is
 covered without a line here.
+
+The same wrappers run the authentication guard (:meth:`sessiond.server.auth.Authenticator.guard`)
+before the request is looked at: an unauthenticated caller is answered UNAUTHENTICATED whatever its
+body held, and its bytes are never checked or logged. (A unary request has been parsed by then —
+grpc runs the deserializer before the handler, and the bytes had been received anyway — but a
+stream's messages are parsed only as the behaviour reads them, after the guard.) Not a gRPC
+interceptor, because an interceptor cannot see the TLS peer's certificate (``HandlerCallDetails`` has
+no auth context) and costs a handler lookup per call.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 
-from sessiond.core.errors import MalformedRequestError
+from sessiond.core.errors import MalformedRequestError, SessionError
 from sessiond.logs import RateLimitedWarning
 from sessiond.server.errors import abort_with, to_status
 
@@ -44,6 +52,7 @@ class _Undecodable:
 
 Parse = Callable[[bytes], "Message | _Undecodable"]
 Check = Callable[["Message | _Undecodable", Context], Message]
+Guard = Callable[[Context], None]
 
 
 def undecodable_warning() -> RateLimitedWarning:
@@ -53,13 +62,18 @@ def undecodable_warning() -> RateLimitedWarning:
 
 
 def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescriptor,
-                undecodable: RateLimitedWarning) -> None:
+                undecodable: RateLimitedWarning, guards: Callable[[str], Guard | None] | None = None) -> None:
     """Register ``servicer``'s implementation of ``service``; every request is parsed here.
 
     Each method named in the descriptor must exist on ``servicer``; a server-streaming one must
     be an async generator function (OpenTelemetry's aio interceptor breaks read()/write() handlers).
+    ``guards`` gives each method path its authentication guard (None: no check), run before the
+    request is checked.
     """
-    handlers = {method.name: _handler(method, getattr(servicer, method.name), undecodable)
+    def guard(method: MethodDescriptor) -> Guard | None:
+        return None if guards is None else guards(f"/{service.full_name}/{method.name}")
+
+    handlers = {method.name: _handler(method, getattr(servicer, method.name), undecodable, guard(method))
                 for method in service.methods}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
     # Registered methods take grpc's fast path (no generic-handler lookup per call).
@@ -93,9 +107,18 @@ def _checker(method: MethodDescriptor, undecodable: RateLimitedWarning) -> Check
     return check
 
 
-async def _abort_malformed(context: Context, error: MalformedRequestError) -> NoReturn:
+async def _abort(context: Context, error: SessionError) -> NoReturn:
     await abort_with(context, to_status(error))
     raise AssertionError("unreachable: abort raises")
+
+
+async def _authenticate(guard: Guard | None, context: Context) -> None:
+    """Run the guard; a refusal ends the call with its status."""
+    if guard is not None:
+        try:
+            guard(context)
+        except SessionError as refused:
+            await _abort(context, refused)
 
 
 async def _decoded(requests: AsyncIterator[Message | _Undecodable], check: Check,
@@ -105,8 +128,8 @@ async def _decoded(requests: AsyncIterator[Message | _Undecodable], check: Check
         yield check(request, context)
 
 
-def _handler(method: MethodDescriptor, behavior: Any,
-             undecodable: RateLimitedWarning) -> grpc.RpcMethodHandler[Any, Any]:
+def _handler(method: MethodDescriptor, behavior: Any, undecodable: RateLimitedWarning,
+             guard: Guard | None = None) -> grpc.RpcMethodHandler[Any, Any]:
     parse = _parser(method)
     check = _checker(method, undecodable)
     serialize = message_factory.GetMessageClass(method.output_type).SerializeToString
@@ -118,22 +141,24 @@ def _handler(method: MethodDescriptor, behavior: Any,
     if method.client_streaming:
         async def stream_request(requests: AsyncIterator[Message | _Undecodable],
                                  context: Context) -> AsyncIterator[Any]:
+            await _authenticate(guard, context)  # before a message of the stream is parsed
             try:
                 async with aclosing(behavior(_decoded(requests, check, context), context)) as responses:
                     async for response in responses:
                         yield response
             except MalformedRequestError as error:  # raised to the behaviour as it read its requests
-                await _abort_malformed(context, error)
+                await _abort(context, error)
 
         return grpc.stream_stream_rpc_method_handler(stream_request, request_deserializer=parse,
                                                      response_serializer=serialize)
 
     if method.server_streaming:
         async def unary_stream(parsed: Message | _Undecodable, context: Context) -> AsyncIterator[Any]:
+            await _authenticate(guard, context)  # before the request is checked
             try:
                 request = check(parsed, context)
             except MalformedRequestError as error:
-                await _abort_malformed(context, error)
+                await _abort(context, error)
             async with aclosing(behavior(request, context)) as responses:
                 async for response in responses:
                     yield response
@@ -142,10 +167,11 @@ def _handler(method: MethodDescriptor, behavior: Any,
                                                     response_serializer=serialize)
 
     async def unary_unary(parsed: Message | _Undecodable, context: Context) -> Any:
+        await _authenticate(guard, context)  # before the request is checked
         try:
             request = check(parsed, context)
         except MalformedRequestError as error:
-            await _abort_malformed(context, error)
+            await _abort(context, error)
         return await behavior(request, context)
 
     return grpc.unary_unary_rpc_method_handler(unary_unary, request_deserializer=parse,

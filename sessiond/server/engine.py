@@ -37,11 +37,13 @@ from sessiond.core.errors import (
     WorkerBackloggedError,
 )
 from sessiond.core.model import (
+    ANYONE,
     Activity,
     Session,
     SessionOptions,
     SessionRecord,
     SessionState,
+    Viewer,
     Waiter,
     Worker,
     WorkerKey,
@@ -50,8 +52,16 @@ from sessiond.core.model import (
 from sessiond.core.resources import ResourceVector
 from sessiond.core.selector import EVERYTHING, Selector
 from sessiond.core.table import SessionTable
-from sessiond.core.token import decode_token
-from sessiond.server.convert import WallClock, duration, resource_map, session_to_pb, waiting_to_pb, worker_to_pb
+from sessiond.core.token import Signer
+from sessiond.server.convert import (
+    WallClock,
+    duration,
+    record_parts,
+    resource_map,
+    session_to_pb,
+    waiting_to_pb,
+    worker_to_pb,
+)
 from sessiond.server.limits import payload_bytes, result_bytes, task_bytes, too_large_result
 from sessiond.server.worker_connection import WorkerConnection
 from sessiond.store.spec import EtcdStoreSpec
@@ -105,8 +115,21 @@ class Engine:
     """Runs the session table on an asyncio loop. Create it inside the running loop."""
 
     def __init__(self, config: ServerConfig, metrics: SessionMetrics | None = None, *,
-                 replicated: bool = False) -> None:
+                 signer: Signer | None = None, verify_reports: bool = False, replicated: bool = False) -> None:
+        """Args:
+            config: the server's settings.
+            metrics: where to count (default: nowhere).
+            signer: signs recreate tokens and the session records handed to workers (default: a
+                random key of this process).
+            verify_reports: adopt a session a worker reports after a restart only when the record
+                carries this server's signature (authentication on: a worker must not be able to
+                make up a session for another principal). Off, reports are trusted as they come.
+            replicated: a replica on the etcd store (SPEC §6.5): reports are vetted against the
+                store, and the recovery window is the store's failover window.
+        """
         self.config = config
+        self.signer = signer or Signer()
+        self.verify_reports = verify_reports
         self.metrics: SessionMetrics = metrics or NoMetrics()
         self.incarnation = str(uuid.uuid4())
         self.clock = WallClock()
@@ -123,6 +146,7 @@ class Engine:
             retention=config.retention.total_seconds(),
             max_heartbeat_interval=config.max_heartbeat_interval.total_seconds(),
             recovering_until=-math.inf if replicated else self._loop.time() + self.recovery_window,
+            signer=self.signer,
             max_waiters=config.max_waiters,
             max_waiters_per_queue=config.max_waiters_per_queue,
         )
@@ -172,7 +196,13 @@ class Engine:
 
     def to_pb(self, session: Session) -> session_pb2.Session:
         """A session as the wire shows it."""
-        return session_to_pb(session, self.clock)
+        return session_to_pb(session, self.clock, self.signer)
+
+    def to_worker_pb(self, session: Session) -> session_pb2.Session:
+        """A session as its worker gets it: signed, so a restarted server can trust the worker's report."""
+        out = self.to_pb(session)
+        out.record_signature = self.signer.record_signature(record_parts(out, session.worker.principal))
+        return out
 
     def worker_to_pb(self, worker: Worker) -> session_pb2.WorkerInfo:
         """A connected worker as the operator sees it (with the bytes queued for it)."""
@@ -193,13 +223,14 @@ class Engine:
 
     async def create_session(self, task_queue: str, options: SessionOptions, *, owner: str,
                              request_id: str, max_wait: float | None = None,
-                             demand: ResourceVector = _ONE_SESSION, selector: Selector = EVERYTHING) -> Session:
-        """Place a session asking for ``demand`` on a worker matching ``selector``, waiting up to
-        ``options.creation_timeout`` (and ``max_wait``) for room."""
+                             demand: ResourceVector = _ONE_SESSION, selector: Selector = EVERYTHING,
+                             principal: str = "") -> Session:
+        """Place a session for ``principal`` asking for ``demand`` on a worker matching ``selector``,
+        waiting up to ``options.creation_timeout`` (and ``max_wait``) for room."""
         started = self.now()
         try:
             result = self.table.create(started, task_queue, options, owner=owner, request_id=request_id,
-                                       max_wait=max_wait, demand=demand, selector=selector)
+                                       max_wait=max_wait, demand=demand, selector=selector, principal=principal)
         except SessionError as error:  # answered at once: NO_CAPACITY, EXISTING_OPEN_SESSION, ...
             self.metrics.creation_rejected(task_queue, error.reason)
             raise
@@ -210,15 +241,15 @@ class Engine:
 
     async def recreate_session(self, token: bytes, options: SessionOptions, *, owner: str,
                                request_id: str, max_wait: float | None = None,
-                               demand: ResourceVector = _ONE_SESSION) -> Session:
-        """Place a session asking for ``demand`` on the token's worker, waiting up to
+                               demand: ResourceVector = _ONE_SESSION, principal: str = "") -> Session:
+        """Place a session for ``principal`` asking for ``demand`` on the token's worker, waiting up to
         ``options.creation_timeout`` (and ``max_wait``)."""
         started = self.now()
         try:
             result = self.table.recreate(started, token, options, owner=owner, request_id=request_id,
-                                         max_wait=max_wait, demand=demand)
+                                         max_wait=max_wait, demand=demand, principal=principal)
         except SessionError as error:
-            self.metrics.creation_rejected(_token_queue(token), error.reason)
+            self.metrics.creation_rejected(self._token_queue(token), error.reason)
             raise
         self._flush()
         if self.cluster is not None and isinstance(result, Session):
@@ -265,9 +296,9 @@ class Engine:
                 future.cancel()
         self._flush()
 
-    def complete_session(self, session_id: str) -> Session:
-        """Close a session (a no-op unless OPEN)."""
-        session = self.table.complete(self.now(), session_id)
+    def complete_session(self, session_id: str, viewer: Viewer = ANYONE) -> Session:
+        """Close a session ``viewer`` may see (a no-op unless OPEN)."""
+        session = self.table.complete(self.now(), session_id, viewer)
         self._flush()
         return session
 
@@ -279,14 +310,14 @@ class Engine:
             return False
         return True
 
-    def get_session(self, session_id: str) -> Session:
-        """Read a session (a caller asking about it attends it)."""
-        return self.table.lookup(self.now(), session_id)
+    def get_session(self, session_id: str, viewer: Viewer = ANYONE) -> Session:
+        """Read a session ``viewer`` may see (a caller asking about it attends it)."""
+        return self.table.lookup(self.now(), session_id, viewer)
 
     async def execute_activity(self, session_id: str, activity_type: str, payload: session_pb2.Payload,
                                timeout: float, headers: dict[str, str], *, heartbeat_timeout: float | None = None,
                                attempt: int = 0, heartbeat_details: session_pb2.Payload | None = None,
-                               ) -> session_service_pb2.ExecuteActivityResponse:
+                               viewer: Viewer = ANYONE) -> session_service_pb2.ExecuteActivityResponse:
         """Send an activity to the session's worker and wait for its outcome.
 
         Refused before anything is sent when the task would exceed ``max_message_size``
@@ -294,7 +325,7 @@ class Engine:
         A heartbeat timeout is an outcome, not an error: the response says so in-band, with the
         activity's latest heartbeat details (as it does for a result or a failure).
         """
-        activity = self.table.start_activity(self.now(), session_id, timeout, heartbeat_timeout)
+        activity = self.table.start_activity(self.now(), session_id, timeout, heartbeat_timeout, viewer)
         session = self.table.get(session_id)
         conn = self._connection(activity.worker.key, activity.epoch)
         task = worker_pb2.ActivityTask(
@@ -361,12 +392,12 @@ class Engine:
             response.heartbeat_details.CopyFrom(details)
         return response
 
-    async def watch_session(self, session_id: str) -> AsyncIterator[session_pb2.Session]:
+    async def watch_session(self, session_id: str, viewer: Viewer = ANYONE) -> AsyncIterator[session_pb2.Session]:
         """The session now, then each change (detached, reattached), ending after its terminal state.
 
         An open watch attends the session (caller liveness) for as long as it lasts.
         """
-        session = self.table.watch_started(self.now(), session_id)
+        session = self.table.watch_started(self.now(), session_id, viewer)
         try:
             current = self.to_pb(session)
             if session.state is not SessionState.OPEN:
@@ -648,7 +679,8 @@ class Engine:
             session = event.session
             conn = self._connection(session.worker.key, session.worker.epoch)
             if conn is not None:
-                self._send(conn, session.worker, session_started=worker_pb2.SessionStarted(session=self.to_pb(session)))
+                self._send(conn, session.worker,
+                           session_started=worker_pb2.SessionStarted(session=self.to_worker_pb(session)))
             self.metrics.session_placed(session.task_queue)
             self.metrics.resources_used(session.task_queue, resource_map(session.demand), +1)
             log.info("session placed", extra={"session_id": session.session_id, "task_queue": session.task_queue,
@@ -689,7 +721,7 @@ class Engine:
         if conn is not None:
             self._send(conn, worker, registered=worker_pb2.Registered(
                 worker_id=worker.key.worker_id, recovery_window=duration(self.recovery_window),
-                reattached_sessions=[self.to_pb(s) for s in back], max_message_size=self._max_message_size))
+                reattached_sessions=[self.to_worker_pb(s) for s in back], max_message_size=self._max_message_size))
         adopted = {s.session_id for s in event.adopted}
         for session in event.adopted:
             self.metrics.session_placed(session.task_queue)
@@ -743,13 +775,12 @@ class Engine:
         else:
             log.info("session failed", extra={**fields, "cause": cause})
 
-
-def _token_queue(token: bytes) -> str:
-    """The task queue a recreate token names, for metrics ("" for a token that does not decode)."""
-    try:
-        return decode_token(token).task_queue
-    except SessionError:
-        return ""
+    def _token_queue(self, token: bytes) -> str:
+        """The task queue a recreate token names, for metrics ("" for a token that does not decode)."""
+        try:
+            return self.signer.target(token, self.now()).worker.task_queue
+        except SessionError:
+            return ""
 
 
 __all__ = ["Engine", "SessionError", "WorkerConnection"]

@@ -1,4 +1,8 @@
-"""The sessiond.v1.SessionService servicer: validate, convert, call the engine, convert back."""
+"""The sessiond.v1.SessionService servicer: validate, convert, call the engine, convert back.
+
+Every method runs as the principal the authentication guard found (:func:`sessiond.server.auth.current`):
+sessions are created for it, and it sees what its :class:`~sessiond.core.model.Viewer` lets it see.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import grpc
 from sessiond_client.api.v1 import session_pb2, session_service_pb2, session_service_pb2_grpc, worker_pb2
 
 from sessiond.core.errors import SessionNotFoundError
-from sessiond.server import validate
+from sessiond.server import auth, validate
 from sessiond.server.engine import Engine
 from sessiond.server.errors import PlacedElsewhereError, rpc, rpc_stream
 from sessiond.server.worker_stream import serve_worker
@@ -65,7 +69,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
                 task_queue, options, max_wait=_max_wait(context),
                 owner=validate.name(request.owner, "owner", required=False),
                 request_id=validate.name(request.request_id, "request_id", required=False),
-                demand=demand, selector=selector,
+                demand=demand, selector=selector, principal=auth.current().name,
             )
         except PlacedElsewhereError as elsewhere_placed:
             return session_service_pb2.CreateSessionResponse(session=await self._stored(elsewhere_placed.session_id))
@@ -90,7 +94,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
                 token, options, max_wait=_max_wait(context),
                 owner=validate.name(request.owner, "owner", required=False),
                 request_id=validate.name(request.request_id, "request_id", required=False),
-                demand=demand,
+                demand=demand, principal=auth.current().name,
             )
         except PlacedElsewhereError as elsewhere_placed:
             return session_service_pb2.RecreateSessionResponse(
@@ -104,7 +108,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         session_id = validate.name(request.session_id, "session_id", required=True)
         cluster = self.engine.cluster
         try:
-            session = self.engine.complete_session(session_id)
+            session = self.engine.complete_session(session_id, auth.current().viewer)
         except SessionNotFoundError:
             if cluster is None:
                 raise
@@ -123,7 +127,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
                              context: Context) -> session_service_pb2.GetSessionInfoResponse:
         session_id = validate.name(request.session_id, "session_id", required=True)
         try:
-            session = self.engine.get_session(session_id)
+            session = self.engine.get_session(session_id, auth.current().viewer)
         except SessionNotFoundError:
             if self.engine.cluster is None:
                 raise
@@ -160,15 +164,16 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         return await self.engine.execute_activity(
             session_id, activity_type, request.input, timeout, headers, heartbeat_timeout=heartbeat_timeout,
             attempt=attempt, heartbeat_details=request.heartbeat_details if request.HasField("heartbeat_details")
-            else None)
+            else None, viewer=auth.current().viewer)
 
     @rpc_stream
     async def WatchSession(self, request: session_service_pb2.WatchSessionRequest,
                            context: Context) -> AsyncIterator[session_service_pb2.WatchSessionResponse]:
         session_id = validate.name(request.session_id, "session_id", required=True)
         cluster = self.engine.cluster
-        updates = self.engine.watch_session(session_id) if cluster is None or self.engine.holds(session_id) \
-            else cluster.watch_remote(session_id)
+        viewer = auth.current().viewer
+        updates = self.engine.watch_session(session_id, viewer) if cluster is None or self.engine.holds(session_id) \
+            else cluster.watch_remote(session_id, viewer)
         async for session in updates:
             yield session_service_pb2.WatchSessionResponse(session=session)
 
@@ -177,10 +182,16 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
                            context: Context) -> session_service_pb2.ListSessionsResponse:
         size, after = validate.page(request.page_size, request.page_token)
         resource = validate.resource_filter(request.resource)
+        viewer = auth.current().viewer
+        principal = validate.name(request.principal, "principal", required=False) or None
+        if not viewer.sees_all:
+            if principal not in (None, viewer.principal):
+                return session_service_pb2.ListSessionsResponse()  # another principal's: none it may see
+            principal = viewer.principal
         page, more = self.engine.table.sessions(
             task_queue=validate.name(request.task_queue, "task_queue", required=False),
             owner=validate.name(request.owner, "owner", required=False),
-            state=validate.state_filter(request.state), after_seq=after, limit=size,
+            state=validate.state_filter(request.state), after_seq=after, limit=size, principal=principal,
             where=(lambda s: s.demand[resource] > 0) if resource else None,
         )
         return session_service_pb2.ListSessionsResponse(

@@ -17,6 +17,8 @@ from pathlib import Path
 import grpc
 
 from sessiond.config import ServerConfig, split_host_port
+from sessiond.core.token import MIN_KEY_BYTES, TokenKeys
+from sessiond.server.auth import Authenticator, CredentialsError, Role
 
 # gRPC address forms that are not host:port (nothing to probe: gRPC reports those itself).
 _NOT_HOST_PORT = ("unix:", "unix-abstract:", "vsock:", "ipv4:", "ipv6:", "dns:")
@@ -95,3 +97,66 @@ def server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
     if client_ca is None:
         return grpc.ssl_server_credentials([(key, cert)])
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca, require_client_auth=True)
+
+
+def _key(value: str | None, path: Path | None, setting: str) -> bytes | None:
+    if path is not None:
+        try:
+            value = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise StartupError(f"{setting}_file {path}: {reason}") from None
+        setting += f"_file {path}"
+    if value is None:
+        return None
+    key = value.strip().encode()
+    if len(key) < MIN_KEY_BYTES:
+        raise StartupError(f"{setting}: a key must be at least {MIN_KEY_BYTES} bytes (e.g. openssl rand -base64 48)")
+    return key
+
+
+def token_keys(config: ServerConfig, now: float) -> TokenKeys | None:
+    """The configured signing keys (None: none configured, use a per-process key); ``now`` is the
+    core's clock, from which the previous key's acceptance period counts."""
+    current = _key(config.token_key, config.token_key_file, "token_key")
+    if current is None:
+        return None
+    previous = _key(config.previous_token_key, config.previous_token_key_file, "previous_token_key")
+    if previous is None:
+        return TokenKeys(current)
+    return TokenKeys(current, previous, now + config.previous_token_key_period.total_seconds())
+
+
+def authenticator(config: ServerConfig) -> Authenticator:
+    """The credentials, loaded and checked (a bad file is a StartupError)."""
+    try:
+        return Authenticator(config)
+    except CredentialsError as exc:
+        raise StartupError(str(exc)) from None
+
+
+def security_warnings(config: ServerConfig, auth: Authenticator) -> list[str]:
+    """What an operator should know about how open this server is: one line each, for WARNING."""
+    out = []
+    where = f"anyone who can reach {config.listen}"
+    fix = "--tokens-file, --{}-token-file or --tls-client-roles"
+    if not auth.enabled:
+        out.append(f"no credentials configured: {where} may register workers, and create, list and complete every "
+                   f"session (set {fix.format('caller')})")
+    else:
+        if Role.WORKER in auth.unprotected:
+            out.append(f"the worker role is not protected: {where} may register workers and take sessions "
+                       f"(set {fix.format('worker')})")
+        if Role.CALLER in auth.unprotected:
+            out.append(f"the caller and operator roles are not protected: {where} may create, list and complete "
+                       f"every session (set {fix.format('caller')})")
+        if auth.credentials.tokens and config.tls_cert is None:
+            out.append("bearer tokens are configured on a plaintext port: they cross the network in clear text "
+                       "(set --tls-cert and --tls-key)")
+    if config.token_key is None and config.token_key_file is None:
+        lost = "recreate tokens do not survive a restart"
+        if auth.enabled:
+            lost += ", and sessions that workers report after a restart cannot be verified and are not adopted"
+        out.append(f"no --token-key-file (or SESSIOND_TOKEN_KEY): a random per-process key signs recreate tokens; "
+                   f"{lost}")
+    return out

@@ -18,15 +18,16 @@ from sessiond_client.api.v1 import session_pb2, worker_pb2
 
 from sessiond.core.errors import InvalidArgumentError, MalformedRequestError
 from sessiond.core.model import SessionRecord, SessionState, WorkerRegistration
-from sessiond.server import validate
+from sessiond.server import auth, validate
+from sessiond.server.convert import record_parts
 from sessiond.server.engine import Engine
 from sessiond.server.worker_connection import WorkerConnection
 
 log = logging.getLogger("sessiond.worker_stream")
 
 
-def registration(message: worker_pb2.RegisterWorker, default_host: str) -> WorkerRegistration:
-    """Validate a RegisterWorker message."""
+def registration(message: worker_pb2.RegisterWorker, default_host: str, principal: str = "") -> WorkerRegistration:
+    """Validate a RegisterWorker message (from a worker authenticated as ``principal``)."""
     return WorkerRegistration(
         task_queue=validate.name(message.task_queue, "register.task_queue", required=True),
         worker_id=validate.name(message.worker_id, "register.worker_id", required=False) or str(uuid.uuid4()),
@@ -34,21 +35,29 @@ def registration(message: worker_pb2.RegisterWorker, default_host: str) -> Worke
         host_name=validate.name(message.host_name, "register.host_name", required=False) or default_host,
         capacity=validate.capacities(message.capacities, message.max_concurrent_sessions),
         instance_id=validate.name(message.instance_id, "register.instance_id", required=False),
+        principal=principal,
         labels=validate.labels(message.labels),
     )
 
 
-def held_records(engine: Engine, message: worker_pb2.RegisterWorker) -> list[SessionRecord]:
-    """The sessions a registering worker reports it still holds, as records the core can adopt.
+def held_records(engine: Engine, message: worker_pb2.RegisterWorker, principal: str = "") -> list[SessionRecord]:
+    """The sessions a registering worker (authenticated as ``principal``) reports it still holds, as
+    records the core can adopt.
 
     A malformed report is skipped (logged): the worker does not get it back, and the rest of the
-    registration stands.
+    registration stands. With ``engine.verify_reports``, so is a report whose record does not carry
+    this server's signature for this worker (its worker_id and principal): a worker cannot make up a
+    session, claim one for another principal or owner, or take over another worker's.
     """
     records = []
     refused: list[str] = []
     for index, session in enumerate(message.held_sessions):
         try:
-            records.append(_record(engine, session, message.task_queue, f"register.held_sessions[{index}]"))
+            field = f"register.held_sessions[{index}]"
+            if engine.verify_reports and not _signed_for(engine, session, message.worker_id, principal):
+                raise InvalidArgumentError(f"{field}.record_signature",
+                                           "is not this server's signature of the session for this worker")
+            records.append(_record(engine, session, message.task_queue, field))
         except InvalidArgumentError as exc:
             refused.append(exc.message)
     if refused:
@@ -56,6 +65,12 @@ def held_records(engine: Engine, message: worker_pb2.RegisterWorker) -> list[Ses
         log.warning("worker %s reported %d sessions it cannot get back (first: %s)", message.worker_id,
                     len(refused), refused[0])
     return records
+
+
+def _signed_for(engine: Engine, session: session_pb2.Session, worker_id: str, principal: str) -> bool:
+    """The report carries this server's signature of the session, held by this worker_id of this principal."""
+    return session.worker.worker_id == worker_id and engine.signer.record_valid(
+        record_parts(session, principal), session.record_signature, engine.now())
 
 
 def _record(engine: Engine, session: session_pb2.Session, task_queue: str, field: str) -> SessionRecord:
@@ -76,6 +91,7 @@ def _record(engine: Engine, session: session_pb2.Session, task_queue: str, field
         owner=validate.name(session.owner, f"{field}.owner", required=False),
         request_id=validate.name(session.request_id, f"{field}.request_id", required=False),
         recreated=session.recreated, placed_at=placed_at, expire_at=expire_at,
+        principal=validate.name(session.principal, f"{field}.principal", required=False),
         demand=validate.demand(held, f"{field}.resources"),
         selector=validate.selector(session.options.selector, f"{field}.options.selector"),
     )
@@ -93,7 +109,9 @@ async def serve_worker(engine: Engine, requests: AsyncIterator[worker_pb2.Worker
         return
     if first.WhichOneof("message") != "register":
         raise InvalidArgumentError("register", "the first message on the stream must be register")
-    reg, held = registration(first.register, default_host), held_records(engine, first.register)
+    principal = auth.current().name  # authenticated by the guard before the stream's first byte was read
+    reg = registration(first.register, default_host, principal)
+    held = held_records(engine, first.register, principal)
     if engine.cluster is not None:
         # A replica owns the worker before it registers: claimed in the store (fenced), and the
         # sessions recorded on it adopted when the worker still holds them (SPEC §6.5).

@@ -1,13 +1,11 @@
 """Who may use the dashboard: one decision point, :meth:`Access.authorize`.
 
-Today sessiond has two bearer tokens: the worker token and the caller token. The caller token
-is the one that can already list and complete every session over gRPC (``ListSessions``,
-``CompleteSession``), so it is the dashboard's operator credential. With no caller token the
-caller role is open over gRPC, and the dashboard is open too: who can reach it is then decided by
-the address it is bound to (loopback in the examples; a WARNING otherwise).
-
-Issue 10 (principals with roles) replaces the body of :meth:`Access.authorize` with "does the
-request's principal have the ``operator`` role", and nothing else changes.
+The dashboard shows and completes every principal's sessions, so it needs the ``operator`` role:
+a bearer token (the page asks for one and keeps it in the tab's memory) whose principal has it —
+the same credentials as gRPC, through the server's one :class:`~sessiond.server.auth.Authenticator`
+(so a SIGHUP reload applies here too). With the operator role unprotected (no credential grants a
+caller-side role) the dashboard is open, like the gRPC caller role: who can reach it is then
+decided by the address it is bound to (loopback in the examples; a WARNING otherwise).
 
 Two browser-only attacks are blocked here as well, because a loopback dashboard without a
 token is otherwise reachable from any web page the operator opens:
@@ -21,10 +19,9 @@ token is otherwise reachable from any web page the operator opens:
 from __future__ import annotations
 
 import enum
-import hmac
 import ipaddress
 
-from sessiond.config import ServerConfig
+from sessiond.server.auth import Authenticator, Role
 
 
 class Verdict(enum.Enum):
@@ -56,20 +53,18 @@ def _host_name(host_header: str) -> str:
 class Access:
     """The dashboard's access policy for one server configuration."""
 
-    def __init__(self, config: ServerConfig, bound_host: str) -> None:
+    def __init__(self, auth: Authenticator, bound_host: str) -> None:
         """Args:
-            config: the server's configuration (its tokens).
+            auth: the server's authenticator (its credentials, reloaded on SIGHUP).
             bound_host: the host the dashboard listens on (decides the DNS-rebinding guard).
         """
-        # An empty token protects nothing (today's gRPC interceptor treats it the same way).
-        self._token = config.caller_token or None
-        self._worker_token = config.worker_token or None
+        self._auth = auth
         self._loopback = is_loopback_host(bound_host)
 
     @property
     def protected(self) -> bool:
-        """True when the API needs a credential."""
-        return self._token is not None
+        """True when the API needs a credential (the operator role is not open to anyone)."""
+        return Role.OPERATOR not in self._auth.unprotected
 
     @property
     def loopback(self) -> bool:
@@ -84,18 +79,14 @@ class Access:
     def authorize(self, authorization: str | None) -> Verdict:
         """Is the request with this ``Authorization`` header an operator's?
 
-        The one place the dashboard decides it (issue 10 swaps in the principal's role check).
+        The one place the dashboard decides it: the header's principal must have the operator role.
         """
-        if self._token is None:
+        principal = self._auth.from_bearer(authorization)
+        if principal is not None and Role.OPERATOR in principal.roles:
             return Verdict.OPERATOR
-        scheme, _, credential = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not credential:
+        if principal is None or not principal.name:
             return Verdict.UNAUTHENTICATED
-        if hmac.compare_digest(credential.encode(), self._token.encode()):
-            return Verdict.OPERATOR
-        if self._worker_token is not None and hmac.compare_digest(credential.encode(), self._worker_token.encode()):
-            return Verdict.FORBIDDEN
-        return Verdict.UNAUTHENTICATED
+        return Verdict.FORBIDDEN
 
     def host_allowed(self, host_header: str | None) -> bool:
         """The DNS-rebinding guard: a loopback dashboard answers only loopback ``Host`` names."""

@@ -39,6 +39,7 @@ from sessiond.config import ServerConfig, split_host_port
 from sessiond.core.errors import InvalidArgumentError, SessionError
 from sessiond.core.model import FailureCause, SessionState
 from sessiond.server import validate
+from sessiond.server.auth import Authenticator
 from sessiond.server.engine import Engine
 from sessiond.server.errors import STATUS_CODES
 from sessiond.ui import POLL_INTERVAL_MS, views
@@ -140,18 +141,20 @@ class _Snapshot:
 class Dashboard:
     """The operator dashboard of one server: ``await start()``, ``port``, ``await stop()``."""
 
-    def __init__(self, engine: Engine, config: ServerConfig, *, grpc_port: int | None = None) -> None:
+    def __init__(self, engine: Engine, config: ServerConfig, *, grpc_port: int | None = None,
+                 auth: Authenticator | None = None) -> None:
         """Args:
             engine: the server's engine (the dashboard reads its tables on the same loop).
-            config: the server's configuration (``ui_listen``, tokens).
+            config: the server's configuration (``ui_listen``).
             grpc_port: the gRPC port actually bound (shown on the page when ``listen`` asked for port 0).
+            auth: the server's authenticator (default: one for ``config``'s credentials).
         """
         if config.ui_listen is None:
             raise ValueError("the dashboard needs ui_listen")
         self.engine = engine
         self.config = config
         self.host, self._port = split_host_port(config.ui_listen, "ui_listen")
-        self.access = Access(config, self.host)
+        self.access = Access(auth or Authenticator(config), self.host)
         self.port: int | None = None
         self._grpc_address = config.listen
         if grpc_port is not None:
@@ -183,7 +186,8 @@ class Dashboard:
         log.info("dashboard on %s (auth: %s)", self.url, self.access.mode)
         if not self.access.protected and not self.access.loopback:
             log.warning("the dashboard on %s has no token: anyone who can reach it can list and complete every "
-                        "session (set --caller-token, or bind --ui-listen to 127.0.0.1)", self.config.ui_listen)
+                        "session (give the operator role a credential: --caller-token-file or --tokens-file; or bind "
+                        "--ui-listen to 127.0.0.1)", self.config.ui_listen)
 
     @property
     def url(self) -> str:

@@ -61,8 +61,10 @@ class RawWorker:
                  metadata: tuple[tuple[str, str], ...] = (), instance_id: str = "",
                  held: list[session_pb2.Session] | None = None, held_from: str = "", read: bool = True,
                  heartbeat_every: float | None = None,
-                 capacities: dict[str, int] | None = None, labels: dict[str, str] | None = None) -> None:
+                 capacities: dict[str, int] | None = None, labels: dict[str, str] | None = None,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
         self.target = target
+        self._credentials = credentials
         self.task_queue = task_queue
         self.requested_worker_id = worker_id
         self.capacity = capacity
@@ -115,7 +117,8 @@ class RawWorker:
 
     async def start(self, *, wait: bool = True, timeout: float = 10.0) -> RawWorker:  # noqa: ASYNC109, RUF100
         """Open the stream and register; by default wait for ``Registered``."""
-        self._channel = grpc.aio.insecure_channel(self.target)
+        self._channel = grpc.aio.insecure_channel(self.target) if self._credentials is None \
+            else grpc.aio.secure_channel(self.target, self._credentials)
         stub = session_service_pb2_grpc.SessionServiceStub(self._channel)
         self._outbox.put_nowait(worker_pb2.WorkerHeartbeatRequest(register=worker_pb2.RegisterWorker(
             task_queue=self.task_queue, worker_id=self.requested_worker_id, identity=self.identity,

@@ -17,10 +17,12 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
+import grpc
 import pytest
 import pytest_asyncio
-from sessiond_client.api.v1 import session_pb2, session_service_pb2
+from sessiond_client.api.v1 import session_pb2, session_service_pb2, session_service_pb2_grpc
 
 from sessiond.cli import main
 from tests.integration.conftest import (
@@ -32,6 +34,7 @@ from tests.integration.conftest import (
     eventually,
 )
 from tests.integration.rawworker import RawWorker
+from tests.support.pki import make_pki
 
 
 @dataclass
@@ -323,6 +326,63 @@ async def test_address_and_caller_token_come_from_flags_or_the_environment(
     assert wrong.code == 1 and "UNAUTHENTICATED" in wrong.err
     assert (flag.code, flag.json()) == (0, [])
     assert (env.code, env.json()) == (0, [])
+
+
+@pytest.mark.asyncio
+async def test_the_ops_commands_and_health_speak_mtls_with_a_token_file(
+        make_server: ServerFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pki = make_pki(tmp_path)
+    (tmp_path / "tokens").write_text("ops-token ops operator\nteam-a-token team-a caller\nworker-token w worker\n")
+    (tmp_path / "ops.token").write_text("ops-token\n")
+    (tmp_path / "team-a.token").write_text("team-a-token\n")
+    server = await make_server(tls_cert=pki / "server.pem", tls_key=pki / "server.key", tls_client_ca=pki / "ca.pem",
+                               tokens_file=tmp_path / "tokens")
+    monkeypatch.setenv("SESSIOND_ADDRESS", server.target)
+    monkeypatch.delenv("SESSIOND_CALLER_TOKEN", raising=False)
+    tls = ("--tls-ca", str(pki / "ca.pem"), "--tls-cert", str(pki / "client.pem"), "--tls-key", str(pki / "client.key"))
+
+    as_ops = await cli("workers", "list", "--json", "--token-file", str(tmp_path / "ops.token"), *tls)
+    assert (as_ops.code, as_ops.json()) == (0, []), as_ops.err
+    as_team = await cli("sessions", "list", "--json", "--token-file", str(tmp_path / "team-a.token"), *tls)
+    assert (as_team.code, as_team.json()) == (0, [])
+    # team-a's session: listed for team-a and for the operator (who can filter by principal).
+    def mtls() -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(*((pki / name).read_bytes() for name in ("ca.pem", "client.key",
+                                                                                       "client.pem")))
+
+    worker = await RawWorker(server.target, "ops-q", worker_id="w-ops", capacity=2,
+                             metadata=(("authorization", "Bearer worker-token"),), credentials=mtls()).start()
+    try:
+        async with grpc.aio.secure_channel(server.target, mtls()) as channel:
+            created = await session_service_pb2_grpc.SessionServiceStub(channel).CreateSession(
+                session_service_pb2.CreateSessionRequest(task_queue="ops-q"),
+                metadata=(("authorization", "Bearer team-a-token"),))
+        session_id = created.session.session_id
+        for token, flags, expected in (("team-a", (), [session_id]), ("ops", (), [session_id]),
+                                       ("ops", ("--principal", "team-a"), [session_id]),
+                                       ("ops", ("--principal", "team-b"), [])):
+            listed = await cli("sessions", "list", "--json", "--token-file", str(tmp_path / f"{token}.token"),
+                               *flags, *tls)
+            assert listed.code == 0, listed.err
+            assert [s["session_id"] for s in listed.json()] == expected, (token, flags)  # type: ignore[attr-defined]
+        shown = await cli("sessions", "get", session_id, "--token-file", str(tmp_path / "ops.token"), *tls)
+        assert "Principal:" in shown.out and "team-a" in shown.out.split("Principal:", 1)[1].splitlines()[0]
+    finally:
+        await worker.stop()
+    no_certificate = await cli("workers", "list", "--token-file", str(tmp_path / "ops.token"),
+                               "--tls-ca", str(pki / "ca.pem"), "--timeout", "5")
+    assert no_certificate.code == 1 and "UNAVAILABLE" in no_certificate.err
+    no_token = await cli("workers", "list", *tls)
+    assert no_token.code == 1 and "UNAUTHENTICATED" in no_token.err
+    half = await cli("workers", "list", "--tls-cert", str(pki / "client.pem"))
+    assert half.code == 1 and "--tls-cert and --tls-key go together" in half.err
+    missing = await cli("workers", "list", "--token-file", str(tmp_path / "nope"), *tls)
+    assert missing.code == 1 and "--token-file" in missing.err
+
+    healthy = await cli("health", *tls)  # the address from SESSIOND_ADDRESS, no token needed
+    assert healthy.code == 0 and healthy.out.strip() == "SERVING", healthy.err
+    plaintext = await cli("health", "--timeout", "2")
+    assert plaintext.code == 1 and "unhealthy" in plaintext.err
 
 
 @pytest.mark.asyncio

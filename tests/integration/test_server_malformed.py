@@ -191,15 +191,31 @@ async def test_health_check_of_a_huge_unknown_service_is_not_found_without_echoi
 
 
 @pytest.mark.asyncio
-async def test_with_tokens_health_answers_malformed_and_unauthenticated_calls_never_reach_decoding(
-        make_server: ServerFactory, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("credential", [(), (("authorization", "Bearer not-a-token"),)], ids=["none", "wrong"])
+async def test_with_tokens_an_unauthenticated_malformed_request_is_unauthenticated_and_never_logged(
+        make_server: ServerFactory, caplog: pytest.LogCaptureFixture, credential: tuple[tuple[str, str], ...]) -> None:
+    # The authentication guard answers before the body is looked at, on every shape of RPC: a
+    # caller without a valid credential learns nothing from the server's decoder, and its bytes
+    # are neither checked nor logged. Health stays open, so its decoder answers.
     caplog.set_level(logging.DEBUG)
     server = await make_server(caller_token="caller-secret", worker_token="worker-secret")
+    unauthenticated = grpc.StatusCode.UNAUTHENTICATED
+    metadata = credential or None
 
     await rpc_error(_unary(server, "/grpc.health.v1.Health/Check")(CORRUPT, timeout=10), INVALID, "MALFORMED_REQUEST")
-    await rpc_error(_unary(server, SERVICE + "CreateSession")(CORRUPT, timeout=10),
-                    grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED")
+    for rpc in CALLER_RPCS:
+        await rpc_error(_unary(server, SERVICE + rpc)(CORRUPT, timeout=10, metadata=metadata),
+                        unauthenticated, "UNAUTHENTICATED")
+    watch = server.channel.unary_stream(SERVICE + "WatchSession", request_serializer=_identity,
+                                        response_deserializer=_identity)
+    await rpc_error(_stream_outcome(watch(CORRUPT, timeout=10, metadata=metadata)), unauthenticated, "UNAUTHENTICATED")
+    for path in (SERVICE + "WorkerHeartbeat", REFLECTION):
+        call = server.channel.stream_stream(path, request_serializer=_identity,
+                                            response_deserializer=_identity)(timeout=10, metadata=metadata)
+        await call.write(CORRUPT)
+        await rpc_error(_stream_outcome(call), unauthenticated, "UNAUTHENTICATED")
 
     assert _server_errors(caplog) == []
     undecodable = [r.getMessage() for r in caplog.records if "undecodable" in r.getMessage()]
     assert len(undecodable) == 1 and "Health/Check" in undecodable[0], undecodable
+    assert server.server.engine.table.registry.workers == {}

@@ -47,8 +47,8 @@ def _garbage(token: bytes) -> list[bytes]:
     return [
         b"garbage",
         b"x" * 64,
-        bytes(flipped),                      # checksum mismatch
-        b"sdrt\x02" + token[5:],             # unknown version
+        bytes(flipped),                      # signature mismatch
+        b"sdrt\x03" + token[5:],             # unknown version
         token[:9] + b"{}",                   # body without the fields
         token + b"trailing",
     ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -397,6 +398,28 @@ async def test_with_tokens_the_api_needs_the_caller_token_and_refuses_the_worker
     basic = await anonymous.request("GET", "/api/v1/overview", headers={"Authorization": "Basic b3A6c2VjcmV0"})
     assert basic.status == 401
     assert (await operator.get("/api/v1/overview"))["server"]["auth"] == "token"
+
+
+async def test_with_principals_only_the_operator_role_reads_and_completes_and_a_reload_applies(
+        make_server: Any, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("ops-token ops operator\nteam-a-token team-a caller\nworker-token workers worker\n")
+    server = await make_server(ui_listen="127.0.0.1:0", tokens_file=tokens)
+    base = dashboard_url(server)
+    operator, caller, worker = (Dash(http, base, token=t) for t in ("ops-token", "team-a-token", "worker-token"))
+    anonymous, wrong = Dash(http, base), Dash(http, base, token="guess")
+
+    assert (await operator.get("/api/v1/overview"))["server"]["auth"] == "token"
+    for path in ("/api/v1/overview", "/api/v1/sessions", "/api/v1/failures"):
+        for who, status in ((anonymous, 401), (wrong, 401), (caller, 403), (worker, 403)):
+            answer = await who.request("GET", path)
+            assert answer.status == status, (path, who.token, answer.status)
+        assert (await caller.request("POST", "/api/v1/sessions/x/complete")).status == 403
+    # The operator role comes from the server's one authenticator: a SIGHUP-style reload applies here too.
+    tokens.write_text("new-ops-token ops operator\n")
+    assert server.server.reload_credentials()
+    assert (await operator.request("GET", "/api/v1/overview")).status == 401
+    assert (await Dash(http, base, token="new-ops-token").request("GET", "/api/v1/overview")).status == 200
 
 
 async def test_a_loopback_dashboard_answers_only_loopback_host_names(dash: Dash) -> None:

@@ -11,12 +11,20 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from sessiond.core.events import ActivityEnded, Event, SessionEnded, SessionPlaced, WaiterFailed
-from sessiond.core.model import Session, SessionOptions, SessionState, Waiter, Worker, WorkerRegistration
+from sessiond.core.model import Session, SessionOptions, SessionState, Waiter, Worker, WorkerKey, WorkerRegistration
 from sessiond.core.resources import SESSIONS, ResourceVector
 from sessiond.core.selector import Selector, parse_selector
 from sessiond.core.table import SessionTable
+from sessiond.core.token import Signer, TokenKeys
 
 QUEUE = "q"
+# One fixed key for every table of the unit tests, so a token made by one table is valid in another.
+SIGNER = Signer(TokenKeys(b"unit-test-key-" * 3))
+
+
+def token_for(key: WorkerKey, principal: str = "") -> bytes:
+    """The recreate token of worker ``key`` (registered by ``principal``) under the tests' key."""
+    return SIGNER.token(key, principal)
 
 E = TypeVar("E", SessionPlaced, SessionEnded, WaiterFailed, ActivityEnded)
 
@@ -35,7 +43,7 @@ def counting_ids(prefix: str = "id") -> Callable[[], str]:
 def new_table(*, retention: float = 600.0, max_heartbeat_interval: float = 10.0, max_skips: int = 8) -> SessionTable:
     """A table with deterministic ids."""
     return SessionTable(retention=retention, max_heartbeat_interval=max_heartbeat_interval, new_id=counting_ids(),
-                        max_skips=max_skips)
+                        max_skips=max_skips, signer=SIGNER)
 
 
 def registration(worker_id: str, sessions: int = 1, *, task_queue: str = QUEUE, instance: str | None = None,

@@ -20,9 +20,9 @@ from sessiond.core.errors import (
 from sessiond.core.events import ActivityEnded, SessionDetached, SessionEnded, WorkerRegistered
 from sessiond.core.model import FailureCause, Session, SessionRecord, SessionState
 from sessiond.core.table import SessionTable
-from sessiond.core.token import encode_token
 from tests.unit.support import (
     QUEUE,
+    SIGNER,
     before,
     connect,
     counting_ids,
@@ -34,6 +34,7 @@ from tests.unit.support import (
     placed_for,
     registration,
     state,
+    token_for,
 )
 
 
@@ -206,7 +207,7 @@ def test_a_recreate_for_the_detached_worker_waits_for_it_to_come_back() -> None:
     worker = connect(table, "w", 2)
     create_placed(table, 0.0, options(reattach=10.0))
     table.disconnect_worker(1.0, worker.key, worker.epoch)
-    waiter = table.recreate(2.0, encode_token(worker.key), options(creation=30.0))
+    waiter = table.recreate(2.0, token_for(worker.key), options(creation=30.0))
     assert not isinstance(waiter, Session)
     table.take_events()
     table.connect_worker(3.0, registration("w", 2, instance="new-process"))
@@ -256,7 +257,7 @@ def _record(session: Session) -> SessionRecord:
 
 
 def _restarted(window: float, now: float) -> SessionTable:
-    return SessionTable(new_id=counting_ids("new"), recovering_until=now + window)
+    return SessionTable(new_id=counting_ids("new"), recovering_until=now + window, signer=SIGNER)
 
 
 def test_a_restarted_table_adopts_what_a_worker_reports_with_ids_owners_request_ids_and_deadlines() -> None:
@@ -264,7 +265,7 @@ def test_a_restarted_table_adopts_what_a_worker_reports_with_ids_owners_request_
     connect(old, "w", 3)
     a = create_placed(old, 0.0, options(execution=100.0, heartbeat=1e6), owner="alice",
                      request_id="r1")
-    b = old.recreate(1.0, encode_token(a.worker.key), options(execution=50.0, heartbeat=1e6), request_id="r2")
+    b = old.recreate(1.0, token_for(a.worker.key), options(execution=50.0, heartbeat=1e6), request_id="r2")
     assert isinstance(b, Session)
     table = _restarted(30.0, 10.0)
     worker = table.connect_worker(10.0, registration("w", 3), [_record(a), _record(b)])
@@ -276,7 +277,7 @@ def test_a_restarted_table_adopts_what_a_worker_reports_with_ids_owners_request_
     assert (got.owner, got.request_id, got.expire_at, got.worker) == ("alice", "r1", 100.0, worker)
     # A retried create with the same request id gets the adopted session; the owner is taken.
     assert table.create(12.0, QUEUE, options(), request_id="r1") is got
-    assert table.recreate(12.0, encode_token(worker.key), options(), request_id="r2").session_id == b.session_id
+    assert table.recreate(12.0, token_for(worker.key), options(), request_id="r2").session_id == b.session_id
     with pytest.raises(ExistingOpenSessionError):
         table.create(12.0, QUEUE, options(), owner="alice")
     # Deadlines carried over: b expires at 51, as before the restart.

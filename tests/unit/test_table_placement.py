@@ -17,7 +17,6 @@ from sessiond.core.events import SessionPlaced, WaiterFailed
 from sessiond.core.model import FailureCause, Session, SessionState, Waiter, WorkerKey
 from sessiond.core.resources import SESSIONS
 from sessiond.core.table import SessionTable
-from sessiond.core.token import encode_token
 from tests.unit.support import (
     QUEUE,
     before,
@@ -30,6 +29,7 @@ from tests.unit.support import (
     options,
     placed_for,
     state,
+    token_for,
 )
 
 # ----------------------------------------------------------------- most free, hard limit
@@ -320,7 +320,7 @@ def test_recreate_with_a_token_made_before_the_session_closed_still_works_after(
     [
         pytest.param(b"", id="empty"),
         pytest.param(b"not-a-token", id="garbage"),
-        pytest.param(encode_token(WorkerKey(QUEUE, "a"))[:-1] + b"!", id="corrupted"),
+        pytest.param(token_for(WorkerKey(QUEUE, "a"))[:-1] + b"!", id="corrupted"),
         pytest.param(b"\x08\x96\x01", id="foreign"),
     ],
 )
@@ -397,7 +397,7 @@ def test_recreate_of_a_disconnected_worker_is_served_when_it_reconnects_in_time(
 
 def test_recreate_of_a_worker_never_seen_waits_for_it() -> None:
     table = new_table()
-    token = encode_token(WorkerKey(QUEUE, "future"))
+    token = token_for(WorkerKey(QUEUE, "future"))
     waiter = table.recreate(0.0, token, options())
     assert isinstance(waiter, Waiter)
     worker = connect(table, "future", 1, now=1.0)
@@ -649,7 +649,7 @@ def test_the_same_request_id_on_another_request_is_another_request() -> None:
     there = table.create(1.0, "other", options(), request_id="req-1")
     assert isinstance(there, Session) and there.session_id != here.session_id
     assert there.task_queue == "other"
-    token = encode_token(here.worker.key)
+    token = token_for(here.worker.key)
     recreated = table.recreate(2.0, token, options(), request_id="req-1")
     assert isinstance(recreated, Session) and recreated.session_id not in (here.session_id, there.session_id)
     # ...while a true retry of each is still idempotent.
@@ -665,7 +665,7 @@ def test_per_queue_and_per_worker_waiter_state_does_not_outlive_its_waiters() ->
         with pytest.raises(NoCapacityError):
             table.create(0.0, f"nobody-{i}", options(creation=0.0))
         table.create(0.0, f"later-{i}", options(creation=1.0))
-        table.recreate(0.0, encode_token(WorkerKey("q", f"gone-{i}")), options(creation=1.0))
+        table.recreate(0.0, token_for(WorkerKey("q", f"gone-{i}")), options(creation=1.0))
     table.advance(1.0)
     create_placed(table, 2.0)
     assert table.waiting.queue_names == set() and table.waiting.worker_keys == set()

@@ -10,7 +10,6 @@ from sessiond.core.events import SessionEnded, SessionPlaced, WaiterFailed
 from sessiond.core.model import FailureCause, SessionRecord, SessionState, Waiter, WorkerKey
 from sessiond.core.resources import SESSIONS, ResourceVector
 from sessiond.core.table import SessionTable
-from sessiond.core.token import encode_token
 from tests.unit.support import (
     QUEUE,
     connect,
@@ -26,6 +25,7 @@ from tests.unit.support import (
     registration,
     selector,
     state,
+    token_for,
 )
 
 # ----------------------------------------------------------------- hard limits per resource
@@ -136,7 +136,7 @@ def test_the_most_free_worker_keeps_the_largest_share_of_what_was_asked_for(
     for worker_id, (resources, used) in workers.items():
         worker = connect(table, worker_id, 10, resources=resources)
         # Fill it to ``used`` with sessions pinned there by a Recreate.
-        token = encode_token(worker.key)
+        token = token_for(worker.key)
         fill = dict(used)
         sessions_only = fill.pop(SESSIONS, 0)
         for name, amount in fill.items():
@@ -168,7 +168,7 @@ def test_a_recreate_keeps_its_worker_and_asks_for_its_own_resources() -> None:
     table = new_table()
     worker = connect(table, "w", 10, resources={"gpu": 2})
     connect(table, "other", 10, resources={"gpu": 8})
-    token = encode_token(worker.key)
+    token = token_for(worker.key)
     recreated = table.recreate(1.0, token, options(), demand=demand(gpu=2))
     assert recreated.worker is worker  # type: ignore[union-attr]
     assert recreated.demand == demand(gpu=2)  # type: ignore[union-attr]
@@ -183,7 +183,7 @@ def test_a_recreate_keeps_its_worker_and_asks_for_its_own_resources() -> None:
 def test_a_recreate_its_worker_could_never_hold_does_not_block_the_ones_behind_it() -> None:
     table = new_table()
     worker = connect(table, "w", 10, resources={"gpu": 1})
-    token = encode_token(worker.key)
+    token = token_for(worker.key)
     hog = table.recreate(0.0, token, options(), demand=demand(gpu=1))
     too_big = table.recreate(0.0, token, options(creation=5.0), demand=demand(gpu=4))
     behind = table.recreate(0.0, token, options(), demand=demand(gpu=1))

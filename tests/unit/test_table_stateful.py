@@ -4,9 +4,11 @@ A hypothesis state machine drives connect / create / recreate / complete / heart
 disconnect / goodbye / activities / cancel, and the ways sessions outlive processes (callers that
 watch, call or vanish; workers that detach, reattach, decline, or register twice from two processes;
 server restarts rebuilt from the workers' reports), over three workers with 1-3 slots, 0-2 GPUs and
-a zone label, requests that ask for 0-2 GPUs with a selector, and a manual clock, and keeps its own
-model of what the events said, so each step checks the table against it: used ≤ capacity in every
-resource, and a waiter waits only while the fairness policy says it must.
+a zone label, requests that ask for 0-2 GPUs with a selector, made by two principals (callers whose
+sessions, owner keys and request ids are their own) and looked at by their creator, the other
+principal or an operator, and a manual clock, and keeps its own model of what the events said, so
+each step checks the table against it: used ≤ capacity in every resource, a waiter waits only while
+the fairness policy says it must, and a principal never sees (nor attends) another's session.
 Each rule catches only the domain errors its call may raise, so any other exception (the
 table's internal ``IllegalTransitionError`` included) fails the test: it is unreachable from
 the public API.
@@ -54,6 +56,7 @@ from sessiond.core.model import (
     SessionOptions,
     SessionRecord,
     SessionState,
+    Viewer,
     Waiter,
     WorkerKey,
 )
@@ -61,13 +64,14 @@ from sessiond.core.placement import compatible, takes_from
 from sessiond.core.resources import SESSIONS, ResourceVector
 from sessiond.core.selector import Selector, parse_selector
 from sessiond.core.table import SessionTable
-from sessiond.core.token import encode_token
-from tests.unit.support import QUEUE, counting_ids, registration
+from tests.unit.support import QUEUE, SIGNER, counting_ids, registration, token_for
 
 WORKER_IDS = ("w1", "w2", "w3")
-TOKENS = (*(encode_token(WorkerKey(QUEUE, w)) for w in WORKER_IDS), b"junk", b"sdrt\x01\x00\x00\x00\x00{}")
+TOKENS = (*(token_for(WorkerKey(QUEUE, w)) for w in WORKER_IDS), b"junk", b"sdrt\x01\x00\x00\x00\x00{}")
 OWNERS = ("", "", "alice", "bob")
 REQUEST_IDS = ("", "", "r1", "r2")
+PRINCIPALS = ("team-a", "team-b")
+OPERATOR = Viewer("ops", sees_all=True)
 RETENTION = 20.0
 MAX_INTERVAL = 4.0
 MAX_SKIPS = 2
@@ -95,7 +99,7 @@ class SessionTableMachine(RuleBasedStateMachine):
         self.now = 0.0
         self.ids = counting_ids()  # shared by every incarnation: ids are unique across restarts, as UUIDs are
         self.table = SessionTable(retention=RETENTION, max_heartbeat_interval=MAX_INTERVAL, new_id=self.ids,
-                                  max_skips=MAX_SKIPS)
+                                  max_skips=MAX_SKIPS, signer=SIGNER)
         self.detached: set[str] = set()
         self.watches: list[Session] = []  # one entry per open WatchSession
         # Server restarts: what each worker process still holds from the last incarnation, to report
@@ -126,9 +130,17 @@ class SessionTableMachine(RuleBasedStateMachine):
         gone = self.cancelled | self.expired | self.served
         return [w for wid, w in self.waiters.items() if wid not in gone]
 
-    def _owner_holders(self) -> set[str]:
-        open_owners = {s.owner for s in self.sessions.values() if s.state is SessionState.OPEN}
-        return {o for o in open_owners | {w.owner for w in self._live_waiters()} if o}
+    def _owner_holders(self) -> set[tuple[str, str]]:
+        """(principal, owner) of every OPEN session and live waiter: owner keys are per principal."""
+        open_owners = {(s.principal, s.owner) for s in self.sessions.values() if s.state is SessionState.OPEN}
+        return {o for o in open_owners | {(w.principal, w.owner) for w in self._live_waiters()} if o[1]}
+
+    def _viewer(self, session: Session, who: str) -> Viewer:
+        """The session's own principal, the other one, or an operator."""
+        if who == "operator":
+            return OPERATOR
+        other = next(p for p in PRINCIPALS if p != session.principal)
+        return Viewer(session.principal if who == "owner" else other)
 
     def _drain(self) -> list[Event]:
         events = self.table.take_events()
@@ -176,9 +188,9 @@ class SessionTableMachine(RuleBasedStateMachine):
             else:
                 record = self.records[session.session_id]
                 assert (session.session_id, session.owner, session.request_id, session.options, session.expire_at,
-                        session.recreated, session.demand, session.selector) == (
+                        session.recreated, session.demand, session.selector, session.principal) == (
                     record.session_id, record.owner, record.request_id, record.options, record.expire_at,
-                    record.recreated, record.demand, record.selector), "adoption changed the record"
+                    record.recreated, record.demand, record.selector, record.principal), "adoption changed the record"
                 self.sessions[session.session_id] = session
                 self.placed_total += 1
                 self.adopted.add(session.session_id)
@@ -190,10 +202,10 @@ class SessionTableMachine(RuleBasedStateMachine):
             for session in event.reattached:
                 if session.session_id not in adopted:
                     free = free - session.demand
-            owners = self._owner_holders() - {self.records[sid].owner for sid in adopted}
+            owners = self._owner_holders() - {(self.records[sid].principal, self.records[sid].owner) for sid in adopted}
             expected = []
             for record in held:
-                if free.covers(record.demand) and not (record.owner and record.owner in owners):
+                if free.covers(record.demand) and not (record.owner and (record.principal, record.owner) in owners):
                     expected.append(record.session_id)
                     if record.expire_at > self.now:  # one adopted past its expiry is ended at once
                         free = free - record.demand
@@ -217,8 +229,8 @@ class SessionTableMachine(RuleBasedStateMachine):
         assert event.waiter_id not in self.expired, "an expired waiter was placed"
         assert event.waiter_id not in self.served, "a waiter was placed twice"
         assert self.now < waiter.deadline, "a waiter was placed at or after its creation deadline"
-        assert (session.owner, session.request_id, session.options) == (waiter.owner, waiter.request_id,
-                                                                        waiter.options)
+        assert (session.owner, session.request_id, session.options, session.principal) == (
+            waiter.owner, waiter.request_id, waiter.options, waiter.principal)
         assert (session.demand, session.selector) == (waiter.demand, waiter.selector)
         assert waiter.selector.matches(session.worker.labels), "placed on a worker its selector does not match"
         if waiter.target is not None:
@@ -274,20 +286,21 @@ class SessionTableMachine(RuleBasedStateMachine):
                 assert (event.error.reason, event.error.cause) == ("SESSION_COMPLETED", None)
 
     def _check_new_result(self, result: Session | Waiter, events: list[Event], opts: SessionOptions, owner: str,
-                          request_id: str, holders: set[str], target: WorkerKey | None, asks: ResourceVector,
-                          where: Selector) -> None:
+                          request_id: str, holders: set[tuple[str, str]], target: WorkerKey | None,
+                          asks: ResourceVector, where: Selector, principal: str) -> None:
         if isinstance(result, Session) and self.sessions.get(result.session_id) is result \
                 and not any(isinstance(e, SessionPlaced) and e.session is result for e in events):
             # A retry with a known request id: the same session, and nothing happened.
-            assert request_id and result.request_id == request_id
+            assert request_id and result.request_id == request_id and result.principal == principal
             assert events == []
             return
         if isinstance(result, Waiter) and result.waiter_id in self.waiters:
             assert self.waiters[result.waiter_id] is result
-            assert request_id and result.request_id == request_id
+            assert request_id and result.request_id == request_id and result.principal == principal
             assert events == []
             return
-        assert not owner or owner not in holders, "an owner got a second open session"
+        assert not owner or (principal, owner) not in holders, "an owner got a second open session"
+        assert result.principal == principal
         if isinstance(result, Session):
             placed = [e for e in events if isinstance(e, SessionPlaced)]
             assert len(placed) == 1 and placed[0].session is result and placed[0].waiter_id is None
@@ -370,12 +383,12 @@ class SessionTableMachine(RuleBasedStateMachine):
             if worker is None:
                 continue
             records = [SessionRecord(s.session_id, s.task_queue, s.options, s.owner, s.request_id, s.recreated,
-                                     s.placed_at, s.expire_at, s.demand, s.selector)
+                                     s.placed_at, s.expire_at, s.demand, s.selector, principal=s.principal)
                        for s in sorted((self.table.get(sid) for sid in worker.sessions), key=lambda x: x.seq)]
             self.held[worker_id] = records
             self.records.update((r.session_id, r) for r in records)
         self.table = SessionTable(retention=RETENTION, max_heartbeat_interval=MAX_INTERVAL, new_id=self.ids,
-                                  recovering_until=self.now + window, max_skips=MAX_SKIPS)
+                                  recovering_until=self.now + window, max_skips=MAX_SKIPS, signer=SIGNER)
         self.live, self.fenced = {}, []
         self.sessions, self.ended, self.terminal, self.detached = {}, set(), {}, set()
         self.placed_total = self.ended_total = 0
@@ -457,43 +470,46 @@ class SessionTableMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------- sessions
 
     @rule(requests=st.lists(st.tuples(options_strategy, st.sampled_from(OWNERS), st.sampled_from(REQUEST_IDS),
-                                      st.sampled_from(ASKS), st.sampled_from(SELECTORS)), min_size=1, max_size=3))
-    def create(self, requests: list[tuple[SessionOptions, str, str, ResourceVector, Selector]]) -> None:
-        for opts, owner, request_id, asks, where in requests:
-            self._create_one(opts, owner, request_id, asks, where)
+                                      st.sampled_from(ASKS), st.sampled_from(SELECTORS), st.sampled_from(PRINCIPALS)),
+                            min_size=1, max_size=3))
+    def create(self, requests: list[tuple[SessionOptions, str, str, ResourceVector, Selector, str]]) -> None:
+        for opts, owner, request_id, asks, where, principal in requests:
+            self._create_one(opts, owner, request_id, asks, where, principal)
 
     def _create_one(self, opts: SessionOptions, owner: str, request_id: str, asks: ResourceVector,
-                    where: Selector) -> None:
+                    where: Selector, principal: str) -> None:
         holders = self._owner_holders()
-        earlier = self.table._requests.get(("create", QUEUE, request_id)) if request_id else None
+        earlier = self.table._requests.get((principal, "create", QUEUE, request_id)) if request_id else None
         if earlier is not None:
             # A retry: the same request (an id names one request, whatever else the retry says).
             asks, where = earlier.demand, earlier.selector
         try:
             result = self.table.create(self.now, QUEUE, opts, owner=owner, request_id=request_id, demand=asks,
-                                       selector=where)
+                                       selector=where, principal=principal)
         except NoCapacityError:
             assert opts.creation_timeout == 0
             assert self._drain() == []
             return
         except ExistingOpenSessionError:
-            assert owner in holders
+            assert (principal, owner) in holders
             assert self._drain() == []
             return
         events = self._drain()
-        self._check_new_result(result, events, opts, owner, request_id, holders, None, asks, where)
+        self._check_new_result(result, events, opts, owner, request_id, holders, None, asks, where, principal)
 
     @rule(token=st.sampled_from(TOKENS), opts=options_strategy, owner=st.sampled_from(OWNERS),
-          request_id=st.sampled_from(REQUEST_IDS), asks=st.sampled_from(ASKS))
-    def recreate(self, token: bytes, opts: SessionOptions, owner: str, request_id: str, asks: ResourceVector) -> None:
+          request_id=st.sampled_from(REQUEST_IDS), asks=st.sampled_from(ASKS), principal=st.sampled_from(PRINCIPALS))
+    def recreate(self, token: bytes, opts: SessionOptions, owner: str, request_id: str, asks: ResourceVector,
+                 principal: str) -> None:
         holders = self._owner_holders()
-        target = next((WorkerKey(QUEUE, w) for w in WORKER_IDS if encode_token(WorkerKey(QUEUE, w)) == token), None)
-        earlier = self.table._requests.get(("recreate", QUEUE, target.worker_id, request_id)) \
+        target = next((WorkerKey(QUEUE, w) for w in WORKER_IDS if token_for(WorkerKey(QUEUE, w)) == token), None)
+        earlier = self.table._requests.get((principal, "recreate", QUEUE, target.worker_id, request_id)) \
             if request_id and target else None
         if earlier is not None:
             asks = earlier.demand
         try:
-            result = self.table.recreate(self.now, token, opts, owner=owner, request_id=request_id, demand=asks)
+            result = self.table.recreate(self.now, token, opts, owner=owner, request_id=request_id, demand=asks,
+                                         principal=principal)
         except InvalidRecreateTokenError:
             assert target is None
             assert self._drain() == []
@@ -504,32 +520,32 @@ class SessionTableMachine(RuleBasedStateMachine):
             assert self._drain() == []
             return
         except ExistingOpenSessionError:
-            assert owner in holders
+            assert (principal, owner) in holders
             assert self._drain() == []
             return
         assert target is not None
         events = self._drain()
-        self._check_new_result(result, events, opts, owner, request_id, holders, target, asks, Selector())
+        self._check_new_result(result, events, opts, owner, request_id, holders, target, asks, Selector(), principal)
 
     @rule(opts=options_strategy, owner=st.sampled_from(OWNERS), request_id=st.sampled_from(REQUEST_IDS),
-          asks=st.sampled_from(ASKS), ended_first=st.booleans())
+          asks=st.sampled_from(ASKS), ended_first=st.booleans(), principal=st.sampled_from(PRINCIPALS))
     def store_refuses_a_placement(self, opts: SessionOptions, owner: str, request_id: str, asks: ResourceVector,
-                                  ended_first: bool) -> None:
+                                  ended_first: bool, principal: str = "") -> None:
         """Reserve -> commit -> publish with the commit refused (SPEC §6.5): a create whose
         placement the store does not make durable, possibly ended locally before the answer."""
         before = set(self.sessions)
         holders = self._owner_holders()
         where = Selector()
-        earlier = self.table._requests.get(("create", QUEUE, request_id)) if request_id else None
+        earlier = self.table._requests.get((principal, "create", QUEUE, request_id)) if request_id else None
         if earlier is not None:
             asks, where = earlier.demand, earlier.selector
         try:
             result = self.table.create(self.now, QUEUE, opts, owner=owner, request_id=request_id, demand=asks,
-                                       selector=where)
+                                       selector=where, principal=principal)
         except (NoCapacityError, ExistingOpenSessionError):
             assert self._drain() == []
             return
-        self._check_new_result(result, self._drain(), opts, owner, request_id, holders, None, asks, where)
+        self._check_new_result(result, self._drain(), opts, owner, request_id, holders, None, asks, where, principal)
         if not isinstance(result, Session) or result.session_id in before:
             return  # it waits (or was a retry): nothing new to refuse
         session = result
@@ -554,22 +570,44 @@ class SessionTableMachine(RuleBasedStateMachine):
         assert all(isinstance(e, SessionPlaced) and e.session.session_id != sid for e in served)
         assert worker.used[SESSIONS] == used + sum(e.session.worker is worker for e in served
                                                    if isinstance(e, SessionPlaced))
-        if owner and not any(isinstance(e, SessionPlaced) and e.session.owner == owner for e in served):
-            assert owner not in self._owner_holders()
+        owner_key = (principal, owner)
+        if owner and not any(isinstance(e, SessionPlaced) and (e.session.principal, e.session.owner) == owner_key
+                             for e in served):
+            assert (principal, owner) not in self._owner_holders()
 
     @precondition(lambda self: self.sessions)
-    @rule(data=st.data())
-    def complete(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), who=st.sampled_from(["owner", "owner", "other", "operator"]))
+    def complete(self, data: st.DataObject, who: str) -> None:
         session = self.sessions[data.draw(st.sampled_from(sorted(self.sessions)))]
+        if who == "other":
+            self._refused_to_another_principal(session, lambda v: self.table.complete(self.now, session.session_id, v))
+            return
         try:
-            assert self.table.complete(self.now, session.session_id) is session
+            assert self.table.complete(self.now, session.session_id, self._viewer(session, who)) is session
         except SessionNotFoundError:
             assert session.closed_at is not None and self.now >= session.closed_at + RETENTION
         self._drain()
         assert session.state is not SessionState.OPEN
 
+    def _refused_to_another_principal(self, session: Session, call: Any) -> None:
+        """Another principal's call on ``session``: what an unknown id gets (NOT_FOUND, or RECOVERING
+        during a recovery window), and nothing changes (not even the caller's liveness: it does not
+        attend a session it cannot see)."""
+        before = (session.state, session.caller_seen, session.watchers, len(session.activities))
+        try:
+            call(self._viewer(session, "other"))
+        except RecoveringError:
+            assert self.now < self.table.recovering_until
+        except SessionNotFoundError:
+            assert self.now >= self.table.recovering_until
+        else:
+            raise AssertionError("another principal's call on a session went through")
+        assert (session.state, session.caller_seen, session.watchers, len(session.activities)) == before
+        assert self._drain() == []
+
     @precondition(lambda self: self.sessions)
-    @rule(data=st.data(), how=st.sampled_from(["rpc", "watch", "unwatch"]))
+    @rule(data=st.data(),
+          how=st.sampled_from(["rpc", "watch", "unwatch", "other-rpc", "other-watch", "other-activity"]))
     def caller(self, data: st.DataObject, how: str) -> None:
         if how == "unwatch":
             if self.watches:
@@ -578,6 +616,13 @@ class SessionTableMachine(RuleBasedStateMachine):
             assert self._drain() == []
             return
         session = self.sessions[data.draw(st.sampled_from(sorted(self.sessions)))]
+        if how.startswith("other-"):
+            sid = session.session_id
+            self._refused_to_another_principal(session, {
+                "other-rpc": lambda v: self.table.lookup(self.now, sid, v),
+                "other-watch": lambda v: self.table.watch_started(self.now, sid, v),
+                "other-activity": lambda v: self.table.start_activity(self.now, sid, 4.0, None, v)}[how])
+            return
         try:
             if how == "rpc":
                 assert self.table.lookup(self.now, session.session_id) is session
@@ -607,7 +652,8 @@ class SessionTableMachine(RuleBasedStateMachine):
     def start_activity(self, data: st.DataObject, timeout: float) -> None:
         session = self.sessions[data.draw(st.sampled_from(sorted(self.sessions)))]
         try:
-            activity = self.table.start_activity(self.now, session.session_id, timeout)
+            activity = self.table.start_activity(self.now, session.session_id, timeout, None,
+                                                 self._viewer(session, "owner"))
         except SessionFailedError as exc:
             assert session.failure is not None and exc.cause is session.failure.cause
         except SessionClosedError:
@@ -707,9 +753,9 @@ class SessionTableMachine(RuleBasedStateMachine):
 
     @invariant()
     def owners_hold_at_most_one_open_session_or_waiter(self) -> None:
-        held = [s.owner for s in self.sessions.values() if s.state is SessionState.OPEN and s.owner]
-        held += [w.owner for w in self._live_waiters() if w.owner]
-        assert len(held) == len(set(held))
+        held = [(s.principal, s.owner) for s in self.sessions.values() if s.state is SessionState.OPEN and s.owner]
+        held += [(w.principal, w.owner) for w in self._live_waiters() if w.owner]
+        assert len(held) == len(set(held)), "an owner key of one principal holds two sessions"
 
     @invariant()
     def waiters_wait_only_while_the_policy_says_they_must(self) -> None:

@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 import uuid
 from collections import deque
@@ -684,6 +685,17 @@ class EtcdStore:
         except EtcdUnavailableError:
             return False
         return bool(reply.succeeded)
+
+    async def cluster_secret(self, name: str) -> bytes:
+        """A random 32-byte secret shared by every replica of the cluster: the first replica to ask
+        creates it (create-if-absent Txn), the others read it."""
+        key = self.prefix_of(f"secrets/{name}")
+        fresh = os.urandom(32)
+        reply = await self.client.txn([created_at(key, 0)], [put_op(key, fresh)], [get_op(key)],
+                                      timeout=TXN_TIMEOUT)
+        if reply.succeeded:
+            return fresh
+        return bytes(reply.responses[0].response_range.kvs[0].value)
 
     def prefix_of(self, name: str) -> bytes:
         """A key prefix under this cluster's."""

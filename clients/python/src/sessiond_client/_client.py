@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from datetime import timedelta
@@ -81,6 +82,7 @@ class SessionClient:
         private_key: bytes | None = None,
         certificate_chain: bytes | None = None,
         auth_token: str | None = None,
+        auth_token_file: str | os.PathLike[str] | None = None,
         default_rpc_timeout: Duration = 30.0,
         converter: PayloadConverter | None = None,
         channel_options: tuple[tuple[str, int | str], ...] = (),
@@ -96,6 +98,8 @@ class SessionClient:
             private_key: PEM client key for mTLS (with ``certificate_chain``).
             certificate_chain: PEM client certificate chain for mTLS.
             auth_token: Bearer token sent as ``authorization`` metadata on every call.
+            auth_token_file: A file whose first line is the bearer token (read once, when the client
+                is made; keeps the token out of your code and environment). Not with ``auth_token``.
             default_rpc_timeout: Deadline of plain RPCs, and the margin added to calls that wait
                 (Create/Recreate wait ``creation_timeout``, ExecuteActivity ``start_to_close_timeout``).
             converter: Payload converter for activity arguments and results (default: JSON + raw bytes).
@@ -116,6 +120,7 @@ class SessionClient:
             private_key=private_key,
             certificate_chain=certificate_chain,
             auth_token=auth_token,
+            auth_token_file=auth_token_file,
             channel_options=channel_options,
             max_message_size=max_message_size,
         )
@@ -141,6 +146,7 @@ class SessionClient:
         private_key: bytes | None = None,
         certificate_chain: bytes | None = None,
         auth_token: str | None = None,
+        auth_token_file: str | os.PathLike[str] | None = None,
         default_rpc_timeout: Duration = 30.0,
         converter: PayloadConverter | None = None,
         channel_options: tuple[tuple[str, int | str], ...] = (),
@@ -161,6 +167,7 @@ class SessionClient:
             private_key=private_key,
             certificate_chain=certificate_chain,
             auth_token=auth_token,
+            auth_token_file=auth_token_file,
             default_rpc_timeout=default_rpc_timeout,
             converter=converter,
             channel_options=channel_options,
@@ -366,15 +373,18 @@ class SessionClient:
         owner: str | None = None,
         state: SessionState | None = None,
         page_size: int = 0,
+        principal: str | None = None,
         resource: str | None = None,
     ) -> AsyncIterator[SessionInfo]:
-        """Iterate over sessions (oldest first), fetching pages as needed.
+        """Iterate over the sessions this client's principal may see (its own; an operator's: all),
+        oldest first, fetching pages as needed.
 
         Args:
             task_queue: Only this queue's sessions.
             owner: Only this owner's sessions.
             state: Only sessions in this state.
             page_size: Sessions per page (0 = server default).
+            principal: Only this principal's sessions (an operator's filter).
             resource: Only sessions that hold some of this resource (``"gpu"``).
         """
         token = ""
@@ -385,6 +395,7 @@ class SessionClient:
                 state=int(state) if state is not None else 0,  # type: ignore[arg-type]  # IntEnum is the wire value
                 page_size=page_size,
                 page_token=token,
+                principal=principal or "",
                 resource=resource or "",
             )
             response = await self._unary(self._stub.ListSessions, request, retry=True)

@@ -7,8 +7,10 @@ loop that will use the channel (grpc.aio binds a channel to the running loop).
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import grpc.aio
@@ -29,6 +31,9 @@ class ConnectionConfig:
     certificate_chain: bytes | None = None
     auth_token: str | None = None
     channel_options: tuple[tuple[str, int | str], ...] = ()
+    # A file whose first line is the bearer token: read when metadata is made (each worker stream,
+    # each client), so a rotated file is picked up without restarting the process.
+    auth_token_file: str | os.PathLike[str] | None = None
     # The message-size limit the library checks itself (bytes); the channel's grpc limits are set
     # to twice it, as the server's are, so the library's own check always speaks first. None: no
     # grpc limit (the worker, which checks against the limit its server announces).
@@ -40,6 +45,10 @@ class ConnectionConfig:
         channel_target(self.target)  # a bad list of addresses fails here, with its reason
         if (self.private_key is None) != (self.certificate_chain is None):
             raise ValueError("private_key and certificate_chain go together (mTLS)")
+        if self.auth_token is not None and self.auth_token_file is not None:
+            raise ValueError("give auth_token or auth_token_file, not both")
+        if self.auth_token_file is not None:
+            self.token()  # a missing or empty file is a mistake to report now, not at the first call
         if self.max_message_size is not None and self.max_message_size < 1:
             raise ValueError("max_message_size must be positive")
 
@@ -50,10 +59,29 @@ class ConnectionConfig:
             v is not None for v in (self.root_certificates, self.private_key, self.certificate_chain)
         )
 
+    def token(self) -> str | None:
+        """The bearer token: ``auth_token``, or the first line of ``auth_token_file`` read now.
+
+        Raises:
+            ValueError: The token file cannot be read or its first line is empty.
+        """
+        if self.auth_token_file is None:
+            return self.auth_token or None
+        path = Path(self.auth_token_file)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"auth_token_file {path}: {exc}") from None
+        token = lines[0].strip() if lines else ""
+        if not token:
+            raise ValueError(f"auth_token_file {path}: the first line is empty")
+        return token
+
     def call_metadata(self) -> Metadata:
         """Metadata sent with every call: the bearer token, if any."""
-        if self.auth_token:
-            return (("authorization", f"Bearer {self.auth_token}"),)
+        token = self.token()
+        if token:
+            return (("authorization", f"Bearer {token}"),)
         return ()
 
     def open_channel(self, extra_options: Sequence[tuple[str, int | str]] = ()) -> grpc.aio.Channel:

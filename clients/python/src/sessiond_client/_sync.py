@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
 from contextvars import ContextVar
@@ -76,6 +77,7 @@ class SyncSessionClient:
         private_key: bytes | None = None,
         certificate_chain: bytes | None = None,
         auth_token: str | None = None,
+        auth_token_file: str | os.PathLike[str] | None = None,
         default_rpc_timeout: Duration = 30.0,
         converter: PayloadConverter | None = None,
         channel_options: tuple[tuple[str, int | str], ...] = (),
@@ -88,7 +90,7 @@ class SyncSessionClient:
         """
         options: dict[str, Any] = {
             "tls": tls, "root_certificates": root_certificates, "private_key": private_key,
-            "certificate_chain": certificate_chain, "auth_token": auth_token,
+            "certificate_chain": certificate_chain, "auth_token": auth_token, "auth_token_file": auth_token_file,
             "default_rpc_timeout": default_rpc_timeout, "converter": converter, "channel_options": channel_options,
             "wait_ready": wait_ready,
         }
@@ -178,10 +180,11 @@ class SyncSessionClient:
 
     def list_sessions(self, *, task_queue: str | None = None, owner: str | None = None,
                       state: SessionState | None = None, page_size: int = 0,
-                      resource: str | None = None) -> Iterator[SessionInfo]:
+                      principal: str | None = None, resource: str | None = None) -> Iterator[SessionInfo]:
         """As :meth:`SessionClient.list_sessions`: pages are fetched as the iteration needs them."""
         return self._iterate(self._client.list_sessions(task_queue=task_queue, owner=owner, state=state,
-                                                        page_size=page_size, resource=resource))
+                                                        page_size=page_size, principal=principal,
+                                                        resource=resource))
 
     def list_workers(self, *, task_queue: str | None = None, page_size: int = 0) -> Iterator[WorkerInfo]:
         """As :meth:`SessionClient.list_workers`."""

@@ -217,6 +217,9 @@ class SessionInfo:
     slot kept) waits up to ``reattach_timeout`` for the worker to register again."""
     request_id: str | None = None
     """The idempotency key the session was placed with, if any."""
+    principal: str | None = None
+    """The principal that created the session (None when the server has no authentication): only
+    it and operators see the session."""
     resources: Mapping[str, int] = field(default_factory=lambda: _ONE_SESSION)
     """What the session holds on its worker: ``{"sessions": 1}`` and every amount it asked for
     (``{"gpu": 1, "sessions": 1}``), released when it ends."""
@@ -253,6 +256,7 @@ class SessionInfo:
             options=SessionOptions._from_proto(msg.options),
             detached_since=timestamp_from_proto(msg.detached_since) if msg.HasField("detached_since") else None,
             request_id=msg.request_id or None,
+            principal=msg.principal or None,
             resources=_amounts(msg.resources) if msg.resources else _ONE_SESSION,
         )
 
@@ -279,6 +283,8 @@ class WorkerInfo:
     """When the worker registered (aware, UTC)."""
     last_heartbeat_time: datetime | None
     """When the server last heard from the worker (aware, UTC)."""
+    principal: str | None = None
+    """The principal that registered the worker (None when the server has no authentication)."""
     capacities: Mapping[str, int] = field(default_factory=lambda: _EMPTY_AMOUNTS)
     """What the worker can hold, by resource (``sessions`` = ``max_concurrent_sessions``)."""
     used: Mapping[str, int] = field(default_factory=lambda: _EMPTY_AMOUNTS)
@@ -305,6 +311,7 @@ class WorkerInfo:
             last_heartbeat_time=(
                 timestamp_from_proto(msg.last_heartbeat_time) if msg.HasField("last_heartbeat_time") else None
             ),
+            principal=msg.principal or None,
             capacities=_amounts(msg.capacities),
             used=_amounts(msg.used),
             labels=_labels(msg.labels),

@@ -141,6 +141,7 @@ class SessionWorker:
         private_key: bytes | None = None,
         certificate_chain: bytes | None = None,
         auth_token: str | None = None,
+        auth_token_file: str | os.PathLike[str] | None = None,
         converter: PayloadConverter | None = None,
         activity_executor: concurrent.futures.Executor | None = None,
         max_activity_threads: int = 100,
@@ -168,6 +169,8 @@ class SessionWorker:
             private_key: PEM client key (mTLS, with ``certificate_chain``).
             certificate_chain: PEM client certificate chain (mTLS).
             auth_token: The worker role's bearer token.
+            auth_token_file: A file whose first line is the bearer token, read again at every
+                (re)connect, so a rotated token is picked up without a restart. Not with ``auth_token``.
             converter: Payload converter (must match the callers').
             activity_executor: Executor for sync activities; default: a thread pool owned by the worker.
             max_activity_threads: Size of the default thread pool.
@@ -210,6 +213,7 @@ class SessionWorker:
             private_key=private_key,
             certificate_chain=certificate_chain,
             auth_token=auth_token,
+            auth_token_file=auth_token_file,
             channel_options=channel_options,
         )
         self._task_queue = task_queue

@@ -39,13 +39,14 @@ class SessiondEnvironment:
     """
 
     def __init__(self, server: Any, target: str, client: SessionClient, task_queue: str,
-                 converter: PayloadConverter | None) -> None:
+                 converter: PayloadConverter | None, worker_token: str | None = None) -> None:
         """Built by :meth:`start`."""
         self._server = server
         self._target = target
         self._client = client
         self._task_queue = task_queue
         self._converter = converter
+        self._worker_token = worker_token
         self._workers: list[_Running] = []
 
     @classmethod
@@ -76,6 +77,8 @@ class SessiondEnvironment:
                 :meth:`start_worker`).
             **server_options: ``sessiond.config.ServerConfig`` fields, for example
                 ``heartbeat_timeout=timedelta(seconds=1)`` or ``creation_timeout=timedelta(seconds=2)``.
+                With ``caller_token``/``worker_token`` the client and the workers present them (for
+                other principals, connect your own ``SessionClient(env.target, auth_token=...)``).
 
         Raises:
             ModuleNotFoundError: The ``sessiond`` server package is not installed.
@@ -93,8 +96,9 @@ class SessiondEnvironment:
         target = f"127.0.0.1:{port}"
         env: SessiondEnvironment | None = None
         try:
-            client = await SessionClient.connect(target, converter=converter, default_rpc_timeout=10)
-            env = cls(server, target, client, task_queue or f"test-{next(_names)}", converter)
+            client = await SessionClient.connect(target, converter=converter, default_rpc_timeout=10,
+                                                 auth_token=config.caller_token)
+            env = cls(server, target, client, task_queue or f"test-{next(_names)}", converter, config.worker_token)
             if activities is not None:
                 activity_list = activities if isinstance(activities, Mapping) else list(activities)
                 for _ in range(workers):
@@ -136,6 +140,8 @@ class SessiondEnvironment:
         """Start one more worker (registered when this returns); ``options`` are ``SessionWorker``'s."""
         options.setdefault("converter", self._converter)
         options.setdefault("reconnect_max_delay", 0.5)
+        if "auth_token_file" not in options:
+            options.setdefault("auth_token", self._worker_token)
         worker = SessionWorker(self._target, task_queue or self._task_queue, activities, **options)
         task = asyncio.create_task(worker.run(), name=f"sessiond-test-worker-{len(self._workers)}")
         self._workers.append(_Running(worker, task))

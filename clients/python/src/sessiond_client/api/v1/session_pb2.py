@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19sessiond/v1/session.proto\x12\x0bsessiond.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9c\x03\n\x0eSessionOptions\x12\x33\n\x10\x63reation_timeout\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x11\x65xecution_timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x11heartbeat_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x33\n\x10reattach_timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12=\n\tresources\x18\x05 \x03(\x0b\x32*.sessiond.v1.SessionOptions.ResourcesEntry\x12\x31\n\x0e\x63\x61ller_timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08selector\x18\x07 \x01(\t\x1a\x30\n\x0eResourcesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"C\n\tWorkerRef\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08identity\x18\x02 \x01(\t\x12\x11\n\thost_name\x18\x03 \x01(\t\"D\n\x07\x46\x61ilure\x12(\n\x05\x63\x61use\x18\x01 \x01(\x0e\x32\x19.sessiond.v1.FailureCause\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xd6\x04\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\ntask_queue\x18\x02 \x01(\t\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.sessiond.v1.SessionState\x12&\n\x06worker\x18\x04 \x01(\x0b\x32\x16.sessiond.v1.WorkerRef\x12\x16\n\x0erecreate_token\x18\x05 \x01(\x0c\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nclose_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05owner\x18\t \x01(\t\x12%\n\x07\x66\x61ilure\x18\n \x01(\x0b\x32\x14.sessiond.v1.Failure\x12,\n\x07options\x18\x0b \x01(\x0b\x32\x1b.sessiond.v1.SessionOptions\x12\x32\n\x0e\x64\x65tached_since\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\r \x01(\t\x12\x11\n\trecreated\x18\x0e \x01(\x08\x12\x36\n\tresources\x18\x0f \x03(\x0b\x32#.sessiond.v1.Session.ResourcesEntry\x1a\x30\n\x0eResourcesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"~\n\x07Payload\x12\x34\n\x08metadata\x18\x01 \x03(\x0b\x32\".sessiond.v1.Payload.MetadataEntry\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"n\n\x0f\x41\x63tivityFailure\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x15\n\rnon_retryable\x18\x03 \x01(\x08\x12%\n\x07\x64\x65tails\x18\x04 \x01(\x0b\x32\x14.sessiond.v1.Payload\"\xdf\x04\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x12\n\ntask_queue\x18\x02 \x01(\t\x12\x10\n\x08identity\x18\x03 \x01(\t\x12\x11\n\thost_name\x18\x04 \x01(\t\x12\x1f\n\x17max_concurrent_sessions\x18\x05 \x01(\x05\x12\x15\n\ropen_sessions\x18\x06 \x01(\x05\x12\x10\n\x08\x64raining\x18\x07 \x01(\x08\x12\x30\n\x0c\x63onnect_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x13last_heartbeat_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x16outbound_backlog_bytes\x18\n \x01(\x03\x12;\n\ncapacities\x18\x0e \x03(\x0b\x32\'.sessiond.v1.WorkerInfo.CapacitiesEntry\x12/\n\x04used\x18\x0f \x03(\x0b\x32!.sessiond.v1.WorkerInfo.UsedEntry\x12\x33\n\x06labels\x18\x10 \x03(\x0b\x32#.sessiond.v1.WorkerInfo.LabelsEntry\x1a\x31\n\x0f\x43\x61pacitiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a+\n\tUsedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x86\x02\n\x0fWaitingRequests\x12\x12\n\ntask_queue\x18\x01 \x01(\t\x12>\n\tresources\x18\x02 \x03(\x0b\x32+.sessiond.v1.WaitingRequests.ResourcesEntry\x12\x10\n\x08selector\x18\x03 \x01(\t\x12\r\n\x05\x63ount\x18\x04 \x01(\x05\x12\x30\n\x0coldest_since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12unplaceable_reason\x18\x06 \x01(\t\x1a\x30\n\x0eResourcesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01*y\n\x0cSessionState\x12\x1d\n\x19SESSION_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12SESSION_STATE_OPEN\x10\x01\x12\x18\n\x14SESSION_STATE_FAILED\x10\x02\x12\x18\n\x14SESSION_STATE_CLOSED\x10\x03*\x9e\x02\n\x0c\x46\x61ilureCause\x12\x1d\n\x19\x46\x41ILURE_CAUSE_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x46\x41ILURE_CAUSE_WORKER_LOST\x10\x01\x12#\n\x1f\x46\x41ILURE_CAUSE_HEARTBEAT_TIMEOUT\x10\x02\x12#\n\x1f\x46\x41ILURE_CAUSE_EXECUTION_TIMEOUT\x10\x03\x12!\n\x1d\x46\x41ILURE_CAUSE_WORKER_SHUTDOWN\x10\x04\x12\x1d\n\x19\x46\x41ILURE_CAUSE_CALLER_LOST\x10\x05\x12$\n FAILURE_CAUSE_SERVER_UNREACHABLE\x10\x06\x12\x1e\n\x1a\x46\x41ILURE_CAUSE_SESSION_LOST\x10\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19sessiond/v1/session.proto\x12\x0bsessiond.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9c\x03\n\x0eSessionOptions\x12\x33\n\x10\x63reation_timeout\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x11\x65xecution_timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x11heartbeat_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x33\n\x10reattach_timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12=\n\tresources\x18\x05 \x03(\x0b\x32*.sessiond.v1.SessionOptions.ResourcesEntry\x12\x31\n\x0e\x63\x61ller_timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08selector\x18\x07 \x01(\t\x1a\x30\n\x0eResourcesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"C\n\tWorkerRef\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08identity\x18\x02 \x01(\t\x12\x11\n\thost_name\x18\x03 \x01(\t\"D\n\x07\x46\x61ilure\x12(\n\x05\x63\x61use\x18\x01 \x01(\x0e\x32\x19.sessiond.v1.FailureCause\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x83\x05\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\ntask_queue\x18\x02 \x01(\t\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.sessiond.v1.SessionState\x12&\n\x06worker\x18\x04 \x01(\x0b\x32\x16.sessiond.v1.WorkerRef\x12\x16\n\x0erecreate_token\x18\x05 \x01(\x0c\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nclose_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05owner\x18\t \x01(\t\x12%\n\x07\x66\x61ilure\x18\n \x01(\x0b\x32\x14.sessiond.v1.Failure\x12,\n\x07options\x18\x0b \x01(\x0b\x32\x1b.sessiond.v1.SessionOptions\x12\x32\n\x0e\x64\x65tached_since\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\r \x01(\t\x12\x11\n\trecreated\x18\x0e \x01(\x08\x12\x36\n\tresources\x18\x0f \x03(\x0b\x32#.sessiond.v1.Session.ResourcesEntry\x12\x11\n\tprincipal\x18\x11 \x01(\t\x12\x18\n\x10record_signature\x18\x12 \x01(\x0c\x1a\x30\n\x0eResourcesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"~\n\x07Payload\x12\x34\n\x08metadata\x18\x01 \x03(\x0b\x32\".sessiond.v1.Payload.MetadataEntry\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"n\n\x0f\x41\x63tivityFailure\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x15\n\rnon_retryable\x18\x03 \x01(\x08\x12%\n\x07\x64\x65tails\x18\x04 \x01(\x0b\x32\x14.sessiond.v1.Payload\"\xf2\x04\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x12\n\ntask_queue\x18\x02 \x01(\t\x12\x10\n\x08identity\x18\x03 \x01(\t\x12\x11\n\thost_name\x18\x04 \x01(\t\x12\x1f\n\x17max_concurrent_sessions\x18\x05 \x01(\x05\x12\x15\n\ropen_sessions\x18\x06 \x01(\x05\x12\x10\n\x08\x64raining\x18\x07 \x01(\x08\x12\x30\n\x0c\x63onnect_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x13last_heartbeat_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x16outbound_backlog_bytes\x18\n \x01(\x03\x12\x11\n\tprincipal\x18\x12 \x01(\t\x12;\n\ncapacities\x18\x0e \x03(\x0b\x32\'.sessiond.v1.WorkerInfo.CapacitiesEntry\x12/\n\x04used\x18\x0f \x03(\x0b\x32!.sessiond.v1.WorkerInfo.UsedEntry\x12\x33\n\x06labels\x18\x10 \x03(\x0b\x32#.sessiond.v1.WorkerInfo.LabelsEntry\x1a\x31\n\x0f\x43\x61pacitiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a+\n\tUsedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x86\x02\n\x0fWaitingRequests\x12\x12\n\ntask_queue\x18\x01 \x01(\t\x12>\n\tresources\x18\x02 \x03(\x0b\x32+.sessiond.v1.WaitingRequests.ResourcesEntry\x12\x10\n\x08selector\x18\x03 \x01(\t\x12\r\n\x05\x63ount\x18\x04 \x01(\x05\x12\x30\n\x0coldest_since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12unplaceable_reason\x18\x06 \x01(\t\x1a\x30\n\x0eResourcesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01*y\n\x0cSessionState\x12\x1d\n\x19SESSION_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12SESSION_STATE_OPEN\x10\x01\x12\x18\n\x14SESSION_STATE_FAILED\x10\x02\x12\x18\n\x14SESSION_STATE_CLOSED\x10\x03*\x9e\x02\n\x0c\x46\x61ilureCause\x12\x1d\n\x19\x46\x41ILURE_CAUSE_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x46\x41ILURE_CAUSE_WORKER_LOST\x10\x01\x12#\n\x1f\x46\x41ILURE_CAUSE_HEARTBEAT_TIMEOUT\x10\x02\x12#\n\x1f\x46\x41ILURE_CAUSE_EXECUTION_TIMEOUT\x10\x03\x12!\n\x1d\x46\x41ILURE_CAUSE_WORKER_SHUTDOWN\x10\x04\x12\x1d\n\x19\x46\x41ILURE_CAUSE_CALLER_LOST\x10\x05\x12$\n FAILURE_CAUSE_SERVER_UNREACHABLE\x10\x06\x12\x1e\n\x1a\x46\x41ILURE_CAUSE_SESSION_LOST\x10\x07\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,10 +47,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WORKERINFO_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_WAITINGREQUESTS_RESOURCESENTRY']._loaded_options = None
   _globals['_WAITINGREQUESTS_RESOURCESENTRY']._serialized_options = b'8\001'
-  _globals['_SESSIONSTATE']._serialized_start=2377
-  _globals['_SESSIONSTATE']._serialized_end=2498
-  _globals['_FAILURECAUSE']._serialized_start=2501
-  _globals['_FAILURECAUSE']._serialized_end=2787
+  _globals['_SESSIONSTATE']._serialized_start=2441
+  _globals['_SESSIONSTATE']._serialized_end=2562
+  _globals['_FAILURECAUSE']._serialized_start=2565
+  _globals['_FAILURECAUSE']._serialized_end=2851
   _globals['_SESSIONOPTIONS']._serialized_start=108
   _globals['_SESSIONOPTIONS']._serialized_end=520
   _globals['_SESSIONOPTIONS_RESOURCESENTRY']._serialized_start=472
@@ -60,25 +60,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FAILURE']._serialized_start=591
   _globals['_FAILURE']._serialized_end=659
   _globals['_SESSION']._serialized_start=662
-  _globals['_SESSION']._serialized_end=1260
+  _globals['_SESSION']._serialized_end=1305
   _globals['_SESSION_RESOURCESENTRY']._serialized_start=472
   _globals['_SESSION_RESOURCESENTRY']._serialized_end=520
-  _globals['_PAYLOAD']._serialized_start=1262
-  _globals['_PAYLOAD']._serialized_end=1388
-  _globals['_PAYLOAD_METADATAENTRY']._serialized_start=1341
-  _globals['_PAYLOAD_METADATAENTRY']._serialized_end=1388
-  _globals['_ACTIVITYFAILURE']._serialized_start=1390
-  _globals['_ACTIVITYFAILURE']._serialized_end=1500
-  _globals['_WORKERINFO']._serialized_start=1503
-  _globals['_WORKERINFO']._serialized_end=2110
-  _globals['_WORKERINFO_CAPACITIESENTRY']._serialized_start=1969
-  _globals['_WORKERINFO_CAPACITIESENTRY']._serialized_end=2018
-  _globals['_WORKERINFO_USEDENTRY']._serialized_start=2020
-  _globals['_WORKERINFO_USEDENTRY']._serialized_end=2063
-  _globals['_WORKERINFO_LABELSENTRY']._serialized_start=2065
-  _globals['_WORKERINFO_LABELSENTRY']._serialized_end=2110
-  _globals['_WAITINGREQUESTS']._serialized_start=2113
-  _globals['_WAITINGREQUESTS']._serialized_end=2375
+  _globals['_PAYLOAD']._serialized_start=1307
+  _globals['_PAYLOAD']._serialized_end=1433
+  _globals['_PAYLOAD_METADATAENTRY']._serialized_start=1386
+  _globals['_PAYLOAD_METADATAENTRY']._serialized_end=1433
+  _globals['_ACTIVITYFAILURE']._serialized_start=1435
+  _globals['_ACTIVITYFAILURE']._serialized_end=1545
+  _globals['_WORKERINFO']._serialized_start=1548
+  _globals['_WORKERINFO']._serialized_end=2174
+  _globals['_WORKERINFO_CAPACITIESENTRY']._serialized_start=2033
+  _globals['_WORKERINFO_CAPACITIESENTRY']._serialized_end=2082
+  _globals['_WORKERINFO_USEDENTRY']._serialized_start=2084
+  _globals['_WORKERINFO_USEDENTRY']._serialized_end=2127
+  _globals['_WORKERINFO_LABELSENTRY']._serialized_start=2129
+  _globals['_WORKERINFO_LABELSENTRY']._serialized_end=2174
+  _globals['_WAITINGREQUESTS']._serialized_start=2177
+  _globals['_WAITINGREQUESTS']._serialized_end=2439
   _globals['_WAITINGREQUESTS_RESOURCESENTRY']._serialized_start=472
   _globals['_WAITINGREQUESTS_RESOURCESENTRY']._serialized_end=520
 # @@protoc_insertion_point(module_scope)

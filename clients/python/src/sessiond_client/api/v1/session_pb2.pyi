@@ -294,6 +294,8 @@ class Session(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     RECREATED_FIELD_NUMBER: _builtins.int
     RESOURCES_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
+    RECORD_SIGNATURE_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Unguessable UUID4 of the session."""
     task_queue: _builtins.str
@@ -308,6 +310,15 @@ class Session(_message.Message):
     """The idempotency key the session was placed with (empty if none)."""
     recreated: _builtins.bool
     """True when the session was placed by RecreateSession (request ids are scoped per RPC)."""
+    principal: _builtins.str
+    """The principal that created the session (empty when the server has no authentication): only it
+    and operators see the session; owner keys and request ids are scoped by it.
+    """
+    record_signature: _builtins.bytes
+    """Set only on sessions sent to their worker (SessionStarted, Registered.reattached_sessions): the
+    server's HMAC-SHA256 over the session record. The worker reports the session back unchanged in
+    RegisterWorker.held_sessions, and a restarted server adopts it only if the signature verifies.
+    """
     @_builtins.property
     def worker(self) -> Global___WorkerRef:
         """The worker that holds the session."""
@@ -362,10 +373,12 @@ class Session(_message.Message):
         request_id: _builtins.str = ...,
         recreated: _builtins.bool = ...,
         resources: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        principal: _builtins.str = ...,
+        record_signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time", "create_time", b"create_time", "detached_since", b"detached_since", "expire_time", b"expire_time", "failure", b"failure", "options", b"options", "worker", b"worker"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time", "create_time", b"create_time", "detached_since", b"detached_since", "expire_time", b"expire_time", "failure", b"failure", "options", b"options", "owner", b"owner", "recreate_token", b"recreate_token", "recreated", b"recreated", "request_id", b"request_id", "resources", b"resources", "session_id", b"session_id", "state", b"state", "task_queue", b"task_queue", "worker", b"worker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time", "create_time", b"create_time", "detached_since", b"detached_since", "expire_time", b"expire_time", "failure", b"failure", "options", b"options", "owner", b"owner", "principal", b"principal", "record_signature", b"record_signature", "recreate_token", b"recreate_token", "recreated", b"recreated", "request_id", b"request_id", "resources", b"resources", "session_id", b"session_id", "state", b"state", "task_queue", b"task_queue", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -531,6 +544,7 @@ class WorkerInfo(_message.Message):
     CONNECT_TIME_FIELD_NUMBER: _builtins.int
     LAST_HEARTBEAT_TIME_FIELD_NUMBER: _builtins.int
     OUTBOUND_BACKLOG_BYTES_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
     CAPACITIES_FIELD_NUMBER: _builtins.int
     USED_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
@@ -551,6 +565,10 @@ class WorkerInfo(_message.Message):
     outbound_backlog_bytes: _builtins.int
     """Bytes of messages queued for the worker and not yet taken by its stream
     (bounded by --max-worker-backlog; a worker that does not read shows here).
+    """
+    principal: _builtins.str
+    """The principal that registered the worker (empty when the server has no authentication); the
+    worker_id is bound to it.
     """
     @_builtins.property
     def connect_time(self) -> _timestamp_pb2.Timestamp:
@@ -585,13 +603,14 @@ class WorkerInfo(_message.Message):
         connect_time: _timestamp_pb2.Timestamp | None = ...,
         last_heartbeat_time: _timestamp_pb2.Timestamp | None = ...,
         outbound_backlog_bytes: _builtins.int = ...,
+        principal: _builtins.str = ...,
         capacities: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         used: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["connect_time", b"connect_time", "last_heartbeat_time", b"last_heartbeat_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacities", b"capacities", "connect_time", b"connect_time", "draining", b"draining", "host_name", b"host_name", "identity", b"identity", "labels", b"labels", "last_heartbeat_time", b"last_heartbeat_time", "max_concurrent_sessions", b"max_concurrent_sessions", "open_sessions", b"open_sessions", "outbound_backlog_bytes", b"outbound_backlog_bytes", "task_queue", b"task_queue", "used", b"used", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacities", b"capacities", "connect_time", b"connect_time", "draining", b"draining", "host_name", b"host_name", "identity", b"identity", "labels", b"labels", "last_heartbeat_time", b"last_heartbeat_time", "max_concurrent_sessions", b"max_concurrent_sessions", "open_sessions", b"open_sessions", "outbound_backlog_bytes", b"outbound_backlog_bytes", "principal", b"principal", "task_queue", b"task_queue", "used", b"used", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -428,6 +428,7 @@ class ListSessionsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     RESOURCE_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
     task_queue: _builtins.str
     """Only sessions of this task queue (empty = all)."""
     owner: _builtins.str
@@ -440,6 +441,10 @@ class ListSessionsRequest(_message.Message):
     """A next_page_token from a previous call, or empty for the first page."""
     resource: _builtins.str
     """Only sessions that hold some amount of this resource, for example "gpu" (empty = all)."""
+    principal: _builtins.str
+    """Only sessions of this principal (empty = all the caller may see: its own, or every principal's
+    for an operator).
+    """
     def __init__(
         self,
         *,
@@ -449,10 +454,11 @@ class ListSessionsRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         resource: _builtins.str = ...,
+        principal: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "page_size", b"page_size", "page_token", b"page_token", "resource", b"resource", "state", b"state", "task_queue", b"task_queue"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "page_size", b"page_size", "page_token", b"page_token", "principal", b"principal", "resource", b"resource", "state", b"state", "task_queue", b"task_queue"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
