@@ -303,7 +303,10 @@ class SessionTable:
                 if record.session_id in self._sessions:
                     continue
                 try:
-                    adopted.append(self.adopt_session(now, key, worker.epoch, record))
+                    # No serving until every report is in: a slot freed by one adopted to be ended
+                    # (past its expiry) must not go to a waiting Create before a later report that
+                    # the worker really holds claims it. _serve below hands out what is left.
+                    adopted.append(self._adopt(now, key, worker.epoch, record, serve=False))
                 except AdoptionRefusedError:
                     continue
         if reattached or adopted:
@@ -349,6 +352,11 @@ class SessionTable:
         Raises:
             AdoptionRefusedError: nothing changed; the worker must drop the session.
         """
+        return self._adopt(now, key, epoch, record, serve=True)
+
+    def _adopt(self, now: float, key: WorkerKey, epoch: int, record: SessionRecord, *, serve: bool) -> Session:
+        """:meth:`adopt_session`; with ``serve`` False a slot freed by ending an expired session is
+        left for the caller to hand out (a registration adopts all its reports first)."""
         worker = self.worker(key, epoch)
         if worker is None:
             raise AdoptionRefusedError(f"worker {key.worker_id} is not connected at epoch {epoch}")
@@ -378,7 +386,7 @@ class SessionTable:
         self._update_interval(now, worker)
         if session.expire_at <= now:
             # Adopted to be ended truthfully: its caller learns EXECUTION_TIMEOUT, not "lost".
-            self._end(now, session, SessionState.FAILED, FailureCause.EXECUTION_TIMEOUT)
+            self._end(now, session, SessionState.FAILED, FailureCause.EXECUTION_TIMEOUT, serve=serve)
         return session
 
     def decline_session(self, now: float, key: WorkerKey, epoch: int, session_id: str) -> None:
@@ -765,7 +773,10 @@ class SessionTable:
             del worker.liveness[timeout]
             self._liveness_deadlines.remove((worker.key, timeout))
 
-    def _end(self, now: float, session: Session, state: SessionState, cause: FailureCause | None) -> None:
+    def _end(self, now: float, session: Session, state: SessionState, cause: FailureCause | None, *,
+             serve: bool = True) -> None:
+        """Leave OPEN: release the slot, the owner key and the activities; then, unless ``serve`` is
+        False (the caller serves the worker itself once it is done), hand the slot to waiters."""
         if state not in TRANSITIONS[session.state]:
             raise IllegalTransitionError(f"session {session.session_id}: {session.state.name} -> {state.name}")
         session.state = state
@@ -793,7 +804,8 @@ class SessionTable:
         if worker.connected:
             self.registry.touch(worker)
             self._update_interval(now, worker)
-            self._serve(now, worker)
+            if serve:
+                self._serve(now, worker)
 
     def _forget(self, session: Session) -> None:
         del self._sessions[session.session_id]

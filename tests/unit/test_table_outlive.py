@@ -17,7 +17,7 @@ from sessiond.core.errors import (
     WorkerDetachedError,
     WorkerIdInUseError,
 )
-from sessiond.core.events import ActivityEnded, SessionDetached, SessionEnded, WorkerRegistered
+from sessiond.core.events import ActivityEnded, SessionDetached, SessionEnded, SessionPlaced, WorkerRegistered
 from sessiond.core.model import FailureCause, Session, SessionRecord, SessionState
 from sessiond.core.table import SessionTable
 from tests.unit.support import (
@@ -330,3 +330,86 @@ def test_a_reported_session_past_its_expiry_is_adopted_only_to_fail_execution_ti
     ended = of_type(table.take_events(), SessionEnded)
     assert [e.session.session_id for e in ended] == [session.session_id]
     assert _failure(ended[0].session) is FailureCause.EXECUTION_TIMEOUT
+
+
+def test_a_slot_freed_by_an_expired_report_goes_to_the_next_report_not_to_a_waiting_create() -> None:
+    # The table's state machine once found this ("adopted [id-1], expected [id-1, id-3]"): ending
+    # the expired report served the waiting Create on its slot in the middle of the registration,
+    # so the session the worker really held was refused and had to be dropped.
+    old = new_table()
+    connect(old, "w", 2)
+    expiring = create_placed(old, 0.0, options(execution=5.0))
+    keeps = create_placed(old, 0.0, options(execution=100.0))
+    table = _restarted(30.0, 0.0)
+    create_waiting(table, 1.0)
+    worker = table.connect_worker(5.0, registration("w", 1), [_record(expiring), _record(keeps)])
+    events = table.take_events()
+    registered = of_type(events, WorkerRegistered)[0]
+    assert [s.session_id for s in registered.adopted] == [expiring.session_id, keeps.session_id]
+    assert worker.sessions == {keeps.session_id}
+    assert _failure(table.get(expiring.session_id)) is FailureCause.EXECUTION_TIMEOUT
+    assert table.waiting_count() == 1 and of_type(events, SessionPlaced) == []
+    # Once every report is in, what is left is served: on a worker with room the Create is placed.
+    again = _restarted(30.0, 0.0)
+    waiter = create_waiting(again, 1.0)
+    worker = again.connect_worker(5.0, registration("w", 2), [_record(expiring), _record(keeps)])
+    events = again.take_events()
+    assert worker.sessions == {keeps.session_id, placed_for(events, waiter).session_id}
+    assert events.index(of_type(events, WorkerRegistered)[0]) < events.index(of_type(events, SessionPlaced)[0])
+
+
+@pytest.mark.parametrize("at_deadline", [True, False])
+def test_adoption_at_and_just_before_each_deadline(at_deadline: bool) -> None:
+    """Every deadline of an adopted session is due exactly at it and not an instant before
+    (the core's convention: DeadlineQueue.pop_due is ``<= now``)."""
+    def when(deadline: float) -> float:
+        return deadline if at_deadline else before(deadline)
+
+    old = new_table()
+    connect(old, "w", 4)
+    expiring = create_placed(old, 0.0, options(execution=10.0, heartbeat=1e6))
+    # The execution deadline: adopted and failed EXECUTION_TIMEOUT at once only when it is due.
+    table = _restarted(30.0, 0.0)
+    worker = table.connect_worker(when(10.0), registration("w", 3), [_record(expiring)])
+    assert state(table.get(expiring.session_id)) is (SessionState.FAILED if at_deadline else SessionState.OPEN)
+    assert (expiring.session_id in worker.sessions) is not at_deadline
+    # The end of the recovery window: a report is adopted only before it.
+    table = _restarted(30.0, 0.0)
+    worker = table.connect_worker(when(30.0), registration("w", 3), [_record(expiring)])
+    assert worker.sessions == set() if at_deadline else {expiring.session_id}
+    # The heartbeat, caller and reattach deadlines of an adopted session count from its adoption.
+    sessions = {name: create_placed(old, 0.0, opts) for name, opts in (
+        ("heartbeat", options(heartbeat=6.0)), ("caller", options(caller=4.0, heartbeat=1e6)),
+        ("reattach", options(reattach=5.0, heartbeat=1e6)))}
+    table = _restarted(30.0, 0.0)
+    worker = table.connect_worker(2.0, registration("w", 3), [_record(s) for s in sessions.values()])
+    table.worker_seen(2.0, worker.key, worker.epoch)
+    table.advance(when(2.0 + 4.0))
+    assert _failure(table.get(sessions["caller"].session_id)) is (FailureCause.CALLER_LOST if at_deadline else None)
+    table.disconnect_worker(3.0, worker.key, worker.epoch)  # the heartbeat session fails at once (no reattach)
+    assert _failure(table.get(sessions["heartbeat"].session_id)) is FailureCause.WORKER_LOST
+    table.advance(when(3.0 + 5.0))
+    assert _failure(table.get(sessions["reattach"].session_id)) is (FailureCause.WORKER_LOST if at_deadline else None)
+    # Retention of an ended adopted session: gone exactly `retention` after it ended (window over).
+    short = SessionTable(new_id=counting_ids("new"), recovering_until=1.0, retention=20.0, signer=SIGNER)
+    short.connect_worker(0.0, registration("w", 3), [_record(expiring)])
+    short.advance(10.0)
+    assert _failure(short.get(expiring.session_id)) is FailureCause.EXECUTION_TIMEOUT
+    short.advance(when(30.0))
+    if at_deadline:
+        with pytest.raises(SessionNotFoundError):
+            short.lookup(30.0, expiring.session_id)
+    else:
+        assert short.lookup(before(30.0), expiring.session_id) is not None
+
+
+def test_an_adopted_session_fails_heartbeat_timeout_exactly_when_its_worker_was_silent_for_it() -> None:
+    old = new_table()
+    connect(old, "w", 1)
+    session = create_placed(old, 0.0, options(heartbeat=6.0))
+    table = _restarted(30.0, 0.0)
+    table.connect_worker(2.0, registration("w", 1), [_record(session)])
+    table.advance(before(8.0))
+    assert state(table.get(session.session_id)) is SessionState.OPEN
+    table.advance(8.0)
+    assert _failure(table.get(session.session_id)) is FailureCause.HEARTBEAT_TIMEOUT

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import INVARIANT_MARKER, RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from sessiond.core.errors import (
     ActivityAbortedError,
@@ -394,6 +394,24 @@ class SessionTableMachine(RuleBasedStateMachine):
         self.placed_total = self.ended_total = 0
         self.waiters, self.cancelled, self.expired, self.served = {}, set(), set(), set()
         self.activities, self.in_flight, self.watches = {}, set(), []
+
+    @precondition(lambda self: self.held and self.now < self.table.recovering_until)
+    @rule(data=st.data(), capacity=st.integers(1, 3), create=st.booleans(), principal=st.sampled_from(PRINCIPALS))
+    def worker_reports_at_an_expiry(self, data: st.DataObject, capacity: int, create: bool, principal: str) -> None:
+        """The clock lands exactly on the expiry of a session a worker still holds, and that worker
+        registers (after a Create that may have to wait for it): the edge where a report is adopted
+        only to fail EXECUTION_TIMEOUT. Random steps reach it rarely; a waiting Create once took the
+        slot it freed from a later report the worker really held."""
+        if create:
+            self._create_one(SessionOptions(creation_timeout=8.0, execution_timeout=40.0, heartbeat_timeout=15.0),
+                             "", "", ResourceVector.one_session(), Selector(), principal)
+        worker_id = data.draw(st.sampled_from(sorted(self.held)))
+        expiries = [r.expire_at for r in self.held[worker_id] if self.now <= r.expire_at < self.table.recovering_until]
+        if expiries:
+            self.now = data.draw(st.sampled_from(sorted(expiries)))
+            self.table.advance(self.now)
+            self._drain()
+        self.connect(worker_id, capacity)
 
     @precondition(lambda self: self.records)
     @rule(data=st.data())
@@ -798,3 +816,30 @@ class SessionTableMachine(RuleBasedStateMachine):
 
 SessionTableMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
 test_session_table_keeps_its_invariants_under_random_operations: Any = SessionTableMachine.TestCase
+
+
+def test_the_machine_adopts_the_report_after_an_expired_one_while_a_create_waits() -> None:
+    """The counterexample "adopted [id-1], expected [id-1, id-3]", replayed step by step so the
+    model's adoption check sees it on every run: after a restart a Create waits (no worker yet);
+    the worker registers, smaller, exactly at the expiry of the first session it reports. That one
+    is adopted to fail EXECUTION_TIMEOUT; its slot belongs to the next report, not to the Create."""
+    machine = SessionTableMachine()
+    checks = [getattr(machine, name) for name in dir(type(machine))
+              if hasattr(getattr(type(machine), name), INVARIANT_MARKER)]
+    assert len(checks) >= 8
+    machine.workers_connect([(2, 0, "a")])
+    quick = SessionOptions(creation_timeout=0.0, execution_timeout=5.0, heartbeat_timeout=15.0)
+    slow = SessionOptions(creation_timeout=0.0, execution_timeout=40.0, heartbeat_timeout=15.0)
+    waits = SessionOptions(creation_timeout=8.0, execution_timeout=40.0, heartbeat_timeout=15.0)
+    one = ResourceVector.one_session()
+    machine.create([(quick, "", "", one, Selector(), "team-a"), (slow, "", "", one, Selector(), "team-b")])
+    machine.server_restarts(window=10.0)
+    machine.create([(waits, "", "", one, Selector(), "team-a")])
+    assert machine.table.waiting_count() == 1
+    machine.time_passes(5.0)
+    machine.connect("w1", capacity=1)
+    for check in checks:
+        check()
+    assert sorted(machine.adopted) == ["id-1", "id-2"]
+    assert machine.table.waiting_count() == 1
+    machine.teardown()
