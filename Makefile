@@ -21,7 +21,8 @@ PYTEST_FLAGS ?= -q -p no:cacheprovider
 .NOTPARALLEL:
 
 .PHONY: help bootstrap .venv node_modules require-node deps-browser deps-etcd test test-py test-cluster lint lint-py \
-        lint-proto lint-docker typecheck gen gen-check docs dist serve demo demo-gpu bench fuzz clean distclean
+        lint-proto lint-docker typecheck gen gen-check docs dist serve demo demo-gpu demo-cluster bench fuzz clean \
+        distclean
 
 help:
 	@echo "make serve      run sessiond on 127.0.0.1:50051 (bootstraps .venv on first use)"
@@ -32,6 +33,7 @@ help:
 	@echo "make lint       ruff + buf lint + hadolint"
 	@echo "make typecheck  mypy --strict over sessiond and sessiond_client"
 	@echo "make test-cluster  only the cluster tier (tests/cluster: real etcd members)"
+	@echo "make demo-cluster  3 sessiond replicas on etcd: kill the one owning a worker, the session goes on"
 	@echo "make deps-etcd  install etcd for the cluster tests (apt, as root) or say what to install"
 	@echo "make gen        regenerate the gRPC stubs from protos/ (scripts/gen_protos.py)"
 	@echo "make demo       run the examples/ file-processing demo"
@@ -139,6 +141,11 @@ serve: $(PY_STAMP)
 
 demo: $(PY_STAMP)
 	$(PY) -m examples.fileprocessing
+
+# Three replicas on a 3-member etcd; the replica owning a running session's worker is killed.
+demo-cluster: export GRPC_VERBOSITY ?= ERROR
+demo-cluster: deps-etcd $(PY_STAMP)
+	$(PY) -m examples.replicas
 
 demo-gpu: $(PY_STAMP)
 	$(PY) -m examples.gpu

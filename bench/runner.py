@@ -37,18 +37,20 @@ from bench.auth import scenario_auth
 from bench.common import cpu_seconds, rss_kb
 from bench.outlive import scenario_outlive
 from bench.procs import PY, REPO, ChildError, Proc, free_port, run_once, wait_port
+from bench.replicas import scenario_replicas
 from bench.resources import scenario_resources
 from bench.stats import percentile, ratio, spread
 from sessiond.ui import POLL_INTERVAL_MS
 
 SCENARIOS = ("core", "activity", "kill9", "frozen_worker", "scale", "tracing", "dashboard", "outlive", "resources",
-             "auth")
+             "auth", "replicas")
 # Scenarios that produce several rows of the table (one JSON entry each).
-MULTI_ROW = ("core", "activity", "outlive")
+MULTI_ROW = ("core", "activity", "outlive", "replicas")
 # The JSON has one entry per row of the table (core yields three of them).
 RESULT_KEYS = ("create_complete", "execute_activity_1", "execute_activity_64", "activity_floor", "library_worker",
                "kill9", "frozen_worker", "scale", "tracing", "dashboard", "server_restart", "worker_restart",
-               "caller_lost", "resources", "auth")
+               "caller_lost", "resources", "auth", "replicas_create_complete", "replicas_forwarded",
+               "replicas_failover")
 
 
 @dataclass(frozen=True)
@@ -81,18 +83,20 @@ class Sizes:
     resource_reps: int
     probe_ops: int
     auth_runs: int
+    replica_reps: int
+    failover_trials: int
 
 
 FULL = Sizes(core_reps=4, warmup=1.0, duration=3.0, kill_runs=3, kills=20, echo_kills=10, frozen_runs=3, frozen=8,
              heartbeat_timeout=1.0, scale_runs=3, levels=(10, 1000, 10_000), sessions=100_000, probe_warmup=1.0,
              probe_duration=3.0, idle_seconds=2.0, tracing_runs=3, tracing_in_flight=64, dashboard_runs=6,
              outlive_runs=3, outlive_sessions=1000, caller_timeout=5.0, resource_runs=3, resource_workers=1000,
-             resource_reps=4, probe_ops=5000, auth_runs=6)
+             resource_reps=4, probe_ops=5000, auth_runs=6, replica_reps=3, failover_trials=10)
 SMOKE = Sizes(core_reps=1, warmup=0.2, duration=0.5, kill_runs=1, kills=3, echo_kills=2, frozen_runs=1, frozen=2,
               heartbeat_timeout=0.5, scale_runs=1, levels=(10, 40, 80), sessions=400, probe_warmup=0.2,
               probe_duration=0.5, idle_seconds=0.3, tracing_runs=1, tracing_in_flight=16, dashboard_runs=1,
               outlive_runs=1, outlive_sessions=20, caller_timeout=1.0, resource_runs=1, resource_workers=40,
-              resource_reps=2, probe_ops=200, auth_runs=1)
+              resource_reps=2, probe_ops=200, auth_runs=1, replica_reps=1, failover_trials=1)
 
 WORKER_STREAMS_PER_PROCESS = 1250
 
@@ -836,7 +840,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs:
         sizes = replace(sizes, core_reps=args.runs, kill_runs=args.runs, frozen_runs=args.runs,
                         scale_runs=args.runs, tracing_runs=args.runs, dashboard_runs=args.runs,
-                        outlive_runs=args.runs, resource_runs=args.runs, auth_runs=args.runs)
+                        outlive_runs=args.runs, resource_runs=args.runs, auth_runs=args.runs, replica_reps=args.runs,
+                        failover_trials=max(args.runs, 10))
     out_dir = args.out or (REPO / "bench" / "out" / "smoke" if args.smoke else REPO / "bench")
     out_dir.mkdir(parents=True, exist_ok=True)
     logs = (out_dir / "logs") if args.out else (REPO / "bench" / "out" / ("smoke-logs" if args.smoke else "logs"))
@@ -858,7 +863,7 @@ def main(argv: list[str] | None = None) -> int:
         "core": scenario_core, "activity": scenario_activity, "kill9": scenario_kill9,
         "frozen_worker": scenario_frozen, "scale": scenario_scale,
         "tracing": scenario_tracing, "dashboard": scenario_dashboard, "outlive": scenario_outlive,
-        "resources": scenario_resources, "auth": scenario_auth,
+        "resources": scenario_resources, "auth": scenario_auth, "replicas": scenario_replicas,
     }
     failed = []
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -1,11 +1,13 @@
 """Generate the Python stubs from protos/: the one codegen command.
 
-Two sets of stubs, each produced the same way (protoc + grpc + mypy-protobuf, imports rewritten):
+Three sets of stubs, each produced the same way (protoc + grpc + mypy-protobuf, imports rewritten):
 
 * ``sessiond.v1`` (protos/sessiond/v1) goes into the client package as ``sessiond_client.api.v1``,
   the only copy of sessiond's own API stubs.
 * ``etcdserverpb`` (protos/etcd/etcdserverpb: sessiond's description of the part of etcd's v3 API
   the etcd store speaks) goes into the server as ``sessiond.store.etcd.api``; only the server needs it.
+* ``sessiond.internal.v1`` (protos/sessiond/internal/v1: the records the etcd store keeps) goes into
+  the server as ``sessiond.store.records``.
 
 protoc writes imports that follow the proto path (``from sessiond.v1 import session_pb2``), which
 would collide with the server's own ``sessiond`` package, so they are rewritten to the target package.
@@ -71,6 +73,15 @@ TARGETS = [
         python_package="sessiond.store.etcd.api",
         init_doc="Generated gRPC stubs for the part of etcd's v3 API sessiond uses. Do not edit: run "
         "scripts/gen_protos.py.",
+        py_typed=False,
+    ),
+    Target(
+        proto_root=ROOT / "protos",
+        proto_package="sessiond.internal.v1",
+        out_dir=ROOT / "sessiond" / "store" / "records",
+        python_package="sessiond.store.records",
+        init_doc="Generated stubs for the records the etcd store keeps (internal to replicas). Do not edit: "
+        "run scripts/gen_protos.py.",
         py_typed=False,
     ),
 ]

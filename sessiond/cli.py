@@ -26,7 +26,6 @@ from sessiond.config import (
     format_duration,
     parse_field,
 )
-from sessiond.store.spec import MemoryStoreSpec
 
 
 class _Parser(argparse.ArgumentParser):
@@ -99,10 +98,6 @@ def _serve(args: argparse.Namespace) -> int:
         config = config.with_overrides(**{f.name: getattr(args, f.name) for f in fields(ServerConfig)})
     except ValueError as exc:
         print(f"sessiond: {exc}", file=sys.stderr)
-        return 2
-    if not isinstance(config.store_spec, MemoryStoreSpec):
-        # Parsed and validated above; the replicated server itself is not built yet.
-        print(f"sessiond: store {config.store_spec} is not implemented yet (use --store memory)", file=sys.stderr)
         return 2
     from sessiond import event_loop
 

@@ -235,6 +235,15 @@ class RecoveringError(SessionError):
     reason = "RECOVERING"
 
 
+class OwnerUnavailableError(SessionError):
+    """Replicas (SPEC §6.5): the replica that owns the session's worker cannot be reached now, or the
+    worker is moving between replicas (its owner died or fenced itself). Retry: the worker is
+    adopted by another replica within the failover window. For an activity in flight when its
+    owner died, the outcome is unknown: it may have run."""
+
+    reason = "OWNER_UNAVAILABLE"
+
+
 class WorkerIdInUseError(SessionError):
     """A live process is registered with this worker_id; this registration displaced nothing.
 

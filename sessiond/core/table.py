@@ -285,7 +285,8 @@ class SessionTable:
 
     # ----------------------------------------------------------------- workers
 
-    def connect_worker(self, now: float, reg: WorkerRegistration, held: Iterable[SessionRecord] = ()) -> Worker:
+    def connect_worker(self, now: float, reg: WorkerRegistration, held: Iterable[SessionRecord] = (), *,
+                       adopt_held: bool = False) -> Worker:
         """Register a worker stream; emits :class:`WorkerRegistered` first, then any placements.
 
         A previous stream with the same key that is still live (heard within STALE_INTERVALS
@@ -296,6 +297,8 @@ class SessionTable:
         WORKER_LOST), and during the recovery window the ``held`` sessions this table does not
         know are adopted. Held sessions the table knows are settled already: re-attached above if
         they were detached here, else ended (the worker is not told they are its own).
+        ``adopt_held`` adopts them outside the recovery window too: a replica taking a worker over
+        passes only the held sessions its store records as OPEN on that worker (SPEC §6.5).
         """
         key = WorkerKey(reg.task_queue, reg.worker_id)
         self._bindings.check(now, key, reg.principal)  # another principal's worker_id: PERMISSION_DENIED
@@ -317,7 +320,7 @@ class SessionTable:
         self._events.append(registered)  # first: its message precedes every other on the stream
         reattached = self._reattach(now, worker)
         adopted: list[Session] = []
-        if now < self.recovering_until:
+        if adopt_held or now < self.recovering_until:
             for record in held:
                 if record.session_id in self._sessions:
                     continue
@@ -634,6 +637,38 @@ class SessionTable:
         session = self.lookup(now, session_id, viewer)
         if session.state is SessionState.OPEN:
             self._end(now, session, SessionState.CLOSED, None)
+        return session
+
+    def abort_placement(self, now: float, session_id: str) -> Session | None:
+        """The store refused to make a placement durable (SPEC §6.5: reserve -> commit -> publish):
+        the session never existed for anyone. Its slot, owner and request id are released, it leaves
+        every index, no event is emitted for it, and the freed slot goes to the next waiter. A
+        session the table ended meanwhile (its worker left before the commit answered) is only
+        forgotten: its slot was released by that end, whose event the publisher must drop too.
+
+        Returns the session as it was (None when the table does not know the id).
+        """
+        session = self._sessions.get(session_id)
+        if session is None:
+            return None
+        worker = session.worker
+        if session.state is SessionState.OPEN:
+            self._unlink(session)
+            if session.detached_at is not None:
+                self._reattach_deadlines.remove(session_id)
+            self._caller_deadlines.remove(session_id)
+            for aid in sorted(session.activities):
+                self._activity_deadlines.remove(aid)
+                self._activities.pop(aid, None)
+            session.activities.clear()
+        if session.owner and self._owners.get((session.principal, session.owner)) is session:
+            del self._owners[(session.principal, session.owner)]
+        self._session_deadlines.remove(session_id)
+        self._forget(session)
+        if worker.connected and self.registry.workers.get(worker.key) is worker:
+            self.registry.touch(worker)
+            self._update_interval(now, worker)
+            self._serve(now, worker)
         return session
 
     def _check_owner(self, principal: str, owner: str) -> None:

@@ -76,6 +76,12 @@ class Signer:
         # A worker's token never changes: encode it once (bounded: worker ids come from workers).
         self._cache: dict[tuple[WorkerKey, str], bytes] = {}
 
+    def use(self, keys: TokenKeys) -> None:
+        """Sign and verify with ``keys`` from now on (a replica takes its cluster's shared key at
+        start, before it hands out any token)."""
+        self.keys = keys
+        self._cache.clear()
+
     def _verifying(self, now: float) -> Iterable[bytes]:
         yield self.keys.current
         if self.keys.previous is not None and now < self.keys.previous_until:

@@ -34,6 +34,7 @@ from sessiond.server.startup import (
     server_credentials,
     token_keys,
 )
+from sessiond.store.spec import EtcdStoreSpec
 from sessiond.telemetry import SessionMetrics, configure_metrics, configure_tracing
 
 if TYPE_CHECKING:
@@ -98,7 +99,15 @@ class SessiondServer:
         return True
 
     async def start(self) -> None:
-        """Start serving (and the dashboard, when configured) and report SERVING."""
+        """Start serving (and the dashboard, when configured) and report SERVING. A replica first
+        registers in its store (its lease and address) and fills its mirrors."""
+        cluster = self.engine.cluster
+        if cluster is not None:
+            try:
+                await cluster.start()
+            except Exception as error:
+                await cluster.store.client.close()
+                raise StartupError(f"store: could not register this replica: {error}") from None
         await self.grpc_server.start()
         if self.dashboard is not None:
             try:
@@ -121,6 +130,9 @@ class SessiondServer:
         self.engine.begin_shutdown()
         await self.grpc_server.stop(self.config.shutdown_grace.total_seconds() if grace is None else grace)
         self.engine.stop()
+        if self.engine.cluster is not None:
+            await self.engine.cluster.close()
+            await self.engine.cluster.store.close()  # deregisters the replica (its lease is revoked)
 
     async def wait_for_termination(self) -> None:
         """Wait until the server has stopped."""
@@ -140,7 +152,8 @@ async def create_server(config: ServerConfig | None = None, *,
     auth = authenticator(config)
     loop = asyncio.get_running_loop()
     keys = token_keys(config, loop.time())
-    engine = Engine(config, metrics, signer=Signer(keys), verify_reports=auth.enabled)
+    replicated = isinstance(config.store_spec, EtcdStoreSpec)
+    engine = Engine(config, metrics, signer=Signer(keys), verify_reports=auth.enabled, replicated=replicated)
     server = grpc.aio.server(interceptors=list(interceptors or []), options=_grpc_options(config))
     # Every service through the one decoding path: no request is parsed by grpc itself, and the
     # authentication guard runs in it before any request is.
@@ -160,6 +173,17 @@ async def create_server(config: ServerConfig | None = None, *,
             port = server.add_secure_port(config.listen, credentials)
     except RuntimeError as exc:  # grpc's "Failed to bind": the probe above passed, so a race or an odd address
         raise StartupError(f"listen {config.listen}: gRPC could not bind it ({exc})") from None
+    if replicated:
+        from sessiond.server.cluster import Cluster, open_store  # the etcd store: only replicas import it
+
+        log.warning("replicas on etcd are experimental: known bugs can break the per-worker limit after an "
+                    "etcd election or a takeover race; see README 'Running several replicas'")
+        address = config.advertise or f"{config.listen.rpartition(':')[0]}:{port}"
+        try:
+            engine.cluster = Cluster(engine, await open_store(config, address))
+        except StartupError:
+            await server.stop(0)
+            raise
     dashboard = None
     if config.ui_listen is not None:
         from sessiond.ui.http import Dashboard  # aiohttp is imported only when the dashboard is on
@@ -202,7 +226,12 @@ async def serve(config: ServerConfig, *, warnings: Sequence[str] = ()) -> None:
     loop.add_signal_handler(signal.SIGHUP, server.reload_credentials)
     waiter = asyncio.create_task(server.wait_for_termination())
     stopper = asyncio.create_task(stop.wait())
-    await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    watched: set[asyncio.Task[Any]] = {waiter, stopper}
+    fenced = None
+    if server.engine.cluster is not None:
+        fenced = asyncio.create_task(server.engine.cluster.fenced.wait())
+        watched.add(fenced)
+    await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
     log.info("sessiond shutting down")
     await server.stop()
     stopper.cancel()
@@ -212,3 +241,8 @@ async def serve(config: ServerConfig, *, warnings: Sequence[str] = ()) -> None:
     if tracer_provider is not None:
         tracer_provider.shutdown()  # type: ignore[attr-defined]
     log.info("sessiond stopped")
+    if fenced is not None:
+        if fenced.done():
+            raise StartupError("this replica lost its etcd lease and fenced itself; start it again "
+                               "(a new incarnation) once etcd is reachable")
+        fenced.cancel()

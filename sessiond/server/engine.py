@@ -22,6 +22,7 @@ import math
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sessiond_client.api.v1 import session_pb2, session_service_pb2, worker_pb2
 
@@ -31,6 +32,7 @@ from sessiond.core.errors import (
     ActivityHeartbeatTimeoutError,
     MessageTooLargeError,
     SessionError,
+    SessionNotFoundError,
     ShuttingDownError,
     WorkerBackloggedError,
 )
@@ -63,8 +65,12 @@ from sessiond.server.convert import (
 )
 from sessiond.server.limits import payload_bytes, result_bytes, task_bytes, too_large_result
 from sessiond.server.worker_connection import WorkerConnection
+from sessiond.store.spec import EtcdStoreSpec
 from sessiond.telemetry import NoMetrics, SessionMetrics, tracing
 from sessiond.telemetry.failures import FailureLog, FailureRecord
+
+if TYPE_CHECKING:
+    from sessiond.server.cluster import Cluster  # imports the etcd store: only replicas load it
 
 log = logging.getLogger("sessiond.engine")
 
@@ -110,7 +116,7 @@ class Engine:
     """Runs the session table on an asyncio loop. Create it inside the running loop."""
 
     def __init__(self, config: ServerConfig, metrics: SessionMetrics | None = None, *,
-                 signer: Signer | None = None, verify_reports: bool = False) -> None:
+                 signer: Signer | None = None, verify_reports: bool = False, replicated: bool = False) -> None:
         """Args:
             config: the server's settings.
             metrics: where to count (default: nowhere).
@@ -119,6 +125,8 @@ class Engine:
             verify_reports: adopt a session a worker reports after a restart only when the record
                 carries this server's signature (authentication on: a worker must not be able to
                 make up a session for another principal). Off, reports are trusted as they come.
+            replicated: a replica on the etcd store (SPEC §6.5): reports are vetted against the
+                store, and the recovery window is the store's failover window.
         """
         self.config = config
         self.signer = signer or Signer()
@@ -129,10 +137,16 @@ class Engine:
         self._loop = asyncio.get_running_loop()
         # Every start may be a restart: for the recovery window, workers' reports are adopted.
         self.recovery_window = config.recovery_window.total_seconds()
+        # A replica (SPEC §6.5): sessions are durable in the store; the window is the failover
+        # window, and a registering worker's reports are vetted against the store, not a window.
+        self.cluster: Cluster | None = None
+        spec = config.store_spec
+        if replicated and isinstance(spec, EtcdStoreSpec):
+            self.recovery_window = spec.failover_window.total_seconds()
         self.table = SessionTable(
             retention=config.retention.total_seconds(),
             max_heartbeat_interval=config.max_heartbeat_interval.total_seconds(),
-            recovering_until=self._loop.time() + self.recovery_window,
+            recovering_until=-math.inf if replicated else self._loop.time() + self.recovery_window,
             signer=self.signer,
             max_waiters=config.max_waiters,
             max_waiters_per_queue=config.max_waiters_per_queue,
@@ -222,6 +236,8 @@ class Engine:
             self.metrics.creation_rejected(task_queue, error.reason)
             raise
         self._flush()
+        if self.cluster is not None and isinstance(result, Session):
+            await self.cluster.placed(result.session_id)
         return await self._settle(result, started)
 
     async def recreate_session(self, token: bytes, options: SessionOptions, *, owner: str,
@@ -237,6 +253,8 @@ class Engine:
             self.metrics.creation_rejected(self._token_queue(token), error.reason)
             raise
         self._flush()
+        if self.cluster is not None and isinstance(result, Session):
+            await self.cluster.placed(result.session_id)
         return await self._settle(result, started)
 
     async def _settle(self, result: Session | Waiter, started: float) -> Session:
@@ -284,6 +302,14 @@ class Engine:
         session = self.table.complete(self.now(), session_id, viewer)
         self._flush()
         return session
+
+    def holds(self, session_id: str) -> bool:
+        """Whether this process's table knows the session (replicas: else another replica may)."""
+        try:
+            self.table.get(session_id)
+        except SessionNotFoundError:
+            return False
+        return True
 
     def get_session(self, session_id: str, viewer: Viewer = ANYONE) -> Session:
         """Read a session ``viewer`` may see (a caller asking about it attends it)."""
@@ -421,12 +447,12 @@ class Engine:
 
     # ----------------------------------------------------------------- workers
 
-    def connect_worker(self, registration: WorkerRegistration, held: list[SessionRecord] | None = None
-                       ) -> WorkerConnection:
+    def connect_worker(self, registration: WorkerRegistration, held: list[SessionRecord] | None = None, *,
+                       adopt_held: bool = False) -> WorkerConnection:
         """Register a worker stream (its detached sessions and, during the recovery window, the
         sessions it reports come back to it). A previous stream with the same key is replaced only
         when stale or of the same process, and is told so; else WorkerIdInUseError."""
-        worker = self.table.connect_worker(self.now(), registration, held or ())
+        worker = self.table.connect_worker(self.now(), registration, held or (), adopt_held=adopt_held)
         old = self._connections.get(worker.key)
         if old is not None:
             # In-band, before its stream ends: a frozen process reads this first when it wakes up.
@@ -636,8 +662,13 @@ class Engine:
     # ----------------------------------------------------------------- events and time
 
     def _flush(self) -> None:
-        for event in self.table.take_events():
-            self._publish(event)
+        if self.cluster is None:
+            for event in self.table.take_events():
+                self._publish(event)
+        else:
+            events = self.table.take_events()
+            if events:
+                self.cluster.submit(events)  # commit, then publish (SPEC §6.5)
         deadline = self.table.next_deadline()
         if deadline is not None and deadline < self._timer_at:
             if self._timer is not None:
@@ -690,6 +721,14 @@ class Engine:
             if future is not None and not future.done():
                 future.set_exception(event.error)
             self._cancel_on_worker(event.activity, event.error.reason)
+
+    def _waiter_refused(self, waiter_id: str, error: Exception) -> None:
+        """A waiter's placement was refused by the store (replicas): its callers get the reason."""
+        wait = self._waits.pop(waiter_id, None)
+        if wait is not None:
+            self.metrics.waiters(wait.task_queue, -1)
+            if not wait.future.done():
+                wait.future.set_exception(error)
 
     def _registered(self, event: ev.WorkerRegistered) -> None:
         worker = event.worker

@@ -27,6 +27,15 @@ log = logging.getLogger("sessiond.server")
 DOMAIN = "sessiond"
 
 # Every domain error, its status code. The reason comes from the error itself (error.reason).
+class PlacedElsewhereError(Exception):
+    """Replicas: a create's request id was already placed by another replica; the call is answered
+    with that session (read from the store), as a retry on the same replica would be."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(session_id)
+        self.session_id = session_id
+
+
 STATUS_CODES: dict[type[e.SessionError], grpc.StatusCode] = {
     e.SessionNotFoundError: grpc.StatusCode.NOT_FOUND,
     e.ExistingOpenSessionError: grpc.StatusCode.FAILED_PRECONDITION,
@@ -48,6 +57,7 @@ STATUS_CODES: dict[type[e.SessionError], grpc.StatusCode] = {
     e.TooManyWaitersError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     e.WorkerDetachedError: grpc.StatusCode.ABORTED,
     e.RecoveringError: grpc.StatusCode.UNAVAILABLE,
+    e.OwnerUnavailableError: grpc.StatusCode.UNAVAILABLE,
     e.WorkerIdInUseError: grpc.StatusCode.ALREADY_EXISTS,
 }
 

@@ -11,11 +11,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from sessiond_client.api.v1 import session_service_pb2, session_service_pb2_grpc, worker_pb2
+from sessiond_client.api.v1 import session_pb2, session_service_pb2, session_service_pb2_grpc, worker_pb2
 
+from sessiond.core.errors import SessionNotFoundError
 from sessiond.server import auth, validate
 from sessiond.server.engine import Engine
-from sessiond.server.errors import rpc, rpc_stream
+from sessiond.server.errors import PlacedElsewhereError, rpc, rpc_stream
 from sessiond.server.worker_stream import serve_worker
 from sessiond.telemetry import tracing
 
@@ -50,14 +51,28 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
                             context: Context) -> session_service_pb2.CreateSessionResponse:
         task_queue = validate.name(request.task_queue, "task_queue", required=True)
         options = validate.options(request.options, request.HasField("options"), self.engine.config)
-        session = await self.engine.create_session(
-            task_queue, options, max_wait=_max_wait(context),
-            owner=validate.name(request.owner, "owner", required=False),
-            request_id=validate.name(request.request_id, "request_id", required=False),
-            demand=validate.demand(request.options.resources),
-            selector=validate.selector(request.options.selector),
-            principal=auth.current().name,
-        )
+        demand = validate.demand(request.options.resources)
+        selector = validate.selector(request.options.selector)
+        cluster = self.engine.cluster
+        if cluster is not None:
+            elsewhere = cluster.create_target(task_queue, context)
+            if elsewhere is None and not cluster.knows_queue(task_queue):
+                wait = options.creation_timeout
+                capped = _max_wait(context)
+                elsewhere = await cluster.wait_for_worker(task_queue, context,
+                                                          wait if capped is None else min(wait, capped))
+            if elsewhere is not None:  # no worker of the queue here: a replica that has some places it
+                return await cluster.call(elsewhere, "CreateSession", request, context,
+                                          session_service_pb2.CreateSessionResponse)
+        try:
+            session = await self.engine.create_session(
+                task_queue, options, max_wait=_max_wait(context),
+                owner=validate.name(request.owner, "owner", required=False),
+                request_id=validate.name(request.request_id, "request_id", required=False),
+                demand=demand, selector=selector, principal=auth.current().name,
+            )
+        except PlacedElsewhereError as elsewhere_placed:
+            return session_service_pb2.CreateSessionResponse(session=await self._stored(elsewhere_placed.session_id))
         _annotate(session.session_id, session.task_queue, session.worker.key.worker_id)
         return session_service_pb2.CreateSessionResponse(session=self.engine.to_pb(session))
 
@@ -67,29 +82,61 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         token = validate.token(request.recreate_token)
         options = validate.options(request.options, request.HasField("options"), self.engine.config)
         validate.no_selector(request.options.selector)
-        session = await self.engine.recreate_session(
-            token, options, max_wait=_max_wait(context),
-            owner=validate.name(request.owner, "owner", required=False),
-            request_id=validate.name(request.request_id, "request_id", required=False),
-            demand=validate.demand(request.options.resources),
-            principal=auth.current().name,
-        )
+        demand = validate.demand(request.options.resources)
+        cluster = self.engine.cluster
+        if cluster is not None:
+            elsewhere = cluster.recreate_target(token, context)
+            if elsewhere is not None:  # the token's worker is connected to another replica
+                return await cluster.call(elsewhere, "RecreateSession", request, context,
+                                          session_service_pb2.RecreateSessionResponse)
+        try:
+            session = await self.engine.recreate_session(
+                token, options, max_wait=_max_wait(context),
+                owner=validate.name(request.owner, "owner", required=False),
+                request_id=validate.name(request.request_id, "request_id", required=False),
+                demand=demand, principal=auth.current().name,
+            )
+        except PlacedElsewhereError as elsewhere_placed:
+            return session_service_pb2.RecreateSessionResponse(
+                session=await self._stored(elsewhere_placed.session_id))
         _annotate(session.session_id, session.task_queue, session.worker.key.worker_id)
         return session_service_pb2.RecreateSessionResponse(session=self.engine.to_pb(session))
 
     @rpc
     async def CompleteSession(self, request: session_service_pb2.CompleteSessionRequest,
                               context: Context) -> session_service_pb2.CompleteSessionResponse:
-        session = self.engine.complete_session(validate.name(request.session_id, "session_id", required=True),
-                                               auth.current().viewer)
+        session_id = validate.name(request.session_id, "session_id", required=True)
+        cluster = self.engine.cluster
+        try:
+            session = self.engine.complete_session(session_id, auth.current().viewer)
+        except SessionNotFoundError:
+            if cluster is None:
+                raise
+            answer = await cluster.forward("CompleteSession", request, context, session_id,
+                                           session_service_pb2.CompleteSessionResponse)
+            if isinstance(answer, session_pb2.Session):
+                return session_service_pb2.CompleteSessionResponse(session=answer)
+            return answer
+        if cluster is not None:
+            await cluster.settled()  # the end is durable before the caller hears of it
         _annotate(session.session_id, session.task_queue, session.worker.key.worker_id)
         return session_service_pb2.CompleteSessionResponse(session=self.engine.to_pb(session))
 
     @rpc
     async def GetSessionInfo(self, request: session_service_pb2.GetSessionInfoRequest,
                              context: Context) -> session_service_pb2.GetSessionInfoResponse:
-        session = self.engine.get_session(validate.name(request.session_id, "session_id", required=True),
-                                          auth.current().viewer)
+        session_id = validate.name(request.session_id, "session_id", required=True)
+        try:
+            session = self.engine.get_session(session_id, auth.current().viewer)
+        except SessionNotFoundError:
+            if self.engine.cluster is None:
+                raise
+            answer = await self.engine.cluster.forward("GetSessionInfo", request, context, session_id,
+                                                       session_service_pb2.GetSessionInfoResponse)
+            if isinstance(answer, session_pb2.Session):
+                return session_service_pb2.GetSessionInfoResponse(session=answer,
+                                                                  server_incarnation=self.engine.incarnation)
+            return answer
         return session_service_pb2.GetSessionInfoResponse(
             session=self.engine.to_pb(session), server_incarnation=self.engine.incarnation)
 
@@ -109,6 +156,13 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         # (A protobuf map's len() is O(1); dict() of an empty one is not free.)
         headers = tracing.outgoing_headers(dict(request.headers) if request.headers else {},
                                            context.invocation_metadata())
+        cluster = self.engine.cluster
+        if cluster is not None and not self.engine.holds(session_id):
+            answer = await cluster.forward("ExecuteActivity", request, context, session_id,
+                                           session_service_pb2.ExecuteActivityResponse)
+            if isinstance(answer, session_pb2.Session):  # never for ExecuteActivity
+                raise SessionNotFoundError(session_id)
+            return answer
         return await self.engine.execute_activity(
             session_id, activity_type, request.input, timeout, headers, heartbeat_timeout=heartbeat_timeout,
             attempt=attempt, heartbeat_details=request.heartbeat_details if request.HasField("heartbeat_details")
@@ -118,7 +172,11 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
     async def WatchSession(self, request: session_service_pb2.WatchSessionRequest,
                            context: Context) -> AsyncIterator[session_service_pb2.WatchSessionResponse]:
         session_id = validate.name(request.session_id, "session_id", required=True)
-        async for session in self.engine.watch_session(session_id, auth.current().viewer):
+        cluster = self.engine.cluster
+        viewer = auth.current().viewer
+        updates = self.engine.watch_session(session_id, viewer) if cluster is None or self.engine.holds(session_id) \
+            else cluster.watch_remote(session_id, viewer)
+        async for session in updates:
             yield session_service_pb2.WatchSessionResponse(session=session)
 
     @rpc
@@ -150,6 +208,14 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         return session_service_pb2.ListWorkersResponse(
             workers=[self.engine.worker_to_pb(w) for w in page], next_page_token=validate.worker_token(more),
             waiting=self.engine.waiting_to_pb(task_queue) if after is None else ())
+
+    async def _stored(self, session_id: str) -> session_pb2.Session:
+        """A session another replica placed (a create's request id used there first)."""
+        assert self.engine.cluster is not None
+        found = await self.engine.cluster.read(session_id)
+        if found is None:
+            raise SessionNotFoundError(session_id)
+        return found[0]
 
     @rpc_stream
     def WorkerHeartbeat(self, request_iterator: AsyncIterator[worker_pb2.WorkerHeartbeatRequest],

@@ -60,12 +60,14 @@ class PlaceSession:
 
 @dataclass(frozen=True, slots=True)
 class EndSession:
-    """A session became FAILED or CLOSED: store its terminal record, free its slot and its owner key."""
+    """A session became FAILED or CLOSED: store its terminal record, free its slot and its owner key,
+    and keep its request key only as long as the record is retained."""
 
     session_id: str
     worker: WorkerKey
     record: bytes
     owner: str | None = None
+    request_id: str | None = None
 
 
 StoreOp = ClaimWorker | PlaceSession | EndSession

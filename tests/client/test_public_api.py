@@ -23,6 +23,7 @@ EXPECTED = [
     "MalformedRequestError",
     "MessageTooLargeError",
     "NoCapacityError",
+    "OwnerUnavailableError",
     "PayloadConverter",
     "PermissionDeniedError",
     "RPCError",
@@ -105,7 +106,7 @@ def test_every_error_shares_the_one_root() -> None:
         for n in EXPECTED
         if inspect.isclass(getattr(sessiond_client, n)) and issubclass(getattr(sessiond_client, n), Exception)
     ]
-    assert len(errors) == 28
+    assert len(errors) == 29
     assert all(issubclass(e, sessiond_client.SessiondError) for e in errors)
 
 

@@ -38,6 +38,7 @@ SAMPLES: list[core.SessionError] = [
     core.TooManyWaitersError("q", 1000, "on task queue 'q'"),
     core.WorkerDetachedError("s-1"),
     core.RecoveringError("not known yet; retry", metadata={"session_id": "s-1"}),
+    core.OwnerUnavailableError("the owner replica is unreachable; retry", metadata={"session_id": "s-1"}),
     core.WorkerIdInUseError("q", "w-1", 29.5),
 ]
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import INVARIANT_MARKER, RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -108,7 +109,7 @@ class SessionTableMachine(RuleBasedStateMachine):
         self.adopted: set[str] = set()
         self.instances: dict[str, str] = {}  # worker id -> the process that registered it last
         self.processes = itertools.count(1)
-        self.registering: tuple[list[SessionRecord], set[str]] | None = None
+        self.registering: tuple[list[SessionRecord], set[str], bool] | None = None
         self.live: dict[str, Connection] = {}  # worker id -> its current connection
         self.fenced: list[Connection] = []  # replaced or disconnected connections
         self.sessions: dict[str, Session] = {}  # every session ever placed
@@ -170,7 +171,7 @@ class SessionTableMachine(RuleBasedStateMachine):
         self.detached.add(session.session_id)
 
     def _on_registered(self, event: WorkerRegistered, held: list[SessionRecord],
-                       was_detached: set[str]) -> None:
+                       was_detached: set[str], vetted: bool) -> None:
         worker = event.worker
         adopted = []
         for session in event.reattached:
@@ -194,7 +195,7 @@ class SessionTableMachine(RuleBasedStateMachine):
                 self.placed_total += 1
                 self.adopted.add(session.session_id)
                 adopted.append(session.session_id)
-        if self.now < self.table.recovering_until:
+        if vetted or self.now < self.table.recovering_until:
             # Only the hard limit and the owner rule refuse a report (an owner that created a new
             # session during the window keeps that one).
             free = worker.capacity
@@ -324,9 +325,11 @@ class SessionTableMachine(RuleBasedStateMachine):
             self.connect(worker_id, capacity, gpus=gpus, zone=zone)
 
     @rule(worker_id=st.sampled_from(WORKER_IDS), capacity=st.integers(1, 3), same_process=st.booleans(),
-          gpus=st.integers(0, 2), zone=st.sampled_from("ab"))
+          gpus=st.integers(0, 2), zone=st.sampled_from("ab"), vetted=st.booleans())
     def connect(self, worker_id: str, capacity: int, same_process: bool = True, gpus: int = 0,
-                zone: str = "a") -> None:
+                zone: str = "a", vetted: bool = False) -> None:
+        """A worker (re)registers. ``vetted``: a replica taking the worker over passes the held
+        sessions its store records as OPEN and adopts them outside any recovery window (SPEC §6.5)."""
         held = self.held.pop(worker_id, [])
         key = WorkerKey(QUEUE, worker_id)
         current = self.table.worker(*self.live[worker_id]) if worker_id in self.live else None
@@ -339,7 +342,8 @@ class SessionTableMachine(RuleBasedStateMachine):
         stale_at = None if current is None else max(current.last_seen, current.interval_since) + 3 * current.interval
         try:
             worker = self.table.connect_worker(self.now, registration(
-                worker_id, capacity, instance=instance, resources={"gpu": gpus}, labels={"zone": zone}), held)
+                worker_id, capacity, instance=instance, resources={"gpu": gpus}, labels={"zone": zone}), held,
+                adopt_held=vetted)
         except WorkerIdInUseError as exc:
             assert stale_at is not None and not same_process
             assert self.now < stale_at and exc.stale_after == stale_at - self.now
@@ -352,7 +356,7 @@ class SessionTableMachine(RuleBasedStateMachine):
         if worker_id in self.live:
             self.fenced.append(self.live[worker_id])
         self.live[worker_id] = (worker.key, worker.epoch)
-        self.registering = (held, was_detached)
+        self.registering = (held, was_detached, vetted)
         events = self._drain()
         registered = [e for e in events if isinstance(e, WorkerRegistered)]
         assert len(registered) == 1 and registered[0].worker is worker
@@ -540,6 +544,54 @@ class SessionTableMachine(RuleBasedStateMachine):
         assert target is not None
         events = self._drain()
         self._check_new_result(result, events, opts, owner, request_id, holders, target, asks, Selector(), principal)
+
+    @rule(opts=options_strategy, owner=st.sampled_from(OWNERS), request_id=st.sampled_from(REQUEST_IDS),
+          asks=st.sampled_from(ASKS), ended_first=st.booleans(), principal=st.sampled_from(PRINCIPALS))
+    def store_refuses_a_placement(self, opts: SessionOptions, owner: str, request_id: str, asks: ResourceVector,
+                                  ended_first: bool, principal: str = "") -> None:
+        """Reserve -> commit -> publish with the commit refused (SPEC §6.5): a create whose
+        placement the store does not make durable, possibly ended locally before the answer."""
+        before = set(self.sessions)
+        holders = self._owner_holders()
+        where = Selector()
+        earlier = self.table._requests.get((principal, "create", QUEUE, request_id)) if request_id else None
+        if earlier is not None:
+            asks, where = earlier.demand, earlier.selector
+        try:
+            result = self.table.create(self.now, QUEUE, opts, owner=owner, request_id=request_id, demand=asks,
+                                       selector=where, principal=principal)
+        except (NoCapacityError, ExistingOpenSessionError):
+            assert self._drain() == []
+            return
+        self._check_new_result(result, self._drain(), opts, owner, request_id, holders, None, asks, where, principal)
+        if not isinstance(result, Session) or result.session_id in before:
+            return  # it waits (or was a retry): nothing new to refuse
+        session = result
+        sid = session.session_id
+        if ended_first:
+            self.table.complete(self.now, sid)
+            self._drain()
+        worker = session.worker
+        used = worker.used[SESSIONS] - (session.state is SessionState.OPEN)
+        assert self.table.abort_placement(self.now, sid) is session
+        # It never existed: the model forgets it, and its slot, owner and request id are free.
+        del self.sessions[sid]
+        self.placed_total -= 1
+        if sid in self.ended:
+            self.ended.discard(sid)
+            self.terminal.pop(sid, None)
+            self.ended_total -= 1
+        with pytest.raises(SessionNotFoundError):
+            self.table.get(sid)
+        assert sid not in worker.sessions
+        served = self._drain()  # the freed slot went to the oldest fitting waiter, if any
+        assert all(isinstance(e, SessionPlaced) and e.session.session_id != sid for e in served)
+        assert worker.used[SESSIONS] == used + sum(e.session.worker is worker for e in served
+                                                   if isinstance(e, SessionPlaced))
+        owner_key = (principal, owner)
+        if owner and not any(isinstance(e, SessionPlaced) and (e.session.principal, e.session.owner) == owner_key
+                             for e in served):
+            assert (principal, owner) not in self._owner_holders()
 
     @precondition(lambda self: self.sessions)
     @rule(data=st.data(), who=st.sampled_from(["owner", "owner", "other", "operator"]))

@@ -18,6 +18,7 @@ from sessiond_client import _tracing
 from sessiond_client._connection import ConnectionConfig, Metadata
 from sessiond_client._converter import DefaultPayloadConverter, PayloadConverter
 from sessiond_client._errors import (
+    OwnerUnavailableError,
     RecoveringError,
     RPCError,
     ServerShuttingDownError,
@@ -500,7 +501,8 @@ class SessionClient:
                         await asyncio.sleep(delay)
                         continue
                     raise mapped from err
-                if retry and attempt < _UNARY_ATTEMPTS and (transient or isinstance(mapped, ServerShuttingDownError)):
+                if retry and attempt < _UNARY_ATTEMPTS and (
+                        transient or isinstance(mapped, (ServerShuttingDownError, OwnerUnavailableError))):
                     delay = backoff.next_delay()
                     if loop.time() + delay < deadline:
                         logger.debug("retrying after %s (attempt %d)", err.code().name, attempt)

@@ -6,6 +6,7 @@ loop that will use the channel (grpc.aio binds a channel to the running loop).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ class ConnectionConfig:
     def __post_init__(self) -> None:
         if not self.target:
             raise ValueError("target must not be empty (for example '127.0.0.1:50051')")
+        channel_target(self.target)  # a bad list of addresses fails here, with its reason
         if (self.private_key is None) != (self.certificate_chain is None):
             raise ValueError("private_key and certificate_chain go together (mTLS)")
         if self.auth_token is not None and self.auth_token_file is not None:
@@ -93,5 +95,34 @@ class ConnectionConfig:
                 private_key=self.private_key,
                 certificate_chain=self.certificate_chain,
             )
-            return grpc.aio.secure_channel(self.target, credentials, options=options)
-        return grpc.aio.insecure_channel(self.target, options=options)
+            return grpc.aio.secure_channel(channel_target(self.target), credentials, options=options)
+        return grpc.aio.insecure_channel(channel_target(self.target), options=options)
+
+
+def channel_target(target: str) -> str:
+    """The gRPC target for ``target``: one address (``host:port``, or any gRPC target such as
+    ``dns:///sessiond.internal:50051``) is used as it is; several comma-separated IP addresses
+    (``10.0.0.1:50051,10.0.0.2:50051``: the replicas of one sessiond) become one channel that uses
+    the first that answers and moves to the next when it fails.
+
+    Raises:
+        ValueError: a list names a host name (use one DNS name that resolves to every replica) or
+            mixes IPv4 and IPv6.
+    """
+    if "," not in target or ":/" in target.split(",", 1)[0] or target.startswith(("ipv4:", "ipv6:")):
+        return target
+    families = set()
+    for item in target.split(","):
+        host, sep, port = item.strip().rpartition(":")
+        try:
+            address = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            raise ValueError(f"target: several addresses must be IP addresses (host:port), got {item!r}; "
+                             "for host names use one DNS name that resolves to every replica") from None
+        if not sep or not port.isdigit():
+            raise ValueError(f"target: expected host:port, got {item!r}")
+        families.add(address.version)
+    if len(families) > 1:
+        raise ValueError("target: several addresses must all be IPv4 or all IPv6")
+    scheme = "ipv4" if families == {4} else "ipv6"
+    return f"{scheme}:{','.join(item.strip() for item in target.split(','))}"

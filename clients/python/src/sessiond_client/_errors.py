@@ -247,6 +247,14 @@ class RecoveringError(SessiondError):
     REASON = "RECOVERING"
 
 
+class OwnerUnavailableError(SessiondError):
+    """Replicas: the replica owning the session's worker cannot be reached now, or the worker is
+    moving to another replica (UNAVAILABLE). Idempotent calls are retried within their deadline;
+    for an activity the outcome is unknown (it may have run)."""
+
+    REASON = "OWNER_UNAVAILABLE"
+
+
 class WorkerIdInUseError(SessiondError):
     """A live process is already registered with this worker_id (ALREADY_EXISTS).
 
@@ -384,6 +392,7 @@ _REASONS: dict[str, type[SessiondError]] = {
         TooManyWaitersError,
         WorkerDetachedError,
         RecoveringError,
+        OwnerUnavailableError,
         WorkerIdInUseError,
         WorkerReplacedError,
     )

@@ -1,0 +1,761 @@
+"""The etcd store: a replica's fenced writes, its lease, and its mirrors of who owns what.
+
+Keys live under ``/sessiond/<cluster>/`` (distributed.md §3.1; names percent-encoded, so a ``/`` in
+a task queue or worker id never makes two keys collide):
+
+=========================== ================================================ =========================
+key                         value                                            lease
+=========================== ================================================ =========================
+``replicas/<rid>``          ``ReplicaRecord`` (address)                      the replica's lease
+``workers/<q>/<w>``         ``WorkerEntry`` (owner replica, worker record)   none; mod revision = fence
+``rworkers/<rid>/<q>/<w>``  empty: which workers a replica owns              none
+``sessions/<sid>``          ``SessionEntry`` (worker, ``Session`` record)    none while OPEN, then a
+                                                                             retention bucket
+``wsess/<q>/<w>/<sid>``     empty: the open sessions of a worker (its slots) none
+``owners/<owner>``          the session id holding the owner                 none
+``requests/<request key>``  the session id the request placed                as ``sessions/<sid>``
+=========================== ================================================ =========================
+
+**Fencing** (§3.2): a :class:`~sessiond.store.base.ClaimWorker` commits only if ``workers/<q>/<w>``
+was not rewritten since the revision the claimer read, and its own revision becomes this replica's
+fence for the worker. Every later write about the worker (place, end) is one Txn that compares the
+worker key's mod revision with that fence, so a replica that lost the worker (a takeover by another
+replica, or this replica fenced itself) can never add or free a slot: ``|wsess/q/w/*| <= capacity``
+at every revision. The owner and request-id uniqueness keys are created in the same Txn
+(``CREATE == 0``), so "one open session per owner" and "a request id places once" hold across
+replicas.
+
+**Group commit**: :meth:`EtcdStore.commit` queues the batch for the one writer task, which packs
+the operations of every waiting caller into as few Txns as possible (compares deduplicated, no key
+written twice in one Txn, at most :data:`MAX_TXN_OPS` operations) and keeps up to
+:data:`MAX_IN_FLIGHT` Txns in flight on disjoint keys (a placement on a worker also waits for the
+ends on it in flight): an idle replica pays one round trip, a busy one batches and pipelines. A packed Txn whose
+compares fail is retried one operation at a time, in order (a definite "not applied" is safe to
+retry; an unknown outcome never is: it is reported as :attr:`Outcome.UNKNOWN`).
+
+**Self-fencing** (§3.5): etcd never expires a lease early, so the replica may act as an owner until
+``send time of the last acknowledged renewal + TTL - margin``. Past that (or when etcd says the lease
+is gone) the store drops every fence, refuses every further write (``FENCE_LOST``) and calls the
+``on_fenced`` callbacks: the server closes its worker streams so the workers move to another replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote
+
+from sessiond.store.base import (
+    ClaimWorker,
+    CommitResult,
+    EndSession,
+    Outcome,
+    PlaceSession,
+    StoredSession,
+    StoreOp,
+    WorkerKey,
+    WorkerSnapshot,
+)
+from sessiond.store.etcd.api import v3_subset_pb2 as pb
+from sessiond.store.etcd.client import EtcdClient
+from sessiond.store.etcd.errors import EtcdCompactedError, EtcdError, EtcdUnavailableError
+from sessiond.store.etcd.lease import Lease
+from sessiond.store.etcd.ops import compare, created_at, delete_op, get_op, modified_at, prefix_end, put_op
+from sessiond.store.etcd.watch import PUT
+from sessiond.store.records import store_pb2
+
+if TYPE_CHECKING:
+    from sessiond.store.base import SessionStore
+
+__all__ = ["MAX_TXN_OPS", "EtcdStore", "Keys"]
+
+log = logging.getLogger("sessiond.store.etcd")
+
+MAX_TXN_OPS = 120
+"""Operations (compares, puts, deletes) per Txn; etcd's default ``--max-txn-ops`` is 128."""
+MAX_IN_FLIGHT = 4
+"""Txns the writer keeps in flight at once (on disjoint keys)."""
+BUCKET_SECONDS = 10.0
+BUCKET_KEYS = 500
+TXN_TIMEOUT = 2.0
+"""Seconds a write may take before its outcome counts as unknown (and is read back). A proposal
+sent while the etcd leader dies waits for the new one; reading back after an election (≈ 1–2 s)
+is quicker than waiting for the client's 5 s default."""
+SELF_FENCE_MARGIN = 1.0
+"""Seconds before the lease could expire at which the replica stops acting as an owner."""
+
+
+def _part(name: str) -> bytes:
+    return quote(name, safe="").encode()
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The key layout under one cluster's prefix."""
+
+    prefix: bytes
+
+    def replica(self, replica_id: str) -> bytes:
+        return self.prefix + b"replicas/" + _part(replica_id)
+
+    @property
+    def replicas(self) -> bytes:
+        return self.prefix + b"replicas/"
+
+    def worker(self, worker: WorkerKey) -> bytes:
+        return self.prefix + b"workers/" + _part(worker[0]) + b"/" + _part(worker[1])
+
+    @property
+    def workers(self) -> bytes:
+        return self.prefix + b"workers/"
+
+    def parse_worker(self, key: bytes) -> WorkerKey:
+        queue, _, worker = key[len(self.workers):].decode().partition("/")
+        return unquote(queue), unquote(worker)
+
+    def replica_worker(self, replica_id: str, worker: WorkerKey) -> bytes:
+        return self.prefix + b"rworkers/" + _part(replica_id) + b"/" + _part(worker[0]) + b"/" + _part(worker[1])
+
+    def replica_workers(self, replica_id: str) -> bytes:
+        return self.prefix + b"rworkers/" + _part(replica_id) + b"/"
+
+    def session(self, session_id: str) -> bytes:
+        return self.prefix + b"sessions/" + _part(session_id)
+
+    def slots(self, worker: WorkerKey) -> bytes:
+        return self.prefix + b"wsess/" + _part(worker[0]) + b"/" + _part(worker[1]) + b"/"
+
+    def slot(self, worker: WorkerKey, session_id: str) -> bytes:
+        return self.slots(worker) + _part(session_id)
+
+    def owner(self, owner: str) -> bytes:
+        return self.prefix + b"owners/" + _part(owner)
+
+    def request(self, request_id: str) -> bytes:
+        return self.prefix + b"requests/" + _part(request_id)
+
+
+@dataclass
+class _Pending:
+    ops: Sequence[StoreOp]
+    future: asyncio.Future[list[CommitResult]]
+    results: list[CommitResult | None] = field(default_factory=list)
+
+
+@dataclass
+class _Txn:
+    """One Txn being packed: the operations it carries and what it compares and writes."""
+
+    items: list[tuple[_Pending, int]] = field(default_factory=list)
+    compares: dict[bytes, pb.Compare] = field(default_factory=dict)
+    success: list[pb.RequestOp] = field(default_factory=list)
+    written: set[bytes] = field(default_factory=set)
+
+    @property
+    def size(self) -> int:
+        return len(self.compares) + len(self.success)
+
+
+class EtcdStore:
+    """A :class:`~sessiond.store.base.SessionStore` on etcd, for one replica of a cluster.
+
+    Args:
+        client: a connected client (the store closes it on :meth:`close`).
+        prefix: the cluster's key prefix (``EtcdStoreSpec.key_prefix``).
+        address: the host:port this replica is reached at (its ``replicas/`` record).
+        lease_ttl: the replica lease's TTL in seconds.
+        retention: how long a terminal session stays readable, in seconds.
+        replica_id: this incarnation's id (default: a fresh one).
+    """
+
+    def __init__(self, client: EtcdClient, prefix: bytes, address: str, *, lease_ttl: int = 5,
+                 retention: float = 3600.0, replica_id: str | None = None) -> None:
+        self.client = client
+        self.keys = Keys(prefix)
+        self.address = address
+        self.replica_id = replica_id or uuid.uuid4().hex[:12]
+        self.lease_ttl = lease_ttl
+        self.retention = retention
+        self.lease: Lease | None = None
+        self.fenced = asyncio.Event()
+        self.on_fenced: list[Callable[[str], None]] = []
+        self.on_worker_lost: list[Callable[[WorkerKey], None]] = []
+        self._fences: dict[WorkerKey, int] = {}
+        self._workers: dict[WorkerKey, tuple[str, int]] = {}  # mirror: worker -> (owner, mod revision)
+        self._replicas: dict[str, str] = {}  # mirror: replica id -> address
+        self._workers_changed = asyncio.Event()
+        self._gone_since: dict[str, float] = {}  # replicas seen gone by the janitor, since when (loop time)
+        self._pending: deque[_Pending] = deque()
+        self._queue: deque[tuple[_Pending, int]] = deque()
+        # Txns in flight: the keys each writes, and the workers it ends sessions on.
+        self._inflight: dict[asyncio.Task[None], tuple[set[bytes], set[WorkerKey]]] = {}
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._bucket: tuple[int, float, int] | None = None  # (lease id, granted at, keys on it)
+        self.txns = 0
+        self.ops = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Grant this replica's lease, register it, fill the mirrors and start the writer."""
+        self.lease = await self.client.grant_lease(self.lease_ttl)
+        record = store_pb2.ReplicaRecord(replica_id=self.replica_id, address=self.address, start_time=time.time())
+        await self.client.put(self.keys.replica(self.replica_id), record.SerializeToString(), lease=self.lease.id)
+        workers_rev = await self._load_workers()
+        replicas_rev = await self._load_replicas()
+        self._tasks = [
+            asyncio.create_task(self._writer(), name="etcd-store-writer"),
+            asyncio.create_task(self._follow(self.keys.workers, workers_rev, self._on_worker_events,
+                                             self._load_workers), name="etcd-store-workers"),
+            asyncio.create_task(self._follow(self.keys.replicas, replicas_rev, self._on_replica_events,
+                                             self._load_replicas), name="etcd-store-replicas"),
+            asyncio.create_task(self._guard_lease(self.lease), name="etcd-store-lease"),
+        ]
+
+    async def close(self) -> None:
+        """Stop the writer and the mirrors, revoke the lease (deregistering the replica), close the client."""
+        for task in [*self._tasks, *self._inflight]:
+            task.cancel()
+        for task in [*self._tasks, *self._inflight]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._fail_pending(EtcdError("etcd store closed"))
+        if self.lease is not None and not self.fenced.is_set():
+            with contextlib.suppress(EtcdError):
+                await self.client.revoke_lease(self.lease, timeout=2.0)
+        await self.client.close()
+
+    # ------------------------------------------------------------------ the protocol
+
+    @property
+    def commits_synchronously(self) -> bool:
+        """False: every commit is a round trip to etcd."""
+        return False
+
+    def commit_now(self, batch: Sequence[StoreOp]) -> list[CommitResult]:
+        """Not available: use :meth:`commit`."""
+        raise RuntimeError("the etcd store commits asynchronously: await commit()")
+
+    async def commit(self, batch: Sequence[StoreOp]) -> list[CommitResult]:
+        """Queue ``batch`` for the writer and wait for its results (one per operation, in order)."""
+        if not batch:
+            return []
+        pending = _Pending(batch, asyncio.get_running_loop().create_future(), [None] * len(batch))
+        self._pending.append(pending)
+        self._wake.set()
+        return await pending.future
+
+    def fence_of(self, worker: WorkerKey) -> int | None:
+        """This replica's fence for ``worker`` (None: it does not own it)."""
+        return self._fences.get(worker)
+
+    def drop_worker(self, worker: WorkerKey) -> None:
+        """Stop writing about ``worker`` (it moved away or left): later writes answer FENCE_LOST."""
+        self._fences.pop(worker, None)
+
+    async def load_worker_sessions(self, worker: WorkerKey) -> WorkerSnapshot:
+        """The worker key's mod revision and its open sessions, all read at one revision."""
+        listed = await self.client.txn([], [get_op(self.keys.worker(worker)),
+                                             get_op(self.keys.slots(worker), prefix_end(self.keys.slots(worker)),
+                                                    keys_only=True)])
+        revision = listed.header.revision
+        worker_kvs = listed.responses[0].response_range.kvs
+        fence = worker_kvs[0].mod_revision if worker_kvs else 0
+        slot_prefix = len(self.keys.slots(worker))
+        ids = [unquote(kv.key[slot_prefix:].decode()) for kv in listed.responses[1].response_range.kvs]
+        reads = await asyncio.gather(*(self.client.range(self.keys.session(sid), revision=revision) for sid in ids))
+        sessions = []
+        for sid, reply in zip(ids, reads, strict=True):
+            if reply.kvs:
+                sessions.append(self._stored(sid, reply.kvs[0]))
+        return WorkerSnapshot(worker, fence, tuple(sessions))
+
+    async def read_session(self, session_id: str) -> StoredSession | None:
+        """The session's record (a linearizable read), or None."""
+        kv = await self.client.get(self.keys.session(session_id))
+        return None if kv is None else self._stored(session_id, kv)
+
+    async def watch_session(self, session_id: str, after_revision: int) -> AsyncIterator[StoredSession]:
+        """Every version of the record after ``after_revision``; after a compaction, the newest one."""
+        key = self.keys.session(session_id)
+        last = after_revision
+        while True:
+            try:
+                async with await self.client.watch(key, start_revision=last + 1) as watch:
+                    async for batch in watch:
+                        for event in batch.events:
+                            if event.type != PUT:
+                                return  # the retention bucket expired: nothing more will come
+                            last = event.kv.mod_revision
+                            yield self._stored(session_id, event.kv)
+            except EtcdCompactedError:
+                current = await self.client.get(key)
+                if current is None:
+                    return
+                if current.mod_revision > last:
+                    last = current.mod_revision
+                    yield self._stored(session_id, current)
+
+    def owner_of(self, worker: WorkerKey) -> str | None:
+        """The replica owning ``worker`` per the mirror."""
+        entry = self._workers.get(worker)
+        return None if entry is None else entry[0]
+
+    def replica_address(self, replica_id: str) -> str | None:
+        """A live replica's address per the mirror."""
+        return self._replicas.get(replica_id)
+
+    def worker_owners(self) -> list[tuple[WorkerKey, str]]:
+        """Every worker known to the cluster and the replica owning it, per the mirror."""
+        return [(worker, owner) for worker, (owner, _) in self._workers.items()]
+
+    def replicas(self) -> dict[str, str]:
+        """Every live replica (id -> address) per the mirror."""
+        return dict(self._replicas)
+
+    def _stored(self, session_id: str, kv: pb.KeyValue) -> StoredSession:
+        entry = store_pb2.SessionEntry.FromString(kv.value)
+        return StoredSession(session_id, (entry.task_queue, entry.worker_id), entry.record, kv.mod_revision)
+
+    # ------------------------------------------------------------------ the writer
+
+    async def _writer(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                pending = self._pending.popleft()
+                self._queue.extend((pending, i) for i in range(len(pending.ops)))
+            try:
+                await self._dispatch()
+            except Exception as error:  # a bug must not kill the writer silently
+                log.exception("etcd store writer failed")
+                while self._queue:
+                    pending, _ = self._queue.popleft()
+                    if not pending.future.done():
+                        pending.future.set_exception(error)
+
+    async def _dispatch(self) -> None:
+        """Send Txns from the head of the queue, up to :data:`MAX_IN_FLIGHT` at once. A Txn never
+        shares a key with one in flight, and a placement on a worker waits for the ends on it in
+        flight (so the slot count of a worker never exceeds its capacity at any revision); a claim
+        waits for everything in flight and goes alone."""
+        ends = sum(isinstance(p.ops[i], EndSession) for p, i in self._queue)
+        if ends:
+            await self._refresh_bucket(ends)
+        while self._queue and len(self._inflight) < MAX_IN_FLIGHT:
+            pending, i = self._queue[0]
+            op = pending.ops[i]
+            if isinstance(op, ClaimWorker):
+                if self._inflight:
+                    return  # woken again when they are done
+                self._queue.popleft()
+                pending.results[i] = await self._claim(op)
+                self._settle(pending)
+                continue
+            txn = _Txn()
+            while self._queue:
+                pending, i = self._queue[0]
+                op = pending.ops[i]
+                if isinstance(op, ClaimWorker) or self._blocked(op):
+                    break
+                if not self._pack(txn, pending, i, op):
+                    if not txn.items:
+                        self._queue.popleft()  # nothing to write (fence lost): already answered
+                        continue
+                    break
+                self._queue.popleft()
+            if not txn.items:
+                return  # the head waits for a Txn in flight
+            task = asyncio.create_task(self._send_guarded(txn), name="etcd-store-txn")
+            self._inflight[task] = (set(txn.written),
+                                    {pending.ops[i].worker for pending, i in txn.items
+                                     if isinstance(pending.ops[i], EndSession)})
+            task.add_done_callback(self._txn_done)
+
+    def _blocked(self, op: PlaceSession | EndSession) -> bool:
+        """Whether ``op`` must wait for a Txn in flight (a shared key, or a placement behind an end
+        on the same worker)."""
+        keys = self.keys
+        touched = [keys.session(op.session_id), keys.slot(op.worker, op.session_id)]
+        if op.owner:
+            touched.append(keys.owner(op.owner))
+        if op.request_id:
+            touched.append(keys.request(op.request_id))
+        for written, ends_on in self._inflight.values():
+            if any(k in written for k in touched):
+                return True
+            if isinstance(op, PlaceSession) and op.worker in ends_on:
+                return True
+        return False
+
+    def _txn_done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.pop(task, None)
+        self._wake.set()
+
+    async def _send_guarded(self, txn: _Txn) -> None:
+        try:
+            await self._send(txn)
+        except Exception as error:  # a bug: its callers get it, the writer goes on
+            log.exception("etcd store: sending a Txn failed")
+            for pending, _ in txn.items:
+                if not pending.future.done():
+                    pending.future.set_exception(error)
+
+    def _pack(self, txn: _Txn, pending: _Pending, i: int, op: PlaceSession | EndSession) -> bool:
+        """Add ``op`` to ``txn``; False when it does not fit (or it was answered without a write)."""
+        fence = None if self.fenced.is_set() else self._fences.get(op.worker)
+        if fence is None:
+            if txn.items:
+                return False  # answer it after the packed Txn, in order
+            pending.results[i] = CommitResult(Outcome.FENCE_LOST)
+            self._settle(pending)
+            return False
+        compares, success = self._ops(op, fence)
+        keys = [_written(o) for o in success]
+        new_compares = {c.key: c for c in compares if c.key not in txn.compares}
+        if txn.items and (txn.size + len(new_compares) + len(success) > MAX_TXN_OPS
+                          or any(k in txn.written for k in keys)
+                          or any(c.key in txn.written for c in compares)
+                          or any(k in txn.compares and k not in new_compares for k in keys)):
+            return False
+        txn.items.append((pending, i))
+        txn.compares.update(new_compares)
+        txn.success.extend(success)
+        txn.written.update(keys)
+        return True
+
+    def _ops(self, op: PlaceSession | EndSession, fence: int) -> tuple[list[pb.Compare], list[pb.RequestOp]]:
+        keys = self.keys
+        compares = [modified_at(keys.worker(op.worker), fence)]
+        entry = store_pb2.SessionEntry(task_queue=op.worker[0], worker_id=op.worker[1], record=op.record,
+                                       writer_replica=self.replica_id).SerializeToString()
+        sid = op.session_id.encode()
+        if isinstance(op, PlaceSession):
+            success = [put_op(keys.session(op.session_id), entry), put_op(keys.slot(op.worker, op.session_id), b"")]
+            if op.owner:
+                compares.append(created_at(keys.owner(op.owner), 0))
+                success.append(put_op(keys.owner(op.owner), sid))
+            if op.request_id:
+                compares.append(created_at(keys.request(op.request_id), 0))
+                success.append(put_op(keys.request(op.request_id), sid))
+            return compares, success
+        # Only a session whose placement is durable is ended: a placement refused after the core
+        # reserved it (and the session ended locally meanwhile) leaves nothing to end.
+        compares.append(compare(keys.session(op.session_id), "version", ">", 0))
+        return compares, self._end_ops(op, self._bucket_lease())
+
+    def _end_ops(self, op: EndSession, bucket: int) -> list[pb.RequestOp]:
+        """The writes that end a session: its terminal record and request key on the retention
+        bucket, its slot and owner key deleted."""
+        keys = self.keys
+        entry = store_pb2.SessionEntry(task_queue=op.worker[0], worker_id=op.worker[1], record=op.record,
+                                       writer_replica=self.replica_id).SerializeToString()
+        success = [put_op(keys.session(op.session_id), entry, lease=bucket),
+                   delete_op(keys.slot(op.worker, op.session_id))]
+        if op.owner:
+            success.append(delete_op(keys.owner(op.owner)))
+        if op.request_id:
+            success.append(put_op(keys.request(op.request_id), op.session_id.encode(), lease=bucket))
+        return success
+
+    async def _send(self, txn: _Txn) -> None:
+        failure: list[pb.RequestOp] = []
+        if len(txn.items) == 1:  # read what the compares looked at, to say which one failed
+            failure = [get_op(c.key) for c in txn.compares.values()]
+        try:
+            reply = await self.client.txn(list(txn.compares.values()), txn.success, failure, timeout=TXN_TIMEOUT)
+        except EtcdUnavailableError:
+            self._answer(txn.items, CommitResult(Outcome.UNKNOWN))
+            return
+        except EtcdError as error:
+            for pending, _ in txn.items:
+                if not pending.future.done():
+                    pending.future.set_exception(error)
+            return
+        self.txns += 1
+        if reply.succeeded:
+            self.ops += len(txn.items)
+            self._answer(txn.items, CommitResult(Outcome.COMMITTED, reply.header.revision))
+            return
+        for pending, i in txn.items:
+            op = pending.ops[i]
+            assert isinstance(op, PlaceSession | EndSession)
+            if len(txn.items) == 1:
+                pending.results[i] = self._explain(op, reply)
+                self._settle(pending)
+                continue
+            single = _Txn()
+            if self._pack(single, pending, i, op):
+                await self._send(single)
+
+    def _explain(self, op: PlaceSession | EndSession, reply: pb.TxnResponse) -> CommitResult:
+        """Why a one-operation Txn's compares failed, from the reads of its failure branch (in the
+        order of the compares: worker, then owner, then request)."""
+        found = {r.response_range.kvs[0].key: r.response_range.kvs[0]
+                 for r in reply.responses if r.response_range.kvs}
+        revision = reply.header.revision
+        worker = found.get(self.keys.worker(op.worker))
+        if worker is None or worker.mod_revision != self._fences.get(op.worker):
+            self._lose(op.worker)
+            return CommitResult(Outcome.FENCE_LOST, revision)
+        if isinstance(op, PlaceSession):
+            if op.owner and (held := found.get(self.keys.owner(op.owner))) is not None:
+                return CommitResult(Outcome.OWNER_TAKEN, revision, held.value.decode())
+            if op.request_id and (done := found.get(self.keys.request(op.request_id))) is not None:
+                return CommitResult(Outcome.REQUEST_DONE, revision, done.value.decode())
+        if isinstance(op, EndSession) and self.keys.session(op.session_id) not in found:
+            return CommitResult(Outcome.COMMITTED, revision)  # never placed durably: nothing to end
+        return CommitResult(Outcome.UNKNOWN, revision)
+
+    def _answer(self, items: list[tuple[_Pending, int]], result: CommitResult) -> None:
+        for pending, i in items:
+            pending.results[i] = result
+            self._settle(pending)
+
+    def _settle(self, pending: _Pending) -> None:
+        if not pending.future.done() and all(r is not None for r in pending.results):
+            pending.future.set_result([r for r in pending.results if r is not None])
+
+    def _fail_pending(self, error: Exception) -> None:
+        waiting = [*self._pending, *(pending for pending, _ in self._queue)]
+        self._pending.clear()
+        self._queue.clear()
+        for pending in waiting:
+            if not pending.future.done():
+                pending.future.set_exception(error)
+
+    def _bucket_lease(self) -> int:
+        """The retention bucket the next terminal record goes on (0 = none: :meth:`_refresh_bucket`
+        could not grant one, and the record then stays until an operator deletes it)."""
+        if self._bucket is None:
+            return 0
+        lease_id, granted, count = self._bucket
+        self._bucket = (lease_id, granted, count + 1)
+        return lease_id
+
+    async def _refresh_bucket(self, ends: int) -> None:
+        """Grant a new retention bucket when the current one is old or full (every 10 s or 500 keys):
+        etcd deletes a bucket's keys in one step when it expires, so there is no cleanup loop."""
+        now = time.monotonic()
+        if (self._bucket is not None and now - self._bucket[1] < BUCKET_SECONDS
+                and self._bucket[2] + ends <= BUCKET_KEYS):
+            return
+        try:
+            lease = await self.client.grant_lease(int(self.retention) + 10, keep_alive=False)
+        except EtcdError as error:
+            log.warning("etcd store: no retention bucket: %s", error)
+            return
+        self._bucket = (lease.id, now, 0)
+
+    async def _claim(self, op: ClaimWorker) -> CommitResult:
+        if self.fenced.is_set():
+            return CommitResult(Outcome.FENCE_LOST)
+        key = self.keys.worker(op.worker)
+        success = [put_op(key, store_pb2.WorkerEntry(owner_replica=self.replica_id, record=op.record)
+                          .SerializeToString()),
+                   put_op(self.keys.replica_worker(self.replica_id, op.worker), b"")]
+        if op.seen_revision:
+            current = await self.client.get(key)
+            if current is None or current.mod_revision != op.seen_revision:
+                return CommitResult(Outcome.FENCE_LOST)
+            previous = store_pb2.WorkerEntry.FromString(current.value).owner_replica
+            if previous != self.replica_id:
+                success.append(delete_op(self.keys.replica_worker(previous, op.worker)))
+        try:
+            reply = await self.client.txn([modified_at(key, op.seen_revision)], success, timeout=TXN_TIMEOUT)
+        except EtcdUnavailableError:
+            return CommitResult(Outcome.UNKNOWN)
+        self.txns += 1
+        if not reply.succeeded:
+            return CommitResult(Outcome.FENCE_LOST)
+        self.ops += 1
+        revision = reply.header.revision
+        self._fences[op.worker] = revision
+        self._workers[op.worker] = (self.replica_id, revision)
+        return CommitResult(Outcome.COMMITTED, revision)
+
+    # ------------------------------------------------------------------ mirrors and the lease
+
+    async def _load_workers(self) -> int:
+        reply = await self.client.get_prefix(self.keys.workers)
+        self._workers = {}
+        for kv in reply.kvs:
+            self._workers[self.keys.parse_worker(kv.key)] = (
+                store_pb2.WorkerEntry.FromString(kv.value).owner_replica, kv.mod_revision)
+        for worker, fence in list(self._fences.items()):
+            seen = self._workers.get(worker)
+            if seen is None or seen[1] > fence:
+                self._lose(worker)
+        return reply.header.revision
+
+    async def _load_replicas(self) -> int:
+        reply = await self.client.get_prefix(self.keys.replicas)
+        self._replicas = {}
+        for kv in reply.kvs:
+            record = store_pb2.ReplicaRecord.FromString(kv.value)
+            self._replicas[record.replica_id] = record.address
+        return reply.header.revision
+
+    async def _follow(self, prefix: bytes, revision: int, apply: Callable[[Sequence[pb.Event]], None],
+                      reload: Callable[[], Any]) -> None:
+        while True:
+            try:
+                async with await self.client.watch(prefix, prefix_end(prefix), start_revision=revision + 1) as watch:
+                    async for batch in watch:
+                        apply(batch.events)
+                        revision = batch.revision
+            except EtcdCompactedError:
+                revision = await reload()
+            except EtcdError as error:
+                log.warning("etcd store: mirror of %s interrupted: %s", prefix.decode(errors="replace"), error)
+                await asyncio.sleep(0.2)
+
+    async def workers_changed(self) -> None:
+        """Wait until the worker mirror changes."""
+        await self._workers_changed.wait()
+
+    def _on_worker_events(self, events: Sequence[pb.Event]) -> None:
+        changed, self._workers_changed = self._workers_changed, asyncio.Event()
+        changed.set()
+        for event in events:
+            worker = self.keys.parse_worker(event.kv.key)
+            if event.type == PUT:
+                owner = store_pb2.WorkerEntry.FromString(event.kv.value).owner_replica
+                self._workers[worker] = (owner, event.kv.mod_revision)
+            else:
+                self._workers.pop(worker, None)
+            fence = self._fences.get(worker)
+            if fence is not None and event.kv.mod_revision > fence:
+                self._lose(worker)
+
+    def _on_replica_events(self, events: Sequence[pb.Event]) -> None:
+        for event in events:
+            if event.type == PUT:
+                record = store_pb2.ReplicaRecord.FromString(event.kv.value)
+                self._replicas[record.replica_id] = record.address
+            else:
+                rid = unquote(event.kv.key[len(self.keys.replicas):].decode())
+                self._replicas.pop(rid, None)
+
+    # ------------------------------------------------------------------ orphans (the janitor's reads and write)
+
+    async def orphaned_workers(self, gone_for: float) -> list[tuple[str, WorkerKey]]:
+        """Workers still recorded as owned by a replica that has been gone (no ``replicas/`` key,
+        per the mirror) for at least ``gone_for`` seconds: (dead replica id, worker)."""
+        now = asyncio.get_running_loop().time()
+        prefix = self.prefix_of("rworkers/")
+        reply = await self.client.get_prefix(prefix, keys_only=True)
+        out = []
+        for kv in reply.kvs:
+            rid, _, rest = kv.key[len(prefix):].decode().partition("/")
+            rid = unquote(rid)
+            if rid in self._replicas:
+                self._gone_since.pop(rid, None)
+                continue
+            since = self._gone_since.setdefault(rid, now)
+            if now - since >= gone_for:
+                queue, _, worker = rest.partition("/")
+                out.append((rid, (unquote(queue), unquote(worker))))
+        return out
+
+    async def release_orphan(self, replica_id: str, worker: WorkerKey, seen_revision: int,
+                             ends: Sequence[EndSession]) -> bool:
+        """In one Txn, if nobody took ``worker`` over since ``seen_revision``: store the terminal
+        records of its open sessions, free their slots and owner keys, and delete the worker's
+        ownership keys. False when the worker moved meanwhile (nothing written)."""
+        await self._refresh_bucket(len(ends))
+        bucket = self._bucket_lease()
+        success: list[pb.RequestOp] = [delete_op(self.keys.worker(worker)),
+                                       delete_op(self.keys.replica_worker(replica_id, worker))]
+        for op in ends:
+            success += self._end_ops(op, bucket)
+        try:
+            reply = await self.client.txn([modified_at(self.keys.worker(worker), seen_revision)], success,
+                                          timeout=TXN_TIMEOUT)
+        except EtcdUnavailableError:
+            return False
+        return bool(reply.succeeded)
+
+    async def cluster_secret(self, name: str) -> bytes:
+        """A random 32-byte secret shared by every replica of the cluster: the first replica to ask
+        creates it (create-if-absent Txn), the others read it."""
+        key = self.prefix_of(f"secrets/{name}")
+        fresh = os.urandom(32)
+        reply = await self.client.txn([created_at(key, 0)], [put_op(key, fresh)], [get_op(key)],
+                                      timeout=TXN_TIMEOUT)
+        if reply.succeeded:
+            return fresh
+        return bytes(reply.responses[0].response_range.kvs[0].value)
+
+    def prefix_of(self, name: str) -> bytes:
+        """A key prefix under this cluster's."""
+        return self.keys.prefix + name.encode()
+
+    def _lose(self, worker: WorkerKey) -> None:
+        self._fences.pop(worker, None)
+        for callback in list(self.on_worker_lost):
+            callback(worker)
+
+    async def _guard_lease(self, lease: Lease) -> None:
+        """Fence this replica before its lease can expire (or when etcd says it is gone)."""
+        loop = asyncio.get_running_loop()
+        lost = asyncio.ensure_future(lease.wait_lost())
+        try:
+            while True:
+                remaining = lease.deadline - SELF_FENCE_MARGIN - loop.time()
+                if remaining <= 0 and not await self._lease_confirmed(lease):
+                    self._fence("lease renewals stopped: fencing before it can expire")
+                    return
+                remaining = max(lease.deadline - SELF_FENCE_MARGIN - loop.time(), 0.01)
+                await asyncio.wait({lost}, timeout=remaining)
+                if lost.done():
+                    self._fence(lost.result())
+                    return
+        finally:
+            lost.cancel()
+
+    async def _lease_confirmed(self, lease: Lease) -> bool:
+        """Ask etcd directly, within part of the margin, whether the lease still lives: after a
+        stall of this process the keepalive answers may be unread, and fencing would be needless.
+        etcd never expires a lease before the TTL it reports has run from its answer, so the send
+        time plus that TTL is a safe new deadline."""
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
+        try:
+            reply = await self.client.lease_time_to_live(lease.id, timeout=SELF_FENCE_MARGIN / 2)
+        except EtcdError:
+            return False
+        if reply.ttl <= 0 or loop.time() - sent >= SELF_FENCE_MARGIN / 2:
+            return False
+        lease.deadline = max(lease.deadline, sent + reply.ttl)
+        return lease.deadline - SELF_FENCE_MARGIN > loop.time()
+
+    def _fence(self, reason: str) -> None:
+        if self.fenced.is_set():
+            return
+        log.warning("etcd store: replica %s fenced itself: %s", self.replica_id, reason)
+        self.fenced.set()
+        self._fences.clear()
+        for callback in list(self.on_fenced):
+            callback(reason)
+
+
+def _written(op: pb.RequestOp) -> bytes:
+    if op.HasField("request_put"):
+        return op.request_put.key
+    return op.request_delete_range.key
+
+
+if TYPE_CHECKING:
+    def _conforms(store: EtcdStore) -> SessionStore:
+        return store  # mypy checks EtcdStore against the protocol

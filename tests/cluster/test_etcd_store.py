@@ -1,0 +1,254 @@
+"""The etcd store against a real 3-member cluster: fenced claims, places and ends; owner and
+request-id uniqueness across replicas; group commit; the mirrors; adoption reads; self-fencing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from sessiond.store.base import ClaimWorker, EndSession, Outcome, PlaceSession, StoredSession, StoreOp
+from sessiond.store.etcd import EtcdClient
+from sessiond.store.etcd.store import EtcdStore
+from sessiond.testing.etcd_cluster import EtcdCluster
+from tests.cluster.conftest import eventually
+from tests.support.tcp_proxy import TcpProxy
+
+pytestmark = pytest.mark.asyncio
+
+W1 = ("q", "w1")
+W2 = ("q/with slash", "w2")
+
+MakeStore = Callable[..., Awaitable[EtcdStore]]
+
+
+@pytest_asyncio.fixture
+async def make_store(etcd_cluster: EtcdCluster, prefix: bytes) -> AsyncIterator[MakeStore]:
+    """Start replicas' stores of one cluster (all under the test's prefix); closed after the test."""
+    stores: list[EtcdStore] = []
+
+    async def make(address: str = "127.0.0.1:1", endpoints: list[str] | None = None, **kwargs: object) -> EtcdStore:
+        client = await EtcdClient.connect(endpoints or etcd_cluster.endpoints)
+        store = EtcdStore(client, prefix, address, **kwargs)  # type: ignore[arg-type]
+        await store.start()
+        stores.append(store)
+        return store
+
+    yield make
+    for store in stores:
+        await store.close()
+
+
+async def claim(store: EtcdStore, worker: tuple[str, str], seen: int = 0) -> int:
+    [result] = await store.commit([ClaimWorker(worker, b"worker-record", seen)])
+    assert result.outcome is Outcome.COMMITTED, result
+    return result.revision
+
+
+async def test_a_session_is_placed_read_watched_and_ended(make_store: MakeStore) -> None:
+    store = await make_store()
+    fence = await claim(store, W2)
+    assert store.fence_of(W2) == fence and store.owner_of(W2) == store.replica_id
+
+    [placed] = await store.commit([PlaceSession("s1", W2, b"open", owner="o1", request_id="r1")])
+    assert placed.outcome is Outcome.COMMITTED and placed.revision > fence
+    stored = await store.read_session("s1")
+    assert stored == StoredSession("s1", W2, b"open", placed.revision)
+    snapshot = await store.load_worker_sessions(W2)
+    assert snapshot.fence_revision == fence and [s.session_id for s in snapshot.sessions] == ["s1"]
+
+    seen: list[StoredSession] = []
+
+    async def follow() -> None:
+        async for version in store.watch_session("s1", placed.revision):
+            seen.append(version)
+            if version.record == b"closed":
+                return
+
+    watcher = asyncio.create_task(follow())
+    [ended] = await store.commit([EndSession("s1", W2, b"closed", owner="o1", request_id="r1")])
+    assert ended.outcome is Outcome.COMMITTED
+    await asyncio.wait_for(watcher, 5)
+    assert [(s.record, s.revision) for s in seen] == [(b"closed", ended.revision)]
+
+    # The slot and the owner are free again; the terminal record stays readable, on a retention lease.
+    assert (await store.load_worker_sessions(W2)).sessions == ()
+    [again] = await store.commit([PlaceSession("s2", W2, b"open", owner="o1")])
+    assert again.outcome is Outcome.COMMITTED
+    kv = await store.client.get(store.keys.session("s1"))
+    assert kv is not None and kv.lease != 0
+    assert (await store.client.lease_time_to_live(kv.lease)).ttl > 3000
+
+
+async def test_a_takeover_fences_the_old_owner_out(make_store: MakeStore) -> None:
+    a = await make_store("127.0.0.1:1001")
+    b = await make_store("127.0.0.1:1002")
+    lost: list[tuple[str, str]] = []
+    a.on_worker_lost.append(lost.append)
+    fence_a = await claim(a, W1)
+    [placed] = await a.commit([PlaceSession("s1", W1, b"open")])
+    assert placed.outcome is Outcome.COMMITTED
+
+    # b read the worker key (as a worker re-registering at b would make it) and takes it over.
+    snapshot = await b.load_worker_sessions(W1)
+    assert snapshot.fence_revision == fence_a and [s.session_id for s in snapshot.sessions] == ["s1"]
+    fence_b = await claim(b, W1, snapshot.fence_revision)
+    await eventually(lambda: a.owner_of(W1) == b.replica_id and lost == [W1], message="a sees the takeover")
+
+    # Nothing a writes about the worker lands any more, even if it had not noticed the takeover.
+    a._fences[W1] = fence_a  # as if the mirror were late
+    results = await a.commit([PlaceSession("s2", W1, b"open"), EndSession("s1", W1, b"failed")])
+    assert [r.outcome for r in results] == [Outcome.FENCE_LOST, Outcome.FENCE_LOST]
+    assert a.fence_of(W1) is None
+    # ... while b places and ends on it; a claim from a stale read loses.
+    [ended] = await b.commit([EndSession("s1", W1, b"closed")])
+    assert ended.outcome is Outcome.COMMITTED
+    [stale] = await a.commit([ClaimWorker(W1, b"worker-record", fence_a)])
+    assert stale.outcome is Outcome.FENCE_LOST
+    assert b.fence_of(W1) == fence_b
+    assert (await b.read_session("s1")) is not None
+    # Ending a session that was never placed durably writes nothing (no stray record, no owner freed).
+    [never] = await b.commit([EndSession("never-placed", W1, b"closed")])
+    assert never.outcome is Outcome.COMMITTED and (await b.read_session("never-placed")) is None
+    rworkers = await b.client.get_prefix(b.keys.prefix + b"rworkers/", keys_only=True)
+    assert [kv.key for kv in rworkers.kvs] == [b.keys.replica_worker(b.replica_id, W1)]
+
+
+async def test_one_owner_and_one_request_id_across_replicas(make_store: MakeStore) -> None:
+    stores = [await make_store(f"127.0.0.1:{2000 + i}") for i in range(3)]
+    workers = [("q", f"w{i}") for i in range(3)]
+    for store, worker in zip(stores, workers, strict=True):
+        await claim(store, worker)
+
+    results = await asyncio.gather(*(
+        store.commit([PlaceSession(f"s{i}", worker, b"open", owner="the-owner")])
+        for i, (store, worker) in enumerate(zip(stores, workers, strict=True))))
+    outcomes = [r[0] for r in results]
+    winners = [i for i, r in enumerate(outcomes) if r.outcome is Outcome.COMMITTED]
+    assert len(winners) == 1
+    assert all(r.outcome is Outcome.OWNER_TAKEN and r.existing_session_id == f"s{winners[0]}"
+               for i, r in enumerate(outcomes) if i != winners[0])
+
+    results = await asyncio.gather(*(
+        store.commit([PlaceSession(f"t{i}", worker, b"open", request_id="req-1")])
+        for i, (store, worker) in enumerate(zip(stores, workers, strict=True))))
+    outcomes = [r[0] for r in results]
+    winners = [i for i, r in enumerate(outcomes) if r.outcome is Outcome.COMMITTED]
+    assert len(winners) == 1
+    assert all(r.outcome is Outcome.REQUEST_DONE and r.existing_session_id == f"t{winners[0]}"
+               for i, r in enumerate(outcomes) if i != winners[0])
+    opened = await stores[0].client.get_prefix(stores[0].keys.prefix + b"wsess/", keys_only=True)
+    assert len(opened.kvs) == 2  # one per uniqueness race, nothing else
+
+
+async def test_concurrent_commits_are_grouped_and_a_refused_one_spoils_none_of_the_others(
+        make_store: MakeStore) -> None:
+    store = await make_store()
+    await claim(store, W1)
+    [first] = await store.commit([PlaceSession("held", W1, b"open", owner="taken")])
+    assert first.outcome is Outcome.COMMITTED
+    txns_before = store.txns
+    batches = [[PlaceSession(f"s{i}", W1, b"open", owner=f"o{i}")] for i in range(60)]
+    batches.append([PlaceSession("loser", W1, b"open", owner="taken")])
+    results = await asyncio.gather(*(store.commit(batch) for batch in batches))
+    assert [r[0].outcome for r in results[:-1]] == [Outcome.COMMITTED] * 60
+    assert results[-1][0].outcome is Outcome.OWNER_TAKEN and results[-1][0].existing_session_id == "held"
+    # Packed into a few Txns; only the one holding the refused op is retried op by op (not all 61).
+    assert store.txns - txns_before < 45
+    assert len((await store.load_worker_sessions(W1)).sessions) == 61
+
+    # Ends and places of one worker keep their order, even of one session in one batch.
+    ops: list[StoreOp] = [EndSession(f"s{i}", W1, b"closed", owner=f"o{i}") for i in range(60)]
+    ops += [PlaceSession("again", W1, b"open", owner="o0"), EndSession("again", W1, b"closed", owner="o0")]
+    txns_before = store.txns
+    ended = await store.commit(ops)
+    assert all(r.outcome is Outcome.COMMITTED for r in ended)
+    assert store.txns - txns_before <= 6  # two full Txns of ends; the re-placement waits for them
+    assert [s.session_id for s in (await store.load_worker_sessions(W1)).sessions] == ["held"]
+    assert (await store.read_session("again")) == StoredSession("again", W1, b"closed", ended[-1].revision)
+
+
+async def test_mirrors_follow_replicas_and_a_closed_replica_leaves(make_store: MakeStore) -> None:
+    a = await make_store("10.0.0.1:7001")
+    b = await make_store("10.0.0.2:7001")
+    await eventually(lambda: a.replica_address(b.replica_id) == "10.0.0.2:7001", message="a sees b")
+    assert b.replica_address(a.replica_id) == "10.0.0.1:7001"
+    await claim(b, W2)
+    await eventually(lambda: a.owner_of(W2) == b.replica_id, message="a's worker mirror")
+    await b.close()
+    await eventually(lambda: a.replica_address(b.replica_id) is None, message="b deregistered")
+
+
+async def test_a_replica_whose_lease_is_gone_fences_itself(make_store: MakeStore) -> None:
+    store = await make_store(lease_ttl=2)
+    reasons: list[str] = []
+    store.on_fenced.append(reasons.append)
+    await claim(store, W1)
+    assert store.lease is not None
+    await store.client.revoke_lease(store.lease.id)
+    await eventually(lambda: store.fenced.is_set(), timeout=5, message="fenced")
+    assert reasons and store.fence_of(W1) is None
+    [result] = await store.commit([PlaceSession("s1", W1, b"open")])
+    assert result.outcome is Outcome.FENCE_LOST
+
+
+async def test_a_replica_cut_off_from_etcd_fences_itself_before_its_lease_can_expire(
+        etcd_cluster: EtcdCluster, make_store: MakeStore) -> None:
+    proxies = [await TcpProxy(endpoint).start() for endpoint in etcd_cluster.endpoints]
+    try:
+        store = await make_store(endpoints=[p.address for p in proxies], lease_ttl=2)
+        observer = await make_store("127.0.0.1:2")
+        await claim(store, W1)
+        assert store.lease is not None
+        lease_id = store.lease.id
+        loop = asyncio.get_running_loop()
+        for proxy in proxies:
+            proxy.blackhole()
+        await eventually(lambda: store.fenced.is_set(), timeout=5, message="fenced")
+        fenced_at = loop.time()
+        # etcd still held the lease when the replica stopped acting as an owner.
+        assert (await observer.client.lease_time_to_live(lease_id)).ttl >= 0
+        await eventually(lambda: observer.replica_address(store.replica_id) is None, timeout=6,
+                         message="the lease expired in etcd")
+        assert loop.time() > fenced_at
+    finally:
+        for proxy in proxies:
+            proxy.resume()
+            await proxy.close()
+
+
+async def test_pipelined_txns_never_let_a_placement_overtake_an_end_on_its_worker(make_store: MakeStore) -> None:
+    store = await make_store()
+    await claim(store, W1)
+    assert (await store.commit([PlaceSession("s0", W1, b"open")]))[0].outcome is Outcome.COMMITTED
+    # Watch the writer: which Txns are in flight (ending or placing on W1) when another is sent.
+    real_txn = store.client.txn
+    in_flight: list[str] = []
+    overtaken: list[str] = []
+
+    async def txn(compare: Any, success: Any = (), failure: Any = (), **kwargs: Any) -> Any:
+        slot_puts = [o for o in success if o.HasField("request_put") and b"/wsess/" in o.request_put.key]
+        slot_deletes = [o for o in success if o.HasField("request_delete_range")
+                        and b"/wsess/" in o.request_delete_range.key]
+        kind = "end" if slot_deletes else "place" if slot_puts else "other"
+        if kind == "place" and "end" in in_flight:
+            overtaken.append("a placement was sent while an end on its worker was in flight")
+        in_flight.append(kind)
+        try:
+            return await real_txn(compare, success, failure, **kwargs)
+        finally:
+            in_flight.remove(kind)
+
+    store.client.txn = txn  # type: ignore[method-assign]
+    # A capacity-1 worker churning: each end, then (while it is in flight) the placement reusing its slot.
+    for i in range(30):
+        ending = asyncio.create_task(store.commit([EndSession(f"s{i}", W1, b"closed")]))
+        await eventually(lambda ending=ending: "end" in in_flight or ending.done(), message="the end is sent")
+        placing = store.commit([PlaceSession(f"s{i + 1}", W1, b"open")])
+        done = await asyncio.gather(ending, placing)
+        assert [r[0].outcome for r in done] == [Outcome.COMMITTED, Outcome.COMMITTED]
+    assert overtaken == []
+    assert [s.session_id for s in (await store.load_worker_sessions(W1)).sessions] == ["s30"]
