@@ -130,7 +130,19 @@ async def _write_distinct_keys(client: EtcdClient, prefix: bytes, count: int, pr
 async def _assert_watch_saw_exactly_the_history(client: EtcdClient, prefix: bytes, seen: Collector) -> None:
     """The watch delivered every revision under ``prefix`` once and in order, compared at one revision:
     a marker written last bounds the history (a write whose outcome was unknown may land late)."""
-    marker = (await client.put(prefix + b"~marker", b"", timeout=10)).header.revision
+    # The cluster may still be electing a leader (etcd answers "no leader" at once, and the client does
+    # not retry a write): try again with a new marker key each time, so a marker whose outcome was
+    # unknown but landed is simply part of the history compared below.
+    loop = asyncio.get_running_loop()
+    until = loop.time() + 30
+    for attempt in range(1000):
+        try:
+            marker = (await client.put(prefix + b"~marker%03d" % attempt, b"", timeout=10)).header.revision
+            break
+        except EtcdUnavailableError:
+            if loop.time() > until:
+                raise
+            await asyncio.sleep(0.2)  # back off between attempts (not synchronisation: the loop checks)
     stored = (await client.range(prefix, prefix_end(prefix), revision=marker)).kvs
     expected = sorted(((kv.key, kv.mod_revision, PUT) for kv in stored), key=lambda event: event[1])
     await eventually(lambda: any(rev >= marker for _, rev, _ in seen.events), timeout=20,
