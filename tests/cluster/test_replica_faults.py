@@ -195,3 +195,38 @@ async def test_a_replica_frozen_past_its_lease_fences_itself_when_it_resumes(etc
 async def _replica_gone(group: Replicas, etcd: EtcdClient, address: str) -> bool:
     reply = await etcd.get_prefix(group.keys.replicas)
     return all(store_pb2.ReplicaRecord.FromString(kv.value).address != address for kv in reply.kvs)
+
+
+async def test_a_complete_whose_end_is_not_durable_is_not_answered_closed(etcd_cluster: EtcdCluster) -> None:
+    """Review i12b, blocking 3: CompleteSession answered CLOSED whatever its end's commit outcome.
+    Here the owner is cut off from etcd just before the complete: its Txn times out (outcome
+    unknown), etcd keeps the session OPEN, and the caller must hear the retryable OWNER_UNAVAILABLE,
+    never CLOSED."""
+    proxies = [await TcpProxy(endpoint).start() for endpoint in etcd_cluster.endpoints]
+    cut_off = Replicas(etcd_cluster, 1, endpoints=[p.address for p in proxies])
+    try:
+        async with await EtcdClient.connect(etcd_cluster.endpoints) as etcd, worker_pool() as start:
+            await cut_off.start()
+            worker = await start(cut_off.targets[0], QUEUE, max_sessions=1, worker_id="unsure")
+            await wait_owned(cut_off, etcd, worker, cut_off.targets[0])
+            caller = Caller(cut_off.targets[0])
+            try:
+                sid = (await caller.create()).session_id
+                for proxy in proxies:
+                    proxy.blackhole()
+                with pytest.raises(grpc.aio.AioRpcError) as raised:
+                    answer = await caller.complete(sid)
+                    pytest.fail(f"CompleteSession answered {session_pb2.SessionState.Name(answer.state)} "
+                                "although its end never reached etcd")
+                assert raised.value.code() == grpc.StatusCode.UNAVAILABLE, raised.value
+                assert "OWNER_UNAVAILABLE" in str(raised.value.trailing_metadata()), raised.value
+            finally:
+                await caller.close()
+            stored = await cut_off.stored(etcd, sid)
+            assert stored is not None and stored.state == OPEN  # the Txn never reached etcd
+    finally:
+        for proxy in proxies:
+            proxy.resume()
+            with contextlib.suppress(Exception):
+                await proxy.close()
+        await cut_off.stop()
