@@ -206,6 +206,8 @@ class EtcdStore:
         self._bucket: tuple[int, float, int] | None = None  # (lease id, granted at, keys on it)
         self.txns = 0
         self.ops = 0
+        self.resolving = 0
+        """Operations whose Txn answer was lost and that are being made definite now."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -496,10 +498,14 @@ class EtcdStore:
             # Its answer was lost: it may still be applied later. Make each operation's outcome
             # definite before anyone hears of it (its Txn task stays in flight meanwhile, so a
             # placement on the same worker waits: the slot is not reused before then).
-            for pending, i in txn.items:
-                op = pending.ops[i]
-                assert isinstance(op, PlaceSession | EndSession)
-                await self._make_definite(pending, i, op)
+            self.resolving += len(txn.items)
+            try:
+                for pending, i in txn.items:
+                    op = pending.ops[i]
+                    assert isinstance(op, PlaceSession | EndSession)
+                    await self._make_definite(pending, i, op)
+            finally:
+                self.resolving -= len(txn.items)
             return
         except EtcdError as error:
             for pending, _ in txn.items:
