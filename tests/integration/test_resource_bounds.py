@@ -137,8 +137,10 @@ async def test_a_worker_that_never_reads_keeps_server_rss_bounded_under_1_mib_ac
             # trend check below is the sharper one: the last five waves peak no higher than the first five.
             growth_mib = (max(peaks) - baseline) / 1024
             assert growth_mib < 320, f"server RSS grew by {growth_mib:.0f} MiB ({outcomes})"
+            # Unbounded, the last five waves (150 activities) would add ~300 MiB; the allocator's noise
+            # under load reached +36 MiB, so 64 MiB separates the two with room on both sides.
             trend_mib = (max(peaks[5:]) - max(peaks[:5])) / 1024
-            assert trend_mib < 32, f"server RSS still grows: +{trend_mib:.0f} MiB over the last 5 waves"
+            assert trend_mib < 64, f"server RSS still grows: +{trend_mib:.0f} MiB over the last 5 waves"
             # Nothing ran (the worker reads nothing): every activity was refused or timed out.
             assert outcomes.get("OK", 0) == 0 and sum(outcomes.values()) == 300, outcomes
             assert outcomes.get("RESOURCE_EXHAUSTED", 0) > 0 and outcomes.get("DEADLINE_EXCEEDED", 0) > 0, outcomes
