@@ -58,9 +58,6 @@ __all__ = ["Cluster", "request_key_name"]
 log = logging.getLogger("sessiond.cluster")
 
 CLAIM_ATTEMPTS = 3
-END_WAIT = 5.0
-"""Seconds CompleteSession waits for its end to become definite (an etcd election, a lost answer
-read back) before answering OWNER_UNAVAILABLE; the client's retry waits for the same end again."""
 WHERE_CACHE = 100_000
 """Sessions whose worker a replica remembers for forwarding (each ≈ 200 bytes)."""
 SERVICE = "sessiond.v1.SessionService"
@@ -184,17 +181,17 @@ class Cluster:
         if tail is not None:
             await asyncio.wait({tail})
 
-    async def ended(self, session_id: str, timeout: float = END_WAIT) -> Outcome:
+    async def ended(self, session_id: str) -> Outcome:
         """Wait until every step submitted so far is published; return the commit outcome of the
         session's end among them (COMMITTED when none was in flight: the session was already
         terminal here, and that end's own caller heard its outcome; UNKNOWN when the replica fences
-        itself first, or the store has not made the outcome definite within ``timeout`` seconds)."""
+        itself first)."""
         future = self._ends.get(session_id)
         settled = asyncio.ensure_future(self.settled())
         fenced = asyncio.ensure_future(self.fenced.wait())
         try:
             # A replica that fences itself stops: its caller hears OWNER_UNAVAILABLE before that.
-            await asyncio.wait({settled, fenced}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({settled, fenced}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             settled.cancel()
             fenced.cancel()
@@ -227,10 +224,8 @@ class Cluster:
                     self._end_outcome(sid, result.outcome)
                     if sid not in self.engine.table._sessions:
                         continue  # its placement was refused: nothing to tell anyone
-                    if result.outcome is not Outcome.COMMITTED:
-                        # FENCE_LOST: another replica owns the worker, the session lives on there.
-                        # UNKNOWN (the store made it definite unless this replica fenced itself or
-                        # closed): the store's version stands, never published as ended. Forget it here.
+                    if result.outcome is Outcome.FENCE_LOST:
+                        # Another replica owns the worker: the session lives on there. Forget it here.
                         self.engine.table.abort_placement(self.engine.now(), sid)
                         continue
                     self.engine._publish(event)

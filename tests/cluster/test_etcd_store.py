@@ -325,32 +325,3 @@ async def test_a_store_whose_mirror_task_dies_fences_itself(etcd_cluster: EtcdCl
         await eventually(store.fenced.is_set, timeout=10, message="the store fenced itself")
     finally:
         await store.close()
-
-
-async def test_an_end_whose_answer_is_lost_is_made_definite_before_it_is_answered(
-        etcd_cluster: EtcdCluster, make_store: MakeStore) -> None:
-    """Review i12b, blocking 1: a Txn that times out was answered UNKNOWN (and its end published
-    as done while etcd kept the session OPEN). Now the store re-puts the worker key under its fence
-    (so the lost Txn can never apply later), reads back, and sends it again: the caller hears a
-    definite outcome, and the store holds what it says."""
-    async with TcpProxy(etcd_cluster.endpoints[0]) as proxy:
-        store = await make_store(endpoints=[proxy.address], lease_ttl=15)
-        fence = await claim(store, W1)
-        [placed] = await store.commit([PlaceSession("s1", W1, b"open", owner="o1")])
-        assert placed.outcome is Outcome.COMMITTED
-        proxy.blackhole()
-        ending = asyncio.create_task(store.commit([EndSession("s1", W1, b"closed", owner="o1")]))
-        await eventually(lambda: store.resolving == 1 or ending.done(), timeout=15,
-                         message="the end's Txn timed out")
-        assert not ending.done(), ending.result()  # no UNKNOWN answer while the outcome is not definite
-        proxy.resume()
-        [ended] = await asyncio.wait_for(ending, 30)
-        assert ended.outcome is Outcome.COMMITTED
-        stored = await store.read_session("s1")
-        assert stored is not None and stored.record == b"closed"
-        moved = store.fence_of(W1)
-        assert moved is not None and moved > fence  # re-put under the fence: the worker is still ours
-        assert (await store.load_worker_sessions(W1)).fence_revision == moved
-        assert store.resolving == 0
-        [again] = await store.commit([PlaceSession("s2", W1, b"open", owner="o1")])  # the owner is free
-        assert again.outcome is Outcome.COMMITTED
