@@ -130,6 +130,7 @@ class Cluster:
         self._loop = asyncio.get_running_loop()
         self._tail: asyncio.Task[None] | None = None
         self._placements: dict[str, asyncio.Future[None]] = {}
+        self._ends: dict[str, asyncio.Future[Outcome]] = {}  # ends in flight: their commit outcome
         self.fenced = asyncio.Event()
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._next_target = 0
@@ -153,6 +154,7 @@ class Cluster:
                 session = event.session
                 ops.append(EndSession(session.session_id, _key(session.worker.key), self._record(session),
                                       owner_key_name(session.principal, session.owner), self._request_name(session)))
+                self._ends[session.session_id] = self._loop.create_future()
         if not ops and self._tail is None:
             for event in events:
                 self.engine._publish(event)
@@ -179,6 +181,29 @@ class Cluster:
         if tail is not None:
             await asyncio.wait({tail})
 
+    async def ended(self, session_id: str) -> Outcome:
+        """Wait until every step submitted so far is published; return the commit outcome of the
+        session's end among them (COMMITTED when none was in flight: the session was already
+        terminal here, and that end's own caller heard its outcome; UNKNOWN when the replica fences
+        itself first)."""
+        future = self._ends.get(session_id)
+        settled = asyncio.ensure_future(self.settled())
+        fenced = asyncio.ensure_future(self.fenced.wait())
+        try:
+            # A replica that fences itself stops: its caller hears OWNER_UNAVAILABLE before that.
+            await asyncio.wait({settled, fenced}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            settled.cancel()
+            fenced.cancel()
+        if future is None:
+            return Outcome.COMMITTED
+        return future.result() if future.done() else Outcome.UNKNOWN
+
+    def _end_outcome(self, session_id: str, outcome: Outcome) -> None:
+        future = self._ends.pop(session_id, None)
+        if future is not None and not future.done():
+            future.set_result(outcome)
+
     async def _commit_then_publish(self, previous: asyncio.Task[None] | None, events: list[ev.Event],
                                    ops: list[StoreOp]) -> None:
         try:
@@ -189,20 +214,28 @@ class Cluster:
         if previous is not None:
             await asyncio.wait({previous})  # publish in the order the steps were taken
         outcome = iter(results)
-        for event in events:
-            if isinstance(event, ev.SessionPlaced):
-                await self._publish_placed(event, next(outcome))
-            elif isinstance(event, ev.SessionEnded):
-                result = next(outcome)
-                if event.session.session_id not in self.engine.table._sessions:
-                    continue  # its placement was refused: nothing to tell anyone
-                if result.outcome is Outcome.FENCE_LOST:
-                    # Another replica owns the worker: the session lives on there. Forget it here.
-                    self.engine.table.abort_placement(self.engine.now(), event.session.session_id)
-                    continue
-                self.engine._publish(event)
-            else:
-                self.engine._publish(event)
+        try:
+            for event in events:
+                if isinstance(event, ev.SessionPlaced):
+                    await self._publish_placed(event, next(outcome))
+                elif isinstance(event, ev.SessionEnded):
+                    result = next(outcome)
+                    sid = event.session.session_id
+                    self._end_outcome(sid, result.outcome)
+                    if sid not in self.engine.table._sessions:
+                        continue  # its placement was refused: nothing to tell anyone
+                    if result.outcome is Outcome.FENCE_LOST:
+                        # Another replica owns the worker: the session lives on there. Forget it here.
+                        self.engine.table.abort_placement(self.engine.now(), sid)
+                        continue
+                    self.engine._publish(event)
+                else:
+                    self.engine._publish(event)
+        finally:
+            # A step that failed half-way leaves no CompleteSession waiting for ever: its ends are unknown.
+            for event in events:
+                if isinstance(event, ev.SessionEnded):
+                    self._end_outcome(event.session.session_id, Outcome.UNKNOWN)
         self.engine._flush()  # what an abort freed may have placed a waiter
 
     async def _publish_placed(self, event: ev.SessionPlaced, result: CommitResult) -> None:

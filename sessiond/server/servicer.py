@@ -13,11 +13,12 @@ from typing import Any
 import grpc
 from sessiond_client.api.v1 import session_pb2, session_service_pb2, session_service_pb2_grpc, worker_pb2
 
-from sessiond.core.errors import SessionNotFoundError
+from sessiond.core.errors import OwnerUnavailableError, SessionNotFoundError
 from sessiond.server import auth, validate
 from sessiond.server.engine import Engine
 from sessiond.server.errors import PlacedElsewhereError, rpc, rpc_stream
 from sessiond.server.worker_stream import serve_worker
+from sessiond.store.base import Outcome
 from sessiond.telemetry import tracing
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -118,7 +119,19 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
                 return session_service_pb2.CompleteSessionResponse(session=answer)
             return answer
         if cluster is not None:
-            await cluster.settled()  # the end is durable before the caller hears of it
+            # The end is durable before the caller hears of it, and only then (review i12b, 3).
+            outcome = await cluster.ended(session_id)
+            if outcome is Outcome.FENCE_LOST:
+                # Another replica took the worker over: the session lives on there. Ask it.
+                answer = await cluster.forward("CompleteSession", request, context, session_id,
+                                               session_service_pb2.CompleteSessionResponse)
+                if isinstance(answer, session_pb2.Session):
+                    return session_service_pb2.CompleteSessionResponse(session=answer)
+                return answer
+            if outcome is not Outcome.COMMITTED:
+                raise OwnerUnavailableError(
+                    f"session {session_id!r}: the store did not confirm its end (outcome unknown); retry "
+                    "(CompleteSession is idempotent)", metadata={"session_id": session_id})
         _annotate(session.session_id, session.task_queue, session.worker.key.worker_id)
         return session_service_pb2.CompleteSessionResponse(session=self.engine.to_pb(session))
 

@@ -252,3 +252,76 @@ async def test_pipelined_txns_never_let_a_placement_overtake_an_end_on_its_worke
         assert [r[0].outcome for r in done] == [Outcome.COMMITTED, Outcome.COMMITTED]
     assert overtaken == []
     assert [s.session_id for s in (await store.load_worker_sessions(W1)).sessions] == ["s30"]
+
+
+def _lost(session_id: str, worker: tuple[str, str]) -> EndSession:
+    return EndSession(session_id, worker, b"failed WORKER_LOST")
+
+
+async def test_the_janitor_never_releases_a_worker_another_replica_has_just_taken_over(
+        make_store: MakeStore) -> None:
+    """Review i12b, blocking 2: the janitor listed the dead replica's worker, then another replica
+    took it over, then the janitor read the worker's sessions (at the new owner's fence) and
+    released it: its Txn deleted the new owner's key and failed the adopted sessions."""
+    dead = await make_store()
+    fence = await claim(dead, W1)
+    [placed] = await dead.commit([PlaceSession("s1", W1, b"open")])
+    assert placed.outcome is Outcome.COMMITTED
+    dead_id = dead.replica_id
+    await dead.close()  # its lease is revoked: replicas/<dead> is gone, rworkers/<dead>/... stays
+
+    janitor = await make_store()
+    survivor = await make_store()
+    taken = await claim(survivor, W1, fence)  # the worker came back, at the survivor
+    snapshot = await janitor.load_worker_sessions(W1)  # the janitor's read, after the takeover
+    assert snapshot.fence_revision == taken
+
+    assert not await janitor.release_orphan(dead_id, W1, snapshot.fence_revision,
+                                            [_lost(s.session_id, W1) for s in snapshot.sessions])
+    assert survivor.fence_of(W1) == taken
+    assert (await survivor.load_worker_sessions(W1)).fence_revision == taken  # its key is intact
+    stored = await survivor.read_session("s1")
+    assert stored is not None and stored.record == b"open"  # the adopted session lives on
+
+
+async def test_the_janitor_releases_only_workers_of_a_replica_that_etcd_says_is_gone(
+        make_store: MakeStore) -> None:
+    """A janitor whose replica mirror lags (or whose mirror task died) may think a live replica is
+    gone: its release must still fail while that replica's key exists; a dead one's succeeds."""
+    live = await make_store()
+    fence = await claim(live, W1)
+    [placed] = await live.commit([PlaceSession("s1", W1, b"open")])
+    assert placed.outcome is Outcome.COMMITTED
+    janitor = await make_store()
+    assert not await janitor.release_orphan(live.replica_id, W1, fence, [_lost("s1", W1)])
+    assert live.fence_of(W1) == fence
+    stored = await live.read_session("s1")
+    assert stored is not None and stored.record == b"open"
+
+    # The control: once that replica is gone, the same release goes through.
+    live_id = live.replica_id
+    await live.close()
+    assert await janitor.release_orphan(live_id, W1, fence, [_lost("s1", W1)])
+    stored = await janitor.read_session("s1")
+    assert stored is not None and stored.record == b"failed WORKER_LOST"
+    assert (await janitor.load_worker_sessions(W1)).sessions == ()
+
+
+async def test_a_store_whose_mirror_task_dies_fences_itself(etcd_cluster: EtcdCluster, prefix: bytes,
+                                                            make_store: MakeStore) -> None:
+    """A mirror that stops following etcd (here: a bug raising in its event handler) would make live
+    replicas look gone and route by stale owners: the store fences itself instead."""
+    client = await EtcdClient.connect(etcd_cluster.endpoints)
+    store = EtcdStore(client, prefix, "127.0.0.1:2")
+
+    def broken(events: Any) -> None:
+        raise RuntimeError("a bug in the replica mirror")
+
+    store._on_replica_events = broken  # type: ignore[method-assign]
+    await store.start()
+    try:
+        assert not store.fenced.is_set()
+        await make_store()  # a replica joins: the mirror's handler raises
+        await eventually(store.fenced.is_set, timeout=10, message="the store fenced itself")
+    finally:
+        await store.close()

@@ -8,7 +8,7 @@ import contextlib
 import itertools
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 import pytest
@@ -27,6 +27,22 @@ pytestmark = pytest.mark.asyncio
 
 FAILED = session_pb2.SESSION_STATE_FAILED
 WORKER_LOST = session_pb2.FAILURE_CAUSE_WORKER_LOST
+
+
+@contextlib.asynccontextmanager
+async def behind_proxies(etcd_cluster: EtcdCluster) -> AsyncIterator[tuple[Replicas, list[TcpProxy]]]:
+    """One replica (not started) whose only way to etcd is a loopback proxy per member; the
+    proxies are resumed and closed, and the replica stopped, afterwards."""
+    proxies = [await TcpProxy(endpoint).start() for endpoint in etcd_cluster.endpoints]
+    cut_off = Replicas(etcd_cluster, 1, endpoints=[p.address for p in proxies])
+    try:
+        yield cut_off, proxies
+    finally:
+        for proxy in proxies:
+            proxy.resume()
+            with contextlib.suppress(Exception):
+                await proxy.close()
+        await cut_off.stop()
 
 
 async def test_creates_stall_through_an_etcd_leader_kill_and_then_succeed(
@@ -87,48 +103,40 @@ async def test_creates_stall_through_an_etcd_leader_kill_and_then_succeed(
 
 async def test_a_replica_cut_off_from_etcd_fences_itself_and_its_worker_moves_with_its_sessions(
         etcd_cluster: EtcdCluster) -> None:
-    proxies = [await TcpProxy(endpoint).start() for endpoint in etcd_cluster.endpoints]
-    cut_off = Replicas(etcd_cluster, 1, endpoints=[p.address for p in proxies])
-    try:
-        async with await EtcdClient.connect(etcd_cluster.endpoints) as etcd:
-            await cut_off.start()
-            others = await Replicas(etcd_cluster, 2, name=cut_off.name).start()
-            try:
-                targets = [*cut_off.targets, *others.targets]
-                async with worker_pool() as start:
-                    worker = await start(",".join(targets), QUEUE, max_sessions=2, worker_id="mover")
-                    await wait_owned(cut_off, etcd, worker, cut_off.targets[0])
-                    caller = Caller(others.targets[0])
-                    try:
-                        ids = [(await caller.create()).session_id for _ in range(2)]
-                        cut_at = time.monotonic()
-                        for proxy in proxies:
-                            proxy.blackhole()
-                        process = cut_off.servers[0].process
-                        assert process is not None
-                        await asyncio.wait_for(process.wait(), LEASE_TTL + 5)
-                        fenced_in = time.monotonic() - cut_at
-                        await eventually(lambda: _owned_elsewhere(cut_off, etcd, worker.worker_id, others.targets),
-                                         timeout=FAILOVER_WINDOW, message="the worker moved to a live replica")
-                        moved_in = time.monotonic() - cut_at
-                        print(f"\ncut off from etcd: fenced itself after {fenced_in * 1000:.0f} ms "
-                              f"(lease TTL {LEASE_TTL} s); worker adopted elsewhere after {moved_in * 1000:.0f} ms")
-                        assert fenced_in < LEASE_TTL  # before etcd could expire its lease
-                        for sid in ids:
-                            assert (await caller.get(sid)).state == OPEN
-                            assert await caller.execute(sid, "echo", sid) == sid
-                        stderr = await cut_off.servers[0].stop()
-                        assert "fenced itself" in stderr, stderr
-                    finally:
-                        await caller.close()
-            finally:
-                await others.stop()
-    finally:
-        for proxy in proxies:
-            proxy.resume()
-            with contextlib.suppress(Exception):
-                await proxy.close()
-        await cut_off.stop()
+    async with behind_proxies(etcd_cluster) as (cut_off, proxies), \
+            await EtcdClient.connect(etcd_cluster.endpoints) as etcd:
+        await cut_off.start()
+        others = await Replicas(etcd_cluster, 2, name=cut_off.name).start()
+        try:
+            targets = [*cut_off.targets, *others.targets]
+            async with worker_pool() as start:
+                worker = await start(",".join(targets), QUEUE, max_sessions=2, worker_id="mover")
+                await wait_owned(cut_off, etcd, worker, cut_off.targets[0])
+                caller = Caller(others.targets[0])
+                try:
+                    ids = [(await caller.create()).session_id for _ in range(2)]
+                    cut_at = time.monotonic()
+                    for proxy in proxies:
+                        proxy.blackhole()
+                    process = cut_off.servers[0].process
+                    assert process is not None
+                    await asyncio.wait_for(process.wait(), LEASE_TTL + 5)
+                    fenced_in = time.monotonic() - cut_at
+                    await eventually(lambda: _owned_elsewhere(cut_off, etcd, worker.worker_id, others.targets),
+                                     timeout=FAILOVER_WINDOW, message="the worker moved to a live replica")
+                    moved_in = time.monotonic() - cut_at
+                    print(f"\ncut off from etcd: fenced itself after {fenced_in * 1000:.0f} ms "
+                          f"(lease TTL {LEASE_TTL} s); worker adopted elsewhere after {moved_in * 1000:.0f} ms")
+                    assert fenced_in < LEASE_TTL  # before etcd could expire its lease
+                    for sid in ids:
+                        assert (await caller.get(sid)).state == OPEN
+                        assert await caller.execute(sid, "echo", sid) == sid
+                    stderr = await cut_off.servers[0].stop()
+                    assert "fenced itself" in stderr, stderr
+                finally:
+                    await caller.close()
+        finally:
+            await others.stop()
 
 
 async def _owned_elsewhere(group: Replicas, etcd: EtcdClient, worker_id: str, targets: list[str]) -> bool:
@@ -195,3 +203,30 @@ async def test_a_replica_frozen_past_its_lease_fences_itself_when_it_resumes(etc
 async def _replica_gone(group: Replicas, etcd: EtcdClient, address: str) -> bool:
     reply = await etcd.get_prefix(group.keys.replicas)
     return all(store_pb2.ReplicaRecord.FromString(kv.value).address != address for kv in reply.kvs)
+
+
+async def test_a_complete_whose_end_is_not_durable_is_not_answered_closed(etcd_cluster: EtcdCluster) -> None:
+    """Review i12b, blocking 3: CompleteSession answered CLOSED whatever its end's commit outcome.
+    Here the owner is cut off from etcd just before the complete: its Txn times out (outcome
+    unknown), etcd keeps the session OPEN, and the caller must hear the retryable OWNER_UNAVAILABLE,
+    never CLOSED."""
+    async with behind_proxies(etcd_cluster) as (cut_off, proxies), \
+            await EtcdClient.connect(etcd_cluster.endpoints) as etcd, worker_pool() as start:
+        await cut_off.start()
+        worker = await start(cut_off.targets[0], QUEUE, max_sessions=1, worker_id="unsure")
+        await wait_owned(cut_off, etcd, worker, cut_off.targets[0])
+        caller = Caller(cut_off.targets[0])
+        try:
+            sid = (await caller.create()).session_id
+            for proxy in proxies:
+                proxy.blackhole()
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                answer = await caller.complete(sid)
+                pytest.fail(f"CompleteSession answered {session_pb2.SessionState.Name(answer.state)} "
+                            "although its end never reached etcd")
+            assert raised.value.code() == grpc.StatusCode.UNAVAILABLE, raised.value
+            assert "OWNER_UNAVAILABLE" in str(raised.value.trailing_metadata()), raised.value
+        finally:
+            await caller.close()
+        stored = await cut_off.stored(etcd, sid)
+        assert stored is not None and stored.state == OPEN  # the Txn never reached etcd

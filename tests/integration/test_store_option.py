@@ -4,6 +4,7 @@ settings are checked at start-up with one line and exit code 2, an unreachable e
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -19,7 +20,13 @@ for name in list(ENV):
 
 
 def _sessiond(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sessiond", "serve", *args], cwd=REPO_ROOT, env=env or ENV,
+    # A free port, not the default 50051: on a shared machine another sessiond may listen there,
+    # and the bind check would answer before the store settings are checked.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {"SESSIOND_LISTEN": f"127.0.0.1:{port}", **(env or ENV)}
+    return subprocess.run([sys.executable, "-m", "sessiond", "serve", *args], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
 
 

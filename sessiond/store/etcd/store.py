@@ -199,6 +199,7 @@ class EtcdStore:
         self._inflight: dict[asyncio.Task[None], tuple[set[bytes], set[WorkerKey]]] = {}
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
         self._bucket: tuple[int, float, int] | None = None  # (lease id, granted at, keys on it)
         self.txns = 0
         self.ops = 0
@@ -220,9 +221,22 @@ class EtcdStore:
                                              self._load_replicas), name="etcd-store-replicas"),
             asyncio.create_task(self._guard_lease(self.lease), name="etcd-store-lease"),
         ]
+        for task in self._tasks:
+            task.add_done_callback(self._task_exited)
+
+    def _task_exited(self, task: asyncio.Task[None]) -> None:
+        """Supervise the background tasks: without its writer, its mirrors or its lease guard a
+        replica would write nothing, route by stale owners, see live replicas as gone, or outlive
+        its lease. Any exit other than :meth:`close`'s cancel (or the guard's own fencing) fences it."""
+        if self._closing or self.fenced.is_set():
+            return
+        error = None if task.cancelled() else task.exception()
+        log.error("etcd store: background task %s stopped unexpectedly", task.get_name(), exc_info=error)
+        self._fence(f"background task {task.get_name()} stopped ({error!r})")
 
     async def close(self) -> None:
         """Stop the writer and the mirrors, revoke the lease (deregistering the replica), close the client."""
+        self._closing = True
         for task in [*self._tasks, *self._inflight]:
             task.cancel()
         for task in [*self._tasks, *self._inflight]:
@@ -670,18 +684,25 @@ class EtcdStore:
 
     async def release_orphan(self, replica_id: str, worker: WorkerKey, seen_revision: int,
                              ends: Sequence[EndSession]) -> bool:
-        """In one Txn, if nobody took ``worker`` over since ``seen_revision``: store the terminal
-        records of its open sessions, free their slots and owner keys, and delete the worker's
-        ownership keys. False when the worker moved meanwhile (nothing written)."""
+        """In one Txn, if nobody took ``worker`` over since ``seen_revision``, the dead replica
+        still owns it and etcd (not a possibly lagging mirror) says that replica is gone: store the
+        terminal records of its open sessions, free their slots and owner keys, and delete the
+        worker's ownership keys. False otherwise (nothing written).
+
+        The fence compare alone is not enough: a replica that took the worker over between the
+        janitor's listing and its read of the sessions would be matched by it (review i12b, 2). A
+        takeover deletes ``rworkers/<dead>/q/w``; a live replica has its ``replicas/`` key."""
         await self._refresh_bucket(len(ends))
         bucket = self._bucket_lease()
-        success: list[pb.RequestOp] = [delete_op(self.keys.worker(worker)),
-                                       delete_op(self.keys.replica_worker(replica_id, worker))]
+        owned_by_dead = self.keys.replica_worker(replica_id, worker)
+        success: list[pb.RequestOp] = [delete_op(self.keys.worker(worker)), delete_op(owned_by_dead)]
         for op in ends:
             success += self._end_ops(op, bucket)
+        compares = [modified_at(self.keys.worker(worker), seen_revision),
+                    compare(owned_by_dead, "version", ">", 0),
+                    compare(self.keys.replica(replica_id), "version", "==", 0)]
         try:
-            reply = await self.client.txn([modified_at(self.keys.worker(worker), seen_revision)], success,
-                                          timeout=TXN_TIMEOUT)
+            reply = await self.client.txn(compares, success, timeout=TXN_TIMEOUT)
         except EtcdUnavailableError:
             return False
         return bool(reply.succeeded)
