@@ -21,17 +21,12 @@ from pathlib import Path
 
 from sessiond_client import OwnerUnavailableError, SessionClient
 
+from examples.common import free_port
 from sessiond.testing.etcd_cluster import EtcdCluster, find_etcd
 
 QUEUE = "replicas-demo"
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "GRPC_VERBOSITY": "ERROR", "PYTHONUNBUFFERED": "1"}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def wait_listening(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 30.0) -> None:
@@ -46,14 +41,18 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], what: str, timeout:
     raise SystemExit(f"{what} did not listen on {port} within {timeout:.0f} s")
 
 
-async def caller(replicas: dict[str, subprocess.Popen[bytes]], worker_owner: str) -> None:
+async def caller(replicas: dict[str, subprocess.Popen[bytes]], worker_owner: str,
+                 worker: subprocess.Popen[bytes]) -> None:
     via = next(address for address in replicas if address != worker_owner)
     print(f"caller connected to replica {via} (the worker is on {worker_owner}: calls are forwarded)")
     async with await SessionClient.connect(via) as client, client.create_session(QUEUE) as session:
         print(f"session {session.id} OPEN on worker {session.info.worker.worker_id}")
         print(f"  step 1 -> {await session.execute_activity('step', 1)}")
         running = asyncio.create_task(session.execute_activity("slow_step", 2))
-        await asyncio.sleep(0.5)  # the activity is running on the worker now
+        assert worker.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(worker.stdout.readline), 30)
+        if not line.startswith(b"started slow_step"):
+            raise SystemExit(f"the worker did not start step 2: {line!r}")
         print(f"kill -9 of replica {worker_owner}, which owns the worker, mid-activity")
         replicas[worker_owner].send_signal(signal.SIGKILL)
         killed = time.monotonic()
@@ -62,12 +61,15 @@ async def caller(replicas: dict[str, subprocess.Popen[bytes]], worker_owner: str
             print("  step 2 finished (the kill came after its answer)")
         except OwnerUnavailableError as error:
             print(f"  step 2: {type(error).__name__} ({error.reason}): outcome unknown, it may have run")
+        deadline = time.monotonic() + 30
         while True:
             try:
                 result = await session.execute_activity("step", 3)
                 break
             except OwnerUnavailableError:
-                await asyncio.sleep(0.05)  # the worker is moving to a live replica
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05)  # the worker is moving to a live replica: poll until the deadline
         print(f"  step 3 -> {result}  ({(time.monotonic() - killed) * 1000:.0f} ms after the kill)")
         info = await client.get_session_info(session.id)
         print(f"session {info.session_id} is {info.state.name} on worker {info.worker.worker_id}: "
@@ -102,7 +104,7 @@ def main() -> int:
                 raise SystemExit(f"the worker did not register: {line!r}")
             owner = next(iter(replicas))  # the worker connects to the first address that answers
             print(f"worker {line.split()[1]} registered at {owner} (it knows all three addresses)")
-            asyncio.run(caller(replicas, owner))
+            asyncio.run(caller(replicas, owner, worker))
         finally:
             for proc in [*([worker] if worker else []), *replicas.values()]:
                 if proc.poll() is None:

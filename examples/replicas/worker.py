@@ -22,6 +22,7 @@ async def step(n: int) -> str:
 @activity.defn(name="slow_step")
 async def slow_step(n: int) -> str:
     """A step that takes a few seconds (the demo kills its replica meanwhile)."""
+    print(f"started slow_step {n}", flush=True)  # the demo's driver kills the replica on this line
     await asyncio.sleep(3)
     return f"step {n} done"
 
