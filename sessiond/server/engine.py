@@ -237,7 +237,7 @@ class Engine:
             raise
         self._flush()
         if self.cluster is not None and isinstance(result, Session):
-            await self.cluster.placed(result.session_id)
+            await self.cluster.commits.placed(result.session_id)
         return await self._settle(result, started)
 
     async def recreate_session(self, token: bytes, options: SessionOptions, *, owner: str,
@@ -254,7 +254,7 @@ class Engine:
             raise
         self._flush()
         if self.cluster is not None and isinstance(result, Session):
-            await self.cluster.placed(result.session_id)
+            await self.cluster.commits.placed(result.session_id)
         return await self._settle(result, started)
 
     async def _settle(self, result: Session | Waiter, started: float) -> Session:
@@ -668,7 +668,7 @@ class Engine:
         else:
             events = self.table.take_events()
             if events:
-                self.cluster.submit(events)  # commit, then publish (SPEC §6.5)
+                self.cluster.commits.submit(events)  # commit, then publish (SPEC §6.5)
         deadline = self.table.next_deadline()
         if deadline is not None and deadline < self._timer_at:
             if self._timer is not None:

@@ -56,14 +56,14 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         selector = validate.selector(request.options.selector)
         cluster = self.engine.cluster
         if cluster is not None:
-            elsewhere = cluster.create_target(task_queue, context)
-            if elsewhere is None and not cluster.knows_queue(task_queue):
+            elsewhere = cluster.routes.create_target(task_queue, context)
+            if elsewhere is None and not cluster.routes.knows_queue(task_queue):
                 wait = options.creation_timeout
                 capped = _max_wait(context)
-                elsewhere = await cluster.wait_for_worker(task_queue, context,
+                elsewhere = await cluster.routes.wait_for_worker(task_queue, context,
                                                           wait if capped is None else min(wait, capped))
             if elsewhere is not None:  # no worker of the queue here: a replica that has some places it
-                return await cluster.call(elsewhere, "CreateSession", request, context,
+                return await cluster.routes.call(elsewhere, "CreateSession", request, context,
                                           session_service_pb2.CreateSessionResponse)
         try:
             session = await self.engine.create_session(
@@ -86,9 +86,9 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         demand = validate.demand(request.options.resources)
         cluster = self.engine.cluster
         if cluster is not None:
-            elsewhere = cluster.recreate_target(token, context)
+            elsewhere = cluster.routes.recreate_target(token, context)
             if elsewhere is not None:  # the token's worker is connected to another replica
-                return await cluster.call(elsewhere, "RecreateSession", request, context,
+                return await cluster.routes.call(elsewhere, "RecreateSession", request, context,
                                           session_service_pb2.RecreateSessionResponse)
         try:
             session = await self.engine.recreate_session(
@@ -113,17 +113,17 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         except SessionNotFoundError:
             if cluster is None:
                 raise
-            answer = await cluster.forward("CompleteSession", request, context, session_id,
+            answer = await cluster.routes.forward("CompleteSession", request, context, session_id,
                                            session_service_pb2.CompleteSessionResponse)
             if isinstance(answer, session_pb2.Session):
                 return session_service_pb2.CompleteSessionResponse(session=answer)
             return answer
         if cluster is not None:
             # The end is durable before the caller hears of it, and only then (review i12b, 3).
-            outcome = await cluster.ended(session_id)
+            outcome = await cluster.commits.ended(session_id)
             if outcome is Outcome.FENCE_LOST:
                 # Another replica took the worker over: the session lives on there. Ask it.
-                answer = await cluster.forward("CompleteSession", request, context, session_id,
+                answer = await cluster.routes.forward("CompleteSession", request, context, session_id,
                                                session_service_pb2.CompleteSessionResponse)
                 if isinstance(answer, session_pb2.Session):
                     return session_service_pb2.CompleteSessionResponse(session=answer)
@@ -144,7 +144,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         except SessionNotFoundError:
             if self.engine.cluster is None:
                 raise
-            answer = await self.engine.cluster.forward("GetSessionInfo", request, context, session_id,
+            answer = await self.engine.cluster.routes.forward("GetSessionInfo", request, context, session_id,
                                                        session_service_pb2.GetSessionInfoResponse)
             if isinstance(answer, session_pb2.Session):
                 return session_service_pb2.GetSessionInfoResponse(session=answer,
@@ -171,7 +171,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
                                            context.invocation_metadata())
         cluster = self.engine.cluster
         if cluster is not None and not self.engine.holds(session_id):
-            answer = await cluster.forward("ExecuteActivity", request, context, session_id,
+            answer = await cluster.routes.forward("ExecuteActivity", request, context, session_id,
                                            session_service_pb2.ExecuteActivityResponse)
             if isinstance(answer, session_pb2.Session):  # never for ExecuteActivity
                 raise SessionNotFoundError(session_id)
@@ -188,7 +188,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         cluster = self.engine.cluster
         viewer = auth.current().viewer
         updates = self.engine.watch_session(session_id, viewer) if cluster is None or self.engine.holds(session_id) \
-            else cluster.watch_remote(session_id, viewer)
+            else cluster.routes.watch_remote(session_id, viewer)
         async for session in updates:
             yield session_service_pb2.WatchSessionResponse(session=session)
 
@@ -225,7 +225,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
     async def _stored(self, session_id: str) -> session_pb2.Session:
         """A session another replica placed (a create's request id used there first)."""
         assert self.engine.cluster is not None
-        found = await self.engine.cluster.read(session_id)
+        found = await self.engine.cluster.routes.read(session_id)
         if found is None:
             raise SessionNotFoundError(session_id)
         return found[0]

@@ -115,7 +115,7 @@ async def serve_worker(engine: Engine, requests: AsyncIterator[worker_pb2.Worker
     if engine.cluster is not None:
         # A replica owns the worker before it registers: claimed in the store (fenced), and the
         # sessions recorded on it adopted when the worker still holds them (SPEC §6.5).
-        held = await engine.cluster.take_over(reg, held)
+        held = await engine.cluster.ownership.take_over(reg, held)
     conn = engine.connect_worker(reg, held, adopt_held=engine.cluster is not None)
     first = None  # not kept for the life of the stream (its protobuf arena is per-worker memory)
     reader = asyncio.create_task(_read(engine, conn, requests))

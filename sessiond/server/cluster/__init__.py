@@ -1,0 +1,68 @@
+"""One replica of a replicated sessiond (SPEC §6.5, distributed.md §3): the engine's side of the etcd
+store, in three parts: :class:`~.commits.Commits` (reserve -> commit -> publish),
+:class:`~.ownership.Ownership` (claims, adoption, the janitor) and :class:`~.routing.Router`
+(forwarding to other replicas). Only replicas import this package (it loads the etcd store).
+
+Self-fencing: when the store fences itself (lease renewals stopped), the replica ends every worker
+stream (the workers hold their sessions and register at another replica) and stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from sessiond.core.token import TokenKeys
+from sessiond.server.cluster.commits import Commits
+from sessiond.server.cluster.connect import open_store
+from sessiond.server.cluster.keys import owner_key_name, request_key_name
+from sessiond.server.cluster.ownership import Ownership
+from sessiond.server.cluster.routing import Router
+
+if TYPE_CHECKING:
+    from sessiond.server.engine import Engine
+    from sessiond.store.etcd.store import EtcdStore
+
+__all__ = ["Cluster", "open_store", "owner_key_name", "request_key_name"]
+
+log = logging.getLogger("sessiond.cluster")
+
+
+class Cluster:
+    """The replica's glue between the engine and its :class:`~sessiond.store.etcd.store.EtcdStore`."""
+
+    def __init__(self, engine: Engine, store: EtcdStore) -> None:
+        self.engine = engine
+        self.store = store
+        self.fenced = asyncio.Event()
+        self.commits = Commits(engine, store, self.fenced)
+        self.ownership = Ownership(engine, store, self.fenced)
+        self.routes = Router(engine, store)
+        self._janitor: asyncio.Task[None] | None = None
+        store.on_fenced.append(self._fenced)
+
+    async def start(self) -> None:
+        """Register the replica in the store (and, unless a token key is configured, take the
+        cluster's signing key from it: a recreate token or a worker's session report signed by one
+        replica must verify at every other), then run the janitor."""
+        await self.store.start()
+        config = self.engine.config
+        if config.token_key is None and config.token_key_file is None:
+            self.engine.signer.use(TokenKeys(await self.store.cluster_secret("token_key")))
+        self._janitor = asyncio.create_task(self.ownership.janitor_loop(), name="sessiond-janitor")
+
+    async def close(self) -> None:
+        """Stop the janitor; close the channels to other replicas."""
+        if self._janitor is not None:
+            self._janitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._janitor
+        await self.routes.close()
+
+    def _fenced(self, reason: str) -> None:
+        log.error("replica fenced itself (%s): ending every worker stream; workers move to another replica",
+                  reason)
+        self.fenced.set()
+        self.engine.begin_shutdown()

@@ -1,0 +1,181 @@
+"""Reserve -> commit -> publish (SPEC §6.5, distributed.md §3): the core still decides synchronously
+(it reserves the slot); :meth:`Commits.submit` makes the decisions of one engine step durable in the
+store and only then publishes them (SessionStarted to the worker, the caller's answer, watchers,
+metrics). Steps are published in the order they were taken. A placement the store refuses is aborted
+in the core (its slot goes to the next waiter) and its caller gets the store's reason."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from sessiond.core import events as ev
+from sessiond.core.errors import ExistingOpenSessionError, OwnerUnavailableError
+from sessiond.core.model import Session
+from sessiond.server.cluster.keys import owner_key_name, request_key_name, worker_name
+from sessiond.server.errors import PlacedElsewhereError
+from sessiond.store.base import CommitResult, EndSession, Outcome, PlaceSession, StoreOp
+from sessiond.store.etcd.errors import EtcdError
+
+if TYPE_CHECKING:
+    from sessiond.server.engine import Engine
+    from sessiond.store.etcd.store import EtcdStore
+
+__all__ = ["Commits"]
+
+log = logging.getLogger("sessiond.cluster")
+
+
+class Commits:
+    """The engine's steps, made durable in the store before they are published."""
+
+    def __init__(self, engine: Engine, store: EtcdStore, fenced: asyncio.Event) -> None:
+        self.engine = engine
+        self.store = store
+        self.fenced = fenced
+        self._loop = asyncio.get_running_loop()
+        self._tail: asyncio.Task[None] | None = None
+        self._placements: dict[str, asyncio.Future[None]] = {}
+        self._ends: dict[str, asyncio.Future[Outcome]] = {}  # ends in flight: their commit outcome
+
+    def submit(self, events: Sequence[ev.Event]) -> None:
+        """Commit what one engine step decided, then publish its events in order."""
+        ops: list[StoreOp] = []
+        for event in events:
+            if isinstance(event, ev.SessionPlaced):
+                session = event.session
+                ops.append(PlaceSession(session.session_id, worker_name(session.worker.key), self._record(session),
+                                        owner_key_name(session.principal, session.owner), self._request_name(session)))
+                self._placements[session.session_id] = self._loop.create_future()
+            elif isinstance(event, ev.SessionEnded):
+                session = event.session
+                ops.append(EndSession(session.session_id, worker_name(session.worker.key), self._record(session),
+                                      owner_key_name(session.principal, session.owner), self._request_name(session)))
+                self._ends[session.session_id] = self._loop.create_future()
+        if not ops and self._tail is None:
+            for event in events:
+                self.engine._publish(event)
+            return
+        task = self._loop.create_task(self._commit_then_publish(self._tail, list(events), ops))
+        self._tail = task
+        task.add_done_callback(self._step_done)
+
+    def _step_done(self, task: asyncio.Task[None]) -> None:
+        if self._tail is task:
+            self._tail = None
+        if not task.cancelled() and task.exception() is not None:
+            log.error("publishing a committed step failed", exc_info=task.exception())
+
+    async def placed(self, session_id: str) -> None:
+        """Wait until the placement of ``session_id`` is durable (raises the store's refusal)."""
+        future = self._placements.get(session_id)
+        if future is not None:
+            await asyncio.shield(future)
+
+    async def settled(self) -> None:
+        """Wait until every step submitted so far is committed and published."""
+        tail = self._tail
+        if tail is not None:
+            await asyncio.wait({tail})
+
+    async def ended(self, session_id: str) -> Outcome:
+        """Wait until every step submitted so far is published; return the commit outcome of the
+        session's end among them (COMMITTED when none was in flight: the session was already
+        terminal here, and that end's own caller heard its outcome; UNKNOWN when the replica fences
+        itself first)."""
+        future = self._ends.get(session_id)
+        settled = asyncio.ensure_future(self.settled())
+        fenced = asyncio.ensure_future(self.fenced.wait())
+        try:
+            # A replica that fences itself stops: its caller hears OWNER_UNAVAILABLE before that.
+            await asyncio.wait({settled, fenced}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            settled.cancel()
+            fenced.cancel()
+        if future is None:
+            return Outcome.COMMITTED
+        return future.result() if future.done() else Outcome.UNKNOWN
+
+    def _end_outcome(self, session_id: str, outcome: Outcome) -> None:
+        future = self._ends.pop(session_id, None)
+        if future is not None and not future.done():
+            future.set_result(outcome)
+
+    async def _commit_then_publish(self, previous: asyncio.Task[None] | None, events: list[ev.Event],
+                                   ops: list[StoreOp]) -> None:
+        try:
+            results = await self.store.commit(ops) if ops else []
+        except EtcdError as error:
+            log.warning("store commit failed: %s", error)
+            results = [CommitResult(Outcome.UNKNOWN)] * len(ops)
+        if previous is not None:
+            await asyncio.wait({previous})  # publish in the order the steps were taken
+        outcome = iter(results)
+        try:
+            for event in events:
+                if isinstance(event, ev.SessionPlaced):
+                    await self._publish_placed(event, next(outcome))
+                elif isinstance(event, ev.SessionEnded):
+                    result = next(outcome)
+                    sid = event.session.session_id
+                    self._end_outcome(sid, result.outcome)
+                    if sid not in self.engine.table._sessions:
+                        continue  # its placement was refused: nothing to tell anyone
+                    if result.outcome is Outcome.FENCE_LOST:
+                        # Another replica owns the worker: the session lives on there. Forget it here.
+                        self.engine.table.abort_placement(self.engine.now(), sid)
+                        continue
+                    self.engine._publish(event)
+                else:
+                    self.engine._publish(event)
+        finally:
+            # A step that failed half-way leaves no CompleteSession waiting for ever: its ends are unknown.
+            for event in events:
+                if isinstance(event, ev.SessionEnded):
+                    self._end_outcome(event.session.session_id, Outcome.UNKNOWN)
+        self.engine._flush()  # what an abort freed may have placed a waiter
+
+    async def _publish_placed(self, event: ev.SessionPlaced, result: CommitResult) -> None:
+        session = event.session
+        sid = session.session_id
+        future = self._placements.pop(sid, None)
+        outcome = result.outcome
+        if outcome is Outcome.UNKNOWN:
+            with contextlib.suppress(EtcdError):
+                stored = await self.store.read_session(sid)
+                if stored is not None:
+                    outcome = Outcome.COMMITTED
+        if outcome is Outcome.COMMITTED:
+            if sid in self.engine.table._sessions:
+                self.engine._publish(event)
+            if future is not None and not future.done():
+                future.set_result(None)
+            return
+        error: Exception
+        if outcome is Outcome.OWNER_TAKEN:
+            error = ExistingOpenSessionError(session.owner, result.existing_session_id)
+        elif outcome is Outcome.REQUEST_DONE and result.existing_session_id:
+            error = PlacedElsewhereError(result.existing_session_id)
+        else:
+            error = OwnerUnavailableError(
+                f"worker {session.worker.key.worker_id!r} is moving to another replica (or the store did not "
+                "answer); retry", metadata={"worker_id": session.worker.key.worker_id})
+        log.info("placement refused by the store", extra={"session_id": sid, "outcome": outcome.value})
+        self.engine.table.abort_placement(self.engine.now(), sid)
+        if future is not None and not future.done():
+            future.set_exception(error)
+            future.exception()  # retrieved here: a caller that gave up must not leave it unobserved
+        if event.waiter_id is not None:
+            self.engine._waiter_refused(event.waiter_id, error)
+
+    def _record(self, session: Session) -> bytes:
+        return self.engine.to_pb(session).SerializeToString()
+
+    @staticmethod
+    def _request_name(session: Session) -> str | None:
+        return request_key_name(session.task_queue, session.worker.key.worker_id, session.request_id,
+                                session.recreated, session.principal)
+

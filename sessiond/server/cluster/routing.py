@@ -1,0 +1,243 @@
+"""Routing between replicas (SPEC §6.5, distributed.md §3.6): session-scoped calls forwarded to the
+replica owning the session's worker, creates sent to a replica with a worker of the queue, recreates
+to the token's worker's replica, and WatchSession of a remote session from the store's watch."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+import grpc
+from google.protobuf.message import Message
+from google.rpc import status_pb2
+from sessiond_client.api.v1 import session_pb2
+
+from sessiond.core.errors import OwnerUnavailableError, SessionError, SessionNotFoundError
+from sessiond.core.model import Viewer
+from sessiond.server import auth
+from sessiond.store.etcd.errors import EtcdError
+
+if TYPE_CHECKING:
+    from sessiond.server.engine import Engine
+    from sessiond.store.etcd.store import EtcdStore
+
+__all__ = ["FORWARDED", "Router"]
+
+WHERE_CACHE = 100_000
+"""Sessions whose worker a replica remembers for forwarding (each ≈ 200 bytes)."""
+SERVICE = "sessiond.v1.SessionService"
+FORWARDED = "sessiond-forwarded-by"
+"""Metadata on a call one replica forwards to another: the receiver never forwards it again."""
+_PASSED_ON = ("authorization", "traceparent", "tracestate")
+
+R = TypeVar("R", bound=Message)
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
+
+
+def _has_reason(error: grpc.aio.AioRpcError) -> bool:
+    """Whether the status carries sessiond's ErrorInfo (a real answer, not a transport failure)."""
+    pairs = cast("Sequence[tuple[str, str | bytes]]", error.trailing_metadata() or ())
+    for key, value in pairs:
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            with contextlib.suppress(Exception):
+                return bool(status_pb2.Status.FromString(value).details)
+    return False
+
+
+def _visible(session: session_pb2.Session, viewer: Viewer) -> bool:
+    return viewer.sees_all or session.principal == viewer.principal
+
+
+class Router:
+    """Where a call for another replica's session or worker goes, and the call itself."""
+
+    def __init__(self, engine: Engine, store: EtcdStore) -> None:
+        self.engine = engine
+        self.store = store
+        self._loop = asyncio.get_running_loop()
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._next_target = 0
+        self._where: OrderedDict[str, tuple[str, str]] = OrderedDict()
+
+    async def forward(self, method: str, request: Message, context: Context, session_id: str,
+                      response_type: type[R]) -> R | session_pb2.Session:
+        """Serve a session-scoped call for a session this replica does not hold: forward it to the
+        replica owning the session's worker, with the caller's credentials and remaining deadline.
+        Returns that replica's answer, or the stored session when no replica holds it and the stored
+        version answers the call (GetSessionInfo; CompleteSession of a terminal session).
+
+        Raises:
+            SessionNotFoundError: the store has no such session.
+            OwnerUnavailableError: the owner cannot be reached, or the worker is moving (retry).
+        """
+        forwarded = any(k == FORWARDED for k, _ in context.invocation_metadata() or ())
+        worker = self._where.get(session_id)
+        if worker is not None and not forwarded:
+            address = self._address_of(worker)
+            if address is not None:  # a session never changes worker: no store read on this path
+                try:
+                    return await self.call(address, method, request, context, response_type)
+                except OwnerUnavailableError:
+                    if method != "GetSessionInfo":
+                        raise
+                    # The owner is unreachable (dead, its lease not expired yet): the store answers.
+                    worker = None
+        found = await self.read(session_id)
+        if found is None:
+            raise SessionNotFoundError(session_id)
+        session, _ = found
+        self._remember(session_id, (session.task_queue, session.worker.worker_id))
+        terminal = session.state != session_pb2.SESSION_STATE_OPEN
+        address = self.owner_address(session)
+        if not _visible(session, auth.current().viewer):
+            raise SessionNotFoundError(session_id)
+        if address is None or forwarded:
+            if method == "GetSessionInfo" or (terminal and method == "CompleteSession"):
+                return session
+            raise OwnerUnavailableError(
+                f"session {session_id!r}: its worker is not connected to any replica now (moving?); retry",
+                metadata={"session_id": session_id})
+        try:
+            return await self.call(address, method, request, context, response_type)
+        except OwnerUnavailableError:
+            if method == "GetSessionInfo":
+                return session  # as stored: the owner is unreachable
+            raise
+
+    async def call(self, address: str, method: str, request: Message, context: Context,
+                   response_type: type[R]) -> R:
+        """Call ``method`` of another replica's SessionService on the caller's behalf."""
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = grpc.aio.insecure_channel(address)
+        stub = channel.unary_unary(f"/{SERVICE}/{method}", request_serializer=_serialize,
+                                   response_deserializer=response_type.FromString)
+        metadata = [(k, v) for k, v in context.invocation_metadata() or ()
+                    if k in _PASSED_ON and isinstance(v, str)]
+        metadata.append((FORWARDED, self.store.replica_id))
+        try:
+            return cast("R", await stub(request, timeout=context.time_remaining(), metadata=metadata))
+        except grpc.aio.AioRpcError as error:
+            if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) \
+                    and not _has_reason(error):
+                raise OwnerUnavailableError(
+                    f"the replica owning the session ({address}) did not answer: {error.details()}; retry "
+                    "(an activity's outcome is unknown)") from None
+            # grpc wants a plain tuple of pairs here (an aio Metadata is refused).
+            trailing = tuple(cast("Sequence[tuple[str, str | bytes]]", error.trailing_metadata() or ()))
+            await context.abort(error.code(), error.details() or "", trailing)
+            raise  # abort raises; this line satisfies the type checker
+
+    async def watch_remote(self, session_id: str, viewer: Viewer) -> AsyncIterator[session_pb2.Session]:
+        """WatchSession of a session another replica holds: the stored version, then every change
+        from the store's watch (no gap, no duplicate), ending after its terminal state."""
+        found = await self.read(session_id)
+        if found is None:
+            raise SessionNotFoundError(session_id)
+        session, revision = found
+        if not _visible(session, viewer):
+            raise SessionNotFoundError(session_id)
+        yield session
+        if session.state != session_pb2.SESSION_STATE_OPEN:
+            return
+        try:
+            async for stored in self.store.watch_session(session_id, revision):
+                session = session_pb2.Session.FromString(stored.record)
+                yield session
+                if session.state != session_pb2.SESSION_STATE_OPEN:
+                    return
+        except EtcdError as error:
+            raise OwnerUnavailableError(f"the session store is unreachable ({error}); resubscribe") from None
+
+    async def read(self, session_id: str) -> tuple[session_pb2.Session, int] | None:
+        """A session as the store has it (any replica's), and the revision of that version."""
+        try:
+            stored = await self.store.read_session(session_id)
+        except EtcdError as error:
+            raise OwnerUnavailableError(f"the session store is unreachable ({error}); retry") from None
+        if stored is None:
+            return None
+        return session_pb2.Session.FromString(stored.record), stored.revision
+
+    def owner_address(self, session: session_pb2.Session) -> str | None:
+        """The address of the live replica owning the session's worker (None: none, or this one)."""
+        return self._address_of((session.task_queue, session.worker.worker_id))
+
+    def _address_of(self, worker: tuple[str, str]) -> str | None:
+        owner = self.store.owner_of(worker)
+        if owner is None or owner == self.store.replica_id:
+            return None
+        return self.store.replica_address(owner)
+
+    def _remember(self, session_id: str, worker: tuple[str, str]) -> None:
+        """Which worker a session is on (bounded, least recently used out first)."""
+        self._where[session_id] = worker
+        self._where.move_to_end(session_id)
+        if len(self._where) > WHERE_CACHE:
+            self._where.popitem(last=False)
+
+    def recreate_target(self, token: bytes, context: Context) -> str | None:
+        """Where a recreate goes: the live replica owning the token's worker when that is not this
+        one (None: handle it here, including a worker connected nowhere, which it waits for)."""
+        try:
+            worker = self.engine.signer.target(token, self.engine.now()).worker
+        except SessionError:
+            return None
+        if worker in self.engine._connections or any(k == FORWARDED for k, _ in context.invocation_metadata() or ()):
+            return None
+        return self._address_of((worker.task_queue, worker.worker_id))
+
+    async def wait_for_worker(self, task_queue: str, context: Context, wait: float) -> str | None:
+        """No replica has a worker of ``task_queue`` yet: wait up to ``wait`` seconds for one to
+        register anywhere. Returns the address of the replica that got it (None: this replica, or
+        none in time: the create is then handled here, where it waits for the rest of its time)."""
+        if wait <= 0 or any(k == FORWARDED for k, _ in context.invocation_metadata() or ()):
+            return None
+        deadline = self._loop.time() + wait
+        while not self._has_local(task_queue):
+            target = self.create_target(task_queue, context)
+            if target is not None:
+                return target
+            remaining = deadline - self._loop.time()
+            if remaining <= 0:
+                return None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.store.workers_changed(), remaining)
+        return None
+
+    def knows_queue(self, task_queue: str) -> bool:
+        """Whether any replica (this one included) has a worker of ``task_queue``."""
+        return self._has_local(task_queue) or any(
+            queue == task_queue for (queue, _), _owner in self.store.worker_owners())
+
+    def _has_local(self, task_queue: str) -> bool:
+        return any(key.task_queue == task_queue for key in self.engine._connections)
+
+    def create_target(self, task_queue: str, context: Context) -> str | None:
+        """Where a create goes when this replica has no worker of ``task_queue`` connected: a live
+        replica that owns one (the least recently chosen), or None to handle it here (wait, or
+        NO_CAPACITY). A forwarded create is always handled where it arrived."""
+        if self._has_local(task_queue):
+            return None
+        if any(k == FORWARDED for k, _ in context.invocation_metadata() or ()):
+            return None
+        owners = sorted({owner for (queue, _), owner in self.store.worker_owners()
+                         if queue == task_queue and owner != self.store.replica_id})
+        addresses = [a for a in (self.store.replica_address(o) for o in owners) if a is not None]
+        if not addresses:
+            return None
+        self._next_target = (self._next_target + 1) % len(addresses)
+        return addresses[self._next_target]
+
+    async def close(self) -> None:
+        """Close the channels to other replicas."""
+        for channel in self._channels.values():
+            await channel.close(None)
+        self._channels.clear()
