@@ -36,6 +36,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import timedelta
@@ -266,6 +267,8 @@ class SessionWorker:
         self._started = False
         self._signals: list[signal.Signals] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        # The thread run() runs on (None before): activity heartbeats from other threads hop to it.
+        self._loop_thread: int | None = None
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -332,6 +335,7 @@ class SessionWorker:
             raise RuntimeError("SessionWorker.run() can be called only once")
         self._started = True
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         if handle_signals:
             self.install_signal_handlers()
         owned_executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -476,7 +480,8 @@ class SessionWorker:
         # The only writer of the stream: grpc.aio allows one outstanding write per call.
         try:
             while True:
-                message = await outbox.get()
+                # Without a coroutine when a message is waiting (at load, the usual case).
+                message = outbox.get_nowait() if outbox.qsize() else await outbox.get()
                 if message is None:
                     await call.done_writing()
                     return
@@ -598,8 +603,9 @@ class SessionWorker:
                 if interval > 0 and interval != self._interval:
                     self._interval = interval
                     self._interval_changed.set()
-        if message.server_incarnation:
-            self._server_incarnation = message.server_incarnation
+        incarnation = message.server_incarnation
+        if incarnation:
+            self._server_incarnation = incarnation
         kind = message.WhichOneof("message")
         if kind == "registered":
             self._max_message_size = message.registered.max_message_size or UNANNOUNCED_MAX_MESSAGE_SIZE
@@ -786,36 +792,42 @@ class SessionWorker:
                 ),
             )
             return
-        if task.activity_id in self._running:
+        activity_id = task.activity_id
+        if activity_id in self._running:
             return  # a duplicate delivery of a task already running
-        timeout = task.start_to_close_timeout if task.HasField("start_to_close_timeout") else None
+        session_id = task.session_id
         heartbeat_timeout = duration_from_proto(task.heartbeat_timeout) if task.HasField("heartbeat_timeout") else None
         heartbeats = ActivityHeartbeats(
             asyncio.get_running_loop(), self._converter,
             None if heartbeat_timeout is None else heartbeat_timeout.total_seconds(),
-            functools.partial(self._send_heartbeat, task.activity_id, task.session_id),
+            functools.partial(self._send_heartbeat, activity_id, session_id), self._loop_thread,
         )
-        context = _ActivityContext(
-            ActivityInfo(
-                activity_id=task.activity_id,
-                activity_type=task.activity_type,
-                session=session,
-                start_to_close_timeout=None if timeout is None else duration_from_proto(timeout),
-                headers=dict(task.headers) if task.headers else {},
-                worker_id=self._worker_id or "",
-                attempt=task.attempt or 1,
-                heartbeat_timeout=heartbeat_timeout,
-                heartbeat_details=self._previous_details(task),
-                resources=MappingProxyType(dict(task.resources)) if task.resources else session.resources,
-            ),
-            heartbeats,
-        )
+        details = self._previous_details(task) if task.HasField("heartbeat_details") else None
+        # The ActivityInfo is built only if the activity reads it (activity.info()).
+        context = _ActivityContext(None, heartbeats, make_info=lambda: self._activity_info(
+            task, session, heartbeat_timeout, details))
         runner = asyncio.create_task(self._execute(task, fn, context, heartbeats),
-                                     name=f"sessiond-activity-{task.activity_id}")
-        self._running[task.activity_id] = _Running(task.session_id, context, runner)
+                                     name=f"sessiond-activity-{activity_id}")
+        self._running[activity_id] = _Running(session_id, context, runner)
         # A done-callback (not a finally) forgets the execution: a task cancelled before its first
         # step never runs its body.
-        runner.add_done_callback(lambda _: self._forget(task.activity_id, runner))
+        runner.add_done_callback(lambda _: self._forget(activity_id, runner))
+
+    def _activity_info(self, task: worker_pb2.ActivityTask, session: SessionInfo,
+                       heartbeat_timeout: timedelta | None, details: Any) -> ActivityInfo:
+        return ActivityInfo(
+            activity_id=task.activity_id,
+            activity_type=task.activity_type,
+            session=session,
+            start_to_close_timeout=duration_from_proto(task.start_to_close_timeout)
+            if task.HasField("start_to_close_timeout") else None,
+            headers=dict(task.headers) if task.headers else {},
+            worker_id=self._worker_id or "",
+            attempt=task.attempt or 1,
+            heartbeat_timeout=heartbeat_timeout,
+            heartbeat_details=details,
+            resources=MappingProxyType(dict(task.resources)) if task.resources else session.resources,
+        )
 
     def _forget(self, activity_id: str, runner: asyncio.Task[None]) -> None:
         running = self._running.get(activity_id)
@@ -825,8 +837,6 @@ class SessionWorker:
             logger.error("activity wrapper crashed", exc_info=runner.exception())
 
     def _previous_details(self, task: worker_pb2.ActivityTask) -> Any:
-        if not task.HasField("heartbeat_details"):
-            return None
         try:
             return self._converter.from_payload(task.heartbeat_details)
         except Exception as exc:  # the retry still runs; it just cannot resume
@@ -846,19 +856,17 @@ class SessionWorker:
     async def _execute(self, task: worker_pb2.ActivityTask, fn: Callable[..., Any], context: _ActivityContext,
                        heartbeats: ActivityHeartbeats) -> None:
         _current.set(context)
-        # Started here so it is current in the executor thread too (the context is copied below).
-        # With tracing off, not even the span's context manager is built (it is per activity).
-        with _tracing.activity_span(
-            task.activity_type,
-            task.headers,
-            session_id=task.session_id,
-            activity_id=task.activity_id,
-            worker_id=self._worker_id or "",
-        ) if _tracing.enabled() else contextlib.nullcontext() as span:
-            try:
-                await self._run_activity(task, fn, context, span, heartbeats)
-            finally:
-                heartbeats.throttle.close()
+        try:
+            if _tracing.enabled():
+                # Started here so it is current in the executor thread too (the context is copied
+                # below). With tracing off not even the span's context manager is built.
+                with _tracing.activity_span(task.activity_type, task.headers, session_id=task.session_id,
+                                            activity_id=task.activity_id, worker_id=self._worker_id or "") as span:
+                    await self._run_activity(task, fn, context, span, heartbeats)
+            else:
+                await self._run_activity(task, fn, context, None, heartbeats)
+        finally:
+            heartbeats.close()
 
     async def _run_activity(
         self, task: worker_pb2.ActivityTask, fn: Callable[..., Any], context: _ActivityContext, span: Span | None,
@@ -891,12 +899,12 @@ class SessionWorker:
                 return
             _tracing.fail(span, type(exc).__name__, str(exc))
             self._log_failure(task, exc)
-            heartbeats.throttle.flush()  # the last details precede the outcome on the stream
+            heartbeats.flush()  # the last details precede the outcome on the stream
             self._report_failure(task, self._failure_from(exc))
             return
         if context.cancelled:
             return  # finished after cancellation (e.g. a sync activity that ignored the flag)
-        heartbeats.throttle.flush()
+        heartbeats.flush()
         self._send_outcome(task.activity_id, task.session_id, result=payload)
 
     def _report_failure(self, task: worker_pb2.ActivityTask, failure: session_pb2.ActivityFailure) -> None:
