@@ -95,20 +95,32 @@ PAYLOAD_ERROR = "PayloadError"
 
 
 class _Running:
-    """One activity execution in progress."""
+    """One activity execution in progress (in ``table``, the worker's running activities, until it ends)."""
 
-    __slots__ = ("context", "session_id", "task")
+    __slots__ = ("activity_id", "context", "session_id", "started", "table", "task")
 
-    def __init__(self, session_id: str, context: _ActivityContext, task: asyncio.Task[None]) -> None:
+    def __init__(self, activity_id: str, session_id: str, context: _ActivityContext,
+                 table: dict[str, _Running]) -> None:
+        self.activity_id = activity_id
         self.session_id = session_id
         self.context = context
-        self.task = task
+        self.table = table
+        # Set by the wrapper's first step; its ``finally`` takes the execution out of ``table``.
+        self.started = False
+        self.task: asyncio.Task[None]  # set right after, by the worker that creates the task
 
     def cancel(self, reason: str) -> None:
         # The flag is for sync activities (a thread cannot be interrupted) and tells the wrapper not
         # to report; cancelling the task interrupts async activities and the wait on a thread.
         self.context.cancel(reason)
         self.task.cancel()
+        if not self.started:
+            # Cancelled before its first step: its body, and so the finally that forgets it, never runs.
+            self.forget()
+
+    def forget(self) -> None:
+        if self.table.get(self.activity_id) is self:
+            del self.table[self.activity_id]
 
 
 class SessionWorker:
@@ -806,12 +818,12 @@ class SessionWorker:
         # The ActivityInfo is built only if the activity reads it (activity.info()).
         context = _ActivityContext(None, heartbeats, make_info=lambda: self._activity_info(
             task, session, heartbeat_timeout, details))
-        runner = asyncio.create_task(self._execute(task, fn, context, heartbeats),
-                                     name=f"sessiond-activity-{activity_id}")
-        self._running[activity_id] = _Running(session_id, context, runner)
-        # A done-callback (not a finally) forgets the execution: a task cancelled before its first
-        # step never runs its body.
-        runner.add_done_callback(lambda _: self._forget(activity_id, runner))
+        running = _Running(activity_id, session_id, context, self._running)
+        # No done-callback: the wrapper's finally forgets the execution (a callback is one more
+        # loop handle per activity), and cancel() does when the task never started.
+        running.task = asyncio.create_task(self._execute(task, fn, context, heartbeats, running),
+                                           name=f"sessiond-activity-{activity_id}")
+        self._running[activity_id] = running
 
     def _activity_info(self, task: worker_pb2.ActivityTask, session: SessionInfo,
                        heartbeat_timeout: timedelta | None, details: Any) -> ActivityInfo:
@@ -828,13 +840,6 @@ class SessionWorker:
             heartbeat_details=details,
             resources=MappingProxyType(dict(task.resources)) if task.resources else session.resources,
         )
-
-    def _forget(self, activity_id: str, runner: asyncio.Task[None]) -> None:
-        running = self._running.get(activity_id)
-        if running is not None and running.task is runner:
-            del self._running[activity_id]
-        if not runner.cancelled() and runner.exception() is not None:
-            logger.error("activity wrapper crashed", exc_info=runner.exception())
 
     def _previous_details(self, task: worker_pb2.ActivityTask) -> Any:
         try:
@@ -854,7 +859,8 @@ class SessionWorker:
                                                             details=details)))
 
     async def _execute(self, task: worker_pb2.ActivityTask, fn: Callable[..., Any], context: _ActivityContext,
-                       heartbeats: ActivityHeartbeats) -> None:
+                       heartbeats: ActivityHeartbeats, running: _Running) -> None:
+        running.started = True
         _current.set(context)
         try:
             if _tracing.enabled():
@@ -865,8 +871,11 @@ class SessionWorker:
                     await self._run_activity(task, fn, context, span, heartbeats)
             else:
                 await self._run_activity(task, fn, context, None, heartbeats)
+        except Exception:
+            logger.exception("activity wrapper crashed")
         finally:
             heartbeats.close()
+            running.forget()
 
     async def _run_activity(
         self, task: worker_pb2.ActivityTask, fn: Callable[..., Any], context: _ActivityContext, span: Span | None,
