@@ -815,9 +815,10 @@ class SessionWorker:
             functools.partial(self._send_heartbeat, activity_id, session_id), self._loop_thread,
         )
         details = self._previous_details(task) if task.HasField("heartbeat_details") else None
-        # The ActivityInfo is built only if the activity reads it (activity.info()).
+        worker_id = self._worker_id or ""
+        # The ActivityInfo is built only if the activity reads it (activity.info()), from what holds now.
         context = _ActivityContext(None, heartbeats, make_info=lambda: self._activity_info(
-            task, session, heartbeat_timeout, details))
+            task, session, worker_id, heartbeat_timeout, details))
         running = _Running(activity_id, session_id, context, self._running)
         # No done-callback: the wrapper's finally forgets the execution (a callback is one more
         # loop handle per activity), and cancel() does when the task never started.
@@ -825,7 +826,8 @@ class SessionWorker:
                                            name=f"sessiond-activity-{activity_id}")
         self._running[activity_id] = running
 
-    def _activity_info(self, task: worker_pb2.ActivityTask, session: SessionInfo,
+    @staticmethod
+    def _activity_info(task: worker_pb2.ActivityTask, session: SessionInfo, worker_id: str,
                        heartbeat_timeout: timedelta | None, details: Any) -> ActivityInfo:
         return ActivityInfo(
             activity_id=task.activity_id,
@@ -834,7 +836,7 @@ class SessionWorker:
             start_to_close_timeout=duration_from_proto(task.start_to_close_timeout)
             if task.HasField("start_to_close_timeout") else None,
             headers=dict(task.headers) if task.headers else {},
-            worker_id=self._worker_id or "",
+            worker_id=worker_id,
             attempt=task.attempt or 1,
             heartbeat_timeout=heartbeat_timeout,
             heartbeat_details=details,
