@@ -117,9 +117,9 @@ async def main() -> int:
         shutdown_grace=args.grace,
         on_session_reattached=lambda info: on_reattached(info, keep=not args.decline_reattached),
         auth_token=args.auth_token,
-        root_certificates=None if args.ca is None else Path(args.ca).read_bytes(),
-        certificate_chain=None if args.cert is None else Path(args.cert).read_bytes(),
-        private_key=None if args.key is None else Path(args.key).read_bytes(),
+        root_certificates=_pem(args.ca),
+        certificate_chain=_pem(args.cert),
+        private_key=_pem(args.key),
     )
     runner = asyncio.create_task(worker.run(handle_signals=True))
     registered = asyncio.create_task(worker.wait_registered())
@@ -135,6 +135,10 @@ async def main() -> int:
         return 2
     emit("stopped")
     return 0
+
+
+def _pem(path: str | None) -> bytes | None:
+    return None if path is None else Path(path).read_bytes()
 
 
 class _SessionLog(logging.Handler):
@@ -153,19 +157,28 @@ class _SessionLog(logging.Handler):
             self.file.write(json.dumps(line) + "\n")
 
 
+SESSION_LOG: list[_SessionLog] = []
+
+
 def record_sessions(path: Path) -> None:
     """Log every session held and dropped to ``path`` (see :class:`_SessionLog`)."""
+    SESSION_LOG.append(_SessionLog(path))
     root = logging.getLogger()
     for handler in root.handlers:  # the debug records let through below stay out of the usual log
         handler.setLevel(max(handler.level, root.level))
     logger = logging.getLogger("sessiond_client.worker")
     logger.setLevel(logging.DEBUG)
-    logger.addHandler(_SessionLog(path))
+    logger.addHandler(SESSION_LOG[0])
 
 
 def on_reattached(info: SessionInfo, *, keep: bool) -> bool:
     """Report every session got back at a registration (and keep it unless told otherwise)."""
     emit("reattached", session_id=info.session_id, keep=keep)
+    if SESSION_LOG and keep:
+        # Held from now on (it may be one the worker never heard of: placed just before its server
+        # went silent, and given back at registration).
+        SESSION_LOG[0].file.write(json.dumps({"t": time.monotonic(), "held": info.session_id,
+                                              "reattached": True}) + "\n")
     return keep
 
 
