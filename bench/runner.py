@@ -50,7 +50,7 @@ MULTI_ROW = ("core", "activity", "outlive", "replicas")
 RESULT_KEYS = ("create_complete", "execute_activity_1", "execute_activity_64", "activity_floor", "library_worker",
                "kill9", "frozen_worker", "scale", "tracing", "dashboard", "server_restart", "worker_restart",
                "caller_lost", "resources", "auth", "replicas_create_complete", "replicas_forwarded",
-               "replicas_failover")
+               "replicas_failover", "replicas_leader_kill")
 
 
 @dataclass(frozen=True)
