@@ -16,12 +16,12 @@ import asyncio
 import json
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import grpc
 import pytest
-from sessiond_client.api.v1 import session_pb2
+from sessiond_client.api.v1 import session_pb2, session_service_pb2
 
 from sessiond.store.base import ClaimWorker, Outcome, PlaceSession
 from sessiond.store.etcd import EtcdClient
@@ -257,3 +257,68 @@ async def test_the_worker_log_check_catches_two_sessions_held_at_once() -> None:
     overlapping = ['{"t": 1.0, "held": "a"}', '{"t": 2.0, "held": "b"}', '{"t": 3.0, "dropped": "a"}']
     with pytest.raises(AssertionError, match=r"held \['a', 'b'\] at once"):
         held_intervals(overlapping)
+
+
+async def test_quorum_loss_fails_calls_clearly_and_the_service_recovers_when_a_member_returns(
+        make_cluster: Callable[..., EtcdCluster]) -> None:
+    """The failure matrix's "etcd loses quorum" row: 2 of 3 members killed. A create fails within
+    its own deadline (no hang); the replica fences itself before its lease could expire and exits;
+    the worker holds its session. One member back (quorum again) and the replica started again:
+    the worker is adopted, its session OPEN with the same id."""
+    etcd_cluster = make_cluster(3)
+    group = Replicas(etcd_cluster, 1, failover_window=60)
+    await group.start()
+    replica = group.servers[0]
+    try:
+        async with await EtcdClient.connect(etcd_cluster.endpoints) as etcd, worker_pool() as start:
+            worker = await start(replica.target, QUEUE, max_sessions=2, worker_id="quorum")
+            await wait_owned(group, etcd, worker, replica.target)
+            caller = Caller(replica.target)
+            try:
+                sid = (await caller.create()).session_id
+                before = await _owner_id(group, etcd, "quorum")
+                leader = await etcd_cluster.leader()
+                follower = next(m for m in etcd_cluster.members if m is not leader)
+                lost_at = time.monotonic()
+                etcd_cluster.kill(leader)
+                etcd_cluster.kill(follower)
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await caller.stub.CreateSession(session_service_pb2.CreateSessionRequest(task_queue=QUEUE),
+                                                    timeout=3)
+                answered_in = time.monotonic() - lost_at
+                assert refused.value.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
+                assert replica.process is not None
+                await asyncio.wait_for(replica.process.wait(), LEASE_TTL + 10)
+                fenced_in = time.monotonic() - lost_at
+                assert "fenced itself" in await replica.stop()
+                assert worker.process.returncode is None  # the worker waits, holding its session
+
+                etcd_cluster.restart(follower)
+                await etcd_cluster.wait_healthy([m for m in etcd_cluster.members if m is not leader])
+                await replica.start()
+                # The worker re-registered at the new process, which took it over (adopting the session).
+                await eventually(lambda: _owned_anew(group, etcd, before), timeout=30,
+                                 message="the worker is owned by the restarted replica")
+                recovered_in = time.monotonic() - lost_at
+                assert (await caller.get(sid)).state == session_pb2.SESSION_STATE_OPEN
+                assert await caller.execute(sid, "echo", sid) == sid
+                print(f"\nquorum loss: create answered {refused.value.code().name} after {answered_in:.1f} s, "
+                      f"replica fenced after {fenced_in:.1f} s; member and replica restarted: session OPEN "
+                      f"again (same id) {recovered_in:.1f} s after the loss")
+            finally:
+                await caller.close()
+    finally:
+        await group.stop()
+
+
+
+async def _owner_id(group: Replicas, etcd: EtcdClient, worker_id: str) -> str | None:
+    from sessiond.store.records import store_pb2
+
+    kv = await etcd.get(group.keys.worker((QUEUE, worker_id)))
+    return None if kv is None else store_pb2.WorkerEntry.FromString(kv.value).owner_replica
+
+
+async def _owned_anew(group: Replicas, etcd: EtcdClient, before: str | None) -> bool:
+    now = await _owner_id(group, etcd, "quorum")
+    return now is not None and now != before
