@@ -322,3 +322,42 @@ async def _owner_id(group: Replicas, etcd: EtcdClient, worker_id: str) -> str | 
 async def _owned_anew(group: Replicas, etcd: EtcdClient, before: str | None) -> bool:
     now = await _owner_id(group, etcd, "quorum")
     return now is not None and now != before
+
+
+async def test_a_worker_partitioned_from_its_replica_fails_its_session_clearly_on_every_replica(
+        etcd_cluster: EtcdCluster, etcd: EtcdClient) -> None:
+    """The failure matrix's "replica partitioned from a worker only" row, with a loopback proxy that
+    stops forwarding between the worker and its replica (both processes live, etcd fine): the owner
+    fails the session `HEARTBEAT_TIMEOUT` after its heartbeat_timeout, durably; a watcher on another
+    replica sees it; nothing hangs."""
+    from tests.support.tcp_proxy import TcpProxy
+
+    async with replicas(etcd_cluster, 2, "--heartbeat-timeout", "2s") as group, worker_pool() as start:
+        owner, other = group.targets
+        async with TcpProxy(owner) as proxy:
+            worker = await start(proxy.address, QUEUE, max_sessions=1, worker_id="cut")
+            await wait_owned(group, etcd, worker, owner)
+            caller = Caller(other)
+            try:
+                sid = (await caller.create()).session_id
+                states: list[int] = []
+                call = caller.stub.WatchSession(session_service_pb2.WatchSessionRequest(session_id=sid), timeout=30)
+
+                async def watch() -> None:
+                    async for reply in call:
+                        states.append(reply.session.state)
+
+                watching = asyncio.create_task(watch())
+                await eventually(lambda: states == [session_pb2.SESSION_STATE_OPEN], message="watching")
+                cut_at = time.monotonic()
+                proxy.blackhole()
+                await asyncio.wait_for(watching, 20)
+                seen_in = time.monotonic() - cut_at
+                assert states == [session_pb2.SESSION_STATE_OPEN, session_pb2.SESSION_STATE_FAILED]
+                stored = await group.stored(etcd, sid)
+                assert stored is not None and stored.failure.cause == session_pb2.FAILURE_CAUSE_HEARTBEAT_TIMEOUT
+                assert await group.open_sessions(etcd) == {}
+                print(f"\nworker cut from its replica: FAILED HEARTBEAT_TIMEOUT seen on another replica after "
+                      f"{seen_in * 1000:.0f} ms (heartbeat_timeout 2 s)")
+            finally:
+                await caller.close()
