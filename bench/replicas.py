@@ -25,9 +25,9 @@ def scenario_replicas(ctx: Ctx) -> dict[str, dict[str, Any]]:
     ctx.say(f"replicas: {s.replica_reps} reps against memory, {s.failover_trials} failovers")
     result = run_once(ctx.name("replica-probe"), [
         PY, "-m", "bench.replica_probe", "--reps", str(s.replica_reps), "--trials", str(s.failover_trials),
-        "--leader-trials", str(max(5, s.replica_reps)),
+        "--leader-trials", str(s.leader_trials),
         "--warmup", str(s.warmup), "--duration", str(s.duration), "--logs", str(ctx.logs)],
-        ctx.logs, timeout=400 + s.replica_reps * 60 + s.failover_trials * 30)
+        ctx.logs, timeout=300 + s.replica_reps * 60 + s.failover_trials * 30 + s.leader_trials * 60)
 
     cc_cases, cc_runs = [], []
     for n in (1, 64):
