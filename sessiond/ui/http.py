@@ -35,9 +35,10 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from sessiond import __version__
-from sessiond.config import ServerConfig, split_host_port
+from sessiond.config import ServerConfig
 from sessiond.core.errors import InvalidArgumentError, SessionError
 from sessiond.core.model import FailureCause, SessionState
+from sessiond.hostport import parse_host_port
 from sessiond.server import validate
 from sessiond.server.auth import Authenticator
 from sessiond.server.engine import Engine
@@ -153,7 +154,7 @@ class Dashboard:
             raise ValueError("the dashboard needs ui_listen")
         self.engine = engine
         self.config = config
-        self.host, self._port = split_host_port(config.ui_listen, "ui_listen")
+        self.host, self._port = parse_host_port(config.ui_listen, "ui_listen", allow_port_zero=True)
         self.access = Access(auth or Authenticator(config), self.host)
         self.port: int | None = None
         self._grpc_address = config.listen
