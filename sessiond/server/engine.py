@@ -53,6 +53,7 @@ from sessiond.core.resources import ResourceVector
 from sessiond.core.selector import EVERYTHING, Selector
 from sessiond.core.table import SessionTable
 from sessiond.core.token import Signer
+from sessiond.logs import RateLimitedWarning
 from sessiond.server.convert import (
     WallClock,
     duration,
@@ -169,6 +170,8 @@ class Engine:
         self.metrics.observe_unplaceable(self._unplaceable_threadsafe)
         self._max_message_size = config.max_message_size
         self._max_backlog = config.max_worker_backlog
+        # A worker can repeat register at will: one WARNING a minute, however many streams do it.
+        self._repeated_register = RateLimitedWarning(log, "ignored a repeated register:", interval=60.0)
         # When the engine last looked at the clock, and the tick that keeps it looking.
         self._alive_at = self._loop.time()
         self._ticker: asyncio.TimerHandle | None = None
@@ -516,7 +519,7 @@ class Engine:
                 "worker_id": conn.key.worker_id, "session_id": declined.session_id, "reason": declined.reason})
             self.table.decline_session(now, conn.key, conn.epoch, declined.session_id)
         elif kind == "register":
-            log.warning("worker %s sent register twice; ignored", conn.key.worker_id)
+            self._repeated_register.warn(f"worker {conn.key.worker_id} sent register twice on one stream")
         self._flush()
         return True
 
