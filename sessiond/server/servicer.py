@@ -7,13 +7,14 @@ sessions are created for it, and it sees what its :class:`~sessiond.core.model.V
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import grpc
 from sessiond_client.api.v1 import session_pb2, session_service_pb2, session_service_pb2_grpc, worker_pb2
 
 from sessiond.core.errors import OwnerUnavailableError, SessionNotFoundError
+from sessiond.core.model import Session
 from sessiond.server import auth, validate
 from sessiond.server.engine import Engine
 from sessiond.server.errors import PlacedElsewhereError, rpc, rpc_stream
@@ -65,17 +66,12 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
             if elsewhere is not None:  # no worker of the queue here: a replica that has some places it
                 return await cluster.routes.call(elsewhere, "CreateSession", request, context,
                                           session_service_pb2.CreateSessionResponse)
-        try:
-            session = await self.engine.create_session(
-                task_queue, options, max_wait=_max_wait(context),
-                owner=validate.name(request.owner, "owner", required=False),
-                request_id=validate.name(request.request_id, "request_id", required=False),
-                demand=demand, selector=selector, principal=auth.current().name,
-            )
-        except PlacedElsewhereError as elsewhere_placed:
-            return session_service_pb2.CreateSessionResponse(session=await self._stored(elsewhere_placed.session_id))
-        _annotate(session.session_id, session.task_queue, session.worker.key.worker_id)
-        return session_service_pb2.CreateSessionResponse(session=self.engine.to_pb(session))
+        return session_service_pb2.CreateSessionResponse(session=await self._placed(self.engine.create_session(
+            task_queue, options, max_wait=_max_wait(context),
+            owner=validate.name(request.owner, "owner", required=False),
+            request_id=validate.name(request.request_id, "request_id", required=False),
+            demand=demand, selector=selector, principal=auth.current().name,
+        )))
 
     @rpc
     async def RecreateSession(self, request: session_service_pb2.RecreateSessionRequest,
@@ -90,18 +86,12 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
             if elsewhere is not None:  # the token's worker is connected to another replica
                 return await cluster.routes.call(elsewhere, "RecreateSession", request, context,
                                           session_service_pb2.RecreateSessionResponse)
-        try:
-            session = await self.engine.recreate_session(
-                token, options, max_wait=_max_wait(context),
-                owner=validate.name(request.owner, "owner", required=False),
-                request_id=validate.name(request.request_id, "request_id", required=False),
-                demand=demand, principal=auth.current().name,
-            )
-        except PlacedElsewhereError as elsewhere_placed:
-            return session_service_pb2.RecreateSessionResponse(
-                session=await self._stored(elsewhere_placed.session_id))
-        _annotate(session.session_id, session.task_queue, session.worker.key.worker_id)
-        return session_service_pb2.RecreateSessionResponse(session=self.engine.to_pb(session))
+        return session_service_pb2.RecreateSessionResponse(session=await self._placed(self.engine.recreate_session(
+            token, options, max_wait=_max_wait(context),
+            owner=validate.name(request.owner, "owner", required=False),
+            request_id=validate.name(request.request_id, "request_id", required=False),
+            demand=demand, principal=auth.current().name,
+        )))
 
     @rpc
     async def CompleteSession(self, request: session_service_pb2.CompleteSessionRequest,
@@ -221,6 +211,16 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         return session_service_pb2.ListWorkersResponse(
             workers=[self.engine.worker_to_pb(w) for w in page], next_page_token=validate.worker_token(more),
             waiting=self.engine.waiting_to_pb(task_queue) if after is None else ())
+
+    async def _placed(self, placing: Awaitable[Session]) -> session_pb2.Session:
+        """The session a Create or Recreate placed here, as sent back; or, when its request id was
+        used on another replica first, the session placed there."""
+        try:
+            session = await placing
+        except PlacedElsewhereError as elsewhere:
+            return await self._stored(elsewhere.session_id)
+        _annotate(session.session_id, session.task_queue, session.worker.key.worker_id)
+        return self.engine.to_pb(session)
 
     async def _stored(self, session_id: str) -> session_pb2.Session:
         """A session another replica placed (a create's request id used there first)."""
