@@ -89,6 +89,8 @@ TXN_TIMEOUT = 2.0
 """Seconds a write may take before its outcome counts as unknown (and is read back). A proposal
 sent while the etcd leader dies waits for the new one; reading back after an election (≈ 1–2 s)
 is quicker than waiting for the client's 5 s default."""
+STOP_PATIENCE = 1.0
+"""Seconds :meth:`EtcdStore.close` waits for a cancelled task before cancelling it again."""
 SELF_FENCE_MARGIN = 1.0
 """Seconds before the lease could expire at which the replica stops acting as an owner."""
 
@@ -237,11 +239,7 @@ class EtcdStore:
     async def close(self) -> None:
         """Stop the writer and the mirrors, revoke the lease (deregistering the replica), close the client."""
         self._closing = True
-        for task in [*self._tasks, *self._inflight]:
-            task.cancel()
-        for task in [*self._tasks, *self._inflight]:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await _stop([*self._tasks, *self._inflight])
         self._fail_pending(EtcdError("etcd store closed"))
         if self.lease is not None and not self.fenced.is_set():
             with contextlib.suppress(EtcdError):
@@ -769,6 +767,23 @@ class EtcdStore:
         self._fences.clear()
         for callback in list(self.on_fenced):
             callback(reason)
+
+
+async def _stop(tasks: Sequence[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait until every one has ended. A task that swallowed its cancel (as
+    ``asyncio.wait_for`` can on Python 3.11, when the awaited result arrives in the same loop step) is
+    cancelled again instead of being waited for for ever (a store's close once hung that way)."""
+    for task in tasks:
+        task.cancel()
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        _, pending = await asyncio.wait(pending, timeout=STOP_PATIENCE)
+        for task in pending:
+            log.warning("etcd store: task %s did not stop when cancelled; cancelling it again", task.get_name())
+            task.cancel()
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()  # retrieved: its failure was reported (or does not matter) while closing
 
 
 def _written(op: pb.RequestOp) -> bytes:
