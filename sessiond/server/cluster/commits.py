@@ -7,7 +7,6 @@ in the core (its slot goes to the next waiter) and its caller gets the store's r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -27,6 +26,10 @@ if TYPE_CHECKING:
 __all__ = ["Commits"]
 
 log = logging.getLogger("sessiond.cluster")
+
+END_WAIT = 5.0
+"""Seconds CompleteSession waits for its end to become definite (an etcd election, a lost answer
+read back) before answering OWNER_UNAVAILABLE; the client's retry waits for the same end again."""
 
 
 class Commits:
@@ -81,17 +84,17 @@ class Commits:
         if tail is not None:
             await asyncio.wait({tail})
 
-    async def ended(self, session_id: str) -> Outcome:
+    async def ended(self, session_id: str, timeout: float = END_WAIT) -> Outcome:
         """Wait until every step submitted so far is published; return the commit outcome of the
         session's end among them (COMMITTED when none was in flight: the session was already
         terminal here, and that end's own caller heard its outcome; UNKNOWN when the replica fences
-        itself first)."""
+        itself first, or the store has not made the outcome definite within ``timeout`` seconds)."""
         future = self._ends.get(session_id)
         settled = asyncio.ensure_future(self.settled())
         fenced = asyncio.ensure_future(self.fenced.wait())
         try:
             # A replica that fences itself stops: its caller hears OWNER_UNAVAILABLE before that.
-            await asyncio.wait({settled, fenced}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({settled, fenced}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             settled.cancel()
             fenced.cancel()
@@ -124,8 +127,10 @@ class Commits:
                     self._end_outcome(sid, result.outcome)
                     if sid not in self.engine.table._sessions:
                         continue  # its placement was refused: nothing to tell anyone
-                    if result.outcome is Outcome.FENCE_LOST:
-                        # Another replica owns the worker: the session lives on there. Forget it here.
+                    if result.outcome is not Outcome.COMMITTED:
+                        # FENCE_LOST: another replica owns the worker, the session lives on there.
+                        # UNKNOWN (the store made it definite unless this replica fenced itself or
+                        # closed): the store's version stands, never published as ended. Forget it here.
                         self.engine.table.abort_placement(self.engine.now(), sid)
                         continue
                     self.engine._publish(event)
@@ -142,12 +147,10 @@ class Commits:
         session = event.session
         sid = session.session_id
         future = self._placements.pop(sid, None)
+        # UNKNOWN only when the replica fenced itself or is closing (the store makes a lost answer
+        # definite before answering): refused like FENCE_LOST, the worker moves and its new owner
+        # fails what the worker never heard of.
         outcome = result.outcome
-        if outcome is Outcome.UNKNOWN:
-            with contextlib.suppress(EtcdError):
-                stored = await self.store.read_session(sid)
-                if stored is not None:
-                    outcome = Outcome.COMMITTED
         if outcome is Outcome.COMMITTED:
             if sid in self.engine.table._sessions:
                 self.engine._publish(event)
