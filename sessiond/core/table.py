@@ -471,6 +471,29 @@ class SessionTable:
             return
         self._release_worker(now, worker)
 
+    def drop_worker(self, now: float, key: WorkerKey) -> tuple[list[Session], list[Activity]]:
+        """Another replica owns the worker now (SPEC §6.5): its open sessions live on there. Forget
+        them and the worker here without an event (no end, no detach: nothing happened to them), so
+        that later calls about them are not answered from this table. Slots, owner keys and request
+        ids are released; no waiter is placed on the worker (it is gone from here first).
+
+        Returns the forgotten sessions and the activities that were in flight on them: the caller
+        fails those (and the sessions' local watches) with a retryable error.
+        """
+        worker = self.registry.workers.get(key) or self._detached.get(key)
+        if worker is None:
+            return [], []
+        if self.registry.workers.get(key) is worker:
+            self.registry.remove(worker)  # first: releasing its slots below must not place a waiter on it
+            self._worker_deadlines.remove(key)
+        sessions = [self._sessions[sid] for sid in sorted(worker.sessions, key=lambda x: self._sessions[x].seq)]
+        activities = [self._activities[aid] for session in sessions for aid in sorted(session.activities)]
+        for session in sessions:
+            self.abort_placement(now, session.session_id)
+        self._detached.pop(key, None)
+        self._unbind_if_gone(now, key)
+        return sessions, activities
+
     def _release_worker(self, now: float, worker: Worker) -> None:
         # Mark it gone first, so releasing its slots below cannot place a waiter on it.
         worker.connected = False

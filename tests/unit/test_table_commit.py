@@ -81,3 +81,32 @@ def test_a_replica_adopts_the_held_sessions_it_vetted_outside_a_recovery_window(
     worker = table.connect_worker(3.0, registration("w1", 2), [record], adopt_held=True)
     assert worker.sessions == {"s-1"}  # ... unless the caller vetted them (a takeover)
     assert table.get("s-1").owner == "carol"
+
+
+def test_a_worker_taken_over_by_another_replica_leaves_silently_with_its_sessions() -> None:
+    """Review i12b, 4: its sessions live on at the new owner. They are forgotten here without an event
+    (no end, no detach), their activities are handed back to fail, and no waiter lands on the worker."""
+    table = new_table()
+    worker = connect(table, "w1", 2)
+    kept = create_placed(table, 1.0, options(reattach=30.0), owner="alice", request_id="r1")
+    other = create_placed(table, 1.0)
+    activity = table.start_activity(2.0, kept.session_id, 60.0)
+    waiting = create_waiting(table, 3.0, options(creation=30.0))
+    table.take_events()
+
+    sessions, activities = table.drop_worker(4.0, worker.key)
+    assert sessions == [kept, other] and activities == [activity]
+    assert table.take_events() == []  # nothing happened to the sessions: they moved
+    for session in sessions:
+        with pytest.raises(SessionNotFoundError):
+            table.get(session.session_id)
+    assert table.activity(activity.activity_id) is None
+    assert table.waiters() == [waiting] and table.open_count == 0  # no waiter placed on the gone worker
+    assert table.worker(worker.key, worker.epoch) is None
+    table.disconnect_worker(5.0, worker.key, worker.epoch)  # its stream ending later changes nothing
+    assert table.take_events() == []
+    table.advance(100.0)  # and none of their deadlines fires
+    assert all(not isinstance(e, SessionEnded) for e in table.take_events())
+    # The owner and request id are free here (the new owner's store keys still guard them).
+    assert create_waiting(table, 101.0, options(creation=30.0), owner="alice", request_id="r1") is not None
+    assert table.drop_worker(102.0, worker.key) == ([], [])

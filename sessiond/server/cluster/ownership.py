@@ -118,7 +118,10 @@ class Ownership:
                         extra={"worker_id": worker[1], "task_queue": worker[0]})
 
     def _worker_lost(self, worker: tuple[str, str]) -> None:
-        conn = self.engine._connections.get(WorkerKey(*worker))
-        if conn is not None:
+        """Another replica took the worker over (or its key is gone): its sessions live on there.
+        They leave this table silently (review i12b, 4), so later calls here are forwarded to the
+        owner instead of being answered from a stale copy; the worker's stream here is closed."""
+        key = WorkerKey(*worker)
+        if key in self.engine._connections:
             log.warning("worker %s is owned by another replica now; closing its stream here", worker[1])
-            conn.close()
+        self.engine.drop_worker(key, "another replica took it over")
