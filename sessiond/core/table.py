@@ -53,6 +53,7 @@ from sessiond.core.events import (
     SessionEnded,
     SessionPlaced,
     WaiterFailed,
+    WorkerGone,
     WorkerRegistered,
 )
 from sessiond.core.model import (
@@ -308,7 +309,7 @@ class SessionTable:
             stale_at = since + STALE_INTERVALS * old.interval + self.pauses.since(since)
             if now < stale_at and not (reg.instance_id and reg.instance_id == old.instance_id):
                 raise WorkerIdInUseError(key.task_queue, key.worker_id, stale_at - now)
-            self._release_worker(now, old)
+            self._release_worker(now, old, replaced=True)
         worker = self.registry.connect(key, reg.identity, reg.host_name, reg.capacity, now, reg.labels)
         worker.instance_id = reg.instance_id
         worker.principal = reg.principal
@@ -491,10 +492,10 @@ class SessionTable:
         for session in sessions:
             self.abort_placement(now, session.session_id)
         self._detached.pop(key, None)
-        self._unbind_if_gone(now, key)
+        self._unbind_if_gone(now, key, quiet=True)
         return sessions, activities
 
-    def _release_worker(self, now: float, worker: Worker) -> None:
+    def _release_worker(self, now: float, worker: Worker, *, replaced: bool = False) -> None:
         # Mark it gone first, so releasing its slots below cannot place a waiter on it.
         worker.connected = False
         self.registry.touch(worker)
@@ -509,12 +510,16 @@ class SessionTable:
         self._worker_deadlines.remove(worker.key)
         if worker.sessions:
             self._detached[worker.key] = worker
-        self._unbind_if_gone(now, worker.key)
+        self._unbind_if_gone(now, worker.key, quiet=replaced)
 
-    def _unbind_if_gone(self, now: float, key: WorkerKey) -> None:
-        """Start the binding's grace period once neither a stream nor detached sessions hold ``key``."""
+    def _unbind_if_gone(self, now: float, key: WorkerKey, *, quiet: bool = False) -> None:
+        """Start the binding's grace period once neither a stream nor detached sessions hold ``key``;
+        then, unless ``quiet`` (the worker moved to another replica, or a new stream replaces this
+        one), say it is gone."""
         if key not in self.registry.workers and key not in self._detached:
             self._bindings.release(now, key)
+            if not quiet:
+                self._events.append(WorkerGone(key))
 
     def _detach(self, now: float, session: Session) -> None:
         self._leave_liveness(session)

@@ -1,4 +1,6 @@
-"""A worker that moves to another replica while its old owner lives (review i12b, 4): its sessions
+"""Workers that leave a replica that lives on.
+
+A worker that moves to another replica while its old owner lives (review i12b, 4): its sessions
 leave the old owner's table, so calls made there are forwarded to the new owner instead of being
 answered from a stale copy, and the old owner's watchers are told to watch again (not left hanging).
 
@@ -9,6 +11,7 @@ takeover in etcd."""
 from __future__ import annotations
 
 import asyncio
+import signal
 
 import grpc
 import pytest
@@ -16,9 +19,10 @@ from google.protobuf import duration_pb2
 from sessiond_client.api.v1 import session_pb2, session_service_pb2
 
 from sessiond.store.etcd import EtcdClient
+from sessiond.store.records import store_pb2
 from sessiond.testing.etcd_cluster import EtcdCluster
 from tests.cluster.conftest import eventually
-from tests.cluster.replicas import replicas
+from tests.cluster.replicas import Replicas, replicas
 from tests.cluster.test_replicas import OPEN, QUEUE, Caller, wait_owned
 from tests.integration.conftest import error_info
 from tests.integration.workers.support import worker_pool
@@ -76,3 +80,43 @@ async def test_calls_on_the_old_owner_follow_a_worker_that_moved(etcd_cluster: E
             assert await group.open_sessions(etcd) == {}
         finally:
             await at_a.close()
+
+
+async def test_creates_after_a_worker_died_go_only_to_replicas_with_a_worker(
+        etcd_cluster: EtcdCluster, etcd: EtcdClient) -> None:
+    """Review i12b, 5: the worker keys of a dead worker stayed in etcd while its replica lived, so a
+    replica without a worker of the queue kept routing creates to that replica, where they waited
+    for their creation timeout. Now the owner deletes the keys once the worker is gone."""
+    async with replicas(etcd_cluster, 3) as group, worker_pool() as start:
+        a, b, c = group.targets
+        dying = await start(a, QUEUE, max_sessions=1, worker_id="dying")
+        living = await start(b, QUEUE, max_sessions=1, worker_id="living")
+        await wait_owned(group, etcd, dying, a)
+        await wait_owned(group, etcd, living, b)
+        dying.signal(signal.SIGKILL)
+        await dying.wait_exit()
+
+        owned_by_a = group.keys.replica_workers(await _replica_id(etcd, group, a))
+
+        async def released() -> bool:
+            return (await etcd.get(group.keys.worker((QUEUE, "dying"))) is None
+                    and not (await etcd.get_prefix(owned_by_a, keys_only=True)).kvs)
+        await eventually(released, timeout=10, message="A deleted the dead worker's ownership keys")
+
+        at_c = Caller(c)  # no worker here: every create is routed, and only B has one
+        try:
+            for _ in range(6):
+                session = await at_c.create(creation=5)
+                assert session.worker.worker_id == "living"
+                assert (await at_c.complete(session.session_id)).state == session_pb2.SESSION_STATE_CLOSED
+        finally:
+            await at_c.close()
+        assert await group.open_sessions(etcd) == {}
+
+
+async def _replica_id(etcd: EtcdClient, group: Replicas, address: str) -> str:
+    for kv in (await etcd.get_prefix(group.keys.replicas)).kvs:
+        record = store_pb2.ReplicaRecord.FromString(kv.value)
+        if record.address == address:
+            return record.replica_id
+    raise AssertionError(f"no replica at {address}")

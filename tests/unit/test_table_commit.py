@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from sessiond.core.errors import SessionNotFoundError
-from sessiond.core.events import SessionEnded, SessionPlaced
+from sessiond.core.events import SessionEnded, SessionPlaced, WorkerGone
 from sessiond.core.model import SessionRecord, SessionState
 from sessiond.core.resources import SESSIONS
 from sessiond.core.table import SessionTable
@@ -110,3 +110,30 @@ def test_a_worker_taken_over_by_another_replica_leaves_silently_with_its_session
     # The owner and request id are free here (the new owner's store keys still guard them).
     assert create_waiting(table, 101.0, options(creation=30.0), owner="alice", request_id="r1") is not None
     assert table.drop_worker(102.0, worker.key) == ([], [])
+
+
+def test_a_worker_is_gone_once_no_stream_and_no_detached_session_holds_it() -> None:
+    """Review i12b, 5: replicas delete a gone worker's ownership keys, so the table says when that is:
+    not while a detached session waits for it, not when a new stream replaces the old one, and not
+    when it moved to another replica."""
+    table = new_table()
+    worker = connect(table, "w1", 2)
+    session = create_placed(table, 1.0, options(reattach=30.0))
+    table.take_events()
+    table.disconnect_worker(2.0, worker.key, worker.epoch)
+    assert of_type(table.take_events(), WorkerGone) == []  # its session waits for it
+    table.advance(40.0)  # the reattach timeout passes: the session fails, nothing holds the worker
+    events = table.take_events()
+    assert [e.session for e in of_type(events, SessionEnded)] == [session]
+    assert of_type(events, WorkerGone) == [WorkerGone(worker.key)]
+
+    again = connect(table, "w1", 2, now=50.0)
+    table.take_events()
+    replacing = table.connect_worker(60.0, registration("w1", 2, instance=again.instance_id))
+    assert of_type(table.take_events(), WorkerGone) == []  # replaced, not gone
+    table.drop_worker(61.0, replacing.key)
+    assert of_type(table.take_events(), WorkerGone) == []  # moved to another replica, not gone
+    other = connect(table, "w2", 1, now=62.0)
+    table.worker_goodbye(63.0, other.key, other.epoch, drain=False)
+    table.disconnect_worker(63.0, other.key, other.epoch)
+    assert of_type(table.take_events(), WorkerGone) == [WorkerGone(other.key)]

@@ -16,7 +16,7 @@ from sessiond.core.errors import ExistingOpenSessionError, OwnerUnavailableError
 from sessiond.core.model import Session
 from sessiond.server.cluster.keys import owner_key_name, request_key_name, worker_name
 from sessiond.server.errors import PlacedElsewhereError
-from sessiond.store.base import CommitResult, EndSession, Outcome, PlaceSession, StoreOp
+from sessiond.store.base import CommitResult, EndSession, Outcome, PlaceSession, ReleaseWorker, StoreOp
 from sessiond.store.etcd.errors import EtcdError
 
 if TYPE_CHECKING:
@@ -58,6 +58,9 @@ class Commits:
                 ops.append(EndSession(session.session_id, worker_name(session.worker.key), self._record(session),
                                       owner_key_name(session.principal, session.owner), self._request_name(session)))
                 self._ends[session.session_id] = self._loop.create_future()
+            elif isinstance(event, ev.WorkerGone):
+                # Nobody routes creates to a worker that is gone (review i12b, 5).
+                ops.append(ReleaseWorker(worker_name(event.key)))
         if not ops and self._tail is None:
             for event in events:
                 self.engine._publish(event)
@@ -134,6 +137,10 @@ class Commits:
                         self.engine.table.abort_placement(self.engine.now(), sid)
                         continue
                     self.engine._publish(event)
+                elif isinstance(event, ev.WorkerGone):
+                    released = next(outcome)
+                    log.info("worker gone: its ownership keys %s", "deleted" if released.outcome is Outcome.COMMITTED
+                             else f"kept ({released.outcome.value})", extra={"worker_id": event.key.worker_id})
                 else:
                     self.engine._publish(event)
         finally:

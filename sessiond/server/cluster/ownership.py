@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 from sessiond_client.api.v1 import session_pb2
@@ -40,10 +40,12 @@ CLAIM_ATTEMPTS = 3
 class Ownership:
     """Claims, adoption and the janitor of one replica."""
 
-    def __init__(self, engine: Engine, store: EtcdStore, fenced: asyncio.Event) -> None:
+    def __init__(self, engine: Engine, store: EtcdStore, fenced: asyncio.Event,
+                 settled: Callable[[], Awaitable[None]]) -> None:
         self.engine = engine
         self.store = store
         self.fenced = fenced
+        self._settled = settled
         store.on_worker_lost.append(self._worker_lost)
 
     async def take_over(self, reg: WorkerRegistration, held: list[SessionRecord]) -> list[SessionRecord]:
@@ -59,6 +61,9 @@ class Ownership:
         record = session_pb2.WorkerInfo(worker_id=reg.worker_id, task_queue=reg.task_queue, identity=reg.identity,
                                         host_name=reg.host_name)
         record.connect_time.FromNanoseconds(time.time_ns())
+        # A release of this worker's keys (its previous stream here is gone) goes first: else it
+        # could delete the keys after this registration found them still ours.
+        await self._settled()
         try:
             for _ in range(CLAIM_ATTEMPTS):
                 if self.fenced.is_set():

@@ -59,6 +59,7 @@ from sessiond.store.base import (
     EndSession,
     Outcome,
     PlaceSession,
+    ReleaseWorker,
     StoredSession,
     StoreOp,
     WorkerKey,
@@ -373,18 +374,18 @@ class EtcdStore:
         while self._queue and len(self._inflight) < MAX_IN_FLIGHT:
             pending, i = self._queue[0]
             op = pending.ops[i]
-            if isinstance(op, ClaimWorker):
+            if isinstance(op, ClaimWorker | ReleaseWorker):
                 if self._inflight:
                     return  # woken again when they are done
                 self._queue.popleft()
-                pending.results[i] = await self._claim(op)
+                pending.results[i] = await (self._claim(op) if isinstance(op, ClaimWorker) else self._release(op))
                 self._settle(pending)
                 continue
             txn = _Txn()
             while self._queue:
                 pending, i = self._queue[0]
                 op = pending.ops[i]
-                if isinstance(op, ClaimWorker) or self._blocked(op):
+                if isinstance(op, ClaimWorker | ReleaseWorker) or self._blocked(op):
                     break
                 if not self._pack(txn, pending, i, op):
                     if not txn.items:
@@ -691,6 +692,26 @@ class EtcdStore:
         self._entries[op.worker] = entry
         self._workers[op.worker] = (self.replica_id, revision)
         return CommitResult(Outcome.COMMITTED, revision)
+
+    async def _release(self, op: ReleaseWorker) -> CommitResult:
+        """Delete the worker's ownership keys if they are still this replica's (one fenced Txn)."""
+        fence = None if self.fenced.is_set() else self._fences.get(op.worker)
+        if fence is None:
+            return CommitResult(Outcome.FENCE_LOST)
+        self.drop_worker(op.worker)  # first: the delete's own watch event must not read as a loss
+        key = self.keys.worker(op.worker)
+        try:
+            reply = await self.client.txn([modified_at(key, fence)], [
+                delete_op(key), delete_op(self.keys.replica_worker(self.replica_id, op.worker))], timeout=TXN_TIMEOUT)
+        except EtcdUnavailableError:
+            return CommitResult(Outcome.UNKNOWN)  # the keys may stay: creates may still be routed here
+        self.txns += 1
+        if not reply.succeeded:
+            return CommitResult(Outcome.FENCE_LOST)  # another replica took it over meanwhile
+        self.ops += 1
+        if self._workers.get(op.worker, ("", 0))[0] == self.replica_id:
+            self._workers.pop(op.worker, None)
+        return CommitResult(Outcome.COMMITTED, reply.header.revision)
 
     # ------------------------------------------------------------------ mirrors and the lease
 
