@@ -80,6 +80,10 @@ class Ownership:
             raise OwnerUnavailableError(f"the session store is unreachable ({error}); retry") from None
         raise OwnerUnavailableError("this replica could not take the worker over; retry another replica")
 
+    def owns(self, reg: WorkerRegistration) -> bool:
+        """Whether this replica still owns the worker (its fence was not lost since the claim)."""
+        return self.store.fence_of(worker_name(WorkerKey(reg.task_queue, reg.worker_id))) is not None
+
     async def _reconcile(self, key: WorkerKey, stored: Sequence[StoredSession], held: list[SessionRecord]
                          ) -> list[SessionRecord]:
         recorded = {s.session_id: s for s in stored}
