@@ -32,6 +32,33 @@ END_WAIT = 5.0
 read back) before answering OWNER_UNAVAILABLE; the client's retry waits for the same end again."""
 
 
+_Key = tuple[str, object]
+"""What an event is about, for ordering: ("s", session id), ("w", worker key) or ("q", waiter id)."""
+
+
+def _keys(event: ev.Event) -> set[_Key]:
+    if isinstance(event, ev.SessionPlaced):
+        keys: set[_Key] = {("s", event.session.session_id), ("w", event.session.worker.key)}
+        if event.waiter_id is not None:
+            keys.add(("q", event.waiter_id))
+        return keys
+    if isinstance(event, ev.SessionEnded):
+        return {("s", event.session.session_id), ("w", event.session.worker.key)}
+    if isinstance(event, ev.ActivityEnded):
+        return {("s", event.activity.session_id)}
+    if isinstance(event, ev.SessionDetached):
+        return {("s", event.session.session_id)}
+    if isinstance(event, ev.WaiterFailed):
+        return {("q", event.waiter_id)}
+    if isinstance(event, ev.WorkerRegistered):
+        return {("w", event.worker.key), *(("s", s.session_id) for s in event.reattached)}
+    return {("w", event.key)}  # WorkerGone
+
+
+def _commits(event: ev.Event) -> bool:
+    return isinstance(event, ev.SessionPlaced | ev.SessionEnded | ev.WorkerGone)
+
+
 class Commits:
     """The engine's steps, made durable in the store before they are published."""
 
@@ -40,12 +67,42 @@ class Commits:
         self.store = store
         self.fenced = fenced
         self._loop = asyncio.get_running_loop()
-        self._tail: asyncio.Task[None] | None = None
+        # Steps in flight (committing, or waiting to publish after earlier steps they depend on), and
+        # for each session / worker / waiter the last of them that concerns it.
+        self._steps: set[asyncio.Task[None]] = set()
+        self._tails: dict[_Key, asyncio.Task[None]] = {}
         self._placements: dict[str, asyncio.Future[None]] = {}
         self._ends: dict[str, asyncio.Future[Outcome]] = {}  # ends in flight: their commit outcome
 
     def submit(self, events: Sequence[ev.Event]) -> None:
-        """Commit what one engine step decided, then publish its events in order."""
+        """Commit what one engine step decided, then publish its events in order.
+
+        Only events that must be ordered with a commit wait for it (review i12b, 9): those about a
+        session, worker or waiter that a commit in flight (or an earlier event of this step that
+        waits) concerns. The others are published at once: an activity's result or a registration
+        is not held up by an etcd election."""
+        ops = self._ops(events)
+        later: list[ev.Event] = []
+        keys: set[_Key] = set()
+        after: set[asyncio.Task[None]] = set()
+        for event in events:
+            mine = _keys(event)
+            waits = {self._tails[k] for k in mine if k in self._tails}
+            if waits or _commits(event) or not keys.isdisjoint(mine):
+                later.append(event)
+                keys |= mine
+                after |= waits
+            else:
+                self.engine._publish(event)
+        if not later:
+            return
+        task = self._loop.create_task(self._commit_then_publish(after, later, ops))
+        self._steps.add(task)
+        for key in keys:
+            self._tails[key] = task
+        task.add_done_callback(self._step_done)
+
+    def _ops(self, events: Sequence[ev.Event]) -> list[StoreOp]:
         ops: list[StoreOp] = []
         for event in events:
             if isinstance(event, ev.SessionPlaced):
@@ -61,17 +118,12 @@ class Commits:
             elif isinstance(event, ev.WorkerGone):
                 # Nobody routes creates to a worker that is gone (review i12b, 5).
                 ops.append(ReleaseWorker(worker_name(event.key)))
-        if not ops and self._tail is None:
-            for event in events:
-                self.engine._publish(event)
-            return
-        task = self._loop.create_task(self._commit_then_publish(self._tail, list(events), ops))
-        self._tail = task
-        task.add_done_callback(self._step_done)
+        return ops
 
     def _step_done(self, task: asyncio.Task[None]) -> None:
-        if self._tail is task:
-            self._tail = None
+        self._steps.discard(task)
+        for key in [k for k, t in self._tails.items() if t is task]:
+            del self._tails[key]
         if not task.cancelled() and task.exception() is not None:
             log.error("publishing a committed step failed", exc_info=task.exception())
 
@@ -83,9 +135,8 @@ class Commits:
 
     async def settled(self) -> None:
         """Wait until every step submitted so far is committed and published."""
-        tail = self._tail
-        if tail is not None:
-            await asyncio.wait({tail})
+        if self._steps:
+            await asyncio.wait(set(self._steps))
 
     async def ended(self, session_id: str, timeout: float = END_WAIT) -> Outcome:
         """Wait until every step submitted so far is published; return the commit outcome of the
@@ -110,15 +161,15 @@ class Commits:
         if future is not None and not future.done():
             future.set_result(outcome)
 
-    async def _commit_then_publish(self, previous: asyncio.Task[None] | None, events: list[ev.Event],
+    async def _commit_then_publish(self, previous: set[asyncio.Task[None]], events: list[ev.Event],
                                    ops: list[StoreOp]) -> None:
         try:
             results = await self.store.commit(ops) if ops else []
         except EtcdError as error:
             log.warning("store commit failed: %s", error)
             results = [CommitResult(Outcome.UNKNOWN)] * len(ops)
-        if previous is not None:
-            await asyncio.wait({previous})  # publish in the order the steps were taken
+        if previous:
+            await asyncio.wait(previous)  # publish after the earlier steps about the same things
         outcome = iter(results)
         try:
             for event in events:
