@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import itertools
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import grpc
 import pytest
 from sessiond_client.api.v1 import session_pb2
 
-from sessiond.store.etcd import EtcdClient
+from sessiond.store.etcd import EtcdClient, EtcdError
+from sessiond.store.etcd.errors import LeaseNotFoundError
 from sessiond.store.etcd.ops import prefix_end
 from sessiond.store.etcd.watch import PUT
 from sessiond.store.records import store_pb2
@@ -56,7 +59,7 @@ async def test_creates_stall_through_an_etcd_leader_kill_and_then_succeed(
         await wait_owned(group, etcd, worker, group.targets[0])
         caller = Caller(group.targets[0])
         outcomes: list[str] = []
-        unexpected: list[grpc.aio.AioRpcError] = []
+        unexpected: list[Exception] = []
         succeeded: list[float] = []
         stop = asyncio.Event()
 
@@ -158,6 +161,10 @@ async def test_a_replica_cut_off_from_etcd_fences_itself_and_its_worker_moves_wi
                 caller = Caller(others.targets[0])
                 try:
                     ids = [(await caller.create()).session_id for _ in range(2)]
+                    rid = await cut_off.replica_id(etcd, cut_off.targets[0])
+                    replica_kv = await etcd.get(cut_off.keys.replica(rid))
+                    assert replica_kv is not None and replica_kv.lease
+                    lease_seen = asyncio.create_task(_last_seen_alive(etcd, replica_kv.lease))
                     cut_at = time.monotonic()
                     for proxy in proxies:
                         proxy.blackhole()
@@ -170,16 +177,60 @@ async def test_a_replica_cut_off_from_etcd_fences_itself_and_its_worker_moves_wi
                     moved_in = time.monotonic() - cut_at
                     print(f"\ncut off from etcd: fenced itself after {fenced_in * 1000:.0f} ms "
                           f"(lease TTL {LEASE_TTL} s); worker adopted elsewhere after {moved_in * 1000:.0f} ms")
-                    assert fenced_in < LEASE_TTL  # before etcd could expire its lease
                     for sid in ids:
                         assert (await caller.get(sid)).state == OPEN
-                        assert await caller.execute(sid, "echo", sid) == sid
+                        # (etcd names the new owner as soon as it claimed the worker, a moment before it
+                        # has adopted the sessions: until then a call answers OWNER_UNAVAILABLE, which
+                        # the client library retries. So does this test, within a deadline.)
+                        assert await _retried(lambda sid=sid: caller.execute(sid, "echo", sid)) == sid
                     stderr = await cut_off.servers[0].stop()
-                    assert "fenced itself" in stderr, stderr
+                    # It fenced itself while etcd still held its lease (review i12b: a timing bound on
+                    # the fence would include process exit on a loaded box; etcd's word does not).
+                    fenced_at = _logged_at(stderr, "fenced itself")
+                    alive_at = await asyncio.wait_for(lease_seen, LEASE_TTL + 10)
+                    assert fenced_at < alive_at, (fenced_at, alive_at, stderr)
                 finally:
                     await caller.close()
         finally:
             await others.stop()
+
+
+async def _retried(call: Callable[[], Awaitable[Any]], within: float = 10.0) -> Any:
+    """``call()``, retried while it fails UNAVAILABLE (as the client library does), within a deadline."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return await call()
+        except grpc.aio.AioRpcError as error:
+            if error.code() is not grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.1)
+
+
+async def _last_seen_alive(etcd: EtcdClient, lease_id: int) -> float:
+    """Poll the lease until etcd says it is gone; return the wall-clock time of the last poll (its
+    send time) that found it alive. (etcd reports the TTL left in whole seconds: 0 is alive, -1 gone.)"""
+    alive_at = 0.0
+    while True:
+        sent = time.time()
+        try:
+            ttl = (await etcd.lease_time_to_live(lease_id, timeout=1.0)).ttl
+        except LeaseNotFoundError:
+            return alive_at
+        except EtcdError:
+            ttl = None  # no answer: try again
+        if ttl is not None and ttl < 0:
+            return alive_at
+        if ttl is not None:
+            alive_at = sent
+        await asyncio.sleep(0.05)
+
+
+def _logged_at(stderr: str, text: str) -> float:
+    """The wall-clock time of the first text-format log line containing ``text``."""
+    line = next(line for line in stderr.splitlines() if text in line)
+    stamp = " ".join(line.split(" ", 2)[:2])  # "%Y-%m-%d %H:%M:%S,mmm" (local time)
+    return datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
 async def _owned_elsewhere(group: Replicas, etcd: EtcdClient, worker_id: str, targets: list[str]) -> bool:

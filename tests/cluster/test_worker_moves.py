@@ -19,10 +19,9 @@ from google.protobuf import duration_pb2
 from sessiond_client.api.v1 import session_pb2, session_service_pb2
 
 from sessiond.store.etcd import EtcdClient
-from sessiond.store.records import store_pb2
 from sessiond.testing.etcd_cluster import EtcdCluster
 from tests.cluster.conftest import eventually
-from tests.cluster.replicas import Replicas, replicas
+from tests.cluster.replicas import replicas
 from tests.cluster.test_replicas import OPEN, QUEUE, Caller, wait_owned
 from tests.integration.conftest import error_info
 from tests.integration.workers.support import worker_pool
@@ -96,7 +95,7 @@ async def test_creates_after_a_worker_died_go_only_to_replicas_with_a_worker(
         dying.signal(signal.SIGKILL)
         await dying.wait_exit()
 
-        owned_by_a = group.keys.replica_workers(await _replica_id(etcd, group, a))
+        owned_by_a = group.keys.replica_workers(await group.replica_id(etcd, a))
 
         async def released() -> bool:
             return (await etcd.get(group.keys.worker((QUEUE, "dying"))) is None
@@ -113,10 +112,3 @@ async def test_creates_after_a_worker_died_go_only_to_replicas_with_a_worker(
             await at_c.close()
         assert await group.open_sessions(etcd) == {}
 
-
-async def _replica_id(etcd: EtcdClient, group: Replicas, address: str) -> str:
-    for kv in (await etcd.get_prefix(group.keys.replicas)).kvs:
-        record = store_pb2.ReplicaRecord.FromString(kv.value)
-        if record.address == address:
-            return record.replica_id
-    raise AssertionError(f"no replica at {address}")
