@@ -32,6 +32,7 @@ from sessiond.core import events as ev
 from sessiond.core.errors import (
     ActivityHeartbeatTimeoutError,
     MessageTooLargeError,
+    OwnerUnavailableError,
     SessionError,
     SessionNotFoundError,
     ShuttingDownError,
@@ -531,6 +532,33 @@ class Engine:
             log.info("worker left" if goodbye else "worker lost",
                      extra={"worker_id": conn.key.worker_id, "task_queue": conn.key.task_queue})
             self._flush()
+
+    def drop_worker(self, key: WorkerKey, why: str) -> None:
+        """Replicas: another replica owns the worker now. Its sessions leave this table without an
+        event (they live on at the new owner); their in-flight activities and local watches end with
+        OWNER_UNAVAILABLE (retried, the retry is forwarded to the owner); the worker's stream here is
+        closed."""
+        sessions, activities = self.table.drop_worker(self.now(), key)
+        for activity in activities:
+            self._held_tasks.pop(activity.activity_id, None)
+            future = self._activities.pop(activity.activity_id, None)
+            if future is not None and not future.done():
+                future.set_exception(OwnerUnavailableError(
+                    f"worker {key.worker_id!r} moved to another replica ({why}); the activity's outcome is unknown "
+                    "there: it may have run", metadata={"session_id": activity.session_id}))
+        for session in sessions:
+            self.metrics.resources_used(session.task_queue, resource_map(session.demand), -1)
+            for watcher in self._watches.pop(session.session_id, {}):
+                watcher.push(error=OwnerUnavailableError(
+                    f"worker {key.worker_id!r} moved to another replica ({why}); watch again",
+                    metadata={"session_id": session.session_id}))
+        conn = self._connections.get(key)
+        if conn is not None:
+            conn.close()
+        if sessions:
+            log.warning("worker moved to another replica: its sessions are forgotten here",
+                        extra={"worker_id": key.worker_id, "task_queue": key.task_queue, "sessions": len(sessions)})
+        self._flush()
 
     def begin_shutdown(self) -> None:
         """The server is going away to restart: no session fails. Waiting Creates/Recreates and

@@ -120,8 +120,8 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
                 return answer
             if outcome is not Outcome.COMMITTED:
                 raise OwnerUnavailableError(
-                    f"session {session_id!r}: the store did not confirm its end (outcome unknown); retry "
-                    "(CompleteSession is idempotent)", metadata={"session_id": session_id})
+                    f"session {session_id!r}: the store has not confirmed its end yet (an etcd election?); "
+                    "retry (CompleteSession is idempotent)", metadata={"session_id": session_id})
         _annotate(session.session_id, session.task_queue, session.worker.key.worker_id)
         return session_service_pb2.CompleteSessionResponse(session=self.engine.to_pb(session))
 

@@ -38,7 +38,7 @@ class Cluster:
         self.store = store
         self.fenced = asyncio.Event()
         self.commits = Commits(engine, store, self.fenced)
-        self.ownership = Ownership(engine, store, self.fenced)
+        self.ownership = Ownership(engine, store, self.fenced, self.commits.settled)
         self.routes = Router(engine, store)
         self._janitor: asyncio.Task[None] | None = None
         store.on_fenced.append(self._fenced)
