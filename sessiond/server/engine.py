@@ -548,10 +548,9 @@ class Engine:
                     "there: it may have run", metadata={"session_id": activity.session_id}))
         for session in sessions:
             self.metrics.resources_used(session.task_queue, resource_map(session.demand), -1)
-            for watcher in self._watches.pop(session.session_id, {}):
-                watcher.push(error=OwnerUnavailableError(
-                    f"worker {key.worker_id!r} moved to another replica ({why}); watch again",
-                    metadata={"session_id": session.session_id}))
+            self.watches.end(session.session_id, OwnerUnavailableError(
+                f"worker {key.worker_id!r} moved to another replica ({why}); watch again",
+                metadata={"session_id": session.session_id}))
         conn = self._connections.get(key)
         if conn is not None:
             conn.close()

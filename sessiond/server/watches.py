@@ -97,6 +97,11 @@ class Watches:
             for watcher in watchers:
                 watcher.push(snapshot)
 
+    def end(self, session_id: str, error: SessionError) -> None:
+        """The session's open watches end now with ``error`` (it left this replica: watch again)."""
+        for watcher in self._by_session.pop(session_id, {}):
+            watcher.push(error=error)
+
     def end_all(self, error: SessionError) -> None:
         """Every open watch ends now with ``error`` (a shutdown: callers resubscribe elsewhere)."""
         for watchers in self._by_session.values():
