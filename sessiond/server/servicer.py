@@ -54,28 +54,32 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         options = validate.options(request.options, request.HasField("options"), self.engine.config)
         demand = validate.demand(request.options.resources)
         selector = validate.selector(request.options.selector)
+        owner = validate.name(request.owner, "owner", required=False)
+        request_id = validate.name(request.request_id, "request_id", required=False)
+        principal = auth.current().name
+
+        async def place(max_wait: float | None) -> session_service_pb2.CreateSessionResponse:
+            try:
+                session = await self.engine.create_session(
+                    task_queue, options, max_wait=max_wait, owner=owner, request_id=request_id, demand=demand,
+                    selector=selector, principal=principal)
+            except PlacedElsewhereError as elsewhere_placed:
+                return session_service_pb2.CreateSessionResponse(
+                    session=await self._stored(elsewhere_placed.session_id))
+            _annotate(session.session_id, session.task_queue, session.worker.key.worker_id)
+            return session_service_pb2.CreateSessionResponse(session=self.engine.to_pb(session))
+
         cluster = self.engine.cluster
-        if cluster is not None:
-            elsewhere = cluster.routes.create_target(task_queue, context)
-            if elsewhere is None and not cluster.routes.knows_queue(task_queue):
-                wait = options.creation_timeout
-                capped = _max_wait(context)
-                elsewhere = await cluster.routes.wait_for_worker(task_queue, context,
-                                                          wait if capped is None else min(wait, capped))
-            if elsewhere is not None:  # no worker of the queue here: a replica that has some places it
-                return await cluster.routes.call(elsewhere, "CreateSession", request, context,
-                                          session_service_pb2.CreateSessionResponse)
-        try:
-            session = await self.engine.create_session(
-                task_queue, options, max_wait=_max_wait(context),
-                owner=validate.name(request.owner, "owner", required=False),
-                request_id=validate.name(request.request_id, "request_id", required=False),
-                demand=demand, selector=selector, principal=auth.current().name,
-            )
-        except PlacedElsewhereError as elsewhere_placed:
-            return session_service_pb2.CreateSessionResponse(session=await self._stored(elsewhere_placed.session_id))
-        _annotate(session.session_id, session.task_queue, session.worker.key.worker_id)
-        return session_service_pb2.CreateSessionResponse(session=self.engine.to_pb(session))
+        if cluster is None:
+            return await place(_max_wait(context))
+        if cluster.routes.forwarded(context):
+            return await place(0.0)  # another replica holds this create's place in line: now or NO_CAPACITY
+        capped = _max_wait(context)
+        return await cluster.admission.create(
+            task_queue, options.creation_timeout if capped is None else min(options.creation_timeout, capped),
+            lambda: place(0.0),
+            lambda address: cluster.routes.call(address, "CreateSession", request, context,
+                                                session_service_pb2.CreateSessionResponse, no_room_raises=True))
 
     @rpc
     async def RecreateSession(self, request: session_service_pb2.RecreateSessionRequest,

@@ -1,6 +1,6 @@
 """Routing between replicas (SPEC §6.5, distributed.md §3.6): session-scoped calls forwarded to the
-replica owning the session's worker, creates sent to a replica with a worker of the queue, recreates
-to the token's worker's replica, and WatchSession of a remote session from the store's watch."""
+replica owning the session's worker, recreates to the token's worker's replica, and WatchSession
+of a remote session from the store's watch. (Creates: :mod:`~sessiond.server.cluster.waiters`.)"""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import grpc
 from google.protobuf.message import Message
-from google.rpc import status_pb2
+from google.rpc import error_details_pb2, status_pb2
 from sessiond_client.api.v1 import session_pb2
 
-from sessiond.core.errors import OwnerUnavailableError, SessionError, SessionNotFoundError
+from sessiond.core.errors import NoCapacityError, OwnerUnavailableError, SessionError, SessionNotFoundError
 from sessiond.core.model import Viewer
 from sessiond.server import auth
 from sessiond.store.etcd.errors import EtcdError
@@ -30,7 +30,8 @@ WHERE_CACHE = 100_000
 """Sessions whose worker a replica remembers for forwarding (each ≈ 200 bytes)."""
 SERVICE = "sessiond.v1.SessionService"
 FORWARDED = "sessiond-forwarded-by"
-"""Metadata on a call one replica forwards to another: the receiver never forwards it again."""
+"""Metadata on a call one replica forwards to another: the receiver never forwards it again (a
+forwarded CreateSession places at once or answers NO_CAPACITY: the sender keeps its place in line)."""
 _PASSED_ON = ("authorization", "traceparent", "tracestate")
 
 R = TypeVar("R", bound=Message)
@@ -43,12 +44,21 @@ def _serialize(message: Message) -> bytes:
 
 def _has_reason(error: grpc.aio.AioRpcError) -> bool:
     """Whether the status carries sessiond's ErrorInfo (a real answer, not a transport failure)."""
+    return _reason(error) is not None
+
+
+def _reason(error: grpc.aio.AioRpcError) -> str | None:
+    """The ErrorInfo reason of a sessiond answer (None: none, e.g. a transport failure)."""
     pairs = cast("Sequence[tuple[str, str | bytes]]", error.trailing_metadata() or ())
     for key, value in pairs:
         if key == "grpc-status-details-bin" and isinstance(value, bytes):
             with contextlib.suppress(Exception):
-                return bool(status_pb2.Status.FromString(value).details)
-    return False
+                for detail in status_pb2.Status.FromString(value).details:
+                    info = error_details_pb2.ErrorInfo()
+                    if detail.Unpack(info):
+                        return str(info.reason)
+                return ""
+    return None
 
 
 def _visible(session: session_pb2.Session, viewer: Viewer) -> bool:
@@ -63,7 +73,6 @@ class Router:
         self.store = store
         self._loop = asyncio.get_running_loop()
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._next_target = 0
         self._where: OrderedDict[str, tuple[str, str]] = OrderedDict()
 
     async def forward(self, method: str, request: Message, context: Context, session_id: str,
@@ -112,8 +121,9 @@ class Router:
             raise
 
     async def call(self, address: str, method: str, request: Message, context: Context,
-                   response_type: type[R]) -> R:
-        """Call ``method`` of another replica's SessionService on the caller's behalf."""
+                   response_type: type[R], *, no_room_raises: bool = False) -> R:
+        """Call ``method`` of another replica's SessionService on the caller's behalf (its error
+        answers become the caller's; with ``no_room_raises``, NO_CAPACITY raises NoCapacityError)."""
         channel = self._channels.get(address)
         if channel is None:
             channel = self._channels[address] = grpc.aio.insecure_channel(address)
@@ -130,6 +140,8 @@ class Router:
                 raise OwnerUnavailableError(
                     f"the replica owning the session ({address}) did not answer: {error.details()}; retry "
                     "(an activity's outcome is unknown)") from None
+            if no_room_raises and _reason(error) == NoCapacityError.reason:
+                raise NoCapacityError(error.details() or "no room") from None
             # grpc wants a plain tuple of pairs here (an aio Metadata is refused).
             trailing = tuple(cast("Sequence[tuple[str, str | bytes]]", error.trailing_metadata() or ()))
             await context.abort(error.code(), error.details() or "", trailing)
@@ -194,47 +206,10 @@ class Router:
             return None
         return self._address_of((worker.task_queue, worker.worker_id))
 
-    async def wait_for_worker(self, task_queue: str, context: Context, wait: float) -> str | None:
-        """No replica has a worker of ``task_queue`` yet: wait up to ``wait`` seconds for one to
-        register anywhere. Returns the address of the replica that got it (None: this replica, or
-        none in time: the create is then handled here, where it waits for the rest of its time)."""
-        if wait <= 0 or any(k == FORWARDED for k, _ in context.invocation_metadata() or ()):
-            return None
-        deadline = self._loop.time() + wait
-        while not self._has_local(task_queue):
-            target = self.create_target(task_queue, context)
-            if target is not None:
-                return target
-            remaining = deadline - self._loop.time()
-            if remaining <= 0:
-                return None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.store.workers_changed(), remaining)
-        return None
-
-    def knows_queue(self, task_queue: str) -> bool:
-        """Whether any replica (this one included) has a worker of ``task_queue``."""
-        return self._has_local(task_queue) or any(
-            queue == task_queue for (queue, _), _owner in self.store.worker_owners())
-
-    def _has_local(self, task_queue: str) -> bool:
-        return any(key.task_queue == task_queue for key in self.engine._connections)
-
-    def create_target(self, task_queue: str, context: Context) -> str | None:
-        """Where a create goes when this replica has no worker of ``task_queue`` connected: a live
-        replica that owns one (the least recently chosen), or None to handle it here (wait, or
-        NO_CAPACITY). A forwarded create is always handled where it arrived."""
-        if self._has_local(task_queue):
-            return None
-        if any(k == FORWARDED for k, _ in context.invocation_metadata() or ()):
-            return None
-        owners = sorted({owner for (queue, _), owner in self.store.worker_owners()
-                         if queue == task_queue and owner != self.store.replica_id})
-        addresses = [a for a in (self.store.replica_address(o) for o in owners) if a is not None]
-        if not addresses:
-            return None
-        self._next_target = (self._next_target + 1) % len(addresses)
-        return addresses[self._next_target]
+    @staticmethod
+    def forwarded(context: Context) -> bool:
+        """Whether another replica forwarded this call."""
+        return any(k == FORWARDED for k, _ in context.invocation_metadata() or ())
 
     async def close(self) -> None:
         """Close the channels to other replicas."""

@@ -1,0 +1,129 @@
+"""Replicas on etcd (SPEC §6.5): where creates go and in which order waiting ones are served, with
+real etcd members, sessiond replicas and workers as processes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import grpc
+import pytest
+from sessiond_client.api.v1 import session_pb2
+
+from sessiond.store.etcd import EtcdClient
+from sessiond.testing.etcd_cluster import EtcdCluster
+from tests.cluster.conftest import eventually
+from tests.cluster.replicas import Replicas, replicas
+from tests.cluster.test_replicas import CLOSED, OPEN, QUEUE, Caller, wait_owned
+from tests.integration.conftest import error_info
+from tests.integration.workers.support import worker_pool
+
+pytestmark = pytest.mark.asyncio
+
+
+async def waiting(group: Replicas, etcd: EtcdClient) -> int:
+    """Creates waiting cluster-wide for QUEUE, per the store."""
+    reply = await etcd.get_prefix(group.keys.prefix + f"fifo/t/{QUEUE}/".encode(), keys_only=True)
+    return len(reply.kvs)
+
+
+@pytest.mark.parametrize("layout", ["worker-on-A", "worker-on-A-and-B"])
+async def test_waiting_creates_are_served_oldest_first_across_replicas(
+        etcd_cluster: EtcdCluster, etcd: EtcdClient, layout: str) -> None:
+    async with replicas(etcd_cluster, 2) as group, worker_pool() as start:
+        a, b = group.targets
+        workers = [await start(a, QUEUE, max_sessions=1, worker_id="fa")]
+        if layout == "worker-on-A-and-B":
+            workers.append(await start(b, QUEUE, max_sessions=1, worker_id="fb"))
+        for worker, target in zip(workers, group.targets, strict=False):
+            await wait_owned(group, etcd, worker, target)
+        callers = [Caller(a), Caller(b)]
+        try:
+            # Fill every slot: each create lands on a replica with room (its own or the other's).
+            holding = [await callers[i % 2].create(creation=0) for i in range(len(workers))]
+            assert {s.worker.worker_id for s in holding} == {w.worker_id for w in workers}
+
+            # Six creates, alternately at A and B, each after the previous one is waiting in the store.
+            served: list[int] = []
+            sessions: dict[int, session_pb2.Session] = {}
+
+            async def create(n: int) -> None:
+                session = await callers[n % 2].create(creation=60)
+                served.append(n)
+                sessions[n] = session
+
+            tasks = []
+            for n in range(6):
+                tasks.append(asyncio.create_task(create(n)))
+                await eventually(_counted(group, etcd, n + 1), timeout=20, message=f"create {n} waiting")
+
+            # Free slots one at a time; each goes to the oldest create still waiting, wherever it
+            # waits (with two workers, the first slot freed is B's and the oldest create waits at A).
+            free = [s.session_id for s in reversed(holding)]
+            expected: list[int] = []
+            for n in range(6):
+                # Complete through the other replica than the one holding the slot, half of the time.
+                assert (await callers[n % 2].complete(free.pop(0))).state == CLOSED
+                expected.append(n)
+                await eventually(lambda: len(served) == len(expected), timeout=20, message=f"create {n} served")
+                assert served == expected, f"served {served}, arrival order {expected}"
+                assert sessions[n].state == OPEN
+                free.append(sessions[n].session_id)
+            await asyncio.gather(*tasks)
+            await eventually(lambda: _count_is(group, etcd, 0), timeout=10, message="no ticket left")
+            for sid in free:
+                await callers[0].complete(sid)
+        finally:
+            for caller in callers:
+                await caller.close()
+
+
+async def _count_is(group: Replicas, etcd: EtcdClient, count: int) -> bool:
+    return await waiting(group, etcd) == count
+
+
+def _counted(group: Replicas, etcd: EtcdClient, count: int) -> Callable[[], Awaitable[bool]]:
+    return lambda: _count_is(group, etcd, count)
+
+
+async def test_a_create_goes_to_the_replica_with_room_and_waiter_caps_hold(
+        etcd_cluster: EtcdCluster, etcd: EtcdClient) -> None:
+    async with replicas(etcd_cluster, 2, "--max-waiters-per-queue", "2") as group, worker_pool() as start:
+        a, b = group.targets
+        full = await start(a, QUEUE, max_sessions=1, worker_id="full")
+        roomy = await start(b, QUEUE, max_sessions=2, worker_id="roomy")
+        await wait_owned(group, etcd, full, a)
+        await wait_owned(group, etcd, roomy, b)
+        at_a = Caller(a)
+        try:
+            first = await at_a.create(creation=0)
+            assert first.worker.worker_id == "full"  # local first
+            # A's worker is full: the next creates go to B's worker, which has room, without waiting.
+            second = await at_a.create(creation=0)
+            third = await at_a.create(creation=0)
+            assert {second.worker.worker_id, third.worker.worker_id} == {"roomy"}
+            with pytest.raises(grpc.aio.AioRpcError) as none_free:
+                await at_a.create(creation=0)
+            info = error_info(none_free.value)
+            assert info is not None and info.reason == "NO_CAPACITY"
+
+            # Two may wait at A; the third is refused with TOO_MANY_WAITERS.
+            waiters = [asyncio.create_task(at_a.create(creation=60)) for _ in range(2)]
+            await eventually(lambda: _count_is(group, etcd, 2), timeout=20, message="two waiting")
+            with pytest.raises(grpc.aio.AioRpcError) as capped:
+                await at_a.create(creation=60)
+            info = error_info(capped.value)
+            assert info is not None and info.reason == "TOO_MANY_WAITERS"
+
+            await at_a.complete(second.session_id)  # a slot on B: the oldest waiter at A takes it
+            placed = await asyncio.wait_for(asyncio.shield(asyncio.wait(waiters, return_when="FIRST_COMPLETED")), 20)
+            assert len(placed[0]) == 1
+            [got] = [t.result() for t in placed[0]]
+            assert got.worker.worker_id == "roomy"
+            for task in waiters:
+                task.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+            # A caller that gave up leaves nothing waiting in the store.
+            await eventually(lambda: _count_is(group, etcd, 0), timeout=10, message="tickets removed")
+        finally:
+            await at_a.close()
