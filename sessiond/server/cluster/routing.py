@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from sessiond.server.engine import Engine
     from sessiond.store.etcd.store import EtcdStore
 
-__all__ = ["FORWARDED", "Router"]
+__all__ = ["FORWARDED", "OWNER_HINT", "Router"]
 
 WHERE_CACHE = 100_000
 """Sessions whose worker a replica remembers for forwarding (each ≈ 200 bytes)."""
@@ -32,6 +32,10 @@ SERVICE = "sessiond.v1.SessionService"
 FORWARDED = "sessiond-forwarded-by"
 """Metadata on a call one replica forwards to another: the receiver never forwards it again (a
 forwarded CreateSession places at once or answers NO_CAPACITY: the sender keeps its place in line)."""
+OWNER_HINT = "sessiond-owner"
+"""Trailing metadata on an answer a replica gave for a session it does not hold (forwarded, or
+OWNER_UNAVAILABLE with the owner known): the address of the replica owning the session's worker.
+A client that knows several replicas may send that session's later calls straight there."""
 _PASSED_ON = ("authorization", "traceparent", "tracestate")
 
 R = TypeVar("R", bound=Message)
@@ -132,18 +136,21 @@ class Router:
         metadata = [(k, v) for k, v in context.invocation_metadata() or ()
                     if k in _PASSED_ON and isinstance(v, str)]
         metadata.append((FORWARDED, self.store.replica_id))
+        hint = (OWNER_HINT, address)
         try:
-            return cast("R", await stub(request, timeout=context.time_remaining(), metadata=metadata))
+            answer = cast("R", await stub(request, timeout=context.time_remaining(), metadata=metadata))
+            context.set_trailing_metadata((hint,))
+            return answer
         except grpc.aio.AioRpcError as error:
             if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) \
                     and not _has_reason(error):
                 raise OwnerUnavailableError(
                     f"the replica owning the session ({address}) did not answer: {error.details()}; retry "
-                    "(an activity's outcome is unknown)") from None
+                    "(an activity's outcome is unknown)", metadata={"owner_address": address}) from None
             if no_room_raises and _reason(error) == NoCapacityError.reason:
                 raise NoCapacityError(error.details() or "no room") from None
             # grpc wants a plain tuple of pairs here (an aio Metadata is refused).
-            trailing = tuple(cast("Sequence[tuple[str, str | bytes]]", error.trailing_metadata() or ()))
+            trailing = (*cast("Sequence[tuple[str, str | bytes]]", error.trailing_metadata() or ()), hint)
             await context.abort(error.code(), error.details() or "", trailing)
             raise  # abort raises; this line satisfies the type checker
 

@@ -54,6 +54,9 @@ log = logging.getLogger("sessiond.cluster")
 R = TypeVar("R")
 HINT_REFRESH = 1.0
 """Seconds between re-checks of this replica's free slots when nothing told it of a change."""
+RECHECK = 1.0
+"""Seconds a waiting create waits for a change before it looks again anyway."""
+DEQUEUE_ATTEMPTS = 5
 
 
 class Admission:
@@ -64,6 +67,7 @@ class Admission:
         self.store = store
         self.board = WaitingBoard(store)
         self._waiting: dict[str, int] = {}  # task queue -> creates waiting on this replica
+        self._tickets: set[str] = set()  # this replica's tickets still waiting
         self._published: dict[str, int] = {}
         self._dirty = asyncio.Event()
         self._publisher: asyncio.Task[None] | None = None
@@ -150,7 +154,7 @@ class Admission:
             CreationTimeoutError: no replica had room for it, in its turn, within ``wait``.
             TooManyWaitersError: it would wait, and this replica's waiter cap is reached.
         """
-        if not self.board.tickets(task_queue):
+        if not self.board.waiting(task_queue):
             placed = await self._attempt(task_queue, place_here, place_at)
             if placed is not None:
                 return placed
@@ -166,24 +170,26 @@ class Admission:
                 mine = await self.board.enqueue(task_queue, ticket)
             except EtcdError as error:
                 raise OwnerUnavailableError(f"the session store is unreachable ({error}); retry") from None
+            self._tickets.add(ticket)
             while True:
-                changed = asyncio.ensure_future(self.board.changed())
-                try:
-                    ahead = sum(1 for revision, _, _ in self.board.tickets(task_queue) if revision < mine)
-                    room = self.local_free(task_queue) + sum(free for free, _ in self.free_elsewhere(task_queue))
-                    if ahead < room:
-                        placed = await self._attempt(task_queue, place_here, place_at)
-                        if placed is not None:
-                            return placed
-                    remaining = deadline - self._loop.time()
-                    if remaining <= 0:
-                        raise CreationTimeoutError(
-                            f"no worker of task queue {task_queue!r} on any replica had a free slot for this create "
-                            "in its turn within creation_timeout", metadata={"task_queue": task_queue})
-                    await asyncio.wait({changed}, timeout=remaining)
-                finally:
-                    changed.cancel()
+                changed = self.board.change()  # taken before the mirror is read: no change is missed
+                ahead = self.board.ahead_of(task_queue, mine, self._live)
+                room = self.local_free(task_queue) + sum(free for free, _ in self.free_elsewhere(task_queue))
+                if ahead < room:
+                    placed = await self._attempt(task_queue, place_here, place_at)
+                    if placed is not None:
+                        return placed
+                remaining = deadline - self._loop.time()
+                if remaining <= 0:
+                    raise CreationTimeoutError(
+                        f"no worker of task queue {task_queue!r} on any replica had a free slot for this create "
+                        "in its turn within creation_timeout", metadata={"task_queue": task_queue})
+                # Also look again now and then: an attempt that failed for a passing reason (a
+                # replica that did not answer) is retried even when nothing changes.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), min(remaining, RECHECK))
         finally:
+            self._tickets.discard(ticket)
             self._waiting[task_queue] -= 1
             if not self._waiting[task_queue]:
                 del self._waiting[task_queue]
@@ -192,10 +198,22 @@ class Admission:
             self._loop.create_task(self._dequeue(task_queue, ticket))
 
     async def _dequeue(self, task_queue: str, ticket: str) -> None:
-        try:
-            await self.board.dequeue(task_queue, ticket)
-        except EtcdError as error:  # it goes with the replica's lease at the latest
-            log.warning("could not remove a waiting create's ticket: %s", error)
+        """Remove a ticket from the store: a ticket left behind would hold a place in line (this
+        replica ignores its own, but the others count it until it goes with this replica's lease)."""
+        for attempt in range(DEQUEUE_ATTEMPTS):
+            try:
+                await self.board.dequeue(task_queue, ticket)
+                return
+            except EtcdError as error:
+                log.warning("could not remove a waiting create's ticket (attempt %d): %s", attempt + 1, error)
+                await asyncio.sleep(0.2 * (attempt + 1))
+
+    def _live(self, replica_id: str, ticket: str) -> bool:
+        """Whether a ticket in the mirror holds a place in line: one of this replica's creates still
+        waiting, or another live replica's."""
+        if replica_id == self.store.replica_id:
+            return ticket in self._tickets
+        return self.store.replica_address(replica_id) is not None
 
     async def _attempt(self, task_queue: str, place_here: Callable[[], Awaitable[R]],
                        place_at: Callable[[str], Awaitable[R]]) -> R | None:

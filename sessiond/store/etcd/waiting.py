@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote
 
@@ -104,13 +104,24 @@ class WaitingBoard:
         """The creates waiting for ``task_queue`` cluster-wide, oldest first."""
         return sorted((revision, rid, ticket) for (rid, ticket), revision in self._tickets.get(task_queue, {}).items())
 
+    def waiting(self, task_queue: str) -> bool:
+        """Whether any create waits for ``task_queue`` (per the mirror)."""
+        return bool(self._tickets.get(task_queue))
+
+    def ahead_of(self, task_queue: str, revision: int, live: Callable[[str, str], bool]) -> int:
+        """How many creates of ``task_queue`` that ``live`` accepts (replica id, ticket) hold an
+        older place in line than ``revision``."""
+        return sum(1 for (rid, ticket), rev in self._tickets.get(task_queue, {}).items()
+                   if rev < revision and live(rid, ticket))
+
     def free(self, task_queue: str) -> dict[str, int]:
         """Free slots of ``task_queue`` per replica (this one included, as last published)."""
         return dict(self._free.get(task_queue, {}))
 
-    async def changed(self) -> None:
-        """Wait until the mirror changes."""
-        await self._changed.wait()
+    def change(self) -> asyncio.Event:
+        """An event set at the mirror's next change (take it *before* reading the mirror, so a
+        change in between is not missed)."""
+        return self._changed
 
     def poke(self) -> None:
         """Wake every :meth:`changed` waiter (a local change the mirror does not see)."""
