@@ -4,11 +4,13 @@ real etcd members, sessiond replicas and workers as processes."""
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Awaitable, Callable
 
 import grpc
 import pytest
-from sessiond_client.api.v1 import session_pb2
+from sessiond_client import SessionClient, SessionState
+from sessiond_client.api.v1 import session_pb2, session_service_pb2
 
 from sessiond.store.etcd import EtcdClient
 from sessiond.testing.etcd_cluster import EtcdCluster
@@ -127,3 +129,49 @@ async def test_a_create_goes_to_the_replica_with_room_and_waiter_caps_hold(
             await eventually(lambda: _count_is(group, etcd, 0), timeout=10, message="tickets removed")
         finally:
             await at_a.close()
+
+
+async def test_the_client_follows_the_owner_hint_straight_to_the_owner(
+        etcd_cluster: EtcdCluster, etcd: EtcdClient) -> None:
+    async with replicas(etcd_cluster, 2) as group, worker_pool() as start:
+        owner, other = group.targets
+        worker = await start(owner, QUEUE, max_sessions=2, worker_id="hinted")
+        await wait_owned(group, etcd, worker, owner)
+        # The client reaches `other` first (its first address); `other` has no worker of the queue.
+        async with SessionClient(f"{other},{owner}", default_rpc_timeout=5) as client:
+            session = await client.create_session(QUEUE, creation_timeout=10).__aenter__()
+            assert session.info.worker.worker_id == "hinted"
+            assert await session.execute_activity("echo", "through other") == "through other"
+            # Freeze `other`: a call that still went through it would hang until its deadline.
+            group.server_at(other).signal(signal.SIGSTOP)
+            try:
+                assert await asyncio.wait_for(session.execute_activity("echo", "direct"), 15) == "direct"
+                info = await asyncio.wait_for(client.get_session_info(session.id), 15)
+                assert info.state is SessionState.OPEN
+                closed = await asyncio.wait_for(client.complete_session(session.id), 15)
+                assert closed.state is SessionState.CLOSED
+            finally:
+                group.server_at(other).signal(signal.SIGCONT)
+            await session.complete()
+
+
+async def test_an_answer_for_a_remote_session_names_its_owner(etcd_cluster: EtcdCluster, etcd: EtcdClient) -> None:
+    async with replicas(etcd_cluster, 2) as group, worker_pool() as start:
+        owner, other = group.targets
+        worker = await start(owner, QUEUE, max_sessions=1, worker_id="named")
+        await wait_owned(group, etcd, worker, owner)
+        at_owner, at_other = Caller(owner), Caller(other)
+        try:
+            session = await at_owner.create(creation=0)
+            call = at_other.stub.GetSessionInfo(
+                session_service_pb2.GetSessionInfoRequest(session_id=session.session_id), timeout=10)
+            assert (await call).session.state == OPEN
+            assert ("sessiond-owner", owner) in tuple(await call.trailing_metadata())
+            direct = at_owner.stub.GetSessionInfo(
+                session_service_pb2.GetSessionInfoRequest(session_id=session.session_id), timeout=10)
+            await direct
+            assert not [k for k, _ in await direct.trailing_metadata() or () if k == "sessiond-owner"]
+            await at_other.complete(session.session_id)
+        finally:
+            await at_owner.close()
+            await at_other.close()
