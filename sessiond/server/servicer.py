@@ -207,6 +207,15 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
             if principal not in (None, viewer.principal):
                 return session_service_pb2.ListSessionsResponse()  # another principal's: none it may see
             principal = viewer.principal
+        cluster = self.engine.cluster
+        if cluster is not None:  # the whole cluster's, from the store
+            stored, more = await cluster.listing.sessions(
+                task_queue=validate.name(request.task_queue, "task_queue", required=False),
+                owner=validate.name(request.owner, "owner", required=False),
+                state=validate.state_filter(request.state), principal=principal, resource=resource, after=after,
+                limit=size)
+            return session_service_pb2.ListSessionsResponse(
+                sessions=stored, next_page_token="" if more is None else str(more))
         page, more = self.engine.table.sessions(
             task_queue=validate.name(request.task_queue, "task_queue", required=False),
             owner=validate.name(request.owner, "owner", required=False),
@@ -222,9 +231,13 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         size, after = validate.worker_page(request.page_size, request.page_token)
         task_queue = validate.name(request.task_queue, "task_queue", required=False)
         page, more = self.engine.table.workers(task_queue=task_queue, after=after, limit=size)
-        return session_service_pb2.ListWorkersResponse(
+        local = session_service_pb2.ListWorkersResponse(
             workers=[self.engine.worker_to_pb(w) for w in page], next_page_token=validate.worker_token(more),
             waiting=self.engine.waiting_to_pb(task_queue) if after is None else ())
+        cluster = self.engine.cluster
+        if cluster is None or cluster.routes.forwarded(context):
+            return local
+        return await cluster.listing.workers(request, context, local)  # every replica's workers
 
     async def _stored(self, session_id: str) -> session_pb2.Session:
         """A session another replica placed (a create's request id used there first)."""

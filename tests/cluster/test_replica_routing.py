@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from sessiond_client import SessionClient, SessionState
-from sessiond_client.api.v1 import session_pb2, session_service_pb2
+from sessiond_client.api.v1 import session_pb2, session_service_pb2, session_service_pb2_grpc
 
 from sessiond.store.etcd import EtcdClient
 from sessiond.testing.etcd_cluster import EtcdCluster
@@ -175,3 +177,77 @@ async def test_an_answer_for_a_remote_session_names_its_owner(etcd_cluster: Etcd
         finally:
             await at_owner.close()
             await at_other.close()
+
+
+TOKENS = "tok-a team-a caller\ntok-b team-b caller\ntok-ops ops operator,caller\n"
+
+
+async def test_lists_show_the_whole_cluster_through_every_replica(
+        etcd_cluster: EtcdCluster, etcd: EtcdClient, tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(TOKENS)
+    async with replicas(etcd_cluster, 3, "--tokens-file", str(tokens)) as group, worker_pool() as start:
+        for i, target in enumerate(group.targets):  # the worker role is granted to no token: open
+            worker = await start(target, QUEUE, max_sessions=5, worker_id=f"l{i}")
+            await wait_owned(group, etcd, worker, target)
+        channels = [grpc.aio.insecure_channel(t) for t in group.targets]
+        stubs = [session_service_pb2_grpc.SessionServiceStub(c) for c in channels]
+
+        def auth(token: str) -> tuple[tuple[str, str], ...]:
+            return (("authorization", f"Bearer {token}"),)
+
+        async def create(i: int, token: str) -> str:
+            reply = await stubs[i].CreateSession(session_service_pb2.CreateSessionRequest(
+                task_queue=QUEUE, owner=f"o-{token}-{i}"), metadata=auth(token), timeout=20)
+            return str(reply.session.session_id)
+
+        async def listed(i: int, token: str, **filters: Any) -> list[str]:
+            reply = await stubs[i].ListSessions(session_service_pb2.ListSessionsRequest(**filters),
+                                                metadata=auth(token), timeout=20)
+            return [s.session_id for s in reply.sessions]
+
+        try:
+            team_a = [await create(i, "tok-a") for i in range(3)]  # one on each replica's worker
+            team_b = [await create(i, "tok-b") for i in (1, 2)]
+            await stubs[0].CompleteSession(session_service_pb2.CompleteSessionRequest(session_id=team_a[1]),
+                                           metadata=auth("tok-a"), timeout=20)
+            everyone = team_a + team_b
+            for i in range(3):
+                assert await listed(i, "tok-a") == team_a  # oldest first, the whole cluster
+                assert await listed(i, "tok-b") == team_b  # a principal sees only its own
+                assert await listed(i, "tok-ops") == everyone
+                assert await listed(i, "tok-a", state=OPEN) == [team_a[0], team_a[2]]
+                assert await listed(i, "tok-ops", state=CLOSED) == [team_a[1]]
+                assert await listed(i, "tok-ops", owner=f"o-tok-b-{2}") == [team_b[1]]
+                assert await listed(i, "tok-ops", task_queue="no-such-queue") == []
+                assert await listed(i, "tok-a", principal="team-b") == []
+
+            # Page through the cluster, each page from another replica: every session once, in order.
+            seen: list[str] = []
+            token = ""
+            for page in range(10):
+                reply = await stubs[page % 3].ListSessions(session_service_pb2.ListSessionsRequest(
+                    page_size=2, page_token=token), metadata=auth("tok-ops"), timeout=20)
+                seen += [s.session_id for s in reply.sessions]
+                token = reply.next_page_token
+                if not token:
+                    break
+            assert seen == everyone
+
+            workers: list[str] = []
+            token = ""
+            for page in range(10):
+                reply = await stubs[page % 3].ListWorkers(session_service_pb2.ListWorkersRequest(
+                    page_size=1, page_token=token, task_queue=QUEUE), metadata=auth("tok-ops"), timeout=20)
+                workers += [w.worker_id for w in reply.workers]
+                token = reply.next_page_token
+                if not token:
+                    break
+            assert workers == ["l0", "l1", "l2"]
+            for stub in stubs:
+                reply = await stub.ListWorkers(session_service_pb2.ListWorkersRequest(), metadata=auth("tok-ops"),
+                                               timeout=20)
+                assert {w.worker_id: w.open_sessions for w in reply.workers} == {"l0": 1, "l1": 1, "l2": 2}
+        finally:
+            for channel in channels:
+                await channel.close(None)

@@ -1,8 +1,9 @@
 """One replica of a replicated sessiond (SPEC §6.5, distributed.md §3): the engine's side of the etcd
-store, in four parts: :class:`~.commits.Commits` (reserve -> commit -> publish),
+store, in five parts: :class:`~.commits.Commits` (reserve -> commit -> publish),
 :class:`~.ownership.Ownership` (claims, adoption, the janitor), :class:`~.routing.Router`
-(forwarding to other replicas) and :class:`~.waiters.Admission` (creates served oldest-first
-across replicas, free-slot hints). Only replicas import this package (it loads the etcd store).
+(forwarding to other replicas), :class:`~.waiters.Admission` (creates served oldest-first
+across replicas, free-slot hints) and :class:`~.listing.Listing` (List* of the whole cluster).
+Only replicas import this package (it loads the etcd store).
 
 Self-fencing: when the store fences itself (lease renewals stopped), the replica ends every worker
 stream (the workers hold their sessions and register at another replica) and stops.
@@ -19,6 +20,7 @@ from sessiond.core.token import TokenKeys
 from sessiond.server.cluster.commits import Commits
 from sessiond.server.cluster.connect import open_store
 from sessiond.server.cluster.keys import owner_key_name, request_key_name
+from sessiond.server.cluster.listing import Listing
 from sessiond.server.cluster.ownership import Ownership
 from sessiond.server.cluster.routing import Router
 from sessiond.server.cluster.waiters import Admission
@@ -43,6 +45,7 @@ class Cluster:
         self.ownership = Ownership(engine, store, self.fenced)
         self.routes = Router(engine, store)
         self.admission = Admission(engine, store)
+        self.listing = Listing(store, self.routes)
         self._janitor: asyncio.Task[None] | None = None
         store.on_fenced.append(self._fenced)
 

@@ -67,7 +67,10 @@ class Admission:
         self.store = store
         self.board = WaitingBoard(store)
         self._waiting: dict[str, int] = {}  # task queue -> creates waiting on this replica
-        self._tickets: set[str] = set()  # this replica's tickets still waiting
+        # This replica's waiting creates: task queue -> ticket -> the event that wakes it for its turn.
+        self._turns: dict[str, dict[str, asyncio.Event]] = {}
+        self._dispatching = False
+        self.board.listeners.append(self._changed)
         self._published: dict[str, int] = {}
         self._dirty = asyncio.Event()
         self._publisher: asyncio.Task[None] | None = None
@@ -90,8 +93,7 @@ class Admission:
         """The engine took a step (a slot may have freed or been taken): republish, and let this
         replica's waiting creates look again."""
         self._dirty.set()
-        if self._waiting:
-            self.board.poke()
+        self._changed()
 
     # ------------------------------------------------------------------ free slots
 
@@ -163,6 +165,7 @@ class Admission:
         self._check_caps(task_queue)
         deadline = self._loop.time() + wait
         ticket = uuid.uuid4().hex
+        turn = asyncio.Event()
         self._waiting[task_queue] = self._waiting.get(task_queue, 0) + 1
         self.engine.metrics.waiters(task_queue, +1)
         try:
@@ -170,32 +173,69 @@ class Admission:
                 mine = await self.board.enqueue(task_queue, ticket)
             except EtcdError as error:
                 raise OwnerUnavailableError(f"the session store is unreachable ({error}); retry") from None
-            self._tickets.add(ticket)
+            self._turns.setdefault(task_queue, {})[ticket] = turn
+            self._changed()
             while True:
-                changed = self.board.change()  # taken before the mirror is read: no change is missed
-                ahead = self.board.ahead_of(task_queue, mine, self._live)
-                room = self.local_free(task_queue) + sum(free for free, _ in self.free_elsewhere(task_queue))
-                if ahead < room:
-                    placed = await self._attempt(task_queue, place_here, place_at)
-                    if placed is not None:
-                        return placed
                 remaining = deadline - self._loop.time()
                 if remaining <= 0:
                     raise CreationTimeoutError(
                         f"no worker of task queue {task_queue!r} on any replica had a free slot for this create "
                         "in its turn within creation_timeout", metadata={"task_queue": task_queue})
-                # Also look again now and then: an attempt that failed for a passing reason (a
-                # replica that did not answer) is retried even when nothing changes.
+                # Woken when it is this create's turn (see _dispatch); also looks again now and
+                # then, so an attempt that failed for a passing reason is retried.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), min(remaining, RECHECK))
+                    await asyncio.wait_for(turn.wait(), min(remaining, RECHECK))
+                turn.clear()
+                if self._my_turn(task_queue, mine):
+                    placed = await self._attempt(task_queue, place_here, place_at)
+                    if placed is not None:
+                        return placed
         finally:
-            self._tickets.discard(ticket)
+            turns = self._turns.get(task_queue, {})
+            turns.pop(ticket, None)
+            if not turns:
+                self._turns.pop(task_queue, None)
             self._waiting[task_queue] -= 1
             if not self._waiting[task_queue]:
                 del self._waiting[task_queue]
             self.engine.metrics.waiters(task_queue, -1)
             # Not awaited by the caller (it may be cancelled): the ticket goes in the background.
             self._loop.create_task(self._dequeue(task_queue, ticket))
+
+    def _line(self, task_queue: str) -> list[tuple[int, str, str]]:
+        """The task queue's waiting creates that hold a place in line, oldest first."""
+        turns = self._turns.get(task_queue, {})
+        me = self.store.replica_id
+        return [(revision, rid, ticket) for revision, rid, ticket in self.board.tickets(task_queue)
+                if (ticket in turns if rid == me else self.store.replica_address(rid) is not None)]
+
+    def _room(self, task_queue: str) -> int:
+        return self.local_free(task_queue) + sum(free for free, _ in self.free_elsewhere(task_queue))
+
+    def _my_turn(self, task_queue: str, revision: int) -> bool:
+        """Whether fewer creates hold an older place in line than the cluster has free slots."""
+        ahead = sum(1 for rev, _, _ in self._line(task_queue) if rev < revision)
+        return ahead < self._room(task_queue)
+
+    def _changed(self) -> None:
+        """The mirror or this replica's workers changed: look at the lines once, soon (changes
+        that arrive together are looked at together)."""
+        if not self._dispatching and self._turns:
+            self._dispatching = True
+            self._loop.call_soon(self._dispatch)
+
+    def _dispatch(self) -> None:
+        """Wake this replica's waiting creates whose turn it is: per task queue, the line is read
+        once and the first ``free slots`` creates in it are woken if they wait here."""
+        self._dispatching = False
+        me = self.store.replica_id
+        for task_queue, turns in list(self._turns.items()):
+            room = self._room(task_queue)
+            if room <= 0:
+                continue
+            for _, rid, ticket in self._line(task_queue)[:room]:
+                if rid == me:
+                    turns[ticket].set()
 
     async def _dequeue(self, task_queue: str, ticket: str) -> None:
         """Remove a ticket from the store: a ticket left behind would hold a place in line (this
@@ -208,12 +248,6 @@ class Admission:
                 log.warning("could not remove a waiting create's ticket (attempt %d): %s", attempt + 1, error)
                 await asyncio.sleep(0.2 * (attempt + 1))
 
-    def _live(self, replica_id: str, ticket: str) -> bool:
-        """Whether a ticket in the mirror holds a place in line: one of this replica's creates still
-        waiting, or another live replica's."""
-        if replica_id == self.store.replica_id:
-            return ticket in self._tickets
-        return self.store.replica_address(replica_id) is not None
 
     async def _attempt(self, task_queue: str, place_here: Callable[[], Awaitable[R]],
                        place_at: Callable[[str], Awaitable[R]]) -> R | None:

@@ -51,7 +51,8 @@ class WaitingBoard:
         self.prefix = store.prefix_of("fifo/")
         self._tickets: dict[str, dict[tuple[str, str], int]] = {}  # queue -> (rid, ticket) -> revision
         self._free: dict[str, dict[str, int]] = {}  # queue -> rid -> free slots
-        self._changed = asyncio.Event()
+        self.listeners: list[Callable[[], None]] = []
+        """Called after every change of the mirror (keep them cheap: they run in the watch's task)."""
         self._task: asyncio.Task[None] | None = None
 
     def _ticket_key(self, task_queue: str, ticket: str) -> bytes:
@@ -108,25 +109,15 @@ class WaitingBoard:
         """Whether any create waits for ``task_queue`` (per the mirror)."""
         return bool(self._tickets.get(task_queue))
 
-    def ahead_of(self, task_queue: str, revision: int, live: Callable[[str, str], bool]) -> int:
-        """How many creates of ``task_queue`` that ``live`` accepts (replica id, ticket) hold an
-        older place in line than ``revision``."""
-        return sum(1 for (rid, ticket), rev in self._tickets.get(task_queue, {}).items()
-                   if rev < revision and live(rid, ticket))
 
     def free(self, task_queue: str) -> dict[str, int]:
         """Free slots of ``task_queue`` per replica (this one included, as last published)."""
         return dict(self._free.get(task_queue, {}))
 
-    def change(self) -> asyncio.Event:
-        """An event set at the mirror's next change (take it *before* reading the mirror, so a
-        change in between is not missed)."""
-        return self._changed
-
     def poke(self) -> None:
-        """Wake every :meth:`changed` waiter (a local change the mirror does not see)."""
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        """Tell the listeners the mirror changed."""
+        for listener in list(self.listeners):
+            listener()
 
     # ------------------------------------------------------------------ following the store
 
