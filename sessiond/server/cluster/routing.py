@@ -15,7 +15,13 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from sessiond_client.api.v1 import session_pb2
 
-from sessiond.core.errors import NoCapacityError, OwnerUnavailableError, SessionError, SessionNotFoundError
+from sessiond.core.errors import (
+    NoCapacityError,
+    OwnerUnavailableError,
+    RecoveringError,
+    SessionError,
+    SessionNotFoundError,
+)
 from sessiond.core.model import Viewer
 from sessiond.server import auth
 from sessiond.store.etcd.errors import EtcdError
@@ -77,6 +83,7 @@ class Router:
         self.store = store
         self._loop = asyncio.get_running_loop()
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._closing: set[asyncio.Task[None]] = set()
         self._where: OrderedDict[str, tuple[str, str]] = OrderedDict()
 
     async def forward(self, method: str, request: Message, context: Context, session_id: str,
@@ -89,6 +96,7 @@ class Router:
         Raises:
             SessionNotFoundError: the store has no such session.
             OwnerUnavailableError: the owner cannot be reached, or the worker is moving (retry).
+            RecoveringError: the owner's replica could not be connected to: nothing was sent (retry).
         """
         forwarded = any(k == FORWARDED for k, _ in context.invocation_metadata() or ())
         worker = self._where.get(session_id)
@@ -97,7 +105,7 @@ class Router:
             if address is not None:  # a session never changes worker: no store read on this path
                 try:
                     return await self.call(address, method, request, context, response_type)
-                except OwnerUnavailableError:
+                except (OwnerUnavailableError, RecoveringError):
                     if method != "GetSessionInfo":
                         raise
                     # The owner is unreachable (dead, its lease not expired yet): the store answers.
@@ -114,12 +122,13 @@ class Router:
         if address is None or forwarded:
             if method == "GetSessionInfo" or (terminal and method == "CompleteSession"):
                 return session
-            raise OwnerUnavailableError(
-                f"session {session_id!r}: its worker is not connected to any replica now (moving?); retry",
-                metadata={"session_id": session_id})
+            # Nothing was sent: the call is safe to repeat, an activity included (RECOVERING).
+            raise RecoveringError(
+                f"session {session_id!r}: its worker is not connected to any replica now (moving?); nothing was "
+                "sent: retry", metadata={"session_id": session_id})
         try:
             return await self.call(address, method, request, context, response_type)
-        except OwnerUnavailableError:
+        except (OwnerUnavailableError, RecoveringError):
             if method == "GetSessionInfo":
                 return session  # as stored: the owner is unreachable
             raise
@@ -142,6 +151,15 @@ class Router:
             context.set_trailing_metadata((hint,))
             return answer
         except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.UNAVAILABLE and not _has_reason(error) \
+                    and "failed to connect" in (error.details() or ""):
+                # The channel never reached the replica (it stopped, or restarts): nothing was sent.
+                # A channel that failed to connect backs off its reconnects (up to minutes): a fresh
+                # one reaches a restarted replica at once.
+                self._drop_channel(address)
+                raise RecoveringError(
+                    f"the replica owning the session ({address}) is not reachable (restarting? its worker then "
+                    "moves to another replica); nothing was sent: retry", metadata={"owner_address": address}) from None
             if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) \
                     and not _has_reason(error):
                 raise OwnerUnavailableError(
@@ -217,6 +235,13 @@ class Router:
     def forwarded(context: Context) -> bool:
         """Whether another replica forwarded this call."""
         return any(k == FORWARDED for k, _ in context.invocation_metadata() or ())
+
+    def _drop_channel(self, address: str) -> None:
+        channel = self._channels.pop(address, None)
+        if channel is not None:
+            task = self._loop.create_task(channel.close(None))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
         """Close the channels to other replicas."""

@@ -38,7 +38,13 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from sessiond.core.errors import CreationTimeoutError, NoCapacityError, OwnerUnavailableError, TooManyWaitersError
+from sessiond.core.errors import (
+    CreationTimeoutError,
+    NoCapacityError,
+    OwnerUnavailableError,
+    RecoveringError,
+    TooManyWaitersError,
+)
 from sessiond.core.resources import SESSIONS
 from sessiond.store.etcd.errors import EtcdError
 from sessiond.store.etcd.waiting import WaitingBoard
@@ -257,7 +263,7 @@ class Admission:
             with contextlib.suppress(NoCapacityError):
                 return await place_here()
         for _, address in self.free_elsewhere(task_queue):
-            with contextlib.suppress(NoCapacityError, OwnerUnavailableError):
+            with contextlib.suppress(NoCapacityError, OwnerUnavailableError, RecoveringError):
                 return await place_at(address)
         return None
 

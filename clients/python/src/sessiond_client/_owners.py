@@ -47,6 +47,7 @@ class OwnerHints:
         self._owners: OrderedDict[str, str] = OrderedDict()
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, session_service_pb2_grpc.SessionServiceAsyncStub] = {}
+        self._stale: list[grpc.aio.Channel] = []  # closed with the client (calls may still run on them)
 
     @property
     def enabled(self) -> bool:
@@ -76,8 +77,13 @@ class OwnerHints:
             self._owners.popitem(last=False)
 
     def failed(self, session_id: str) -> None:
-        """The hinted replica did not answer: the session's calls go through the client's channel again."""
-        self._owners.pop(session_id, None)
+        """The hinted replica did not answer: the session's calls go through the client's channel
+        again, and the next hint to that replica opens a fresh channel (a channel that failed to
+        connect backs off its reconnects, up to minutes)."""
+        address = self._owners.pop(session_id, None)
+        if address is not None and address in self._channels:
+            self._stale.append(self._channels.pop(address))
+            self._stubs.pop(address, None)
 
     def hinted(self, session_id: str) -> str | None:
         """The replica a session's calls go to directly (None: the client's channel)."""
@@ -85,7 +91,8 @@ class OwnerHints:
 
     async def close(self, grace: float | None = None) -> None:
         """Close the channels to hinted replicas."""
-        for channel in self._channels.values():
+        for channel in [*self._channels.values(), *self._stale]:
             await channel.close(grace)
         self._channels.clear()
+        self._stale.clear()
         self._stubs.clear()
