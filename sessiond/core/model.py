@@ -18,6 +18,16 @@ from sessiond.core.selector import EVERYTHING, Selector
 RequestKey = tuple[str, ...]
 
 
+def create_request_key(principal: str, task_queue: str, request_id: str) -> RequestKey:
+    """The idempotency key of a Create: a principal's request_id on one task queue (``()`` without one)."""
+    return (principal, "create", task_queue, request_id) if request_id else ()
+
+
+def recreate_request_key(principal: str, worker: WorkerKey, request_id: str) -> RequestKey:
+    """The idempotency key of a Recreate: a principal's request_id for one worker (``()`` without one)."""
+    return (principal, "recreate", worker.task_queue, worker.worker_id, request_id) if request_id else ()
+
+
 class SessionState(enum.IntEnum):
     """Lifecycle state; values mirror the proto enum."""
 

@@ -5,7 +5,9 @@ Mutations append :mod:`~sessiond.core.events` to an outbox that the caller drain
 :meth:`SessionTable.take_events`. Costs on the hot paths do not grow with the number of
 workers or sessions: create and complete are O(log n), a heartbeat is O(1). Where a new session
 may go is :mod:`~sessiond.core.placement`'s index; who waits for one, in what order, is
-:mod:`~sessiond.core.waiters`'.
+:mod:`~sessiond.core.waiters`'; sessions that outlive their worker's stream (detach, reattach,
+adoption of reported sessions) are :mod:`~sessiond.core.reattach`'s, which changes sessions only
+through this table's primitives.
 
 Liveness is lazy and grouped. A heartbeat only stamps ``worker.last_seen``. A worker's open
 sessions are grouped by heartbeat_timeout T; within a group, session s is due at
@@ -30,7 +32,6 @@ from sessiond.core.errors import (
     ActivityAbortedError,
     ActivityHeartbeatTimeoutError,
     ActivityTimeoutError,
-    AdoptionRefusedError,
     CreationTimeoutError,
     ExistingOpenSessionError,
     IllegalTransitionError,
@@ -42,14 +43,12 @@ from sessiond.core.errors import (
     SessionFailedError,
     SessionNotFoundError,
     TooManyWaitersError,
-    WorkerDetachedError,
     WorkerIdInUseError,
     WorkerUnavailableError,
 )
 from sessiond.core.events import (
     ActivityEnded,
     Event,
-    SessionDetached,
     SessionEnded,
     SessionPlaced,
     WaiterFailed,
@@ -72,9 +71,12 @@ from sessiond.core.model import (
     Worker,
     WorkerKey,
     WorkerRegistration,
+    create_request_key,
+    recreate_request_key,
 )
 from sessiond.core.pauses import PauseLedger
 from sessiond.core.placement import MAX_SKIPS, Placer
+from sessiond.core.reattach import Reattachment
 from sessiond.core.registry import WorkerRegistry
 from sessiond.core.resources import ResourceVector
 from sessiond.core.selector import EVERYTHING, Selector
@@ -172,10 +174,8 @@ class SessionTable:
         # Caller liveness, one entry per OPEN session with a caller_timeout, re-armed lazily: an RPC
         # only stamps session.caller_seen (O(1)); the entry is re-checked when it comes due.
         self._caller_deadlines: DeadlineQueue[str] = DeadlineQueue()
-        # Detached sessions: when each fails unless its worker registers again.
-        self._reattach_deadlines: DeadlineQueue[str] = DeadlineQueue()
-        # The last stream of a worker whose sessions are detached: it keeps their slots counted.
-        self._detached: dict[WorkerKey, Worker] = {}
+        # Detached sessions, their reattach deadlines, and adoption of reported sessions.
+        self._reattachment = Reattachment(self)
         self.waiting = WaiterQueues()
         self.placer = Placer(self.registry.candidates, self.waiting, max_skips=max_skips)
         # Task queues whose holding waiter left: serve all their waiting Creates again.
@@ -202,7 +202,7 @@ class SessionTable:
         # Called after every mutation (the engine re-arms its timer): no temporary list.
         best = self.waiting.next_deadline()
         for queue in (self._session_deadlines, self._liveness_deadlines, self._activity_deadlines,
-                      self._worker_deadlines, self._caller_deadlines, self._reattach_deadlines):
+                      self._worker_deadlines, self._caller_deadlines, self._reattachment.deadlines):
             t = queue.peek()
             if t is not None and (best is None or t < best):
                 best = t
@@ -233,8 +233,7 @@ class SessionTable:
             self._session_due(now, self._sessions[sid])
         for key, timeout in self._liveness_deadlines.pop_due(now):
             self._liveness_due(now, self.registry.workers[key], timeout)
-        for sid in self._reattach_deadlines.pop_due(now):
-            self._end(now, self._sessions[sid], SessionState.FAILED, FailureCause.WORKER_LOST)
+        self._reattachment.expire(now)
         for sid in self._caller_deadlines.pop_due(now):
             self._caller_due(now, self._sessions[sid])
         for waiter in self.waiting.pop_due(now):
@@ -318,50 +317,17 @@ class SessionTable:
         self._worker_deadlines.set(key, now + STALE_INTERVALS * worker.interval)
         registered = WorkerRegistered(worker, ())
         self._events.append(registered)  # first: its message precedes every other on the stream
-        reattached = self._reattach(now, worker)
+        reattached = self._reattachment.reattach(now, worker)
         adopted: list[Session] = []
         if adopt_held or now < self.recovering_until:
-            for record in held:
-                if record.session_id in self._sessions:
-                    continue
-                try:
-                    # No serving until every report is in: a slot freed by one adopted to be ended
-                    # (past its expiry) must not go to a waiting Create before a later report that
-                    # the worker really holds claims it. _serve below hands out what is left.
-                    adopted.append(self._adopt(now, key, worker.epoch, record, serve=False))
-                except AdoptionRefusedError:
-                    continue
+            # Serves no waiter: _serve below hands out what is left once every report is in.
+            adopted = self._reattachment.adopt_reports(now, worker, held)
         if reattached or adopted:
             index = self._events.index(registered)
             self._events[index] = WorkerRegistered(worker, (*reattached, *adopted), tuple(adopted))
             self._update_interval(now, worker)
         self._serve(now, worker)
         return worker
-
-    def _reattach(self, now: float, worker: Worker) -> list[Session]:
-        """Move the key's detached sessions to its new stream, oldest first, as far as it has room."""
-        gone = self._detached.pop(worker.key, None)
-        if gone is None:
-            return []
-        out: list[Session] = []
-        for session in sorted((self._sessions[sid] for sid in gone.sessions), key=lambda x: x.seq):
-            if not worker.free.covers(session.demand):
-                # The worker came back smaller: the hard limit wins over the reattach.
-                self._end(now, session, SessionState.FAILED, FailureCause.WORKER_LOST)
-                continue
-            self._unlink(session)
-            self._reattach_deadlines.remove(session.session_id)
-            session.detached_at = None
-            self._link(now, worker, session)
-            for aid in session.activities:
-                # They waited for the worker (none was in flight: detaching aborted those); they are
-                # sent now, so their heartbeat clock starts now.
-                activity = self._activities[aid]
-                activity.worker, activity.epoch = worker, worker.epoch
-                activity.heartbeat_at = now
-                self._activity_deadlines.set(aid, activity.due_at())
-            out.append(session)
-        return out
 
     def adopt_session(self, now: float, key: WorkerKey, epoch: int, record: SessionRecord) -> Session:
         """Take a session this table does not know into the table, on the worker connected as
@@ -374,51 +340,12 @@ class SessionTable:
         Raises:
             AdoptionRefusedError: nothing changed; the worker must drop the session.
         """
-        return self._adopt(now, key, epoch, record, serve=True)
-
-    def _adopt(self, now: float, key: WorkerKey, epoch: int, record: SessionRecord, *, serve: bool) -> Session:
-        """:meth:`adopt_session`; with ``serve`` False a slot freed by ending an expired session is
-        left for the caller to hand out (a registration adopts all its reports first)."""
-        worker = self.worker(key, epoch)
-        if worker is None:
-            raise AdoptionRefusedError(f"worker {key.worker_id} is not connected at epoch {epoch}")
-        if record.session_id in self._sessions:
-            raise AdoptionRefusedError(f"session {record.session_id} is known already")
-        if record.task_queue != key.task_queue:
-            raise AdoptionRefusedError(f"session {record.session_id} is of another task queue")
-        demand = record.demand
-        if not worker.free.covers(demand):
-            raise AdoptionRefusedError(f"worker {key.worker_id} has no room for session {record.session_id} "
-                                       f"({demand})")
-        if record.owner and (record.principal, record.owner) in self._owners:
-            raise AdoptionRefusedError(f"owner {record.owner!r} already holds an open session or waits for one")
-        if record.recreated:
-            request_key = _request_key(record.request_id, record.principal, "recreate", key.task_queue, key.worker_id)
-        else:
-            request_key = _request_key(record.request_id, record.principal, "create", key.task_queue)
-        if request_key in self._requests:
-            request_key = ()
-        session = Session(
-            session_id=record.session_id, seq=next(self._seq), task_queue=key.task_queue, worker=worker,
-            options=record.options, owner=record.owner, request_id=record.request_id, placed_at=record.placed_at,
-            expire_at=record.expire_at, demand=demand, selector=record.selector, request_key=request_key,
-            recreated=record.recreated, principal=record.principal,
-        )
-        self._install(now, worker, session)
-        self._update_interval(now, worker)
-        if session.expire_at <= now:
-            # Adopted to be ended truthfully: its caller learns EXECUTION_TIMEOUT, not "lost".
-            self._end(now, session, SessionState.FAILED, FailureCause.EXECUTION_TIMEOUT, serve=serve)
-        return session
+        return self._reattachment.adopt(now, key, epoch, record, serve=True)
 
     def decline_session(self, now: float, key: WorkerKey, epoch: int, session_id: str) -> None:
         """The worker gives back a session it holds: it FAILS with WORKER_LOST. A no-op for a
         fenced connection or a session that is not OPEN on that worker."""
-        worker = self.worker(key, epoch)
-        session = self._sessions.get(session_id)
-        if worker is not None and session is not None and session.state is SessionState.OPEN \
-                and session.worker is worker:
-            self._end(now, session, SessionState.FAILED, FailureCause.WORKER_LOST)
+        self._reattachment.decline(now, key, epoch, session_id)
 
     def worker(self, key: WorkerKey, epoch: int) -> Worker | None:
         """The worker connected as ``key`` at ``epoch``, or None (fenced: replaced or gone)."""
@@ -481,29 +408,16 @@ class SessionTable:
             if worker.draining or session.options.reattach_timeout <= 0:
                 self._end(now, session, SessionState.FAILED, cause)
             else:
-                self._detach(now, session)
+                self._reattachment.detach(now, session)
         self.registry.remove(worker)
         self._worker_deadlines.remove(worker.key)
-        if worker.sessions:
-            self._detached[worker.key] = worker
+        self._reattachment.park(worker)
         self._unbind_if_gone(now, worker.key)
 
     def _unbind_if_gone(self, now: float, key: WorkerKey) -> None:
         """Start the binding's grace period once neither a stream nor detached sessions hold ``key``."""
-        if key not in self.registry.workers and key not in self._detached:
+        if key not in self.registry.workers and not self._reattachment.holds(key):
             self._bindings.release(now, key)
-
-    def _detach(self, now: float, session: Session) -> None:
-        self._leave_liveness(session)
-        session.detached_at = now
-        sid = session.session_id
-        for aid in sorted(session.activities):
-            activity = self._activities.pop(aid)
-            self._activity_deadlines.remove(aid)
-            self._events.append(ActivityEnded(activity, WorkerDetachedError(sid)))
-        session.activities.clear()
-        self._reattach_deadlines.set(sid, now + session.options.reattach_timeout)
-        self._events.append(SessionDetached(session))
 
     # ----------------------------------------------------------------- sessions
 
@@ -566,7 +480,7 @@ class SessionTable:
         (the caller's RPC deadline) without changing the options the session records. The session
         belongs to ``principal``; owner keys and request ids are that principal's own.
         """
-        request_key = _request_key(request_id, principal, "create", task_queue)
+        request_key = create_request_key(principal, task_queue, request_id)
         earlier = self._requests.get(request_key) if request_key else None
         if earlier is not None:
             return earlier
@@ -595,7 +509,7 @@ class SessionTable:
         """
         target = self.signer.target(token, now)
         key = target.worker
-        request_key = _request_key(request_id, principal, "recreate", key.task_queue, key.worker_id)
+        request_key = recreate_request_key(principal, key, request_id)
         earlier = self._requests.get(request_key) if request_key else None
         if earlier is not None:
             return earlier
@@ -654,8 +568,7 @@ class SessionTable:
         worker = session.worker
         if session.state is SessionState.OPEN:
             self._unlink(session)
-            if session.detached_at is not None:
-                self._reattach_deadlines.remove(session_id)
+            self._reattachment.settle(session)
             self._caller_deadlines.remove(session_id)
             for aid in sorted(session.activities):
                 self._activity_deadlines.remove(aid)
@@ -782,8 +695,7 @@ class SessionTable:
         worker.used = worker.used - session.demand
         worker.sessions.discard(session.session_id)
         self._leave_liveness(session)
-        if not worker.connected and not worker.sessions and self._detached.get(worker.key) is worker:
-            del self._detached[worker.key]
+        self._reattachment.unlinked(worker)
 
     def _leave_liveness(self, session: Session) -> None:
         worker = session.worker
@@ -808,17 +720,13 @@ class SessionTable:
         worker = session.worker
         # Release the slot: exactly once, because OPEN is left exactly once.
         self._unlink(session)
-        if session.detached_at is not None:
-            self._reattach_deadlines.remove(session.session_id)
+        self._reattachment.settle(session)
         self._caller_deadlines.remove(session.session_id)
         if session.owner and self._owners.get((session.principal, session.owner)) is session:
             del self._owners[(session.principal, session.owner)]
+        sid = session.session_id
         reason = "SESSION_FAILED" if state is SessionState.FAILED else "SESSION_COMPLETED"
-        for aid in sorted(session.activities):
-            activity = self._activities.pop(aid)
-            self._activity_deadlines.remove(aid)
-            self._events.append(ActivityEnded(activity, ActivityAbortedError(session.session_id, reason, cause)))
-        session.activities.clear()
+        self._abort_activities(session, lambda: ActivityAbortedError(sid, reason, cause))
         self._session_deadlines.set(session.session_id, now + self.retention)
         self._events.append(SessionEnded(session, worker.epoch))
         if not worker.connected:
@@ -945,6 +853,24 @@ class SessionTable:
         activity = self._activities.get(activity_id)
         return None if activity is None else self._pop_activity(activity)
 
+    def _abort_activities(self, session: Session, error: Callable[[], SessionError]) -> None:
+        """End every activity in flight in ``session`` with a fresh ``error()`` each, in id order."""
+        for aid in sorted(session.activities):
+            activity = self._activities.pop(aid)
+            self._activity_deadlines.remove(aid)
+            self._events.append(ActivityEnded(activity, error()))
+        session.activities.clear()
+
+    def _resume_activities(self, now: float, session: Session) -> None:
+        """``session`` was reattached: its activities, which waited for the worker (none was in
+        flight: detaching aborted those), are sent to it now, so their heartbeat clock starts now."""
+        worker = session.worker
+        for aid in session.activities:
+            activity = self._activities[aid]
+            activity.worker, activity.epoch = worker, worker.epoch
+            activity.heartbeat_at = now
+            self._activity_deadlines.set(aid, activity.due_at())
+
     def _pop_activity(self, activity: Activity) -> Activity:
         del self._activities[activity.activity_id]
         self._activity_deadlines.remove(activity.activity_id)
@@ -1010,7 +936,7 @@ class SessionTable:
     def open_count(self) -> int:
         """Open sessions across all workers, detached ones included (O(workers); for tests and views)."""
         connected = sum(len(w.sessions) for w in self.registry.workers.values())
-        return connected + sum(len(w.sessions) for w in self._detached.values())
+        return connected + self._reattachment.open_count
 
     def activity(self, activity_id: str) -> Activity | None:
         """The activity, while it is in flight."""
@@ -1043,9 +969,4 @@ def _activity_timeout(now: float, activity: Activity) -> ActivityTimeoutError | 
 
 def _wait(options: SessionOptions, max_wait: float | None) -> float:
     return options.creation_timeout if max_wait is None else min(options.creation_timeout, max_wait)
-
-
-def _request_key(request_id: str, *scope: str) -> RequestKey:
-    """request_id scoped to what was asked: the same id on another request is another request."""
-    return (*scope, request_id) if request_id else ()
 
