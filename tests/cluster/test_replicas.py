@@ -102,13 +102,17 @@ async def test_the_hard_limit_holds_across_three_replicas_placing_at_once(
         assert len(set(ids)) == 200
 
         # Replay the store's history of the slot index: at no revision did a worker hold two sessions.
+        # (The whole cluster's keys are watched, so the last revision is seen whatever key it wrote.)
         prefix = group.keys.prefix + b"wsess/"
         end_revision = (await etcd.status()).header.revision
         held: dict[str, set[str]] = {}
         placed = peak = 0
-        async with await etcd.watch(prefix, prefix_end(prefix), start_revision=start_revision) as watch:
+        async with await etcd.watch(group.keys.prefix, prefix_end(group.keys.prefix),
+                                    start_revision=start_revision) as watch:
             async for batch in watch:
                 for event in batch.events:
+                    if not event.kv.key.startswith(prefix):
+                        continue
                     queue_worker, _, sid = event.kv.key[len(prefix):].decode().rpartition("/")
                     slots = held.setdefault(queue_worker, set())
                     if event.type == PUT:
