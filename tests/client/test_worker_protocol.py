@@ -192,6 +192,40 @@ async def test_cancel_activity_cancels_the_task_and_reports_nothing(wired: tuple
 
 
 @pytest.mark.asyncio
+async def test_an_activity_cancelled_before_its_first_step_is_forgotten_and_reports_nothing(
+        wired: tuple[SessionWorker, Outbox]) -> None:
+    # The task and its cancellation in one loop iteration: the wrapper never runs (nor its finally).
+    worker, outbox = wired
+    worker._on_message(start("s-1"))
+    worker._on_message(task("a-1", "s-1", "add", 1, 2))
+    running = worker._running["a-1"]
+    cancel = worker_pb2.CancelActivity(activity_id="a-1", session_id="s-1", reason="ACTIVITY_TIMEOUT")
+    worker._on_message(server(cancel_activity=cancel))
+    assert "a-1" not in worker._running
+    await asyncio.wait({running.task}, timeout=5)
+    assert running.task.cancelled()
+    assert outbox.empty()
+    # The same id again (a retry of the task) runs normally.
+    worker._on_message(task("a-1", "s-1", "add", 1, 2))
+    assert CONVERTER.from_payload((await next_result(outbox)).result) == 3
+    assert "a-1" not in worker._running  # forgotten in the same step that reported it
+
+
+async def same_info() -> bool:
+    return activity.info() is activity.info() and activity.info().activity_id == "a-1"
+
+
+@pytest.mark.asyncio
+async def test_activity_info_is_one_object_per_execution(wired: tuple[SessionWorker, Outbox]) -> None:
+    worker, outbox = wired
+    worker._activities["same_info"] = same_info
+    worker._async_activities = worker._async_activities | {"same_info"}
+    worker._on_message(start("s-1"))
+    worker._on_message(task("a-1", "s-1", "same_info"))
+    assert CONVERTER.from_payload((await next_result(outbox)).result) is True
+
+
+@pytest.mark.asyncio
 async def test_session_ended_cancels_a_sync_activity_through_its_flag(wired: tuple[SessionWorker, Outbox]) -> None:
     worker, outbox = wired
     sync_started.clear()

@@ -61,17 +61,33 @@ class _ActivityContext:
 
     The cancellation flag is a plain bool; the ``threading.Event`` a sync activity can block on
     (:func:`wait_for_cancelled`) is made only when one does: building an Event (a Condition and
-    its lock) for every activity was measurable on the activity path.
+    its lock) for every activity was measurable on the activity path. For the same reason the
+    worker may hand over a ``make_info`` instead of the :class:`ActivityInfo` (a frozen dataclass of
+    ten fields, ~5 µs): it is built the first time the activity reads it, and then kept.
     """
 
-    __slots__ = ("_cancel_reason", "_cancelled", "_event", "heartbeat_sink", "info")
+    __slots__ = ("_cancel_reason", "_cancelled", "_event", "_info", "_make_info", "heartbeat_sink")
 
-    def __init__(self, info: ActivityInfo, heartbeat_sink: Callable[[Any], None] | None = None) -> None:
-        self.info = info
+    def __init__(self, info: ActivityInfo | None, heartbeat_sink: Callable[[Any], None] | None = None,
+                 make_info: Callable[[], ActivityInfo] | None = None) -> None:
+        self._info = info
+        self._make_info = make_info
         self._cancelled = False
         self._event: threading.Event | None = None
         self._cancel_reason: str | None = None
         self.heartbeat_sink = heartbeat_sink
+
+    @property
+    def info(self) -> ActivityInfo:
+        info = self._info
+        if info is None:
+            with _EVENTS:  # one object however many threads of the activity ask at once
+                if self._info is None:
+                    assert self._make_info is not None, "an activity context needs its info or make_info"
+                    self._info = self._make_info()
+                    self._make_info = None
+                info = self._info
+        return info
 
     def cancel(self, reason: str) -> None:
         with _EVENTS:

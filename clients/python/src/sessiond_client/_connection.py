@@ -84,11 +84,12 @@ class ConnectionConfig:
             return (("authorization", f"Bearer {token}"),)
         return ()
 
-    def open_channel(self, extra_options: Sequence[tuple[str, int | str]] = ()) -> grpc.aio.Channel:
-        """Open a channel in the running loop."""
+    def open_channel(self, extra_options: Sequence[tuple[str, int | str]] = (), *,
+                     defaults: Sequence[tuple[str, int | str]] = ()) -> grpc.aio.Channel:
+        """Open a channel in the running loop; ``defaults`` go before the user's ``channel_options``."""
         cap = -1 if self.max_message_size is None else min(2 * self.max_message_size, _GRPC_INT_MAX)
         limits = [("grpc.max_receive_message_length", cap), ("grpc.max_send_message_length", cap)]
-        options = [*limits, *self.channel_options, *extra_options]
+        options = [*limits, *defaults, *self.channel_options, *extra_options]
         if self.uses_tls:
             credentials = grpc.ssl_channel_credentials(
                 root_certificates=self.root_certificates,

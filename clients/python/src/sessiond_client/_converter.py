@@ -101,11 +101,17 @@ class DefaultPayloadConverter(PayloadConverter):
 
     def to_payload(self, value: Any) -> session_pb2.Payload:
         """Encode ``value``: bytes as ``binary/plain``, anything else as compact UTF-8 JSON."""
-        if isinstance(value, bytes | bytearray | memoryview):
-            return session_pb2.Payload(metadata={ENCODING_KEY: BINARY_ENCODING}, data=bytes(value))
+        if isinstance(value, _BINARY_TYPES):
+            payload = session_pb2.Payload(data=bytes(value))
+            # Set, not passed as ``metadata={...}``: the constructor fills a map through a
+            # Python-level update (2.8 vs 1.1 µs per payload, on every activity's input and result).
+            payload.metadata[ENCODING_KEY] = BINARY_ENCODING
+            return payload
         data = json.dumps(value, cls=self._encoder, default=self.to_json_value, separators=(",", ":"),
                           ensure_ascii=False, allow_nan=False)
-        return session_pb2.Payload(metadata={ENCODING_KEY: JSON_ENCODING}, data=data.encode("utf-8"))
+        payload = session_pb2.Payload(data=data.encode("utf-8"))
+        payload.metadata[ENCODING_KEY] = JSON_ENCODING
+        return payload
 
     def from_payload(self, payload: session_pb2.Payload, type_hint: Any = None) -> Any:
         """Decode a payload by its ``encoding`` metadata, then convert it to ``type_hint``."""
@@ -305,6 +311,9 @@ _JSON_NAMES: dict[type, str] = {list: "array", dict: "object", str: "string"}
 
 def _name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or repr(hint)
+
+
+_BINARY_TYPES = (bytes, bytearray, memoryview)
 
 
 def _encoding(payload: session_pb2.Payload) -> bytes:

@@ -97,25 +97,51 @@ class HeartbeatThrottle:
 
 
 class ActivityHeartbeats:
-    """The ``activity.heartbeat`` sink of one activity: encodes in the caller's thread, throttles on the loop."""
+    """The ``activity.heartbeat`` sink of one activity: encodes in the caller's thread, throttles on the loop.
 
-    __slots__ = ("_converter", "_loop", "_loop_thread", "throttle")
+    The throttle is made at the first heartbeat (most activities never send one, and every
+    activity gets a sink).
+    """
+
+    __slots__ = ("_closed", "_converter", "_heartbeat_timeout", "_loop", "_loop_thread", "_send", "_throttle")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, converter: PayloadConverter, heartbeat_timeout: float | None,
-                 send: Callable[[session_pb2.Payload | None], None]) -> None:
-        """Build the sink; call on the loop's thread."""
+                 send: Callable[[session_pb2.Payload | None], None], loop_thread: int | None = None) -> None:
+        """Build the sink; ``loop_thread`` is the loop's thread id (default: the calling thread's)."""
         self._loop = loop
-        self._loop_thread = threading.get_ident()
+        self._loop_thread = threading.get_ident() if loop_thread is None else loop_thread
         self._converter = converter
-        self.throttle = HeartbeatThrottle(throttle_interval(heartbeat_timeout), send, loop)
+        self._heartbeat_timeout = heartbeat_timeout
+        self._send = send
+        self._throttle: HeartbeatThrottle | None = None
+        self._closed = False
 
     def __call__(self, details: Any) -> None:
         """``activity.heartbeat(details)`` lands here, from the loop or from an activity thread."""
         payload = None if details is None else self._converter.to_payload(details)
         if threading.get_ident() == self._loop_thread:
             # Directly: an async activity that heartbeats and returns must not overtake its details.
-            self.throttle.beat(payload)
+            self._beat(payload)
         else:
             # Queued before the thread's result is (FIFO), so the details still precede the result.
             with contextlib.suppress(RuntimeError):  # the worker's loop already closed: nobody listens
-                self._loop.call_soon_threadsafe(self.throttle.beat, payload)
+                self._loop.call_soon_threadsafe(self._beat, payload)
+
+    def _beat(self, payload: session_pb2.Payload | None) -> None:
+        # On the loop's thread only: the throttle is made, flushed and closed there.
+        if self._closed:
+            return
+        if self._throttle is None:
+            self._throttle = HeartbeatThrottle(throttle_interval(self._heartbeat_timeout), self._send, self._loop)
+        self._throttle.beat(payload)
+
+    def flush(self) -> None:
+        """Send the pending heartbeat now, if there is one (on the loop's thread)."""
+        if self._throttle is not None:
+            self._throttle.flush()
+
+    def close(self) -> None:
+        """The activity ended: send nothing more (on the loop's thread)."""
+        self._closed = True
+        if self._throttle is not None:
+            self._throttle.close()

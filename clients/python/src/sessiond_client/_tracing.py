@@ -22,9 +22,14 @@ _SERVICE = "sessiond.v1.SessionService"
 _Metadata = tuple[tuple[str, str], ...]
 
 
+# A tuple, not ``ProxyTracerProvider | NoOpTracerProvider``: that builds a union on every call, and
+# the worker asks once per activity.
+_NOT_SET = (ProxyTracerProvider, NoOpTracerProvider)
+
+
 def enabled() -> bool:
     """True once the application installed a real TracerProvider."""
-    return not isinstance(trace.get_tracer_provider(), ProxyTracerProvider | NoOpTracerProvider)
+    return not isinstance(trace.get_tracer_provider(), _NOT_SET)
 
 
 @contextmanager

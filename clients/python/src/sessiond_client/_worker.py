@@ -36,6 +36,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import timedelta
@@ -86,6 +87,12 @@ _FENCE_CHECK_MAX_DELAY = 1.0
 # Until a server announces its recovery window, hold sessions this long after a broken stream.
 _DEFAULT_RECOVERY_WINDOW = 30.0
 
+# The worker's channel has a subchannel pool of its own (so its own TCP connection, not one shared
+# with the process's other channels to the same target). Measured: about a fifth less worker CPU per
+# activity at 64 in flight than with the process-wide pool (bench/notes.md, issue 15). A process that
+# runs several workers, or a client beside its worker, opens one connection for each.
+_WORKER_CHANNEL_OPTIONS: tuple[tuple[str, int | str], ...] = (("grpc.use_local_subchannel_pool", 1),)
+
 ReattachHook = Callable[[SessionInfo], "bool | Awaitable[bool]"]
 
 SESSION_NOT_HELD = "SessionNotHeld"
@@ -94,20 +101,32 @@ PAYLOAD_ERROR = "PayloadError"
 
 
 class _Running:
-    """One activity execution in progress."""
+    """One activity execution in progress (in ``table``, the worker's running activities, until it ends)."""
 
-    __slots__ = ("context", "session_id", "task")
+    __slots__ = ("activity_id", "context", "session_id", "started", "table", "task")
 
-    def __init__(self, session_id: str, context: _ActivityContext, task: asyncio.Task[None]) -> None:
+    def __init__(self, activity_id: str, session_id: str, context: _ActivityContext,
+                 table: dict[str, _Running]) -> None:
+        self.activity_id = activity_id
         self.session_id = session_id
         self.context = context
-        self.task = task
+        self.table = table
+        # Set by the wrapper's first step; its ``finally`` takes the execution out of ``table``.
+        self.started = False
+        self.task: asyncio.Task[None]  # set right after, by the worker that creates the task
 
     def cancel(self, reason: str) -> None:
         # The flag is for sync activities (a thread cannot be interrupted) and tells the wrapper not
         # to report; cancelling the task interrupts async activities and the wait on a thread.
         self.context.cancel(reason)
         self.task.cancel()
+        if not self.started:
+            # Cancelled before its first step: its body, and so the finally that forgets it, never runs.
+            self.forget()
+
+    def forget(self) -> None:
+        if self.table.get(self.activity_id) is self:
+            del self.table[self.activity_id]
 
 
 class SessionWorker:
@@ -266,6 +285,8 @@ class SessionWorker:
         self._started = False
         self._signals: list[signal.Signals] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        # The thread run() runs on (None before): activity heartbeats from other threads hop to it.
+        self._loop_thread: int | None = None
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -332,6 +353,7 @@ class SessionWorker:
             raise RuntimeError("SessionWorker.run() can be called only once")
         self._started = True
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         if handle_signals:
             self.install_signal_handlers()
         owned_executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -340,7 +362,7 @@ class SessionWorker:
                 max_workers=self._max_threads, thread_name_prefix="sessiond-activity"
             )
             self._executor = owned_executor
-        channel = self._connection.open_channel()
+        channel = self._connection.open_channel(defaults=_WORKER_CHANNEL_OPTIONS)
         stub = session_service_pb2_grpc.SessionServiceStub(channel)
         try:
             while not self._shutdown_requested.is_set():
@@ -476,7 +498,8 @@ class SessionWorker:
         # The only writer of the stream: grpc.aio allows one outstanding write per call.
         try:
             while True:
-                message = await outbox.get()
+                # Without a coroutine when a message is waiting (at load, the usual case).
+                message = outbox.get_nowait() if outbox.qsize() else await outbox.get()
                 if message is None:
                     await call.done_writing()
                     return
@@ -598,8 +621,9 @@ class SessionWorker:
                 if interval > 0 and interval != self._interval:
                     self._interval = interval
                     self._interval_changed.set()
-        if message.server_incarnation:
-            self._server_incarnation = message.server_incarnation
+        incarnation = message.server_incarnation
+        if incarnation:
+            self._server_incarnation = incarnation
         kind = message.WhichOneof("message")
         if kind == "registered":
             self._max_message_size = message.registered.max_message_size or UNANNOUNCED_MAX_MESSAGE_SIZE
@@ -786,47 +810,46 @@ class SessionWorker:
                 ),
             )
             return
-        if task.activity_id in self._running:
+        activity_id = task.activity_id
+        if activity_id in self._running:
             return  # a duplicate delivery of a task already running
-        timeout = task.start_to_close_timeout if task.HasField("start_to_close_timeout") else None
+        session_id = task.session_id
         heartbeat_timeout = duration_from_proto(task.heartbeat_timeout) if task.HasField("heartbeat_timeout") else None
         heartbeats = ActivityHeartbeats(
             asyncio.get_running_loop(), self._converter,
             None if heartbeat_timeout is None else heartbeat_timeout.total_seconds(),
-            functools.partial(self._send_heartbeat, task.activity_id, task.session_id),
+            functools.partial(self._send_heartbeat, activity_id, session_id), self._loop_thread,
         )
-        context = _ActivityContext(
-            ActivityInfo(
-                activity_id=task.activity_id,
-                activity_type=task.activity_type,
-                session=session,
-                start_to_close_timeout=None if timeout is None else duration_from_proto(timeout),
-                headers=dict(task.headers) if task.headers else {},
-                worker_id=self._worker_id or "",
-                attempt=task.attempt or 1,
-                heartbeat_timeout=heartbeat_timeout,
-                heartbeat_details=self._previous_details(task),
-                resources=MappingProxyType(dict(task.resources)) if task.resources else session.resources,
-            ),
-            heartbeats,
-        )
-        runner = asyncio.create_task(self._execute(task, fn, context, heartbeats),
-                                     name=f"sessiond-activity-{task.activity_id}")
-        self._running[task.activity_id] = _Running(task.session_id, context, runner)
-        # A done-callback (not a finally) forgets the execution: a task cancelled before its first
-        # step never runs its body.
-        runner.add_done_callback(lambda _: self._forget(task.activity_id, runner))
+        details = self._previous_details(task) if task.HasField("heartbeat_details") else None
+        worker_id = self._worker_id or ""
+        # The ActivityInfo is built only if the activity reads it (activity.info()), from what holds now.
+        context = _ActivityContext(None, heartbeats, make_info=lambda: self._activity_info(
+            task, session, worker_id, heartbeat_timeout, details))
+        running = _Running(activity_id, session_id, context, self._running)
+        # No done-callback: the wrapper's finally forgets the execution (a callback is one more
+        # loop handle per activity), and cancel() does when the task never started.
+        running.task = asyncio.create_task(self._execute(task, fn, context, heartbeats, running),
+                                           name=f"sessiond-activity-{activity_id}")
+        self._running[activity_id] = running
 
-    def _forget(self, activity_id: str, runner: asyncio.Task[None]) -> None:
-        running = self._running.get(activity_id)
-        if running is not None and running.task is runner:
-            del self._running[activity_id]
-        if not runner.cancelled() and runner.exception() is not None:
-            logger.error("activity wrapper crashed", exc_info=runner.exception())
+    @staticmethod
+    def _activity_info(task: worker_pb2.ActivityTask, session: SessionInfo, worker_id: str,
+                       heartbeat_timeout: timedelta | None, details: Any) -> ActivityInfo:
+        return ActivityInfo(
+            activity_id=task.activity_id,
+            activity_type=task.activity_type,
+            session=session,
+            start_to_close_timeout=duration_from_proto(task.start_to_close_timeout)
+            if task.HasField("start_to_close_timeout") else None,
+            headers=dict(task.headers) if task.headers else {},
+            worker_id=worker_id,
+            attempt=task.attempt or 1,
+            heartbeat_timeout=heartbeat_timeout,
+            heartbeat_details=details,
+            resources=MappingProxyType(dict(task.resources)) if task.resources else session.resources,
+        )
 
     def _previous_details(self, task: worker_pb2.ActivityTask) -> Any:
-        if not task.HasField("heartbeat_details"):
-            return None
         try:
             return self._converter.from_payload(task.heartbeat_details)
         except Exception as exc:  # the retry still runs; it just cannot resume
@@ -844,21 +867,23 @@ class SessionWorker:
                                                             details=details)))
 
     async def _execute(self, task: worker_pb2.ActivityTask, fn: Callable[..., Any], context: _ActivityContext,
-                       heartbeats: ActivityHeartbeats) -> None:
+                       heartbeats: ActivityHeartbeats, running: _Running) -> None:
+        running.started = True
         _current.set(context)
-        # Started here so it is current in the executor thread too (the context is copied below).
-        # With tracing off, not even the span's context manager is built (it is per activity).
-        with _tracing.activity_span(
-            task.activity_type,
-            task.headers,
-            session_id=task.session_id,
-            activity_id=task.activity_id,
-            worker_id=self._worker_id or "",
-        ) if _tracing.enabled() else contextlib.nullcontext() as span:
-            try:
-                await self._run_activity(task, fn, context, span, heartbeats)
-            finally:
-                heartbeats.throttle.close()
+        try:
+            if _tracing.enabled():
+                # Started here so it is current in the executor thread too (the context is copied
+                # below). With tracing off not even the span's context manager is built.
+                with _tracing.activity_span(task.activity_type, task.headers, session_id=task.session_id,
+                                            activity_id=task.activity_id, worker_id=self._worker_id or "") as span:
+                    await self._run_activity(task, fn, context, span, heartbeats)
+            else:
+                await self._run_activity(task, fn, context, None, heartbeats)
+        except Exception:
+            logger.exception("activity wrapper crashed")
+        finally:
+            heartbeats.close()
+            running.forget()
 
     async def _run_activity(
         self, task: worker_pb2.ActivityTask, fn: Callable[..., Any], context: _ActivityContext, span: Span | None,
@@ -891,12 +916,12 @@ class SessionWorker:
                 return
             _tracing.fail(span, type(exc).__name__, str(exc))
             self._log_failure(task, exc)
-            heartbeats.throttle.flush()  # the last details precede the outcome on the stream
+            heartbeats.flush()  # the last details precede the outcome on the stream
             self._report_failure(task, self._failure_from(exc))
             return
         if context.cancelled:
             return  # finished after cancellation (e.g. a sync activity that ignored the flag)
-        heartbeats.throttle.flush()
+        heartbeats.flush()
         self._send_outcome(task.activity_id, task.session_id, result=payload)
 
     def _report_failure(self, task: worker_pb2.ActivityTask, failure: session_pb2.ActivityFailure) -> None:
