@@ -5,7 +5,10 @@
   next to ``--store memory`` (alternating order, ``--reps`` repetitions);
 * execute_activity through a replica that does not own the session (forwarded) next to the owner;
 * failover: kill -9 of the replica owning a worker with an open session -> the store shows the
-  worker owned by a live replica (adopted, same session id), ``--trials`` times.
+  worker owned by a live replica (adopted, same session id), ``--trials`` times;
+* etcd leader kill: create+complete pairs one after another on a replica; kill -9 of the etcd leader
+  -> the first pair started after the kill that succeeds (writes succeed again), ``--leader-trials``
+  times (the member is restarted between trials).
 
 Prints ``{"event": "result", ...}`` (the runner's child protocol).
 
@@ -164,11 +167,58 @@ async def failover(probe: Probe, trials: int) -> list[dict[str, Any]]:
     return out
 
 
+async def _pair(stub: Any, request_id: str, timeout: float) -> None:
+    created = await stub.CreateSession(session_service_pb2.CreateSessionRequest(
+        task_queue=QUEUE, request_id=request_id, options=session_pb2.SessionOptions(
+            creation_timeout=duration_pb2.Duration(seconds=int(timeout)))), timeout=timeout)
+    await stub.CompleteSession(session_service_pb2.CompleteSessionRequest(session_id=created.session.session_id),
+                               timeout=timeout)
+
+
+async def leader_kill(probe: Probe, trials: int) -> list[dict[str, Any]]:
+    """kill -9 of the etcd leader while one replica serves create+complete pairs one after another
+    -> the first pair started after the kill completes (ms), and the failed attempts meanwhile."""
+    out = []
+    for trial in range(trials):
+        server, target = probe.server(probe.store(f"bench{uuid.uuid4().hex[:8]}"))
+        worker = probe.raw_worker(target)
+        try:
+            async with grpc.aio.insecure_channel(target) as channel:
+                stub = session_service_pb2_grpc.SessionServiceStub(channel)
+                for i in range(20):  # warm: the replica's lease, the worker's claim, the channels
+                    await _pair(stub, f"warm-{trial}-{i}", 10)
+                leader = await probe.etcd.leader()
+                killed = time.monotonic()
+                probe.etcd.kill(leader)
+                failed, attempt = 0, 0
+                while True:
+                    attempt += 1
+                    try:
+                        await _pair(stub, f"after-{trial}-{attempt}", 5)
+                        break
+                    except grpc.aio.AioRpcError:
+                        failed += 1
+                        if time.monotonic() - killed > 60:
+                            raise RuntimeError("writes did not succeed again within 60 s") from None
+                recovered_ms = (time.monotonic() - killed) * 1000
+                new_leader = await probe.etcd.leader()
+                out.append({"writes_again_ms": round(recovered_ms, 1), "failed_attempts": failed,
+                            "replica_alive": server.alive(), "leader": leader.name, "new_leader": new_leader.name})
+        finally:
+            _stop(worker, server)
+            for member in probe.etcd.members:
+                if not member.running:
+                    probe.etcd.restart(member)
+            await probe.etcd.wait_healthy()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the measurements and print the result event."""
     parser = argparse.ArgumentParser(prog="bench.replica_probe", description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--leader-trials", type=int, default=5)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--logs", type=Path, default=Path(tempfile.gettempdir()))
@@ -180,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             "throughput": throughput(probe, args.reps),
             "forwarded": forwarded(probe, args.reps),
             "failover": asyncio.run(failover(probe, args.trials)),
+            "leader_kill": asyncio.run(leader_kill(probe, args.leader_trials)),
             "etcd_version": etcd_version(),
         }
     emit("result", **result)

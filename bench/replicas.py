@@ -25,8 +25,9 @@ def scenario_replicas(ctx: Ctx) -> dict[str, dict[str, Any]]:
     ctx.say(f"replicas: {s.replica_reps} reps against memory, {s.failover_trials} failovers")
     result = run_once(ctx.name("replica-probe"), [
         PY, "-m", "bench.replica_probe", "--reps", str(s.replica_reps), "--trials", str(s.failover_trials),
+        "--leader-trials", str(s.leader_trials),
         "--warmup", str(s.warmup), "--duration", str(s.duration), "--logs", str(ctx.logs)],
-        ctx.logs, timeout=300 + s.replica_reps * 60 + s.failover_trials * 30)
+        ctx.logs, timeout=300 + s.replica_reps * 60 + s.failover_trials * 30 + s.leader_trials * 60)
 
     cc_cases, cc_runs = [], []
     for n in (1, 64):
@@ -66,6 +67,15 @@ def scenario_replicas(ctx: Ctx) -> dict[str, dict[str, Any]]:
                    ratios=[None], goal="sessions stay OPEN (same ids)", check=None,
                    details={"adopted_ms": adopted, "open_after": [all(t["same_session_open"] for t in trials)]})
     fo_case["met"] = all(t["same_session_open"] for t in trials)
+    leader = result["leader_kill"]
+    again = [t["writes_again_ms"] for t in leader]
+    lk_case = case(f"kill -9 of the etcd leader, n={len(again)}", value=[percentile(again, 50)], unit="ms p50",
+                   baseline=[max(again)], baseline_unit="ms max",
+                   baseline_what="max over the trials (not a baseline: no same-run equivalent)", ratios=[None],
+                   goal="writes succeed again; the replica lives", check=None,
+                   details={"writes_again_ms": again, "failed_attempts": [t["failed_attempts"] for t in leader],
+                            "replica_alive": [t["replica_alive"] for t in leader]})
+    lk_case["met"] = all(t["replica_alive"] for t in leader)
     version = result.get("etcd_version", "")
     return {
         "replicas_create_complete": entry(
@@ -76,4 +86,7 @@ def scenario_replicas(ctx: Ctx) -> dict[str, dict[str, Any]]:
         "replicas_failover": entry("failover: kill -9 of the replica owning a worker",
                                    "kill → worker owned by a live replica, session OPEN, same id (ms)",
                                    [fo_case], trials),
+        "replicas_leader_kill": entry("etcd leader kill during create+complete, 1 replica",
+                                      "kill -9 of the leader → the first pair started after it completes (ms)",
+                                      [lk_case], leader),
     }

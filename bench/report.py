@@ -7,7 +7,8 @@ from typing import Any
 
 ORDER = ("create_complete", "execute_activity_1", "execute_activity_64", "activity_floor", "library_worker", "kill9",
          "frozen_worker", "scale", "tracing", "dashboard", "server_restart", "worker_restart", "caller_lost",
-         "resources", "auth", "replicas_create_complete", "replicas_forwarded", "replicas_failover")
+         "resources", "auth", "replicas_create_complete", "replicas_forwarded", "replicas_failover",
+         "replicas_leader_kill")
 
 
 def num(value: float | None) -> str:

@@ -50,7 +50,7 @@ MULTI_ROW = ("core", "activity", "outlive", "replicas")
 RESULT_KEYS = ("create_complete", "execute_activity_1", "execute_activity_64", "activity_floor", "library_worker",
                "kill9", "frozen_worker", "scale", "tracing", "dashboard", "server_restart", "worker_restart",
                "caller_lost", "resources", "auth", "replicas_create_complete", "replicas_forwarded",
-               "replicas_failover")
+               "replicas_failover", "replicas_leader_kill")
 
 
 @dataclass(frozen=True)
@@ -85,18 +85,21 @@ class Sizes:
     auth_runs: int
     replica_reps: int
     failover_trials: int
+    leader_trials: int
 
 
 FULL = Sizes(core_reps=4, warmup=1.0, duration=3.0, kill_runs=3, kills=20, echo_kills=10, frozen_runs=3, frozen=8,
              heartbeat_timeout=1.0, scale_runs=3, levels=(10, 1000, 10_000), sessions=100_000, probe_warmup=1.0,
              probe_duration=3.0, idle_seconds=2.0, tracing_runs=3, tracing_in_flight=64, dashboard_runs=6,
              outlive_runs=3, outlive_sessions=1000, caller_timeout=5.0, resource_runs=3, resource_workers=1000,
-             resource_reps=4, probe_ops=5000, auth_runs=6, replica_reps=3, failover_trials=10)
+             resource_reps=4, probe_ops=5000, auth_runs=6, replica_reps=3, failover_trials=10,
+             leader_trials=5)
 SMOKE = Sizes(core_reps=1, warmup=0.2, duration=0.5, kill_runs=1, kills=3, echo_kills=2, frozen_runs=1, frozen=2,
               heartbeat_timeout=0.5, scale_runs=1, levels=(10, 40, 80), sessions=400, probe_warmup=0.2,
               probe_duration=0.5, idle_seconds=0.3, tracing_runs=1, tracing_in_flight=16, dashboard_runs=1,
               outlive_runs=1, outlive_sessions=20, caller_timeout=1.0, resource_runs=1, resource_workers=40,
-              resource_reps=2, probe_ops=200, auth_runs=1, replica_reps=1, failover_trials=1)
+              resource_reps=2, probe_ops=200, auth_runs=1, replica_reps=1, failover_trials=1,
+              leader_trials=1)
 
 WORKER_STREAMS_PER_PROCESS = 1250
 

@@ -207,6 +207,17 @@ class ServerConfig:
         default=None, metadata={"help": "Bearer token the replicas of one service present to each other (etcd store)."}
     )
     peer_token_file: Path | None = field(default=None, metadata={"help": "File whose first line is the peer token."})
+    peer_tls_ca: Path | None = field(
+        default=None,
+        metadata={"help": "PEM CA bundle that signed the replicas' serving certificates (tls_cert): replicas "
+                          "forward calls to each other over TLS (etcd store; required with tls_cert)."},
+    )
+    peer_tls_cert: Path | None = field(
+        default=None,
+        metadata={"help": "PEM client certificate a replica presents to the others (with peer_tls_key; required "
+                          "when tls_client_ca makes the replicas ask for client certificates)."},
+    )
+    peer_tls_key: Path | None = field(default=None, metadata={"help": "PEM private key for peer_tls_cert."})
 
     def __post_init__(self) -> None:
         for name in (
@@ -277,7 +288,8 @@ class ServerConfig:
     def _validate_store(self) -> None:
         spec = parse_store(self.store)
         etcd_only = ("advertise", "etcd_tls_ca", "etcd_tls_cert", "etcd_tls_key", "etcd_user", "etcd_password",
-                     "etcd_password_file", "peer_token", "peer_token_file")
+                     "etcd_password_file", "peer_token", "peer_token_file", "peer_tls_ca", "peer_tls_cert",
+                     "peer_tls_key")
         if not isinstance(spec, EtcdStoreSpec):
             for name in etcd_only:
                 if getattr(self, name) is not None:
@@ -305,12 +317,36 @@ class ServerConfig:
             raise ValueError("etcd_user and etcd_password must not be empty")
         if self.peer_token is not None and self.peer_token_file is not None:
             raise ValueError("give peer_token or peer_token_file, not both")
-        if self.peer_token == "":
-            raise ValueError("peer_token must not be empty")
-        for name in ("etcd_tls_ca", "etcd_tls_cert", "etcd_tls_key", "etcd_password_file", "peer_token_file"):
+        if self.peer_token is not None and not valid_token(self.peer_token):
+            raise ValueError("peer_token must be non-empty visible ASCII without spaces")
+        self._validate_peers()
+        for name in ("etcd_tls_ca", "etcd_tls_cert", "etcd_tls_key", "etcd_password_file", "peer_token_file",
+                     "peer_tls_ca", "peer_tls_cert", "peer_tls_key"):
             path = getattr(self, name)
             if path is not None and not path.is_file():
                 raise ValueError(f"{name}: no such file: {path}")
+
+    def _validate_peers(self) -> None:
+        """How replicas reach each other (etcd store): every combination of the server's own TLS and
+        credentials either has a peer setting that works with it or is refused here, in one line."""
+        if (self.peer_tls_cert is None) != (self.peer_tls_key is None):
+            raise ValueError("peer_tls_cert and peer_tls_key go together")
+        if self.tls_cert is None:
+            for name in ("peer_tls_ca", "peer_tls_cert"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} only applies when the replicas serve TLS (tls_cert)")
+        elif self.peer_tls_ca is None:
+            raise ValueError("store etcd:// with tls_cert needs peer_tls_ca (the CA of the replicas' certificates): "
+                             "replicas forward calls to each other over TLS")
+        if self.tls_client_ca is not None and self.peer_tls_cert is None:
+            raise ValueError("store etcd:// with tls_client_ca needs peer_tls_cert and peer_tls_key: replicas "
+                             "present a client certificate when they forward calls to each other")
+        has_peer_token = self.peer_token is not None or self.peer_token_file is not None
+        credentials = ("worker_token", "worker_token_file", "caller_token", "caller_token_file", "tokens_file",
+                       "tls_client_roles")
+        if not has_peer_token and any(getattr(self, name) is not None for name in credentials):
+            raise ValueError("store etcd:// with credentials needs peer_token or peer_token_file: a replica "
+                             "forwards a caller's call to another as a peer, vouching for the caller's identity")
 
     def with_overrides(self, **overrides: Any) -> ServerConfig:
         """A copy with the given fields replaced (None values are ignored)."""

@@ -18,6 +18,17 @@ certificate; a request with neither is anonymous. A role that no credential gran
 WARNING. Which roles are protected is fixed at start; SIGHUP re-reads the files (:meth:`reload`)
 and changes who holds which role, never whether a role needs a credential.
 
+Peers (replicas on the etcd store, SPEC §6.5): a replica serves a call for a session another
+replica holds by forwarding it there. It authenticates as a *peer* (``authorization: Bearer
+<peer token>``) and names the caller it already authenticated (``sessiond-forwarded-for``: the
+principal's name, ``sessiond-forwarded-roles``: its roles, ``sessiond-forwarded-by``: the
+forwarding replica). What the peer token proves: "a replica of this service, which checked this
+caller's own credential, vouches for it". It grants nothing by itself: a peer-token request without
+a forwarded identity is refused, and the forwarded roles are the caller side's only (a peer never
+holds a worker stream). The forwarded-* headers are believed only together with the peer token: from
+anyone else they are ignored, so a caller cannot pose as another principal or as a replica. The peer
+token is read at start (changing it needs a rolling restart of every replica).
+
 The check runs before a request is decoded (:meth:`Authenticator.guard`, called by
 :mod:`sessiond.server.decoding` for every method). The principal reaches the servicer through a
 context variable (:func:`current`); what a principal may see is decided where the data is (the
@@ -29,6 +40,7 @@ from __future__ import annotations
 import contextvars
 import enum
 import hashlib
+import hmac
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -46,6 +58,12 @@ SERVICE_PREFIX = "/sessiond.v1.SessionService/"
 WORKER_METHOD = SERVICE_PREFIX + "WorkerHeartbeat"
 REFLECTION_PREFIX = "/grpc.reflection."
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
+FORWARDED_BY = "sessiond-forwarded-by"
+"""Metadata of a call one replica forwards to another: the forwarding replica's id."""
+FORWARDED_FOR = "sessiond-forwarded-for"
+"""Metadata of a forwarded call: the name of the principal the forwarding replica authenticated."""
+FORWARDED_ROLES = "sessiond-forwarded-roles"
+"""Metadata of a forwarded call: that principal's roles, comma-separated."""
 
 Context = grpc.aio.ServicerContext[Any, Any]
 K = TypeVar("K")
@@ -84,11 +102,35 @@ class Principal:
 # No credential configured anywhere: everything is open, as sessiond always was without tokens.
 OPEN = Principal("", ALL_ROLES)
 _CURRENT: contextvars.ContextVar[Principal] = contextvars.ContextVar("sessiond_principal", default=OPEN)
+_FORWARDER: contextvars.ContextVar[str | None] = contextvars.ContextVar("sessiond_forwarder", default=None)
 
 
 def current() -> Principal:
     """The principal of the RPC being served (set by :meth:`Authenticator.guard`)."""
     return _CURRENT.get()
+
+
+def forwarder() -> str | None:
+    """The replica that forwarded the RPC being served, proven by the peer token (None: a call
+    from a caller, or no peer token configured; see :meth:`Authenticator.guard`)."""
+    return _FORWARDER.get()
+
+
+def peer_token(config: ServerConfig) -> str | None:
+    """The peer token replicas present to each other (from ``peer_token`` or ``peer_token_file``)."""
+    if config.peer_token_file is not None:
+        value = read_secret(config.peer_token_file, "peer_token_file")
+        if not valid_token(value):
+            raise CredentialsError(f"peer_token_file {config.peer_token_file}: a token must be visible ASCII "
+                                   "without spaces")
+        return value
+    return config.peer_token
+
+
+def forwarded_for(principal: Principal) -> list[tuple[str, str]]:
+    """The metadata naming ``principal`` on a call a replica forwards (with the peer token)."""
+    return [(FORWARDED_FOR, principal.name),
+            (FORWARDED_ROLES, ",".join(sorted(r.value for r in principal.roles & CALLER_SIDE)))]
 
 
 class CredentialsError(Exception):
@@ -273,7 +315,11 @@ class Authenticator:
         if not granted & CALLER_SIDE:
             anonymous |= CALLER_SIDE
         self.anonymous = Principal("", frozenset(anonymous))
-        self.enabled = bool(granted)
+        peer = peer_token(config)
+        self._peer = None if peer is None else _digest(peer)
+        if self._peer is not None and self._peer in self._credentials.tokens:
+            raise CredentialsError("peer_token must differ from every caller and worker token")
+        self.enabled = bool(granted) or self._peer is not None
 
     @property
     def credentials(self) -> Credentials:
@@ -290,7 +336,10 @@ class Authenticator:
 
         Raises :class:`CredentialsError` and keeps the credentials in force when a file is bad.
         """
-        self._credentials = load_credentials(self._config)
+        credentials = load_credentials(self._config)
+        if self._peer is not None and self._peer in credentials.tokens:
+            raise CredentialsError("peer_token must differ from every caller and worker token")
+        self._credentials = credentials
         return self._credentials
 
     # ----------------------------------------------------------------- deciding
@@ -342,11 +391,18 @@ class Authenticator:
         roles = self.roles_for(method)
         if roles is None or not self.enabled:
             return None
-        check, authenticate, set_current = self.check, self.authenticate, _CURRENT.set
+        check, authenticate, set_current, peer = self.check, self.authenticate, _CURRENT.set, self._peer
 
         def guard(context: Context) -> None:
-            principal = authenticate(_bearer(context.invocation_metadata()), context.auth_context)
-            set_current(check(method, roles, principal))
+            metadata = context.invocation_metadata()
+            bearer = _bearer(metadata)
+            if peer is not None and bearer and hmac.compare_digest(_digest(bearer), peer):
+                forwarder, principal = _forwarded(metadata)
+                _FORWARDER.set(forwarder)
+                set_current(check(method, roles, principal))
+                return
+            _FORWARDER.set(None)  # a caller's forwarded-* headers are not believed
+            set_current(check(method, roles, authenticate(bearer, context.auth_context)))
 
         return guard
 
@@ -358,7 +414,25 @@ class Authenticator:
         return self.authenticate(_bearer((("authorization", header),)), None)
 
 
+def _forwarded(metadata: Iterable[tuple[str, str | bytes]] | None) -> tuple[str, Principal]:
+    """The forwarding replica and the caller it vouches for, from a peer-token call's metadata."""
+    values = {key: value for key, value in metadata or () if isinstance(value, str)}
+    by, name, roles = values.get(FORWARDED_BY), values.get(FORWARDED_FOR), values.get(FORWARDED_ROLES)
+    if not by or name is None or roles is None:
+        raise UnauthenticatedError("the peer token is only accepted on a call a replica forwards for a caller "
+                                   f"({FORWARDED_BY}, {FORWARDED_FOR} and {FORWARDED_ROLES})")
+    try:
+        granted = _roles(roles, FORWARDED_ROLES) if roles else frozenset()
+        principal = Principal(_principal_name(name, FORWARDED_FOR) if name else "", granted & CALLER_SIDE)
+    except CredentialsError as exc:
+        raise UnauthenticatedError(str(exc)) from None
+    return by, principal
+
+
 __all__ = [
+    "FORWARDED_BY",
+    "FORWARDED_FOR",
+    "FORWARDED_ROLES",
     "OPEN",
     "Authenticator",
     "Credentials",
@@ -366,7 +440,10 @@ __all__ = [
     "Principal",
     "Role",
     "current",
+    "forwarded_for",
+    "forwarder",
     "load_credentials",
     "parse_roles_file",
     "parse_tokens_file",
+    "peer_token",
 ]

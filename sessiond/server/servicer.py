@@ -192,7 +192,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         cluster = self.engine.cluster
         viewer = auth.current().viewer
         updates = self.engine.watch_session(session_id, viewer) if cluster is None or self.engine.holds(session_id) \
-            else cluster.routes.watch_remote(session_id, viewer)
+            else cluster.routes.watch_remote(session_id, viewer, context)
         async for session in updates:
             yield session_service_pb2.WatchSessionResponse(session=session)
 

@@ -29,10 +29,10 @@ class Replicas:
     ``endpoints`` replaces etcd's, e.g. by proxies in front of them)."""
 
     def __init__(self, etcd: EtcdCluster, count: int = 3, *extra: str, name: str | None = None,
-                 endpoints: list[str] | None = None) -> None:
+                 endpoints: list[str] | None = None, failover_window: float = FAILOVER_WINDOW) -> None:
         self.name = name or f"t{uuid.uuid4().hex[:10]}"
         self.store = (f"etcd://{','.join(endpoints or etcd.endpoints)}/{self.name}"
-                      f"?lease_ttl={LEASE_TTL}&failover_window={FAILOVER_WINDOW}")
+                      f"?lease_ttl={LEASE_TTL}&failover_window={failover_window:g}")
         # REPLICA_LOG_LEVEL=INFO shows what each replica did when a test fails (short tests only:
         # stderr is read at the end, and a full pipe would block the replica).
         level = os.environ.get("REPLICA_LOG_LEVEL", "WARNING")

@@ -139,3 +139,78 @@ def test_health_is_always_open_and_reflection_follows_its_setting(tmp_path: Path
         assert auth.roles_for("/grpc.health.v1.Health/Check") is None
         assert auth.roles_for("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo") == roles
         assert auth.roles_for("/sessiond.v1.SessionService/WorkerHeartbeat") == WORKER
+
+
+class _Context:
+    """The two things the guard reads of a grpc context."""
+
+    def __init__(self, *metadata: tuple[str, str]) -> None:
+        self._metadata = metadata
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._metadata
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {}
+
+
+def _peer_authenticator(tmp_path: Path) -> Authenticator:
+    return Authenticator(ServerConfig(
+        tokens_file=tokens_file(tmp_path, "a-secret team-a caller\nw-secret workers worker\n"),
+        store="etcd://127.0.0.1:2379/t", advertise="127.0.0.1:1", peer_token="peer-secret"))
+
+
+def _guarded(auth: Authenticator, method: str, *metadata: tuple[str, str]) -> tuple[Principal, str | None]:
+    """Run the guard in a fresh context (as grpc runs each call) and return what it decided."""
+    import contextvars
+
+    from sessiond.server import auth as module
+
+    def run() -> tuple[Principal, str | None]:
+        guard = auth.guard(method)
+        assert guard is not None
+        guard(_Context(*metadata))  # type: ignore[arg-type]
+        return module.current(), module.forwarder()
+
+    return contextvars.copy_context().run(run)
+
+
+CREATE = "/sessiond.v1.SessionService/CreateSession"
+FORWARDED = (("sessiond-forwarded-by", "r1"), ("sessiond-forwarded-for", "team-b"),
+             ("sessiond-forwarded-roles", "caller"))
+
+
+def test_the_peer_token_vouches_for_the_forwarded_caller(tmp_path: Path) -> None:
+    auth = _peer_authenticator(tmp_path)
+    principal, by = _guarded(auth, CREATE, ("authorization", "Bearer peer-secret"), *FORWARDED)
+    assert (principal, by) == (Principal("team-b", frozenset({Role.CALLER})), "r1")
+
+
+def test_forwarded_headers_without_the_peer_token_are_ignored(tmp_path: Path) -> None:
+    auth = _peer_authenticator(tmp_path)
+    # A caller that adds the headers is still itself, and is not taken for a replica.
+    principal, by = _guarded(auth, CREATE, ("authorization", "Bearer a-secret"), *FORWARDED)
+    assert (principal, by) == (Principal("team-a", frozenset({Role.CALLER})), None)
+    with pytest.raises(UnauthenticatedError):
+        _guarded(auth, CREATE, *FORWARDED)  # anonymous (caller side protected)
+
+
+def test_the_peer_token_alone_grants_nothing(tmp_path: Path) -> None:
+    auth = _peer_authenticator(tmp_path)
+    with pytest.raises(UnauthenticatedError, match="only accepted on a call a replica forwards"):
+        _guarded(auth, CREATE, ("authorization", "Bearer peer-secret"))
+    # Never a worker stream, whatever roles the headers claim.
+    with pytest.raises(PermissionDeniedError):
+        _guarded(auth, "/sessiond.v1.SessionService/WorkerHeartbeat", ("authorization", "Bearer peer-secret"),
+                 ("sessiond-forwarded-by", "r1"), ("sessiond-forwarded-for", "w"),
+                 ("sessiond-forwarded-roles", "worker,caller"))
+    with pytest.raises(UnauthenticatedError, match="unknown role"):
+        _guarded(auth, CREATE, ("authorization", "Bearer peer-secret"), ("sessiond-forwarded-by", "r1"),
+                 ("sessiond-forwarded-for", "x"), ("sessiond-forwarded-roles", "root"))
+
+
+def test_the_peer_token_must_differ_from_every_other_token(tmp_path: Path) -> None:
+    with pytest.raises(CredentialsError, match="peer_token must differ"):
+        Authenticator(ServerConfig(tokens_file=tokens_file(tmp_path, "peer-secret team-a caller\n"),
+                                   store="etcd://127.0.0.1:2379/t", advertise="127.0.0.1:1",
+                                   peer_token="peer-secret"))

@@ -87,6 +87,12 @@ def test_replica_settings_are_accepted_with_an_etcd_store(tmp_path: Path) -> Non
                      etcd_user="sessiond", etcd_password_file=tmp_path / "password",
                      peer_token_file=tmp_path / "peer")
     assert isinstance(config.store_spec, EtcdStoreSpec)
+    # TLS with client certificates and tokens between replicas: the built combination.
+    secure = _config(store=ETCD, tls_cert=tmp_path / "client.pem", tls_key=tmp_path / "client.key",
+                     tls_client_ca=tmp_path / "ca.pem", peer_tls_ca=tmp_path / "ca.pem",
+                     peer_tls_cert=tmp_path / "client.pem", peer_tls_key=tmp_path / "client.key",
+                     caller_token="c", peer_token="p")
+    assert secure.peer_tls_ca == tmp_path / "ca.pem"
     # The advertise address defaults to the listen address when that one is reachable.
     assert _config(store=ETCD, listen="10.0.0.5:50051").advertise is None
 
@@ -105,7 +111,21 @@ def test_replica_settings_are_accepted_with_an_etcd_store(tmp_path: Path) -> Non
     ({"store": ETCD, "etcd_password": "p"}, "an etcd password needs etcd_user"),
     ({"store": ETCD, "etcd_user": "u", "etcd_password": "p", "etcd_password_file": Path("f")}, "not both"),
     ({"store": ETCD, "etcd_user": "", "etcd_password": "p"}, "must not be empty"),
-    ({"store": ETCD, "peer_token": ""}, "peer_token must not be empty"),
+    ({"store": ETCD, "peer_token": ""}, "peer_token must be non-empty visible ASCII"),
+    ({"store": ETCD, "peer_token": "a b"}, "peer_token must be non-empty visible ASCII"),
+    # Every way replicas could fail to reach each other is refused at start, never at the first
+    # forwarded call (review i12b, 8).
+    ({"store": ETCD, "tls_cert": Path("c"), "tls_key": Path("k")}, "with tls_cert needs peer_tls_ca"),
+    ({"store": ETCD, "tls_cert": Path("c"), "tls_key": Path("k"), "tls_client_ca": Path("a"),
+      "peer_tls_ca": Path("a")}, "with tls_client_ca needs peer_tls_cert and peer_tls_key"),
+    ({"store": ETCD, "peer_tls_ca": Path("a")}, "peer_tls_ca only applies when the replicas serve TLS"),
+    ({"store": ETCD, "peer_tls_cert": Path("c")}, "peer_tls_cert and peer_tls_key go together"),
+    ({"peer_tls_ca": Path("a")}, "peer_tls_ca only applies with store etcd://"),
+    ({"store": ETCD, "caller_token": "c"}, "with credentials needs peer_token or peer_token_file"),
+    ({"store": ETCD, "tokens_file": Path("t")}, "with credentials needs peer_token or peer_token_file"),
+    ({"store": ETCD, "tls_cert": Path("c"), "tls_key": Path("k"), "tls_client_ca": Path("a"),
+      "tls_client_roles": Path("r"), "peer_tls_ca": Path("a"), "peer_tls_cert": Path("c"),
+      "peer_tls_key": Path("k")}, "with credentials needs peer_token or peer_token_file"),
     ({"store": ETCD, "peer_token": "t", "peer_token_file": Path("f")}, "not both"),
     ({"store": ETCD, "etcd_tls_ca": Path("/nonexistent/ca.pem")}, "etcd_tls_ca: no such file"),
     ({"store": ETCD, "peer_token_file": Path("/nonexistent/token")}, "peer_token_file: no such file"),

@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,12 @@ async def main() -> int:
     parser.add_argument("--grace", type=float, default=60.0)
     parser.add_argument("--decline-reattached", action="store_true",
                         help="give back every session got back at registration")
+    parser.add_argument("--auth-token", default=None, help="the worker role's bearer token")
+    parser.add_argument("--ca", default=None, help="PEM CA bundle: connect with TLS")
+    parser.add_argument("--cert", default=None, help="PEM client certificate (mTLS, with --key)")
+    parser.add_argument("--key", default=None, help="PEM client key")
+    parser.add_argument("--session-log", default=None,
+                        help="append one JSON line per session held/dropped, with this process's monotonic time")
     args = parser.parse_args()
     log_dir = os.environ.get("CLIENT_WORKER_LOG_DIR")
     if log_dir:
@@ -99,6 +106,8 @@ async def main() -> int:
         faulthandler.register(signal.SIGUSR1, file=log_file, all_threads=True)
     else:
         logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    if args.session_log:
+        record_sessions(Path(args.session_log))
     worker = SessionWorker(
         args.target,
         args.task_queue,
@@ -107,6 +116,10 @@ async def main() -> int:
         worker_id=args.worker_id,
         shutdown_grace=args.grace,
         on_session_reattached=lambda info: on_reattached(info, keep=not args.decline_reattached),
+        auth_token=args.auth_token,
+        root_certificates=_pem(args.ca),
+        certificate_chain=_pem(args.cert),
+        private_key=_pem(args.key),
     )
     runner = asyncio.create_task(worker.run(handle_signals=True))
     registered = asyncio.create_task(worker.wait_registered())
@@ -124,9 +137,48 @@ async def main() -> int:
     return 0
 
 
+def _pem(path: str | None) -> bytes | None:
+    return None if path is None else Path(path).read_bytes()
+
+
+class _SessionLog(logging.Handler):
+    """The worker library's own record of the sessions it holds ("holding session X" when one is
+    started on it, "dropped session X (reason)" when it ends or is not given back), as JSON lines
+    with this process's monotonic time: the hard-limit test reads intervals from it."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(logging.DEBUG)
+        self.file = path.open("a", buffering=1)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg in ("holding session %s", "dropped session %s (%s)"):
+            kind = "held" if record.msg.startswith("holding") else "dropped"
+            line = {"t": time.monotonic(), kind: record.args[0] if isinstance(record.args, tuple) else None}
+            self.file.write(json.dumps(line) + "\n")
+
+
+SESSION_LOG: list[_SessionLog] = []
+
+
+def record_sessions(path: Path) -> None:
+    """Log every session held and dropped to ``path`` (see :class:`_SessionLog`)."""
+    SESSION_LOG.append(_SessionLog(path))
+    root = logging.getLogger()
+    for handler in root.handlers:  # the debug records let through below stay out of the usual log
+        handler.setLevel(max(handler.level, root.level))
+    logger = logging.getLogger("sessiond_client.worker")
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(SESSION_LOG[0])
+
+
 def on_reattached(info: SessionInfo, *, keep: bool) -> bool:
     """Report every session got back at a registration (and keep it unless told otherwise)."""
     emit("reattached", session_id=info.session_id, keep=keep)
+    if SESSION_LOG and keep:
+        # Held from now on (it may be one the worker never heard of: placed just before its server
+        # went silent, and given back at registration).
+        SESSION_LOG[0].file.write(json.dumps({"t": time.monotonic(), "held": info.session_id,
+                                              "reattached": True}) + "\n")
     return keep
 
 

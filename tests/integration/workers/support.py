@@ -104,7 +104,7 @@ class ClientWorkerProcess:
 
 async def start_worker(
     target: str, task_queue: str, *, max_sessions: int = 1000, worker_id: str | None = None, grace: float = 60.0,
-    decline_reattached: bool = False, wait: str = "registered",
+    decline_reattached: bool = False, wait: str = "registered", extra: tuple[str, ...] = (),
 ) -> ClientWorkerProcess:
     """Start a worker process and wait until it has printed ``wait`` (its registration, by default)."""
     env = {**os.environ, "GRPC_VERBOSITY": "ERROR", "PYTHONUNBUFFERED": "1"}
@@ -114,6 +114,7 @@ async def start_worker(
         argv += ["--worker-id", worker_id]
     if decline_reattached:
         argv.append("--decline-reattached")
+    argv += extra
     process = await asyncio.create_subprocess_exec(
         sys.executable, *argv, stdout=asyncio.subprocess.PIPE, env=env, cwd=REPO_ROOT
     )
