@@ -186,7 +186,10 @@ async def test_lists_show_the_whole_cluster_through_every_replica(
         etcd_cluster: EtcdCluster, etcd: EtcdClient, tmp_path: Path) -> None:
     tokens = tmp_path / "tokens"
     tokens.write_text(TOKENS)
-    async with replicas(etcd_cluster, 3, "--tokens-file", str(tokens)) as group, worker_pool() as start:
+    peer = tmp_path / "peer"
+    peer.write_text("tok-peer-of-the-replicas\n")  # replicas forward calls to each other as peers
+    async with replicas(etcd_cluster, 3, "--tokens-file", str(tokens), "--peer-token-file", str(peer)) as group, \
+            worker_pool() as start:
         for i, target in enumerate(group.targets):  # the worker role is granted to no token: open
             worker = await start(target, QUEUE, max_sessions=5, worker_id=f"l{i}")
             await wait_owned(group, etcd, worker, target)
