@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from sessiond.core.token import MIN_KEY_BYTES
-from sessiond.store.spec import EtcdStoreSpec, StoreSpec, parse_host_port, parse_store
+from sessiond.hostport import parse_host_port
+from sessiond.store.spec import EtcdStoreSpec, StoreSpec, parse_store
 
 ENV_PREFIX = "SESSIOND_"
 DURATION_FORMS = "600s, 10m, 1.5 (seconds), 250ms, 2h, 1m30s"
@@ -277,7 +278,7 @@ class ServerConfig:
             # grpc's transport cap is twice the limit and is a 32-bit signed int.
             raise ValueError(f"max_message_size must be at most {MAX_MESSAGE_SIZE} bytes (1 GiB)")
         if self.ui_listen is not None:
-            split_host_port(self.ui_listen, "ui_listen")
+            parse_host_port(self.ui_listen, "ui_listen", allow_port_zero=True)
         self._validate_store()
 
     @property
@@ -296,8 +297,8 @@ class ServerConfig:
                     raise ValueError(f"{name} only applies with store etcd://...")
             return
         if self.advertise is not None:
-            host, _ = parse_host_port(self.advertise, what="advertise")
-            if host in ("0.0.0.0", "[::]"):
+            host, _ = parse_host_port(self.advertise, "advertise")
+            if host in ("0.0.0.0", "::"):
                 raise ValueError("advertise must be an address other replicas can reach, not a wildcard")
         else:
             host, _, port = self.listen.rpartition(":")
@@ -393,16 +394,6 @@ def format_duration(value: timedelta) -> str:
     if micros < 1_000_000 and micros % 1_000 == 0:
         return f"{micros // 1_000}ms"
     return f"{micros / 1e6:.6f}".rstrip("0") + "s"
-
-
-def split_host_port(address: str, name: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) as (host, port); a ValueError naming ``name`` otherwise."""
-    host, sep, port = address.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
-        raise ValueError(f"{name} must be HOST:PORT (port 0-65535), got {address!r}")
-    return host, int(port)
 
 
 def parse_field(name: str, raw: str) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sessiond.core.errors import SessionError
-from sessiond.core.model import Activity, Session, Worker
+from sessiond.core.model import Activity, Session, Worker, WorkerKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,4 +63,12 @@ class SessionDetached:
     session: Session
 
 
-Event = SessionPlaced | SessionEnded | WaiterFailed | ActivityEnded | WorkerRegistered | SessionDetached
+@dataclass(frozen=True, slots=True)
+class WorkerGone:
+    """Nothing holds the worker here any more: its stream ended (or it said goodbye) and none of its
+    sessions waits for it to reattach. Replicas let go of its ownership in the store."""
+
+    key: WorkerKey
+
+
+Event = SessionPlaced | SessionEnded | WaiterFailed | ActivityEnded | WorkerRegistered | SessionDetached | WorkerGone

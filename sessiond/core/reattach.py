@@ -95,6 +95,10 @@ class Reattachment:
         """True while detached sessions hold ``key`` (its principal binding must not lapse)."""
         return key in self._parked
 
+    def parked(self, key: WorkerKey) -> Worker | None:
+        """The gone stream of ``key`` whose detached sessions wait for it, if any."""
+        return self._parked.get(key)
+
     @property
     def open_count(self) -> int:
         """Detached sessions (they are OPEN). O(workers with detached sessions)."""

@@ -52,6 +52,7 @@ from sessiond.core.events import (
     SessionEnded,
     SessionPlaced,
     WaiterFailed,
+    WorkerGone,
     WorkerRegistered,
 )
 from sessiond.core.model import (
@@ -307,7 +308,7 @@ class SessionTable:
             stale_at = since + STALE_INTERVALS * old.interval + self.pauses.since(since)
             if now < stale_at and not (reg.instance_id and reg.instance_id == old.instance_id):
                 raise WorkerIdInUseError(key.task_queue, key.worker_id, stale_at - now)
-            self._release_worker(now, old)
+            self._release_worker(now, old, replaced=True)
         worker = self.registry.connect(key, reg.identity, reg.host_name, reg.capacity, now, reg.labels)
         worker.instance_id = reg.instance_id
         worker.principal = reg.principal
@@ -398,7 +399,29 @@ class SessionTable:
             return
         self._release_worker(now, worker)
 
-    def _release_worker(self, now: float, worker: Worker) -> None:
+    def drop_worker(self, now: float, key: WorkerKey) -> tuple[list[Session], list[Activity]]:
+        """Another replica owns the worker now (SPEC §6.5): its open sessions live on there. Forget
+        them and the worker here without an event (no end, no detach: nothing happened to them), so
+        that later calls about them are not answered from this table. Slots, owner keys and request
+        ids are released; no waiter is placed on the worker (it is gone from here first).
+
+        Returns the forgotten sessions and the activities that were in flight on them: the caller
+        fails those (and the sessions' local watches) with a retryable error.
+        """
+        worker = self.registry.workers.get(key) or self._reattachment.parked(key)
+        if worker is None:
+            return [], []
+        if self.registry.workers.get(key) is worker:
+            self.registry.remove(worker)  # first: releasing its slots below must not place a waiter on it
+            self._worker_deadlines.remove(key)
+        sessions = [self._sessions[sid] for sid in sorted(worker.sessions, key=lambda x: self._sessions[x].seq)]
+        activities = [self._activities[aid] for session in sessions for aid in sorted(session.activities)]
+        for session in sessions:
+            self.abort_placement(now, session.session_id)  # (the last one unparks the worker)
+        self._unbind_if_gone(now, key, quiet=True)
+        return sessions, activities
+
+    def _release_worker(self, now: float, worker: Worker, *, replaced: bool = False) -> None:
         # Mark it gone first, so releasing its slots below cannot place a waiter on it.
         worker.connected = False
         self.registry.touch(worker)
@@ -412,12 +435,16 @@ class SessionTable:
         self.registry.remove(worker)
         self._worker_deadlines.remove(worker.key)
         self._reattachment.park(worker)
-        self._unbind_if_gone(now, worker.key)
+        self._unbind_if_gone(now, worker.key, quiet=replaced)
 
-    def _unbind_if_gone(self, now: float, key: WorkerKey) -> None:
-        """Start the binding's grace period once neither a stream nor detached sessions hold ``key``."""
+    def _unbind_if_gone(self, now: float, key: WorkerKey, *, quiet: bool = False) -> None:
+        """Start the binding's grace period once neither a stream nor detached sessions hold ``key``;
+        then, unless ``quiet`` (the worker moved to another replica, or a new stream replaces this
+        one), say it is gone."""
         if key not in self.registry.workers and not self._reattachment.holds(key):
             self._bindings.release(now, key)
+            if not quiet:
+                self._events.append(WorkerGone(key))
 
     # ----------------------------------------------------------------- sessions
 

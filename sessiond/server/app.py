@@ -183,8 +183,8 @@ async def create_server(config: ServerConfig | None = None, *,
             await server.stop(0)
             raise
         # After the store is reached: a start-up failure stays the one line the operator reads.
-        log.warning("replicas on etcd are experimental: known bugs can break the per-worker limit after an "
-                    "etcd election; see README 'Running several replicas'")
+        log.warning("replicas on etcd are experimental (not for production yet); see README 'Running several "
+                    "replicas'")
     dashboard = None
     if config.ui_listen is not None:
         from sessiond.ui.http import Dashboard  # aiohttp is imported only when the dashboard is on

@@ -21,6 +21,7 @@ import logging
 import math
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,7 @@ from sessiond.core import events as ev
 from sessiond.core.errors import (
     ActivityHeartbeatTimeoutError,
     MessageTooLargeError,
+    OwnerUnavailableError,
     SessionError,
     SessionNotFoundError,
     ShuttingDownError,
@@ -53,6 +55,7 @@ from sessiond.core.resources import ResourceVector
 from sessiond.core.selector import EVERYTHING, Selector
 from sessiond.core.table import SessionTable
 from sessiond.core.token import Signer
+from sessiond.logs import RateLimitedWarning
 from sessiond.server.convert import (
     WallClock,
     duration,
@@ -64,6 +67,7 @@ from sessiond.server.convert import (
     worker_to_pb,
 )
 from sessiond.server.limits import payload_bytes, result_bytes, task_bytes, too_large_result
+from sessiond.server.watches import Watches
 from sessiond.server.worker_connection import WorkerConnection
 from sessiond.store.spec import EtcdStoreSpec
 from sessiond.telemetry import NoMetrics, SessionMetrics, tracing
@@ -93,23 +97,6 @@ class _Wait:
     future: asyncio.Future[Session]
     task_queue: str
     refs: int = 0
-
-
-@dataclass(eq=False)
-class _Watcher:
-    """One WatchSession stream: the latest snapshot not yet sent (changes coalesce), or why to stop."""
-
-    latest: session_pb2.Session | None = None
-    error: SessionError | None = None
-    wake: asyncio.Future[None] | None = None
-
-    def push(self, snapshot: session_pb2.Session | None = None, error: SessionError | None = None) -> None:
-        if snapshot is not None:
-            self.latest = snapshot
-        if error is not None:
-            self.error = error
-        if self.wake is not None and not self.wake.done():
-            self.wake.set_result(None)
 
 
 class Engine:
@@ -160,8 +147,8 @@ class Engine:
         self._held_tasks: dict[str, worker_pb2.ActivityTask] = {}
         # The latest heartbeat details of activities in flight that sent some (bounded by them).
         self._heartbeat_details: dict[str, session_pb2.Payload] = {}
-        # Watchers by session, in a dict (insertion-ordered) so one leaves in O(1).
-        self._watches: dict[str, dict[_Watcher, None]] = {}
+        # Open WatchSession streams, by session.
+        self.watches = Watches(self.to_pb)
         # Set by begin_shutdown: a stop is a restart, so nothing that ends now fails a session.
         self._stopping = False
         # Recent failures by cause, for the operator dashboard (bounded).
@@ -169,6 +156,8 @@ class Engine:
         self.metrics.observe_unplaceable(self._unplaceable_threadsafe)
         self._max_message_size = config.max_message_size
         self._max_backlog = config.max_worker_backlog
+        # A worker can repeat register at will: one WARNING a minute, however many streams do it.
+        self._repeated_register = RateLimitedWarning(log, "ignored a repeated register:", interval=60.0)
         # When the engine last looked at the clock, and the tick that keeps it looking.
         self._alive_at = self._loop.time()
         self._ticker: asyncio.TimerHandle | None = None
@@ -414,34 +403,10 @@ class Engine:
         """
         session = self.table.watch_started(self.now(), session_id, viewer)
         try:
-            current = self.to_pb(session)
-            if session.state is not SessionState.OPEN:
-                yield current
-                return
-            # Register before the first yield: sending it awaits, and a change meanwhile must still
-            # reach this watcher (else the stream could end without its terminal state).
-            watcher = _Watcher()
-            self._watches.setdefault(session_id, {})[watcher] = None
-            try:
-                yield current
-                while True:
-                    if watcher.latest is None and watcher.error is None:
-                        watcher.wake = self._loop.create_future()
-                        await watcher.wake
-                    if watcher.error is not None:
-                        raise watcher.error
-                    snapshot, watcher.latest = watcher.latest, None
-                    assert snapshot is not None
+            # aclosing: a watch that goes away unregisters now, not when the generator is collected.
+            async with aclosing(self.watches.stream(session)) as updates:
+                async for snapshot in updates:
                     yield snapshot
-                    if snapshot.state != session_pb2.SESSION_STATE_OPEN:
-                        return
-            finally:
-                # Always (a cancelled watch included): a watch that goes away leaves no state.
-                watchers = self._watches.get(session_id)
-                if watchers is not None:
-                    watchers.pop(watcher, None)
-                    if not watchers:
-                        del self._watches[session_id]
         finally:
             self.table.watch_ended(self.now(), session)
 
@@ -516,7 +481,7 @@ class Engine:
                 "worker_id": conn.key.worker_id, "session_id": declined.session_id, "reason": declined.reason})
             self.table.decline_session(now, conn.key, conn.epoch, declined.session_id)
         elif kind == "register":
-            log.warning("worker %s sent register twice; ignored", conn.key.worker_id)
+            self._repeated_register.warn(f"worker {conn.key.worker_id} sent register twice on one stream")
         self._flush()
         return True
 
@@ -568,6 +533,32 @@ class Engine:
                      extra={"worker_id": conn.key.worker_id, "task_queue": conn.key.task_queue})
             self._flush()
 
+    def drop_worker(self, key: WorkerKey, why: str) -> None:
+        """Replicas: another replica owns the worker now. Its sessions leave this table without an
+        event (they live on at the new owner); their in-flight activities and local watches end with
+        OWNER_UNAVAILABLE (retried, the retry is forwarded to the owner); the worker's stream here is
+        closed."""
+        sessions, activities = self.table.drop_worker(self.now(), key)
+        for activity in activities:
+            self._held_tasks.pop(activity.activity_id, None)
+            future = self._activities.pop(activity.activity_id, None)
+            if future is not None and not future.done():
+                future.set_exception(OwnerUnavailableError(
+                    f"worker {key.worker_id!r} moved to another replica ({why}); the activity's outcome is unknown "
+                    "there: it may have run", metadata={"session_id": activity.session_id}))
+        for session in sessions:
+            self.metrics.resources_used(session.task_queue, resource_map(session.demand), -1)
+            self.watches.end(session.session_id, OwnerUnavailableError(
+                f"worker {key.worker_id!r} moved to another replica ({why}); watch again",
+                metadata={"session_id": session.session_id}))
+        conn = self._connections.get(key)
+        if conn is not None:
+            conn.close()
+        if sessions:
+            log.warning("worker moved to another replica: its sessions are forgotten here",
+                        extra={"worker_id": key.worker_id, "task_queue": key.task_queue, "sessions": len(sessions)})
+        self._flush()
+
     def begin_shutdown(self) -> None:
         """The server is going away to restart: no session fails. Waiting Creates/Recreates and
         activities in flight end now with a retryable UNAVAILABLE SHUTTING_DOWN (an activity's
@@ -586,9 +577,7 @@ class Engine:
             if not future.done():
                 future.set_exception(stopping)
         self._activities.clear()
-        for watchers in self._watches.values():
-            for watcher in watchers:
-                watcher.push(error=stopping)
+        self.watches.end_all(stopping)
         restarting = worker_pb2.ServerRestarting(recovery_window=duration(self.recovery_window))
         for conn in list(self._connections.values()):
             conn.put(worker_pb2.WorkerHeartbeatResponse(server_incarnation=self.incarnation,
@@ -688,7 +677,7 @@ class Engine:
             self._registered(event)
         elif isinstance(event, ev.SessionDetached):
             session = event.session
-            self._notify(session)
+            self.watches.notify(session)
             log.info("session detached", extra={"session_id": session.session_id,
                                                  "worker_id": session.worker.key.worker_id,
                                                  "reattach_timeout": session.options.reattach_timeout})
@@ -752,19 +741,9 @@ class Engine:
                         conn.put_task(aid, self._message(worker, activity_task=task),
                                       task_bytes(task.input, task.headers, task.activity_type, task.session_id, held))
             if session.session_id not in adopted:
-                self._notify(session)
+                self.watches.notify(session)
             log.info("session adopted" if session.session_id in adopted else "session reattached",
                      extra={"session_id": session.session_id, "worker_id": worker.key.worker_id})
-
-    def _notify(self, session: Session) -> None:
-        """Send the session's new state to its watchers (the last one for a terminal state)."""
-        watchers = self._watches.get(session.session_id) if session.state is SessionState.OPEN \
-            else self._watches.pop(session.session_id, None)
-        if watchers:
-            # The full snapshot only when someone watches (most sessions end unwatched).
-            snapshot = self.to_pb(session)
-            for watcher in watchers:
-                watcher.push(snapshot)
 
     def _session_ended(self, session: Session, epoch: int) -> None:
         conn = self._connection(session.worker.key, epoch)
@@ -776,7 +755,7 @@ class Engine:
             self._send(conn, session.worker, session_ended=worker_pb2.SessionEnded(
                 session_id=session.session_id, state=int(session.state),  # type: ignore[arg-type]
                 failure=failure))
-        self._notify(session)
+        self.watches.notify(session)
         cause = session.failure.cause.name if session.failure is not None else None
         self.metrics.session_ended(session.task_queue, cause)
         self.metrics.resources_used(session.task_queue, resource_map(session.demand), -1)

@@ -7,13 +7,14 @@ sessions are created for it, and it sees what its :class:`~sessiond.core.model.V
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import grpc
 from sessiond_client.api.v1 import session_pb2, session_service_pb2, session_service_pb2_grpc, worker_pb2
 
 from sessiond.core.errors import OwnerUnavailableError, SessionNotFoundError
+from sessiond.core.model import Session
 from sessiond.server import auth, validate
 from sessiond.server.engine import Engine
 from sessiond.server.errors import PlacedElsewhereError, rpc, rpc_stream
@@ -59,15 +60,9 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         principal = auth.current().name
 
         async def place(max_wait: float | None) -> session_service_pb2.CreateSessionResponse:
-            try:
-                session = await self.engine.create_session(
-                    task_queue, options, max_wait=max_wait, owner=owner, request_id=request_id, demand=demand,
-                    selector=selector, principal=principal)
-            except PlacedElsewhereError as elsewhere_placed:
-                return session_service_pb2.CreateSessionResponse(
-                    session=await self._stored(elsewhere_placed.session_id))
-            _annotate(session.session_id, session.task_queue, session.worker.key.worker_id)
-            return session_service_pb2.CreateSessionResponse(session=self.engine.to_pb(session))
+            return session_service_pb2.CreateSessionResponse(session=await self._placed(self.engine.create_session(
+                task_queue, options, max_wait=max_wait, owner=owner, request_id=request_id, demand=demand,
+                selector=selector, principal=principal)))
 
         cluster = self.engine.cluster
         if cluster is None:
@@ -94,18 +89,12 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
             if elsewhere is not None:  # the token's worker is connected to another replica
                 return await cluster.routes.call(elsewhere, "RecreateSession", request, context,
                                           session_service_pb2.RecreateSessionResponse)
-        try:
-            session = await self.engine.recreate_session(
-                token, options, max_wait=_max_wait(context),
-                owner=validate.name(request.owner, "owner", required=False),
-                request_id=validate.name(request.request_id, "request_id", required=False),
-                demand=demand, principal=auth.current().name,
-            )
-        except PlacedElsewhereError as elsewhere_placed:
-            return session_service_pb2.RecreateSessionResponse(
-                session=await self._stored(elsewhere_placed.session_id))
-        _annotate(session.session_id, session.task_queue, session.worker.key.worker_id)
-        return session_service_pb2.RecreateSessionResponse(session=self.engine.to_pb(session))
+        return session_service_pb2.RecreateSessionResponse(session=await self._placed(self.engine.recreate_session(
+            token, options, max_wait=_max_wait(context),
+            owner=validate.name(request.owner, "owner", required=False),
+            request_id=validate.name(request.request_id, "request_id", required=False),
+            demand=demand, principal=auth.current().name,
+        )))
 
     @rpc
     async def CompleteSession(self, request: session_service_pb2.CompleteSessionRequest,
@@ -134,8 +123,8 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
                 return answer
             if outcome is not Outcome.COMMITTED:
                 raise OwnerUnavailableError(
-                    f"session {session_id!r}: the store did not confirm its end (outcome unknown); retry "
-                    "(CompleteSession is idempotent)", metadata={"session_id": session_id})
+                    f"session {session_id!r}: the store has not confirmed its end yet (an etcd election?); "
+                    "retry (CompleteSession is idempotent)", metadata={"session_id": session_id})
         _annotate(session.session_id, session.task_queue, session.worker.key.worker_id)
         return session_service_pb2.CompleteSessionResponse(session=self.engine.to_pb(session))
 
@@ -238,6 +227,16 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         if cluster is None or cluster.routes.forwarded(context):
             return local
         return await cluster.listing.workers(request, context, local)  # every replica's workers
+
+    async def _placed(self, placing: Awaitable[Session]) -> session_pb2.Session:
+        """The session a Create or Recreate placed here, as sent back; or, when its request id was
+        used on another replica first, the session placed there."""
+        try:
+            session = await placing
+        except PlacedElsewhereError as elsewhere:
+            return await self._stored(elsewhere.session_id)
+        _annotate(session.session_id, session.task_queue, session.worker.key.worker_id)
+        return self.engine.to_pb(session)
 
     async def _stored(self, session_id: str) -> session_pb2.Session:
         """A session another replica placed (a create's request id used there first)."""

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import grpc
 
-from sessiond.config import ServerConfig, split_host_port
+from sessiond.config import ServerConfig
 from sessiond.core.token import MIN_KEY_BYTES, TokenKeys
+from sessiond.hostport import parse_host_port
 from sessiond.server.auth import Authenticator, CredentialsError, Role
 
 # gRPC address forms that are not host:port (nothing to probe: gRPC reports those itself).
@@ -34,7 +35,7 @@ def check_listen(address: str, field: str) -> None:
     if address.startswith(_NOT_HOST_PORT):
         return
     try:
-        host, port = split_host_port(address, field)
+        host, port = parse_host_port(address, field, allow_port_zero=True)
     except ValueError as exc:
         raise StartupError(str(exc)) from None
     try:

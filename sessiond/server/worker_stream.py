@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 
 from sessiond_client.api.v1 import session_pb2, worker_pb2
 
-from sessiond.core.errors import InvalidArgumentError, MalformedRequestError
+from sessiond.core.errors import InvalidArgumentError, MalformedRequestError, OwnerUnavailableError
 from sessiond.core.model import SessionRecord, SessionState, WorkerRegistration
 from sessiond.server import auth, validate
 from sessiond.server.convert import record_parts
@@ -117,6 +117,13 @@ async def serve_worker(engine: Engine, requests: AsyncIterator[worker_pb2.Worker
         # sessions recorded on it adopted when the worker still holds them (SPEC §6.5).
         held = await engine.cluster.ownership.take_over(reg, held)
     conn = engine.connect_worker(reg, held, adopt_held=engine.cluster is not None)
+    if engine.cluster is not None and not engine.cluster.ownership.owns(reg):
+        # Another replica took the worker over between the claim and now (review i12b, 7): the
+        # stream must not stay here, where every placement would be refused. The worker moves.
+        engine.drop_worker(conn.key, "another replica took it over while it registered here")
+        engine.disconnect_worker(conn)
+        raise OwnerUnavailableError(f"worker {reg.worker_id!r} was taken over by another replica while it "
+                                    "registered here; register again")
     first = None  # not kept for the life of the stream (its protobuf arena is per-worker memory)
     reader = asyncio.create_task(_read(engine, conn, requests))
     try:

@@ -24,6 +24,7 @@ __all__ = [
     "EndSession",
     "Outcome",
     "PlaceSession",
+    "ReleaseWorker",
     "SessionStore",
     "StoreOp",
     "StoredSession",
@@ -70,7 +71,16 @@ class EndSession:
     request_id: str | None = None
 
 
-StoreOp = ClaimWorker | PlaceSession | EndSession
+@dataclass(frozen=True, slots=True)
+class ReleaseWorker:
+    """The worker is gone from this replica for good (its stream ended, none of its sessions waits
+    to reattach): delete its ownership keys, if this replica still owns it, so that nobody routes
+    creates to it. A later registration claims it afresh."""
+
+    worker: WorkerKey
+
+
+StoreOp = ClaimWorker | PlaceSession | EndSession | ReleaseWorker
 
 
 class Outcome(enum.Enum):

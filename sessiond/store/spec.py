@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import parse_qsl
 
-__all__ = ["DEFAULT_ETCD_PORT", "EtcdStoreSpec", "MemoryStoreSpec", "StoreSpec", "parse_host_port", "parse_store"]
+from sessiond.hostport import join_host_port, parse_host_port
+
+__all__ = ["DEFAULT_ETCD_PORT", "EtcdStoreSpec", "MemoryStoreSpec", "StoreSpec", "parse_store"]
 
 DEFAULT_ETCD_PORT = 2379
 _CLUSTER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
-_HOST = re.compile(r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?")
 
 
 @dataclass(frozen=True)
@@ -55,35 +56,6 @@ class EtcdStoreSpec:
 StoreSpec = MemoryStoreSpec | EtcdStoreSpec
 
 
-def parse_host_port(raw: str, *, default_port: int | None = None, what: str = "address") -> tuple[str, int]:
-    """``host:port`` (an IPv6 host in brackets) -> (host, port); raises ValueError naming ``what``.
-
-    With ``default_port``, the port may be left out.
-    """
-    port_text: str | None  # None = no port given
-    if raw.startswith("["):
-        end = raw.find("]")
-        host, rest = (raw[: end + 1], raw[end + 1 :]) if end > 0 else (raw, "")
-        if rest and not rest.startswith(":"):
-            raise ValueError(f"{what}: expected [host]:port, got {raw!r}")
-        port_text = rest[1:] if rest else None
-    elif raw.count(":") > 1:
-        raise ValueError(f"{what}: an IPv6 address goes in brackets ([::1]:2379), got {raw!r}")
-    else:
-        host, sep, port_text = raw.partition(":")
-        port_text = port_text if sep else None
-    if port_text is None:
-        if default_port is None:
-            raise ValueError(f"{what}: expected host:port, got {raw!r}")
-        port_text = str(default_port)
-    if not _HOST.fullmatch(host):
-        raise ValueError(f"{what}: bad host in {raw!r}")
-    port = int(port_text) if port_text.isdigit() else 0
-    if not 0 < port < 65536:
-        raise ValueError(f"{what}: bad port in {raw!r} (1-65535)")
-    return host, port
-
-
 def _seconds(name: str, raw: str) -> float:
     text = raw[:-1] if raw.endswith("s") else raw
     try:
@@ -113,8 +85,8 @@ def parse_store(raw: str) -> StoreSpec:
         raise ValueError("store: the etcd URL needs at least one host: etcd://host:port,.../<cluster>")
     endpoints: list[str] = []
     for item in hosts.split(","):
-        host, port = parse_host_port(item, default_port=DEFAULT_ETCD_PORT, what="store: etcd endpoint")
-        endpoint = f"{host}:{port}"
+        host, port = parse_host_port(item, "store: etcd endpoint", default_port=DEFAULT_ETCD_PORT)
+        endpoint = join_host_port(host, port)
         if endpoint in endpoints:
             raise ValueError(f"store: etcd endpoint {endpoint} is listed twice")
         endpoints.append(endpoint)

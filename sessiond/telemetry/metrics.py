@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 import grpc
 from opentelemetry.metrics import CallbackOptions, Meter, Observation, UpDownCounter
 
+from sessiond.hostport import parse_host_port
 from sessiond.telemetry.otlp import otlp_protocol
 
 if TYPE_CHECKING:
@@ -239,13 +240,6 @@ class Metrics:
                                                 "outcome": outcome})
 
 
-def _split_host_port(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"metrics_listen: expected host:port, got {address!r}")
-    return host.strip("[]"), int(port)
-
-
 def configure_metrics(metrics_listen: str | None, env: Mapping[str, str] | None = None, *,
                       label_limit: int = DEFAULT_LABEL_LIMIT,
                       ) -> tuple[SessionMetrics, Callable[[], None], int | None]:
@@ -275,7 +269,7 @@ def configure_metrics(metrics_listen: str | None, env: Mapping[str, str] | None 
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
         from prometheus_client import start_http_server
 
-        host, port = _split_host_port(metrics_listen)
+        host, port = parse_host_port(metrics_listen, "metrics_listen", allow_port_zero=True)
         http_server, _thread = start_http_server(port, addr=host)
         bound = int(http_server.server_port)
         stoppers.append(http_server.shutdown)

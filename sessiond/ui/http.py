@@ -35,9 +35,11 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from sessiond import __version__
-from sessiond.config import ServerConfig, split_host_port
+from sessiond.config import ServerConfig
 from sessiond.core.errors import InvalidArgumentError, SessionError
 from sessiond.core.model import FailureCause, SessionState
+from sessiond.hostport import parse_host_port
+from sessiond.logs import RateLimitedWarning
 from sessiond.server import validate
 from sessiond.server.auth import Authenticator
 from sessiond.server.engine import Engine
@@ -90,23 +92,16 @@ def _json(body: Any) -> web.Response:
 
 class _PeerErrorLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     """aiohttp's server log, except that a malformed request (an over-long header, a bad request line)
-    is what a peer sent, not a fault of ours: a WARNING without traceback at most once a minute
-    (DEBUG otherwise), instead of one ERROR with a traceback per request."""
-
-    _EVERY = 60.0
+    is what a peer sent, not a fault of ours: a WARNING without traceback at most once a minute, with
+    the count of those in between, instead of one ERROR with a traceback per request."""
 
     def __init__(self) -> None:
         super().__init__(logging.getLogger("aiohttp.server"), {})
-        self._last_warning = -self._EVERY
+        self._malformed = RateLimitedWarning(log, "dashboard: malformed HTTP request", interval=60.0)
 
     def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
         if isinstance(exc_info, HttpProcessingError):
-            now = time.monotonic()
-            level = logging.DEBUG
-            if now - self._last_warning >= self._EVERY:
-                self._last_warning, level = now, logging.WARNING
-            log.log(level, "dashboard: malformed HTTP request (%s %s); more within a minute are logged at DEBUG",
-                    exc_info.code, exc_info.message)
+            self._malformed.warn(f"({exc_info.code} {exc_info.message})")
             return
         super().exception(msg, *args, exc_info=exc_info, **kwargs)
 
@@ -153,7 +148,7 @@ class Dashboard:
             raise ValueError("the dashboard needs ui_listen")
         self.engine = engine
         self.config = config
-        self.host, self._port = split_host_port(config.ui_listen, "ui_listen")
+        self.host, self._port = parse_host_port(config.ui_listen, "ui_listen", allow_port_zero=True)
         self.access = Access(auth or Authenticator(config), self.host)
         self.port: int | None = None
         self._grpc_address = config.listen

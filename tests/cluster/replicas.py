@@ -87,6 +87,14 @@ class Replicas:
         replica = await etcd.get(self.keys.replica(rid))
         return None if replica is None else store_pb2.ReplicaRecord.FromString(replica.value).address
 
+    async def replica_id(self, etcd: EtcdClient, address: str) -> str:
+        """The id of the live replica listening at ``address``, per its ``replicas/`` key."""
+        for kv in (await etcd.get_prefix(self.keys.replicas)).kvs:
+            record = store_pb2.ReplicaRecord.FromString(kv.value)
+            if record.address == address:
+                return record.replica_id
+        raise AssertionError(f"no live replica at {address}")
+
     def server_at(self, address: str) -> ServerProcess:
         """The replica listening at ``address``."""
         return next(s for s in self.servers if s.target == address)

@@ -325,3 +325,71 @@ async def test_a_store_whose_mirror_task_dies_fences_itself(etcd_cluster: EtcdCl
         await eventually(store.fenced.is_set, timeout=10, message="the store fenced itself")
     finally:
         await store.close()
+
+
+async def test_an_end_whose_answer_is_lost_is_made_definite_before_it_is_answered(
+        etcd_cluster: EtcdCluster, make_store: MakeStore) -> None:
+    """Review i12b, blocking 1: a Txn that times out was answered UNKNOWN (and its end published
+    as done while etcd kept the session OPEN). Now the store re-puts the worker key under its fence
+    (so the lost Txn can never apply later), reads back, and sends it again: the caller hears a
+    definite outcome, and the store holds what it says."""
+    async with TcpProxy(etcd_cluster.endpoints[0]) as proxy:
+        store = await make_store(endpoints=[proxy.address], lease_ttl=15)
+        fence = await claim(store, W1)
+        [placed] = await store.commit([PlaceSession("s1", W1, b"open", owner="o1")])
+        assert placed.outcome is Outcome.COMMITTED
+        proxy.blackhole()
+        ending = asyncio.create_task(store.commit([EndSession("s1", W1, b"closed", owner="o1")]))
+        await eventually(lambda: store.resolving == 1 or ending.done(), timeout=15,
+                         message="the end's Txn timed out")
+        assert not ending.done(), ending.result()  # no UNKNOWN answer while the outcome is not definite
+        proxy.resume()
+        [ended] = await asyncio.wait_for(ending, 30)
+        assert ended.outcome is Outcome.COMMITTED
+        stored = await store.read_session("s1")
+        assert stored is not None and stored.record == b"closed"
+        moved = store.fence_of(W1)
+        assert moved is not None and moved > fence  # re-put under the fence: the worker is still ours
+        assert (await store.load_worker_sessions(W1)).fence_revision == moved
+        assert store.resolving == 0
+        [again] = await store.commit([PlaceSession("s2", W1, b"open", owner="o1")])  # the owner is free
+        assert again.outcome is Outcome.COMMITTED
+
+
+@pytest.mark.parametrize("kind", ["end", "place"])
+async def test_a_txn_applied_whose_answer_is_lost_is_answered_as_etcd_holds_it(
+        etcd_cluster: EtcdCluster, etcd: EtcdClient, prefix: bytes, make_store: MakeStore, kind: str) -> None:
+    """Review i12b, tests: a Txn that times out and *was* applied. The proxy forwards the Txn to etcd
+    but holds back every answer, so etcd applies it while the store's call times out. The store must
+    not answer UNKNOWN (an end would then be published as done, or a placement settled by one racy
+    read): it re-puts the worker key under its fence and reads back, and its answer is what etcd
+    holds."""
+    async with TcpProxy(etcd_cluster.endpoints[0]) as proxy:
+        store = await make_store(endpoints=[proxy.address], lease_ttl=15)
+        await claim(store, W1)
+        if kind == "end":
+            [placed] = await store.commit([PlaceSession("s1", W1, b"open", owner="o1")])
+            assert placed.outcome is Outcome.COMMITTED
+            op: StoreOp = EndSession("s1", W1, b"closed", owner="o1")
+            expected = b"closed"
+        else:
+            op, expected = PlaceSession("s1", W1, b"open", owner="o1"), b"open"
+        key = prefix + b"sessions/s1"
+        proxy.hold_replies()
+        writing = asyncio.create_task(store.commit([op]))
+
+        async def applied() -> bool:
+            kv = await etcd.get(key)
+            return kv is not None and expected in kv.value
+        await eventually(applied, timeout=10, message="etcd applied the Txn (its answer is held back)")
+        await eventually(lambda: store.resolving == 1, timeout=15, message="the Txn's answer timed out")
+        assert not writing.done(), writing.result()  # no answer while the outcome is not definite
+        proxy.resume()
+        [result] = await asyncio.wait_for(writing, 30)
+        assert result.outcome is Outcome.COMMITTED  # as etcd holds it
+        stored = await store.read_session("s1")
+        assert stored is not None and stored.record == expected
+        slots = [s.session_id for s in (await store.load_worker_sessions(W1)).sessions]
+        assert slots == ([] if kind == "end" else ["s1"])
+        assert store.resolving == 0 and store.fence_of(W1) is not None  # still the owner, not fenced
+        assert not store.fenced.is_set()

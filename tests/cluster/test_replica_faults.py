@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import itertools
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import grpc
 import pytest
 from sessiond_client.api.v1 import session_pb2
 
-from sessiond.store.etcd import EtcdClient
+from sessiond.store.etcd import EtcdClient, EtcdError
+from sessiond.store.etcd.errors import LeaseNotFoundError
+from sessiond.store.etcd.ops import prefix_end
+from sessiond.store.etcd.watch import PUT
 from sessiond.store.records import store_pb2
 from sessiond.testing.etcd_cluster import EtcdCluster
 from tests.cluster.conftest import eventually
@@ -54,7 +59,7 @@ async def test_creates_stall_through_an_etcd_leader_kill_and_then_succeed(
         await wait_owned(group, etcd, worker, group.targets[0])
         caller = Caller(group.targets[0])
         outcomes: list[str] = []
-        unexpected: list[grpc.aio.AioRpcError] = []
+        unexpected: list[Exception] = []
         succeeded: list[float] = []
         stop = asyncio.Event()
 
@@ -62,15 +67,34 @@ async def test_creates_stall_through_an_etcd_leader_kill_and_then_succeed(
             while not stop.is_set():
                 try:
                     session = await caller.create(creation=20)
-                    await caller.complete(session.session_id)
-                    outcomes.append("ok")
-                    succeeded.append(time.monotonic())
                 except grpc.aio.AioRpcError as error:
-                    # Only a caller's own deadline (or a retryable UNAVAILABLE) may end a call; anything
-                    # else is collected (an assert here would be swallowed by the gather below).
-                    if error.code() not in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
+                    # A create may be refused as retryable (UNAVAILABLE); anything else (even its own
+                    # deadline, which could leave a session nobody completes) is collected: an assert
+                    # here would be swallowed by the gather below.
+                    if error.code() is not grpc.StatusCode.UNAVAILABLE:
                         unexpected.append(error)
                     outcomes.append(error.code().name)
+                    continue
+                try:
+                    await complete(session.session_id)
+                except (grpc.aio.AioRpcError, TimeoutError) as error:
+                    unexpected.append(error)
+                    continue
+                outcomes.append("ok")
+                succeeded.append(time.monotonic())
+
+        async def complete(session_id: str) -> None:
+            # As the client library does: CompleteSession is idempotent, and OWNER_UNAVAILABLE (its end
+            # is not definite yet, e.g. during the election) is retried.
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    await caller.complete(session_id)
+                    return
+                except grpc.aio.AioRpcError as error:
+                    if error.code() is not grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                        raise
+                    outcomes.append("complete retried")
 
         tasks = [asyncio.create_task(churn()) for _ in range(2)]
         try:
@@ -91,14 +115,36 @@ async def test_creates_stall_through_an_etcd_leader_kill_and_then_succeed(
             await caller.close()
         assert not unexpected, unexpected
         assert group.servers[0].process is not None and group.servers[0].process.returncode is None
-        open_now = await group.open_sessions(etcd)
-        assert all(len(ids) <= 2 for ids in open_now.values()), open_now  # the worker's limit held
-        if open_now:
-            # Every create above was completed, so etcd should hold no OPEN session. Known bug (issue 12
-            # review, blocking 1): an end whose Txn timed out across the election is published as done
-            # while etcd keeps the session OPEN. Reported as xfail, not hidden, until the end path makes
-            # an unknown outcome definite (re-put the worker key under the fence, then read back).
-            pytest.xfail(f"known bug: sessions completed during the election are still OPEN in etcd: {open_now}")
+        # Every create above was completed, so etcd holds no OPEN session (review i12b, blocking 1: an
+        # end whose Txn timed out across the election was published as done while etcd kept it OPEN).
+        assert await group.open_sessions(etcd) == {}
+        # And the worker's limit held at every revision etcd went through, the election included.
+        assert 1 <= await most_slots_ever(etcd, group.keys.prefix + b"wsess/") <= 2
+
+
+async def most_slots_ever(etcd: EtcdClient, prefix: bytes) -> int:
+    """The largest number of open-session slots any one worker had at any revision (etcd's whole
+    history of ``prefix``, replayed from revision 1: the test clusters never compact). A marker key
+    written under ``prefix`` says where the history ends."""
+    marker = prefix + b"~end"
+    now = (await etcd.put(marker, b"")).header.revision
+    slots: dict[bytes, set[bytes]] = {}
+    most = 0
+    async with await etcd.watch(prefix, prefix_end(prefix), start_revision=1) as watch:
+        async for batch in watch:
+            for event in batch.events:
+                if event.kv.key == marker:
+                    continue
+                worker, _, sid = event.kv.key[len(prefix):].rpartition(b"/")
+                held = slots.setdefault(worker, set())
+                if event.type == PUT:
+                    held.add(sid)
+                else:
+                    held.discard(sid)
+                most = max(most, len(held))
+            if batch.revision >= now:
+                break
+    return most
 
 
 async def test_a_replica_cut_off_from_etcd_fences_itself_and_its_worker_moves_with_its_sessions(
@@ -115,6 +161,10 @@ async def test_a_replica_cut_off_from_etcd_fences_itself_and_its_worker_moves_wi
                 caller = Caller(others.targets[0])
                 try:
                     ids = [(await caller.create()).session_id for _ in range(2)]
+                    rid = await cut_off.replica_id(etcd, cut_off.targets[0])
+                    replica_kv = await etcd.get(cut_off.keys.replica(rid))
+                    assert replica_kv is not None and replica_kv.lease
+                    lease_seen = asyncio.create_task(_last_seen_alive(etcd, replica_kv.lease))
                     cut_at = time.monotonic()
                     for proxy in proxies:
                         proxy.blackhole()
@@ -127,16 +177,60 @@ async def test_a_replica_cut_off_from_etcd_fences_itself_and_its_worker_moves_wi
                     moved_in = time.monotonic() - cut_at
                     print(f"\ncut off from etcd: fenced itself after {fenced_in * 1000:.0f} ms "
                           f"(lease TTL {LEASE_TTL} s); worker adopted elsewhere after {moved_in * 1000:.0f} ms")
-                    assert fenced_in < LEASE_TTL  # before etcd could expire its lease
                     for sid in ids:
                         assert (await caller.get(sid)).state == OPEN
-                        assert await caller.execute(sid, "echo", sid) == sid
+                        # (etcd names the new owner as soon as it claimed the worker, a moment before it
+                        # has adopted the sessions: until then a call answers OWNER_UNAVAILABLE, which
+                        # the client library retries. So does this test, within a deadline.)
+                        assert await _retried(lambda sid=sid: caller.execute(sid, "echo", sid)) == sid
                     stderr = await cut_off.servers[0].stop()
-                    assert "fenced itself" in stderr, stderr
+                    # It fenced itself while etcd still held its lease (review i12b: a timing bound on
+                    # the fence would include process exit on a loaded box; etcd's word does not).
+                    fenced_at = _logged_at(stderr, "fenced itself")
+                    alive_at = await asyncio.wait_for(lease_seen, LEASE_TTL + 10)
+                    assert fenced_at < alive_at, (fenced_at, alive_at, stderr)
                 finally:
                     await caller.close()
         finally:
             await others.stop()
+
+
+async def _retried(call: Callable[[], Awaitable[Any]], within: float = 10.0) -> Any:
+    """``call()``, retried while it fails UNAVAILABLE (as the client library does), within a deadline."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return await call()
+        except grpc.aio.AioRpcError as error:
+            if error.code() is not grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.1)
+
+
+async def _last_seen_alive(etcd: EtcdClient, lease_id: int) -> float:
+    """Poll the lease until etcd says it is gone; return the wall-clock time of the last poll (its
+    send time) that found it alive. (etcd reports the TTL left in whole seconds: 0 is alive, -1 gone.)"""
+    alive_at = 0.0
+    while True:
+        sent = time.time()
+        try:
+            ttl = (await etcd.lease_time_to_live(lease_id, timeout=1.0)).ttl
+        except LeaseNotFoundError:
+            return alive_at
+        except EtcdError:
+            ttl = None  # no answer: try again
+        if ttl is not None and ttl < 0:
+            return alive_at
+        if ttl is not None:
+            alive_at = sent
+        await asyncio.sleep(0.05)
+
+
+def _logged_at(stderr: str, text: str) -> float:
+    """The wall-clock time of the first text-format log line containing ``text``."""
+    line = next(line for line in stderr.splitlines() if text in line)
+    stamp = " ".join(line.split(" ", 2)[:2])  # "%Y-%m-%d %H:%M:%S,mmm" (local time)
+    return datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
 async def _owned_elsewhere(group: Replicas, etcd: EtcdClient, worker_id: str, targets: list[str]) -> bool:
@@ -194,7 +288,9 @@ async def test_a_replica_frozen_past_its_lease_fences_itself_when_it_resumes(etc
                              timeout=FAILOVER_WINDOW, message="the worker moved to the live replica")
             for sid in ids:
                 assert (await caller.get(sid)).state == OPEN
-                assert await caller.execute(sid, "echo", sid) == sid
+                # (retried on UNAVAILABLE as the client does: etcd names the new owner a moment before
+                # it has adopted the sessions)
+                assert await _retried(lambda sid=sid: caller.execute(sid, "echo", sid)) == sid
             assert "fenced itself" in await frozen.stop()
         finally:
             await caller.close()

@@ -15,7 +15,7 @@ import inspect
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -31,6 +31,7 @@ from sessiond_client.api.v1 import session_pb2, session_service_pb2, session_ser
 
 from sessiond.config import ServerConfig
 from sessiond.server import SessiondServer, create_server
+from sessiond.telemetry import SessionMetrics, configure_metrics
 from tests.integration.rawworker import RawWorker
 from tests.integration.workers.support import ClientWorkerProcess, worker_pool
 
@@ -224,6 +225,16 @@ async def make_server() -> AsyncIterator[ServerFactory]:
 async def sessiond(make_server: ServerFactory) -> Sessiond:
     """A server with the default configuration."""
     return await make_server()
+
+
+@pytest.fixture
+def metrics() -> Iterator[tuple[SessionMetrics, int]]:
+    """Metrics exported on a Prometheus endpoint bound to a free port: (metrics, port). The modules
+    that use it override ``sessiond`` with a server reporting to it."""
+    session_metrics, stop_metrics, port = configure_metrics("127.0.0.1:0")
+    assert port is not None
+    yield session_metrics, port
+    stop_metrics()
 
 
 # --------------------------------------------------------------------- in-process workers

@@ -8,9 +8,10 @@ import signal
 import sys
 
 import pytest
+from sessiond_client.api.v1 import worker_pb2
 
 from sessiond.logs import JsonFormatter, TextFormatter
-from tests.integration.conftest import QUEUE, ProcessFactory, Sessiond, eventually
+from tests.integration.conftest import QUEUE, ProcessFactory, Sessiond, WorkerFactory, eventually
 
 
 def _events(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -44,6 +45,24 @@ async def test_lifecycle_events_are_logged_once_each_with_their_ids(
         assert len(placed) == 1 and placed[0].worker_id == "logged-w1"  # type: ignore[attr-defined]
     assert _find(records, "session completed", session_id=completed.session_id, worker_id="logged-w1")
     assert _find(records, "session failed", session_id=failed.session_id, cause="WORKER_LOST")
+
+
+@pytest.mark.asyncio
+async def test_a_worker_repeating_register_costs_one_warning_and_keeps_its_stream(
+    sessiond: Sessiond, make_worker: WorkerFactory, caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="sessiond.engine")
+    worker = await make_worker("chatty", capacity=1)
+    register = worker_pb2.WorkerHeartbeatRequest(register=worker_pb2.RegisterWorker(
+        task_queue=QUEUE, worker_id="chatty", identity="x", max_concurrent_sessions=1))
+    for _ in range(200):
+        worker._send(register)
+    await worker.goodbye(drain=True)  # answered after every message before it
+    await eventually(lambda: bool(worker.goodbye_acks))
+
+    warnings = [r.getMessage() for r in _events(caplog) if r.levelno >= logging.WARNING]
+    assert warnings == ["ignored a repeated register: worker chatty sent register twice on one stream"]
+    assert worker.stream_error is None and not worker.stream_done.is_set()
 
 
 def test_json_format_puts_the_ids_in_fields_and_text_format_appends_them() -> None:

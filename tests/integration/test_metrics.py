@@ -6,7 +6,7 @@ import asyncio
 import re
 import signal
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -15,19 +15,10 @@ from sessiond_client.api.v1 import session_pb2, session_service_pb2_grpc
 
 from sessiond.config import ServerConfig
 from sessiond.server import create_server
-from sessiond.telemetry import SessionMetrics, configure_metrics
+from sessiond.telemetry import SessionMetrics
 from tests.integration.conftest import QUEUE, ProcessFactory, Sessiond, eventually
 
 _SAMPLE = re.compile(r"^(?P<name>[a-z_]+)\{(?P<labels>[^}]*)\} (?P<value>[-0-9.e+]+)$", re.M)
-
-
-@pytest.fixture
-def metrics() -> Iterator[tuple[SessionMetrics, int]]:
-    """Metrics exported on a Prometheus endpoint bound to a free port: (metrics, port)."""
-    session_metrics, stop_metrics, port = configure_metrics("127.0.0.1:0")
-    assert port is not None
-    yield session_metrics, port
-    stop_metrics()
 
 
 @pytest_asyncio.fixture

@@ -168,12 +168,12 @@ async def test_a_sigkilled_client_holding_two_thousand_watches_leaves_no_engine_
             assert process.stdout is not None
             line = await asyncio.wait_for(process.stdout.readline(), 60)
             assert json.loads(line) == {"event": "watching", "count": 2000}
-            assert session.session_id in engine._watches
+            assert session.session_id in engine.watches
 
             process.send_signal(signal.SIGKILL)
             await process.wait()
 
-            await eventually(lambda: not engine._watches, timeout=30, message="watch state left after SIGKILL")
+            await eventually(lambda: not engine.watches, timeout=30, message="watch state left after SIGKILL")
         finally:
             if process.returncode is None:
                 process.kill()

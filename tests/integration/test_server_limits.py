@@ -280,7 +280,7 @@ async def test_twenty_thousand_cancelled_watches_leave_no_engine_state(
         for call in calls:
             call.cancel()
 
-    await eventually(lambda: not engine._watches, timeout=20, message="watch state left in the engine")
+    await eventually(lambda: not engine.watches, timeout=20, message="watch state left in the engine")
     # And a watch still works: it sees the end of the session.
     watch = sessiond.stub.WatchSession(request)
     assert (await watch.read()).session.state == OPEN

@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import grpc
@@ -25,7 +25,7 @@ from sessiond_client.api.v1 import session_service_pb2_grpc
 from sessiond.config import ServerConfig
 from sessiond.logs import JsonFormatter
 from sessiond.server import create_server
-from sessiond.telemetry import SessionMetrics, configure_metrics
+from sessiond.telemetry import SessionMetrics
 from sessiond.telemetry.metrics import OVERFLOW, Metrics
 from sessiond.telemetry.metrics import otlp_metric_exporter as metric_exporter_for
 from sessiond.telemetry.tracing import _otlp_span_exporter as span_exporter_for
@@ -34,14 +34,6 @@ from tests.integration.test_metrics import _scrape, _value
 from tests.integration.test_tracing import spans  # noqa: F401  # the shared in-memory span fixture
 
 SERVICE = "sessiond.v1.SessionService"
-
-
-@pytest.fixture
-def metrics() -> Iterator[tuple[SessionMetrics, int]]:
-    session_metrics, stop_metrics, port = configure_metrics("127.0.0.1:0")
-    assert port is not None
-    yield session_metrics, port
-    stop_metrics()
 
 
 @pytest_asyncio.fixture

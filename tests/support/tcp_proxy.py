@@ -5,6 +5,8 @@ Put it between a client and a server (``proxy.address`` instead of the server's)
 * :meth:`TcpProxy.blackhole` — a partition: connections stay open but no byte moves either way,
   and new connections are accepted but get no answer, like a peer whose packets are dropped. The
   peers see nothing until their own timeouts (gRPC keepalive, deadlines, heartbeats) fire.
+* :meth:`TcpProxy.hold_replies` — a one-way loss: requests still reach the server, its answers are
+  held back (a write is applied but its caller never hears so, until its own deadline passes).
 * :meth:`TcpProxy.resume` — heal it: bytes held back are delivered, like TCP retransmission.
 * :meth:`TcpProxy.cut` — close every connection now (a reset); new ones are accepted as usual.
 
@@ -33,6 +35,8 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._forwarding = asyncio.Event()
         self._forwarding.set()
+        self._replying = asyncio.Event()  # the target -> client direction (see hold_replies)
+        self._replying.set()
         self._handlers: set[asyncio.Task[object]] = set()  # one per accepted connection
 
     @property
@@ -55,9 +59,14 @@ class TcpProxy:
         """Stop moving bytes (both directions, all connections, new ones too)."""
         self._forwarding.clear()
 
+    def hold_replies(self) -> None:
+        """Keep forwarding to the target, but hold back every byte it sends (until :meth:`resume`)."""
+        self._replying.clear()
+
     def resume(self) -> None:
         """Move bytes again, held-back ones first."""
         self._forwarding.set()
+        self._replying.set()
 
     async def cut(self) -> None:
         """Close every open connection (both sides) at once."""
@@ -92,8 +101,8 @@ class TcpProxy:
             await self._forwarding.wait()  # a partitioned peer does not answer a new connection either
             server_reader, server_writer = await asyncio.open_connection(self.target_host, self.target_port)
             writers.append(server_writer)
-            pumps = [asyncio.create_task(self._pump(client_reader, server_writer)),
-                     asyncio.create_task(self._pump(server_reader, client_writer))]
+            pumps = [asyncio.create_task(self._pump(client_reader, server_writer, self._forwarding)),
+                     asyncio.create_task(self._pump(server_reader, client_writer, self._replying))]
             # When one direction ends, end the other: a half-dead connection helps no test.
             await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
         except (OSError, asyncio.CancelledError):
@@ -106,13 +115,16 @@ class TcpProxy:
                 writer.transport.abort()
             self._handlers.discard(handler)
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, direction: asyncio.Event
+                    ) -> None:
         with contextlib.suppress(OSError):
             while True:
                 await self._forwarding.wait()
+                await direction.wait()
                 data = await reader.read(CHUNK)
                 if not data:
                     return
                 await self._forwarding.wait()  # read just before a blackhole: hold it back until resume
+                await direction.wait()
                 writer.write(data)
                 await writer.drain()

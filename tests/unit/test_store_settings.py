@@ -10,13 +10,14 @@ from typing import Any
 import pytest
 
 from sessiond.config import ServerConfig, config_from_env
-from sessiond.store.spec import EtcdStoreSpec, MemoryStoreSpec, parse_host_port, parse_store
+from sessiond.store.spec import EtcdStoreSpec, MemoryStoreSpec, parse_store
 
 
 @pytest.mark.parametrize(("raw", "endpoints", "cluster", "ttl", "window"), [
     ("etcd://h1:2379,h2:2379,h3:2379/prod", ("h1:2379", "h2:2379", "h3:2379"), "prod", 5, 10.0),
     ("etcd://etcd.internal/prod-eu_1.a", ("etcd.internal:2379",), "prod-eu_1.a", 5, 10.0),
     ("etcd://[::1]:23790,10.0.0.1/c?lease_ttl=2", ("[::1]:23790", "10.0.0.1:2379"), "c", 2, 10.0),
+    ("etcd://h1:2379, [fe80::1]/c", ("h1:2379", "[fe80::1]:2379"), "c", 5, 10.0),
     ("etcd://h/c?failover_window=2.5s&lease_ttl=7s", ("h:2379",), "c", 7, 2.5),
 ])
 def test_etcd_urls_that_parse(raw: str, endpoints: tuple[str, ...], cluster: str, ttl: int, window: float) -> None:
@@ -62,14 +63,6 @@ def test_bad_store_values_get_one_line_naming_the_problem(raw: str, says: str) -
         parse_store(raw)
     message = str(caught.value)
     assert message.startswith("store") and says in message and "\n" not in message
-
-
-@pytest.mark.parametrize(("raw", "default", "expected"), [
-    ("h:1", None, ("h", 1)), ("[::1]:50051", None, ("[::1]", 50051)), ("h", 2379, ("h", 2379)),
-    ("[fe80::1]", 7, ("[fe80::1]", 7)),
-])
-def test_host_port(raw: str, default: int | None, expected: tuple[str, int]) -> None:
-    assert parse_host_port(raw, default_port=default) == expected
 
 
 def _config(**values: Any) -> ServerConfig:

@@ -46,6 +46,7 @@ from sessiond.core.events import (
     SessionEnded,
     SessionPlaced,
     WaiterFailed,
+    WorkerGone,
     WorkerRegistered,
 )
 from sessiond.core.model import (
@@ -155,6 +156,11 @@ class SessionTableMachine(RuleBasedStateMachine):
                 self._on_activity_ended(event)
             elif isinstance(event, SessionDetached):
                 self._on_detached(event)
+            elif isinstance(event, WorkerGone):
+                # Nothing holds the worker: no stream, and no OPEN session waits for it.
+                assert event.key not in self.table.registry.workers
+                assert not [s for s in self.sessions.values()
+                            if s.state is SessionState.OPEN and s.worker.key == event.key], event
             else:
                 assert self.registering is not None, "WorkerRegistered outside connect_worker"
                 self._on_registered(event, *self.registering)

@@ -42,7 +42,7 @@ class Cluster:
         self.store = store
         self.fenced = asyncio.Event()
         self.commits = Commits(engine, store, self.fenced)
-        self.ownership = Ownership(engine, store, self.fenced)
+        self.ownership = Ownership(engine, store, self.fenced, self.commits.settled)
         self.routes = Router(engine, store)
         self.admission = Admission(engine, store)
         self.listing = Listing(store, self.routes)

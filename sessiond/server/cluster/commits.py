@@ -7,7 +7,6 @@ in the core (its slot goes to the next waiter) and its caller gets the store's r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -17,7 +16,7 @@ from sessiond.core.errors import ExistingOpenSessionError, OwnerUnavailableError
 from sessiond.core.model import Session
 from sessiond.server.cluster.keys import owner_key_name, request_key_name, worker_name
 from sessiond.server.errors import PlacedElsewhereError
-from sessiond.store.base import CommitResult, EndSession, Outcome, PlaceSession, StoreOp
+from sessiond.store.base import CommitResult, EndSession, Outcome, PlaceSession, ReleaseWorker, StoreOp
 from sessiond.store.etcd.errors import EtcdError
 
 if TYPE_CHECKING:
@@ -28,6 +27,37 @@ __all__ = ["Commits"]
 
 log = logging.getLogger("sessiond.cluster")
 
+END_WAIT = 5.0
+"""Seconds CompleteSession waits for its end to become definite (an etcd election, a lost answer
+read back) before answering OWNER_UNAVAILABLE; the client's retry waits for the same end again."""
+
+
+_Key = tuple[str, object]
+"""What an event is about, for ordering: ("s", session id), ("w", worker key) or ("q", waiter id)."""
+
+
+def _keys(event: ev.Event) -> set[_Key]:
+    if isinstance(event, ev.SessionPlaced):
+        keys: set[_Key] = {("s", event.session.session_id), ("w", event.session.worker.key)}
+        if event.waiter_id is not None:
+            keys.add(("q", event.waiter_id))
+        return keys
+    if isinstance(event, ev.SessionEnded):
+        return {("s", event.session.session_id), ("w", event.session.worker.key)}
+    if isinstance(event, ev.ActivityEnded):
+        return {("s", event.activity.session_id)}
+    if isinstance(event, ev.SessionDetached):
+        return {("s", event.session.session_id)}
+    if isinstance(event, ev.WaiterFailed):
+        return {("q", event.waiter_id)}
+    if isinstance(event, ev.WorkerRegistered):
+        return {("w", event.worker.key), *(("s", s.session_id) for s in event.reattached)}
+    return {("w", event.key)}  # WorkerGone
+
+
+def _commits(event: ev.Event) -> bool:
+    return isinstance(event, ev.SessionPlaced | ev.SessionEnded | ev.WorkerGone)
+
 
 class Commits:
     """The engine's steps, made durable in the store before they are published."""
@@ -37,12 +67,42 @@ class Commits:
         self.store = store
         self.fenced = fenced
         self._loop = asyncio.get_running_loop()
-        self._tail: asyncio.Task[None] | None = None
+        # Steps in flight (committing, or waiting to publish after earlier steps they depend on), and
+        # for each session / worker / waiter the last of them that concerns it.
+        self._steps: set[asyncio.Task[None]] = set()
+        self._tails: dict[_Key, asyncio.Task[None]] = {}
         self._placements: dict[str, asyncio.Future[None]] = {}
         self._ends: dict[str, asyncio.Future[Outcome]] = {}  # ends in flight: their commit outcome
 
     def submit(self, events: Sequence[ev.Event]) -> None:
-        """Commit what one engine step decided, then publish its events in order."""
+        """Commit what one engine step decided, then publish its events in order.
+
+        Only events that must be ordered with a commit wait for it (review i12b, 9): those about a
+        session, worker or waiter that a commit in flight (or an earlier event of this step that
+        waits) concerns. The others are published at once: an activity's result or a registration
+        is not held up by an etcd election."""
+        ops = self._ops(events)
+        later: list[ev.Event] = []
+        keys: set[_Key] = set()
+        after: set[asyncio.Task[None]] = set()
+        for event in events:
+            mine = _keys(event)
+            waits = {self._tails[k] for k in mine if k in self._tails}
+            if waits or _commits(event) or not keys.isdisjoint(mine):
+                later.append(event)
+                keys |= mine
+                after |= waits
+            else:
+                self.engine._publish(event)
+        if not later:
+            return
+        task = self._loop.create_task(self._commit_then_publish(after, later, ops))
+        self._steps.add(task)
+        for key in keys:
+            self._tails[key] = task
+        task.add_done_callback(self._step_done)
+
+    def _ops(self, events: Sequence[ev.Event]) -> list[StoreOp]:
         ops: list[StoreOp] = []
         for event in events:
             if isinstance(event, ev.SessionPlaced):
@@ -55,17 +115,15 @@ class Commits:
                 ops.append(EndSession(session.session_id, worker_name(session.worker.key), self._record(session),
                                       owner_key_name(session.principal, session.owner), self._request_name(session)))
                 self._ends[session.session_id] = self._loop.create_future()
-        if not ops and self._tail is None:
-            for event in events:
-                self.engine._publish(event)
-            return
-        task = self._loop.create_task(self._commit_then_publish(self._tail, list(events), ops))
-        self._tail = task
-        task.add_done_callback(self._step_done)
+            elif isinstance(event, ev.WorkerGone):
+                # Nobody routes creates to a worker that is gone (review i12b, 5).
+                ops.append(ReleaseWorker(worker_name(event.key)))
+        return ops
 
     def _step_done(self, task: asyncio.Task[None]) -> None:
-        if self._tail is task:
-            self._tail = None
+        self._steps.discard(task)
+        for key in [k for k, t in self._tails.items() if t is task]:
+            del self._tails[key]
         if not task.cancelled() and task.exception() is not None:
             log.error("publishing a committed step failed", exc_info=task.exception())
 
@@ -77,21 +135,20 @@ class Commits:
 
     async def settled(self) -> None:
         """Wait until every step submitted so far is committed and published."""
-        tail = self._tail
-        if tail is not None:
-            await asyncio.wait({tail})
+        if self._steps:
+            await asyncio.wait(set(self._steps))
 
-    async def ended(self, session_id: str) -> Outcome:
+    async def ended(self, session_id: str, timeout: float = END_WAIT) -> Outcome:
         """Wait until every step submitted so far is published; return the commit outcome of the
         session's end among them (COMMITTED when none was in flight: the session was already
         terminal here, and that end's own caller heard its outcome; UNKNOWN when the replica fences
-        itself first)."""
+        itself first, or the store has not made the outcome definite within ``timeout`` seconds)."""
         future = self._ends.get(session_id)
         settled = asyncio.ensure_future(self.settled())
         fenced = asyncio.ensure_future(self.fenced.wait())
         try:
             # A replica that fences itself stops: its caller hears OWNER_UNAVAILABLE before that.
-            await asyncio.wait({settled, fenced}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({settled, fenced}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             settled.cancel()
             fenced.cancel()
@@ -104,15 +161,15 @@ class Commits:
         if future is not None and not future.done():
             future.set_result(outcome)
 
-    async def _commit_then_publish(self, previous: asyncio.Task[None] | None, events: list[ev.Event],
+    async def _commit_then_publish(self, previous: set[asyncio.Task[None]], events: list[ev.Event],
                                    ops: list[StoreOp]) -> None:
         try:
             results = await self.store.commit(ops) if ops else []
         except EtcdError as error:
             log.warning("store commit failed: %s", error)
             results = [CommitResult(Outcome.UNKNOWN)] * len(ops)
-        if previous is not None:
-            await asyncio.wait({previous})  # publish in the order the steps were taken
+        if previous:
+            await asyncio.wait(previous)  # publish after the earlier steps about the same things
         outcome = iter(results)
         try:
             for event in events:
@@ -124,11 +181,17 @@ class Commits:
                     self._end_outcome(sid, result.outcome)
                     if sid not in self.engine.table._sessions:
                         continue  # its placement was refused: nothing to tell anyone
-                    if result.outcome is Outcome.FENCE_LOST:
-                        # Another replica owns the worker: the session lives on there. Forget it here.
+                    if result.outcome is not Outcome.COMMITTED:
+                        # FENCE_LOST: another replica owns the worker, the session lives on there.
+                        # UNKNOWN (the store made it definite unless this replica fenced itself or
+                        # closed): the store's version stands, never published as ended. Forget it here.
                         self.engine.table.abort_placement(self.engine.now(), sid)
                         continue
                     self.engine._publish(event)
+                elif isinstance(event, ev.WorkerGone):
+                    released = next(outcome)
+                    log.info("worker gone: its ownership keys %s", "deleted" if released.outcome is Outcome.COMMITTED
+                             else f"kept ({released.outcome.value})", extra={"worker_id": event.key.worker_id})
                 else:
                     self.engine._publish(event)
         finally:
@@ -142,12 +205,10 @@ class Commits:
         session = event.session
         sid = session.session_id
         future = self._placements.pop(sid, None)
+        # UNKNOWN only when the replica fenced itself or is closing (the store makes a lost answer
+        # definite before answering): refused like FENCE_LOST, the worker moves and its new owner
+        # fails what the worker never heard of.
         outcome = result.outcome
-        if outcome is Outcome.UNKNOWN:
-            with contextlib.suppress(EtcdError):
-                stored = await self.store.read_session(sid)
-                if stored is not None:
-                    outcome = Outcome.COMMITTED
         if outcome is Outcome.COMMITTED:
             if sid in self.engine.table._sessions:
                 self.engine._publish(event)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 from sessiond_client.api.v1 import session_pb2
@@ -40,10 +40,12 @@ CLAIM_ATTEMPTS = 3
 class Ownership:
     """Claims, adoption and the janitor of one replica."""
 
-    def __init__(self, engine: Engine, store: EtcdStore, fenced: asyncio.Event) -> None:
+    def __init__(self, engine: Engine, store: EtcdStore, fenced: asyncio.Event,
+                 settled: Callable[[], Awaitable[None]]) -> None:
         self.engine = engine
         self.store = store
         self.fenced = fenced
+        self._settled = settled
         store.on_worker_lost.append(self._worker_lost)
 
     async def take_over(self, reg: WorkerRegistration, held: list[SessionRecord]) -> list[SessionRecord]:
@@ -59,6 +61,9 @@ class Ownership:
         record = session_pb2.WorkerInfo(worker_id=reg.worker_id, task_queue=reg.task_queue, identity=reg.identity,
                                         host_name=reg.host_name)
         record.connect_time.FromNanoseconds(time.time_ns())
+        # A release of this worker's keys (its previous stream here is gone) goes first: else it
+        # could delete the keys after this registration found them still ours.
+        await self._settled()
         try:
             for _ in range(CLAIM_ATTEMPTS):
                 if self.fenced.is_set():
@@ -74,6 +79,10 @@ class Ownership:
         except EtcdError as error:
             raise OwnerUnavailableError(f"the session store is unreachable ({error}); retry") from None
         raise OwnerUnavailableError("this replica could not take the worker over; retry another replica")
+
+    def owns(self, reg: WorkerRegistration) -> bool:
+        """Whether this replica still owns the worker (its fence was not lost since the claim)."""
+        return self.store.fence_of(worker_name(WorkerKey(reg.task_queue, reg.worker_id))) is not None
 
     async def _reconcile(self, key: WorkerKey, stored: Sequence[StoredSession], held: list[SessionRecord]
                          ) -> list[SessionRecord]:
@@ -118,7 +127,10 @@ class Ownership:
                         extra={"worker_id": worker[1], "task_queue": worker[0]})
 
     def _worker_lost(self, worker: tuple[str, str]) -> None:
-        conn = self.engine._connections.get(WorkerKey(*worker))
-        if conn is not None:
+        """Another replica took the worker over (or its key is gone): its sessions live on there.
+        They leave this table silently (review i12b, 4), so later calls here are forwarded to the
+        owner instead of being answered from a stale copy; the worker's stream here is closed."""
+        key = WorkerKey(*worker)
+        if key in self.engine._connections:
             log.warning("worker %s is owned by another replica now; closing its stream here", worker[1])
-            conn.close()
+        self.engine.drop_worker(key, "another replica took it over")

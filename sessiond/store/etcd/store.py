@@ -59,6 +59,7 @@ from sessiond.store.base import (
     EndSession,
     Outcome,
     PlaceSession,
+    ReleaseWorker,
     StoredSession,
     StoreOp,
     WorkerKey,
@@ -89,6 +90,10 @@ TXN_TIMEOUT = 2.0
 """Seconds a write may take before its outcome counts as unknown (and is read back). A proposal
 sent while the etcd leader dies waits for the new one; reading back after an election (≈ 1–2 s)
 is quicker than waiting for the client's 5 s default."""
+RESOLVE_PAUSE = 0.2
+"""Seconds between attempts to make a lost Txn's outcome definite while etcd does not answer."""
+STOP_PATIENCE = 1.0
+"""Seconds :meth:`EtcdStore.close` waits for a cancelled task before cancelling it again."""
 SELF_FENCE_MARGIN = 1.0
 """Seconds before the lease could expire at which the replica stops acting as an owner."""
 
@@ -189,6 +194,7 @@ class EtcdStore:
         self.on_fenced: list[Callable[[str], None]] = []
         self.on_worker_lost: list[Callable[[WorkerKey], None]] = []
         self._fences: dict[WorkerKey, int] = {}
+        self._entries: dict[WorkerKey, bytes] = {}  # the worker keys this replica wrote (for re-puts)
         self.test_unfenced = False
         """Test-only: True makes places and ends skip the fence (a replica that lost the worker
         writes anyway): the negative control of the hard-limit tests. Never set otherwise."""
@@ -206,6 +212,8 @@ class EtcdStore:
         self._bucket: tuple[int, float, int] | None = None  # (lease id, granted at, keys on it)
         self.txns = 0
         self.ops = 0
+        self.resolving = 0
+        """Operations whose Txn answer was lost and that are being made definite now."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -240,11 +248,7 @@ class EtcdStore:
     async def close(self) -> None:
         """Stop the writer and the mirrors, revoke the lease (deregistering the replica), close the client."""
         self._closing = True
-        for task in [*self._tasks, *self._inflight]:
-            task.cancel()
-        for task in [*self._tasks, *self._inflight]:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await _stop([*self._tasks, *self._inflight])
         self._fail_pending(EtcdError("etcd store closed"))
         if self.lease is not None and not self.fenced.is_set():
             with contextlib.suppress(EtcdError):
@@ -278,6 +282,7 @@ class EtcdStore:
     def drop_worker(self, worker: WorkerKey) -> None:
         """Stop writing about ``worker`` (it moved away or left): later writes answer FENCE_LOST."""
         self._fences.pop(worker, None)
+        self._entries.pop(worker, None)
 
     async def load_worker_sessions(self, worker: WorkerKey) -> WorkerSnapshot:
         """The worker key's mod revision and its open sessions, all read at one revision."""
@@ -372,18 +377,18 @@ class EtcdStore:
         while self._queue and len(self._inflight) < MAX_IN_FLIGHT:
             pending, i = self._queue[0]
             op = pending.ops[i]
-            if isinstance(op, ClaimWorker):
+            if isinstance(op, ClaimWorker | ReleaseWorker):
                 if self._inflight:
                     return  # woken again when they are done
                 self._queue.popleft()
-                pending.results[i] = await self._claim(op)
+                pending.results[i] = await (self._claim(op) if isinstance(op, ClaimWorker) else self._release(op))
                 self._settle(pending)
                 continue
             txn = _Txn()
             while self._queue:
                 pending, i = self._queue[0]
                 op = pending.ops[i]
-                if isinstance(op, ClaimWorker) or self._blocked(op):
+                if isinstance(op, ClaimWorker | ReleaseWorker) or self._blocked(op):
                     break
                 if not self._pack(txn, pending, i, op):
                     if not txn.items:
@@ -494,7 +499,17 @@ class EtcdStore:
         try:
             reply = await self.client.txn(list(txn.compares.values()), txn.success, failure, timeout=TXN_TIMEOUT)
         except EtcdUnavailableError:
-            self._answer(txn.items, CommitResult(Outcome.UNKNOWN))
+            # Its answer was lost: it may still be applied later. Make each operation's outcome
+            # definite before anyone hears of it (its Txn task stays in flight meanwhile, so a
+            # placement on the same worker waits: the slot is not reused before then).
+            self.resolving += len(txn.items)
+            try:
+                for pending, i in txn.items:
+                    op = pending.ops[i]
+                    assert isinstance(op, PlaceSession | EndSession)
+                    await self._make_definite(pending, i, op)
+            finally:
+                self.resolving -= len(txn.items)
             return
         except EtcdError as error:
             for pending, _ in txn.items:
@@ -510,12 +525,89 @@ class EtcdStore:
             op = pending.ops[i]
             assert isinstance(op, PlaceSession | EndSession)
             if len(txn.items) == 1:
-                pending.results[i] = self._explain(op, reply)
+                result = self._explain(op, reply)
+                used = txn.compares.get(self.keys.worker(op.worker))
+                if result.outcome is Outcome.UNKNOWN and used is not None \
+                        and used.mod_revision != self._fences.get(op.worker, used.mod_revision):
+                    # It compared a fence this replica has since moved (a re-put that settled
+                    # another Txn's lost answer): the worker is still ours, send it again.
+                    single = _Txn()
+                    if self._pack(single, pending, i, op):
+                        await self._send(single)
+                    continue
+                pending.results[i] = result
                 self._settle(pending)
                 continue
             single = _Txn()
             if self._pack(single, pending, i, op):
                 await self._send(single)
+
+    async def _make_definite(self, pending: _Pending, i: int, op: PlaceSession | EndSession) -> None:
+        """Settle one operation of a Txn whose answer was lost (review i12b, blocking 1).
+
+        First the worker key is re-put under this replica's fence: that moves the fence, so the
+        lost Txn (which compared the old one) can never be applied after this point. Then the
+        session is read back: applied means COMMITTED; not applied means the operation is sent
+        again under the new fence (and may time out again: then this repeats). While etcd does
+        not answer this retries; a replica that cannot reach etcd fences itself within its lease
+        TTL, and the operation is then answered UNKNOWN (nothing is published: the replica stops).
+        """
+        while True:
+            if self.fenced.is_set() or self._closing:
+                self._answer([(pending, i)], CommitResult(Outcome.UNKNOWN))
+                return
+            try:
+                if not await self._refence(op.worker):
+                    self._answer([(pending, i)], CommitResult(Outcome.FENCE_LOST))
+                    return
+                kv = await self.client.get(self.keys.session(op.session_id), timeout=TXN_TIMEOUT)
+            except EtcdUnavailableError:
+                await asyncio.sleep(RESOLVE_PAUSE)
+                continue
+            if isinstance(op, PlaceSession):
+                applied = kv is not None
+            else:  # an end never placed durably has nothing to end (as in _explain)
+                applied = kv is None or store_pb2.SessionEntry.FromString(kv.value).record == op.record
+            if applied:
+                log.info("etcd store: a Txn whose answer was lost had been applied",
+                         extra={"session_id": op.session_id})
+                self._answer([(pending, i)], CommitResult(Outcome.COMMITTED, 0 if kv is None else kv.mod_revision))
+                return
+            log.info("etcd store: a Txn whose answer was lost was not applied; sending it again",
+                     extra={"session_id": op.session_id})
+            single = _Txn()
+            if self._pack(single, pending, i, op):
+                await self._send(single)
+            return
+
+    async def _refence(self, worker: WorkerKey) -> bool:
+        """Re-put ``worker``'s key if it is still this replica's (a fenced Txn), moving the fence
+        past every Txn sent before. False when another replica owns it (or nobody does).
+
+        Raises:
+            EtcdUnavailableError: etcd did not answer (the outcome of this re-put is unknown too;
+                the next attempt's compare then fails and its read shows the key is still ours).
+        """
+        fence, entry = self._fences.get(worker), self._entries.get(worker)
+        if fence is None or entry is None:
+            return False
+        key = self.keys.worker(worker)
+        reply = await self.client.txn([modified_at(key, fence)], [put_op(key, entry)], [get_op(key)],
+                                      timeout=TXN_TIMEOUT)
+        if reply.succeeded:
+            self._moved_fence(worker, reply.header.revision)
+            return True
+        kvs = reply.responses[0].response_range.kvs if reply.responses else []
+        if kvs and store_pb2.WorkerEntry.FromString(kvs[0].value).owner_replica == self.replica_id:
+            self._moved_fence(worker, kvs[0].mod_revision)  # an earlier re-put of ours was applied
+            return True
+        self._lose(worker)
+        return False
+
+    def _moved_fence(self, worker: WorkerKey, revision: int) -> None:
+        if worker in self._fences:
+            self._fences[worker] = max(self._fences[worker], revision)
+            self._workers[worker] = (self.replica_id, self._fences[worker])
 
     def _explain(self, op: PlaceSession | EndSession, reply: pb.TxnResponse) -> CommitResult:
         """Why a one-operation Txn's compares failed, from the reads of its failure branch (in the
@@ -524,6 +616,9 @@ class EtcdStore:
                  for r in reply.responses if r.response_range.kvs}
         revision = reply.header.revision
         worker = found.get(self.keys.worker(op.worker))
+        if worker is not None and op.worker in self._fences and \
+                store_pb2.WorkerEntry.FromString(worker.value).owner_replica == self.replica_id:
+            self._moved_fence(op.worker, worker.mod_revision)  # our own re-put: still ours
         if worker is None or worker.mod_revision != self._fences.get(op.worker):
             self._lose(op.worker)
             return CommitResult(Outcome.FENCE_LOST, revision)
@@ -580,9 +675,8 @@ class EtcdStore:
         if self.fenced.is_set():
             return CommitResult(Outcome.FENCE_LOST)
         key = self.keys.worker(op.worker)
-        success = [put_op(key, store_pb2.WorkerEntry(owner_replica=self.replica_id, record=op.record)
-                          .SerializeToString()),
-                   put_op(self.keys.replica_worker(self.replica_id, op.worker), b"")]
+        entry = store_pb2.WorkerEntry(owner_replica=self.replica_id, record=op.record).SerializeToString()
+        success = [put_op(key, entry), put_op(self.keys.replica_worker(self.replica_id, op.worker), b"")]
         if op.seen_revision:
             current = await self.client.get(key)
             if current is None or current.mod_revision != op.seen_revision:
@@ -600,8 +694,29 @@ class EtcdStore:
         self.ops += 1
         revision = reply.header.revision
         self._fences[op.worker] = revision
+        self._entries[op.worker] = entry
         self._workers[op.worker] = (self.replica_id, revision)
         return CommitResult(Outcome.COMMITTED, revision)
+
+    async def _release(self, op: ReleaseWorker) -> CommitResult:
+        """Delete the worker's ownership keys if they are still this replica's (one fenced Txn)."""
+        fence = None if self.fenced.is_set() else self._fences.get(op.worker)
+        if fence is None:
+            return CommitResult(Outcome.FENCE_LOST)
+        self.drop_worker(op.worker)  # first: the delete's own watch event must not read as a loss
+        key = self.keys.worker(op.worker)
+        try:
+            reply = await self.client.txn([modified_at(key, fence)], [
+                delete_op(key), delete_op(self.keys.replica_worker(self.replica_id, op.worker))], timeout=TXN_TIMEOUT)
+        except EtcdUnavailableError:
+            return CommitResult(Outcome.UNKNOWN)  # the keys may stay: creates may still be routed here
+        self.txns += 1
+        if not reply.succeeded:
+            return CommitResult(Outcome.FENCE_LOST)  # another replica took it over meanwhile
+        self.ops += 1
+        if self._workers.get(op.worker, ("", 0))[0] == self.replica_id:
+            self._workers.pop(op.worker, None)
+        return CommitResult(Outcome.COMMITTED, reply.header.revision)
 
     # ------------------------------------------------------------------ mirrors and the lease
 
@@ -613,7 +728,9 @@ class EtcdStore:
                 store_pb2.WorkerEntry.FromString(kv.value).owner_replica, kv.mod_revision)
         for worker, fence in list(self._fences.items()):
             seen = self._workers.get(worker)
-            if seen is None or seen[1] > fence:
+            if seen is not None and seen[0] == self.replica_id:
+                self._moved_fence(worker, seen[1])  # still ours (re-put meanwhile)
+            elif seen is None or seen[1] > fence:
                 self._lose(worker)
         return reply.header.revision
 
@@ -627,7 +744,7 @@ class EtcdStore:
 
     async def _follow(self, prefix: bytes, revision: int, apply: Callable[[Sequence[pb.Event]], None],
                       reload: Callable[[], Any]) -> None:
-        while True:
+        while not self._closing:  # (a cancel the client turns into an EtcdError must not keep it alive)
             try:
                 async with await self.client.watch(prefix, prefix_end(prefix), start_revision=revision + 1) as watch:
                     async for batch in watch:
@@ -648,6 +765,7 @@ class EtcdStore:
         changed.set()
         for event in events:
             worker = self.keys.parse_worker(event.kv.key)
+            owner = ""
             if event.type == PUT:
                 owner = store_pb2.WorkerEntry.FromString(event.kv.value).owner_replica
                 self._workers[worker] = (owner, event.kv.mod_revision)
@@ -655,7 +773,10 @@ class EtcdStore:
                 self._workers.pop(worker, None)
             fence = self._fences.get(worker)
             if fence is not None and event.kv.mod_revision > fence:
-                self._lose(worker)
+                if event.type == PUT and owner == self.replica_id:
+                    self._moved_fence(worker, event.kv.mod_revision)  # our own re-put, seen first
+                else:
+                    self._lose(worker)
 
     def _on_replica_events(self, events: Sequence[pb.Event]) -> None:
         for event in events:
@@ -729,6 +850,7 @@ class EtcdStore:
 
     def _lose(self, worker: WorkerKey) -> None:
         self._fences.pop(worker, None)
+        self._entries.pop(worker, None)
         for callback in list(self.on_worker_lost):
             callback(worker)
 
@@ -774,6 +896,23 @@ class EtcdStore:
         self._fences.clear()
         for callback in list(self.on_fenced):
             callback(reason)
+
+
+async def _stop(tasks: Sequence[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait until every one has ended. A task that swallowed its cancel (as
+    ``asyncio.wait_for`` can on Python 3.11, when the awaited result arrives in the same loop step) is
+    cancelled again instead of being waited for for ever (a store's close once hung that way)."""
+    for task in tasks:
+        task.cancel()
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        _, pending = await asyncio.wait(pending, timeout=STOP_PATIENCE)
+        for task in pending:
+            log.warning("etcd store: task %s did not stop when cancelled; cancelling it again", task.get_name())
+            task.cancel()
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()  # retrieved: its failure was reported (or does not matter) while closing
 
 
 def _written(op: pb.RequestOp) -> bytes:

@@ -161,11 +161,18 @@ class Watcher:
             self._task = asyncio.create_task(self._run(), name="etcd-watch")
         if self._live:
             self._create(watch)
+        # Not asyncio.wait_for: on Python 3.11 it swallows a cancel that arrives in the loop step in
+        # which the confirmation does, and the canceller (a store closing) then waits for ever on a
+        # task that went on to read the watch. asyncio.wait lets the cancel through.
         try:
-            await asyncio.wait_for(asyncio.shield(watch._created), timeout)
-        except TimeoutError:
+            await asyncio.wait({watch._created}, timeout=timeout)
+        except BaseException:
             self._cancel(watch)
-            raise EtcdUnavailableError(f"etcd: watch not confirmed within {timeout} s") from None
+            raise
+        if not watch._created.done():
+            self._cancel(watch)
+            raise EtcdUnavailableError(f"etcd: watch not confirmed within {timeout} s")
+        watch._created.result()  # raises what ended the watch before it was confirmed
         return watch
 
     async def close(self) -> None:
