@@ -658,6 +658,7 @@ class Engine:
             events = self.table.take_events()
             if events:
                 self.cluster.commits.submit(events)  # commit, then publish (SPEC §6.5)
+            self.cluster.admission.local_changed()  # free slots may have changed
         deadline = self.table.next_deadline()
         if deadline is not None and deadline < self._timer_at:
             if self._timer is not None:

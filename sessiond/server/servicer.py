@@ -55,23 +55,26 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         options = validate.options(request.options, request.HasField("options"), self.engine.config)
         demand = validate.demand(request.options.resources)
         selector = validate.selector(request.options.selector)
+        owner = validate.name(request.owner, "owner", required=False)
+        request_id = validate.name(request.request_id, "request_id", required=False)
+        principal = auth.current().name
+
+        async def place(max_wait: float | None) -> session_service_pb2.CreateSessionResponse:
+            return session_service_pb2.CreateSessionResponse(session=await self._placed(self.engine.create_session(
+                task_queue, options, max_wait=max_wait, owner=owner, request_id=request_id, demand=demand,
+                selector=selector, principal=principal)))
+
         cluster = self.engine.cluster
-        if cluster is not None:
-            elsewhere = cluster.routes.create_target(task_queue, context)
-            if elsewhere is None and not cluster.routes.knows_queue(task_queue):
-                wait = options.creation_timeout
-                capped = _max_wait(context)
-                elsewhere = await cluster.routes.wait_for_worker(task_queue, context,
-                                                          wait if capped is None else min(wait, capped))
-            if elsewhere is not None:  # no worker of the queue here: a replica that has some places it
-                return await cluster.routes.call(elsewhere, "CreateSession", request, context,
-                                          session_service_pb2.CreateSessionResponse)
-        return session_service_pb2.CreateSessionResponse(session=await self._placed(self.engine.create_session(
-            task_queue, options, max_wait=_max_wait(context),
-            owner=validate.name(request.owner, "owner", required=False),
-            request_id=validate.name(request.request_id, "request_id", required=False),
-            demand=demand, selector=selector, principal=auth.current().name,
-        )))
+        if cluster is None:
+            return await place(_max_wait(context))
+        if cluster.routes.forwarded(context):
+            return await place(0.0)  # another replica holds this create's place in line: now or NO_CAPACITY
+        capped = _max_wait(context)
+        return await cluster.admission.create(
+            task_queue, options.creation_timeout if capped is None else min(options.creation_timeout, capped),
+            lambda: place(0.0),
+            lambda address: cluster.routes.call(address, "CreateSession", request, context,
+                                                session_service_pb2.CreateSessionResponse, no_room_raises=True))
 
     @rpc
     async def RecreateSession(self, request: session_service_pb2.RecreateSessionRequest,
@@ -193,6 +196,15 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
             if principal not in (None, viewer.principal):
                 return session_service_pb2.ListSessionsResponse()  # another principal's: none it may see
             principal = viewer.principal
+        cluster = self.engine.cluster
+        if cluster is not None:  # the whole cluster's, from the store
+            stored, more = await cluster.listing.sessions(
+                task_queue=validate.name(request.task_queue, "task_queue", required=False),
+                owner=validate.name(request.owner, "owner", required=False),
+                state=validate.state_filter(request.state), principal=principal, resource=resource, after=after,
+                limit=size)
+            return session_service_pb2.ListSessionsResponse(
+                sessions=stored, next_page_token="" if more is None else str(more))
         page, more = self.engine.table.sessions(
             task_queue=validate.name(request.task_queue, "task_queue", required=False),
             owner=validate.name(request.owner, "owner", required=False),
@@ -208,9 +220,13 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         size, after = validate.worker_page(request.page_size, request.page_token)
         task_queue = validate.name(request.task_queue, "task_queue", required=False)
         page, more = self.engine.table.workers(task_queue=task_queue, after=after, limit=size)
-        return session_service_pb2.ListWorkersResponse(
+        local = session_service_pb2.ListWorkersResponse(
             workers=[self.engine.worker_to_pb(w) for w in page], next_page_token=validate.worker_token(more),
             waiting=self.engine.waiting_to_pb(task_queue) if after is None else ())
+        cluster = self.engine.cluster
+        if cluster is None or cluster.routes.forwarded(context):
+            return local
+        return await cluster.listing.workers(request, context, local)  # every replica's workers
 
     async def _placed(self, placing: Awaitable[Session]) -> session_pb2.Session:
         """The session a Create or Recreate placed here, as sent back; or, when its request id was

@@ -1,7 +1,9 @@
 """One replica of a replicated sessiond (SPEC §6.5, distributed.md §3): the engine's side of the etcd
-store, in three parts: :class:`~.commits.Commits` (reserve -> commit -> publish),
-:class:`~.ownership.Ownership` (claims, adoption, the janitor) and :class:`~.routing.Router`
-(forwarding to other replicas). Only replicas import this package (it loads the etcd store).
+store, in five parts: :class:`~.commits.Commits` (reserve -> commit -> publish),
+:class:`~.ownership.Ownership` (claims, adoption, the janitor), :class:`~.routing.Router`
+(forwarding to other replicas), :class:`~.waiters.Admission` (creates served oldest-first
+across replicas, free-slot hints) and :class:`~.listing.Listing` (List* of the whole cluster).
+Only replicas import this package (it loads the etcd store).
 
 Self-fencing: when the store fences itself (lease renewals stopped), the replica ends every worker
 stream (the workers hold their sessions and register at another replica) and stops.
@@ -18,8 +20,10 @@ from sessiond.core.token import TokenKeys
 from sessiond.server.cluster.commits import Commits
 from sessiond.server.cluster.connect import open_store
 from sessiond.server.cluster.keys import owner_key_name, request_key_name
+from sessiond.server.cluster.listing import Listing
 from sessiond.server.cluster.ownership import Ownership
 from sessiond.server.cluster.routing import Router
+from sessiond.server.cluster.waiters import Admission
 
 if TYPE_CHECKING:
     from sessiond.server.engine import Engine
@@ -40,6 +44,8 @@ class Cluster:
         self.commits = Commits(engine, store, self.fenced)
         self.ownership = Ownership(engine, store, self.fenced, self.commits.settled)
         self.routes = Router(engine, store)
+        self.admission = Admission(engine, store)
+        self.listing = Listing(store, self.routes)
         self._janitor: asyncio.Task[None] | None = None
         store.on_fenced.append(self._fenced)
 
@@ -51,6 +57,7 @@ class Cluster:
         config = self.engine.config
         if config.token_key is None and config.token_key_file is None:
             self.engine.signer.use(TokenKeys(await self.store.cluster_secret("token_key")))
+        await self.admission.start()
         self._janitor = asyncio.create_task(self.ownership.janitor_loop(), name="sessiond-janitor")
 
     async def close(self) -> None:
@@ -59,6 +66,7 @@ class Cluster:
             self._janitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._janitor
+        await self.admission.close()
         await self.routes.close()
 
     def _fenced(self, reason: str) -> None:

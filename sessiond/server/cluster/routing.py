@@ -1,6 +1,6 @@
 """Routing between replicas (SPEC §6.5, distributed.md §3.6): session-scoped calls forwarded to the
-replica owning the session's worker, creates sent to a replica with a worker of the queue, recreates
-to the token's worker's replica, and WatchSession of a remote session from the store's watch."""
+replica owning the session's worker, recreates to the token's worker's replica, and WatchSession
+of a remote session from the store's watch. (Creates: :mod:`~sessiond.server.cluster.waiters`.)"""
 
 from __future__ import annotations
 
@@ -12,10 +12,16 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import grpc
 from google.protobuf.message import Message
-from google.rpc import status_pb2
+from google.rpc import error_details_pb2, status_pb2
 from sessiond_client.api.v1 import session_pb2, session_service_pb2
 
-from sessiond.core.errors import OwnerUnavailableError, SessionError, SessionNotFoundError
+from sessiond.core.errors import (
+    NoCapacityError,
+    OwnerUnavailableError,
+    RecoveringError,
+    SessionError,
+    SessionNotFoundError,
+)
 from sessiond.core.model import Viewer
 from sessiond.server import auth
 from sessiond.store.etcd.errors import EtcdError
@@ -25,13 +31,18 @@ if TYPE_CHECKING:
     from sessiond.server.engine import Engine
     from sessiond.store.etcd.store import EtcdStore
 
-__all__ = ["FORWARDED", "Router"]
+__all__ = ["FORWARDED", "OWNER_HINT", "Router"]
 
 WHERE_CACHE = 100_000
 """Sessions whose worker a replica remembers for forwarding (each ≈ 200 bytes)."""
 SERVICE = "sessiond.v1.SessionService"
 FORWARDED = auth.FORWARDED_BY
-"""Metadata on a call one replica forwards to another: the receiver never forwards it again."""
+"""Metadata on a call one replica forwards to another: the receiver never forwards it again (a
+forwarded CreateSession places at once or answers NO_CAPACITY: the sender keeps its place in line)."""
+OWNER_HINT = "sessiond-owner"
+"""Trailing metadata on an answer a replica gave for a session it does not hold (forwarded, or
+OWNER_UNAVAILABLE with the owner known): the address of the replica owning the session's worker.
+A client that knows several replicas may send that session's later calls straight there."""
 _PASSED_ON = ("authorization", "traceparent", "tracestate")
 _TRACE = ("traceparent", "tracestate")
 
@@ -45,12 +56,21 @@ def _serialize(message: Message) -> bytes:
 
 def _has_reason(error: grpc.aio.AioRpcError) -> bool:
     """Whether the status carries sessiond's ErrorInfo (a real answer, not a transport failure)."""
+    return _reason(error) is not None
+
+
+def _reason(error: grpc.aio.AioRpcError) -> str | None:
+    """The ErrorInfo reason of a sessiond answer (None: none, e.g. a transport failure)."""
     pairs = cast("Sequence[tuple[str, str | bytes]]", error.trailing_metadata() or ())
     for key, value in pairs:
         if key == "grpc-status-details-bin" and isinstance(value, bytes):
             with contextlib.suppress(Exception):
-                return bool(status_pb2.Status.FromString(value).details)
-    return False
+                for detail in status_pb2.Status.FromString(value).details:
+                    info = error_details_pb2.ErrorInfo()
+                    if detail.Unpack(info):
+                        return str(info.reason)
+                return ""
+    return None
 
 
 def _peer_credentials(config: ServerConfig) -> grpc.ChannelCredentials | None:
@@ -75,7 +95,7 @@ class Router:
         self.store = store
         self._loop = asyncio.get_running_loop()
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._next_target = 0
+        self._closing: set[asyncio.Task[None]] = set()
         self._where: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._peer = auth.peer_token(engine.config)
         self._tls = _peer_credentials(engine.config)
@@ -123,6 +143,7 @@ class Router:
         Raises:
             SessionNotFoundError: the store has no such session.
             OwnerUnavailableError: the owner cannot be reached, or the worker is moving (retry).
+            RecoveringError: the owner's replica could not be connected to: nothing was sent (retry).
         """
         forwarded = self._forwarded(context)
         worker = self._where.get(session_id)
@@ -131,7 +152,7 @@ class Router:
             if address is not None:  # a session never changes worker: no store read on this path
                 try:
                     return await self.call(address, method, request, context, response_type)
-                except OwnerUnavailableError:
+                except (OwnerUnavailableError, RecoveringError):
                     if method != "GetSessionInfo":
                         raise
                     # The owner is unreachable (dead, its lease not expired yet): the store answers.
@@ -148,31 +169,48 @@ class Router:
         if address is None or forwarded:
             if method == "GetSessionInfo" or (terminal and method == "CompleteSession"):
                 return session
-            raise OwnerUnavailableError(
-                f"session {session_id!r}: its worker is not connected to any replica now (moving?); retry",
-                metadata={"session_id": session_id})
+            # Nothing was sent: the call is safe to repeat, an activity included (RECOVERING).
+            raise RecoveringError(
+                f"session {session_id!r}: its worker is not connected to any replica now (moving?); nothing was "
+                "sent: retry", metadata={"session_id": session_id})
         try:
             return await self.call(address, method, request, context, response_type)
-        except OwnerUnavailableError:
+        except (OwnerUnavailableError, RecoveringError):
             if method == "GetSessionInfo":
                 return session  # as stored: the owner is unreachable
             raise
 
     async def call(self, address: str, method: str, request: Message, context: Context,
-                   response_type: type[R]) -> R:
-        """Call ``method`` of another replica's SessionService on the caller's behalf."""
+                   response_type: type[R], *, no_room_raises: bool = False) -> R:
+        """Call ``method`` of another replica's SessionService on the caller's behalf (its error
+        answers become the caller's; with ``no_room_raises``, NO_CAPACITY raises NoCapacityError)."""
         stub = self._channel(address).unary_unary(f"/{SERVICE}/{method}", request_serializer=_serialize,
                                                   response_deserializer=response_type.FromString)
+        hint = (OWNER_HINT, address)
         try:
-            return cast("R", await stub(request, timeout=context.time_remaining(), metadata=self._metadata(context)))
+            answer = cast("R", await stub(request, timeout=context.time_remaining(),
+                                          metadata=self._metadata(context)))
+            context.set_trailing_metadata((hint,))
+            return answer
         except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.UNAVAILABLE and not _has_reason(error) \
+                    and "failed to connect" in (error.details() or ""):
+                # The channel never reached the replica (it stopped, or restarts): nothing was sent.
+                # A channel that failed to connect backs off its reconnects (up to minutes): a fresh
+                # one reaches a restarted replica at once.
+                self._drop_channel(address)
+                raise RecoveringError(
+                    f"the replica owning the session ({address}) is not reachable (restarting? its worker then "
+                    "moves to another replica); nothing was sent: retry", metadata={"owner_address": address}) from None
             if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) \
                     and not _has_reason(error):
                 raise OwnerUnavailableError(
                     f"the replica owning the session ({address}) did not answer: {error.details()}; retry "
-                    "(an activity's outcome is unknown)") from None
+                    "(an activity's outcome is unknown)", metadata={"owner_address": address}) from None
+            if no_room_raises and _reason(error) == NoCapacityError.reason:
+                raise NoCapacityError(error.details() or "no room") from None
             # grpc wants a plain tuple of pairs here (an aio Metadata is refused).
-            trailing = tuple(cast("Sequence[tuple[str, str | bytes]]", error.trailing_metadata() or ()))
+            trailing = (*cast("Sequence[tuple[str, str | bytes]]", error.trailing_metadata() or ()), hint)
             await context.abort(error.code(), error.details() or "", trailing)
             raise  # abort raises; this line satisfies the type checker
 
@@ -290,47 +328,16 @@ class Router:
             return None
         return self._address_of((worker.task_queue, worker.worker_id))
 
-    async def wait_for_worker(self, task_queue: str, context: Context, wait: float) -> str | None:
-        """No replica has a worker of ``task_queue`` yet: wait up to ``wait`` seconds for one to
-        register anywhere. Returns the address of the replica that got it (None: this replica, or
-        none in time: the create is then handled here, where it waits for the rest of its time)."""
-        if wait <= 0 or self._forwarded(context):
-            return None
-        deadline = self._loop.time() + wait
-        while not self._has_local(task_queue):
-            target = self.create_target(task_queue, context)
-            if target is not None:
-                return target
-            remaining = deadline - self._loop.time()
-            if remaining <= 0:
-                return None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.store.workers_changed(), remaining)
-        return None
+    def forwarded(self, context: Context) -> bool:
+        """Whether another replica forwarded this call (see :meth:`_forwarded`)."""
+        return self._forwarded(context)
 
-    def knows_queue(self, task_queue: str) -> bool:
-        """Whether any replica (this one included) has a worker of ``task_queue``."""
-        return self._has_local(task_queue) or any(
-            queue == task_queue for (queue, _), _owner in self.store.worker_owners())
-
-    def _has_local(self, task_queue: str) -> bool:
-        return any(key.task_queue == task_queue for key in self.engine._connections)
-
-    def create_target(self, task_queue: str, context: Context) -> str | None:
-        """Where a create goes when this replica has no worker of ``task_queue`` connected: a live
-        replica that owns one (the least recently chosen), or None to handle it here (wait, or
-        NO_CAPACITY). A forwarded create is always handled where it arrived."""
-        if self._has_local(task_queue):
-            return None
-        if self._forwarded(context):
-            return None
-        owners = sorted({owner for (queue, _), owner in self.store.worker_owners()
-                         if queue == task_queue and owner != self.store.replica_id})
-        addresses = [a for a in (self.store.replica_address(o) for o in owners) if a is not None]
-        if not addresses:
-            return None
-        self._next_target = (self._next_target + 1) % len(addresses)
-        return addresses[self._next_target]
+    def _drop_channel(self, address: str) -> None:
+        channel = self._channels.pop(address, None)
+        if channel is not None:
+            task = self._loop.create_task(channel.close(None))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
         """Close the channels to other replicas."""

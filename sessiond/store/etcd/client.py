@@ -325,17 +325,26 @@ class EtcdClient:
         keys_only: bool = False,
         count_only: bool = False,
         serializable: bool = False,
+        min_create_revision: int = 0,
+        by_create_revision: bool = False,
         timeout: float | None = None,
     ) -> pb.RangeResponse:
         """Read [key, range_end) (one key when range_end is empty), linearizably unless ``serializable``.
 
         ``response.header.revision`` is the revision the read saw: watch from it + 1 to miss nothing.
+        ``by_create_revision`` sorts the keys oldest created first (``limit`` then applies after the
+        sort, and ``response.more`` says whether keys were left out); ``min_create_revision`` keeps
+        keys created at or after that revision.
 
         Raises:
             EtcdCompactedError: ``revision`` was compacted.
         """
         request = pb.RangeRequest(key=key, range_end=range_end, revision=revision, limit=limit,
-                                  keys_only=keys_only, count_only=count_only, serializable=serializable)
+                                  keys_only=keys_only, count_only=count_only, serializable=serializable,
+                                  min_create_revision=min_create_revision)
+        if by_create_revision:
+            request.sort_order = pb.RangeRequest.SORT_ORDER_ASCEND
+            request.sort_target = pb.RangeRequest.SORT_TARGET_CREATE
         return await self._call(lambda m: m.kv.Range, request, timeout, write=False)
 
     async def get(self, key: bytes, *, timeout: float | None = None) -> pb.KeyValue | None:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
@@ -26,6 +26,7 @@ from sessiond_client._errors import (
     _from_rpc_error,
 )
 from sessiond_client._limits import DEFAULT_MAX_MESSAGE_SIZE
+from sessiond_client._owners import OwnerHints
 from sessiond_client._retry import Backoff
 from sessiond_client._session import SessionContext
 from sessiond_client._time import Duration, to_seconds, to_timedelta
@@ -132,6 +133,7 @@ class SessionClient:
         self._metadata: Metadata = self._config.call_metadata()
         self._channel = self._config.open_channel()
         self._stub = session_service_pb2_grpc.SessionServiceStub(self._channel)
+        self._owners = OwnerHints(self._config)
         self._background: set[asyncio.Future[Any]] = set()
         self._server_incarnation: str | None = None
         self._closed = False
@@ -205,6 +207,7 @@ class SessionClient:
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         await self._channel.close(grace)
+        await self._owners.close(grace)
 
     @property
     def stub(self) -> session_service_pb2_grpc.SessionServiceAsyncStub:
@@ -351,7 +354,8 @@ class SessionClient:
             SessionNotFoundError: Unknown id, or past retention.
         """
         response = await self._unary(
-            self._stub.GetSessionInfo, session_service_pb2.GetSessionInfoRequest(session_id=session_id), retry=True
+            self._stub.GetSessionInfo, session_service_pb2.GetSessionInfoRequest(session_id=session_id), retry=True,
+            session_id=session_id, route=lambda stub: stub.GetSessionInfo,
         )
         if response.server_incarnation:
             self._server_incarnation = response.server_incarnation
@@ -362,7 +366,8 @@ class SessionClient:
     async def complete_session(self, session_id: str) -> SessionInfo:
         """Complete a session by id (idempotent; a no-op on FAILED or CLOSED sessions)."""
         response = await self._unary(
-            self._stub.CompleteSession, session_service_pb2.CompleteSessionRequest(session_id=session_id), retry=True
+            self._stub.CompleteSession, session_service_pb2.CompleteSessionRequest(session_id=session_id), retry=True,
+            session_id=session_id, route=lambda stub: stub.CompleteSession,
         )
         return SessionInfo._from_proto(response.session)
 
@@ -447,15 +452,20 @@ class SessionClient:
         *,
         rpc_timeout: float | None = None,
         retry: bool = False,
+        session_id: str = "",
+        route: Callable[[session_service_pb2_grpc.SessionServiceAsyncStub],
+                        grpc.aio.UnaryUnaryMultiCallable[_Req, _Resp]] | None = None,
     ) -> _Resp:
         """Call a unary RPC with the client's metadata; map errors; retry transport failures if idempotent.
 
+        With several replicas, a call about ``session_id`` goes to the replica its owner hint names
+        (``route`` picks the method on that replica's stub), and every answer's hint is noted.
         With tracing on, the call is one CLIENT span (retries included) carrying the session's ids.
         """
         name = type(request).__name__.removesuffix("Request")
         with _tracing.client_span(name) as span:
             try:
-                response = await self._unary_attempts(method, request, rpc_timeout, retry)
+                response = await self._unary_attempts(method, request, rpc_timeout, retry, session_id, route)
             except SessiondError as err:
                 _tracing.fail(span, err.reason or type(err).__name__, str(err), err.code)
                 raise
@@ -475,24 +485,41 @@ class SessionClient:
         request: _Req,
         rpc_timeout: float | None,
         retry: bool,
+        session_id: str = "",
+        route: Callable[[session_service_pb2_grpc.SessionServiceAsyncStub],
+                        grpc.aio.UnaryUnaryMultiCallable[_Req, _Resp]] | None = None,
     ) -> _Resp:
         loop = asyncio.get_running_loop()
+        hints = self._owners
         deadline = loop.time() + (self._default_rpc_timeout if rpc_timeout is None else rpc_timeout)
         backoff = Backoff(0.05, 1.0)
         attempt = 0
         while True:
             attempt += 1
+            direct = hints.stub_for(session_id) if hints.enabled and session_id and route is not None else None
             try:
-                return await method(
+                call = (method if direct is None or route is None else route(direct))(
                     request,
                     timeout=max(deadline - loop.time(), 0.001),
                     metadata=_tracing.with_trace_context(self._metadata),
                     # A call made while the server restarts waits for it (within the deadline).
-                    wait_for_ready=True,
+                    wait_for_ready=direct is None,
                 )
+                response = await call
+                if hints.enabled:
+                    placed = getattr(response, "session", None)
+                    hints.note(session_id or (placed.session_id if placed is not None else ""),
+                               await call.trailing_metadata())
+                return response
             except grpc.aio.AioRpcError as err:
                 mapped: SessiondError = _from_rpc_error(err)
                 transient = err.code() in _UNARY_RETRY_CODES and not mapped.reason
+                if hints.enabled and session_id:
+                    if direct is not None and transient:
+                        hints.failed(session_id)  # the hinted replica did not answer: back to the channel
+                        if loop.time() < deadline:
+                            continue
+                    hints.note(session_id, err.trailing_metadata())
                 if isinstance(mapped, RecoveringError):
                     # Not answered yet (the session's worker has not reported it): nothing happened,
                     # so even a non-idempotent call may be repeated, until its deadline.

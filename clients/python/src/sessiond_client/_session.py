@@ -303,11 +303,13 @@ class Session:
     async def _execute_once(self, request: session_service_pb2.ExecuteActivityRequest,
                             deadline: float) -> session_service_pb2.ExecuteActivityResponse:
         # The server answers ACTIVITY_TIMEOUT at start_to_close; the RPC deadline only backs that up.
-        call = self._client.stub.ExecuteActivity(
+        hints = self._client._owners
+        direct = hints.stub_for(self.id) if hints.enabled else None
+        call = (direct or self._client.stub).ExecuteActivity(
             request,
             timeout=max(deadline - asyncio.get_running_loop().time(), 0.001),
             metadata=_tracing.with_trace_context(self._client._metadata),
-            wait_for_ready=True,
+            wait_for_ready=direct is None,
         )
         rpc = asyncio.ensure_future(_await_call(call))
         ended = asyncio.ensure_future(self._ended.wait())
@@ -319,8 +321,12 @@ class Session:
             try:
                 response: session_service_pb2.ExecuteActivityResponse = rpc.result()
             except SessiondError as err:
+                if direct is not None and not err.reason:
+                    hints.failed(self.id)  # the hinted replica did not answer: back to the client's channel
                 self._note_verdict(err)
                 raise
+            if hints.enabled:
+                hints.note(self.id, await call.trailing_metadata())
         finally:
             if not rpc.done():
                 call.cancel()  # given up (session ended, or we were cancelled): free the server side too
@@ -338,7 +344,7 @@ class Session:
         response = await self._client._unary(
             self._client.stub.CompleteSession,
             session_service_pb2.CompleteSessionRequest(session_id=self.id),
-            retry=True,
+            retry=True, session_id=self.id, route=lambda stub: stub.CompleteSession,
         )
         self._apply(SessionInfo._from_proto(response.session))
         return self._info
@@ -446,7 +452,9 @@ class Session:
         loop = asyncio.get_running_loop()
         unreachable_since: float | None = None
         while not self._ended.is_set():
-            call = self._client.stub.WatchSession(request, metadata=self._client._metadata)
+            hints = self._client._owners
+            direct = hints.stub_for(self.id) if hints.enabled else None
+            call = (direct or self._client.stub).WatchSession(request, metadata=self._client._metadata)
             try:
                 async for response in call:
                     self._apply(SessionInfo._from_proto(response.session))
@@ -463,6 +471,8 @@ class Session:
                     unreachable_since = None  # a server answered; it is waiting for the session's worker
                 else:
                     transient = err.code() in TRANSIENT_CODES and not mapped.reason
+                    if direct is not None and transient:
+                        hints.failed(self.id)  # the hinted replica did not answer: back to the client's channel
                     if not (transient or isinstance(mapped, ServerShuttingDownError)):
                         logger.warning("watch of session %s stopped: %s", self.id, mapped)
                         return
