@@ -99,7 +99,7 @@ async def test_a_takeover_fences_the_old_owner_out(make_store: MakeStore) -> Non
     await eventually(lambda: a.owner_of(W1) == b.replica_id and lost == [W1], message="a sees the takeover")
 
     # Nothing a writes about the worker lands any more, even if it had not noticed the takeover.
-    a._fences[W1] = fence_a  # as if the mirror were late
+    a.ownership.fences[W1] = fence_a  # as if the mirror were late
     results = await a.commit([PlaceSession("s2", W1, b"open"), EndSession("s1", W1, b"failed")])
     assert [r.outcome for r in results] == [Outcome.FENCE_LOST, Outcome.FENCE_LOST]
     assert a.fence_of(W1) is None
@@ -317,7 +317,7 @@ async def test_a_store_whose_mirror_task_dies_fences_itself(etcd_cluster: EtcdCl
     def broken(events: Any) -> None:
         raise RuntimeError("a bug in the replica mirror")
 
-    store._on_replica_events = broken  # type: ignore[method-assign]
+    store.ownership.on_replica_events = broken  # type: ignore[method-assign]
     await store.start()
     try:
         assert not store.fenced.is_set()

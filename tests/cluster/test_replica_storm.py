@@ -235,7 +235,7 @@ async def test_the_history_check_catches_a_write_by_a_replica_that_lost_the_work
         assert taken.outcome is Outcome.COMMITTED
         await eventually(lambda: a.owner_of(worker) == b.replica_id, message="a saw the takeover")
         # ... while a, which lost it, still places a session it had reserved.
-        a._fences[worker] = claimed.revision  # as if its mirror were late
+        a.ownership.fences[worker] = claimed.revision  # as if its mirror were late
         a.test_unfenced = not fenced
         [late] = await a.commit([PlaceSession("s2", worker, b"open")])
         if fenced:

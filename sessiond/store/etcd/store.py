@@ -28,15 +28,24 @@ replicas.
 **Group commit**: :meth:`EtcdStore.commit` queues the batch for the one writer task, which packs
 the operations of every waiting caller into as few Txns as possible (compares deduplicated, no key
 written twice in one Txn, at most :data:`MAX_TXN_OPS` operations) and keeps up to
-:data:`MAX_IN_FLIGHT` Txns in flight on disjoint keys (a placement on a worker also waits for the
-ends on it in flight): an idle replica pays one round trip, a busy one batches and pipelines. A packed Txn whose
-compares fail is retried one operation at a time, in order (a definite "not applied" is safe to
-retry; an unknown outcome never is: it is reported as :attr:`Outcome.UNKNOWN`).
+:data:`~sessiond.store.etcd.writer.MAX_IN_FLIGHT` Txns in flight on disjoint keys (a placement on a
+worker also waits for the ends on it in flight): an idle replica pays one round trip, a busy one
+batches and pipelines. A packed Txn whose compares fail is retried one operation at a time, in
+order (a definite "not applied" is safe to retry; an unknown outcome never is: it is first made
+definite, see :mod:`~sessiond.store.etcd.writer`).
 
 **Self-fencing** (§3.5): etcd never expires a lease early, so the replica may act as an owner until
 ``send time of the last acknowledged renewal + TTL - margin``. Past that (or when etcd says the lease
 is gone) the store drops every fence, refuses every further write (``FENCE_LOST``) and calls the
 ``on_fenced`` callbacks: the server closes its worker streams so the workers move to another replica.
+
+The store is a composition, one job per module: :mod:`~sessiond.store.etcd.keys` (the key layout),
+:mod:`~sessiond.store.etcd.writer` (group commit, claims, making lost outcomes definite),
+:mod:`~sessiond.store.etcd.ownership` (the mirrors and this replica's fences),
+:mod:`~sessiond.store.etcd.guard` (the lease guard), :mod:`~sessiond.store.etcd.retention` (the
+retention buckets) and :mod:`~sessiond.store.etcd.orphans` (the janitor's reads and write). This
+module keeps :class:`EtcdStore`: the lifecycle and the :class:`~sessiond.store.base.SessionStore`
+protocol.
 """
 
 from __future__ import annotations
@@ -47,19 +56,13 @@ import logging
 import os
 import time
 import uuid
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, unquote
+from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
 from sessiond.store.base import (
-    ClaimWorker,
     CommitResult,
     EndSession,
-    Outcome,
-    PlaceSession,
-    ReleaseWorker,
     StoredSession,
     StoreOp,
     WorkerKey,
@@ -67,10 +70,16 @@ from sessiond.store.base import (
 )
 from sessiond.store.etcd.api import v3_subset_pb2 as pb
 from sessiond.store.etcd.client import EtcdClient
-from sessiond.store.etcd.errors import EtcdCompactedError, EtcdError, EtcdUnavailableError
+from sessiond.store.etcd.errors import EtcdCompactedError, EtcdError
+from sessiond.store.etcd.guard import guard_lease
+from sessiond.store.etcd.keys import Keys
 from sessiond.store.etcd.lease import Lease
-from sessiond.store.etcd.ops import compare, created_at, delete_op, get_op, modified_at, prefix_end, put_op
+from sessiond.store.etcd.ops import created_at, get_op, prefix_end, put_op
+from sessiond.store.etcd.orphans import Orphans
+from sessiond.store.etcd.ownership import Ownership
+from sessiond.store.etcd.retention import RetentionBuckets
 from sessiond.store.etcd.watch import PUT
+from sessiond.store.etcd.writer import MAX_TXN_OPS, TXN_TIMEOUT, Writer
 from sessiond.store.records import store_pb2
 
 if TYPE_CHECKING:
@@ -80,93 +89,8 @@ __all__ = ["MAX_TXN_OPS", "EtcdStore", "Keys"]
 
 log = logging.getLogger("sessiond.store.etcd")
 
-MAX_TXN_OPS = 120
-"""Operations (compares, puts, deletes) per Txn; etcd's default ``--max-txn-ops`` is 128."""
-MAX_IN_FLIGHT = 4
-"""Txns the writer keeps in flight at once (on disjoint keys)."""
-BUCKET_SECONDS = 10.0
-BUCKET_KEYS = 500
-TXN_TIMEOUT = 2.0
-"""Seconds a write may take before its outcome counts as unknown (and is read back). A proposal
-sent while the etcd leader dies waits for the new one; reading back after an election (≈ 1–2 s)
-is quicker than waiting for the client's 5 s default."""
-RESOLVE_PAUSE = 0.2
-"""Seconds between attempts to make a lost Txn's outcome definite while etcd does not answer."""
 STOP_PATIENCE = 1.0
 """Seconds :meth:`EtcdStore.close` waits for a cancelled task before cancelling it again."""
-SELF_FENCE_MARGIN = 1.0
-"""Seconds before the lease could expire at which the replica stops acting as an owner."""
-
-
-def _part(name: str) -> bytes:
-    return quote(name, safe="").encode()
-
-
-@dataclass(frozen=True)
-class Keys:
-    """The key layout under one cluster's prefix."""
-
-    prefix: bytes
-
-    def replica(self, replica_id: str) -> bytes:
-        return self.prefix + b"replicas/" + _part(replica_id)
-
-    @property
-    def replicas(self) -> bytes:
-        return self.prefix + b"replicas/"
-
-    def worker(self, worker: WorkerKey) -> bytes:
-        return self.prefix + b"workers/" + _part(worker[0]) + b"/" + _part(worker[1])
-
-    @property
-    def workers(self) -> bytes:
-        return self.prefix + b"workers/"
-
-    def parse_worker(self, key: bytes) -> WorkerKey:
-        queue, _, worker = key[len(self.workers):].decode().partition("/")
-        return unquote(queue), unquote(worker)
-
-    def replica_worker(self, replica_id: str, worker: WorkerKey) -> bytes:
-        return self.prefix + b"rworkers/" + _part(replica_id) + b"/" + _part(worker[0]) + b"/" + _part(worker[1])
-
-    def replica_workers(self, replica_id: str) -> bytes:
-        return self.prefix + b"rworkers/" + _part(replica_id) + b"/"
-
-    def session(self, session_id: str) -> bytes:
-        return self.prefix + b"sessions/" + _part(session_id)
-
-    def slots(self, worker: WorkerKey) -> bytes:
-        return self.prefix + b"wsess/" + _part(worker[0]) + b"/" + _part(worker[1]) + b"/"
-
-    def slot(self, worker: WorkerKey, session_id: str) -> bytes:
-        return self.slots(worker) + _part(session_id)
-
-    def owner(self, owner: str) -> bytes:
-        return self.prefix + b"owners/" + _part(owner)
-
-    def request(self, request_id: str) -> bytes:
-        return self.prefix + b"requests/" + _part(request_id)
-
-
-@dataclass
-class _Pending:
-    ops: Sequence[StoreOp]
-    future: asyncio.Future[list[CommitResult]]
-    results: list[CommitResult | None] = field(default_factory=list)
-
-
-@dataclass
-class _Txn:
-    """One Txn being packed: the operations it carries and what it compares and writes."""
-
-    items: list[tuple[_Pending, int]] = field(default_factory=list)
-    compares: dict[bytes, pb.Compare] = field(default_factory=dict)
-    success: list[pb.RequestOp] = field(default_factory=list)
-    written: set[bytes] = field(default_factory=set)
-
-    @property
-    def size(self) -> int:
-        return len(self.compares) + len(self.success)
 
 
 class EtcdStore:
@@ -190,30 +114,55 @@ class EtcdStore:
         self.lease_ttl = lease_ttl
         self.retention = retention
         self.lease: Lease | None = None
-        self.fenced = asyncio.Event()
-        self.on_fenced: list[Callable[[str], None]] = []
-        self.on_worker_lost: list[Callable[[WorkerKey], None]] = []
-        self._fences: dict[WorkerKey, int] = {}
-        self._entries: dict[WorkerKey, bytes] = {}  # the worker keys this replica wrote (for re-puts)
-        self.test_unfenced = False
-        """Test-only: True makes places and ends skip the fence (a replica that lost the worker
-        writes anyway): the negative control of the hard-limit tests. Never set otherwise."""
-        self._workers: dict[WorkerKey, tuple[str, int]] = {}  # mirror: worker -> (owner, mod revision)
-        self._replicas: dict[str, str] = {}  # mirror: replica id -> address
-        self._workers_changed = asyncio.Event()
-        self._gone_since: dict[str, float] = {}  # replicas seen gone by the janitor, since when (loop time)
-        self._pending: deque[_Pending] = deque()
-        self._queue: deque[tuple[_Pending, int]] = deque()
-        # Txns in flight: the keys each writes, and the workers it ends sessions on.
-        self._inflight: dict[asyncio.Task[None], tuple[set[bytes], set[WorkerKey]]] = {}
-        self._wake = asyncio.Event()
+        self.ownership = Ownership(client, self.keys, self.replica_id)
+        """The mirrors of who owns what, and this replica's fences."""
+        buckets = RetentionBuckets(client, retention)
+        self.writer = Writer(client, self.keys, self.ownership, buckets)
+        """The group-commit writer."""
+        self.orphans = Orphans(client, self.keys, self.ownership, buckets)
+        """The janitor's reads and write."""
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
-        self._bucket: tuple[int, float, int] | None = None  # (lease id, granted at, keys on it)
-        self.txns = 0
-        self.ops = 0
-        self.resolving = 0
+
+    @property
+    def fenced(self) -> asyncio.Event:
+        """Set once this replica fenced itself (it then writes nothing more)."""
+        return self.ownership.fenced
+
+    @property
+    def on_fenced(self) -> list[Callable[[str], None]]:
+        """Called with the reason when this replica fences itself."""
+        return self.ownership.on_fenced
+
+    @property
+    def on_worker_lost(self) -> list[Callable[[WorkerKey], None]]:
+        """Called with a worker this replica owned and another replica took over."""
+        return self.ownership.on_worker_lost
+
+    @property
+    def test_unfenced(self) -> bool:
+        """Test-only: True makes places and ends skip the fence (a replica that lost the worker
+        writes anyway): the negative control of the hard-limit tests. Never set otherwise."""
+        return self.writer.test_unfenced
+
+    @test_unfenced.setter
+    def test_unfenced(self, value: bool) -> None:
+        self.writer.test_unfenced = value
+
+    @property
+    def txns(self) -> int:
+        """Txns the writer sent and etcd answered."""
+        return self.writer.txns
+
+    @property
+    def ops(self) -> int:
+        """Operations committed."""
+        return self.writer.ops
+
+    @property
+    def resolving(self) -> int:
         """Operations whose Txn answer was lost and that are being made definite now."""
+        return self.writer.resolving
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -222,15 +171,16 @@ class EtcdStore:
         self.lease = await self.client.grant_lease(self.lease_ttl)
         record = store_pb2.ReplicaRecord(replica_id=self.replica_id, address=self.address, start_time=time.time())
         await self.client.put(self.keys.replica(self.replica_id), record.SerializeToString(), lease=self.lease.id)
-        workers_rev = await self._load_workers()
-        replicas_rev = await self._load_replicas()
+        mirrors = self.ownership
+        workers_rev = await mirrors.load_workers()
+        replicas_rev = await mirrors.load_replicas()
         self._tasks = [
-            asyncio.create_task(self._writer(), name="etcd-store-writer"),
-            asyncio.create_task(self._follow(self.keys.workers, workers_rev, self._on_worker_events,
-                                             self._load_workers), name="etcd-store-workers"),
-            asyncio.create_task(self._follow(self.keys.replicas, replicas_rev, self._on_replica_events,
-                                             self._load_replicas), name="etcd-store-replicas"),
-            asyncio.create_task(self._guard_lease(self.lease), name="etcd-store-lease"),
+            asyncio.create_task(self.writer.run(), name="etcd-store-writer"),
+            asyncio.create_task(mirrors.follow(self.keys.workers, workers_rev, mirrors.on_worker_events,
+                                               mirrors.load_workers), name="etcd-store-workers"),
+            asyncio.create_task(mirrors.follow(self.keys.replicas, replicas_rev, mirrors.on_replica_events,
+                                               mirrors.load_replicas), name="etcd-store-replicas"),
+            asyncio.create_task(guard_lease(self.client, self.lease, mirrors.fence), name="etcd-store-lease"),
         ]
         for task in self._tasks:
             task.add_done_callback(self._task_exited)
@@ -243,13 +193,13 @@ class EtcdStore:
             return
         error = None if task.cancelled() else task.exception()
         log.error("etcd store: background task %s stopped unexpectedly", task.get_name(), exc_info=error)
-        self._fence(f"background task {task.get_name()} stopped ({error!r})")
+        self.ownership.fence(f"background task {task.get_name()} stopped ({error!r})")
 
     async def close(self) -> None:
         """Stop the writer and the mirrors, revoke the lease (deregistering the replica), close the client."""
-        self._closing = True
-        await _stop([*self._tasks, *self._inflight])
-        self._fail_pending(EtcdError("etcd store closed"))
+        self._closing = self.writer.closing = self.ownership.closing = True
+        await _stop([*self._tasks, *self.writer.inflight])
+        self.writer.fail_pending(EtcdError("etcd store closed"))
         if self.lease is not None and not self.fenced.is_set():
             with contextlib.suppress(EtcdError):
                 await self.client.revoke_lease(self.lease, timeout=2.0)
@@ -268,21 +218,15 @@ class EtcdStore:
 
     async def commit(self, batch: Sequence[StoreOp]) -> list[CommitResult]:
         """Queue ``batch`` for the writer and wait for its results (one per operation, in order)."""
-        if not batch:
-            return []
-        pending = _Pending(batch, asyncio.get_running_loop().create_future(), [None] * len(batch))
-        self._pending.append(pending)
-        self._wake.set()
-        return await pending.future
+        return await self.writer.commit(batch)
 
     def fence_of(self, worker: WorkerKey) -> int | None:
         """This replica's fence for ``worker`` (None: it does not own it)."""
-        return self._fences.get(worker)
+        return self.ownership.fence_of(worker)
 
     def drop_worker(self, worker: WorkerKey) -> None:
         """Stop writing about ``worker`` (it moved away or left): later writes answer FENCE_LOST."""
-        self._fences.pop(worker, None)
-        self._entries.pop(worker, None)
+        self.ownership.drop(worker)
 
     async def load_worker_sessions(self, worker: WorkerKey) -> WorkerSnapshot:
         """The worker key's mod revision and its open sessions, all read at one revision."""
@@ -329,509 +273,40 @@ class EtcdStore:
 
     def owner_of(self, worker: WorkerKey) -> str | None:
         """The replica owning ``worker`` per the mirror."""
-        entry = self._workers.get(worker)
-        return None if entry is None else entry[0]
+        return self.ownership.owner_of(worker)
 
     def replica_address(self, replica_id: str) -> str | None:
         """A live replica's address per the mirror."""
-        return self._replicas.get(replica_id)
+        return self.ownership.replicas.get(replica_id)
 
     def worker_owners(self) -> list[tuple[WorkerKey, str]]:
         """Every worker known to the cluster and the replica owning it, per the mirror."""
-        return [(worker, owner) for worker, (owner, _) in self._workers.items()]
+        return [(worker, owner) for worker, (owner, _) in self.ownership.workers.items()]
 
     def replicas(self) -> dict[str, str]:
         """Every live replica (id -> address) per the mirror."""
-        return dict(self._replicas)
+        return dict(self.ownership.replicas)
+
+    async def workers_changed(self) -> None:
+        """Wait until the worker mirror changes."""
+        await self.ownership.workers_changed()
 
     def _stored(self, session_id: str, kv: pb.KeyValue) -> StoredSession:
         entry = store_pb2.SessionEntry.FromString(kv.value)
         return StoredSession(session_id, (entry.task_queue, entry.worker_id), entry.record, kv.mod_revision)
 
-    # ------------------------------------------------------------------ the writer
-
-    async def _writer(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._pending:
-                pending = self._pending.popleft()
-                self._queue.extend((pending, i) for i in range(len(pending.ops)))
-            try:
-                await self._dispatch()
-            except Exception as error:  # a bug must not kill the writer silently
-                log.exception("etcd store writer failed")
-                while self._queue:
-                    pending, _ = self._queue.popleft()
-                    if not pending.future.done():
-                        pending.future.set_exception(error)
-
-    async def _dispatch(self) -> None:
-        """Send Txns from the head of the queue, up to :data:`MAX_IN_FLIGHT` at once. A Txn never
-        shares a key with one in flight, and a placement on a worker waits for the ends on it in
-        flight (so the slot count of a worker never exceeds its capacity at any revision); a claim
-        waits for everything in flight and goes alone."""
-        ends = sum(isinstance(p.ops[i], EndSession) for p, i in self._queue)
-        if ends:
-            await self._refresh_bucket(ends)
-        while self._queue and len(self._inflight) < MAX_IN_FLIGHT:
-            pending, i = self._queue[0]
-            op = pending.ops[i]
-            if isinstance(op, ClaimWorker | ReleaseWorker):
-                if self._inflight:
-                    return  # woken again when they are done
-                self._queue.popleft()
-                pending.results[i] = await (self._claim(op) if isinstance(op, ClaimWorker) else self._release(op))
-                self._settle(pending)
-                continue
-            txn = _Txn()
-            while self._queue:
-                pending, i = self._queue[0]
-                op = pending.ops[i]
-                if isinstance(op, ClaimWorker | ReleaseWorker) or self._blocked(op):
-                    break
-                if not self._pack(txn, pending, i, op):
-                    if not txn.items:
-                        self._queue.popleft()  # nothing to write (fence lost): already answered
-                        continue
-                    break
-                self._queue.popleft()
-            if not txn.items:
-                return  # the head waits for a Txn in flight
-            task = asyncio.create_task(self._send_guarded(txn), name="etcd-store-txn")
-            self._inflight[task] = (set(txn.written),
-                                    {pending.ops[i].worker for pending, i in txn.items
-                                     if isinstance(pending.ops[i], EndSession)})
-            task.add_done_callback(self._txn_done)
-
-    def _blocked(self, op: PlaceSession | EndSession) -> bool:
-        """Whether ``op`` must wait for a Txn in flight (a shared key, or a placement behind an end
-        on the same worker)."""
-        keys = self.keys
-        touched = [keys.session(op.session_id), keys.slot(op.worker, op.session_id)]
-        if op.owner:
-            touched.append(keys.owner(op.owner))
-        if op.request_id:
-            touched.append(keys.request(op.request_id))
-        for written, ends_on in self._inflight.values():
-            if any(k in written for k in touched):
-                return True
-            if isinstance(op, PlaceSession) and op.worker in ends_on:
-                return True
-        return False
-
-    def _txn_done(self, task: asyncio.Task[None]) -> None:
-        self._inflight.pop(task, None)
-        self._wake.set()
-
-    async def _send_guarded(self, txn: _Txn) -> None:
-        try:
-            await self._send(txn)
-        except Exception as error:  # a bug: its callers get it, the writer goes on
-            log.exception("etcd store: sending a Txn failed")
-            for pending, _ in txn.items:
-                if not pending.future.done():
-                    pending.future.set_exception(error)
-
-    def _pack(self, txn: _Txn, pending: _Pending, i: int, op: PlaceSession | EndSession) -> bool:
-        """Add ``op`` to ``txn``; False when it does not fit (or it was answered without a write)."""
-        fence = None if self.fenced.is_set() else self._fences.get(op.worker)
-        if fence is None and self.test_unfenced:
-            fence = 0
-        if fence is None:
-            if txn.items:
-                return False  # answer it after the packed Txn, in order
-            pending.results[i] = CommitResult(Outcome.FENCE_LOST)
-            self._settle(pending)
-            return False
-        compares, success = self._ops(op, fence)
-        keys = [_written(o) for o in success]
-        new_compares = {c.key: c for c in compares if c.key not in txn.compares}
-        if txn.items and (txn.size + len(new_compares) + len(success) > MAX_TXN_OPS
-                          or any(k in txn.written for k in keys)
-                          or any(c.key in txn.written for c in compares)
-                          or any(k in txn.compares and k not in new_compares for k in keys)):
-            return False
-        txn.items.append((pending, i))
-        txn.compares.update(new_compares)
-        txn.success.extend(success)
-        txn.written.update(keys)
-        return True
-
-    def _ops(self, op: PlaceSession | EndSession, fence: int) -> tuple[list[pb.Compare], list[pb.RequestOp]]:
-        keys = self.keys
-        compares = [] if self.test_unfenced else [modified_at(keys.worker(op.worker), fence)]
-        entry = store_pb2.SessionEntry(task_queue=op.worker[0], worker_id=op.worker[1], record=op.record,
-                                       writer_replica=self.replica_id).SerializeToString()
-        sid = op.session_id.encode()
-        if isinstance(op, PlaceSession):
-            success = [put_op(keys.session(op.session_id), entry), put_op(keys.slot(op.worker, op.session_id), b"")]
-            if op.owner:
-                compares.append(created_at(keys.owner(op.owner), 0))
-                success.append(put_op(keys.owner(op.owner), sid))
-            if op.request_id:
-                compares.append(created_at(keys.request(op.request_id), 0))
-                success.append(put_op(keys.request(op.request_id), sid))
-            return compares, success
-        # Only a session whose placement is durable is ended: a placement refused after the core
-        # reserved it (and the session ended locally meanwhile) leaves nothing to end.
-        compares.append(compare(keys.session(op.session_id), "version", ">", 0))
-        return compares, self._end_ops(op, self._bucket_lease())
-
-    def _end_ops(self, op: EndSession, bucket: int) -> list[pb.RequestOp]:
-        """The writes that end a session: its terminal record and request key on the retention
-        bucket, its slot and owner key deleted."""
-        keys = self.keys
-        entry = store_pb2.SessionEntry(task_queue=op.worker[0], worker_id=op.worker[1], record=op.record,
-                                       writer_replica=self.replica_id).SerializeToString()
-        success = [put_op(keys.session(op.session_id), entry, lease=bucket),
-                   delete_op(keys.slot(op.worker, op.session_id))]
-        if op.owner:
-            success.append(delete_op(keys.owner(op.owner)))
-        if op.request_id:
-            success.append(put_op(keys.request(op.request_id), op.session_id.encode(), lease=bucket))
-        return success
-
-    async def _send(self, txn: _Txn) -> None:
-        failure: list[pb.RequestOp] = []
-        if len(txn.items) == 1:  # read what the compares looked at, to say which one failed
-            failure = [get_op(c.key) for c in txn.compares.values()]
-        try:
-            reply = await self.client.txn(list(txn.compares.values()), txn.success, failure, timeout=TXN_TIMEOUT)
-        except EtcdUnavailableError:
-            # Its answer was lost: it may still be applied later. Make each operation's outcome
-            # definite before anyone hears of it (its Txn task stays in flight meanwhile, so a
-            # placement on the same worker waits: the slot is not reused before then).
-            self.resolving += len(txn.items)
-            try:
-                for pending, i in txn.items:
-                    op = pending.ops[i]
-                    assert isinstance(op, PlaceSession | EndSession)
-                    await self._make_definite(pending, i, op)
-            finally:
-                self.resolving -= len(txn.items)
-            return
-        except EtcdError as error:
-            for pending, _ in txn.items:
-                if not pending.future.done():
-                    pending.future.set_exception(error)
-            return
-        self.txns += 1
-        if reply.succeeded:
-            self.ops += len(txn.items)
-            self._answer(txn.items, CommitResult(Outcome.COMMITTED, reply.header.revision))
-            return
-        for pending, i in txn.items:
-            op = pending.ops[i]
-            assert isinstance(op, PlaceSession | EndSession)
-            if len(txn.items) == 1:
-                result = self._explain(op, reply)
-                used = txn.compares.get(self.keys.worker(op.worker))
-                if result.outcome is Outcome.UNKNOWN and used is not None \
-                        and used.mod_revision != self._fences.get(op.worker, used.mod_revision):
-                    # It compared a fence this replica has since moved (a re-put that settled
-                    # another Txn's lost answer): the worker is still ours, send it again.
-                    single = _Txn()
-                    if self._pack(single, pending, i, op):
-                        await self._send(single)
-                    continue
-                pending.results[i] = result
-                self._settle(pending)
-                continue
-            single = _Txn()
-            if self._pack(single, pending, i, op):
-                await self._send(single)
-
-    async def _make_definite(self, pending: _Pending, i: int, op: PlaceSession | EndSession) -> None:
-        """Settle one operation of a Txn whose answer was lost (review i12b, blocking 1).
-
-        First the worker key is re-put under this replica's fence: that moves the fence, so the
-        lost Txn (which compared the old one) can never be applied after this point. Then the
-        session is read back: applied means COMMITTED; not applied means the operation is sent
-        again under the new fence (and may time out again: then this repeats). While etcd does
-        not answer this retries; a replica that cannot reach etcd fences itself within its lease
-        TTL, and the operation is then answered UNKNOWN (nothing is published: the replica stops).
-        """
-        while True:
-            if self.fenced.is_set() or self._closing:
-                self._answer([(pending, i)], CommitResult(Outcome.UNKNOWN))
-                return
-            try:
-                if not await self._refence(op.worker):
-                    self._answer([(pending, i)], CommitResult(Outcome.FENCE_LOST))
-                    return
-                kv = await self.client.get(self.keys.session(op.session_id), timeout=TXN_TIMEOUT)
-            except EtcdUnavailableError:
-                await asyncio.sleep(RESOLVE_PAUSE)
-                continue
-            if isinstance(op, PlaceSession):
-                applied = kv is not None
-            else:  # an end never placed durably has nothing to end (as in _explain)
-                applied = kv is None or store_pb2.SessionEntry.FromString(kv.value).record == op.record
-            if applied:
-                log.info("etcd store: a Txn whose answer was lost had been applied",
-                         extra={"session_id": op.session_id})
-                self._answer([(pending, i)], CommitResult(Outcome.COMMITTED, 0 if kv is None else kv.mod_revision))
-                return
-            log.info("etcd store: a Txn whose answer was lost was not applied; sending it again",
-                     extra={"session_id": op.session_id})
-            single = _Txn()
-            if self._pack(single, pending, i, op):
-                await self._send(single)
-            return
-
-    async def _refence(self, worker: WorkerKey) -> bool:
-        """Re-put ``worker``'s key if it is still this replica's (a fenced Txn), moving the fence
-        past every Txn sent before. False when another replica owns it (or nobody does).
-
-        Raises:
-            EtcdUnavailableError: etcd did not answer (the outcome of this re-put is unknown too;
-                the next attempt's compare then fails and its read shows the key is still ours).
-        """
-        fence, entry = self._fences.get(worker), self._entries.get(worker)
-        if fence is None or entry is None:
-            return False
-        key = self.keys.worker(worker)
-        reply = await self.client.txn([modified_at(key, fence)], [put_op(key, entry)], [get_op(key)],
-                                      timeout=TXN_TIMEOUT)
-        if reply.succeeded:
-            self._moved_fence(worker, reply.header.revision)
-            return True
-        kvs = reply.responses[0].response_range.kvs if reply.responses else []
-        if kvs and store_pb2.WorkerEntry.FromString(kvs[0].value).owner_replica == self.replica_id:
-            self._moved_fence(worker, kvs[0].mod_revision)  # an earlier re-put of ours was applied
-            return True
-        self._lose(worker)
-        return False
-
-    def _moved_fence(self, worker: WorkerKey, revision: int) -> None:
-        if worker in self._fences:
-            self._fences[worker] = max(self._fences[worker], revision)
-            self._workers[worker] = (self.replica_id, self._fences[worker])
-
-    def _explain(self, op: PlaceSession | EndSession, reply: pb.TxnResponse) -> CommitResult:
-        """Why a one-operation Txn's compares failed, from the reads of its failure branch (in the
-        order of the compares: worker, then owner, then request)."""
-        found = {r.response_range.kvs[0].key: r.response_range.kvs[0]
-                 for r in reply.responses if r.response_range.kvs}
-        revision = reply.header.revision
-        worker = found.get(self.keys.worker(op.worker))
-        if worker is not None and op.worker in self._fences and \
-                store_pb2.WorkerEntry.FromString(worker.value).owner_replica == self.replica_id:
-            self._moved_fence(op.worker, worker.mod_revision)  # our own re-put: still ours
-        if worker is None or worker.mod_revision != self._fences.get(op.worker):
-            self._lose(op.worker)
-            return CommitResult(Outcome.FENCE_LOST, revision)
-        if isinstance(op, PlaceSession):
-            if op.owner and (held := found.get(self.keys.owner(op.owner))) is not None:
-                return CommitResult(Outcome.OWNER_TAKEN, revision, held.value.decode())
-            if op.request_id and (done := found.get(self.keys.request(op.request_id))) is not None:
-                return CommitResult(Outcome.REQUEST_DONE, revision, done.value.decode())
-        if isinstance(op, EndSession) and self.keys.session(op.session_id) not in found:
-            return CommitResult(Outcome.COMMITTED, revision)  # never placed durably: nothing to end
-        return CommitResult(Outcome.UNKNOWN, revision)
-
-    def _answer(self, items: list[tuple[_Pending, int]], result: CommitResult) -> None:
-        for pending, i in items:
-            pending.results[i] = result
-            self._settle(pending)
-
-    def _settle(self, pending: _Pending) -> None:
-        if not pending.future.done() and all(r is not None for r in pending.results):
-            pending.future.set_result([r for r in pending.results if r is not None])
-
-    def _fail_pending(self, error: Exception) -> None:
-        waiting = [*self._pending, *(pending for pending, _ in self._queue)]
-        self._pending.clear()
-        self._queue.clear()
-        for pending in waiting:
-            if not pending.future.done():
-                pending.future.set_exception(error)
-
-    def _bucket_lease(self) -> int:
-        """The retention bucket the next terminal record goes on (0 = none: :meth:`_refresh_bucket`
-        could not grant one, and the record then stays until an operator deletes it)."""
-        if self._bucket is None:
-            return 0
-        lease_id, granted, count = self._bucket
-        self._bucket = (lease_id, granted, count + 1)
-        return lease_id
-
-    async def _refresh_bucket(self, ends: int) -> None:
-        """Grant a new retention bucket when the current one is old or full (every 10 s or 500 keys):
-        etcd deletes a bucket's keys in one step when it expires, so there is no cleanup loop."""
-        now = time.monotonic()
-        if (self._bucket is not None and now - self._bucket[1] < BUCKET_SECONDS
-                and self._bucket[2] + ends <= BUCKET_KEYS):
-            return
-        try:
-            lease = await self.client.grant_lease(int(self.retention) + 10, keep_alive=False)
-        except EtcdError as error:
-            log.warning("etcd store: no retention bucket: %s", error)
-            return
-        self._bucket = (lease.id, now, 0)
-
-    async def _claim(self, op: ClaimWorker) -> CommitResult:
-        if self.fenced.is_set():
-            return CommitResult(Outcome.FENCE_LOST)
-        key = self.keys.worker(op.worker)
-        entry = store_pb2.WorkerEntry(owner_replica=self.replica_id, record=op.record).SerializeToString()
-        success = [put_op(key, entry), put_op(self.keys.replica_worker(self.replica_id, op.worker), b"")]
-        if op.seen_revision:
-            current = await self.client.get(key)
-            if current is None or current.mod_revision != op.seen_revision:
-                return CommitResult(Outcome.FENCE_LOST)
-            previous = store_pb2.WorkerEntry.FromString(current.value).owner_replica
-            if previous != self.replica_id:
-                success.append(delete_op(self.keys.replica_worker(previous, op.worker)))
-        try:
-            reply = await self.client.txn([modified_at(key, op.seen_revision)], success, timeout=TXN_TIMEOUT)
-        except EtcdUnavailableError:
-            return CommitResult(Outcome.UNKNOWN)
-        self.txns += 1
-        if not reply.succeeded:
-            return CommitResult(Outcome.FENCE_LOST)
-        self.ops += 1
-        revision = reply.header.revision
-        self._fences[op.worker] = revision
-        self._entries[op.worker] = entry
-        self._workers[op.worker] = (self.replica_id, revision)
-        return CommitResult(Outcome.COMMITTED, revision)
-
-    async def _release(self, op: ReleaseWorker) -> CommitResult:
-        """Delete the worker's ownership keys if they are still this replica's (one fenced Txn)."""
-        fence = None if self.fenced.is_set() else self._fences.get(op.worker)
-        if fence is None:
-            return CommitResult(Outcome.FENCE_LOST)
-        self.drop_worker(op.worker)  # first: the delete's own watch event must not read as a loss
-        key = self.keys.worker(op.worker)
-        try:
-            reply = await self.client.txn([modified_at(key, fence)], [
-                delete_op(key), delete_op(self.keys.replica_worker(self.replica_id, op.worker))], timeout=TXN_TIMEOUT)
-        except EtcdUnavailableError:
-            return CommitResult(Outcome.UNKNOWN)  # the keys may stay: creates may still be routed here
-        self.txns += 1
-        if not reply.succeeded:
-            return CommitResult(Outcome.FENCE_LOST)  # another replica took it over meanwhile
-        self.ops += 1
-        if self._workers.get(op.worker, ("", 0))[0] == self.replica_id:
-            self._workers.pop(op.worker, None)
-        return CommitResult(Outcome.COMMITTED, reply.header.revision)
-
-    # ------------------------------------------------------------------ mirrors and the lease
-
-    async def _load_workers(self) -> int:
-        reply = await self.client.get_prefix(self.keys.workers)
-        self._workers = {}
-        for kv in reply.kvs:
-            self._workers[self.keys.parse_worker(kv.key)] = (
-                store_pb2.WorkerEntry.FromString(kv.value).owner_replica, kv.mod_revision)
-        for worker, fence in list(self._fences.items()):
-            seen = self._workers.get(worker)
-            if seen is not None and seen[0] == self.replica_id:
-                self._moved_fence(worker, seen[1])  # still ours (re-put meanwhile)
-            elif seen is None or seen[1] > fence:
-                self._lose(worker)
-        return reply.header.revision
-
-    async def _load_replicas(self) -> int:
-        reply = await self.client.get_prefix(self.keys.replicas)
-        self._replicas = {}
-        for kv in reply.kvs:
-            record = store_pb2.ReplicaRecord.FromString(kv.value)
-            self._replicas[record.replica_id] = record.address
-        return reply.header.revision
-
-    async def _follow(self, prefix: bytes, revision: int, apply: Callable[[Sequence[pb.Event]], None],
-                      reload: Callable[[], Any]) -> None:
-        while not self._closing:  # (a cancel the client turns into an EtcdError must not keep it alive)
-            try:
-                async with await self.client.watch(prefix, prefix_end(prefix), start_revision=revision + 1) as watch:
-                    async for batch in watch:
-                        apply(batch.events)
-                        revision = batch.revision
-            except EtcdCompactedError:
-                revision = await reload()
-            except EtcdError as error:
-                log.warning("etcd store: mirror of %s interrupted: %s", prefix.decode(errors="replace"), error)
-                await asyncio.sleep(0.2)
-
-    async def workers_changed(self) -> None:
-        """Wait until the worker mirror changes."""
-        await self._workers_changed.wait()
-
-    def _on_worker_events(self, events: Sequence[pb.Event]) -> None:
-        changed, self._workers_changed = self._workers_changed, asyncio.Event()
-        changed.set()
-        for event in events:
-            worker = self.keys.parse_worker(event.kv.key)
-            owner = ""
-            if event.type == PUT:
-                owner = store_pb2.WorkerEntry.FromString(event.kv.value).owner_replica
-                self._workers[worker] = (owner, event.kv.mod_revision)
-            else:
-                self._workers.pop(worker, None)
-            fence = self._fences.get(worker)
-            if fence is not None and event.kv.mod_revision > fence:
-                if event.type == PUT and owner == self.replica_id:
-                    self._moved_fence(worker, event.kv.mod_revision)  # our own re-put, seen first
-                else:
-                    self._lose(worker)
-
-    def _on_replica_events(self, events: Sequence[pb.Event]) -> None:
-        for event in events:
-            if event.type == PUT:
-                record = store_pb2.ReplicaRecord.FromString(event.kv.value)
-                self._replicas[record.replica_id] = record.address
-            else:
-                rid = unquote(event.kv.key[len(self.keys.replicas):].decode())
-                self._replicas.pop(rid, None)
-
-    # ------------------------------------------------------------------ orphans (the janitor's reads and write)
+    # ------------------------------------------------------------------ orphans and cluster-wide keys
 
     async def orphaned_workers(self, gone_for: float) -> list[tuple[str, WorkerKey]]:
         """Workers still recorded as owned by a replica that has been gone (no ``replicas/`` key,
         per the mirror) for at least ``gone_for`` seconds: (dead replica id, worker)."""
-        now = asyncio.get_running_loop().time()
-        prefix = self.prefix_of("rworkers/")
-        reply = await self.client.get_prefix(prefix, keys_only=True)
-        out = []
-        for kv in reply.kvs:
-            rid, _, rest = kv.key[len(prefix):].decode().partition("/")
-            rid = unquote(rid)
-            if rid in self._replicas:
-                self._gone_since.pop(rid, None)
-                continue
-            since = self._gone_since.setdefault(rid, now)
-            if now - since >= gone_for:
-                queue, _, worker = rest.partition("/")
-                out.append((rid, (unquote(queue), unquote(worker))))
-        return out
+        return await self.orphans.orphaned_workers(gone_for)
 
     async def release_orphan(self, replica_id: str, worker: WorkerKey, seen_revision: int,
                              ends: Sequence[EndSession]) -> bool:
-        """In one Txn, if nobody took ``worker`` over since ``seen_revision``, the dead replica
-        still owns it and etcd (not a possibly lagging mirror) says that replica is gone: store the
-        terminal records of its open sessions, free their slots and owner keys, and delete the
-        worker's ownership keys. False otherwise (nothing written).
-
-        The fence compare alone is not enough: a replica that took the worker over between the
-        janitor's listing and its read of the sessions would be matched by it (review i12b, 2). A
-        takeover deletes ``rworkers/<dead>/q/w``; a live replica has its ``replicas/`` key."""
-        await self._refresh_bucket(len(ends))
-        bucket = self._bucket_lease()
-        owned_by_dead = self.keys.replica_worker(replica_id, worker)
-        success: list[pb.RequestOp] = [delete_op(self.keys.worker(worker)), delete_op(owned_by_dead)]
-        for op in ends:
-            success += self._end_ops(op, bucket)
-        compares = [modified_at(self.keys.worker(worker), seen_revision),
-                    compare(owned_by_dead, "version", ">", 0),
-                    compare(self.keys.replica(replica_id), "version", "==", 0)]
-        try:
-            reply = await self.client.txn(compares, success, timeout=TXN_TIMEOUT)
-        except EtcdUnavailableError:
-            return False
-        return bool(reply.succeeded)
+        """End a dead replica's sessions on ``worker`` and free it, in one fenced Txn (see
+        :meth:`Orphans.release_orphan <sessiond.store.etcd.orphans.Orphans.release_orphan>`)."""
+        return await self.orphans.release_orphan(replica_id, worker, seen_revision, ends)
 
     async def cluster_secret(self, name: str) -> bytes:
         """A random 32-byte secret shared by every replica of the cluster: the first replica to ask
@@ -847,55 +322,6 @@ class EtcdStore:
     def prefix_of(self, name: str) -> bytes:
         """A key prefix under this cluster's."""
         return self.keys.prefix + name.encode()
-
-    def _lose(self, worker: WorkerKey) -> None:
-        self._fences.pop(worker, None)
-        self._entries.pop(worker, None)
-        for callback in list(self.on_worker_lost):
-            callback(worker)
-
-    async def _guard_lease(self, lease: Lease) -> None:
-        """Fence this replica before its lease can expire (or when etcd says it is gone)."""
-        loop = asyncio.get_running_loop()
-        lost = asyncio.ensure_future(lease.wait_lost())
-        try:
-            while True:
-                remaining = lease.deadline - SELF_FENCE_MARGIN - loop.time()
-                if remaining <= 0 and not await self._lease_confirmed(lease):
-                    self._fence("lease renewals stopped: fencing before it can expire")
-                    return
-                remaining = max(lease.deadline - SELF_FENCE_MARGIN - loop.time(), 0.01)
-                await asyncio.wait({lost}, timeout=remaining)
-                if lost.done():
-                    self._fence(lost.result())
-                    return
-        finally:
-            lost.cancel()
-
-    async def _lease_confirmed(self, lease: Lease) -> bool:
-        """Ask etcd directly, within part of the margin, whether the lease still lives: after a
-        stall of this process the keepalive answers may be unread, and fencing would be needless.
-        etcd never expires a lease before the TTL it reports has run from its answer, so the send
-        time plus that TTL is a safe new deadline."""
-        loop = asyncio.get_running_loop()
-        sent = loop.time()
-        try:
-            reply = await self.client.lease_time_to_live(lease.id, timeout=SELF_FENCE_MARGIN / 2)
-        except EtcdError:
-            return False
-        if reply.ttl <= 0 or loop.time() - sent >= SELF_FENCE_MARGIN / 2:
-            return False
-        lease.deadline = max(lease.deadline, sent + reply.ttl)
-        return lease.deadline - SELF_FENCE_MARGIN > loop.time()
-
-    def _fence(self, reason: str) -> None:
-        if self.fenced.is_set():
-            return
-        log.warning("etcd store: replica %s fenced itself: %s", self.replica_id, reason)
-        self.fenced.set()
-        self._fences.clear()
-        for callback in list(self.on_fenced):
-            callback(reason)
 
 
 async def _stop(tasks: Sequence[asyncio.Task[None]]) -> None:
@@ -914,11 +340,6 @@ async def _stop(tasks: Sequence[asyncio.Task[None]]) -> None:
         if not task.cancelled():
             task.exception()  # retrieved: its failure was reported (or does not matter) while closing
 
-
-def _written(op: pb.RequestOp) -> bytes:
-    if op.HasField("request_put"):
-        return op.request_put.key
-    return op.request_delete_range.key
 
 
 if TYPE_CHECKING:
