@@ -9,6 +9,7 @@ principal's session.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -204,10 +205,16 @@ async def _watch(setup: Setup, who: Identity, session_id: str) -> None:
 
 async def _heartbeat(setup: Setup, who: Identity) -> None:
     setup.probes += 1
-    call = who.stub.WorkerHeartbeat(metadata=who.metadata, timeout=10)
+    register = worker_pb2.WorkerHeartbeatRequest(register=worker_pb2.RegisterWorker(
+        task_queue="probe-q", worker_id=f"probe-{setup.probes}"))
+
+    async def requests() -> AsyncIterator[worker_pb2.WorkerHeartbeatRequest]:
+        yield register  # then stay open (no half-close) until the call is cancelled
+        await asyncio.Event().wait()
+
+    # An iterator, not call.write(): see _reflect.
+    call = who.stub.WorkerHeartbeat(requests(), metadata=who.metadata, timeout=10)
     try:
-        await call.write(worker_pb2.WorkerHeartbeatRequest(register=worker_pb2.RegisterWorker(
-            task_queue="probe-q", worker_id=f"probe-{setup.probes}")))
         reply = await call.read()
         if reply is grpc.aio.EOF:
             await call  # raises the status the stream ended with
@@ -217,10 +224,11 @@ async def _heartbeat(setup: Setup, who: Identity) -> None:
 
 
 async def _reflect(setup: Setup, who: Identity) -> None:
-    call = reflection_pb2_grpc.ServerReflectionStub(who.channel).ServerReflectionInfo(metadata=who.metadata,
-                                                                                      timeout=10)
+    # The request goes in as an iterator, not call.write(): a write racing the server's refusal makes
+    # grpc's client record INTERNAL locally instead of the status the server sent.
+    call = reflection_pb2_grpc.ServerReflectionStub(who.channel).ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), metadata=who.metadata, timeout=10)
     try:
-        await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
         reply = await call.read()
         if reply is grpc.aio.EOF:
             await call
