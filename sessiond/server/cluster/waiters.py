@@ -254,7 +254,6 @@ class Admission:
                 log.warning("could not remove a waiting create's ticket (attempt %d): %s", attempt + 1, error)
                 await asyncio.sleep(0.2 * (attempt + 1))
 
-
     async def _attempt(self, task_queue: str, place_here: Callable[[], Awaitable[R]],
                        place_at: Callable[[str], Awaitable[R]]) -> R | None:
         """Place on this replica if its workers have room, else on the other replicas with room,

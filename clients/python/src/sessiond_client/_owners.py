@@ -7,6 +7,7 @@ credentials go only where its user sent them."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -20,6 +21,8 @@ from sessiond_client.api.v1 import session_service_pb2_grpc
 OWNER_HINT = "sessiond-owner"
 MAX_HINTS = 10_000
 """Sessions whose owner a client remembers (least recently used out first)."""
+MAX_STALE = 8
+"""Failed hint channels kept open for the calls still running on them; older ones are closed."""
 
 
 def replica_addresses(target: str) -> frozenset[str]:
@@ -48,6 +51,7 @@ class OwnerHints:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, session_service_pb2_grpc.SessionServiceAsyncStub] = {}
         self._stale: list[grpc.aio.Channel] = []  # closed with the client (calls may still run on them)
+        self._closing: set[asyncio.Future[None]] = set()
 
     @property
     def enabled(self) -> bool:
@@ -84,6 +88,10 @@ class OwnerHints:
         if address is not None and address in self._channels:
             self._stale.append(self._channels.pop(address))
             self._stubs.pop(address, None)
+            if len(self._stale) > MAX_STALE:  # bounded: a replica that keeps failing does not pile them up
+                self._closing.add(asyncio.ensure_future(self._stale.pop(0).close(grace=None)))
+                for task in [t for t in self._closing if t.done()]:
+                    self._closing.discard(task)
 
     def hinted(self, session_id: str) -> str | None:
         """The replica a session's calls go to directly (None: the client's channel)."""
@@ -93,6 +101,9 @@ class OwnerHints:
         """Close the channels to hinted replicas."""
         for channel in [*self._channels.values(), *self._stale]:
             await channel.close(grace)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+            self._closing.clear()
         self._channels.clear()
         self._stale.clear()
         self._stubs.clear()
