@@ -88,7 +88,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
             elsewhere = cluster.routes.recreate_target(token, context)
             if elsewhere is not None:  # the token's worker is connected to another replica
                 return await cluster.routes.call(elsewhere, "RecreateSession", request, context,
-                                          session_service_pb2.RecreateSessionResponse)
+                                                 session_service_pb2.RecreateSessionResponse)
         return session_service_pb2.RecreateSessionResponse(session=await self._placed(self.engine.recreate_session(
             token, options, max_wait=_max_wait(context),
             owner=validate.name(request.owner, "owner", required=False),
@@ -107,7 +107,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
             if cluster is None:
                 raise
             answer = await cluster.routes.forward("CompleteSession", request, context, session_id,
-                                           session_service_pb2.CompleteSessionResponse)
+                                                  session_service_pb2.CompleteSessionResponse)
             if isinstance(answer, session_pb2.Session):
                 return session_service_pb2.CompleteSessionResponse(session=answer)
             return answer
@@ -117,7 +117,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
             if outcome is Outcome.FENCE_LOST:
                 # Another replica took the worker over: the session lives on there. Ask it.
                 answer = await cluster.routes.forward("CompleteSession", request, context, session_id,
-                                               session_service_pb2.CompleteSessionResponse)
+                                                      session_service_pb2.CompleteSessionResponse)
                 if isinstance(answer, session_pb2.Session):
                     return session_service_pb2.CompleteSessionResponse(session=answer)
                 return answer
@@ -138,7 +138,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
             if self.engine.cluster is None:
                 raise
             answer = await self.engine.cluster.routes.forward("GetSessionInfo", request, context, session_id,
-                                                       session_service_pb2.GetSessionInfoResponse)
+                                                              session_service_pb2.GetSessionInfoResponse)
             if isinstance(answer, session_pb2.Session):
                 return session_service_pb2.GetSessionInfoResponse(session=answer,
                                                                   server_incarnation=self.engine.incarnation)
@@ -165,7 +165,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         cluster = self.engine.cluster
         if cluster is not None and not self.engine.holds(session_id):
             answer = await cluster.routes.forward("ExecuteActivity", request, context, session_id,
-                                           session_service_pb2.ExecuteActivityResponse)
+                                                  session_service_pb2.ExecuteActivityResponse)
             if isinstance(answer, session_pb2.Session):  # never for ExecuteActivity
                 raise SessionNotFoundError(session_id)
             return answer

@@ -100,7 +100,7 @@ class Router:
         self._peer = auth.peer_token(engine.config)
         self._tls = _peer_credentials(engine.config)
 
-    def _forwarded(self, context: Context) -> bool:
+    def forwarded(self, context: Context) -> bool:
         """Whether this call was forwarded by another replica (then it is served here, never
         forwarded again). With a peer token, only a call the guard found holding it counts: a
         caller's own ``sessiond-forwarded-by`` header is ignored. Without one (no credentials at
@@ -145,7 +145,7 @@ class Router:
             OwnerUnavailableError: the owner cannot be reached, or the worker is moving (retry).
             RecoveringError: the owner's replica could not be connected to: nothing was sent (retry).
         """
-        forwarded = self._forwarded(context)
+        forwarded = self.forwarded(context)
         worker = self._where.get(session_id)
         if worker is not None and not forwarded:
             address = self._address_of(worker)
@@ -230,7 +230,7 @@ class Router:
             raise SessionNotFoundError(session_id)
         yield session
         last = session
-        forwarded = self._forwarded(context)
+        forwarded = self.forwarded(context)
         while last.state == session_pb2.SESSION_STATE_OPEN:
             address = None if forwarded else self.owner_address(last)
             if address is None:
@@ -324,13 +324,9 @@ class Router:
             worker = self.engine.signer.target(token, self.engine.now()).worker
         except SessionError:
             return None
-        if worker in self.engine._connections or self._forwarded(context):
+        if worker in self.engine._connections or self.forwarded(context):
             return None
         return self._address_of((worker.task_queue, worker.worker_id))
-
-    def forwarded(self, context: Context) -> bool:
-        """Whether another replica forwarded this call (see :meth:`_forwarded`)."""
-        return self._forwarded(context)
 
     def _drop_channel(self, address: str) -> None:
         channel = self._channels.pop(address, None)
