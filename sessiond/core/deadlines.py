@@ -2,12 +2,18 @@
 
 Setting a key again or removing it marks its old heap entry dead (lazy deletion), so both
 are O(log n); the heap is rebuilt when dead entries outnumber live ones.
+
+Several queues can share one :class:`LowWater`: it remembers the earliest deadline set on any of
+them since it was last taken. Removing a key never makes a deadline earlier, so a timer armed at
+the earliest deadline only has to look at that mark to know whether it must fire sooner, instead of
+peeking every queue after every change.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
@@ -15,15 +21,31 @@ K = TypeVar("K")
 _DEAD = object()
 
 
+class LowWater:
+    """The earliest deadline set on the queues that share it since :meth:`take` was last called."""
+
+    __slots__ = ("low",)
+
+    def __init__(self) -> None:
+        self.low = math.inf
+
+    def take(self) -> float:
+        """The mark (``math.inf``: no deadline was set since the last take), reset."""
+        low, self.low = self.low, math.inf
+        return low
+
+
 class DeadlineQueue(Generic[K]):
     """Keys with deadlines; ``pop_due(now)`` yields the keys whose deadline is ``<= now``."""
 
-    __slots__ = ("_entries", "_heap", "_seq")
+    __slots__ = ("_entries", "_heap", "_low_water", "_seq")
 
-    def __init__(self) -> None:
+    def __init__(self, low_water: LowWater | None = None) -> None:
+        """``low_water``: a mark shared with other queues, lowered by every :meth:`set` below it."""
         self._heap: list[list[object]] = []
         self._entries: dict[K, list[object]] = {}
         self._seq = itertools.count()
+        self._low_water = low_water
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -41,6 +63,9 @@ class DeadlineQueue(Generic[K]):
         entry: list[object] = [deadline, next(self._seq), key]
         self._entries[key] = entry
         heapq.heappush(self._heap, entry)
+        mark = self._low_water
+        if mark is not None and deadline < mark.low:
+            mark.low = deadline
         if len(self._heap) > 2 * len(self._entries) + 64:
             self._compact()
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Protocol
 
-from sessiond.core.deadlines import DeadlineQueue
+from sessiond.core.deadlines import DeadlineQueue, LowWater
 from sessiond.core.errors import AdoptionRefusedError, SessionError, WorkerDetachedError
 from sessiond.core.events import Event, SessionDetached
 from sessiond.core.model import (
@@ -82,10 +82,11 @@ class Reattachment:
 
     __slots__ = ("_parked", "_table", "deadlines")
 
-    def __init__(self, table: TableOps) -> None:
+    def __init__(self, table: TableOps, low_water: LowWater | None = None) -> None:
+        """``low_water``: lowered by every reattach deadline (see :class:`~sessiond.core.deadlines.LowWater`)."""
         self._table = table
         # Detached sessions: when each fails unless its worker registers again.
-        self.deadlines: DeadlineQueue[str] = DeadlineQueue()
+        self.deadlines: DeadlineQueue[str] = DeadlineQueue(low_water)
         # The last stream of a worker whose sessions are detached: it keeps their slots counted.
         self._parked: dict[WorkerKey, Worker] = {}
 

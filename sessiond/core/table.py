@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Callable, Iterable
 
 from sessiond.core.bindings import WorkerBindings
-from sessiond.core.deadlines import DeadlineQueue
+from sessiond.core.deadlines import DeadlineQueue, LowWater
 from sessiond.core.errors import (
     ActivityAbortedError,
     ActivityHeartbeatTimeoutError,
@@ -168,16 +168,18 @@ class SessionTable:
         # Listing order: seqs ascending (append-only; forgotten ones are skipped and compacted away).
         self._seqs: list[int] = []
         self._by_seq: dict[int, Session] = {}
-        self._session_deadlines: DeadlineQueue[str] = DeadlineQueue()
-        self._liveness_deadlines: DeadlineQueue[tuple[WorkerKey, float]] = DeadlineQueue()
-        self._activity_deadlines: DeadlineQueue[str] = DeadlineQueue()
-        self._worker_deadlines: DeadlineQueue[WorkerKey] = DeadlineQueue()
+        # The earliest deadline set on any queue below since the last take_new_deadline().
+        self._low_water = LowWater()
+        self._session_deadlines: DeadlineQueue[str] = DeadlineQueue(self._low_water)
+        self._liveness_deadlines: DeadlineQueue[tuple[WorkerKey, float]] = DeadlineQueue(self._low_water)
+        self._activity_deadlines: DeadlineQueue[str] = DeadlineQueue(self._low_water)
+        self._worker_deadlines: DeadlineQueue[WorkerKey] = DeadlineQueue(self._low_water)
         # Caller liveness, one entry per OPEN session with a caller_timeout, re-armed lazily: an RPC
         # only stamps session.caller_seen (O(1)); the entry is re-checked when it comes due.
-        self._caller_deadlines: DeadlineQueue[str] = DeadlineQueue()
+        self._caller_deadlines: DeadlineQueue[str] = DeadlineQueue(self._low_water)
         # Detached sessions, their reattach deadlines, and adoption of reported sessions.
-        self._reattachment = Reattachment(self)
-        self.waiting = WaiterQueues()
+        self._reattachment = Reattachment(self, self._low_water)
+        self.waiting = WaiterQueues(self._low_water)
         self.placer = Placer(self.registry.candidates, self.waiting, max_skips=max_skips)
         # Task queues whose holding waiter left: serve all their waiting Creates again.
         self._released: set[str] = set()
@@ -208,6 +210,17 @@ class SessionTable:
             if t is not None and (best is None or t < best):
                 best = t
         return best
+
+    def take_new_deadline(self) -> float | None:
+        """The earliest deadline set since the previous call (None: none was set), and start again.
+
+        Removing or passing a deadline never makes :meth:`next_deadline` earlier, so a timer armed
+        at ``next_deadline()`` must be re-armed sooner only when this is before it: the O(1) check
+        after every change, where ``next_deadline()`` peeks every queue. (A deadline set and removed
+        again in between is reported too: a timer armed for it finds nothing due, which is harmless.)
+        """
+        low = self._low_water.take()
+        return None if low == math.inf else low
 
     def server_paused(self, start: float, end: float) -> None:
         """The server observed nothing from ``start`` to ``end`` (its own stall; measured by the

@@ -16,7 +16,7 @@ import itertools
 from collections import deque
 from typing import TypeVar
 
-from sessiond.core.deadlines import DeadlineQueue
+from sessiond.core.deadlines import DeadlineQueue, LowWater
 from sessiond.core.model import Waiter, WorkerKey
 from sessiond.core.resources import ResourceVector
 from sessiond.core.selector import Selector
@@ -30,14 +30,15 @@ class WaiterQueues:
 
     __slots__ = ("_arrivals", "_by_queue", "_by_worker", "_deadlines", "_holders", "_per_queue", "_waiters")
 
-    def __init__(self) -> None:
+    def __init__(self, low_water: LowWater | None = None) -> None:
+        """``low_water``: lowered by every waiter's deadline (see :class:`~sessiond.core.deadlines.LowWater`)."""
         self._waiters: dict[str, Waiter] = {}
         # task queue -> kind -> FIFO; a dict keeps kinds in the order they first waited.
         self._by_queue: dict[str, dict[Kind, deque[Waiter]]] = {}
         self._by_worker: dict[WorkerKey, deque[Waiter]] = {}
         # task queue -> the heads that hold (see core.placement), oldest first.
         self._holders: dict[str, list[Waiter]] = {}
-        self._deadlines: DeadlineQueue[str] = DeadlineQueue()
+        self._deadlines: DeadlineQueue[str] = DeadlineQueue(low_water)
         self._arrivals = itertools.count(1)
         # task queue -> live waiters on it, Creates and Recreates (for the per-queue cap).
         self._per_queue: dict[str, int] = {}

@@ -659,7 +659,11 @@ class Engine:
             if events:
                 self.cluster.commits.submit(events)  # commit, then publish (SPEC §6.5)
             self.cluster.admission.local_changed()  # free slots may have changed
-        deadline = self.table.next_deadline()
+        # An armed timer fires at or before every deadline there was when it was armed: only one set
+        # since can need it sooner (O(1)). An unarmed one needs the earliest of all (peeks every queue).
+        deadline = self.table.take_new_deadline()
+        if self._timer_at == math.inf:
+            deadline = self.table.next_deadline()
         if deadline is not None and deadline < self._timer_at:
             if self._timer is not None:
                 self._timer.cancel()

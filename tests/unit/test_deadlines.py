@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
 
-from sessiond.core.deadlines import DeadlineQueue
+from sessiond.core.deadlines import DeadlineQueue, LowWater
 from tests.unit.support import before
 
 
@@ -144,3 +145,56 @@ def test_random_set_and_remove_matches_a_plain_dict_model() -> None:
                 del model[k]
         assert len(queue) == len(model)
         assert queue.peek() == (min(model.values()) if model else None)
+
+
+def test_low_water_keeps_the_earliest_deadline_set_on_any_sharing_queue_until_taken() -> None:
+    mark = LowWater()
+    first: DeadlineQueue[str] = DeadlineQueue(mark)
+    second: DeadlineQueue[str] = DeadlineQueue(mark)
+    assert mark.take() == math.inf
+    first.set("a", 30.0)
+    second.set("b", 20.0)
+    first.set("c", 25.0)
+    assert mark.take() == 20.0
+    assert mark.take() == math.inf  # taking resets it
+
+
+def test_low_water_is_not_raised_by_removals_or_later_deadlines() -> None:
+    # A timer armed at the earliest deadline only needs to know about earlier ones.
+    mark = LowWater()
+    queue: DeadlineQueue[str] = DeadlineQueue(mark)
+    queue.set("a", 10.0)
+    mark.take()
+    queue.remove("a")
+    queue.set("b", 40.0)
+    assert mark.take() == 40.0
+    queue.set("b", 40.0)  # the same deadline again changes nothing
+    assert mark.take() == math.inf
+    queue.set("b", 5.0)  # moved earlier
+    assert mark.take() == 5.0
+
+
+def test_a_timer_armed_by_the_low_water_never_fires_after_the_earliest_deadline() -> None:
+    # The engine's rule: a full peek when no timer is armed, else only the mark.
+    rng = random.Random(7)
+    mark = LowWater()
+    queues: list[DeadlineQueue[int]] = [DeadlineQueue(mark) for _ in range(3)]
+    timer_at = math.inf
+    for _ in range(3000):
+        queue = rng.choice(queues)
+        key = rng.randrange(20)
+        if rng.random() < 0.6:
+            queue.set(key, rng.uniform(0.0, 100.0))
+        else:
+            queue.remove(key)
+        if rng.random() < 0.05:  # the timer fires: everything due by then goes, it is unarmed
+            now = timer_at if timer_at != math.inf else rng.uniform(0.0, 100.0)
+            for q in queues:
+                q.pop_due(now)
+            timer_at = math.inf
+        new = mark.take()
+        if timer_at == math.inf:
+            new = min((t for q in queues if (t := q.peek()) is not None), default=math.inf)
+        timer_at = min(timer_at, new)
+        earliest = min((t for q in queues if (t := q.peek()) is not None), default=math.inf)
+        assert timer_at <= earliest

@@ -17,6 +17,7 @@ the public API.
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 import pytest
@@ -124,6 +125,8 @@ class SessionTableMachine(RuleBasedStateMachine):
         self.served: set[str] = set()
         self.activities: dict[str, Activity] = {}  # every activity ever started
         self.in_flight: set[str] = set()
+        # The engine's timer, armed the engine's way (see timer_is_never_late): unarmed by an advance.
+        self.timer_at = math.inf
 
     # ------------------------------------------------------------- helpers
 
@@ -142,6 +145,11 @@ class SessionTableMachine(RuleBasedStateMachine):
             return OPERATOR
         other = next(p for p in PRINCIPALS if p != session.principal)
         return Viewer(session.principal if who == "owner" else other)
+
+    def _advance(self) -> None:
+        self.table.advance(self.now)
+        self.timer_at = math.inf  # the timer fired
+        self._drain()
 
     def _drain(self) -> list[Event]:
         events = self.table.take_events()
@@ -415,8 +423,7 @@ class SessionTableMachine(RuleBasedStateMachine):
         expiries = [r.expire_at for r in self.held[worker_id] if self.now <= r.expire_at < self.table.recovering_until]
         if expiries:
             self.now = data.draw(st.sampled_from(sorted(expiries)))
-            self.table.advance(self.now)
-            self._drain()
+            self._advance()
         self.connect(worker_id, capacity)
 
     @precondition(lambda self: self.records)
@@ -488,8 +495,7 @@ class SessionTableMachine(RuleBasedStateMachine):
             self.now = self.now if deadline is None else max(self.now, deadline)
         else:
             self.now += step
-        self.table.advance(self.now)
-        self._drain()
+        self._advance()
 
     # ------------------------------------------------------------- sessions
 
@@ -712,6 +718,19 @@ class SessionTableMachine(RuleBasedStateMachine):
         assert self._drain() == []
 
     # ------------------------------------------------------------- invariants
+
+    @invariant()
+    def timer_is_never_late(self) -> None:
+        # The engine's rule after every change: an armed timer is moved earlier only by a deadline set
+        # since (take_new_deadline, O(1)); an unarmed one is armed at next_deadline(). Either way it
+        # must never be later than the earliest deadline the table has.
+        deadline = self.table.take_new_deadline()
+        if self.timer_at == math.inf:
+            deadline = self.table.next_deadline()
+        if deadline is not None:
+            self.timer_at = min(self.timer_at, deadline)
+        earliest = self.table.next_deadline()
+        assert earliest is None or self.timer_at <= earliest
 
     @invariant()
     def capacity_is_a_hard_limit_in_every_resource_and_usage_matches_open_sessions(self) -> None:
