@@ -131,6 +131,8 @@ def mark_status(span: Span | None, code: grpc.StatusCode, reason: str = "", mess
 
 def annotate(**attributes: str) -> None:
     """Set ``sessiond.<name>`` attributes on the current span (no-op when not recording)."""
+    if not _state["enabled"]:  # no server span then: skip OpenTelemetry's context lookup (every activity)
+        return
     span = trace.get_current_span()
     if span.is_recording():
         for key, value in attributes.items():
@@ -139,6 +141,8 @@ def annotate(**attributes: str) -> None:
 
 def add_event(name: str, **attributes: str) -> None:
     """Add an event (placement, waiting, failure) to the current span."""
+    if not _state["enabled"]:
+        return
     span = trace.get_current_span()
     if span.is_recording():
         span.add_event(name, {f"sessiond.{k}": v for k, v in attributes.items()})
