@@ -87,11 +87,12 @@ class Principal:
 
     name: str
     roles: frozenset[Role] = field(default_factory=frozenset)
+    # What the core needs to know to decide which sessions this principal may see (built once:
+    # every RPC on a session asks for it).
+    viewer: Viewer = field(init=False, repr=False, compare=False)
 
-    @property
-    def viewer(self) -> Viewer:
-        """What the core needs to know to decide which sessions this principal may see."""
-        return Viewer(self.name, sees_all=Role.OPERATOR in self.roles)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "viewer", Viewer(self.name, sees_all=Role.OPERATOR in self.roles))
 
     def describe(self) -> str:
         """For messages: ``principal 'team-a' (caller)``."""
