@@ -147,8 +147,10 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
             session=self.engine.to_pb(session), server_incarnation=self.engine.incarnation)
 
     @rpc
-    async def ExecuteActivity(self, request: session_service_pb2.ExecuteActivityRequest,
-                              context: Context) -> session_service_pb2.ExecuteActivityResponse:
+    def ExecuteActivity(self, request: session_service_pb2.ExecuteActivityRequest,
+                        context: Context) -> Awaitable[session_service_pb2.ExecuteActivityResponse]:
+        # Returns the engine's coroutine rather than awaiting it: one coroutine frame less that every
+        # resumption of the call passes through (rpc's wrapper awaits it; a bad request raises here).
         session_id = validate.name(request.session_id, "session_id", required=True)
         activity_type = validate.name(request.activity_type, "activity_type", required=True)
         timeout = self.engine.config.activity_timeout.total_seconds()
@@ -164,15 +166,21 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
                                            context.invocation_metadata())
         cluster = self.engine.cluster
         if cluster is not None and not self.engine.holds(session_id):
-            answer = await cluster.routes.forward("ExecuteActivity", request, context, session_id,
-                                                  session_service_pb2.ExecuteActivityResponse)
-            if isinstance(answer, session_pb2.Session):  # never for ExecuteActivity
-                raise SessionNotFoundError(session_id)
-            return answer
-        return await self.engine.execute_activity(
+            return self._forward_activity(request, context, session_id)
+        return self.engine.execute_activity(
             session_id, activity_type, request.input, timeout, headers, heartbeat_timeout=heartbeat_timeout,
             attempt=attempt, heartbeat_details=request.heartbeat_details if request.HasField("heartbeat_details")
             else None, viewer=auth.current().viewer)
+
+    async def _forward_activity(self, request: session_service_pb2.ExecuteActivityRequest, context: Context,
+                                session_id: str) -> session_service_pb2.ExecuteActivityResponse:
+        """Replicas: the session is held by another replica; it runs the activity."""
+        assert self.engine.cluster is not None
+        answer = await self.engine.cluster.routes.forward("ExecuteActivity", request, context, session_id,
+                                                          session_service_pb2.ExecuteActivityResponse)
+        if isinstance(answer, session_pb2.Session):  # never for ExecuteActivity
+            raise SessionNotFoundError(session_id)
+        return answer
 
     @rpc_stream
     async def WatchSession(self, request: session_service_pb2.WatchSessionRequest,
