@@ -57,7 +57,7 @@ from sessiond_client._heartbeat import ActivityHeartbeats
 from sessiond_client._limits import RESULT_TOO_LARGE, UNANNOUNCED_MAX_MESSAGE_SIZE, oversize, payload_bytes
 from sessiond_client._retry import Backoff
 from sessiond_client._time import Duration, duration_from_proto, to_seconds
-from sessiond_client._typehints import activity_hints
+from sessiond_client._typehints import ActivityHints, activity_hints
 from sessiond_client._types import SessionInfo, SessionState
 from sessiond_client.api.v1 import session_pb2, session_service_pb2_grpc, worker_pb2
 
@@ -239,6 +239,9 @@ class SessionWorker:
         self._activities = _activity_table(activities)
         # Decided once: inspecting a callable per task is measurable on the activity path.
         self._async_activities = frozenset(name for name, fn in self._activities.items() if _is_async(fn))
+        # Each activity's type hints by name, read at its first run (a dict lookup per task, not
+        # activity_hints()'s cache keyed by the function).
+        self._hints: dict[str, ActivityHints] = {}
         self._max_sessions = max_concurrent_sessions
         self._capacities = capacities
         self._labels = dict(labels or {})
@@ -895,7 +898,10 @@ class SessionWorker:
     ) -> None:
         try:
             try:
-                args = self._converter.decode_args(task.input, activity_hints(fn).params)
+                hints = self._hints.get(task.activity_type)
+                if hints is None:  # first run of this activity: activity_hints() reads and caches them
+                    hints = self._hints[task.activity_type] = activity_hints(fn)
+                args = self._converter.decode_args(task.input, hints.params)
             except Exception as exc:
                 raise ApplicationError(f"cannot decode input: {exc}", type=PAYLOAD_ERROR, non_retryable=True) from exc
             if task.activity_type in self._async_activities:
