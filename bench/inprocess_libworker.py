@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import sys
+import threading
 import time
 from typing import Any
 
@@ -57,6 +58,9 @@ async def _main(label: str) -> None:
     worker._sessions["s-1"] = SessionInfo._from_proto(session)
     worker._records["s-1"] = session
     worker._worker_id = "w1"
+    # As run() sets them: the loop and its thread.
+    worker._loop = asyncio.get_running_loop()
+    worker._loop_thread = threading.get_ident()
     outbox: asyncio.Queue[Any] = asyncio.Queue()
     worker._outbox = outbox
     messages = _messages("s-1", BATCH * BATCHES)

@@ -57,7 +57,7 @@ from sessiond_client._heartbeat import ActivityHeartbeats
 from sessiond_client._limits import RESULT_TOO_LARGE, UNANNOUNCED_MAX_MESSAGE_SIZE, oversize, payload_bytes
 from sessiond_client._retry import Backoff
 from sessiond_client._time import Duration, duration_from_proto, to_seconds
-from sessiond_client._typehints import activity_hints
+from sessiond_client._typehints import ActivityHints, activity_hints
 from sessiond_client._types import SessionInfo, SessionState
 from sessiond_client.api.v1 import session_pb2, session_service_pb2_grpc, worker_pb2
 
@@ -239,6 +239,9 @@ class SessionWorker:
         self._activities = _activity_table(activities)
         # Decided once: inspecting a callable per task is measurable on the activity path.
         self._async_activities = frozenset(name for name, fn in self._activities.items() if _is_async(fn))
+        # Each activity's type hints by name, read at its first run (a dict lookup per task, not
+        # activity_hints()'s cache keyed by the function).
+        self._hints: dict[str, ActivityHints] = {}
         self._max_sessions = max_concurrent_sessions
         self._capacities = capacities
         self._labels = dict(labels or {})
@@ -599,7 +602,9 @@ class SessionWorker:
             ))
 
     def _send(self, message: worker_pb2.WorkerHeartbeatRequest) -> None:
-        self._last_send = asyncio.get_running_loop().time()
+        # The loop run() runs on, read once (asyncio.get_running_loop() costs a getpid() syscall on
+        # 3.11); the fallback is for a worker driven without run() (tests, bench.inprocess_libworker).
+        self._last_send = (self._loop or asyncio.get_running_loop()).time()
         if self._outbox is None:
             logger.debug("dropping %s: no stream", message.WhichOneof("message"))
             return
@@ -610,7 +615,7 @@ class SessionWorker:
     def _on_message(self, message: worker_pb2.WorkerHeartbeatResponse) -> None:
         # Any message confirms every session still held (the stream is ordered: a session the
         # server failed was dropped by an earlier SessionEnded).
-        if self._fence.heard(asyncio.get_running_loop().time()):
+        if self._fence.heard((self._loop or asyncio.get_running_loop()).time()):
             logger.info("worker %s hears sessiond again: its sessions are confirmed", self._worker_id)
         if message.HasField("heartbeat_interval"):
             sent = message.heartbeat_interval
@@ -625,7 +630,9 @@ class SessionWorker:
         if incarnation:
             self._server_incarnation = incarnation
         kind = message.WhichOneof("message")
-        if kind == "registered":
+        if kind == "activity_task":  # first: the message a busy worker gets most
+            self._start_activity(message.activity_task)
+        elif kind == "registered":
             self._max_message_size = message.registered.max_message_size or UNANNOUNCED_MAX_MESSAGE_SIZE
             self._on_registered(message.registered)
         elif kind == "session_started":
@@ -649,8 +656,6 @@ class SessionWorker:
             ended = message.session_ended
             reason = "SESSION_FAILED" if ended.state == int(SessionState.FAILED) else "SESSION_COMPLETED"
             self._drop_session(ended.session_id, reason)
-        elif kind == "activity_task":
-            self._start_activity(message.activity_task)
         elif kind == "goodbye_ack":
             self._goodbye_acked.set()
             logger.debug("goodbye acknowledged; %d sessions to finish", len(message.goodbye_ack.session_ids))
@@ -781,22 +786,24 @@ class SessionWorker:
     # -- activities -----------------------------------------------------------------------------
 
     def _start_activity(self, task: worker_pb2.ActivityTask) -> None:
-        session = self._sessions.get(task.session_id)
+        # Each read of a protobuf string field builds a new str: the ids are read once.
+        session_id = task.session_id
+        session = self._sessions.get(session_id)
         if session is None:
             # Fencing: the server may believe we hold a session we already dropped (or never had).
             self._report_failure(
                 task,
                 session_pb2.ActivityFailure(
                     type=SESSION_NOT_HELD,
-                    message=f"worker {self._worker_id} does not hold session {task.session_id}",
+                    message=f"worker {self._worker_id} does not hold session {session_id}",
                     non_retryable=True,
                 ),
             )
             return
-        if self._fence.is_fenced(task.session_id):
+        if self._fence.is_fenced(session_id):
             # Not confirmed by the server since its silence fenced the session.
             self._report_failure(task, session_pb2.ActivityFailure(
-                type=SESSION_FENCED, message=f"session {task.session_id} is fenced: the server has not confirmed it"))
+                type=SESSION_FENCED, message=f"session {session_id} is fenced: the server has not confirmed it"))
             return
         fn = self._activities.get(task.activity_type)
         if fn is None:
@@ -813,10 +820,10 @@ class SessionWorker:
         activity_id = task.activity_id
         if activity_id in self._running:
             return  # a duplicate delivery of a task already running
-        session_id = task.session_id
+        loop = self._loop or asyncio.get_running_loop()
         heartbeat_timeout = duration_from_proto(task.heartbeat_timeout) if task.HasField("heartbeat_timeout") else None
         heartbeats = ActivityHeartbeats(
-            asyncio.get_running_loop(), self._converter,
+            loop, self._converter,
             None if heartbeat_timeout is None else heartbeat_timeout.total_seconds(),
             functools.partial(self._send_heartbeat, activity_id, session_id), self._loop_thread,
         )
@@ -828,8 +835,8 @@ class SessionWorker:
         running = _Running(activity_id, session_id, context, self._running)
         # No done-callback: the wrapper's finally forgets the execution (a callback is one more
         # loop handle per activity), and cancel() does when the task never started.
-        running.task = asyncio.create_task(self._execute(task, fn, context, heartbeats, running),
-                                           name=f"sessiond-activity-{activity_id}")
+        running.task = loop.create_task(self._execute(task, fn, context, heartbeats, running),
+                                        name=f"sessiond-activity-{activity_id}")
         self._running[activity_id] = running
 
     @staticmethod
@@ -891,7 +898,10 @@ class SessionWorker:
     ) -> None:
         try:
             try:
-                args = self._converter.decode_args(task.input, activity_hints(fn).params)
+                hints = self._hints.get(task.activity_type)
+                if hints is None:  # first run of this activity: activity_hints() reads and caches them
+                    hints = self._hints[task.activity_type] = activity_hints(fn)
+                args = self._converter.decode_args(task.input, hints.params)
             except Exception as exc:
                 raise ApplicationError(f"cannot decode input: {exc}", type=PAYLOAD_ERROR, non_retryable=True) from exc
             if task.activity_type in self._async_activities:
