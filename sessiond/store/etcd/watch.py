@@ -38,6 +38,7 @@ from sessiond.store.etcd.errors import (
     EtcdUnavailableError,
     WatchCancelledError,
 )
+from sessiond.supervise import stop, supervise
 
 if TYPE_CHECKING:
     from sessiond.store.etcd.client import EtcdClient, Member
@@ -159,6 +160,7 @@ class Watcher:
         self._active.append(watch)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="etcd-watch")
+            supervise(self._task, stopping=self._client.stream_end_expected, fail=self._failed, log=log)
         if self._live:
             self._create(watch)
         # Not asyncio.wait_for: on Python 3.11 it swallows a cancel that arrives in the loop step in
@@ -177,13 +179,19 @@ class Watcher:
 
     async def close(self) -> None:
         """Stop the stream; every open watch ends with :class:`EtcdClosedError`."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop(self._task)
         for watch in self._active:
             watch._fail(EtcdClosedError("etcd client closed"))
         self._active.clear()
+
+    def _failed(self, reason: str) -> None:
+        """The stream's task died (a bug): every open watch ends with an error instead of waiting
+        for ever (a later :meth:`watch` starts the stream again), and the client's owner is told."""
+        self._stream_ended()
+        for watch in list(self._active):
+            watch._fail(EtcdUnavailableError(f"etcd watch stream failed: {reason}"))
+        self._active.clear()
+        self._client.stream_failed(reason)
 
     # -- requests
 
