@@ -14,6 +14,6 @@ async def _bug(self: EtcdStore, gone_for: float) -> NoReturn:
     raise RuntimeError("injected: the janitor's pass hit a bug")
 
 
-EtcdStore.orphaned_workers = _bug  # type: ignore[assignment,method-assign]
+EtcdStore.orphaned_workers = _bug  # type: ignore[method-assign]
 
 raise SystemExit(main())

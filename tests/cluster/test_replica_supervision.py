@@ -49,7 +49,7 @@ async def _async_bug(*_: Any, **__: Any) -> NoReturn:
 class _Exploding(dict[Any, Any]):
     """The keeper's lease table, made to raise on the next renewal's lookup."""
 
-    def get(self, *_: Any) -> NoReturn:  # type: ignore[override]
+    def get(self, *_: Any) -> NoReturn:
         raise Injected(INJECTED)
 
 
