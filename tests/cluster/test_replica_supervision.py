@@ -134,17 +134,11 @@ async def test_a_background_task_that_dies_is_logged_once_and_fences_the_replica
 
 
 async def test_a_replica_stopped_on_purpose_reports_no_dead_task(
-        etcd_cluster: EtcdCluster, caplog: pytest.LogCaptureFixture) -> None:
+        replica: SessiondServer, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    store = f"etcd://{','.join(etcd_cluster.endpoints)}/t{uuid.uuid4().hex[:10]}?lease_ttl=5&failover_window=2"
-    server, _ = await create_server(ServerConfig(listen=f"127.0.0.1:{port}", store=store))
-    await server.start()
-    cluster = server.engine.cluster
+    cluster = replica.engine.cluster
     assert cluster is not None
-    await server.stop(0)  # cancels every loop above
+    await replica.stop(0)  # cancels every loop above
     assert not cluster.fenced.is_set()
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
