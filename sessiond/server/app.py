@@ -20,7 +20,7 @@ from sessiond_client.api.v1 import session_service_pb2
 
 from sessiond.config import ServerConfig
 from sessiond.core.token import Signer
-from sessiond.hostport import join_host_port, parse_host_port
+from sessiond.hostport import with_port
 from sessiond.server import decoding
 from sessiond.server.auth import Authenticator, CredentialsError
 from sessiond.server.engine import Engine
@@ -177,8 +177,7 @@ async def create_server(config: ServerConfig | None = None, *,
     if replicated:
         from sessiond.server.cluster import Cluster, open_store  # the etcd store: only replicas import it
 
-        address = config.advertise or join_host_port(parse_host_port(config.listen, "listen", allow_port_zero=True)[0],
-                                                     port)
+        address = config.advertise or with_port(config.listen, port)  # (config checked listen is host:port)
         try:
             engine.cluster = Cluster(engine, await open_store(config, address))
         except StartupError:

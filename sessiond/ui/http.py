@@ -39,7 +39,7 @@ from sessiond import __version__
 from sessiond.config import ServerConfig
 from sessiond.core.errors import InvalidArgumentError, SessionError
 from sessiond.core.model import FailureCause, SessionState
-from sessiond.hostport import join_host_port, parse_host_port
+from sessiond.hostport import parse_host_port, with_port
 from sessiond.logs import RateLimitedWarning
 from sessiond.server import validate
 from sessiond.server.auth import Authenticator
@@ -155,8 +155,7 @@ class Dashboard:
         self._grpc_address = config.listen
         if grpc_port is not None:
             with contextlib.suppress(ValueError):  # unix:... and the like are shown as given
-                host, _ = parse_host_port(config.listen, "listen", allow_port_zero=True)
-                self._grpc_address = join_host_port(host, grpc_port)
+                self._grpc_address = with_port(config.listen, grpc_port)
         self._started = time.time()
         self._started_mono = engine.now()
         self._runner: web.AppRunner | None = None
