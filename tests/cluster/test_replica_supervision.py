@@ -26,6 +26,7 @@ from sessiond.config import ServerConfig
 from sessiond.server import SessiondServer, create_server
 from sessiond.server.cluster import Cluster
 from sessiond.store.etcd import EtcdClient
+from sessiond.store.etcd.errors import EtcdUnavailableError
 from sessiond.testing.etcd_cluster import EtcdCluster
 from tests.integration.faults import ServerProcess
 
@@ -131,6 +132,25 @@ async def test_a_background_task_that_dies_is_logged_once_and_fences_the_replica
     assert cluster.store.fenced.is_set()  # it writes nothing more
     assert any(r.levelno == logging.ERROR and "replica fenced itself" in r.getMessage() for r in caplog.records)
     assert replica.engine._stopping  # the fenced path: worker streams end, the server stops
+
+
+async def test_a_watch_whose_stream_died_ends_with_an_error_and_the_client_reports_it_once(
+        etcd: EtcdClient, prefix: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The etcd client alone (no store): its open watches do not wait for ever on a dead stream."""
+    reasons: list[str] = []
+    etcd.on_stream_failed.append(reasons.append)
+    watch = await etcd.watch(prefix + b"k")
+    monkeypatch.setattr(etcd.watcher, "_dispatch", _bug)
+    await etcd.put(prefix + b"k", b"v")
+
+    async def read() -> None:
+        async for _batch in watch:
+            pass
+
+    with pytest.raises(EtcdUnavailableError, match="etcd watch stream failed"):
+        await asyncio.wait_for(read(), 20)
+    assert reasons == [f"background task etcd-watch raised Injected('{INJECTED}')"]
+    assert etcd.stream_failure == reasons[0]
 
 
 async def test_a_replica_stopped_on_purpose_reports_no_dead_task(

@@ -160,7 +160,8 @@ class Watcher:
         self._active.append(watch)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="etcd-watch")
-            supervise(self._task, stopping=self._client.stream_end_expected, fail=self._failed, log=log)
+            self._task.add_done_callback(self._task_ended)
+            supervise(self._task, stopping=self._client.stream_end_expected, fail=self._client.stream_failed, log=log)
         if self._live:
             self._create(watch)
         # Not asyncio.wait_for: on Python 3.11 it swallows a cancel that arrives in the loop step in
@@ -184,14 +185,16 @@ class Watcher:
             watch._fail(EtcdClosedError("etcd client closed"))
         self._active.clear()
 
-    def _failed(self, reason: str) -> None:
-        """The stream's task died (a bug): every open watch ends with an error instead of waiting
-        for ever (a later :meth:`watch` starts the stream again), and the client's owner is told."""
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        """The stream's task ends only when the client closes; if it died before (a bug, reported by
+        :func:`~sessiond.supervise.supervise`), every open watch ends with an error instead of
+        waiting for ever (a later :meth:`watch` starts the stream again)."""
+        if self._client.closed:
+            return
         self._stream_ended()
         for watch in list(self._active):
-            watch._fail(EtcdUnavailableError(f"etcd watch stream failed: {reason}"))
+            watch._fail(EtcdUnavailableError(f"etcd watch stream failed ({task.get_name()} ended)"))
         self._active.clear()
-        self._client.stream_failed(reason)
 
     # -- requests
 
