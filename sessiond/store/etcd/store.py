@@ -38,6 +38,8 @@ definite, see :mod:`~sessiond.store.etcd.writer`).
 ``send time of the last acknowledged renewal + TTL - margin``. Past that (or when etcd says the lease
 is gone) the store drops every fence, refuses every further write (``FENCE_LOST``) and calls the
 ``on_fenced`` callbacks: the server closes its worker streams so the workers move to another replica.
+It fences itself the same way when one of its long-lived tasks dies of a bug (:meth:`EtcdStore.supervise`):
+a replica does not serve on without its writer, mirrors, lease guard or etcd streams.
 
 The store is a composition, one job per module: :mod:`~sessiond.store.etcd.keys` (the key layout),
 :mod:`~sessiond.store.etcd.writer` (group commit, claims, making lost outcomes definite),
