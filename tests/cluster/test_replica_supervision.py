@@ -17,6 +17,7 @@ import logging
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
@@ -28,7 +29,11 @@ from sessiond.server.cluster import Cluster
 from sessiond.store.etcd import EtcdClient
 from sessiond.store.etcd.errors import EtcdUnavailableError
 from sessiond.testing.etcd_cluster import EtcdCluster
+from tests.cluster.replicas import Replicas
+from tests.cluster.test_replica_faults import _retried
+from tests.cluster.test_replicas import OPEN, QUEUE, Caller, wait_owned
 from tests.integration.faults import ServerProcess
+from tests.integration.workers.support import worker_pool
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 
@@ -163,20 +168,39 @@ async def test_a_replica_stopped_on_purpose_reports_no_dead_task(
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
-async def test_a_replica_process_whose_janitor_dies_exits_non_zero(etcd_cluster: EtcdCluster) -> None:
-    """The real process: the janitor's first pass hits a bug; the replica logs it with its
-    traceback, fences itself and exits 2 with one line saying why."""
-    store = f"etcd://{','.join(etcd_cluster.endpoints)}/t{uuid.uuid4().hex[:10]}?lease_ttl=5&failover_window=2"
-    server = ServerProcess("--store", store, module="tests.cluster.crashing_replica")
-    try:
-        await server.start()
-        assert server.process is not None
-        code = await asyncio.wait_for(server.process.wait(), 30)
-        log = await server.stop()
-    except BaseException:
-        print(await server.stop())
-        raise
-    assert code == 2, log
-    assert "background task sessiond-janitor stopped unexpectedly" in log, log
-    assert "Traceback" in log and "RuntimeError: injected: the janitor's pass hit a bug" in log, log
-    assert "sessiond: this replica fenced itself (background task sessiond-janitor raised" in log, log
+async def test_a_replica_process_whose_janitor_dies_exits_non_zero_and_its_worker_moves(
+        etcd_cluster: EtcdCluster, tmp_path: Path) -> None:
+    """Real processes: two replicas, the first one's janitor made to hit a bug while it owns a
+    worker with two open sessions. That replica logs the error with its traceback, fences itself
+    and exits 2 with one line saying why; the worker moves to the other replica with its sessions,
+    which stay OPEN and run activities."""
+    crash = tmp_path / "crash"
+    group = Replicas(etcd_cluster, 2)
+    doomed = group.servers[0] = ServerProcess("--store", group.store, "--crash-when", str(crash),
+                                              module="tests.cluster.crashing_replica")
+    survivor = group.targets[1]
+    async with await EtcdClient.connect(etcd_cluster.endpoints) as etcd, worker_pool() as start:
+        await group.start()
+        caller = Caller(survivor)
+        try:
+            worker = await start(group.all_targets, QUEUE, max_sessions=2, worker_id="kept")  # doomed first
+            await wait_owned(group, etcd, worker, doomed.target)
+            ids = [(await caller.create()).session_id for _ in range(2)]
+            crash.touch()  # the janitor's next pass (every 2 s with the tests' failover window)
+            assert doomed.process is not None
+            code = await asyncio.wait_for(doomed.process.wait(), 30)
+            log = await doomed.stop()
+            assert code == 2, log
+            assert "background task sessiond-janitor stopped unexpectedly" in log, log
+            assert "Traceback" in log and "RuntimeError: injected: the janitor's pass hit a bug" in log, log
+            assert "sessiond: this replica fenced itself (background task sessiond-janitor raised" in log, log
+            await wait_owned(group, etcd, worker, survivor)
+            for sid in ids:
+                assert (await caller.get(sid)).state == OPEN
+                assert await _retried(lambda sid=sid: caller.execute(sid, "echo", sid)) == sid
+        except BaseException:
+            print(await group.stop())
+            raise
+        finally:
+            await caller.close()
+            await group.stop()
