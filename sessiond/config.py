@@ -301,8 +301,12 @@ class ServerConfig:
             if host in ("0.0.0.0", "::"):
                 raise ValueError("advertise must be an address other replicas can reach, not a wildcard")
         else:
-            host, _, port = self.listen.rpartition(":")
-            if host in ("0.0.0.0", "[::]", "") or port == "0":
+            try:
+                host, port = parse_host_port(self.listen, "listen", allow_port_zero=True)
+            except ValueError as exc:  # unix:..., or a malformed address: no address a peer can dial
+                raise ValueError(f"advertise is needed with store etcd:// when listen is not host:port ({exc})"
+                                 ) from None
+            if host in ("0.0.0.0", "::") or port == 0:
                 raise ValueError("advertise is needed with store etcd:// when listen is a wildcard or port 0")
         if (self.etcd_tls_cert is None) != (self.etcd_tls_key is None):
             raise ValueError("etcd_tls_cert and etcd_tls_key go together")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["join_host_port", "parse_host_port"]
+__all__ = ["join_host_port", "parse_host_port", "with_port"]
 
 # A host name or IPv4 address (underscores too: container names have them), or an IPv6 address in
 # brackets, optionally with a zone (``[fe80::1%eth0]``).
@@ -64,3 +64,14 @@ def parse_host_port(raw: str, what: str, *, default_port: int | None = None,
 def join_host_port(host: str, port: int) -> str:
     """The inverse of :func:`parse_host_port`: an IPv6 host goes back in brackets."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def with_port(address: str, port: int, what: str = "listen") -> str:
+    """``address`` (``host:port``) with another port: a listen address with the port actually bound
+    (``[::1]:0`` and 50123 give ``[::1]:50123``).
+
+    Raises:
+        ValueError: ``address`` is not ``host:port`` (``unix:...`` and the like).
+    """
+    host, _ = parse_host_port(address, what, allow_port_zero=True)
+    return join_host_port(host, port)

@@ -20,6 +20,7 @@ from sessiond_client.api.v1 import session_service_pb2
 
 from sessiond.config import ServerConfig
 from sessiond.core.token import Signer
+from sessiond.hostport import with_port
 from sessiond.server import decoding
 from sessiond.server.auth import Authenticator, CredentialsError
 from sessiond.server.engine import Engine
@@ -176,7 +177,7 @@ async def create_server(config: ServerConfig | None = None, *,
     if replicated:
         from sessiond.server.cluster import Cluster, open_store  # the etcd store: only replicas import it
 
-        address = config.advertise or f"{config.listen.rpartition(':')[0]}:{port}"
+        address = config.advertise or with_port(config.listen, port)  # (config checked listen is host:port)
         try:
             engine.cluster = Cluster(engine, await open_store(config, address))
         except StartupError:
@@ -229,8 +230,9 @@ async def serve(config: ServerConfig, *, warnings: Sequence[str] = ()) -> None:
     stopper = asyncio.create_task(stop.wait())
     watched: set[asyncio.Task[Any]] = {waiter, stopper}
     fenced = None
-    if server.engine.cluster is not None:
-        fenced = asyncio.create_task(server.engine.cluster.fenced.wait())
+    cluster = server.engine.cluster
+    if cluster is not None:
+        fenced = asyncio.create_task(cluster.fenced.wait())
         watched.add(fenced)
     await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
     log.info("sessiond shutting down")
@@ -242,8 +244,8 @@ async def serve(config: ServerConfig, *, warnings: Sequence[str] = ()) -> None:
     if tracer_provider is not None:
         tracer_provider.shutdown()  # type: ignore[attr-defined]
     log.info("sessiond stopped")
-    if fenced is not None:
+    if cluster is not None and fenced is not None:
         if fenced.done():
-            raise StartupError("this replica lost its etcd lease and fenced itself; start it again "
-                               "(a new incarnation) once etcd is reachable")
+            raise StartupError(f"this replica fenced itself ({cluster.fenced_reason}); start it again (a new "
+                               "incarnation) once etcd is reachable")
         fenced.cancel()

@@ -23,6 +23,7 @@ Routes (all JSON under ``/api/v1``; documented in the README):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.resources
 import json
 import logging
@@ -38,7 +39,7 @@ from sessiond import __version__
 from sessiond.config import ServerConfig
 from sessiond.core.errors import InvalidArgumentError, SessionError
 from sessiond.core.model import FailureCause, SessionState
-from sessiond.hostport import parse_host_port
+from sessiond.hostport import parse_host_port, with_port
 from sessiond.logs import RateLimitedWarning
 from sessiond.server import validate
 from sessiond.server.auth import Authenticator
@@ -153,7 +154,8 @@ class Dashboard:
         self.port: int | None = None
         self._grpc_address = config.listen
         if grpc_port is not None:
-            self._grpc_address = f"{config.listen.rpartition(':')[0]}:{grpc_port}"
+            with contextlib.suppress(ValueError):  # unix:... and the like are shown as given
+                self._grpc_address = with_port(config.listen, grpc_port)
         self._started = time.time()
         self._started_mono = engine.now()
         self._runner: web.AppRunner | None = None

@@ -10,7 +10,6 @@ deadline), never with a bare sleep.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import json
 import os
@@ -34,6 +33,7 @@ from sessiond.server import SessiondServer, create_server
 from sessiond.telemetry import SessionMetrics, configure_metrics
 from tests.integration.rawworker import RawWorker
 from tests.integration.workers.support import ClientWorkerProcess, worker_pool
+from tests.support.event_process import EventProcess
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
@@ -262,31 +262,8 @@ async def make_worker(sessiond: Sessiond) -> AsyncIterator[WorkerFactory]:
 # --------------------------------------------------------------------- worker processes
 
 
-class WorkerProcess:
+class WorkerProcess(EventProcess):
     """A raw worker running as a separate OS process; its JSON event lines are collected."""
-
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-        self.events: list[dict[str, Any]] = []
-        self._reader = asyncio.create_task(self._read())
-
-    @property
-    def pid(self) -> int:
-        """The OS process id."""
-        return self.process.pid
-
-    async def _read(self) -> None:
-        assert self.process.stdout is not None
-        async for line in self.process.stdout:
-            with contextlib.suppress(ValueError):
-                self.events.append(json.loads(line))
-
-    def seen(self, event: str, **fields: Any) -> dict[str, Any] | None:
-        """The first event named ``event`` whose fields include ``fields``, or None."""
-        for record in self.events:
-            if record.get("event") == event and all(record.get(k) == v for k, v in fields.items()):
-                return record
-        return None
 
     async def wait_for(self, event: str, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:  # noqa: ASYNC109, RUF100
         """Wait for an event line (see :meth:`seen`)."""
@@ -302,21 +279,6 @@ class WorkerProcess:
         assert self.process.stdin is not None
         self.process.stdin.write(line.encode() + b"\n")
         await self.process.stdin.drain()
-
-    def signal(self, sig: int) -> None:
-        """Send a signal (SIGKILL, SIGSTOP, SIGCONT)."""
-        self.process.send_signal(sig)
-
-    async def reap(self) -> None:
-        """Kill (if still running) and wait for the process; close its pipes."""
-        if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.kill()  # SIGKILL also ends a SIGSTOPped process
-        await self.process.wait()
-        if self.process.stdin is not None:
-            self.process.stdin.close()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(self._reader, 5)
 
 
 ProcessFactory = Callable[..., Awaitable[WorkerProcess]]

@@ -36,11 +36,13 @@ def rss_kb(pid: int) -> int:
 
 
 class ServerProcess:
-    """``python -m sessiond serve`` on a free port, as a separate OS process."""
+    """``python -m sessiond serve`` on a free port, as a separate OS process (``module``: another
+    entry point that takes the same arguments, e.g. one that injects a fault first)."""
 
-    def __init__(self, *flags: str) -> None:
+    def __init__(self, *flags: str, module: str = "sessiond") -> None:
         self.port = free_port()
         self.flags = flags
+        self.module = module
         self.process: asyncio.subprocess.Process | None = None
         self._log = b""
 
@@ -58,7 +60,7 @@ class ServerProcess:
     async def start(self) -> ServerProcess:
         """Start the server and wait until it answers health checks."""
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "sessiond", "serve", "--listen", self.target, *self.flags,
+            sys.executable, "-m", self.module, "serve", "--listen", self.target, *self.flags,
             cwd=REPO_ROOT, env=ENV, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
         await eventually(self._serving, timeout=30, interval=0.1, message=f"sessiond on {self.target} serving")
         return self

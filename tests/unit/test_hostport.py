@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from sessiond.config import ServerConfig
-from sessiond.hostport import join_host_port, parse_host_port
+from sessiond.hostport import join_host_port, parse_host_port, with_port
 
 
 @pytest.mark.parametrize(("raw", "expected"), [
@@ -76,3 +76,20 @@ def test_settings_use_the_one_parser() -> None:
     with pytest.raises(ValueError, match="advertise must be an address other replicas can reach"):
         ServerConfig(store="etcd://127.0.0.1:2379/test", advertise="[::]:50051")
     assert ServerConfig(ui_listen=" [::1]:0 ").ui_listen == " [::1]:0 "
+
+
+@pytest.mark.parametrize(("listen", "expected"), [
+    ("127.0.0.1:0", "127.0.0.1:50123"),
+    ("localhost:50051", "localhost:50123"),
+    ("[::1]:0", "[::1]:50123"),
+    ("[::]:50051", "[::]:50123"),
+    ("[fe80::1%eth0]:0", "[fe80::1%eth0]:50123"),
+])
+def test_a_listen_address_takes_the_port_actually_bound(listen: str, expected: str) -> None:
+    """A replica's advertised address (no --advertise) and the dashboard's gRPC address."""
+    assert with_port(listen, 50123) == expected
+
+
+def test_an_address_that_is_not_host_port_has_no_port_to_replace() -> None:
+    with pytest.raises(ValueError, match="listen: "):
+        with_port("unix:/run/sessiond.sock", 50123)

@@ -88,6 +88,10 @@ def test_replica_settings_are_accepted_with_an_etcd_store(tmp_path: Path) -> Non
     assert secure.peer_tls_ca == tmp_path / "ca.pem"
     # The advertise address defaults to the listen address when that one is reachable.
     assert _config(store=ETCD, listen="10.0.0.5:50051").advertise is None
+    # IPv6 literals go through the one HOST:PORT parser (brackets kept off the host).
+    assert _config(store=ETCD, listen="[::1]:50051").advertise is None
+    assert _config(store=ETCD, listen="[fe80::1%eth0]:50051").advertise is None
+    assert _config(store=ETCD, listen="[::]:0", advertise="[2001:db8::5]:50051").advertise == "[2001:db8::5]:50051"
 
 
 @pytest.mark.parametrize(("values", "says"), [
@@ -96,6 +100,12 @@ def test_replica_settings_are_accepted_with_an_etcd_store(tmp_path: Path) -> Non
     ({"peer_token": "t"}, "peer_token only applies with store etcd://"),
     ({"store": ETCD, "listen": "0.0.0.0:50051"}, "advertise is needed"),
     ({"store": ETCD, "listen": "127.0.0.1:0"}, "advertise is needed"),
+    ({"store": ETCD, "listen": "[::]:50051"}, "advertise is needed"),
+    ({"store": ETCD, "listen": "[::1]:0"}, "advertise is needed"),
+    ({"store": ETCD, "listen": "unix:/run/sessiond.sock"}, "advertise is needed with store etcd:// when listen is "
+                                                            "not host:port"),
+    ({"store": ETCD, "listen": "::1:50051"}, "an IPv6 address goes in brackets"),
+    ({"store": ETCD, "advertise": "[::]:50051"}, "not a wildcard"),
     ({"store": ETCD, "advertise": "0.0.0.0:50051"}, "not a wildcard"),
     ({"store": ETCD, "advertise": "h"}, "advertise: expected host:port"),
     ({"store": ETCD, "etcd_tls_cert": Path("c")}, "etcd_tls_cert and etcd_tls_key go together"),

@@ -1,17 +1,17 @@
 """Random operation sequences against the session table, checking its invariants after every step.
 
 A hypothesis state machine drives connect / create / recreate / complete / heartbeat / time /
-disconnect / goodbye / activities / cancel, and the ways sessions outlive processes (callers that
-watch, call or vanish; workers that detach, reattach, decline, or register twice from two processes;
-server restarts rebuilt from the workers' reports), over three workers with 1-3 slots, 0-2 GPUs and
-a zone label, requests that ask for 0-2 GPUs with a selector, made by two principals (callers whose
-sessions, owner keys and request ids are their own) and looked at by their creator, the other
-principal or an operator, and a manual clock, and keeps its own model of what the events said, so
-each step checks the table against it: used ≤ capacity in every resource, a waiter waits only while
-the fairness policy says it must, and a principal never sees (nor attends) another's session.
-Each rule catches only the domain errors its call may raise, so any other exception (the
-table's internal ``IllegalTransitionError`` included) fails the test: it is unreachable from
-the public API.
+disconnect / goodbye / activities / cancel / a worker taken over by another replica, and the ways
+sessions outlive processes (callers that watch, call or vanish; workers that detach, reattach,
+decline, or register twice from two processes; server restarts rebuilt from the workers' reports),
+over three workers with 1-3 slots, 0-2 GPUs and a zone label, requests that ask for 0-2 GPUs with a
+selector, made by two principals (callers whose sessions, owner keys and request ids are their own)
+and looked at by their creator, the other principal or an operator, and a manual clock, and keeps
+its own model of what the events said, so each step checks the table against it: used ≤ capacity in
+every resource, a waiter waits only while the fairness policy says it must, and a principal never
+sees (nor attends) another's session. Each rule catches only the domain errors its call may raise,
+so any other exception (the table's internal ``IllegalTransitionError`` included) fails the test: it
+is unreachable from the public API.
 """
 
 from __future__ import annotations
@@ -486,6 +486,55 @@ class SessionTableMachine(RuleBasedStateMachine):
         if how == "goodbye":
             assert worker.sessions == set()
 
+    @precondition(lambda self: self.live or self.detached)
+    @rule(data=st.data())
+    def worker_taken_over_by_another_replica(self, data: st.DataObject) -> None:
+        """Another replica took the worker over (SPEC §6.5, issue 12): its sessions, held by its
+        stream here or waiting for it detached, live on there and leave this table without an
+        event; the activities in flight on them are handed back to end OWNER_UNAVAILABLE."""
+        detached_on = {self.sessions[sid].worker.key.worker_id for sid in self.detached}
+        candidates = sorted(set(self.live) | detached_on)
+        # Mostly a worker that holds something (an idle one is the easy case): detached sessions,
+        # or sessions with activities in flight, when there are.
+        busy = sorted(detached_on | {self.activities[aid].worker.key.worker_id for aid in self.in_flight}) or \
+            sorted({s.worker.key.worker_id for s in self.sessions.values() if s.state is SessionState.OPEN})
+        prefer_busy = bool(busy) and data.draw(st.booleans())
+        worker_id = data.draw(st.sampled_from(busy if prefer_busy else candidates))
+        key = WorkerKey(QUEUE, worker_id)
+        mine = {sid for sid, s in self.sessions.items() if s.state is SessionState.OPEN and s.worker.key == key}
+        running = {aid for aid in self.in_flight if self.activities[aid].session_id in mine}
+        owners_before, open_before = self._owner_holders(), self.table.open_count
+        sessions, activities = self.table.drop_worker(self.now, key)
+        assert self._drain() == [], "a worker taken over changed something here beyond forgetting it"
+        assert {s.session_id for s in sessions} == mine, "drop_worker forgot other sessions than the worker's"
+        assert {a.activity_id for a in activities} == running
+        assert all(s.state is SessionState.OPEN for s in sessions)  # not ended: they live on elsewhere
+        # No slot left held: the worker is gone from here, and its sessions with it.
+        assert key not in self.table.registry.workers
+        assert all(w.key != key for w in self.table.workers(limit=10**6)[0])
+        assert self.table.open_count == open_before - len(mine)
+        for sid in mine:
+            try:
+                self.table.lookup(self.now, sid)
+            except RecoveringError:
+                assert self.now < self.table.recovering_until
+            except SessionNotFoundError:
+                pass
+            else:
+                raise AssertionError(f"{sid} is still answered here after its worker moved away")
+            del self.sessions[sid]
+            self.placed_total -= 1
+            self.detached.discard(sid)
+        # No activity left pointing at the dropped worker; owner keys of its sessions are free here.
+        assert all(a.worker.key != key for a in self.table._activities.values())
+        assert all(a.session_id not in mine for a in self.table._activities.values())
+        self.in_flight -= running
+        self.watches = [w for w in self.watches if w.session_id not in mine]
+        freed = {(s.principal, s.owner) for s in sessions if s.owner}
+        assert self._owner_holders() == owners_before - freed
+        if worker_id in self.live:
+            self.fenced.append(self.live.pop(worker_id))  # its old stream here is closed: never heard again
+
     # ------------------------------------------------------------- time
 
     @rule(step=st.sampled_from([0.5, 1.0, 2.0, 3.0, 5.0, 13.0, None]))
@@ -867,4 +916,51 @@ def test_the_machine_adopts_the_report_after_an_expired_one_while_a_create_waits
         check()
     assert sorted(machine.adopted) == ["id-1", "id-2"]
     assert machine.table.waiting_count() == 1
+    machine.teardown()
+
+
+class _Picks:
+    """Stands in for hypothesis' ``data`` when a test replays rules: each draw returns the next pick."""
+
+    def __init__(self, *picks: Any) -> None:
+        self.picks = list(picks)
+
+    def draw(self, strategy: Any) -> Any:
+        return self.picks.pop(0)
+
+
+def test_the_machine_drops_a_parked_and_a_live_worker_with_activities_in_flight() -> None:
+    """The takeover rule's two hard cases, replayed so every run checks them (random runs reach
+    them seldom): a worker whose sessions wait detached for it, with an activity started on one
+    of them, and a connected worker with an activity in flight. After each, the invariants hold
+    and the dropped owner key is free for a new session here."""
+    machine = SessionTableMachine()
+    checks = [getattr(machine, name) for name in dir(type(machine))
+              if hasattr(getattr(type(machine), name), INVARIANT_MARKER)]
+    machine.workers_connect([(2, 0, "a"), (2, 0, "a")])
+    keeps = SessionOptions(creation_timeout=0.0, execution_timeout=40.0, heartbeat_timeout=15.0, reattach_timeout=5.0)
+    one = ResourceVector.one_session()
+    machine.create([(keeps, "alice", "", one, Selector(), "team-a"), (keeps, "", "r1", one, Selector(), "team-a"),
+                    (keeps, "bob", "", one, Selector(), "team-b")])
+    on = {w: sorted(sid for sid, s in machine.sessions.items() if s.worker.key.worker_id == w) for w in ("w1", "w2")}
+    parked, live = ("w1", "w2") if len(on["w1"]) >= len(on["w2"]) else ("w2", "w1")
+    machine.worker_leaves(_Picks(parked), how="disconnect")  # its sessions wait detached
+    assert machine.detached == set(on[parked])
+    machine.start_activity(_Picks(on[parked][0]), timeout=30.0)  # waits for the worker to come back
+    if on[live]:
+        machine.start_activity(_Picks(on[live][0]), timeout=30.0)
+    assert machine.in_flight
+    for worker_id in (parked, live):
+        machine.worker_taken_over_by_another_replica(_Picks(False, worker_id))
+        for check in checks:
+            check()
+    assert machine.sessions == {} and machine.in_flight == set() and machine.detached == set()
+    assert machine.table.open_count == 0 and machine.table.workers(limit=10)[0] == []
+    # The owner keys and request id of the forgotten sessions are free here again.
+    machine.connect("w3", capacity=3)
+    machine.create([(keeps, "alice", "", one, Selector(), "team-a"), (keeps, "", "r1", one, Selector(), "team-a"),
+                    (keeps, "bob", "", one, Selector(), "team-b")])
+    assert len(machine.sessions) == 3
+    for check in checks:
+        check()
     machine.teardown()

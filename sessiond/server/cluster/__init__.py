@@ -5,14 +5,14 @@ store, in five parts: :class:`~.commits.Commits` (reserve -> commit -> publish),
 across replicas, free-slot hints) and :class:`~.listing.Listing` (List* of the whole cluster).
 Only replicas import this package (it loads the etcd store).
 
-Self-fencing: when the store fences itself (lease renewals stopped), the replica ends every worker
-stream (the workers hold their sessions and register at another replica) and stops.
+Self-fencing: when the store fences itself (lease renewals stopped, or one of the replica's
+long-lived tasks died: see :meth:`~sessiond.store.etcd.store.EtcdStore.supervise`), the replica ends
+every worker stream (the workers hold their sessions and register at another replica) and stops.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import TYPE_CHECKING
 
@@ -24,6 +24,7 @@ from sessiond.server.cluster.listing import Listing
 from sessiond.server.cluster.ownership import Ownership
 from sessiond.server.cluster.routing import Router
 from sessiond.server.cluster.waiters import Admission
+from sessiond.supervise import stop
 
 if TYPE_CHECKING:
     from sessiond.server.engine import Engine
@@ -47,6 +48,9 @@ class Cluster:
         self.admission = Admission(engine, store)
         self.listing = Listing(store, self.routes)
         self._janitor: asyncio.Task[None] | None = None
+        self._closing = False
+        self.fenced_reason: str | None = None
+        """Why this replica fenced itself (set with :attr:`fenced`)."""
         store.on_fenced.append(self._fenced)
 
     async def start(self) -> None:
@@ -59,18 +63,19 @@ class Cluster:
             self.engine.signer.use(TokenKeys(await self.store.cluster_secret("token_key")))
         await self.admission.start()
         self._janitor = asyncio.create_task(self.ownership.janitor_loop(), name="sessiond-janitor")
+        # Dead, it would leave the sessions of dead replicas' workers OPEN for ever.
+        self.store.supervise(self._janitor, lambda: self._closing)
 
     async def close(self) -> None:
         """Stop the janitor; close the channels to other replicas."""
-        if self._janitor is not None:
-            self._janitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._janitor
+        self._closing = True
+        await stop(self._janitor)
         await self.admission.close()
         await self.routes.close()
 
     def _fenced(self, reason: str) -> None:
         log.error("replica fenced itself (%s): ending every worker stream; workers move to another replica",
                   reason)
+        self.fenced_reason = reason
         self.fenced.set()
         self.engine.begin_shutdown()

@@ -48,6 +48,7 @@ from sessiond.core.errors import (
 from sessiond.core.resources import SESSIONS
 from sessiond.store.etcd.errors import EtcdError
 from sessiond.store.etcd.waiting import WaitingBoard
+from sessiond.supervise import stop
 
 if TYPE_CHECKING:
     from sessiond.server.engine import Engine
@@ -80,19 +81,21 @@ class Admission:
         self._published: dict[str, int] = {}
         self._dirty = asyncio.Event()
         self._publisher: asyncio.Task[None] | None = None
+        self._closing = False
         self._loop = asyncio.get_running_loop()
 
     async def start(self) -> None:
         """Mirror the store's waiting creates and free slots; publish this replica's."""
         await self.board.start()
         self._publisher = asyncio.create_task(self._publish_loop(), name="sessiond-free-slots")
+        # Dead, it would leave this replica's last free slots published: creates routed here for
+        # ever, or never, and waiting creates counting slots that are not there.
+        self.store.supervise(self._publisher, lambda: self._closing)
 
     async def close(self) -> None:
         """Stop publishing and mirroring (the keys go with the replica's lease)."""
-        if self._publisher is not None:
-            self._publisher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._publisher
+        self._closing = True
+        await stop(self._publisher)
         await self.board.close()
 
     def local_changed(self) -> None:

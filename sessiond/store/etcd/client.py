@@ -152,6 +152,11 @@ class EtcdClient:
         self._closed = False
         self._keeper: LeaseKeeper | None = None
         self._watcher: Watcher | None = None
+        self.on_stream_failed: list[Callable[[str], None]] = []
+        """Called with the reason when the keepalive or watch stream's task died (a bug, logged at
+        ERROR): leases then go unrenewed, or watches end. An etcd store fences its replica."""
+        self.stream_failure: str | None = None
+        """Why the first stream task died (None: none did). Later deaths are not reported again."""
 
     @classmethod
     async def connect(cls, endpoints: Sequence[str], *, timeout: float = 5.0, **kwargs: Any) -> EtcdClient:
@@ -184,6 +189,19 @@ class EtcdClient:
     def closed(self) -> bool:
         """True after :meth:`close`."""
         return self._closed
+
+    def stream_failed(self, reason: str) -> None:
+        """The keepalive or watch stream's task died: tell the ``on_stream_failed`` callbacks (once)."""
+        if self.stream_failure is not None:
+            return
+        self.stream_failure = reason
+        for callback in list(self.on_stream_failed):
+            callback(reason)
+
+    def stream_end_expected(self) -> bool:
+        """Whether the end of a stream task now is not to be reported: the client closed, or one
+        stream already failed (a bug that kills a restarted stream again is one incident)."""
+        return self._closed or self.stream_failure is not None
 
     async def ready_member(self, deadline: float) -> Member:
         """The current member if its channel is READY, else the next READY one (waiting until ``deadline``).

@@ -17,17 +17,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import logging
 from typing import TYPE_CHECKING
 
 import grpc
 
 from sessiond.store.etcd.api import v3_subset_pb2 as pb
 from sessiond.store.etcd.errors import EtcdClosedError, EtcdError
+from sessiond.supervise import stop, supervise
 
 if TYPE_CHECKING:
     from sessiond.store.etcd.client import EtcdClient, Member
 
 __all__ = ["Lease", "LeaseKeeper"]
+
+log = logging.getLogger("sessiond.store.etcd")
 
 MIN_STALL = 1.0  # seconds an unanswered renewal may take before the stream is presumed stuck
 
@@ -92,6 +96,7 @@ class LeaseKeeper:
         self._schedule(lease, asyncio.get_running_loop().time() + lease.ttl / 3)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="etcd-lease-keepalive")
+            supervise(self._task, stopping=self._client.stream_end_expected, fail=self._client.stream_failed, log=log)
 
     def forget(self, lease_id: int) -> None:
         """Stop renewing a lease (it then expires after its TTL unless revoked)."""
@@ -100,10 +105,7 @@ class LeaseKeeper:
 
     async def close(self) -> None:
         """Stop the stream. Leases are not revoked."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop(self._task)
 
     def _schedule(self, lease: Lease, when: float) -> None:
         lease.due = when

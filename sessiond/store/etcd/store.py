@@ -38,6 +38,8 @@ definite, see :mod:`~sessiond.store.etcd.writer`).
 ``send time of the last acknowledged renewal + TTL - margin``. Past that (or when etcd says the lease
 is gone) the store drops every fence, refuses every further write (``FENCE_LOST``) and calls the
 ``on_fenced`` callbacks: the server closes its worker streams so the workers move to another replica.
+It fences itself the same way when one of its long-lived tasks dies of a bug (:meth:`EtcdStore.supervise`):
+a replica does not serve on without its writer, mirrors, lease guard or etcd streams.
 
 The store is a composition, one job per module: :mod:`~sessiond.store.etcd.keys` (the key layout),
 :mod:`~sessiond.store.etcd.writer` (group commit, claims, making lost outcomes definite),
@@ -57,7 +59,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from sessiond.store.base import (
@@ -81,6 +83,7 @@ from sessiond.store.etcd.retention import RetentionBuckets
 from sessiond.store.etcd.watch import PUT
 from sessiond.store.etcd.writer import MAX_TXN_OPS, TXN_TIMEOUT, Writer
 from sessiond.store.records import store_pb2
+from sessiond.supervise import supervise
 
 if TYPE_CHECKING:
     from sessiond.store.base import SessionStore
@@ -182,18 +185,23 @@ class EtcdStore:
                                                mirrors.load_replicas), name="etcd-store-replicas"),
             asyncio.create_task(guard_lease(self.client, self.lease, mirrors.fence), name="etcd-store-lease"),
         ]
+        # Without its writer, its mirrors or its lease guard a replica would write nothing, route by
+        # stale owners, see live replicas as gone, or outlive its lease: any end other than close()'s
+        # cancel (or the guard's own fencing) fences it. The client's streams likewise.
         for task in self._tasks:
-            task.add_done_callback(self._task_exited)
+            self.supervise(task)
+        self.client.on_stream_failed.append(self.fence)
 
-    def _task_exited(self, task: asyncio.Task[None]) -> None:
-        """Supervise the background tasks: without its writer, its mirrors or its lease guard a
-        replica would write nothing, route by stale owners, see live replicas as gone, or outlive
-        its lease. Any exit other than :meth:`close`'s cancel (or the guard's own fencing) fences it."""
-        if self._closing or self.fenced.is_set():
-            return
-        error = None if task.cancelled() else task.exception()
-        log.error("etcd store: background task %s stopped unexpectedly", task.get_name(), exc_info=error)
-        self.ownership.fence(f"background task {task.get_name()} stopped ({error!r})")
+    def supervise(self, task: asyncio.Task[Any], stopping: Callable[[], bool] = lambda: False) -> None:
+        """Fence this replica if ``task``, a loop of this replica meant to run until it stops, ends
+        while neither ``stopping()`` nor :meth:`close` (logged once at ERROR, with the traceback;
+        see :func:`sessiond.supervise.supervise`). Once fenced, nothing more is reported."""
+        supervise(task, stopping=lambda: stopping() or self._closing or self.fenced.is_set(), fail=self.fence,
+                  log=log)
+
+    def fence(self, reason: str) -> None:
+        """Fence this replica now (it writes nothing more; the ``on_fenced`` callbacks run once)."""
+        self.ownership.fence(reason)
 
     async def close(self) -> None:
         """Stop the writer and the mirrors, revoke the lease (deregistering the replica), close the client."""

@@ -26,6 +26,7 @@ from urllib.parse import quote, unquote
 from sessiond.store.etcd.errors import EtcdCompactedError, EtcdError
 from sessiond.store.etcd.ops import prefix_end
 from sessiond.store.etcd.watch import PUT
+from sessiond.supervise import stop
 
 if TYPE_CHECKING:
     from sessiond.store.etcd.api import v3_subset_pb2 as pb
@@ -54,6 +55,7 @@ class WaitingBoard:
         self.listeners: list[Callable[[], None]] = []
         """Called after every change of the mirror (keep them cheap: they run in the watch's task)."""
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
     def _ticket_key(self, task_queue: str, ticket: str) -> bytes:
         return self.prefix + f"t/{_part(task_queue)}/{_part(self.store.replica_id)}/{_part(ticket)}".encode()
@@ -70,13 +72,13 @@ class WaitingBoard:
         """Fill the mirror and follow the store."""
         revision = await self._load()
         self._task = asyncio.create_task(self._follow(revision), name="etcd-waiting-board")
+        # A mirror that stopped following would keep creates waiting behind tickets long gone.
+        self.store.supervise(self._task, lambda: self._closing)
 
     async def close(self) -> None:
         """Stop following the store (the keys go with the replica's lease)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        self._closing = True
+        await stop(self._task)
 
     # ------------------------------------------------------------------ writes
 

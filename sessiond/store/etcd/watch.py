@@ -38,6 +38,7 @@ from sessiond.store.etcd.errors import (
     EtcdUnavailableError,
     WatchCancelledError,
 )
+from sessiond.supervise import stop, supervise
 
 if TYPE_CHECKING:
     from sessiond.store.etcd.client import EtcdClient, Member
@@ -159,6 +160,8 @@ class Watcher:
         self._active.append(watch)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="etcd-watch")
+            self._task.add_done_callback(self._task_ended)
+            supervise(self._task, stopping=self._client.stream_end_expected, fail=self._client.stream_failed, log=log)
         if self._live:
             self._create(watch)
         # Not asyncio.wait_for: on Python 3.11 it swallows a cancel that arrives in the loop step in
@@ -177,12 +180,20 @@ class Watcher:
 
     async def close(self) -> None:
         """Stop the stream; every open watch ends with :class:`EtcdClosedError`."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop(self._task)
         for watch in self._active:
             watch._fail(EtcdClosedError("etcd client closed"))
+        self._active.clear()
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        """The stream's task ends only when the client closes; if it died before (a bug, reported by
+        :func:`~sessiond.supervise.supervise`), every open watch ends with an error instead of
+        waiting for ever (a later :meth:`watch` starts the stream again)."""
+        if self._client.closed:
+            return
+        self._stream_ended()
+        for watch in list(self._active):
+            watch._fail(EtcdUnavailableError(f"etcd watch stream failed ({task.get_name()} ended)"))
         self._active.clear()
 
     # -- requests

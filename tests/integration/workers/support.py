@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from sessiond_client import SessionClient, WorkerInfo
+
+from tests.support.event_process import EventProcess
 
 WORKER_SCRIPT = Path(__file__).resolve().parent / "client_worker.py"
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -37,18 +38,8 @@ async def poll(predicate: Callable[[], Any], *, within: float = 10.0, every: flo
         await asyncio.sleep(every)
 
 
-class ClientWorkerProcess:
+class ClientWorkerProcess(EventProcess):
     """One ``client_worker.py`` process; its stdout JSON events are collected."""
-
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-        self.events: list[dict[str, Any]] = []
-        self._reader = asyncio.create_task(self._read())
-
-    @property
-    def pid(self) -> int:
-        """The OS process id."""
-        return self.process.pid
 
     @property
     def worker_id(self) -> str:
@@ -56,16 +47,6 @@ class ClientWorkerProcess:
         event = self.seen("registered")
         assert event is not None, "worker not registered yet"
         return str(event["worker_id"])
-
-    async def _read(self) -> None:
-        assert self.process.stdout is not None
-        async for line in self.process.stdout:
-            with contextlib.suppress(ValueError):
-                self.events.append(json.loads(line))
-
-    def seen(self, event: str) -> dict[str, Any] | None:
-        """The first event of that name, or None."""
-        return next((e for e in self.events if e.get("event") == event), None)
 
     async def wait_event(self, event: str, within: float = 30.0) -> dict[str, Any]:
         """Wait for an event line; fail early if the process exits first."""
@@ -78,10 +59,6 @@ class ClientWorkerProcess:
 
         return await poll(check, within=within, what=f"worker event {event}")  # type: ignore[no-any-return]
 
-    def signal(self, sig: int) -> None:
-        """Send a signal."""
-        self.process.send_signal(sig)
-
     async def wait_exit(self, within: float = 30.0) -> int:
         """Wait for the process to exit; return its exit code."""
         try:
@@ -91,15 +68,6 @@ class ClientWorkerProcess:
                 self.signal(signal.SIGUSR1)  # dump the stacks into the worker's log
                 await asyncio.sleep(0.5)
             raise AssertionError(f"worker {self.pid} did not exit within {within} s") from None
-
-    async def reap(self) -> None:
-        """SIGKILL if still running, then wait for the process and its reader."""
-        if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGKILL)
-        await self.process.wait()
-        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-            await asyncio.wait_for(self._reader, 5)
 
 
 async def start_worker(
