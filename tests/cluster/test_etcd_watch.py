@@ -213,12 +213,15 @@ async def test_a_frozen_member_loses_its_streams_and_the_leases_and_watches_carr
 async def test_a_quiet_healthy_stream_answers_its_probes_and_stays(etcd_cluster: EtcdCluster, prefix: bytes) -> None:
     async with await EtcdClient.connect(etcd_cluster.endpoints) as client:
         watcher = client.watcher
-        watcher.probe_interval, watcher.stall_timeout = 0.1, 0.5  # probe often: the member must answer each
+        # Probe often: the member must answer each. The stall timeout leaves room for a member slowed
+        # by a loaded box (0.5 s once timed out at load 6), and the silence below is long enough that a
+        # stream whose probes went unanswered would be torn down inside it.
+        watcher.probe_interval, watcher.stall_timeout = 0.1, 1.5
         watch = await client.watch(prefix + b"quiet")
         endpoint = watcher.endpoint
         loop = asyncio.get_running_loop()
-        until = loop.time() + 2.0
-        while loop.time() < until:  # two seconds of silence on the watched key: ~20 probes
+        until = loop.time() + 4.0
+        while loop.time() < until:  # four seconds of silence on the watched key: ~40 probes
             assert watcher.streams_opened == 1 and watcher.endpoint == endpoint
             await asyncio.sleep(0.05)
         # An empty stream is not probed (etcd need not answer it), and is not torn down either.

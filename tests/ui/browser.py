@@ -35,6 +35,7 @@ INSTALL_HINT = ("the browser test needs Debian's chromium and chromium-driver: "
 # Every table on the page as a list of rows: {"key": data-key, cell data-label: cell text}.
 _ROWS_JS = """
 const table = document.getElementById(arguments[0]);
+if (table === null || table.tBodies.length === 0) return [];  // not drawn yet: no rows shown
 return [...table.tBodies[0].rows].map((tr) => {
   const row = {key: tr.dataset.key};
   for (const td of tr.cells) row[td.dataset.label] = td.innerText.replace(/\\s+/g, " ").trim();
