@@ -29,6 +29,7 @@ from sessiond.server.cluster import Cluster
 from sessiond.store.etcd import EtcdClient
 from sessiond.store.etcd.errors import EtcdUnavailableError
 from sessiond.testing.etcd_cluster import EtcdCluster
+from tests.cluster.conftest import eventually
 from tests.cluster.replicas import Replicas
 from tests.cluster.test_replica_faults import _retried
 from tests.cluster.test_replicas import OPEN, QUEUE, Caller, wait_owned
@@ -165,6 +166,53 @@ async def test_a_replica_stopped_on_purpose_reports_no_dead_task(
     assert cluster is not None
     await replica.stop(0)  # cancels every loop above
     assert not cluster.fenced.is_set()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_a_waiting_creates_ticket_is_removed_by_a_task_the_replica_holds_then_forgets_or_stops(
+        replica: SessiondServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A create that stops waiting leaves its ticket to a background removal: the replica holds that
+    task while it runs (the loop keeps only weak references to tasks), forgets it once done, and
+    cancels one still running when it stops (the ticket then goes with its lease), without an error."""
+    caplog.set_level(logging.WARNING)
+    cluster = replica.engine.cluster
+    assert cluster is not None
+    admission = cluster.admission
+    removing, release = asyncio.Event(), asyncio.Event()
+    dequeue = admission.board.dequeue
+
+    async def held_dequeue(task_queue: str, ticket: str) -> None:
+        removing.set()
+        await release.wait()
+        await dequeue(task_queue, ticket)
+
+    monkeypatch.setattr(admission.board, "dequeue", held_dequeue)
+    tickets = admission.board.prefix + f"t/{QUEUE}/".encode()
+
+    async def tickets_are(count: int) -> bool:
+        return len((await cluster.store.client.get_prefix(tickets, keys_only=True)).kvs) == count
+
+    caller = Caller(replica.engine.config.listen)
+    try:
+        for stop_while_removing in (False, True):
+            removing.clear()
+            create = asyncio.create_task(caller.create(creation=60))  # no worker of QUEUE: it waits
+            await eventually(lambda: tickets_are(1), timeout=10, message="the create waits with a ticket")
+            create.cancel()
+            await asyncio.gather(create, return_exceptions=True)
+            await asyncio.wait_for(removing.wait(), 10)
+            [removal] = admission._dequeues
+            assert not removal.done()
+            if stop_while_removing:
+                await replica.stop(0)
+                assert removal.cancelled() and not admission._dequeues
+            else:
+                release.set()
+                await eventually(lambda: tickets_are(0), timeout=10, message="the ticket is removed")
+                await eventually(lambda: not admission._dequeues, timeout=10, message="the removal is forgotten")
+                release.clear()
+    finally:
+        await caller.close()
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 

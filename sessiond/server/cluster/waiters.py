@@ -81,6 +81,9 @@ class Admission:
         self._published: dict[str, int] = {}
         self._dirty = asyncio.Event()
         self._publisher: asyncio.Task[None] | None = None
+        # Tickets being removed in the background: held here (the loop keeps only weak references
+        # to tasks) and cancelled at close (the ticket then goes with this replica's lease).
+        self._dequeues: set[asyncio.Task[None]] = set()
         self._closing = False
         self._loop = asyncio.get_running_loop()
 
@@ -96,6 +99,8 @@ class Admission:
         """Stop publishing and mirroring (the keys go with the replica's lease)."""
         self._closing = True
         await stop(self._publisher)
+        for task in list(self._dequeues):
+            await stop(task)
         await self.board.close()
 
     def local_changed(self) -> None:
@@ -209,7 +214,9 @@ class Admission:
                 del self._waiting[task_queue]
             self.engine.metrics.waiters(task_queue, -1)
             # Not awaited by the caller (it may be cancelled): the ticket goes in the background.
-            self._loop.create_task(self._dequeue(task_queue, ticket))
+            dequeue = self._loop.create_task(self._dequeue(task_queue, ticket), name="sessiond-dequeue-ticket")
+            self._dequeues.add(dequeue)
+            dequeue.add_done_callback(self._dequeued)
 
     def _line(self, task_queue: str) -> list[tuple[int, str, str]]:
         """The task queue's waiting creates that hold a place in line, oldest first."""
@@ -245,6 +252,11 @@ class Admission:
             for _, rid, ticket in self._line(task_queue)[:room]:
                 if rid == me:
                     turns[ticket].set()
+
+    def _dequeued(self, task: asyncio.Task[None]) -> None:
+        self._dequeues.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:  # a bug: say so, once
+            log.error("removing a waiting create's ticket failed", exc_info=error)
 
     async def _dequeue(self, task_queue: str, ticket: str) -> None:
         """Remove a ticket from the store: a ticket left behind would hold a place in line (this
