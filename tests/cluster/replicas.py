@@ -18,6 +18,7 @@ from sessiond.store.etcd import EtcdClient
 from sessiond.store.etcd.store import Keys
 from sessiond.store.records import store_pb2
 from sessiond.testing.etcd_cluster import EtcdCluster
+from tests.integration.conftest import eventually
 from tests.integration.faults import ServerProcess
 
 LEASE_TTL = 5  # 2 s (etcd's minimum) leaves a loaded 2-core box too little slack before self-fencing
@@ -77,6 +78,17 @@ class Replicas:
         if kv is None:
             return None
         return session_pb2.Session.FromString(store_pb2.SessionEntry.FromString(kv.value).record)
+
+    async def failed_durably(self, etcd: EtcdClient, session_id: str, cause: int, timeout: float = 10.0) -> None:
+        """Wait until the store has the session FAILED with ``cause`` and no slot held for it. The
+        owner shows an end it decided (GetSessionInfo) at once; the store has it one Txn later."""
+        async def settled() -> bool:
+            stored = await self.stored(etcd, session_id)
+            return (stored is not None and stored.state == session_pb2.SESSION_STATE_FAILED
+                    and stored.failure.cause == cause and await self.open_sessions(etcd) == {})
+
+        await eventually(settled, timeout=timeout, interval=0.05,
+                         message=f"session {session_id} stored FAILED ({cause}) with no slot held")
 
     async def owner(self, etcd: EtcdClient, task_queue: str, worker_id: str) -> str | None:
         """The address of the replica owning a worker, per the store."""

@@ -102,9 +102,7 @@ async def test_a_frozen_worker_fails_its_session_heartbeat_timeout_on_every_repl
                     seen_in = time.monotonic() - frozen_at
                 finally:
                     os.kill(worker.pid, signal.SIGCONT)
-                stored = await group.stored(etcd, sid)
-                assert stored is not None and stored.failure.cause == session_pb2.FAILURE_CAUSE_HEARTBEAT_TIMEOUT
-                assert await group.open_sessions(etcd) == {}
+                await group.failed_durably(etcd, sid, session_pb2.FAILURE_CAUSE_HEARTBEAT_TIMEOUT)
                 print(f"\nworker frozen: FAILED HEARTBEAT_TIMEOUT seen through another replica after "
                       f"{seen_in * 1000:.0f} ms (heartbeat_timeout 2 s)")
             finally:

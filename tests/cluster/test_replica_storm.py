@@ -354,9 +354,7 @@ async def test_a_worker_partitioned_from_its_replica_fails_its_session_clearly_o
                 await asyncio.wait_for(watching, 20)
                 seen_in = time.monotonic() - cut_at
                 assert states == [session_pb2.SESSION_STATE_OPEN, session_pb2.SESSION_STATE_FAILED]
-                stored = await group.stored(etcd, sid)
-                assert stored is not None and stored.failure.cause == session_pb2.FAILURE_CAUSE_HEARTBEAT_TIMEOUT
-                assert await group.open_sessions(etcd) == {}
+                await group.failed_durably(etcd, sid, session_pb2.FAILURE_CAUSE_HEARTBEAT_TIMEOUT)
                 print(f"\nworker cut from its replica: FAILED HEARTBEAT_TIMEOUT seen on another replica after "
                       f"{seen_in * 1000:.0f} ms (heartbeat_timeout 2 s)")
             finally:

@@ -58,7 +58,9 @@ def wait_cancelled(marker: str, limit: float = 60.0) -> str:
     """A sync activity that blocks until its cancellation flag is set, then writes ``marker``."""
     Path(marker + ".started").write_text(activity.info().activity_id)
     cancelled = activity.wait_for_cancelled(limit)
-    Path(marker).write_text(json.dumps({"cancelled": cancelled, "reason": activity.cancellation_reason()}))
+    done = Path(marker + ".tmp")  # written whole, then renamed: a test that sees the marker can read it
+    done.write_text(json.dumps({"cancelled": cancelled, "reason": activity.cancellation_reason()}))
+    done.replace(marker)
     return "done"
 
 
