@@ -226,9 +226,9 @@ async def test_a_replica_process_whose_janitor_dies_exits_non_zero_and_its_worke
     group = Replicas(etcd_cluster, 2)
     doomed = group.servers[0] = ServerProcess("--store", group.store, "--crash-when", str(crash),
                                               module="tests.cluster.crashing_replica")
-    survivor = group.targets[1]
     async with await EtcdClient.connect(etcd_cluster.endpoints) as etcd, worker_pool() as start:
         await group.start()
+        survivor = group.targets[1]  # known once started (a replica whose port was taken moves)
         caller = Caller(survivor)
         try:
             worker = await start(group.all_targets, QUEUE, max_sessions=2, worker_id="kept")  # doomed first
