@@ -233,8 +233,10 @@ async def test_a_cancelled_caller_takes_its_queued_task_out_of_the_backlog(make_
         for _ in range(3):
             calls = [sessiond.stub.ExecuteActivity(_blob_request(session.session_id, MiB, start_to_close=60))
                      for _ in range(6)]
-            await asyncio.sleep(0)
-            done, pending = await asyncio.wait([asyncio.ensure_future(c) for c in calls], timeout=1.0)
+            # Six 1 MiB tasks on a 2 MiB backlog: wait for the first refusal (a deadline, not a
+            # window: a loaded machine may take more than a second to move 6 MiB).
+            done, pending = await asyncio.wait([asyncio.ensure_future(c) for c in calls], timeout=30,
+                                               return_when=asyncio.FIRST_EXCEPTION)
             assert any(isinstance(t.exception(), grpc.aio.AioRpcError) for t in done), "nothing refused"
             for call in calls:
                 call.cancel()
