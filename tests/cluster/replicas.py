@@ -9,9 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
+import grpc
 from sessiond_client.api.v1 import session_pb2
 
 from sessiond.store.etcd import EtcdClient
@@ -110,6 +113,20 @@ class Replicas:
     def server_at(self, address: str) -> ServerProcess:
         """The replica listening at ``address``."""
         return next(s for s in self.servers if s.target == address)
+
+
+async def retried(call: Callable[[], Awaitable[Any]], within: float = 10.0) -> Any:
+    """``call()``, retried while it fails UNAVAILABLE (as the client library does), within a deadline: a
+    new owner is named in etcd as soon as it claimed a worker, a moment before it adopted the
+    sessions, and until then a call answers UNAVAILABLE ``OWNER_UNAVAILABLE``."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return await call()
+        except grpc.aio.AioRpcError as error:
+            if error.code() is not grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.1)
 
 
 @contextlib.asynccontextmanager

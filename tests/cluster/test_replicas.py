@@ -20,7 +20,7 @@ from sessiond_client.api.v1 import session_pb2, session_service_pb2, session_ser
 from sessiond.store.etcd import EtcdClient
 from sessiond.testing.etcd_cluster import EtcdCluster
 from tests.cluster.conftest import eventually
-from tests.cluster.replicas import FAILOVER_WINDOW, Replicas, replicas
+from tests.cluster.replicas import FAILOVER_WINDOW, Replicas, replicas, retried
 from tests.integration.conftest import error_info
 from tests.integration.workers.support import ClientWorkerProcess, worker_pool
 
@@ -179,9 +179,9 @@ async def test_the_death_of_the_owner_replica_loses_no_session_whose_worker_live
             info = error_info(lost.value)
             assert info is not None and info.reason in in_flight_reasons
 
-            for sid in ids:  # the same ids, OPEN, usable from a surviving replica
+            for sid in ids:  # the same ids, OPEN, usable from a surviving replica (once it adopted them)
                 assert (await caller.get(sid)).state == OPEN
-                assert await caller.execute(sid, "echo", sid) == sid
+                assert await retried(lambda sid=sid: caller.execute(sid, "echo", sid)) == sid
             open_now = await group.open_sessions(etcd)
             assert sorted(open_now[(QUEUE, "survivor")]) == sorted(ids)
         finally:
