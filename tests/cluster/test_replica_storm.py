@@ -31,7 +31,7 @@ from sessiond.store.etcd.watch import PUT
 from sessiond.testing.etcd_cluster import EtcdCluster
 from tests.cluster.conftest import eventually
 from tests.cluster.replicas import LEASE_TTL, Replicas, replicas
-from tests.cluster.test_replicas import QUEUE, Caller, wait_owned
+from tests.cluster.test_replicas import QUEUE, Caller, start_owned, wait_owned
 from tests.integration.conftest import error_info
 from tests.integration.workers.support import worker_pool
 
@@ -139,10 +139,8 @@ async def test_the_hard_limit_holds_while_workers_change_owner_mid_storm(
         for i in range(6):
             first = i // 2  # two workers per replica, each moving on to the next replicas in turn
             order = ",".join(targets[(first + n) % 3] for n in range(3))
-            workers.append(await start(order, QUEUE, max_sessions=1, worker_id=f"s{i}",
-                                       extra=("--session-log", str(tmp_path / f"s{i}.log"))))
-        for i, worker in enumerate(workers):
-            await wait_owned(group, etcd, worker, targets[i // 2])
+            workers.append(await start_owned(start, group, etcd, targets[first], order, QUEUE, max_sessions=1,
+                                             worker_id=f"s{i}", extra=("--session-log", str(tmp_path / f"s{i}.log"))))
         callers = [Caller(t) for t in targets]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + STORM_DEADLINE
