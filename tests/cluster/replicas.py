@@ -9,9 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
+import grpc
 from sessiond_client.api.v1 import session_pb2
 
 from sessiond.store.etcd import EtcdClient
@@ -123,3 +126,16 @@ async def replicas(etcd: EtcdCluster, count: int = 3, *extra: str) -> AsyncItera
         raise
     finally:
         await group.stop()
+
+
+async def retried(call: Callable[[], Awaitable[Any]], within: float = 10.0) -> Any:
+    """``call()``, retried while it fails UNAVAILABLE (as the client library does), within a deadline:
+    etcd names a worker's new owner a moment before that replica has adopted its sessions."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return await call()
+        except grpc.aio.AioRpcError as error:
+            if error.code() is not grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.1)

@@ -30,8 +30,7 @@ from sessiond.store.etcd import EtcdClient
 from sessiond.store.etcd.errors import EtcdUnavailableError
 from sessiond.testing.etcd_cluster import EtcdCluster
 from tests.cluster.conftest import eventually
-from tests.cluster.replicas import Replicas
-from tests.cluster.test_replica_faults import _retried
+from tests.cluster.replicas import Replicas, retried
 from tests.cluster.test_replicas import OPEN, QUEUE, Caller, wait_owned
 from tests.integration.faults import ServerProcess
 from tests.integration.workers.support import worker_pool
@@ -245,7 +244,7 @@ async def test_a_replica_process_whose_janitor_dies_exits_non_zero_and_its_worke
             await wait_owned(group, etcd, worker, survivor)
             for sid in ids:
                 assert (await caller.get(sid)).state == OPEN
-                assert await _retried(lambda sid=sid: caller.execute(sid, "echo", sid)) == sid
+                assert await retried(lambda sid=sid: caller.execute(sid, "echo", sid)) == sid
         except BaseException:
             print(await group.stop())
             raise
