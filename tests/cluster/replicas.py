@@ -115,20 +115,6 @@ class Replicas:
         return next(s for s in self.servers if s.target == address)
 
 
-async def retried(call: Callable[[], Awaitable[Any]], within: float = 10.0) -> Any:
-    """``call()``, retried while it fails UNAVAILABLE (as the client library does), within a deadline: a
-    new owner is named in etcd as soon as it claimed a worker, a moment before it adopted the
-    sessions, and until then a call answers UNAVAILABLE ``OWNER_UNAVAILABLE``."""
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            return await call()
-        except grpc.aio.AioRpcError as error:
-            if error.code() is not grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
-                raise
-        await asyncio.sleep(0.1)
-
-
 @contextlib.asynccontextmanager
 async def replicas(etcd: EtcdCluster, count: int = 3, *extra: str) -> AsyncIterator[Replicas]:
     """Started replicas, killed afterwards."""
@@ -140,3 +126,16 @@ async def replicas(etcd: EtcdCluster, count: int = 3, *extra: str) -> AsyncItera
         raise
     finally:
         await group.stop()
+
+
+async def retried(call: Callable[[], Awaitable[Any]], within: float = 10.0) -> Any:
+    """``call()``, retried while it fails UNAVAILABLE (as the client library does), within a deadline:
+    etcd names a worker's new owner a moment before that replica has adopted its sessions."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return await call()
+        except grpc.aio.AioRpcError as error:
+            if error.code() is not grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.1)

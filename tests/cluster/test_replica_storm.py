@@ -30,7 +30,7 @@ from sessiond.store.etcd.store import EtcdStore
 from sessiond.store.etcd.watch import PUT
 from sessiond.testing.etcd_cluster import EtcdCluster
 from tests.cluster.conftest import eventually
-from tests.cluster.replicas import LEASE_TTL, Replicas, replicas
+from tests.cluster.replicas import LEASE_TTL, Replicas, replicas, retried
 from tests.cluster.test_replicas import QUEUE, Caller, start_owned, wait_owned
 from tests.integration.conftest import error_info
 from tests.integration.workers.support import worker_pool
@@ -315,7 +315,8 @@ async def test_quorum_loss_fails_calls_clearly_and_the_service_recovers_when_a_m
                                  message="the worker is owned by the restarted replica")
                 recovered_in = time.monotonic() - lost_at
                 assert (await caller.get(sid)).state == session_pb2.SESSION_STATE_OPEN
-                assert await caller.execute(sid, "echo", sid) == sid
+                # (retried on UNAVAILABLE as the client does: the new owner adopts a moment after etcd names it)
+                assert await retried(lambda: caller.execute(sid, "echo", sid)) == sid
                 print(f"\nquorum loss: create answered {refused.value.code().name} after {answered_in:.1f} s, "
                       f"replica fenced after {fenced_in:.1f} s; member and replica restarted: session OPEN "
                       f"again (same id) {recovered_in:.1f} s after the loss")
