@@ -37,8 +37,7 @@ class Replicas:
         self.name = name or f"t{uuid.uuid4().hex[:10]}"
         self.store = (f"etcd://{','.join(endpoints or etcd.endpoints)}/{self.name}"
                       f"?lease_ttl={LEASE_TTL}&failover_window={failover_window:g}")
-        # REPLICA_LOG_LEVEL=INFO shows what each replica did when a test fails (short tests only:
-        # stderr is read at the end, and a full pipe would block the replica).
+        # REPLICA_LOG_LEVEL=INFO shows what each replica did when a test fails.
         level = os.environ.get("REPLICA_LOG_LEVEL", "WARNING")
         self.servers = [ServerProcess("--store", self.store, "--log-level", level, *extra) for _ in range(count)]
         self.keys = Keys(f"/sessiond/{self.name}/".encode())
@@ -54,7 +53,8 @@ class Replicas:
         return ",".join(self.targets)
 
     async def start(self) -> Replicas:
-        """Start every replica and wait until each listens."""
+        """Start every replica and wait until each listens (read ``targets`` after this: a replica
+        whose free port another program took first starts again on a new one)."""
         await asyncio.gather(*(s.start() for s in self.servers))
         return self
 

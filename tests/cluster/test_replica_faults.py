@@ -23,7 +23,7 @@ from sessiond.store.records import store_pb2
 from sessiond.testing.etcd_cluster import EtcdCluster
 from tests.cluster.conftest import eventually
 from tests.cluster.replicas import FAILOVER_WINDOW, LEASE_TTL, Replicas, replicas, retried
-from tests.cluster.test_replicas import OPEN, QUEUE, Caller, wait_owned
+from tests.cluster.test_replicas import OPEN, QUEUE, Caller, start_owned, wait_owned
 from tests.integration.workers.support import worker_pool
 from tests.support.tcp_proxy import TcpProxy
 
@@ -155,8 +155,8 @@ async def test_a_replica_cut_off_from_etcd_fences_itself_and_its_worker_moves_wi
         try:
             targets = [*cut_off.targets, *others.targets]
             async with worker_pool() as start:
-                worker = await start(",".join(targets), QUEUE, max_sessions=2, worker_id="mover")
-                await wait_owned(cut_off, etcd, worker, cut_off.targets[0])
+                worker = await start_owned(start, cut_off, etcd, cut_off.targets[0], ",".join(targets), QUEUE,
+                                           max_sessions=2, worker_id="mover")
                 caller = Caller(others.targets[0])
                 try:
                     ids = [(await caller.create()).session_id for _ in range(2)]
