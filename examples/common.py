@@ -90,7 +90,7 @@ def start_sessiond(*flags: str, env: Mapping[str, str], cwd: Path,
         if proc.returncode is None:
             relay.release()
             return proc, target
-        if proc.returncode == 2 and "is in use" in relay.text():
+        if proc.returncode == 2 and any(says in relay.text() for says in ("is in use", "could not bind")):
             continue
         relay.release()
         raise SystemExit(f"sessiond exited early ({proc.returncode})")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,12 +22,17 @@ def test_a_server_whose_port_was_taken_starts_on_another_and_is_the_one_listenin
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         taken = squatter.getsockname()[1]
-        ports: Iterator[int] = iter([taken, free_port()])
-        monkeypatch.setattr(examples.common, "free_port", lambda: next(ports))
+        picked: list[int] = []
+
+        def first_the_taken_one() -> int:  # then free ports as usual
+            picked.append(taken if not picked else free_port())
+            return picked[-1]
+
+        monkeypatch.setattr(examples.common, "free_port", first_the_taken_one)
 
         server, target = start_sessiond(env={**os.environ, "GRPC_VERBOSITY": "ERROR"}, cwd=ROOT)
         try:
-            assert target != f"127.0.0.1:{taken}"
+            assert picked[0] == taken and target == f"127.0.0.1:{picked[-1]}" and len(picked) >= 2
             assert listening(server.pid, int(target.rsplit(":", 1)[1]))
             assert server.poll() is None
         finally:

@@ -24,6 +24,9 @@ ENV = {**os.environ, "GRPC_VERBOSITY": "ERROR", "PYTHONUNBUFFERED": "1"}
 
 
 _PORT_ATTEMPTS = 5
+# How sessiond says another program has its port: its own probe, gRPC's bind just after the probe
+# (the same race, narrower), the dashboard's bind.
+_PORT_TAKEN = ("is in use", "gRPC could not bind it", "Address already in use")
 
 
 class _PortTaken(Exception):
@@ -97,7 +100,7 @@ class ServerProcess:
         assert self.process is not None
         if self.process.returncode is not None:
             log = await self._stderr()
-            if self.process.returncode == 2 and ("is in use" in log or "Address already in use" in log):
+            if self.process.returncode == 2 and any(says in log for says in _PORT_TAKEN):
                 raise _PortTaken(log)
             raise AssertionError(f"sessiond exited early ({self.process.returncode}): {log}")
         # Our process listening, not merely something answering on the port.

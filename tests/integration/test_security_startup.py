@@ -13,11 +13,10 @@ import pytest
 import pytest_asyncio
 from sessiond_client.api.v1 import session_pb2, session_service_pb2, session_service_pb2_grpc
 
-from sessiond.testing.ports import free_port
 from tests.integration.conftest import eventually
 from tests.integration.faults import ServerProcess
 from tests.integration.rawworker import RawWorker
-from tests.integration.test_server_startup import _assert_one_line_exit_2, _run_serve
+from tests.integration.test_server_startup import _assert_one_line_exit_2, _run_serve_on_a_free_port
 from tests.support.pki import make_pki
 
 pytestmark = pytest.mark.asyncio
@@ -82,8 +81,8 @@ REFUSALS: dict[str, tuple[tuple[str, ...], dict[str, str], str]] = {
 async def test_a_security_mistake_at_start_is_one_line_and_exit_code_2(
         case: tuple[tuple[str, ...], dict[str, str], str], files: dict[str, Path]) -> None:
     args, env, says = case
-    code, err = await _run_serve(*(a.format(**{k: str(v) for k, v in files.items()}) for a in args),
-                                 "--listen", f"127.0.0.1:{free_port()}", env=env)
+    code, err = await _run_serve_on_a_free_port(*(a.format(**{k: str(v) for k, v in files.items()}) for a in args),
+                                                env=env)
     _assert_one_line_exit_2(code, err, says)
 
 

@@ -5,38 +5,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import socket
-import sys
 
 import aiohttp
 import pytest
 
 from sessiond.config import ServerConfig
-from sessiond.testing.ports import free_port
-from tests.integration.conftest import REPO_ROOT, eventually
+from tests.integration.conftest import eventually
 from tests.integration.faults import ServerProcess
+from tests.integration.test_server_startup import _run_serve_on_a_free_port
 from tests.ui.conftest import Dash
 
-ENV = {**os.environ, "GRPC_VERBOSITY": "ERROR", "PYTHONUNBUFFERED": "1"}
-
-
-async def _serve(*args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sessiond", "serve", "--listen", f"127.0.0.1:{free_port()}", *args,
-        cwd=REPO_ROOT, env=env or ENV, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+QUIET = {"GRPC_VERBOSITY": "ERROR"}
 
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("address", ["8080", "localhost", "127.0.0.1:http", "127.0.0.1:70000", ":8080"])
 async def test_a_malformed_ui_listen_is_one_line_and_exit_code_2(address: str) -> None:
-    process = await _serve("--ui-listen", address)
-    _, err = await asyncio.wait_for(process.communicate(), 30)
+    code, err = await _run_serve_on_a_free_port("--ui-listen", address, env=QUIET)
 
-    assert process.returncode == 2
-    lines = err.decode().strip().splitlines()
-    assert len(lines) == 1 and "ui_listen" in lines[0], err.decode()
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "ui_listen" in lines[0], err
 
 
 @pytest.mark.asyncio
@@ -45,11 +36,9 @@ async def test_a_dashboard_port_in_use_is_one_line_and_exit_code_2() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        process = await _serve("--ui-listen", f"127.0.0.1:{port}")
-        _, err = await asyncio.wait_for(process.communicate(), 30)
+        code, text = await _run_serve_on_a_free_port("--ui-listen", f"127.0.0.1:{port}", env=QUIET)
 
-    assert process.returncode == 2
-    text = err.decode()
+    assert code == 2
     assert "Traceback" not in text, text
     assert [line for line in text.splitlines() if line.startswith("sessiond:")] == [
         f"sessiond: dashboard: cannot listen on 127.0.0.1:{port}: Address already in use"]
