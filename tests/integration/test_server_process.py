@@ -3,7 +3,6 @@ machine: a free port another program takes before the server binds it is not the
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 
@@ -56,21 +55,3 @@ async def test_a_server_whose_dashboard_port_was_taken_starts_again_on_two_new_p
         finally:
             log = await server.stop()
     assert "in use" not in log and f"dashboard on http://127.0.0.1:{server.ui_port}/" in log
-
-
-async def test_a_child_holding_only_the_callers_listener_is_not_listening() -> None:
-    # Between fork and exec a child holds every descriptor of its parent: a test's own listener on
-    # the port must not pass for the child's (seen as a server "ready" on a port it then found taken).
-    with socket.socket() as mine:
-        mine.bind(("127.0.0.1", 0))
-        mine.listen()
-        port = mine.getsockname()[1]
-        child = await asyncio.create_subprocess_exec("sleep", "30", pass_fds=(mine.fileno(),))
-        try:
-            assert f"socket:[{os.fstat(mine.fileno()).st_ino}]" in {
-                os.readlink(f"/proc/{child.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{child.pid}/fd")}
-            assert not listening(child.pid, port)
-            assert listening(os.getpid(), port)
-        finally:
-            child.kill()
-            await child.wait()
