@@ -56,10 +56,15 @@ class _Relay:
         return b"".join(self.kept).decode(errors="replace")
 
 
+# Decided once for the machine: a process that has just exited (a zombie) has no /proc/PID/net, and
+# must not fall back to a connect that another program on its port would answer.
+_PROC = Path("/proc/self/net/tcp").exists()
+
+
 def _listens(pid: int, port: int) -> bool:
     """Whether process ``pid`` itself listens on ``port``. Without /proc (not Linux), whether
     something answers on the port — the best a portable check can do."""
-    if Path(f"/proc/{pid}/net/tcp").exists():
+    if _PROC:
         return listening(pid, port)
     with socket.socket() as probe:
         return probe.connect_ex(("127.0.0.1", port)) == 0
