@@ -1,7 +1,8 @@
 """Assembling and running the server: ``create_server(config) -> (server, port)``.
 
-Shutdown runs in one documented order: stop the dashboard (if on) → health NOT_SERVING → tell
-workers (their streams end) → ``grpc stop(grace)`` → stop the engine's timer → flush telemetry.
+Shutdown runs in one documented order: stop the dashboard (if on) → health NOT_SERVING → drain
+(no new work; activities a worker runs finish, up to ``drain_timeout``) → tell workers (their
+streams end) → ``grpc stop(grace)`` → stop the engine's timer → flush telemetry.
 """
 
 from __future__ import annotations
@@ -120,14 +121,24 @@ class SessiondServer:
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Stop in the documented order; idempotent."""
+    async def stop(self, grace: float | None = None, *, drain: float | None = None) -> None:
+        """Stop in the documented order; idempotent.
+
+        Args:
+            grace: seconds open RPCs and streams get once the workers were told (default
+                ``shutdown_grace``).
+            drain: seconds activities in flight get to finish first, while no new work is taken
+                (default ``drain_timeout``; 0: they end SHUTTING_DOWN at once).
+        """
         if self._stopped:
             return
         self._stopped = True
         if self.dashboard is not None:
             await self.dashboard.stop()  # a read-mostly view: it goes first, so it never shows a half-stopped server
         self.health.enter_graceful_shutdown()
+        cluster = self.engine.cluster
+        await self.engine.drain(self.config.drain_timeout.total_seconds() if drain is None else drain,
+                                abort=None if cluster is None else cluster.fenced)
         self.engine.begin_shutdown()
         await self.grpc_server.stop(self.config.shutdown_grace.total_seconds() if grace is None else grace)
         self.engine.stop()
@@ -236,7 +247,8 @@ async def serve(config: ServerConfig, *, warnings: Sequence[str] = ()) -> None:
         watched.add(fenced)
     await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
     log.info("sessiond shutting down")
-    await server.stop()
+    # A fenced replica does not drain: its workers are being moved to the others already.
+    await server.stop(drain=0 if fenced is not None and fenced.done() else None)
     stopper.cancel()
     waiter.cancel()
     # Last step of the shutdown order: flush telemetry.
