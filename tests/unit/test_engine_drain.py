@@ -9,6 +9,7 @@ connection's queue and answering through ``Engine.worker_message``."""
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import pytest
 from sessiond_client.api.v1 import session_pb2, session_service_pb2, worker_pb2
@@ -26,7 +27,7 @@ Call = asyncio.Future[session_service_pb2.ExecuteActivityResponse]
 
 
 def _engine() -> tuple[Engine, WorkerConnection]:
-    engine = Engine(ServerConfig())
+    engine = Engine(ServerConfig(recovery_window=timedelta(0)))  # not a restart: unknown ids are unknown
     conn = engine.connect_worker(WorkerRegistration("q", "w1", "id", "h", ResourceVector({"sessions": 3})))
     return engine, conn
 
@@ -160,6 +161,7 @@ async def test_a_drain_ends_at_once_when_told_to_abort() -> None:
     try:
         session = await engine.create_session("q", SessionOptions(), owner="", request_id="")
         stuck = await _start(engine, session.session_id)
+        assert len(await _tasks(conn)) == 1
         abort = asyncio.Event()
         drain = asyncio.ensure_future(engine.drain(60.0, abort=abort))
         await _turns()

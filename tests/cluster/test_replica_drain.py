@@ -1,0 +1,80 @@
+"""A replica stopped with SIGTERM (a rolling restart) drains first: an activity in flight on its
+worker, asked through another replica (forwarded), finishes and its caller gets the real result;
+an activity asked meanwhile is refused with RECOVERING through the forwarding replica too (nothing
+was sent: retry); then the worker moves to the other replica, and the session stays OPEN with the
+same id and runs the next activity there. (Without the drain, ``--drain-timeout 0``, the activity
+is cut: test_replicas.py, ``sigterm-drain-timeout-0``.)
+
+Real etcd, replicas and a worker as processes; every wait polls with a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from sessiond.store.etcd import EtcdClient
+from sessiond.testing.etcd_cluster import EtcdCluster
+from tests.cluster.conftest import eventually
+from tests.cluster.replicas import FAILOVER_WINDOW, Replicas, replicas
+from tests.cluster.test_replicas import OPEN, QUEUE, Caller
+from tests.integration.conftest import error_info
+from tests.integration.workers.support import worker_pool
+
+pytestmark = pytest.mark.asyncio
+
+
+async def _draining(target: str) -> bool:
+    async with grpc.aio.insecure_channel(target) as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        return reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def test_sigterm_of_the_owner_replica_lets_a_forwarded_activity_finish_then_the_worker_moves(
+        etcd_cluster: EtcdCluster, etcd: EtcdClient, tmp_path: Path) -> None:
+    async with replicas(etcd_cluster, 2) as group, worker_pool() as start:
+        worker = await start(group.all_targets, QUEUE, max_sessions=3, worker_id="mover")
+        # Whichever replica answered first owns it; the worker can reach both.
+        owner = await eventually(lambda: group.owner(etcd, QUEUE, worker.worker_id), timeout=20,
+                                 message="the worker is owned by a replica")
+        other = next(t for t in group.targets if t != owner)
+        caller = Caller(other)  # every call of the test is forwarded to the owner
+        try:
+            sid, idle = (await caller.create()).session_id, (await caller.create()).session_id
+            marker = tmp_path / "activity"
+            in_flight = asyncio.create_task(caller.execute(sid, "wait_cancelled", str(marker), 5.0, timeout=30))
+            await eventually(lambda: marker.with_suffix(".started").exists(), timeout=10,
+                             message="the activity runs on the worker")
+
+            group.server_at(owner).signal(signal.SIGTERM)
+            await eventually(lambda: _draining(owner), timeout=10, message="the owner drains (NOT_SERVING)")
+            # New work is refused through the forwarding replica as on the owner: nothing was sent.
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await caller.execute(idle, "echo", "during the drain")
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            info = error_info(refused.value)
+            assert info is not None and info.reason == "RECOVERING", refused.value
+
+            # The activity in flight ran to its end on the worker, never cancelled; its caller has the result.
+            assert await asyncio.wait_for(in_flight, 30) == "done"
+            assert json.loads(marker.read_text()) == {"cancelled": False, "reason": None}
+
+            await eventually(lambda: _owned_elsewhere(group, etcd, owner), timeout=10 + FAILOVER_WINDOW,
+                             message="the worker moved to the other replica")
+            for session_id in (sid, idle):  # the same ids, OPEN, running activities on the other replica
+                assert (await caller.get(session_id)).state == OPEN
+                assert await caller.execute(session_id, "echo", session_id) == session_id
+            assert sorted((await group.open_sessions(etcd))[(QUEUE, "mover")]) == sorted((sid, idle))
+            assert worker.process.returncode is None
+        finally:
+            await caller.close()
+
+
+async def _owned_elsewhere(group: Replicas, etcd: EtcdClient, gone: str) -> bool:
+    address = await group.owner(etcd, QUEUE, "mover")
+    return address is not None and address != gone

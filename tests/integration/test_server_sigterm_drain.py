@@ -1,0 +1,110 @@
+"""SIGTERM of sessiond drains first (``--drain-timeout``): an activity a worker runs finishes and its
+caller gets the real result, an activity asked for meanwhile waits for the restarted server (the
+client repeats the RECOVERING refusal: nothing was sent), the worker keeps its session, and the
+restarted server adopts it. With ``--drain-timeout 0`` the in-flight activity ends SHUTTING_DOWN, as
+before the drain existed.
+
+Real processes: ``sessiond serve``, a library worker, the Python client in the test; every wait is a
+poll with a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sessiond_client import ServerShuttingDownError, Session, SessionClient, SessionState
+
+from tests.integration.faults import ServerProcess
+from tests.integration.workers.support import ClientWorkerProcess, poll, worker_pool, workers_of
+
+pytestmark = pytest.mark.asyncio
+
+QUEUE = "drain-q"
+
+
+async def _not_serving(target: str) -> bool:
+    async with grpc.aio.insecure_channel(target) as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        return reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@asynccontextmanager
+async def _running(*flags: str) -> AsyncIterator[tuple[ServerProcess, ClientWorkerProcess, SessionClient, Session]]:
+    """A server process, a worker process holding one session of a client in the test."""
+    server = ServerProcess("--log-level", "INFO", "--recovery-window", "30", *flags)
+    await server.start()
+    try:
+        async with worker_pool() as start:
+            worker = await start(server.target, QUEUE, worker_id="keeper")
+            async with await SessionClient.connect(server.target, default_rpc_timeout=30) as client, \
+                    client.create_session(QUEUE, creation_timeout=10) as session:
+                yield server, worker, client, session
+    finally:
+        print(await server.stop())  # stderr: shown with a failure
+
+
+async def _exited(server: ServerProcess) -> int:
+    assert server.process is not None
+    return await asyncio.wait_for(server.process.wait(), 30)
+
+
+async def test_sigterm_lets_the_activity_in_flight_finish_and_the_restarted_server_adopts_the_session(
+        tmp_path: Path) -> None:
+    async with _running() as (server, worker, client, session):
+        marker = tmp_path / "activity"
+        in_flight = asyncio.create_task(session.execute_activity("wait_cancelled", str(marker), 2.0,
+                                                                 start_to_close_timeout=30))
+        await poll(marker.with_suffix(".started").exists, within=10, what="the activity runs on the worker")
+
+        server.signal(signal.SIGTERM)
+        await poll(lambda: _not_serving(server.target), within=10, what="health NOT_SERVING (draining)")
+        # Asked while the server drains: refused (nothing sent); the client asks again until a server takes it.
+        later = asyncio.create_task(session.execute_activity("echo", "after the restart", start_to_close_timeout=30))
+
+        # The caller gets the activity's real result: it ran to its end on the worker, never cancelled.
+        assert await asyncio.wait_for(in_flight, 20) == "done"
+        assert json.loads(marker.read_text()) == {"cancelled": False, "reason": None}
+        assert await _exited(server) == 0
+        log = await server.stop()
+        assert "draining before the restart: 1 activities in flight" in log, log
+        assert "1 of 1 activities finished, 0 cut" in log, log
+        assert "Traceback" not in log, log
+        assert not later.done()
+
+        await server.start()  # the next server, on the same address
+        assert await asyncio.wait_for(later, 30) == "after the restart"
+        info = await client.get_session_info(session.id)
+        assert info.state is SessionState.OPEN and info.worker.worker_id == "keeper"
+        assert (await workers_of(client, QUEUE))["keeper"].open_sessions == 1
+        assert await session.execute_activity("echo", "again") == "again"
+        assert not session.failed
+        assert worker.process.returncode is None
+
+
+async def test_with_drain_timeout_0_the_activity_in_flight_ends_shutting_down_as_before(tmp_path: Path) -> None:
+    async with _running("--drain-timeout", "0") as (server, _worker, client, session):
+        marker = tmp_path / "activity"
+        in_flight = asyncio.create_task(session.execute_activity("wait_cancelled", str(marker), 10.0,
+                                                                 start_to_close_timeout=30))
+        await poll(marker.with_suffix(".started").exists, within=10, what="the activity runs on the worker")
+
+        server.signal(signal.SIGTERM)
+        with pytest.raises(ServerShuttingDownError):  # outcome unknown: it may have run
+            await asyncio.wait_for(in_flight, 20)
+        assert await _exited(server) == 0
+        assert "1 of 1 activities finished" not in await server.stop()
+
+        await server.start()
+        await poll(lambda: _open(client, session), within=30, what="the session adopted by the next server")
+        assert await session.execute_activity("echo", "again") == "again"
+
+
+async def _open(client: SessionClient, session: Session) -> bool:
+    return (await client.get_session_info(session.id)).state is SessionState.OPEN
