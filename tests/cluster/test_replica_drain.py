@@ -16,7 +16,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sessiond.store.etcd import EtcdClient
 from sessiond.testing.etcd_cluster import EtcdCluster
@@ -24,15 +23,10 @@ from tests.cluster.conftest import eventually
 from tests.cluster.replicas import FAILOVER_WINDOW, Replicas, replicas
 from tests.cluster.test_replicas import OPEN, QUEUE, Caller
 from tests.integration.conftest import error_info
+from tests.integration.faults import not_serving
 from tests.integration.workers.support import worker_pool
 
 pytestmark = pytest.mark.asyncio
-
-
-async def _draining(target: str) -> bool:
-    async with grpc.aio.insecure_channel(target) as channel:
-        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
-        return reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 async def test_sigterm_of_the_owner_replica_lets_a_forwarded_activity_finish_then_the_worker_moves(
@@ -52,7 +46,7 @@ async def test_sigterm_of_the_owner_replica_lets_a_forwarded_activity_finish_the
                              message="the activity runs on the worker")
 
             group.server_at(owner).signal(signal.SIGTERM)
-            await eventually(lambda: _draining(owner), timeout=10, message="the owner drains (NOT_SERVING)")
+            await eventually(lambda: not_serving(owner), timeout=10, message="the owner drains (NOT_SERVING)")
             # New work is refused through the forwarding replica as on the owner: nothing was sent.
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await caller.execute(idle, "echo", "during the drain")

@@ -15,6 +15,9 @@ import socket
 import sys
 from pathlib import Path
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from tests.integration.conftest import REPO_ROOT, eventually
 
 ENV = {**os.environ, "GRPC_VERBOSITY": "ERROR", "PYTHONUNBUFFERED": "1"}
@@ -25,6 +28,13 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+async def not_serving(target: str) -> bool:
+    """Whether the server at ``target`` reports NOT_SERVING (it is stopping, or draining first)."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        return bool(reply.status == health_pb2.HealthCheckResponse.NOT_SERVING)
 
 
 def rss_kb(pid: int) -> int:

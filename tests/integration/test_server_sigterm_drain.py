@@ -16,23 +16,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sessiond_client import ServerShuttingDownError, Session, SessionClient, SessionState
 
-from tests.integration.faults import ServerProcess
+from tests.integration.faults import ServerProcess, not_serving
 from tests.integration.workers.support import ClientWorkerProcess, poll, worker_pool, workers_of
 
 pytestmark = pytest.mark.asyncio
 
 QUEUE = "drain-q"
-
-
-async def _not_serving(target: str) -> bool:
-    async with grpc.aio.insecure_channel(target) as channel:
-        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
-        return reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 @asynccontextmanager
@@ -59,12 +51,12 @@ async def test_sigterm_lets_the_activity_in_flight_finish_and_the_restarted_serv
         tmp_path: Path) -> None:
     async with _running() as (server, worker, client, session):
         marker = tmp_path / "activity"
-        in_flight = asyncio.create_task(session.execute_activity("wait_cancelled", str(marker), 2.0,
+        in_flight = asyncio.create_task(session.execute_activity("wait_cancelled", str(marker), 4.0,
                                                                  start_to_close_timeout=30))
         await poll(marker.with_suffix(".started").exists, within=10, what="the activity runs on the worker")
 
         server.signal(signal.SIGTERM)
-        await poll(lambda: _not_serving(server.target), within=10, what="health NOT_SERVING (draining)")
+        await poll(lambda: not_serving(server.target), within=10, what="health NOT_SERVING (draining)")
         # Asked while the server drains: refused (nothing sent); the client asks again until a server takes it.
         later = asyncio.create_task(session.execute_activity("echo", "after the restart", start_to_close_timeout=30))
 
