@@ -20,7 +20,7 @@ import concurrent.futures
 import logging
 import math
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -613,9 +613,9 @@ class Engine:
                     "the activity is sent", session_id="" if gone is None else gone.session_id))
         self._flush()
 
-    async def drain(self, timeout: float, *, abort: asyncio.Event | None = None) -> tuple[int, int]:
+    async def drain(self, timeout: float, *, abort: Sequence[asyncio.Event] = ()) -> tuple[int, int]:
         """:meth:`begin_drain`, then wait up to ``timeout`` seconds until no activity is in flight
-        (or ``abort`` is set). Logs one INFO line at its start and one at its end. Returns (the
+        (or one of ``abort`` is set). Logs one INFO line at its start and one at its end. Returns (the
         activities in flight at the start, those still in flight at the end: :meth:`begin_shutdown`
         cuts them)."""
         self.begin_drain()
@@ -625,9 +625,7 @@ class Engine:
                  timeout)
         if self._activities and timeout > 0:
             self._idle = asyncio.Event()
-            waits = [asyncio.ensure_future(self._idle.wait())]
-            if abort is not None:
-                waits.append(asyncio.ensure_future(abort.wait()))
+            waits = [asyncio.ensure_future(event.wait()) for event in (self._idle, *abort)]
             try:
                 await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             finally:

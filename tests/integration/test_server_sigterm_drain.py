@@ -100,3 +100,22 @@ async def test_with_drain_timeout_0_the_activity_in_flight_ends_shutting_down_as
 
 async def _open(client: SessionClient, session: Session) -> bool:
     return (await client.get_session_info(session.id)).state is SessionState.OPEN
+
+
+async def test_a_second_sigterm_ends_the_drain_at_once(tmp_path: Path) -> None:
+    async with _running("--drain-timeout", "120") as (server, _worker, client, session):
+        marker = tmp_path / "activity"
+        in_flight = asyncio.create_task(session.execute_activity("wait_cancelled", str(marker), 120.0,
+                                                                 start_to_close_timeout=300))
+        await poll(marker.with_suffix(".started").exists, within=10, what="the activity runs on the worker")
+
+        server.signal(signal.SIGTERM)
+        await poll(lambda: not_serving(server.target), within=10, what="health NOT_SERVING (draining)")
+        server.signal(signal.SIGTERM)  # the operator does not want to wait
+        with pytest.raises(ServerShuttingDownError):
+            await asyncio.wait_for(in_flight, 30)
+        assert await _exited(server) == 0
+        log = await server.stop()
+        assert "0 of 1 activities finished, 1 cut" in log, log
+        await server.start()  # the session is not lost either
+        await poll(lambda: _open(client, session), within=30, what="the session adopted by the next server")

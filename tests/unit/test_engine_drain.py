@@ -163,10 +163,10 @@ async def test_a_drain_ends_at_once_when_told_to_abort() -> None:
         stuck = await _start(engine, session.session_id)
         assert len(await _tasks(conn)) == 1
         abort = asyncio.Event()
-        drain = asyncio.ensure_future(engine.drain(60.0, abort=abort))
+        drain = asyncio.ensure_future(engine.drain(60.0, abort=(asyncio.Event(), abort)))
         await _turns()
         assert not drain.done()
-        abort.set()  # a replica that fenced itself does not wait for its activities
+        abort.set()  # a second SIGTERM, or a replica that fenced itself: no more waiting
         assert await asyncio.wait_for(drain, 5) == (1, 1)
         engine.begin_shutdown()
         with pytest.raises(ShuttingDownError):
