@@ -603,14 +603,12 @@ class Engine:
             return
         self._draining = True
         self._end_waiters()
-        unsent = ((aid, self._activities.get(aid)) for aid in list(self._held_tasks))
-        for activity_id, future in unsent:
-            gone = self.table.abandon_activity(activity_id)
+        for activity_id, task in list(self._held_tasks.items()):  # never sent: refused like a new one
             del self._held_tasks[activity_id]
-            self._activities.pop(activity_id, None)
+            self.table.abandon_activity(activity_id)
+            future = self._activities.pop(activity_id, None)
             if future is not None and not future.done():
-                future.set_exception(self.drain_refusal(
-                    "the activity is sent", session_id="" if gone is None else gone.session_id))
+                future.set_exception(self.drain_refusal("the activity is sent", session_id=task.session_id))
         self._flush()
 
     async def drain(self, timeout: float, *, abort: Sequence[asyncio.Event] = ()) -> tuple[int, int]:
