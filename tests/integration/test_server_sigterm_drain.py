@@ -15,6 +15,7 @@ import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sessiond_client import ServerShuttingDownError, Session, SessionClient, SessionState
@@ -42,18 +43,39 @@ async def _running(*flags: str) -> AsyncIterator[tuple[ServerProcess, ClientWork
         print(await server.stop())  # stderr: shown with a failure
 
 
-async def _exited(server: ServerProcess) -> int:
+async def _in_flight(session: Session, marker: Path, runs_for: float) -> asyncio.Task[Any]:
+    """An activity running on the worker: it returns "done" after ``runs_for`` seconds unless
+    cancelled, and writes to ``marker`` whether it was."""
+    call = asyncio.create_task(session.execute_activity("wait_cancelled", str(marker), runs_for,
+                                                        start_to_close_timeout=300))
+    await poll(marker.with_suffix(".started").exists, within=10, what="the activity runs on the worker")
+    return call
+
+
+async def _exit_log(server: ServerProcess) -> str:
+    """Wait until the server process exits (0) after SIGTERM; what it logged."""
     assert server.process is not None
-    return await asyncio.wait_for(server.process.wait(), 30)
+    assert await asyncio.wait_for(server.process.wait(), 30) == 0
+    log = await server.stop()
+    assert "Traceback" not in log, log
+    return log
+
+
+async def _restarted(server: ServerProcess, client: SessionClient, session: Session) -> None:
+    """Start the next server on the same address; it adopts the session from its worker."""
+    await server.start()
+
+    async def adopted() -> bool:
+        return (await client.get_session_info(session.id)).state is SessionState.OPEN
+
+    await poll(adopted, within=30, what="the session adopted by the next server")
 
 
 async def test_sigterm_lets_the_activity_in_flight_finish_and_the_restarted_server_adopts_the_session(
         tmp_path: Path) -> None:
     async with _running() as (server, worker, client, session):
         marker = tmp_path / "activity"
-        in_flight = asyncio.create_task(session.execute_activity("wait_cancelled", str(marker), 4.0,
-                                                                 start_to_close_timeout=30))
-        await poll(marker.with_suffix(".started").exists, within=10, what="the activity runs on the worker")
+        in_flight = await _in_flight(session, marker, 4.0)
 
         server.signal(signal.SIGTERM)
         await poll(lambda: not_serving(server.target), within=10, what="health NOT_SERVING (draining)")
@@ -63,14 +85,12 @@ async def test_sigterm_lets_the_activity_in_flight_finish_and_the_restarted_serv
         # The caller gets the activity's real result: it ran to its end on the worker, never cancelled.
         assert await asyncio.wait_for(in_flight, 20) == "done"
         assert json.loads(marker.read_text()) == {"cancelled": False, "reason": None}
-        assert await _exited(server) == 0
-        log = await server.stop()
+        log = await _exit_log(server)
         assert "draining before the restart: 1 activities in flight" in log, log
         assert "1 of 1 activities finished, 0 cut" in log, log
-        assert "Traceback" not in log, log
         assert not later.done()
 
-        await server.start()  # the next server, on the same address
+        await _restarted(server, client, session)
         assert await asyncio.wait_for(later, 30) == "after the restart"
         info = await client.get_session_info(session.id)
         assert info.state is SessionState.OPEN and info.worker.worker_id == "keeper"
@@ -82,40 +102,25 @@ async def test_sigterm_lets_the_activity_in_flight_finish_and_the_restarted_serv
 
 async def test_with_drain_timeout_0_the_activity_in_flight_ends_shutting_down_as_before(tmp_path: Path) -> None:
     async with _running("--drain-timeout", "0") as (server, _worker, client, session):
-        marker = tmp_path / "activity"
-        in_flight = asyncio.create_task(session.execute_activity("wait_cancelled", str(marker), 10.0,
-                                                                 start_to_close_timeout=30))
-        await poll(marker.with_suffix(".started").exists, within=10, what="the activity runs on the worker")
+        in_flight = await _in_flight(session, tmp_path / "activity", 10.0)
 
         server.signal(signal.SIGTERM)
         with pytest.raises(ServerShuttingDownError):  # outcome unknown: it may have run
             await asyncio.wait_for(in_flight, 20)
-        assert await _exited(server) == 0
-        assert "1 of 1 activities finished" not in await server.stop()
+        assert "0 of 1 activities finished, 1 cut" in await _exit_log(server)
 
-        await server.start()
-        await poll(lambda: _open(client, session), within=30, what="the session adopted by the next server")
+        await _restarted(server, client, session)
         assert await session.execute_activity("echo", "again") == "again"
-
-
-async def _open(client: SessionClient, session: Session) -> bool:
-    return (await client.get_session_info(session.id)).state is SessionState.OPEN
 
 
 async def test_a_second_sigterm_ends_the_drain_at_once(tmp_path: Path) -> None:
     async with _running("--drain-timeout", "120") as (server, _worker, client, session):
-        marker = tmp_path / "activity"
-        in_flight = asyncio.create_task(session.execute_activity("wait_cancelled", str(marker), 120.0,
-                                                                 start_to_close_timeout=300))
-        await poll(marker.with_suffix(".started").exists, within=10, what="the activity runs on the worker")
+        in_flight = await _in_flight(session, tmp_path / "activity", 120.0)
 
         server.signal(signal.SIGTERM)
         await poll(lambda: not_serving(server.target), within=10, what="health NOT_SERVING (draining)")
         server.signal(signal.SIGTERM)  # the operator does not want to wait
         with pytest.raises(ServerShuttingDownError):
             await asyncio.wait_for(in_flight, 30)
-        assert await _exited(server) == 0
-        log = await server.stop()
-        assert "0 of 1 activities finished, 1 cut" in log, log
-        await server.start()  # the session is not lost either
-        await poll(lambda: _open(client, session), within=30, what="the session adopted by the next server")
+        assert "0 of 1 activities finished, 1 cut" in await _exit_log(server)
+        await _restarted(server, client, session)  # the session is not lost either
