@@ -10,7 +10,6 @@ Real etcd, replicas and a worker as processes; every wait polls with a deadline.
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 from pathlib import Path
 
@@ -31,7 +30,7 @@ pytestmark = pytest.mark.asyncio
 
 async def test_sigterm_of_the_owner_replica_lets_a_forwarded_activity_finish_then_the_worker_moves(
         etcd_cluster: EtcdCluster, etcd: EtcdClient, tmp_path: Path) -> None:
-    async with replicas(etcd_cluster, 2) as group, worker_pool() as start:
+    async with replicas(etcd_cluster, 2, "--drain-timeout", "120") as group, worker_pool() as start:
         worker = await start(group.all_targets, QUEUE, max_sessions=3, worker_id="mover")
         # Whichever replica answered first owns it; the worker can reach both.
         owner = await eventually(lambda: group.owner(etcd, QUEUE, worker.worker_id), timeout=20,
@@ -40,9 +39,9 @@ async def test_sigterm_of_the_owner_replica_lets_a_forwarded_activity_finish_the
         caller = Caller(other)  # every call of the test is forwarded to the owner
         try:
             sid, idle = (await caller.create()).session_id, (await caller.create()).session_id
-            marker = tmp_path / "activity"
-            in_flight = asyncio.create_task(caller.execute(sid, "wait_cancelled", str(marker), 5.0, timeout=30))
-            await eventually(lambda: marker.with_suffix(".started").exists(), timeout=10,
+            gate = tmp_path / "gate"  # the activity runs until the test creates this file
+            in_flight = asyncio.create_task(caller.execute(sid, "gate", str(gate), timeout=120))
+            await eventually(lambda: gate.with_suffix(".started").exists(), timeout=10,
                              message="the activity runs on the worker")
 
             group.server_at(owner).signal(signal.SIGTERM)
@@ -54,9 +53,11 @@ async def test_sigterm_of_the_owner_replica_lets_a_forwarded_activity_finish_the
             info = error_info(refused.value)
             assert info is not None and info.reason == "RECOVERING", refused.value
 
-            # The activity in flight ran to its end on the worker, never cancelled; its caller has the result.
+            assert not in_flight.done()
+            assert (await caller.get(sid)).state == OPEN  # reads go on
+            # The activity in flight ends on the worker, never cancelled, and its caller has the result.
+            gate.touch()
             assert await asyncio.wait_for(in_flight, 30) == "done"
-            assert json.loads(marker.read_text()) == {"cancelled": False, "reason": None}
 
             await eventually(lambda: _owned_elsewhere(group, etcd, owner), timeout=10 + FAILOVER_WINDOW,
                              message="the worker moved to the other replica")

@@ -10,7 +10,6 @@ poll with a deadline."""
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -43,12 +42,11 @@ async def _running(*flags: str) -> AsyncIterator[tuple[ServerProcess, ClientWork
         print(await server.stop())  # stderr: shown with a failure
 
 
-async def _in_flight(session: Session, marker: Path, runs_for: float) -> asyncio.Task[Any]:
-    """An activity running on the worker: it returns "done" after ``runs_for`` seconds unless
-    cancelled, and writes to ``marker`` whether it was."""
-    call = asyncio.create_task(session.execute_activity("wait_cancelled", str(marker), runs_for,
-                                                        start_to_close_timeout=300))
-    await poll(marker.with_suffix(".started").exists, within=10, what="the activity runs on the worker")
+async def _in_flight(session: Session, gate: Path) -> asyncio.Task[Any]:
+    """An activity running on the worker until the test creates the file ``gate`` ("done"), unless
+    it is cancelled first ("cancelled")."""
+    call = asyncio.create_task(session.execute_activity("gate", str(gate), start_to_close_timeout=300))
+    await poll(gate.with_suffix(".started").exists, within=10, what="the activity runs on the worker")
     return call
 
 
@@ -73,18 +71,20 @@ async def _restarted(server: ServerProcess, client: SessionClient, session: Sess
 
 async def test_sigterm_lets_the_activity_in_flight_finish_and_the_restarted_server_adopts_the_session(
         tmp_path: Path) -> None:
-    async with _running() as (server, worker, client, session):
-        marker = tmp_path / "activity"
-        in_flight = await _in_flight(session, marker, 4.0)
+    async with _running("--drain-timeout", "120") as (server, worker, client, session):
+        gate = tmp_path / "gate"
+        in_flight = await _in_flight(session, gate)
 
         server.signal(signal.SIGTERM)
         await poll(lambda: not_serving(server.target), within=10, what="health NOT_SERVING (draining)")
         # Asked while the server drains: refused (nothing sent); the client asks again until a server takes it.
-        later = asyncio.create_task(session.execute_activity("echo", "after the restart", start_to_close_timeout=30))
+        later = asyncio.create_task(session.execute_activity("echo", "after the restart", start_to_close_timeout=60))
+        await poll(lambda: not_serving(server.target), within=10, what="still draining")
+        assert not in_flight.done()
 
-        # The caller gets the activity's real result: it ran to its end on the worker, never cancelled.
+        # The activity ends on the worker (never cancelled) and its caller gets the real result.
+        gate.touch()
         assert await asyncio.wait_for(in_flight, 20) == "done"
-        assert json.loads(marker.read_text()) == {"cancelled": False, "reason": None}
         log = await _exit_log(server)
         assert "draining before the restart: 1 activities in flight" in log, log
         assert "1 of 1 activities finished, 0 cut" in log, log
@@ -102,7 +102,7 @@ async def test_sigterm_lets_the_activity_in_flight_finish_and_the_restarted_serv
 
 async def test_with_drain_timeout_0_the_activity_in_flight_ends_shutting_down_as_before(tmp_path: Path) -> None:
     async with _running("--drain-timeout", "0") as (server, _worker, client, session):
-        in_flight = await _in_flight(session, tmp_path / "activity", 10.0)
+        in_flight = await _in_flight(session, tmp_path / "gate")
 
         server.signal(signal.SIGTERM)
         with pytest.raises(ServerShuttingDownError):  # outcome unknown: it may have run
@@ -115,7 +115,7 @@ async def test_with_drain_timeout_0_the_activity_in_flight_ends_shutting_down_as
 
 async def test_a_second_sigterm_ends_the_drain_at_once(tmp_path: Path) -> None:
     async with _running("--drain-timeout", "120") as (server, _worker, client, session):
-        in_flight = await _in_flight(session, tmp_path / "activity", 120.0)
+        in_flight = await _in_flight(session, tmp_path / "gate")
 
         server.signal(signal.SIGTERM)
         await poll(lambda: not_serving(server.target), within=10, what="health NOT_SERVING (draining)")
