@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import signal
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -21,7 +20,7 @@ from sessiond.store.etcd import EtcdClient
 from sessiond.testing.etcd_cluster import EtcdCluster
 from tests.cluster.conftest import eventually
 from tests.cluster.replicas import FAILOVER_WINDOW, Replicas, replicas
-from tests.cluster.test_replicas import OPEN, QUEUE, Caller
+from tests.cluster.test_replicas import OPEN, QUEUE, Caller, execute_when_adopted
 from tests.integration.conftest import error_info
 from tests.integration.faults import not_serving
 from tests.integration.workers.support import worker_pool
@@ -64,7 +63,7 @@ async def test_sigterm_of_the_owner_replica_lets_a_forwarded_activity_finish_the
                              message="the worker moved to the other replica")
             for session_id in (sid, idle):  # the same ids, OPEN, running activities on the other replica
                 assert (await caller.get(session_id)).state == OPEN
-                assert await _execute(caller, session_id, "echo", session_id) == session_id
+                assert await execute_when_adopted(caller, session_id, "echo", session_id) == session_id
             assert sorted((await group.open_sessions(etcd))[(QUEUE, "mover")]) == sorted((sid, idle))
             assert worker.process.returncode is None
         finally:
@@ -75,17 +74,3 @@ async def _owned_elsewhere(group: Replicas, etcd: EtcdClient, gone: str) -> bool
     address = await group.owner(etcd, QUEUE, "mover")
     return address is not None and address != gone
 
-
-async def _execute(caller: Caller, session_id: str, activity: str, *args: Any) -> Any:
-    """Run an activity as a client does: repeated while the answer is RECOVERING (nothing was sent;
-    e.g. the forwarding replica still has the old owner's address while the worker is adopted)."""
-    async def attempt() -> tuple[Any] | None:
-        try:
-            return (await caller.execute(session_id, activity, *args),)
-        except grpc.aio.AioRpcError as error:
-            info = error_info(error)
-            if info is not None and info.reason == "RECOVERING":
-                return None
-            raise
-
-    return (await eventually(attempt, timeout=20, interval=0.1, message=f"{activity} ran in {session_id}"))[0]
