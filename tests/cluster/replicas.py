@@ -9,9 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
+import grpc
 from sessiond_client.api.v1 import session_pb2
 
 from sessiond.store.etcd import EtcdClient
@@ -34,8 +37,7 @@ class Replicas:
         self.name = name or f"t{uuid.uuid4().hex[:10]}"
         self.store = (f"etcd://{','.join(endpoints or etcd.endpoints)}/{self.name}"
                       f"?lease_ttl={LEASE_TTL}&failover_window={failover_window:g}")
-        # REPLICA_LOG_LEVEL=INFO shows what each replica did when a test fails (short tests only:
-        # stderr is read at the end, and a full pipe would block the replica).
+        # REPLICA_LOG_LEVEL=INFO shows what each replica did when a test fails.
         level = os.environ.get("REPLICA_LOG_LEVEL", "WARNING")
         self.servers = [ServerProcess("--store", self.store, "--log-level", level, *extra) for _ in range(count)]
         self.keys = Keys(f"/sessiond/{self.name}/".encode())
@@ -51,7 +53,8 @@ class Replicas:
         return ",".join(self.targets)
 
     async def start(self) -> Replicas:
-        """Start every replica and wait until each listens."""
+        """Start every replica and wait until each listens (read ``targets`` after this: a replica
+        whose free port another program took first starts again on a new one)."""
         await asyncio.gather(*(s.start() for s in self.servers))
         return self
 
@@ -123,3 +126,16 @@ async def replicas(etcd: EtcdCluster, count: int = 3, *extra: str) -> AsyncItera
         raise
     finally:
         await group.stop()
+
+
+async def retried(call: Callable[[], Awaitable[Any]], within: float = 10.0) -> Any:
+    """``call()``, retried while it fails UNAVAILABLE (as the client library does), within a deadline:
+    etcd names a worker's new owner a moment before that replica has adopted its sessions."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return await call()
+        except grpc.aio.AioRpcError as error:
+            if error.code() is not grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.1)

@@ -19,8 +19,8 @@ import pytest
 from sessiond.store.etcd import EtcdClient
 from sessiond.testing.etcd_cluster import EtcdCluster
 from tests.cluster.conftest import eventually
-from tests.cluster.replicas import FAILOVER_WINDOW, Replicas, replicas
-from tests.cluster.test_replicas import OPEN, QUEUE, Caller, execute_when_adopted
+from tests.cluster.replicas import FAILOVER_WINDOW, Replicas, replicas, retried
+from tests.cluster.test_replicas import OPEN, QUEUE, Caller
 from tests.integration.conftest import error_info
 from tests.integration.faults import not_serving
 from tests.integration.workers.support import worker_pool
@@ -63,7 +63,7 @@ async def test_sigterm_of_the_owner_replica_lets_a_forwarded_activity_finish_the
                              message="the worker moved to the other replica")
             for session_id in (sid, idle):  # the same ids, OPEN, running activities on the other replica
                 assert (await caller.get(session_id)).state == OPEN
-                assert await execute_when_adopted(caller, session_id, "echo", session_id) == session_id
+                assert await retried(lambda s=session_id: caller.execute(s, "echo", s)) == session_id
             assert sorted((await group.open_sessions(etcd))[(QUEUE, "mover")]) == sorted((sid, idle))
             assert worker.process.returncode is None
         finally:

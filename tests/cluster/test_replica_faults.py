@@ -9,8 +9,7 @@ import datetime
 import itertools
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 import pytest
@@ -23,8 +22,8 @@ from sessiond.store.etcd.watch import PUT
 from sessiond.store.records import store_pb2
 from sessiond.testing.etcd_cluster import EtcdCluster
 from tests.cluster.conftest import eventually
-from tests.cluster.replicas import FAILOVER_WINDOW, LEASE_TTL, Replicas, replicas
-from tests.cluster.test_replicas import OPEN, QUEUE, Caller, wait_owned
+from tests.cluster.replicas import FAILOVER_WINDOW, LEASE_TTL, Replicas, replicas, retried
+from tests.cluster.test_replicas import OPEN, QUEUE, Caller, start_owned, wait_owned
 from tests.integration.workers.support import worker_pool
 from tests.support.tcp_proxy import TcpProxy
 
@@ -156,8 +155,8 @@ async def test_a_replica_cut_off_from_etcd_fences_itself_and_its_worker_moves_wi
         try:
             targets = [*cut_off.targets, *others.targets]
             async with worker_pool() as start:
-                worker = await start(",".join(targets), QUEUE, max_sessions=2, worker_id="mover")
-                await wait_owned(cut_off, etcd, worker, cut_off.targets[0])
+                worker = await start_owned(start, cut_off, etcd, cut_off.targets[0], ",".join(targets), QUEUE,
+                                           max_sessions=2, worker_id="mover")
                 caller = Caller(others.targets[0])
                 try:
                     ids = [(await caller.create()).session_id for _ in range(2)]
@@ -182,7 +181,7 @@ async def test_a_replica_cut_off_from_etcd_fences_itself_and_its_worker_moves_wi
                         # (etcd names the new owner as soon as it claimed the worker, a moment before it
                         # has adopted the sessions: until then a call answers OWNER_UNAVAILABLE, which
                         # the client library retries. So does this test, within a deadline.)
-                        assert await _retried(lambda sid=sid: caller.execute(sid, "echo", sid)) == sid
+                        assert await retried(lambda sid=sid: caller.execute(sid, "echo", sid)) == sid
                     stderr = await cut_off.servers[0].stop()
                     # It fenced itself while etcd still held its lease (review i12b: a timing bound on
                     # the fence would include process exit on a loaded box; etcd's word does not).
@@ -193,18 +192,6 @@ async def test_a_replica_cut_off_from_etcd_fences_itself_and_its_worker_moves_wi
                     await caller.close()
         finally:
             await others.stop()
-
-
-async def _retried(call: Callable[[], Awaitable[Any]], within: float = 10.0) -> Any:
-    """``call()``, retried while it fails UNAVAILABLE (as the client library does), within a deadline."""
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            return await call()
-        except grpc.aio.AioRpcError as error:
-            if error.code() is not grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
-                raise
-        await asyncio.sleep(0.1)
 
 
 async def _last_seen_alive(etcd: EtcdClient, lease_id: int) -> float:
@@ -290,7 +277,7 @@ async def test_a_replica_frozen_past_its_lease_fences_itself_when_it_resumes(etc
                 assert (await caller.get(sid)).state == OPEN
                 # (retried on UNAVAILABLE as the client does: etcd names the new owner a moment before
                 # it has adopted the sessions)
-                assert await _retried(lambda sid=sid: caller.execute(sid, "echo", sid)) == sid
+                assert await retried(lambda sid=sid: caller.execute(sid, "echo", sid)) == sid
             assert "fenced itself" in await frozen.stop()
         finally:
             await caller.close()

@@ -37,6 +37,7 @@ async def test_a_replica_cut_off_from_the_other_replicas_serves_its_own_callers_
         owner.flags = (*owner.flags, "--advertise", peer_path.address)
         try:
             await group.start()
+            peer_path.target_port = owner.port  # a replica whose port was taken starts on a new one
             worker = await start(owner.target, QUEUE, max_sessions=2, worker_id="kept")
             await wait_owned(group, etcd, worker, peer_path.address)
             mine, theirs = Caller(owner.target), Caller(other.target)

@@ -30,8 +30,8 @@ from sessiond.store.etcd.store import EtcdStore
 from sessiond.store.etcd.watch import PUT
 from sessiond.testing.etcd_cluster import EtcdCluster
 from tests.cluster.conftest import eventually
-from tests.cluster.replicas import LEASE_TTL, Replicas, replicas
-from tests.cluster.test_replicas import QUEUE, Caller, wait_owned
+from tests.cluster.replicas import LEASE_TTL, Replicas, replicas, retried
+from tests.cluster.test_replicas import QUEUE, Caller, start_owned, wait_owned
 from tests.integration.conftest import error_info
 from tests.integration.workers.support import worker_pool
 
@@ -92,6 +92,12 @@ def held_intervals(lines: Iterable[str]) -> tuple[set[str], int]:
     return seen, peak
 
 
+def _whole_lines(log: Path) -> list[str]:
+    """The lines a worker process has written whole to its session log so far."""
+    text = log.read_text()
+    return text[:text.rfind("\n") + 1].splitlines()
+
+
 async def _churn(callers: list[Caller], k: int, deadline: float, done: list[str]) -> str:
     """Create (request id ``storm-k``) and complete one session, moving to the next replica when one
     does not answer: a retried create with the same request id returns the same session."""
@@ -133,10 +139,8 @@ async def test_the_hard_limit_holds_while_workers_change_owner_mid_storm(
         for i in range(6):
             first = i // 2  # two workers per replica, each moving on to the next replicas in turn
             order = ",".join(targets[(first + n) % 3] for n in range(3))
-            workers.append(await start(order, QUEUE, max_sessions=1, worker_id=f"s{i}",
-                                       extra=("--session-log", str(tmp_path / f"s{i}.log"))))
-        for i, worker in enumerate(workers):
-            await wait_owned(group, etcd, worker, targets[i // 2])
+            workers.append(await start_owned(start, group, etcd, targets[first], order, QUEUE, max_sessions=1,
+                                             worker_id=f"s{i}", extra=("--session-log", str(tmp_path / f"s{i}.log"))))
         callers = [Caller(t) for t in targets]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + STORM_DEADLINE
@@ -159,16 +163,26 @@ async def test_the_hard_limit_holds_while_workers_change_owner_mid_storm(
         # workers, and they held every session the callers were given except those whose start
         # never reached the worker (placed as its replica went silent): the new owner failed those
         # WORKER_LOST, and that is what their callers were told.
-        held: set[str] = set()
-        for i in range(6):
-            seen, _ = held_intervals((tmp_path / f"s{i}.log").read_text().splitlines())
-            assert not seen & held, f"s{i} held a session another worker held"
-            held |= seen
-        assert held <= set(ids)
-        never_started = set(ids) - held
-        for sid in never_started:
-            stored = await group.stored(etcd, sid)
-            assert stored is not None and stored.failure.cause == session_pb2.FAILURE_CAUSE_WORKER_LOST, stored
+        # A caller hears its create before the worker reads session_started off its stream, so a
+        # worker's log can lag the storm's last sessions: read the logs until they account for
+        # every session (held, or stored WORKER_LOST), with a deadline.
+        async def accounted() -> tuple[set[str], set[str]] | None:
+            held: set[str] = set()
+            for i in range(6):
+                seen, _ = held_intervals(_whole_lines(tmp_path / f"s{i}.log"))
+                assert not seen & held, f"s{i} held a session another worker held"
+                held |= seen
+            assert held <= set(ids)
+            never_started = set(ids) - held
+            for sid in never_started:
+                stored = await group.stored(etcd, sid)
+                if stored is None or stored.failure.cause != session_pb2.FAILURE_CAUSE_WORKER_LOST:
+                    return None
+            return held, never_started
+
+        held, never_started = await eventually(
+            accounted, timeout=10, interval=0.1,
+            message="every session held by a worker (its log) or stored failed WORKER_LOST")
         print(f"sessions the workers held: {len(held)}; failed WORKER_LOST before reaching one: "
               f"{len(never_started)}")
 
@@ -301,7 +315,8 @@ async def test_quorum_loss_fails_calls_clearly_and_the_service_recovers_when_a_m
                                  message="the worker is owned by the restarted replica")
                 recovered_in = time.monotonic() - lost_at
                 assert (await caller.get(sid)).state == session_pb2.SESSION_STATE_OPEN
-                assert await caller.execute(sid, "echo", sid) == sid
+                # (retried on UNAVAILABLE as the client does: the new owner adopts a moment after etcd names it)
+                assert await retried(lambda: caller.execute(sid, "echo", sid)) == sid
                 print(f"\nquorum loss: create answered {refused.value.code().name} after {answered_in:.1f} s, "
                       f"replica fenced after {fenced_in:.1f} s; member and replica restarted: session OPEN "
                       f"again (same id) {recovered_in:.1f} s after the loss")

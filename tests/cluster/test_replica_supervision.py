@@ -30,9 +30,8 @@ from sessiond.store.etcd import EtcdClient
 from sessiond.store.etcd.errors import EtcdUnavailableError
 from sessiond.testing.etcd_cluster import EtcdCluster
 from tests.cluster.conftest import eventually
-from tests.cluster.replicas import Replicas
-from tests.cluster.test_replica_faults import _retried
-from tests.cluster.test_replicas import OPEN, QUEUE, Caller, wait_owned
+from tests.cluster.replicas import Replicas, retried
+from tests.cluster.test_replicas import OPEN, QUEUE, Caller, start_owned, wait_owned
 from tests.integration.faults import ServerProcess
 from tests.integration.workers.support import worker_pool
 
@@ -226,13 +225,13 @@ async def test_a_replica_process_whose_janitor_dies_exits_non_zero_and_its_worke
     group = Replicas(etcd_cluster, 2)
     doomed = group.servers[0] = ServerProcess("--store", group.store, "--crash-when", str(crash),
                                               module="tests.cluster.crashing_replica")
-    survivor = group.targets[1]
     async with await EtcdClient.connect(etcd_cluster.endpoints) as etcd, worker_pool() as start:
         await group.start()
+        survivor = group.targets[1]  # known once started (a replica whose port was taken moves)
         caller = Caller(survivor)
         try:
-            worker = await start(group.all_targets, QUEUE, max_sessions=2, worker_id="kept")  # doomed first
-            await wait_owned(group, etcd, worker, doomed.target)
+            worker = await start_owned(start, group, etcd, doomed.target, group.all_targets, QUEUE,  # doomed first
+                                       max_sessions=2, worker_id="kept")
             ids = [(await caller.create()).session_id for _ in range(2)]
             crash.touch()  # the janitor's next pass (every 2 s with the tests' failover window)
             assert doomed.process is not None
@@ -245,7 +244,7 @@ async def test_a_replica_process_whose_janitor_dies_exits_non_zero_and_its_worke
             await wait_owned(group, etcd, worker, survivor)
             for sid in ids:
                 assert (await caller.get(sid)).state == OPEN
-                assert await _retried(lambda sid=sid: caller.execute(sid, "echo", sid)) == sid
+                assert await retried(lambda sid=sid: caller.execute(sid, "echo", sid)) == sid
         except BaseException:
             print(await group.stop())
             raise

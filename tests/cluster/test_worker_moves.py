@@ -22,7 +22,7 @@ from sessiond.store.etcd import EtcdClient
 from sessiond.testing.etcd_cluster import EtcdCluster
 from tests.cluster.conftest import eventually
 from tests.cluster.replicas import replicas
-from tests.cluster.test_replicas import OPEN, QUEUE, Caller, wait_owned
+from tests.cluster.test_replicas import OPEN, QUEUE, Caller, start_owned, wait_owned
 from tests.integration.conftest import error_info
 from tests.integration.workers.support import worker_pool
 from tests.support.tcp_proxy import TcpProxy
@@ -34,8 +34,8 @@ async def test_calls_on_the_old_owner_follow_a_worker_that_moved(etcd_cluster: E
     async with replicas(etcd_cluster, 2) as group, worker_pool() as start, \
             TcpProxy(group.targets[0]) as to_a:
         a, b = group.targets
-        worker = await start(f"{to_a.address},{b}", QUEUE, max_sessions=2, worker_id="mover")
-        await wait_owned(group, etcd, worker, a)
+        worker = await start_owned(start, group, etcd, a, f"{to_a.address},{b}", QUEUE, max_sessions=2,
+                                   worker_id="mover")
         at_a = Caller(a)
         try:
             options = session_pb2.SessionOptions(creation_timeout=duration_pb2.Duration(seconds=20),

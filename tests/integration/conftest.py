@@ -267,12 +267,8 @@ class WorkerProcess(EventProcess):
 
     async def wait_for(self, event: str, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:  # noqa: ASYNC109, RUF100
         """Wait for an event line (see :meth:`seen`)."""
-        return await eventually(lambda: self.seen(event, **fields) or self._exited(event), timeout=timeout,
+        return await eventually(lambda: self.seen_or_exited(event, **fields), timeout=timeout,
                                 message=f"worker process event {event} {fields}")  # type: ignore[no-any-return]
-
-    def _exited(self, event: str) -> None:
-        if self.process.returncode is not None and not self.seen(event):
-            raise AssertionError(f"worker process exited ({self.process.returncode}) before {event}: {self.events}")
 
     async def command(self, line: str) -> None:
         """Send a stdin command (goodbye, goodbye drain, close, pause, resume)."""

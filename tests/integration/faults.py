@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -19,15 +18,18 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.integration.conftest import REPO_ROOT, eventually
+from tests.support.ports import free_port, listening
+
+__all__ = ["ENV", "ServerProcess", "rss_kb"]
 
 ENV = {**os.environ, "GRPC_VERBOSITY": "ERROR", "PYTHONUNBUFFERED": "1"}
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+_PORT_ATTEMPTS = 5
+
+
+class _PortTaken(Exception):
+    """The server exited because another program listens on its port."""
 
 
 async def not_serving(target: str) -> bool:
@@ -54,7 +56,8 @@ class ServerProcess:
         self.flags = flags
         self.module = module
         self.process: asyncio.subprocess.Process | None = None
-        self._log = b""
+        self._log = bytearray()
+        self._reader: asyncio.Task[None] | None = None
 
     @property
     def target(self) -> str:
@@ -68,22 +71,44 @@ class ServerProcess:
         return self.process.pid
 
     async def start(self) -> ServerProcess:
-        """Start the server and wait until it answers health checks."""
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", self.module, "serve", "--listen", self.target, *self.flags,
-            cwd=REPO_ROOT, env=ENV, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-        await eventually(self._serving, timeout=30, interval=0.1, message=f"sessiond on {self.target} serving")
-        return self
+        """Start the server and wait until it listens on its port. Its stderr is read as it comes
+        (a pipe left unread fills up and blocks the server). If another program took the port
+        first (it was only free a moment ago), start again on a new one: read ``port``/``target``
+        after ``start``."""
+        for _ in range(_PORT_ATTEMPTS):
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", self.module, "serve", "--listen", self.target, *self.flags,
+                cwd=REPO_ROOT, env=ENV, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+            self._log = bytearray()
+            self._reader = asyncio.create_task(self._read_stderr(self.process))
+            try:
+                await eventually(self._serving, timeout=30, interval=0.1,
+                                 message=f"sessiond on {self.target} serving")
+                return self
+            except _PortTaken:
+                self.port = free_port()
+        raise AssertionError(f"sessiond found its port taken {_PORT_ATTEMPTS} times")
+
+    async def _read_stderr(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stderr is not None
+        while chunk := await process.stderr.read(65536):
+            self._log += chunk
 
     async def _serving(self) -> bool:
         assert self.process is not None
         if self.process.returncode is not None:
-            raise AssertionError(f"sessiond exited early ({self.process.returncode})")
-        with contextlib.suppress(OSError):
-            _, writer = await asyncio.open_connection("127.0.0.1", self.port)
-            writer.close()
-            return True
-        return False
+            log = await self._stderr()
+            if self.process.returncode == 2 and "is in use" in log:
+                raise _PortTaken(log)
+            raise AssertionError(f"sessiond exited early ({self.process.returncode}): {log}")
+        # Our process listening, not merely something answering on the port.
+        return listening(self.process.pid, self.port)
+
+    async def _stderr(self) -> str:
+        """Everything the (exited) process wrote on stderr."""
+        if self._reader is not None:
+            await self._reader
+        return self._log.decode(errors="replace")
 
     def signal(self, sig: int) -> None:
         """Send a signal (SIGSTOP, SIGCONT, SIGTERM, ...)."""
@@ -102,5 +127,5 @@ class ServerProcess:
             with contextlib.suppress(ProcessLookupError):
                 self.process.send_signal(signal.SIGCONT)
                 self.process.kill()
-        _, err = await self.process.communicate()
-        return err.decode(errors="replace")
+        await self.process.wait()
+        return await self._stderr()

@@ -29,6 +29,7 @@ from sessiond_client import (
 
 from tests.integration.conftest import REPO_ROOT, ServerFactory, Sessiond, StartWorker
 from tests.integration.workers.support import ClientWorkerProcess, poll, start_worker, workers_of
+from tests.support.ports import free_port, listening
 
 QUEUE = "outlive-q"
 WORKERS_DIR = REPO_ROOT / "tests" / "integration" / "workers"
@@ -213,18 +214,17 @@ class ServerProcess:
         return f"127.0.0.1:{self.port}"
 
     async def start(self) -> None:
+        """Start it and wait until it listens on its port (it, not whatever else may listen there).
+        Raises :class:`_ExitedAtStart` if it exits first."""
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "sessiond", "serve", "--listen", self.target, "--log-level", "WARNING",
             *self.args, env=ENV, cwd=REPO_ROOT)
 
         async def up() -> bool:
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
-            except OSError:
-                assert self.process is not None and self.process.returncode is None, "sessiond exited"
-                return False
-            writer.close()
-            return True
+            assert self.process is not None
+            if self.process.returncode is not None:
+                raise _ExitedAtStart(self.process.returncode)
+            return listening(self.process.pid, self.port)
 
         await poll(up, within=30, what="sessiond listening")
 
@@ -234,15 +234,22 @@ class ServerProcess:
             await asyncio.wait_for(self.process.wait(), 30)
 
 
+class _ExitedAtStart(AssertionError):
+    """sessiond exited before it listened (with this exit code)."""
+
+
 @contextlib.asynccontextmanager
 async def _server(*args: str) -> AsyncIterator[ServerProcess]:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    server = ServerProcess(port, *args)
-    await server.start()
+    for attempt in range(5):
+        server = ServerProcess(free_port(), *args)
+        try:
+            await server.start()
+            break
+        except _ExitedAtStart as exited:
+            # Exit 2 is a startup error; with these arguments, the free port taken by another
+            # program before sessiond bound it. A new port then (its restarts keep this one).
+            if exited.args[0] != 2 or attempt == 4:
+                raise
     try:
         yield server
     finally:

@@ -144,21 +144,20 @@ async def test_a_worker_that_does_not_read_gets_worker_backlogged_past_its_byte_
         calls = [sessiond.stub.ExecuteActivity(_blob_request(session.session_id, MiB, start_to_close=30))
                  for _ in range(12)]
 
-        refused = []
-        for call in calls:
-            try:
-                await asyncio.wait_for(asyncio.shield(call), 2.0)
-            except grpc.aio.AioRpcError:
-                refused.append(call)
-            except TimeoutError:
-                pass  # accepted: waits for a worker that never reads
+        # Each call is either refused or taken (in flight at the server, waiting for a worker that
+        # never reads). Wait until all 12 are one or the other — not a time window: on a loaded box
+        # 12 MiB can take longer than any fixed wait to reach the server.
+        def settled() -> tuple[list[Any], int] | None:
+            refused = [call for call in calls if call.done()]
+            accepted = len(sessiond.server.engine.table.get(session.session_id).activities)
+            return (refused, accepted) if len(refused) + accepted == len(calls) else None
 
+        refused, accepted = await eventually(settled, timeout=30, message="every call refused or taken")
         # The 12 calls run concurrently: which of them the server takes last is not their order here.
         assert refused, "no activity was refused"
         for call in refused:
             await rpc_error(call, RESOURCE_EXHAUSTED, "WORKER_BACKLOGGED")
         # At most the bound is queued, plus what grpc already holds for the stream.
-        accepted = len(calls) - len(refused)
         assert 1 <= accepted <= 8, accepted
         assert (await sessiond.get(session.session_id)).state == OPEN
         for call in calls:
@@ -233,8 +232,10 @@ async def test_a_cancelled_caller_takes_its_queued_task_out_of_the_backlog(make_
         for _ in range(3):
             calls = [sessiond.stub.ExecuteActivity(_blob_request(session.session_id, MiB, start_to_close=60))
                      for _ in range(6)]
-            await asyncio.sleep(0)
-            done, pending = await asyncio.wait([asyncio.ensure_future(c) for c in calls], timeout=1.0)
+            # Six 1 MiB tasks on a 2 MiB backlog: wait for the first refusal (a deadline, not a
+            # window: a loaded machine may take more than a second to move 6 MiB).
+            done, pending = await asyncio.wait([asyncio.ensure_future(c) for c in calls], timeout=30,
+                                               return_when=asyncio.FIRST_EXCEPTION)
             assert any(isinstance(t.exception(), grpc.aio.AioRpcError) for t in done), "nothing refused"
             for call in calls:
                 call.cancel()

@@ -41,6 +41,20 @@ class EventProcess:
                 return record
         return None
 
+    async def seen_or_exited(self, event: str, **fields: Any) -> dict[str, Any] | None:
+        """:meth:`seen` while the process runs (None: not yet); once it has exited, the event from
+        every line it wrote, or AssertionError. (The exit can be noticed before the reader has taken
+        the lines written just before it: a worker prints its error, then exits.)"""
+        found = self.seen(event, **fields)
+        if found is None and self.process.returncode is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._reader), 5)  # to the end of its output
+            found = self.seen(event, **fields)
+            if found is None:
+                raise AssertionError(f"process {self.pid} exited ({self.process.returncode}) before "
+                                     f"{event} {fields}: {self.events}")
+        return found
+
     def signal(self, sig: int) -> None:
         """Send a signal (SIGKILL, SIGSTOP, SIGCONT, ...)."""
         self.process.send_signal(sig)

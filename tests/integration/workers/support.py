@@ -49,15 +49,9 @@ class ClientWorkerProcess(EventProcess):
         return str(event["worker_id"])
 
     async def wait_event(self, event: str, within: float = 30.0) -> dict[str, Any]:
-        """Wait for an event line; fail early if the process exits first."""
-
-        def check() -> dict[str, Any] | None:
-            found = self.seen(event)
-            if found is None and self.process.returncode is not None:
-                raise AssertionError(f"worker exited ({self.process.returncode}) before {event!r}: {self.events}")
-            return found
-
-        return await poll(check, within=within, what=f"worker event {event}")  # type: ignore[no-any-return]
+        """Wait for an event line; fail early if the process exits without printing it."""
+        return await poll(lambda: self.seen_or_exited(event), within=within,  # type: ignore[no-any-return]
+                          what=f"worker event {event}")
 
     async def wait_exit(self, within: float = 30.0) -> int:
         """Wait for the process to exit; return its exit code."""
