@@ -1,8 +1,9 @@
 """A replica stopped with SIGTERM (a rolling restart) drains first: an activity in flight on its
 worker, asked through another replica (forwarded), finishes and its caller gets the real result;
 an activity asked meanwhile is refused with RECOVERING through the forwarding replica too (nothing
-was sent: retry); then the worker moves to the other replica, and the session stays OPEN with the
-same id and runs the next activity there. (Without the drain, ``--drain-timeout 0``, the activity
+was sent: retry), so is a create at the draining replica, while a create at the other one waits there
+for room; then the worker moves to the other replica, the sessions stay OPEN with the same ids and
+run the next activity there, and the waiting create is placed on the worker. (Without the drain, ``--drain-timeout 0``, the activity
 is cut: test_replicas.py, ``sigterm-drain-timeout-0``.)
 
 Real etcd, replicas and a worker as processes; every wait polls with a deadline."""
@@ -53,6 +54,19 @@ async def test_sigterm_of_the_owner_replica_lets_a_forwarded_activity_finish_the
             info = error_info(refused.value)
             assert info is not None and info.reason == "RECOVERING", refused.value
 
+            # A create at the draining replica is not placed there (nothing was: retry) ...
+            drained = Caller(owner)
+            try:
+                with pytest.raises(grpc.aio.AioRpcError) as no_create:
+                    await drained.create(creation=0)
+            finally:
+                await drained.close()
+            assert no_create.value.code() == grpc.StatusCode.UNAVAILABLE
+            info = error_info(no_create.value)
+            assert info is not None and info.reason == "RECOVERING", no_create.value
+            # ... and one at the other replica waits there for room: the worker arriving after the drain.
+            waiting = asyncio.create_task(caller.create(creation=60))
+
             assert not in_flight.done()
             assert (await caller.get(sid)).state == OPEN  # reads go on
             # The activity in flight ends on the worker, never cancelled, and its caller has the result.
@@ -64,7 +78,9 @@ async def test_sigterm_of_the_owner_replica_lets_a_forwarded_activity_finish_the
             for session_id in (sid, idle):  # the same ids, OPEN, running activities on the other replica
                 assert (await caller.get(session_id)).state == OPEN
                 assert await retried(lambda s=session_id: caller.execute(s, "echo", s)) == session_id
-            assert sorted((await group.open_sessions(etcd))[(QUEUE, "mover")]) == sorted((sid, idle))
+            late = (await asyncio.wait_for(waiting, 60)).session_id
+            assert (await caller.get(late)).worker.worker_id == "mover"
+            assert sorted((await group.open_sessions(etcd))[(QUEUE, "mover")]) == sorted((sid, idle, late))
             assert worker.process.returncode is None
         finally:
             await caller.close()
