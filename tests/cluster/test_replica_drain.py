@@ -3,8 +3,8 @@ worker, asked through another replica (forwarded), finishes and its caller gets 
 an activity asked meanwhile is refused with RECOVERING through the forwarding replica too (nothing
 was sent: retry), so is a create at the draining replica, while a create at the other one waits there
 for room; then the worker moves to the other replica, the sessions stay OPEN with the same ids and
-run the next activity there, and the waiting create is placed on the worker. (Without the drain, ``--drain-timeout 0``, the activity
-is cut: test_replicas.py, ``sigterm-drain-timeout-0``.)
+run the next activity there, and the waiting create is placed on the worker. (Without the drain,
+``--drain-timeout 0``, the activity is cut: test_replicas.py, ``sigterm-drain-timeout-0``.)
 
 Real etcd, replicas and a worker as processes; every wait polls with a deadline."""
 
