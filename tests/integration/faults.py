@@ -14,6 +14,9 @@ import signal
 import sys
 from pathlib import Path
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from tests.integration.conftest import REPO_ROOT, eventually
 from tests.support.ports import free_port, listening
 
@@ -27,6 +30,13 @@ _PORT_ATTEMPTS = 5
 
 class _PortTaken(Exception):
     """The server exited because another program listens on its port."""
+
+
+async def not_serving(target: str) -> bool:
+    """Whether the server at ``target`` reports NOT_SERVING (it is stopping, or draining first)."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        return bool(reply.status == health_pb2.HealthCheckResponse.NOT_SERVING)
 
 
 def rss_kb(pid: int) -> int:

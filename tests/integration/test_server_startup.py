@@ -167,7 +167,7 @@ async def test_durations_take_the_forms_help_prints_and_the_server_starts() -> N
     address = f"127.0.0.1:{_free_port()}"
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "sessiond", "serve", "--listen", address, "--retention", "600s",
-        "--creation-timeout", "10m", "--heartbeat-timeout", "1.5", "--shutdown-grace", "250ms",
+        "--creation-timeout", "10m", "--heartbeat-timeout", "1.5", "--shutdown-grace", "250ms", "--drain-timeout", "2s",
         "--execution-timeout", "2h", "--activity-timeout", "1m30s",
         cwd=REPO_ROOT, env={**ENV, "GRPC_VERBOSITY": "ERROR"},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -189,7 +189,7 @@ async def test_every_duration_default_in_help_is_accepted_back() -> None:
     defaults = re.findall(r"--([a-z-]+) [A-Z_]+ .*?default ([^\]]+)\]", text)
     durations = {flag: value for flag, value in defaults if flag.endswith(("timeout", "retention", "interval",
                                                                             "grace", "window"))}
-    assert len(durations) == 10, durations
+    assert len(durations) == 11, durations
 
     from sessiond.config import ServerConfig, parse_field
 
