@@ -128,8 +128,15 @@ class ServerConfig:
     max_heartbeat_interval: timedelta = field(
         default=timedelta(seconds=10), metadata={"help": "Longest heartbeat interval a worker is given."}
     )
+    drain_timeout: timedelta = field(
+        default=timedelta(seconds=10),
+        metadata={"help": "On SIGTERM, first how long activities in flight get to finish (their callers get their "
+                          "results) while nothing new starts (UNAVAILABLE RECOVERING, retried); then workers are "
+                          "told the server restarts (0 = at once: in-flight activities end SHUTTING_DOWN)."},
+    )
     shutdown_grace: timedelta = field(
-        default=timedelta(seconds=5), metadata={"help": "On SIGTERM, how long open RPCs and streams get to finish."}
+        default=timedelta(seconds=5),
+        metadata={"help": "On SIGTERM, after the drain, how long open RPCs and streams get to finish."},
     )
     max_pending_requests: int = field(
         default=100_000,
@@ -229,6 +236,7 @@ class ServerConfig:
             "retention",
             "max_heartbeat_interval",
             "shutdown_grace",
+            "drain_timeout",
             "caller_timeout",
             "reattach_timeout",
             "recovery_window",

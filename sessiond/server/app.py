@@ -1,7 +1,8 @@
 """Assembling and running the server: ``create_server(config) -> (server, port)``.
 
-Shutdown runs in one documented order: stop the dashboard (if on) → health NOT_SERVING → tell
-workers (their streams end) → ``grpc stop(grace)`` → stop the engine's timer → flush telemetry.
+Shutdown runs in one documented order: stop the dashboard (if on) → health NOT_SERVING → drain
+(no new work; activities a worker runs finish, up to ``drain_timeout``) → tell workers (their
+streams end) → ``grpc stop(grace)`` → stop the engine's timer → flush telemetry.
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ class SessiondServer:
         self.dashboard = dashboard
         self.auth = auth or Authenticator(config)
         self._stopped = False
+        # Set to end a drain at once (a second SIGTERM/SIGINT): what is in flight is cut.
+        self.hurry = asyncio.Event()
 
     def reload_credentials(self) -> bool:
         """Re-read the credential files (SIGHUP). A bad file keeps the credentials in force and logs
@@ -120,14 +123,25 @@ class SessiondServer:
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Stop in the documented order; idempotent."""
+    async def stop(self, grace: float | None = None, *, drain: float | None = None) -> None:
+        """Stop in the documented order; idempotent.
+
+        Args:
+            grace: seconds open RPCs and streams get once the workers were told (default
+                ``shutdown_grace``).
+            drain: seconds activities in flight get to finish first, while no new work is taken
+                (default ``drain_timeout``; 0: they end SHUTTING_DOWN at once).
+        """
         if self._stopped:
             return
         self._stopped = True
         if self.dashboard is not None:
             await self.dashboard.stop()  # a read-mostly view: it goes first, so it never shows a half-stopped server
         self.health.enter_graceful_shutdown()
+        cluster = self.engine.cluster
+        # A replica that fences itself meanwhile stops waiting: its workers are moving already.
+        await self.engine.drain(self.config.drain_timeout.total_seconds() if drain is None else drain,
+                                abort=(self.hurry,) if cluster is None else (self.hurry, cluster.fenced))
         self.engine.begin_shutdown()
         await self.grpc_server.stop(self.config.shutdown_grace.total_seconds() if grace is None else grace)
         self.engine.stop()
@@ -195,7 +209,8 @@ async def create_server(config: ServerConfig | None = None, *,
 
 
 async def serve(config: ServerConfig, *, warnings: Sequence[str] = ()) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully; SIGHUP reloads the credential files.
+    """Run until SIGTERM or SIGINT, then shut down gracefully (a drain first; a second signal ends the
+    drain at once); SIGHUP reloads the credential files.
 
     ``warnings`` are logged with the security WARNINGs once the server could be built.
     Raises :class:`StartupError` (one line, for the operator) when it cannot start as configured.
@@ -223,8 +238,14 @@ async def serve(config: ServerConfig, *, warnings: Sequence[str] = ()) -> None:
     log.info("sessiond serving on %s (port %d), incarnation %s", config.listen, port, server.engine.incarnation)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def stop_or_hurry() -> None:
+        if stop.is_set():
+            server.hurry.set()  # a second signal: no more draining
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stop_or_hurry)
     loop.add_signal_handler(signal.SIGHUP, server.reload_credentials)
     waiter = asyncio.create_task(server.wait_for_termination())
     stopper = asyncio.create_task(stop.wait())
@@ -236,7 +257,8 @@ async def serve(config: ServerConfig, *, warnings: Sequence[str] = ()) -> None:
         watched.add(fenced)
     await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
     log.info("sessiond shutting down")
-    await server.stop()
+    # A fenced replica does not drain: its workers are being moved to the others already.
+    await server.stop(drain=0 if fenced is not None and fenced.done() else None)
     stopper.cancel()
     waiter.cancel()
     # Last step of the shutdown order: flush telemetry.

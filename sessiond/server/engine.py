@@ -20,7 +20,7 @@ import concurrent.futures
 import logging
 import math
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -33,6 +33,7 @@ from sessiond.core.errors import (
     ActivityHeartbeatTimeoutError,
     MessageTooLargeError,
     OwnerUnavailableError,
+    RecoveringError,
     SessionError,
     SessionNotFoundError,
     ShuttingDownError,
@@ -155,6 +156,11 @@ class Engine:
         self.watches = Watches(self.to_pb)
         # Set by begin_shutdown: a stop is a restart, so nothing that ends now fails a session.
         self._stopping = False
+        # Set by begin_drain: no new work (creates, recreates, activities) is taken; what a worker
+        # already runs finishes. While a drain waits: the event set when the last activity's caller
+        # has its answer.
+        self._draining = False
+        self._idle: asyncio.Event | None = None
         # Recent failures by cause, for the operator dashboard (bounded).
         self.failures = FailureLog()
         self.metrics.observe_unplaceable(self._unplaceable_threadsafe)
@@ -221,6 +227,8 @@ class Engine:
                              principal: str = "") -> Session:
         """Place a session for ``principal`` asking for ``demand`` on a worker matching ``selector``,
         waiting up to ``options.creation_timeout`` (and ``max_wait``) for room."""
+        if self._draining:
+            raise self.drain_refusal("a session is placed")
         started = self.now()
         try:
             result = self.table.create(started, task_queue, options, owner=owner, request_id=request_id,
@@ -238,6 +246,8 @@ class Engine:
                                demand: ResourceVector = _ONE_SESSION, principal: str = "") -> Session:
         """Place a session for ``principal`` asking for ``demand`` on the token's worker, waiting up to
         ``options.creation_timeout`` (and ``max_wait``)."""
+        if self._draining:
+            raise self.drain_refusal("a session is placed")
         started = self.now()
         try:
             result = self.table.recreate(started, token, options, owner=owner, request_id=request_id,
@@ -317,11 +327,15 @@ class Engine:
         Refused before anything is sent when the task would exceed ``max_message_size``
         (MESSAGE_TOO_LARGE) or the worker's queue is at ``max_worker_backlog`` (WORKER_BACKLOGGED).
         A heartbeat timeout is an outcome, not an error: the response says so in-band, with the
-        activity's latest heartbeat details (as it does for a result or a failure).
+        activity's latest heartbeat details (as it does for a result or a failure). While the
+        server drains (:meth:`drain`) it is refused with RECOVERING: nothing was sent.
         """
         started = self.now()
         activity = self.table.start_activity(started, session_id, timeout, heartbeat_timeout, viewer)
         activity_id = activity.activity_id
+        if self._draining:  # after start_activity: a closed, failed or unknown session says so first
+            self.table.abandon_activity(activity_id)
+            raise self.drain_refusal("the activity is sent", session_id=session_id)
         conn = self._connection(activity.worker.key, activity.epoch)
         message = self._task_message(activity.worker, self.table.get(session_id).demand, timeout)
         task = message.activity_task
@@ -384,6 +398,8 @@ class Engine:
                 self._flush()
             raise
         finally:
+            if self._idle is not None and not self._activities:
+                self._idle.set()  # the last activity a drain waited for has its answer
             self._held_tasks.pop(activity_id, None)
             now = self.now()
             # The caller attended the session for as long as it waited for this result.
@@ -558,20 +574,87 @@ class Engine:
                         extra={"worker_id": key.worker_id, "task_queue": key.task_queue, "sessions": len(sessions)})
         self._flush()
 
-    def begin_shutdown(self) -> None:
-        """The server is going away to restart: no session fails. Waiting Creates/Recreates and
-        activities in flight end now with a retryable UNAVAILABLE SHUTTING_DOWN (an activity's
-        outcome is unknown: it may have run), watches end the same way (callers resubscribe to the
-        next server), and every worker is told the server restarts, then its stream ends: it keeps
-        its sessions and reports them to the next server within the recovery window."""
-        self._stopping = True
-        stopping = ShuttingDownError("the server is shutting down to restart; retry")
+    @property
+    def draining(self) -> bool:
+        """Whether the server drains before a restart (:meth:`drain`): it takes no new work."""
+        return self._draining
+
+    @property
+    def activities_in_flight(self) -> int:
+        """Activities whose caller waits for their outcome."""
+        return len(self._activities)
+
+    def drain_refusal(self, what: str, *, session_id: str = "") -> RecoveringError:
+        """The answer to a call that would start new work while the server drains: UNAVAILABLE
+        RECOVERING, the reason that says nothing happened yet (clients repeat any call that meets
+        it, an activity included, and reach the restarted server or another replica)."""
+        return RecoveringError(
+            f"the server is draining before a restart: no new work starts here until it is back; nothing was "
+            f"done (before {what}): retry", metadata={"session_id": session_id} if session_id else None)
+
+    def begin_drain(self) -> None:
+        """Stop taking new work, before a restart (SIGTERM): new Creates, Recreates and activities
+        are refused with :meth:`drain_refusal`; waiting Creates/Recreates end now with SHUTTING_DOWN
+        (nothing was placed, as at a stop), and activities whose task waits for a detached session's
+        worker (never sent) end with the refusal. Activities a worker runs go on: their results
+        reach their callers. Sessions, heartbeats, watches, CompleteSession and reads are untouched.
+        Idempotent."""
+        if self._draining:
+            return
+        self._draining = True
+        self._end_waiters()
+        for activity_id, task in list(self._held_tasks.items()):  # never sent: refused like a new one
+            del self._held_tasks[activity_id]
+            self.table.abandon_activity(activity_id)
+            future = self._activities.pop(activity_id, None)
+            if future is not None and not future.done():
+                future.set_exception(self.drain_refusal("the activity is sent", session_id=task.session_id))
+        self._flush()
+
+    async def drain(self, timeout: float, *, abort: Sequence[asyncio.Event] = ()) -> tuple[int, int]:
+        """:meth:`begin_drain`, then wait up to ``timeout`` seconds until no activity is in flight
+        (or one of ``abort`` is set). Logs one INFO line at its start and one at its end. Returns (the
+        activities in flight at the start, those still in flight at the end: :meth:`begin_shutdown`
+        cuts them)."""
+        self.begin_drain()
+        started = self._loop.time()
+        waiting = len(self._activities)
+        log.info("draining before the restart: %d activities in flight, waiting up to %g s for them", waiting,
+                 timeout)
+        if self._activities and timeout > 0:
+            self._idle = asyncio.Event()
+            waits = [asyncio.ensure_future(event.wait()) for event in (self._idle, *abort)]
+            try:
+                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waits:
+                    waiter.cancel()
+                self._idle = None
+        cut = len(self._activities)
+        log.info("drained in %.2f s: %d of %d activities finished, %d cut (they end SHUTTING_DOWN)",
+                 self._loop.time() - started, waiting - cut, waiting, cut)
+        return waiting, cut
+
+    def _end_waiters(self) -> None:
+        """Waiting Creates/Recreates end with SHUTTING_DOWN: nothing was placed (retry elsewhere)."""
         self.table.cancel_waiter(self.now(), *self._waits)
         for waiter_id, wait in list(self._waits.items()):
             del self._waits[waiter_id]
             self.metrics.waiters(wait.task_queue, -1)
             if not wait.future.done():
                 wait.future.set_exception(ShuttingDownError("the server is shutting down; retry"))
+
+    def begin_shutdown(self) -> None:
+        """The server is going away to restart: no session fails. Waiting Creates/Recreates and
+        activities in flight (a drain did not see finish) end now with a retryable UNAVAILABLE
+        SHUTTING_DOWN (an activity's outcome is unknown: it may have run), watches end the same way
+        (callers resubscribe to the next server), and every worker is told the server restarts, then
+        its stream ends: it keeps its sessions and reports them to the next server within the
+        recovery window."""
+        self._stopping = True
+        self._draining = True
+        stopping = ShuttingDownError("the server is shutting down to restart; retry")
+        self._end_waiters()
         for future in self._activities.values():
             if not future.done():
                 future.set_exception(stopping)

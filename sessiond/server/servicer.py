@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 from sessiond_client.api.v1 import session_pb2, session_service_pb2, session_service_pb2_grpc, worker_pb2
 
-from sessiond.core.errors import OwnerUnavailableError, SessionNotFoundError
+from sessiond.core.errors import NoCapacityError, OwnerUnavailableError, SessionNotFoundError
 from sessiond.core.model import Session
 from sessiond.server import auth, validate
 from sessiond.server.engine import Engine
@@ -68,6 +68,8 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         if cluster is None:
             return await place(_max_wait(context))
         if cluster.routes.forwarded(context):
+            if self.engine.draining:  # the forwarding replica tries the next one
+                raise NoCapacityError("this replica is draining before a restart: it places no new sessions")
             return await place(0.0)  # another replica holds this create's place in line: now or NO_CAPACITY
         capped = _max_wait(context)
         return await cluster.admission.create(

@@ -15,6 +15,9 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from sessiond.testing.ports import free_port, listening
 from tests.integration.conftest import REPO_ROOT, eventually
 
@@ -31,6 +34,13 @@ _PORT_TAKEN = ("is in use", "gRPC could not bind it", "Address already in use")
 
 class _PortTaken(Exception):
     """The server exited because another program listens on its port."""
+
+
+async def not_serving(target: str) -> bool:
+    """Whether the server at ``target`` reports NOT_SERVING (it is stopping, or draining first)."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        return bool(reply.status == health_pb2.HealthCheckResponse.NOT_SERVING)
 
 
 def rss_kb(pid: int) -> int:

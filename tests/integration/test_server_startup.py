@@ -168,7 +168,8 @@ async def test_a_second_server_on_a_port_in_use_exits_2_saying_so(running: Serve
 @pytest.mark.asyncio
 async def test_durations_take_the_forms_help_prints_and_the_server_starts() -> None:
     server = ServerProcess("--retention", "600s", "--creation-timeout", "10m", "--heartbeat-timeout", "1.5",
-                           "--shutdown-grace", "250ms", "--execution-timeout", "2h", "--activity-timeout", "1m30s")
+                           "--shutdown-grace", "250ms", "--drain-timeout", "2s", "--execution-timeout", "2h",
+                           "--activity-timeout", "1m30s")
     try:
         await server.start()
         await eventually(lambda: _serving(server.target), timeout=30, interval=0.1)
@@ -189,7 +190,7 @@ async def test_every_duration_default_in_help_is_accepted_back() -> None:
     defaults = re.findall(r"--([a-z-]+) [A-Z_]+ .*?default ([^\]]+)\]", text)
     durations = {flag: value for flag, value in defaults if flag.endswith(("timeout", "retention", "interval",
                                                                             "grace", "window"))}
-    assert len(durations) == 10, durations
+    assert len(durations) == 11, durations
 
     from sessiond.config import ServerConfig, parse_field
 

@@ -112,12 +112,16 @@ class Admission:
     # ------------------------------------------------------------------ free slots
 
     def local_free(self, task_queue: str) -> int:
-        """Sessions of ``task_queue`` this replica's eligible workers take now."""
+        """Sessions of ``task_queue`` this replica's eligible workers take now (none while it drains)."""
+        if self.engine.draining:
+            return 0
         return sum(max(0, w.free[SESSIONS]) for w in self.engine.table.registry.workers.values()
                    if w.key.task_queue == task_queue and w.eligible and w.key in self.engine._connections)
 
     def _all_local_free(self) -> dict[str, int]:
         free: dict[str, int] = {}
+        if self.engine.draining:  # a draining replica places nothing: no create is routed to it
+            return free
         for worker in self.engine.table.registry.workers.values():
             if worker.eligible and worker.key in self.engine._connections:
                 queue = worker.key.task_queue
@@ -169,11 +173,14 @@ class Admission:
             NoCapacityError: ``wait`` is 0 and no replica had room.
             CreationTimeoutError: no replica had room for it, in its turn, within ``wait``.
             TooManyWaitersError: it would wait, and this replica's waiter cap is reached.
+            RecoveringError: this replica drains before a restart, and no other had room now.
         """
         if not self.board.waiting(task_queue):
             placed = await self._attempt(task_queue, place_here, place_at)
             if placed is not None:
                 return placed
+        if self.engine.draining:  # it would take a place in line on a replica about to go
+            raise self.engine.drain_refusal("a session is placed")
         if wait <= 0:
             raise NoCapacityError(f"no worker of task queue {task_queue!r} on any replica has a free slot now")
         self._check_caps(task_queue)

@@ -66,6 +66,19 @@ def wait_cancelled(marker: str, limit: float = 60.0) -> str:
     return "done"
 
 
+def gate(path: str, limit: float = 120.0) -> str:
+    """A sync activity that runs until the file ``path`` exists (the test opens the gate): "done";
+    "cancelled" if it is cancelled first, "gate never opened" after ``limit`` seconds."""
+    Path(path + ".started").write_text(activity.info().activity_id)
+    deadline = time.monotonic() + limit
+    while not Path(path).exists():
+        if activity.wait_for_cancelled(0.02):
+            return "cancelled"
+        if time.monotonic() > deadline:
+            return "gate never opened"
+    return "done"
+
+
 async def blob(size: int) -> bytes:
     """A raw result of ``size`` bytes (to cross the server's message-size limit)."""
     return b"x" * size
@@ -115,7 +128,7 @@ async def main() -> int:
     worker = SessionWorker(
         args.target,
         args.task_queue,
-        [echo_activity, reverse_bytes, fail, crash, sleep, wait_cancelled, whoami, blob],
+        [echo_activity, reverse_bytes, fail, crash, sleep, wait_cancelled, gate, whoami, blob],
         max_concurrent_sessions=args.max_sessions,
         worker_id=args.worker_id,
         shutdown_grace=args.grace,

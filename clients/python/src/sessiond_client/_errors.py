@@ -239,7 +239,8 @@ class WorkerDetachedError(SessiondError):
 
 
 class RecoveringError(SessiondError):
-    """The server restarted and is rebuilding its table from reconnecting workers (UNAVAILABLE).
+    """The server restarted and is rebuilding its table from reconnecting workers, or it drains
+    before a restart and starts no new work (UNAVAILABLE). Nothing was done for the call.
 
     The library retries calls that met it within their deadline before raising it.
     """

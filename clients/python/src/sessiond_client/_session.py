@@ -223,7 +223,9 @@ class Session:
                 the session stays OPEN and waits for the worker (``reattach_timeout``).
             ServerShuttingDownError, RPCError (``UNAVAILABLE``): The server stopped or the connection
                 broke while the activity ran: the outcome is unknown (it may have run). A call made
-                while the server is down or restarting waits for it instead (within the timeout).
+                while the server is down, restarting or draining before a restart (SIGTERM) waits for
+                it instead (within the timeout); an activity already running when a server drains
+                finishes there.
         """
         if isinstance(activity, str):
             activity_type, hint = activity, result_type

@@ -89,7 +89,7 @@ class SessiondEnvironment:
         except ModuleNotFoundError as exc:
             raise ModuleNotFoundError(_MISSING_SERVER, name=exc.name) from exc
         # A test server is never a restart: no recovery window, so an unknown id is NOT_FOUND at once.
-        config = ServerConfig(**{"listen": "127.0.0.1:0", "shutdown_grace": timedelta(0),
+        config = ServerConfig(**{"listen": "127.0.0.1:0", "shutdown_grace": timedelta(0), "drain_timeout": timedelta(0),
                                  "recovery_window": timedelta(0), **server_options})
         server, port = await create_server(config)
         await server.start()
