@@ -31,7 +31,7 @@ from typing import Any
 
 from sessiond_client import SessionClient, SessionFailedError
 
-from examples.common import connect, free_port, until
+from examples.common import connect, start_sessiond, until
 from examples.fileprocessing.workflow import (
     TASK_QUEUE,
     continue_on_same_worker,
@@ -81,16 +81,14 @@ def file_server() -> Iterator[str]:
 class Processes:
     """The demo's child processes: sessiond and the workers, started fresh (never forked)."""
 
-    def __init__(self, target: str) -> None:
-        self.target = target
+    def __init__(self) -> None:
+        self.target = ""  # host:port, once start_server has it
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
         self.server: subprocess.Popen[bytes] | None = None
         self.env = {**os.environ, "GRPC_VERBOSITY": "ERROR", "PYTHONPATH": str(ROOT)}
 
     def start_server(self) -> None:
-        self.server = subprocess.Popen(
-            [sys.executable, "-m", "sessiond", "serve", "--listen", self.target, "--log-level", "WARNING"],
-            env=self.env, cwd=ROOT)
+        self.server, self.target = start_sessiond("--log-level", "WARNING", env=self.env, cwd=ROOT)
 
     def start_worker(self, name: str, *extra: str) -> None:
         self.workers[name] = subprocess.Popen(
@@ -213,10 +211,9 @@ async def _has_workers(client: SessionClient, n: int) -> bool:
 
 
 def main() -> int:
-    target = f"127.0.0.1:{free_port()}"
-    procs = Processes(target)
-    procs.start_server()
+    procs = Processes()
     try:
+        procs.start_server()
         with file_server() as files:
             ok = asyncio.run(run_demo(procs, files))
     finally:

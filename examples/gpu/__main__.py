@@ -25,7 +25,7 @@ from pathlib import Path
 
 from sessiond_client import CreationTimeoutError, Session, SessionClient
 
-from examples.common import connect, free_port, until
+from examples.common import connect, start_sessiond, until
 
 ROOT = Path(__file__).resolve().parents[2]
 QUEUE = "gpu"
@@ -35,13 +35,14 @@ WORKERS = {"box-a": ("gpu=2", "zone=a"), "box-b": ("gpu=1", "zone=b")}
 class Processes:
     """sessiond and the two workers, as fresh processes."""
 
-    def __init__(self, target: str) -> None:
-        self.target = target
+    def __init__(self) -> None:
+        self.target = ""  # host:port, once start_server has it
         self.env = {**os.environ, "GRPC_VERBOSITY": "ERROR", "PYTHONPATH": str(ROOT)}
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start_server(self) -> None:
-        self._spawn("sessiond", "serve", "--listen", self.target, "--log-level", "WARNING")
+        server, self.target = start_sessiond("--log-level", "WARNING", env=self.env, cwd=ROOT)
+        self.procs.insert(0, server)  # stop() stops it last
 
     def start_workers(self) -> None:
         """The worker CLI, once the server answers: ``--capacity gpu=N --label zone=Z``."""
@@ -153,10 +154,9 @@ async def _main(procs: Processes) -> bool:
 
 
 def main() -> int:
-    target = f"127.0.0.1:{free_port()}"
-    procs = Processes(target)
-    procs.start_server()
+    procs = Processes()
     try:
+        procs.start_server()
         ok = asyncio.run(_main(procs))
     finally:
         procs.stop()

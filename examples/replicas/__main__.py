@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,24 +20,12 @@ from pathlib import Path
 
 from sessiond_client import OwnerUnavailableError, SessionClient
 
-from examples.common import free_port
+from examples.common import start_sessiond
 from sessiond.testing.etcd_cluster import EtcdCluster, find_etcd
 
 QUEUE = "replicas-demo"
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "GRPC_VERBOSITY": "ERROR", "PYTHONUNBUFFERED": "1"}
-
-
-def wait_listening(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{what} exited early ({proc.returncode})")
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise SystemExit(f"{what} did not listen on {port} within {timeout:.0f} s")
 
 
 async def caller(replicas: dict[str, subprocess.Popen[bytes]], worker_owner: str,
@@ -88,12 +75,8 @@ def main() -> int:
         worker = None
         try:
             for _ in range(3):
-                port = free_port()
-                address = f"127.0.0.1:{port}"
-                replicas[address] = subprocess.Popen(
-                    [sys.executable, "-m", "sessiond", "serve", "--listen", address, "--store", store,
-                     "--log-level", "ERROR"], cwd=ROOT, env=ENV)
-                wait_listening(port, replicas[address], f"replica {address}")
+                replica, address = start_sessiond("--store", store, "--log-level", "ERROR", env=ENV, cwd=ROOT)
+                replicas[address] = replica
             print(f"sessiond: 3 replicas at {', '.join(replicas)}")
             targets = ",".join(replicas)
             worker = subprocess.Popen([sys.executable, "-m", "examples.replicas.worker", "--target", targets,

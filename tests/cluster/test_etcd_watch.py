@@ -10,7 +10,7 @@ import pytest
 
 from sessiond.store.etcd import EtcdClient, EtcdCompactedError, EtcdUnavailableError, Watch
 from sessiond.store.etcd.ops import prefix_end
-from sessiond.store.etcd.watch import DELETE, PUT
+from sessiond.store.etcd.watch import DELETE, PUT, STALL_TIMEOUT
 from sessiond.testing.etcd_cluster import EtcdCluster
 from tests.cluster.conftest import eventually
 from tests.support.tcp_proxy import TcpProxy
@@ -213,15 +213,18 @@ async def test_a_frozen_member_loses_its_streams_and_the_leases_and_watches_carr
 async def test_a_quiet_healthy_stream_answers_its_probes_and_stays(etcd_cluster: EtcdCluster, prefix: bytes) -> None:
     async with await EtcdClient.connect(etcd_cluster.endpoints) as client:
         watcher = client.watcher
-        # Probe often: the member must answer each. The stall timeout leaves room for a member slowed
-        # by a loaded box (0.5 s once timed out at load 6), and the silence below is long enough that a
-        # stream whose probes went unanswered would be torn down inside it.
-        watcher.probe_interval, watcher.stall_timeout = 0.1, 1.5
+        # Probe often: the member must answer each. The stall timeout is the product's own (3 s): what
+        # is tested is that probes are answered and a healthy stream stays, and a shorter one only adds
+        # a load the test does not mean (a member or this loop slowed by a loaded box: 0.5 s once timed
+        # out at load 6). The silence below is twice the stall timeout, so a stream whose probes went
+        # unanswered would be torn down inside it.
+        watcher.probe_interval = 0.1
+        assert watcher.stall_timeout == STALL_TIMEOUT
         watch = await client.watch(prefix + b"quiet")
         endpoint = watcher.endpoint
         loop = asyncio.get_running_loop()
-        until = loop.time() + 4.0
-        while loop.time() < until:  # four seconds of silence on the watched key: ~40 probes
+        until = loop.time() + 2 * STALL_TIMEOUT
+        while loop.time() < until:  # six seconds of silence on the watched key: ~60 probes
             assert watcher.streams_opened == 1 and watcher.endpoint == endpoint
             await asyncio.sleep(0.05)
         # An empty stream is not probed (etcd need not answer it), and is not torn down either.

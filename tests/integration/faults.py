@@ -12,13 +12,14 @@ import contextlib
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from sessiond.testing.ports import free_port, listening
 from tests.integration.conftest import REPO_ROOT, eventually
-from tests.support.ports import free_port, listening
 
 __all__ = ["ENV", "ServerProcess", "rss_kb"]
 
@@ -26,6 +27,9 @@ ENV = {**os.environ, "GRPC_VERBOSITY": "ERROR", "PYTHONUNBUFFERED": "1"}
 
 
 _PORT_ATTEMPTS = 5
+# How sessiond says another program has its port: its own probe, gRPC's bind just after the probe
+# (the same race, narrower), the dashboard's bind.
+_PORT_TAKEN = ("is in use", "gRPC could not bind it", "Address already in use")
 
 
 class _PortTaken(Exception):
@@ -49,12 +53,18 @@ def rss_kb(pid: int) -> int:
 
 class ServerProcess:
     """``python -m sessiond serve`` on a free port, as a separate OS process (``module``: another
-    entry point that takes the same arguments, e.g. one that injects a fault first)."""
+    entry point that takes the same arguments, e.g. one that injects a fault first).
 
-    def __init__(self, *flags: str, module: str = "sessiond") -> None:
+    ``env``: extra environment variables. ``ui``: also serve the dashboard on a free port of its
+    own, named by ``SESSIOND_UI_LISTEN`` (read ``ui_port`` after ``start``)."""
+
+    def __init__(self, *flags: str, module: str = "sessiond", env: Mapping[str, str] | None = None,
+                 ui: bool = False) -> None:
         self.port = free_port()
+        self.ui_port = free_port() if ui else None
         self.flags = flags
         self.module = module
+        self.env = {**ENV, **(env or {})}
         self.process: asyncio.subprocess.Process | None = None
         self._log = bytearray()
         self._reader: asyncio.Task[None] | None = None
@@ -76,9 +86,10 @@ class ServerProcess:
         first (it was only free a moment ago), start again on a new one: read ``port``/``target``
         after ``start``."""
         for _ in range(_PORT_ATTEMPTS):
+            env = self.env if self.ui_port is None else {**self.env, "SESSIOND_UI_LISTEN": f"127.0.0.1:{self.ui_port}"}
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", self.module, "serve", "--listen", self.target, *self.flags,
-                cwd=REPO_ROOT, env=ENV, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+                cwd=REPO_ROOT, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
             self._log = bytearray()
             self._reader = asyncio.create_task(self._read_stderr(self.process))
             try:
@@ -87,6 +98,7 @@ class ServerProcess:
                 return self
             except _PortTaken:
                 self.port = free_port()
+                self.ui_port = free_port() if self.ui_port is not None else None
         raise AssertionError(f"sessiond found its port taken {_PORT_ATTEMPTS} times")
 
     async def _read_stderr(self, process: asyncio.subprocess.Process) -> None:
@@ -98,11 +110,23 @@ class ServerProcess:
         assert self.process is not None
         if self.process.returncode is not None:
             log = await self._stderr()
-            if self.process.returncode == 2 and "is in use" in log:
+            if self.process.returncode == 2 and any(says in log for says in _PORT_TAKEN):
                 raise _PortTaken(log)
             raise AssertionError(f"sessiond exited early ({self.process.returncode}): {log}")
         # Our process listening, not merely something answering on the port.
-        return listening(self.process.pid, self.port)
+        return listening(self.process.pid, self.port) and (
+            self.ui_port is None or listening(self.process.pid, self.ui_port))
+
+    @property
+    def lines(self) -> list[str]:
+        """The whole lines the server has written on stderr so far (not a partial last one)."""
+        return self._log[:self._log.rfind(b"\n") + 1].decode(errors="replace").splitlines()
+
+    async def wait(self) -> tuple[int, str]:
+        """Wait for the server to exit (after a signal, say); its exit code and all of its stderr."""
+        assert self.process is not None
+        code = await self.process.wait()
+        return code, await self._stderr()
 
     async def _stderr(self) -> str:
         """Everything the (exited) process wrote on stderr."""

@@ -27,9 +27,9 @@ from sessiond_client import (
     WorkerDetachedError,
 )
 
+from sessiond.testing.ports import free_port, listening
 from tests.integration.conftest import REPO_ROOT, ServerFactory, Sessiond, StartWorker
 from tests.integration.workers.support import ClientWorkerProcess, poll, start_worker, workers_of
-from tests.support.ports import free_port, listening
 
 QUEUE = "outlive-q"
 WORKERS_DIR = REPO_ROOT / "tests" / "integration" / "workers"

@@ -4,10 +4,7 @@ files without dropping a stream."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,10 +13,10 @@ import pytest
 import pytest_asyncio
 from sessiond_client.api.v1 import session_pb2, session_service_pb2, session_service_pb2_grpc
 
-from tests.integration.conftest import REPO_ROOT, eventually
+from tests.integration.conftest import eventually
+from tests.integration.faults import ServerProcess
 from tests.integration.rawworker import RawWorker
-from tests.integration.test_server_cli import _free_port
-from tests.integration.test_server_startup import ENV, _assert_one_line_exit_2, _run_serve
+from tests.integration.test_server_startup import _assert_one_line_exit_2, _run_serve_on_a_free_port
 from tests.support.pki import make_pki
 
 pytestmark = pytest.mark.asyncio
@@ -84,8 +81,8 @@ REFUSALS: dict[str, tuple[tuple[str, ...], dict[str, str], str]] = {
 async def test_a_security_mistake_at_start_is_one_line_and_exit_code_2(
         case: tuple[tuple[str, ...], dict[str, str], str], files: dict[str, Path]) -> None:
     args, env, says = case
-    code, err = await _run_serve(*(a.format(**{k: str(v) for k, v in files.items()}) for a in args),
-                                 "--listen", f"127.0.0.1:{_free_port()}", env=env)
+    code, err = await _run_serve_on_a_free_port(*(a.format(**{k: str(v) for k, v in files.items()}) for a in args),
+                                                env=env)
     _assert_one_line_exit_2(code, err, says)
 
 
@@ -94,22 +91,15 @@ async def test_a_security_mistake_at_start_is_one_line_and_exit_code_2(
 
 async def _start_lines(*args: str, env: dict[str, str] | None = None) -> list[str]:
     """Start ``sessiond serve``, return its stderr lines up to "serving", then stop it."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sessiond", "serve", "--listen", f"127.0.0.1:{_free_port()}", *args,
-        cwd=REPO_ROOT, env={**ENV, "GRPC_VERBOSITY": "ERROR", **(env or {})},
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-    assert process.stderr is not None
-    lines: list[str] = []
+    server = ServerProcess(*args, env=env)
     try:
-        async with asyncio.timeout(30):
-            while not lines or "sessiond serving on" not in lines[-1]:
-                line = await process.stderr.readline()
-                assert line, f"the server exited: {lines}"
-                lines.append(line.decode().rstrip())
+        await server.start()  # its own listener on the port: it logs "serving on" next
+        await eventually(lambda: any("sessiond serving on" in line for line in server.lines), timeout=30,
+                         message="the server logged that it is serving")
     finally:
-        process.terminate()
-        await process.communicate()
-    return lines
+        await server.stop()
+    lines = server.lines
+    return lines[:next(i for i, line in enumerate(lines) if "sessiond serving on" in line) + 1]
 
 
 def _warnings(lines: list[str]) -> list[str]:
@@ -151,33 +141,17 @@ async def test_a_secret_on_the_command_line_is_a_warning(files: dict[str, Path])
 
 
 @pytest_asyncio.fixture
-async def reloadable(tmp_path: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process, str, Path, list[str]]]:
-    """A sessiond process with a tokens file; (process, address, the file, its stderr lines so far)."""
+async def reloadable(tmp_path: Path) -> AsyncIterator[tuple[ServerProcess, Path]]:
+    """A sessiond process with a tokens file, serving; (the server, the file)."""
     tokens = tmp_path / "tokens"
     tokens.write_text("t-worker workers worker\nt-a team-a caller\nt-ops ops operator\n")
-    address = f"127.0.0.1:{_free_port()}"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sessiond", "serve", "--listen", address, "--tokens-file", str(tokens),
-        "--recovery-window", "0", "--shutdown-grace", "1", cwd=REPO_ROOT, env={**ENV, "GRPC_VERBOSITY": "ERROR"},
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-    lines: list[str] = []
-
-    async def read() -> None:
-        assert process.stderr is not None
-        async for line in process.stderr:
-            lines.append(line.decode().rstrip())
-
-    reader = asyncio.create_task(read())
+    server = ServerProcess("--tokens-file", str(tokens), "--recovery-window", "0", "--shutdown-grace", "1")
     try:
-        await eventually(lambda: any("sessiond serving on" in line for line in lines), timeout=30)
-        yield process, address, tokens, lines
+        await server.start()
+        await eventually(lambda: any("sessiond serving on" in line for line in server.lines), timeout=30)
+        yield server, tokens
     finally:
-        if process.returncode is None:
-            process.kill()
-        await process.wait()
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
+        await server.stop()
 
 
 def _as(token: str) -> tuple[tuple[str, str], ...]:
@@ -193,8 +167,9 @@ async def _code(call: object) -> grpc.StatusCode:
 
 
 async def test_sighup_reloads_the_tokens_file_without_dropping_streams(
-        reloadable: tuple[asyncio.subprocess.Process, str, Path, list[str]]) -> None:
-    process, address, tokens, lines = reloadable
+        reloadable: tuple[ServerProcess, Path]) -> None:
+    server, tokens = reloadable
+    address = server.target
     worker = await RawWorker(address, "q", worker_id="w1", capacity=4, metadata=_as("t-worker")).start()
     async with grpc.aio.insecure_channel(address) as channel:
         stub = session_service_pb2_grpc.SessionServiceStub(channel)
@@ -207,8 +182,8 @@ async def test_sighup_reloads_the_tokens_file_without_dropping_streams(
 
         # Revoke team-a's token, add team-b's, rotate the worker token.
         tokens.write_text("t-worker-2 workers worker\nt-b team-b caller\nt-ops ops operator\n")
-        process.send_signal(signal.SIGHUP)
-        await eventually(lambda: any("credentials reloaded" in line for line in lines), timeout=10)
+        server.signal(signal.SIGHUP)
+        await eventually(lambda: any("credentials reloaded" in line for line in server.lines), timeout=10)
         list_sessions = session_service_pb2.ListSessionsRequest()
         assert await _code(stub.ListSessions(list_sessions, metadata=_as("t-a"))) == grpc.StatusCode.UNAUTHENTICATED
         assert await _code(stub.ListSessions(list_sessions, metadata=_as("t-b"))) == grpc.StatusCode.OK
@@ -226,10 +201,10 @@ async def test_sighup_reloads_the_tokens_file_without_dropping_streams(
 
         # A bad file on reload: one ERROR line, and the credentials in force stay.
         tokens.write_text("t-c team-c admin\n")
-        process.send_signal(signal.SIGHUP)
-        await eventually(lambda: any(" ERROR " in line for line in lines), timeout=10)
-        errors = [line for line in lines if " ERROR " in line]
+        server.signal(signal.SIGHUP)
+        await eventually(lambda: any(" ERROR " in line for line in server.lines), timeout=10)
+        errors = [line for line in server.lines if " ERROR " in line]
         assert len(errors) == 1 and "unknown role 'admin'" in errors[0] and "stay in force" in errors[0], errors
         assert await _code(stub.ListSessions(list_sessions, metadata=_as("t-b"))) == grpc.StatusCode.OK
-        assert not worker.stream_done.is_set() and process.returncode is None
+        assert not worker.stream_done.is_set() and server.process is not None and server.process.returncode is None
     await worker.stop()

@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from dataclasses import fields
 
 import pytest
 
 from sessiond.config import ServerConfig
+from sessiond.testing.ports import free_port
 from tests.integration.conftest import QUEUE, REPO_ROOT, eventually
+from tests.integration.faults import ServerProcess
 from tests.integration.rawworker import RawWorker
 
 ENV = {**os.environ, "GRPC_VERBOSITY": "ERROR", "PYTHONUNBUFFERED": "1"}
@@ -31,12 +32,6 @@ async def _run(*args: str) -> tuple[int, str, str]:
     return process.returncode, out.decode(), err.decode()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.mark.asyncio
 async def test_serve_help_documents_every_config_field_as_a_flag_and_an_environment_variable() -> None:
     code, out, _ = await _run("serve", "--help")
@@ -50,7 +45,7 @@ async def test_serve_help_documents_every_config_field_as_a_flag_and_an_environm
 
 @pytest.mark.asyncio
 async def test_health_exits_nonzero_when_nothing_listens() -> None:
-    code, _, err = await _run("health", "--address", f"127.0.0.1:{_free_port()}", "--timeout", "1")
+    code, _, err = await _run("health", "--address", f"127.0.0.1:{free_port()}", "--timeout", "1")
 
     assert code == 1
     assert "unhealthy" in err
@@ -58,14 +53,11 @@ async def test_health_exits_nonzero_when_nothing_listens() -> None:
 
 @pytest.mark.asyncio
 async def test_the_server_process_is_healthy_then_stops_cleanly_on_sigterm() -> None:
-    port = _free_port()
-    address = f"127.0.0.1:{port}"
-    server = await _sessiond("serve", "--listen", address, env={**ENV, "SESSIOND_SHUTDOWN_GRACE": "3"})
+    server = await ServerProcess(env={"SESSIOND_SHUTDOWN_GRACE": "3"}).start()  # listening, as itself
+    address = server.target
     worker = RawWorker(address, QUEUE, worker_id="w1")
     try:
         async def healthy() -> bool:
-            if server.returncode is not None:
-                raise AssertionError(f"sessiond exited early with {server.returncode}")
             code, out, _ = await _run("health", "--address", address, "--timeout", "1")
             return code == 0 and out.strip() == "SERVING"
 
@@ -74,15 +66,13 @@ async def test_the_server_process_is_healthy_then_stops_cleanly_on_sigterm() -> 
         loop = asyncio.get_running_loop()
         started = loop.time()
 
-        server.send_signal(signal.SIGTERM)
+        server.signal(signal.SIGTERM)
 
-        _, err = await asyncio.wait_for(server.communicate(), 10)
-        assert server.returncode == 0, err.decode()
+        code, err = await asyncio.wait_for(server.wait(), 10)
+        assert code == 0, err
         assert loop.time() - started < 10
-        assert "Traceback" not in err.decode(), err.decode()
+        assert "Traceback" not in err, err
         await eventually(lambda: worker.stream_done.is_set(), message="the worker was told the server left")
     finally:
         await worker.stop()
-        if server.returncode is None:
-            server.kill()
-            await server.communicate()
+        await server.stop()

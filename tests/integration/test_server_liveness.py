@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from typing import Any
 
 import grpc
@@ -27,6 +28,7 @@ from tests.integration.conftest import (
 
 WORKER_LOST = session_pb2.FAILURE_CAUSE_WORKER_LOST
 HEARTBEAT_TIMEOUT = session_pb2.FAILURE_CAUSE_HEARTBEAT_TIMEOUT
+FROZEN_HEARTBEAT = 5.0  # seconds: the frozen-process test's heartbeat_timeout
 
 
 async def _watch(sessiond: Sessiond, session_id: str) -> Any:
@@ -37,8 +39,8 @@ async def _watch(sessiond: Sessiond, session_id: str) -> Any:
     return call
 
 
-async def _next_state(call: Any) -> session_pb2.Session:
-    reply = await asyncio.wait_for(call.read(), 10)
+async def _next_state(call: Any, timeout: float = 10) -> session_pb2.Session:
+    reply = await asyncio.wait_for(call.read(), timeout)
     assert reply is not grpc.aio.EOF, "the watch ended without a terminal state"
     return reply.session  # type: ignore[no-any-return]
 
@@ -68,15 +70,23 @@ async def test_a_sigkilled_worker_process_fails_its_sessions_with_worker_lost_se
 async def test_a_frozen_worker_process_fails_with_heartbeat_timeout_and_its_late_heartbeat_revives_nothing(
         sessiond: Sessiond, spawn_worker: ProcessFactory) -> None:
     process = await spawn_worker("sleepy", capacity=2)
-    session = await sessiond.create(QUEUE, options=options(heartbeat=1.0))
+    # The worker is a separate process on a shared, loaded machine: a heartbeat_timeout of 1 s could
+    # expire while the box merely starves it, before the SIGSTOP. 5 s is a silence load does not
+    # cause; the SIGSTOP's silence has no end, so the timer is still what ends the session.
+    session = await sessiond.create(QUEUE, options=options(heartbeat=FROZEN_HEARTBEAT))
     await process.wait_for("session_started", session_id=session.session_id)
     # The server asked for a third of the session's heartbeat_timeout.
-    await eventually(lambda: any(e["event"] == "interval" and e["seconds"] < 0.4 for e in process.events))
+    await eventually(lambda: any(e["event"] == "interval" and e["seconds"] <= FROZEN_HEARTBEAT / 3 + 0.01
+                                 for e in process.events))
     watch = await _watch(sessiond, session.session_id)
 
+    assert (await sessiond.get(session.session_id)).state == OPEN, "the session failed before the SIGSTOP"
+    stopped_at = time.time()
     process.signal(signal.SIGSTOP)
-    failed = await _next_state(watch)
+    failed = await _next_state(watch, timeout=FROZEN_HEARTBEAT + 10)
     assert failed.state == FAILED and failed.failure.cause == HEARTBEAT_TIMEOUT
+    # Ended by the silence the SIGSTOP made, not by one before it (same machine, same wall clock).
+    assert failed.close_time.ToNanoseconds() > stopped_at * 1e9
     beats_before = sum(e["event"] == "heartbeat" for e in process.events)
 
     process.signal(signal.SIGCONT)

@@ -8,8 +8,8 @@ import socket
 
 import pytest
 
+from sessiond.testing.ports import listening
 from tests.integration.faults import ServerProcess
-from tests.support.ports import listening
 
 pytestmark = pytest.mark.asyncio
 
@@ -38,3 +38,20 @@ async def test_listening_names_only_the_process_holding_the_socket() -> None:
         mine.listen()
         assert listening(os.getpid(), port)
         assert not listening(os.getppid(), port)
+
+
+async def test_a_server_whose_dashboard_port_was_taken_starts_again_on_two_new_ports() -> None:
+    server = ServerProcess(ui=True)
+    taken = server.ui_port
+    assert taken is not None
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", taken))
+        squatter.listen()
+        try:
+            await server.start()
+            assert server.ui_port is not None and server.ui_port != taken
+            assert server.process is not None
+            assert listening(server.process.pid, server.port) and listening(server.process.pid, server.ui_port)
+        finally:
+            log = await server.stop()
+    assert "in use" not in log and f"dashboard on http://127.0.0.1:{server.ui_port}/" in log

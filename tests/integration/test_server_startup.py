@@ -22,8 +22,9 @@ import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from sessiond.testing.ports import free_port
 from tests.integration.conftest import REPO_ROOT, ServerFactory, eventually
-from tests.integration.test_server_cli import _free_port
+from tests.integration.faults import ServerProcess
 from tests.support.pki import make_pki
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -51,6 +52,18 @@ async def _run_serve(*args: str, env: dict[str, str] | None = None, timeout: flo
         raise AssertionError(f"sessiond serve {args} did not exit (it started?)") from None
     assert process.returncode is not None
     return process.returncode, err.decode()
+
+
+async def _run_serve_on_a_free_port(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """:func:`_run_serve` with ``--listen`` on a free port, for a start meant to fail for another reason.
+    The port was only free a moment ago: when another program took it first (the server says so),
+    run again on a new one, so the error read is the one the test means."""
+    for _ in range(5):
+        port = free_port()
+        code, err = await _run_serve(*args, "--listen", f"127.0.0.1:{port}", env=env)
+        if f"listen 127.0.0.1:{port}: port {port} is in use" not in err:
+            return code, err
+    raise AssertionError("the free port was taken 5 times")
 
 
 def _assert_one_line_exit_2(code: int, err: str, says: str) -> None:
@@ -115,34 +128,26 @@ CASES: dict[str, Startup] = {
 @pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
 async def test_a_startup_error_is_one_line_and_exit_code_2(case: Startup, pem: dict[str, Path]) -> None:
     args = [arg.format(**pem) for arg in case.args]
-    if "--listen" not in args:
-        args += ["--listen", f"127.0.0.1:{_free_port()}"]  # a mistake elsewhere must not start a server
-
-    code, err = await _run_serve(*args, env=case.env)
+    if "--listen" in args:
+        code, err = await _run_serve(*args, env=case.env)
+    else:  # a mistake elsewhere must not start a server
+        code, err = await _run_serve_on_a_free_port(*args, env=case.env)
 
     _assert_one_line_exit_2(code, err, case.says)
 
 
 @pytest_asyncio.fixture
-async def running() -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
-    """A sessiond process on a free port, SERVING; (process, address). Killed at teardown."""
-    address = f"127.0.0.1:{_free_port()}"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sessiond", "serve", "--listen", address, "--shutdown-grace", "1",
-        cwd=REPO_ROOT, env={**ENV, "GRPC_VERBOSITY": "ERROR"},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+async def running() -> AsyncIterator[ServerProcess]:
+    """A sessiond process listening on a free port (its own listener), SERVING. Killed at teardown."""
+    server = await ServerProcess("--shutdown-grace", "1").start()
     try:
-        await eventually(lambda: _serving(process, address), timeout=30, interval=0.1)
-        yield process, address
+        await eventually(lambda: _serving(server.target), timeout=30, interval=0.1)
+        yield server
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.communicate()
+        await server.stop()
 
 
-async def _serving(process: asyncio.subprocess.Process, address: str) -> bool:
-    if process.returncode is not None:
-        raise AssertionError(f"sessiond exited early with {process.returncode}")
+async def _serving(address: str) -> bool:
     async with grpc.aio.insecure_channel(address) as channel:
         try:
             reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
@@ -152,31 +157,27 @@ async def _serving(process: asyncio.subprocess.Process, address: str) -> bool:
 
 
 @pytest.mark.asyncio
-async def test_a_second_server_on_a_port_in_use_exits_2_saying_so(
-        running: tuple[asyncio.subprocess.Process, str]) -> None:
-    process, address = running
-
-    code, err = await _run_serve("--listen", address)
+async def test_a_second_server_on_a_port_in_use_exits_2_saying_so(running: ServerProcess) -> None:
+    code, err = await _run_serve("--listen", running.target)
 
     _assert_one_line_exit_2(code, err, "in use")
-    assert await _serving(process, address), "the first server kept serving"
+    assert await _serving(running.target), "the first server kept serving"
+    assert running.process is not None and running.process.returncode is None
 
 
 @pytest.mark.asyncio
 async def test_durations_take_the_forms_help_prints_and_the_server_starts() -> None:
-    address = f"127.0.0.1:{_free_port()}"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sessiond", "serve", "--listen", address, "--retention", "600s",
-        "--creation-timeout", "10m", "--heartbeat-timeout", "1.5", "--shutdown-grace", "250ms", "--drain-timeout", "2s",
-        "--execution-timeout", "2h", "--activity-timeout", "1m30s",
-        cwd=REPO_ROOT, env={**ENV, "GRPC_VERBOSITY": "ERROR"},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    server = ServerProcess("--retention", "600s", "--creation-timeout", "10m", "--heartbeat-timeout", "1.5",
+                           "--shutdown-grace", "250ms", "--drain-timeout", "2s", "--execution-timeout", "2h",
+                           "--activity-timeout", "1m30s")
     try:
-        await eventually(lambda: _serving(process, address), timeout=30, interval=0.1)
+        await server.start()
+        await eventually(lambda: _serving(server.target), timeout=30, interval=0.1)
     finally:
-        process.send_signal(signal.SIGTERM)
-        _, err = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode == 0, err.decode()
+        if server.process is not None and server.process.returncode is None:
+            server.signal(signal.SIGTERM)
+        code, err = await asyncio.wait_for(server.wait(), 30)
+    assert code == 0, err
 
 
 @pytest.mark.asyncio
@@ -199,21 +200,19 @@ async def test_every_duration_default_in_help_is_accepted_back() -> None:
 
 
 @pytest.mark.asyncio
-async def test_a_health_watch_held_through_sigterm_leaves_no_traceback(
-        running: tuple[asyncio.subprocess.Process, str]) -> None:
-    process, address = running
-    async with grpc.aio.insecure_channel(address) as channel:
+async def test_a_health_watch_held_through_sigterm_leaves_no_traceback(running: ServerProcess) -> None:
+    async with grpc.aio.insecure_channel(running.target) as channel:
         watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=60)
         first = await watch.read()
         assert first.status == health_pb2.HealthCheckResponse.SERVING
 
-        process.send_signal(signal.SIGTERM)
+        running.signal(signal.SIGTERM)
         # Hold the stream, unread, until the server process has exited.
-        _, err = await asyncio.wait_for(process.communicate(), 30)
+        code, err = await asyncio.wait_for(running.wait(), 30)
 
         watch.cancel()
-    assert process.returncode == 0, err.decode()
-    assert "Traceback" not in err.decode() and " ERROR " not in err.decode(), err.decode()
+    assert code == 0, err
+    assert "Traceback" not in err and " ERROR " not in err, err
 
 
 @pytest.mark.asyncio

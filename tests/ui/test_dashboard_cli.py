@@ -5,42 +5,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import socket
-import sys
 
 import aiohttp
 import pytest
 
 from sessiond.config import ServerConfig
-from tests.integration.conftest import REPO_ROOT, eventually
+from tests.integration.conftest import eventually
+from tests.integration.faults import ServerProcess
+from tests.integration.test_server_startup import _run_serve_on_a_free_port
 from tests.ui.conftest import Dash
 
-ENV = {**os.environ, "GRPC_VERBOSITY": "ERROR", "PYTHONUNBUFFERED": "1"}
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-async def _serve(*args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sessiond", "serve", "--listen", f"127.0.0.1:{_free_port()}", *args,
-        cwd=REPO_ROOT, env=env or ENV, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+QUIET = {"GRPC_VERBOSITY": "ERROR"}
 
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("address", ["8080", "localhost", "127.0.0.1:http", "127.0.0.1:70000", ":8080"])
 async def test_a_malformed_ui_listen_is_one_line_and_exit_code_2(address: str) -> None:
-    process = await _serve("--ui-listen", address)
-    _, err = await asyncio.wait_for(process.communicate(), 30)
+    code, err = await _run_serve_on_a_free_port("--ui-listen", address, env=QUIET)
 
-    assert process.returncode == 2
-    lines = err.decode().strip().splitlines()
-    assert len(lines) == 1 and "ui_listen" in lines[0], err.decode()
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "ui_listen" in lines[0], err
 
 
 @pytest.mark.asyncio
@@ -49,11 +36,9 @@ async def test_a_dashboard_port_in_use_is_one_line_and_exit_code_2() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        process = await _serve("--ui-listen", f"127.0.0.1:{port}")
-        _, err = await asyncio.wait_for(process.communicate(), 30)
+        code, text = await _run_serve_on_a_free_port("--ui-listen", f"127.0.0.1:{port}", env=QUIET)
 
-    assert process.returncode == 2
-    text = err.decode()
+    assert code == 2
     assert "Traceback" not in text, text
     assert [line for line in text.splitlines() if line.startswith("sessiond:")] == [
         f"sessiond: dashboard: cannot listen on 127.0.0.1:{port}: Address already in use"]
@@ -62,28 +47,26 @@ async def test_a_dashboard_port_in_use_is_one_line_and_exit_code_2() -> None:
 @pytest.mark.asyncio
 async def test_the_environment_variable_turns_the_dashboard_on_and_sigterm_stops_it(
         http: aiohttp.ClientSession) -> None:
-    port = _free_port()
-    process = await _serve(env={**ENV, "SESSIOND_UI_LISTEN": f"127.0.0.1:{port}"})
-    dash = Dash(http, f"http://127.0.0.1:{port}")
+    server = ServerProcess(ui=True)  # SESSIOND_UI_LISTEN=127.0.0.1:<a free port>
     try:
+        await server.start()  # the process itself listens on both ports
+        assert server.ui_port is not None
+        dash = Dash(http, f"http://127.0.0.1:{server.ui_port}")
+
         async def up() -> bool:
-            if process.returncode is not None:
-                raise AssertionError(f"sessiond exited early with {process.returncode}")
             try:
                 return (await dash.request("GET", "/api/v1/overview")).status == 200
             except aiohttp.ClientConnectionError:
                 return False
 
         await eventually(up, timeout=30, interval=0.1)
-        process.send_signal(signal.SIGTERM)
-        _, err = await asyncio.wait_for(process.communicate(), 20)
-        assert process.returncode == 0, err.decode()
-        assert "Traceback" not in err.decode()
-        assert f"dashboard on http://127.0.0.1:{port}/" in err.decode()
+        server.signal(signal.SIGTERM)
+        code, err = await asyncio.wait_for(server.wait(), 20)
+        assert code == 0, err
+        assert "Traceback" not in err
+        assert f"dashboard on http://127.0.0.1:{server.ui_port}/" in err
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.communicate()
+        await server.stop()
 
 
 def test_ui_listen_is_validated_when_the_config_is_made() -> None:

@@ -55,11 +55,13 @@ async def sleep(seconds: float) -> str:
 
 
 def wait_cancelled(marker: str, limit: float = 60.0) -> str:
-    """A sync activity that blocks until its cancellation flag is set, then writes ``marker``."""
+    """A sync activity that blocks until its cancellation flag is set, then writes ``marker``: whether
+    it was cancelled, why, and ``at`` (wall clock) when it stopped waiting."""
     Path(marker + ".started").write_text(activity.info().activity_id)
     cancelled = activity.wait_for_cancelled(limit)
+    at = time.time()
     done = Path(marker + ".tmp")  # written whole, then renamed: a test that sees the marker can read it
-    done.write_text(json.dumps({"cancelled": cancelled, "reason": activity.cancellation_reason()}))
+    done.write_text(json.dumps({"cancelled": cancelled, "reason": activity.cancellation_reason(), "at": at}))
     done.replace(marker)
     return "done"
 

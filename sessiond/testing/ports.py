@@ -5,7 +5,8 @@ other test runs bind ports at the same time, and one of them can take it before 
 binds it. Then the child exits saying the port is in use, or — worse — a check that only connects
 finds the *other* program listening and the test talks to a stranger. So a test that starts a server
 process on such a port waits until :func:`listening` says that process holds a listening socket on
-it, and starts again on a new port when the server exits saying the port is taken.
+it, and starts again on a new port when the server exits saying the port is taken. (Tests and the
+examples' demos both use this module, which is why it lives in the package.)
 """
 
 from __future__ import annotations
